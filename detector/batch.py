@@ -1,0 +1,216 @@
+"""The batch front door: files in, decisions stored and written out."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from detector.decisions import Decision
+from detector.detectors import Finding
+from detector.model_registry import ModelError, load_model
+from detector.pipeline import ScoringResult, default_detectors, score_events
+from detector.plans import load_plans
+from detector.policy import load_policy
+from detector.readers import ReadResult, read_events
+from detector.store import open_store
+
+logger = logging.getLogger(__name__)
+
+
+class BatchError(RuntimeError):
+    """A run that cannot produce a trustworthy result; the message says why and what to do."""
+
+
+@dataclass(slots=True)
+class BatchOptions:
+    """Inputs and settings of one ``fairuse score`` run."""
+
+    paths: Sequence[Path]
+    format: str | None = None
+    plans: Path | None = None
+    policy: Path | None = None
+    database_url: str | None = None
+    out: Path | None = None
+    rejects: Path | None = None
+    max_reject_ratio: float = 0.5
+    model_version: str | None = None
+    use_model: bool = True
+    simulate: bool = False
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What a run read, found and decided, for the summary table."""
+
+    read: ReadResult
+    result: ScoringResult
+    decisions: list[Decision]
+    new_decisions: int
+    rejects_path: Path | None
+    outputs: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    model_version: str | None = None
+
+    def decisions_by(self, attribute: str) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for decision in self.decisions:
+            values = getattr(decision, attribute)
+            counts.update(values if isinstance(values, list) else [values])
+        return counts
+
+
+def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = None) -> BatchReport:
+    """Read, score, store and write out one batch; see ``BatchOptions``."""
+    started = datetime.now(UTC)
+    plans = load_plans(options.plans)
+    policy = load_policy(options.policy)
+
+    read = read_events(options.paths, format=options.format, progress=progress)
+    warnings = list(read.warnings)
+    rejects_path = _write_rejects(read, options)
+    _check_reject_share(read, options, rejects_path)
+
+    unknown = plans.unknown(read.frame["plan"])
+    if unknown:
+        shown = ", ".join(repr(name) for name in unknown[:5])
+        warnings.append(f"{len(unknown)} plan names are not in the plan catalogue and were scored as 'default': {shown}")
+
+    model, model_warning = _load_model(options)
+    if model_warning:
+        warnings.append(model_warning)
+
+    store = open_store(options.database_url)
+    result = score_events(
+        read.frame,
+        plans=plans,
+        policy=policy,
+        detectors=default_detectors(model),
+        prior=store.decisions_for,
+        now=started,
+        simulated=True if options.simulate else None,
+    )
+    warnings.extend(result.outcome.warnings)
+
+    store.save_findings(result.findings)
+    new = store.save_decisions(result.decisions)
+    decisions = _decisions_for_input(store, read, result)
+    store.record_run(
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        inputs=[str(path) for path in options.paths],
+        records=read.records,
+        rejected=len(read.rejects),
+        duplicates=read.duplicates,
+        findings=len(result.findings),
+        decisions=new,
+        policy=policy.origin,
+        summary={"warnings": warnings},
+    )
+
+    report = BatchReport(
+        read=read,
+        result=result,
+        decisions=decisions,
+        new_decisions=new,
+        rejects_path=rejects_path,
+        warnings=warnings,
+        model_version=model.version if model else None,
+    )
+    if options.out:
+        report.outputs = write_outputs(options.out, report)
+    return report
+
+
+def write_outputs(out: Path, report: BatchReport) -> dict[str, Path]:
+    """Write decisions to ``out`` and findings and subject scores beside it, as JSON lines."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.name.removesuffix(".jsonl")
+    paths = {
+        "decisions": out,
+        "findings": out.with_name(f"{stem}.findings.jsonl"),
+        "subjects": out.with_name(f"{stem}.subjects.jsonl"),
+    }
+    _write_jsonl(paths["decisions"], (decision.to_dict() for decision in report.decisions))
+    _write_jsonl(paths["findings"], (_finding_dict(finding) for finding in report.result.findings))
+    _write_jsonl(paths["subjects"], report.result.subjects.to_dict("records"))
+    return paths
+
+
+def _decisions_for_input(store, read: ReadResult, result: ScoringResult) -> list[Decision]:
+    """Return the decisions on this input's subjects detected within its time span.
+
+    Decisions stored by an earlier run of the same input are included, so a
+    rerun writes the same decisions file.
+    """
+    if read.frame.empty:
+        return []
+    first = datetime.fromtimestamp(float(read.frame["ts"].min()), UTC)
+    last = datetime.fromtimestamp(float(read.frame["ts"].max()), UTC)
+    subjects = {(finding.subject_type, finding.subject) for finding in result.findings}
+    stored = store.decisions_for(subjects)
+    chosen = {decision.id: decision for decision in stored if first <= decision.detected_at <= last}
+    for decision in result.decisions:
+        chosen.setdefault(decision.id, decision)
+    return sorted(chosen.values(), key=lambda decision: (decision.detected_at, decision.id))
+
+
+def _load_model(options: BatchOptions):
+    if not options.use_model:
+        return None, None
+    try:
+        return load_model(version=options.model_version), None
+    except ModelError as error:
+        if options.model_version:
+            raise BatchError(str(error)) from error
+        return None, f"anomaly detector skipped: {error}"
+
+
+def _write_rejects(read: ReadResult, options: BatchOptions) -> Path | None:
+    if not read.rejects:
+        return None
+    if options.rejects:
+        path = options.rejects
+    elif options.out:
+        path = options.out.with_name(options.out.name.removesuffix(".jsonl") + ".rejects.txt")
+    else:
+        path = Path("fairuse-rejects.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(reject.format() + "\n" for reject in read.rejects), "utf-8")
+    return path
+
+
+def _check_reject_share(read: ReadResult, options: BatchOptions, rejects_path: Path | None) -> None:
+    valid = len(read.frame)
+    where = f"; see {rejects_path}" if rejects_path else ""
+    if valid == 0:
+        first = f" First reject: {read.rejects[0].format()}" if read.rejects else ""
+        raise BatchError(
+            f"no valid records in {len(options.paths)} input(s): {read.records} read, "
+            f"{len(read.rejects)} rejected{where}.{first}"
+        )
+    share = len(read.rejects) / max(read.records - read.duplicates, 1)
+    if share > options.max_reject_ratio:
+        raise BatchError(
+            f"{len(read.rejects)} of {read.records} records were rejected ({share:.1%}), more than "
+            f"--max-reject-ratio {options.max_reject_ratio:.0%}{where}. Fix the input or raise the ratio."
+        )
+
+
+def _finding_dict(finding: Finding) -> dict:
+    values = asdict(finding)
+    for name in ("detected_at", "window_start", "window_end"):
+        values[name] = datetime.fromtimestamp(values[name], UTC).isoformat().replace("+00:00", "Z")
+    return values
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with path.open("wb") as handle:
+        for row in rows:
+            handle.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
+            handle.write(b"\n")

@@ -1,0 +1,60 @@
+"""anomaly: per-key days that an IsolationForest isolates from ordinary traffic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.detectors.base import Finding, findings_from_rows
+from detector.features import PreparedEvents
+from detector.features.keyday import KEYDAY_FEATURES, keyday_features
+from detector.model_registry import AnomalyModel
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyDetector:
+    """Score each key-day with the loaded model; flag those above the model's threshold.
+
+    The score maps the model's threshold to 50 and an anomaly score of
+    ``ceiling`` to 100. A key-day's finding is detected at its last request,
+    because its features are complete only then.
+    """
+
+    model: AnomalyModel
+    ceiling: float = 0.8
+    reason: str = "anomaly"
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+        rows = keyday_features(prepared)
+        if rows.empty:
+            return []
+
+        features = rows[list(KEYDAY_FEATURES)].to_numpy(dtype=np.float64)
+        anomaly = self.model.anomaly_scores(features)
+        threshold = self.model.threshold
+        flagged = anomaly > threshold
+        if not flagged.any():
+            return []
+
+        rows = rows[flagged].copy()
+        rows["anomaly_score"] = anomaly[flagged]
+        span = max(self.ceiling - threshold, 1e-6)
+        rows["score"] = np.clip(50 + 50 * (rows["anomaly_score"] - threshold) / span, 0, 100)
+        rows["impact"] = np.maximum(rows["cost_vs_budget"], rows["requests_vs_expected"])
+        rows["detected_at"] = rows["window_end"]
+
+        evidence = {"anomaly_score": "anomaly_score", **{name: name for name in KEYDAY_FEATURES}}
+        return findings_from_rows(
+            prepared,
+            rows,
+            reason=self.reason,
+            origin=f"{self.reason}/iforest-{self.version}",
+            evidence_columns=evidence,
+            window="UTC day",
+            thresholds={"anomaly_score": threshold, "model_version": self.version},
+        )

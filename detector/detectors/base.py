@@ -1,0 +1,115 @@
+"""The detector contract: findings with evidence, never actions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from detector.features import PreparedEvents
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One pattern a detector saw on one subject in one window.
+
+    ``score`` (0–100) says how clearly the pattern holds. ``impact`` says how far
+    the subject's volume, spend or use goes past what its plan treats as fair,
+    where 1.0 is exactly at the plan's limit. Policy reads both; detectors act on
+    neither. ``detected_at`` is the event time (epoch seconds) at which the
+    evidence first crossed the detector's threshold within the window.
+    """
+
+    subject_type: str
+    subject: str
+    account_id: str
+    plan: str
+    reason: str
+    score: float
+    impact: float
+    detected_at: float
+    window_start: float
+    window_end: float
+    origin: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    """A stateless pass over prepared events that returns findings for one reason code."""
+
+    reason: str
+    version: str
+
+    def detect(self, prepared: PreparedEvents) -> list[Finding]: ...
+
+
+def findings_from_rows(
+    prepared: PreparedEvents,
+    rows: pd.DataFrame,
+    *,
+    reason: str,
+    origin: str,
+    evidence_columns: dict[str, str],
+    window: str,
+    thresholds: dict[str, Any],
+) -> list[Finding]:
+    """Build findings from detector output rows.
+
+    ``rows`` needs ``subject`` (code), ``score``, ``impact``, ``detected_at``,
+    ``window_start``, ``window_end`` and the columns named in ``evidence_columns``
+    (evidence key -> column).
+    """
+    subjects = prepared.subjects
+    findings = []
+    for row in rows.itertuples(index=False):
+        subject = subjects.iloc[int(row.subject)]
+        evidence: dict[str, Any] = {
+            key: _plain(getattr(row, column)) for key, column in evidence_columns.items()
+        }
+        evidence["window"] = window
+        evidence["thresholds"] = thresholds
+        findings.append(
+            Finding(
+                subject_type=str(subject["subject_type"]),
+                subject=str(subject["subject"]),
+                account_id=str(subject["account_id"]),
+                plan=str(subject["plan"]),
+                reason=reason,
+                score=round(float(row.score), 1),
+                impact=round(float(row.impact), 3),
+                detected_at=float(row.detected_at),
+                window_start=float(row.window_start),
+                window_end=float(row.window_end),
+                origin=origin,
+                evidence=evidence,
+            )
+        )
+    return findings
+
+
+def _plain(value: Any) -> Any:
+    """Convert numpy scalars to JSON-friendly Python values, rounding floats."""
+    if isinstance(value, (np.floating, float)):
+        return round(float(value), 4)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def first_crossing(
+    times: np.ndarray, running: np.ndarray, groups: np.ndarray, level: np.ndarray
+) -> pd.Series:
+    """Return, per group, the first time at which ``running`` reaches the group's ``level``.
+
+    ``times``, ``running`` and ``groups`` are per event; ``level`` is per event too
+    (the level of that event's group). Groups that never reach it are absent.
+    """
+    crossed = running >= level
+    if not crossed.any():
+        return pd.Series(dtype="float64")
+    frame = pd.DataFrame({"group": groups[crossed], "time": times[crossed]})
+    return frame.groupby("group", sort=False)["time"].min()

@@ -1,0 +1,204 @@
+"""abnormal_cost: spend against the key's own robust baseline and the plan's budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from detector.detectors.base import Finding, findings_from_rows
+from detector.features import PreparedEvents
+
+HOUR = 3600.0
+DAY = 86400.0
+# Consistency constant that turns a MAD into a standard deviation for normal data.
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True, slots=True)
+class AbnormalCostDetector:
+    """Flag rolling-hour spend far above the key's baseline, and spend over the plan's budget.
+
+    The baseline of a day is the median and MAD of the key's active hours
+    (hours with any spend) in the seven days before it, so spend that grows a
+    little every day moves its own baseline along. A spike needs all of:
+    ``min_ratio`` times the baseline median, ``min_z`` robust standard deviations
+    above it, and at least ``min_budget_share`` of the plan's hourly budget.
+    Keys with fewer than ``min_history_hours`` active hours have no baseline yet
+    and are held to the plan's budgets only. The scale never falls below
+    ``scale_floor_share`` of the median or ``budget_floor_share`` of the hourly
+    budget, so a key whose MAD is 0 does not divide by zero or flag on a cent.
+    """
+
+    min_ratio: float = 8.0
+    min_z: float = 6.0
+    min_budget_share: float = 0.5
+    min_history_hours: int = 6
+    median_floor_share: float = 0.05
+    scale_floor_share: float = 0.25
+    budget_floor_share: float = 0.02
+    reason: str = "abnormal_cost"
+    version: str = "1"
+
+    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+        events = prepared.events
+        if events.empty:
+            return []
+
+        everything = np.ones(len(events), dtype=bool)
+        cost = events["cost"].to_numpy()
+        spend_1h = prepared.sum_in_window(cost, HOUR, everything)
+        spend_24h = prepared.sum_in_window(cost, DAY, everything)
+
+        baseline = self._baseline_per_event(events)
+        plan = prepared.subjects.iloc[events["subject"].to_numpy()]
+        hourly_budget = plan["hourly_budget"].to_numpy()
+        daily_budget = plan["daily_budget"].to_numpy()
+
+        scored = self._score_events(spend_1h, spend_24h, baseline, hourly_budget, daily_budget)
+        rows = self._first_per_subject_hour(events, scored)
+        return findings_from_rows(
+            prepared,
+            rows,
+            reason=self.reason,
+            origin=f"{self.reason}/{self.version}",
+            evidence_columns={
+                "spend_1h": "spend_1h",
+                "spend_24h": "spend_24h",
+                "baseline_median": "median",
+                "baseline_mad": "mad",
+                "baseline_hours": "history_hours",
+                "robust_z": "z",
+                "ratio_to_baseline": "ratio",
+                "hourly_budget": "hourly_budget",
+                "daily_budget": "daily_budget",
+                "peak_spend_1h": "peak_spend_1h",
+            },
+            window="rolling 1h and 24h spend; baseline from active hours of the previous 7 days",
+            thresholds={
+                "min_ratio": self.min_ratio,
+                "min_z": self.min_z,
+                "min_budget_share": self.min_budget_share,
+                "min_history_hours": self.min_history_hours,
+            },
+        )
+
+    def _baseline_per_event(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Return median, MAD and history size of each event's subject for its day."""
+        hours = pd.DataFrame(
+            {
+                "subject": events["subject"].to_numpy(),
+                "hour": (events["ts"].to_numpy() // HOUR).astype(np.int64),
+                "cost": events["cost"].to_numpy(),
+            }
+        )
+        hourly = hours.groupby(["subject", "hour"], sort=False)["cost"].sum().reset_index()
+        hourly = hourly[hourly["cost"] > 0]
+        hourly["day"] = hourly["hour"] // 24
+
+        per_day = [self._baseline_for_day(hourly, day) for day in np.unique(hours["hour"] // 24)]
+        baselines = pd.concat(per_day, ignore_index=True) if per_day else pd.DataFrame()
+
+        keys = pd.DataFrame({"subject": hours["subject"], "day": hours["hour"] // 24})
+        merged = keys.merge(baselines, on=["subject", "day"], how="left")
+        merged["history_hours"] = merged["history_hours"].fillna(0).astype(np.int64)
+        return merged
+
+    def _baseline_for_day(self, hourly: pd.DataFrame, day: int) -> pd.DataFrame:
+        history = hourly[(hourly["day"] >= day - 7) & (hourly["day"] < day)]
+        grouped = history.groupby("subject")["cost"]
+        median = grouped.median()
+        deviation = (history["cost"] - history["subject"].map(median)).abs()
+        mad = deviation.groupby(history["subject"]).median()
+        return pd.DataFrame(
+            {
+                "subject": median.index.to_numpy(),
+                "day": day,
+                "median": median.to_numpy(),
+                "mad": mad.reindex(median.index).to_numpy(),
+                "history_hours": grouped.size().reindex(median.index).to_numpy(),
+            }
+        )
+
+    def _score_events(
+        self,
+        spend_1h: np.ndarray,
+        spend_24h: np.ndarray,
+        baseline: pd.DataFrame,
+        hourly_budget: np.ndarray,
+        daily_budget: np.ndarray,
+    ) -> pd.DataFrame:
+        has_history = baseline["history_hours"].to_numpy() >= self.min_history_hours
+        median = np.maximum(
+            baseline["median"].fillna(0).to_numpy(), self.median_floor_share * hourly_budget
+        )
+        scale = np.maximum.reduce(
+            [
+                MAD_TO_SIGMA * baseline["mad"].fillna(0).to_numpy(),
+                self.scale_floor_share * median,
+                self.budget_floor_share * hourly_budget,
+            ]
+        )
+        z = (spend_1h - median) / scale
+        ratio = spend_1h / median
+        spike = (
+            has_history
+            & (ratio >= self.min_ratio)
+            & (z >= self.min_z)
+            & (spend_1h >= self.min_budget_share * hourly_budget)
+        )
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            impact = np.maximum(
+                np.where(hourly_budget > 0, spend_1h / hourly_budget, 0.0),
+                np.where(daily_budget > 0, spend_24h / daily_budget, 0.0),
+            )
+        over_budget = impact >= 1.0
+
+        # A spike scores by its ratio to the baseline (8x -> 50, 16x -> 75, 32x -> 100).
+        # Spend over budget without a spike tops out at 70: heavy use, not a stolen key.
+        spike_score = np.clip(25 * np.log2(np.maximum(ratio, 1)) - 25, 0, 100)
+        budget_score = np.clip(50 + 20 * (impact - 1), 50, 70)
+        score = np.maximum(np.where(spike, spike_score, 0), np.where(over_budget, budget_score, 0))
+
+        return pd.DataFrame(
+            {
+                "flagged": spike | over_budget,
+                "score": score,
+                "impact": impact,
+                "spend_1h": spend_1h,
+                "spend_24h": spend_24h,
+                "median": median,
+                "mad": baseline["mad"].fillna(0).to_numpy(),
+                "history_hours": baseline["history_hours"].to_numpy(),
+                "z": z,
+                "ratio": ratio,
+                "hourly_budget": hourly_budget,
+                "daily_budget": daily_budget,
+            }
+        )
+
+    def _first_per_subject_hour(self, events: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
+        """Keep one finding per subject and clock hour: the first flagged event, the peak spend."""
+        flagged = scored["flagged"].to_numpy()
+        if not flagged.any():
+            return scored.iloc[0:0].assign(
+                subject=[], detected_at=[], window_start=[], window_end=[], peak_spend_1h=[]
+            )
+
+        rows = scored[flagged].copy()
+        rows["subject"] = events["subject"].to_numpy()[flagged]
+        rows["ts"] = events["ts"].to_numpy()[flagged]
+        rows["hour"] = (rows["ts"] // HOUR).astype(np.int64)
+
+        grouped = rows.groupby(["subject", "hour"], sort=False)
+        first = grouped.head(1).set_index(["subject", "hour"])
+        first["peak_spend_1h"] = grouped["spend_1h"].max()
+        first["score"] = grouped["score"].max()
+        first["impact"] = grouped["impact"].max()
+        first["window_end"] = grouped["ts"].max()
+        first = first.reset_index()
+        first["detected_at"] = first["ts"]
+        first["window_start"] = first["ts"] - HOUR
+        return first

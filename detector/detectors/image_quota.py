@@ -1,0 +1,80 @@
+"""image_quota: images on a text plan beyond its rolling weekly window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from detector.detectors.base import Finding, findings_from_rows
+from detector.features import PreparedEvents
+
+DAY = 86400.0
+WEEK = 7 * DAY
+
+
+@dataclass(frozen=True, slots=True)
+class ImageQuotaDetector:
+    """Flag text-plan keys whose images in any rolling 7 days pass the plan's window.
+
+    Image packages are entitled to images and are never flagged here. One
+    finding is made per key and UTC day, at the request that first went over.
+    """
+
+    reason: str = "image_quota"
+    version: str = "1"
+
+    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+        events = prepared.events
+        subjects = prepared.subjects
+        if events.empty:
+            return []
+
+        subject = events["subject"].to_numpy()
+        text_plan = subjects["is_text_plan"].to_numpy()[subject]
+        images = events["images"].to_numpy()
+        mask = text_plan & (images > 0)
+        if not mask.any():
+            return []
+
+        rolling = prepared.sum_in_window(images.astype(np.float64), WEEK, mask)
+        window = subjects["weekly_images"].to_numpy()[subject[mask]].astype(np.float64)
+        over = rolling > window
+        if not over.any():
+            return []
+
+        rows = pd.DataFrame(
+            {
+                "subject": subject[mask][over],
+                "ts": events["ts"].to_numpy()[mask][over],
+                "images_7d": rolling[over],
+                "weekly_images": window[over],
+            }
+        )
+        rows["day"] = (rows["ts"] // DAY).astype(np.int64)
+        grouped = rows.groupby(["subject", "day"], sort=False)
+        first = grouped.head(1).set_index(["subject", "day"])
+        first["peak_images_7d"] = grouped["images_7d"].max()
+        first["window_end"] = grouped["ts"].max()
+        first = first.reset_index()
+
+        allowance = np.maximum(first["weekly_images"], 1.0)
+        first["impact"] = first["peak_images_7d"] / allowance
+        first["score"] = np.clip(50 + 50 * (first["peak_images_7d"] - allowance) / allowance, 0, 100)
+        first["detected_at"] = first["ts"]
+        first["window_start"] = first["ts"] - WEEK
+
+        return findings_from_rows(
+            prepared,
+            first,
+            reason=self.reason,
+            origin=f"{self.reason}/{self.version}",
+            evidence_columns={
+                "images_7d": "images_7d",
+                "peak_images_7d": "peak_images_7d",
+                "weekly_images": "weekly_images",
+            },
+            window="rolling 7 days",
+            thresholds={"images_over": "the plan's weekly_images"},
+        )

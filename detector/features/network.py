@@ -1,0 +1,48 @@
+"""Map client addresses to the networks that key-sharing detection compares."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pandas as pd
+
+# A home, office or carrier NAT usually hands out addresses from one IPv4 /24,
+# and IPv6 sites are delegated a /48, so these prefixes stand for "one place".
+IPV4_PREFIX = 24
+IPV6_PREFIX = 48
+
+
+def network_of(address: str) -> str:
+    """Return the /24 (IPv4) or /48 (IPv6) network of ``address``, or "" if it is not an address.
+
+    >>> network_of("203.0.113.77")
+    '203.0.113.0/24'
+    >>> network_of("2001:db8:1234:5678::1")
+    '2001:db8:1234::/48'
+    >>> network_of("")
+    ''
+    """
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return ""
+    prefix = IPV4_PREFIX if parsed.version == 4 else IPV6_PREFIX
+    return str(ipaddress.ip_network(f"{parsed}/{prefix}", strict=False))
+
+
+def network_codes(addresses: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Return an integer network code per address (-1 where unknown) and the networks by code.
+
+    Addresses are factorised first, so each distinct address is parsed once.
+    """
+    address_codes, unique_addresses = pd.factorize(addresses)
+    networks = [network_of(address) for address in unique_addresses]
+    net_codes, unique_networks = pd.factorize(pd.Series(networks, dtype="object"))
+
+    unknown = np.flatnonzero(unique_networks == "")
+    if len(unknown):
+        net_codes = np.where(net_codes == unknown[0], -1, net_codes)
+
+    per_event = np.where(address_codes >= 0, net_codes[np.maximum(address_codes, 0)], -1)
+    return per_event.astype(np.int64), list(unique_networks)

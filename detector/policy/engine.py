@@ -1,0 +1,193 @@
+"""Turn findings into decisions: rules, allowlist, repeat offenders, the suspension cap."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from detector.decisions import ACTION_RANK, Decision, decision_id
+from detector.detectors.base import Finding
+from detector.policy.config import Policy, Rule
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PolicyOutcome:
+    """New decisions, and what the policy changed on the way."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    covered: int = 0
+    allowlisted: int = 0
+    capped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def decide(
+    findings: list[Finding],
+    policy: Policy,
+    prior: list[Decision] = (),  # type: ignore[assignment]
+    *,
+    now: datetime | None = None,
+    simulated: bool | None = None,
+) -> PolicyOutcome:
+    """Return the decisions ``findings`` call for, given the decisions already in force.
+
+    Findings are taken in event-time order. A finding whose subject already has
+    a decision that covers it (same scope or all endpoints, the same or a
+    stronger action, still in force at the finding's time) adds nothing, so
+    scoring the same input twice creates no new decisions. ``prior`` must hold
+    the stored decisions of the subjects involved.
+    """
+    now = now or datetime.now(UTC)
+    simulated = policy.simulation if simulated is None else simulated
+    outcome = PolicyOutcome()
+
+    # Simulated and enforced decisions live side by side and never cover each other.
+    prior = [decision for decision in prior if decision.simulated == simulated]
+    state = _SubjectState.from_prior(prior)
+    suspensions_per_hour = _count_suspensions_per_hour(prior)
+    recent: dict[tuple[str, str], list[Finding]] = defaultdict(list)
+
+    for finding in sorted(findings, key=lambda item: (item.detected_at, item.subject, item.reason)):
+        rule = policy.rule_for(finding.reason, finding.score, finding.impact)
+        if rule is None:
+            continue
+
+        subject = (finding.subject_type, finding.subject)
+        recent[subject].append(finding)
+        at = datetime.fromtimestamp(finding.detected_at, UTC)
+        action = rule.action
+
+        if action != "review" and policy.is_allowlisted(*subject):
+            action = "review"
+            outcome.allowlisted += 1
+
+        if state.covers(subject, action, rule.scope, at):
+            outcome.covered += 1
+            continue
+
+        hour = int(finding.detected_at // 3600)
+        if action == "suspend" and suspensions_per_hour[hour] >= policy.max_auto_suspensions_per_hour:
+            action = "review"
+            outcome.capped += 1
+            if state.covers(subject, action, rule.scope, at):
+                outcome.covered += 1
+                continue
+
+        decision = _make_decision(
+            finding, rule, action, policy, state, recent[subject], at, now, simulated
+        )
+        state.add(decision)
+        outcome.decisions.append(decision)
+        if action == "suspend":
+            suspensions_per_hour[hour] += 1
+
+    if outcome.capped:
+        message = (
+            f"{outcome.capped} automatic suspensions went past the limit of "
+            f"{policy.max_auto_suspensions_per_hour} per hour and were made reviews instead"
+        )
+        logger.warning(message)
+        outcome.warnings.append(message)
+    return outcome
+
+
+def _make_decision(
+    finding: Finding,
+    rule: Rule,
+    action: str,
+    policy: Policy,
+    state: "_SubjectState",
+    recent: list[Finding],
+    at: datetime,
+    now: datetime,
+    simulated: bool,
+) -> Decision:
+    subject = (finding.subject_type, finding.subject)
+    earliest = finding.detected_at - policy.merge_window.total_seconds()
+    supporting = [item for item in recent if item.detected_at >= earliest]
+
+    reasons = [finding.reason] + sorted({item.reason for item in supporting} - {finding.reason})
+    evidence = {item.reason: item.evidence for item in supporting}
+    evidence[finding.reason] = finding.evidence
+    score = max(item.score for item in supporting)
+
+    duration = rule.duration
+    offences = 0
+    if action != "review":
+        offences = state.offences_before(subject, at)
+        duration = min(duration * (policy.repeat_factor**offences), policy.max_duration)
+
+    origin = f"{finding.origin}+{policy.origin}"
+    return Decision(
+        id=decision_id(*subject, action, rule.scope, at, origin, simulated),
+        subject_type=finding.subject_type,
+        subject=finding.subject,
+        action=action,
+        reasons=reasons,
+        score=float(score),
+        evidence=evidence,
+        detected_at=at,
+        created_at=now,
+        expires_at=at + duration,
+        origin=origin,
+        simulated=simulated,
+        scope=rule.scope,
+        limit_rpm=rule.limit_rpm if action == "throttle" else None,
+        account_id=finding.account_id,
+        plan=finding.plan,
+        rule=rule.name,
+        extra={"earlier_offences": offences, "rule_action": rule.action},
+    )
+
+
+class _SubjectState:
+    """Decisions in force per subject, to tell covered findings and repeat offences."""
+
+    def __init__(self) -> None:
+        self._by_subject: dict[tuple[str, str], list[Decision]] = defaultdict(list)
+
+    @classmethod
+    def from_prior(cls, prior: list[Decision]) -> "_SubjectState":
+        state = cls()
+        for decision in prior:
+            state.add(decision)
+        return state
+
+    def add(self, decision: Decision) -> None:
+        self._by_subject[(decision.subject_type, decision.subject)].append(decision)
+
+    def covers(self, subject: tuple[str, str], action: str, scope: str, at: datetime) -> bool:
+        rank = ACTION_RANK[action]
+        for decision in self._by_subject.get(subject, ()):
+            in_force = decision.detected_at <= at < decision.expires_at
+            scope_covers = decision.scope == "all" or decision.scope == scope
+            if in_force and scope_covers and ACTION_RANK[decision.action] >= rank:
+                return True
+        return False
+
+    def offences_before(self, subject: tuple[str, str], at: datetime) -> int:
+        return sum(
+            1
+            for decision in self._by_subject.get(subject, ())
+            if decision.action != "review" and decision.detected_at < at
+        )
+
+
+def _count_suspensions_per_hour(prior: list[Decision]) -> defaultdict[int, int]:
+    counts: defaultdict[int, int] = defaultdict(int)
+    for decision in prior:
+        if decision.action == "suspend" and decision.origin != "staff":
+            counts[int(decision.detected_at.timestamp() // 3600)] += 1
+    return counts
+
+
+def is_active(decision: Decision, at: datetime) -> bool:
+    """Return whether ``decision`` is in force at ``at``."""
+    return decision.detected_at <= at < decision.expires_at
+
+
+__all__ = ["PolicyOutcome", "decide", "is_active"]

@@ -1,0 +1,147 @@
+"""Reads and writes of decisions, findings and runs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Insert, select, tuple_
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from detector.decisions import Decision
+from detector.detectors.base import Finding
+from detector.store.models import DecisionRow, FindingRow, RunRow
+
+_FINDING_NAMESPACE = uuid.UUID("0b7d7f1e-2c55-4c1a-8b8e-9d0f3c9a51c7")
+# Subjects per IN (...) query; stays under SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 500
+
+
+class DecisionStore:
+    """The one writer of decisions. Inserts are idempotent on the decision id."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def save_decisions(self, decisions: Sequence[Decision]) -> int:
+        """Insert decisions whose id is not stored yet; return how many were new."""
+        rows = [_decision_values(decision) for decision in decisions]
+        return self._insert_new(DecisionRow, rows)
+
+    def save_findings(self, findings: Sequence[Finding]) -> int:
+        """Insert findings not stored yet (their id is derived from their content)."""
+        rows = [_finding_values(finding) for finding in findings]
+        return self._insert_new(FindingRow, rows)
+
+    def decisions_for(self, subjects: Iterable[tuple[str, str]]) -> list[Decision]:
+        """Return every stored decision on the given (subject_type, subject) pairs."""
+        pairs = sorted(set(subjects))
+        found: list[Decision] = []
+        with Session(self.engine) as session:
+            for start in range(0, len(pairs), _CHUNK):
+                chunk = pairs[start : start + _CHUNK]
+                query = select(DecisionRow).where(
+                    tuple_(DecisionRow.subject_type, DecisionRow.subject).in_(chunk)
+                )
+                found.extend(_to_decision(row) for row in session.scalars(query))
+        return found
+
+    def active_decisions(self, at: datetime | None = None, *, simulated: bool = False) -> list[Decision]:
+        """Return the decisions in force at ``at`` (now by default)."""
+        at = at or datetime.now(UTC)
+        query = (
+            select(DecisionRow)
+            .where(DecisionRow.detected_at <= at, DecisionRow.expires_at > at)
+            .where(DecisionRow.simulated == simulated)
+            .order_by(DecisionRow.detected_at)
+        )
+        with Session(self.engine) as session:
+            return [_to_decision(row) for row in session.scalars(query)]
+
+    def all_decisions(self) -> list[Decision]:
+        """Return every stored decision, oldest detection first."""
+        with Session(self.engine) as session:
+            query = select(DecisionRow).order_by(DecisionRow.detected_at, DecisionRow.id)
+            return [_to_decision(row) for row in session.scalars(query)]
+
+    def record_run(self, **values: Any) -> int:
+        """Store one scoring run's summary and return its id."""
+        with Session(self.engine) as session, session.begin():
+            run = RunRow(**values)
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def _insert_new(self, table: type, rows: list[dict[str, Any]]) -> int:
+        """Insert rows whose id is not stored; return how many that was.
+
+        Ids already stored are looked up first because drivers do not report
+        reliable row counts for bulk inserts; the insert itself still ignores
+        duplicates, so two writers racing on one id store it once.
+        """
+        if not rows:
+            return 0
+        inserted = 0
+        statement = self._insert_ignoring_duplicates(table)
+        with self.engine.begin() as connection:
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                ids = [row["id"] for row in chunk]
+                stored = set(connection.scalars(select(table.id).where(table.id.in_(ids))))
+                fresh = list({row["id"]: row for row in chunk if row["id"] not in stored}.values())
+                if fresh:
+                    connection.execute(statement, fresh)
+                    inserted += len(fresh)
+        return inserted
+
+    def _insert_ignoring_duplicates(self, table: type) -> Insert:
+        name = self.engine.dialect.name
+        if name == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        if name == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        if name in ("mysql", "mariadb"):
+            return mysql.insert(table).prefix_with("IGNORE")
+        raise NotImplementedError(f"database {name!r} is not supported; use SQLite, PostgreSQL or MariaDB")
+
+
+def _decision_values(decision: Decision) -> dict[str, Any]:
+    return asdict(decision)
+
+
+def _to_decision(row: DecisionRow) -> Decision:
+    return Decision(
+        id=row.id,
+        subject_type=row.subject_type,
+        subject=row.subject,
+        action=row.action,
+        reasons=list(row.reasons),
+        score=row.score,
+        evidence=dict(row.evidence),
+        detected_at=row.detected_at,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        origin=row.origin,
+        simulated=row.simulated,
+        scope=row.scope,
+        limit_rpm=row.limit_rpm,
+        account_id=row.account_id,
+        plan=row.plan,
+        rule=row.rule,
+        extra=dict(row.extra or {}),
+    )
+
+
+def _finding_values(finding: Finding) -> dict[str, Any]:
+    key = "|".join(
+        [finding.subject_type, finding.subject, finding.reason, f"{finding.detected_at:.3f}", finding.origin]
+    )
+    values = asdict(finding)
+    values["id"] = str(uuid.uuid5(_FINDING_NAMESPACE, key))
+    for name in ("detected_at", "window_start", "window_end"):
+        values[name] = datetime.fromtimestamp(values[name], UTC)
+    return values

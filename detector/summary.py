@@ -1,0 +1,64 @@
+"""The end-of-run summary table of ``fairuse score``."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+
+from detector.batch import BatchReport
+
+TOP_SUBJECTS = 10
+
+
+def render_summary(report: BatchReport) -> Group:
+    """Return the summary: counts, decisions by action and reason, and the top subjects."""
+    return Group(_counts(report), _decision_table(report), _top_subjects(report))
+
+
+def _counts(report: BatchReport) -> Table:
+    read = report.read
+    subjects = report.result.subjects
+    table = Table(title="fairuse score", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("records read", f"{read.records:,}")
+    table.add_row("records rejected", f"{len(read.rejects):,}")
+    table.add_row("duplicate request_id", f"{read.duplicates:,}")
+    table.add_row("events scored", f"{len(read.frame):,}")
+    table.add_row("subjects seen", f"{len(subjects):,}")
+    table.add_row("subjects with findings", f"{int((subjects['risk_score'] > 0).sum()):,}")
+    table.add_row("findings", f"{len(report.result.findings):,}")
+    table.add_row("decisions (new this run)", f"{len(report.decisions):,} ({report.new_decisions:,})")
+    table.add_row("anomaly model", report.model_version or "none")
+    return table
+
+
+def _decision_table(report: BatchReport) -> Table:
+    table = Table(title="decisions", title_justify="left")
+    table.add_column("by")
+    table.add_column("value")
+    table.add_column("count", justify="right")
+    for action, count in sorted(report.decisions_by("action").items()):
+        table.add_row("action", action, f"{count:,}")
+    for reason, count in sorted(report.decisions_by("reasons").items()):
+        table.add_row("reason", reason, f"{count:,}")
+    return table
+
+
+def _top_subjects(report: BatchReport) -> Table:
+    table = Table(title=f"top {TOP_SUBJECTS} subjects by risk score", title_justify="left")
+    for column in ("subject", "plan", "requests", "risk", "reasons", "actions"):
+        table.add_column(column, justify="right" if column in ("requests", "risk") else "left")
+    top = report.result.subjects.head(TOP_SUBJECTS)
+    for row in top.itertuples(index=False):
+        if row.risk_score <= 0:
+            break
+        table.add_row(
+            f"{row.subject_type}:{row.subject}",
+            str(row.plan),
+            f"{row.requests:,}",
+            f"{row.risk_score:.0f}",
+            ", ".join(row.reasons),
+            ", ".join(row.actions) or "-",
+        )
+    return table

@@ -1,0 +1,79 @@
+"""Shared fixtures: plans, policy, and a clean database per test on every backend.
+
+PostgreSQL and MariaDB are real servers on loopback. A test that needs one
+fails when the server is down, so a missing service never passes as a skip;
+.ci/run starts both before the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from detector.plans import load_plans
+from detector.policy import load_policy
+from detector.store import open_store
+
+POSTGRES_URL = os.environ.get("FAIRUSE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MARIADB_URL = os.environ.get("FAIRUSE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql")
+
+
+@pytest.fixture(scope="session")
+def plans():
+    return load_plans()
+
+
+@pytest.fixture(scope="session")
+def policy():
+    return load_policy()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'fairuse.db'}"
+
+
+@pytest.fixture
+def postgres_url():
+    yield from _scratch_database(POSTGRES_URL)
+
+
+@pytest.fixture
+def mariadb_url():
+    yield from _scratch_database(MARIADB_URL)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def database_url(request):
+    """A fresh, empty database on each backend the store supports."""
+    name = {"sqlite": "sqlite_url", "postgresql": "postgres_url", "mariadb": "mariadb_url"}[request.param]
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def store(sqlite_url):
+    return open_store(sqlite_url)
+
+
+def _scratch_database(admin_url: str):
+    name = f"fairuse_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as error:  # noqa: BLE001 - any connection failure means the server is missing
+        pytest.fail(f"cannot reach {admin.url.render_as_string(hide_password=True)}: {error}; start the server (see .ci/run)")
+
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            if admin.dialect.name == "postgresql":
+                connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            else:
+                connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from detector.detectors import AbnormalCostDetector
+from detector.features import prepare_events
+from tests.factories import DAY, HOUR, T0, events, frame
+
+
+def _findings(plans, *parts):
+    return AbnormalCostDetector().detect(prepare_events(frame(*parts), plans))
+
+
+def _hourly(key, spends, start=T0, **kwargs):
+    """One request per hour, each costing the given amount."""
+    times = start + np.arange(len(spends)) * HOUR + 60
+    return events(key, times, cost=list(spends), **kwargs)
+
+
+def test_constant_history_then_tenfold_spend_no_division_by_zero(plans):
+    # Seven quiet days (MAD = 0), then one hour at 10x: [10,10,...,10,100] in cents.
+    quiet = _hourly("steady", [0.10] * 7 * 24)
+    spike = events("steady", T0 + 7 * DAY + np.arange(10) * 60, cost=0.10)
+
+    with np.errstate(all="raise"):
+        findings = _findings(plans, quiet, spike)
+
+    assert len(findings) == 1
+    finding = findings[0]
+    assert finding.reason == "abnormal_cost"
+    assert finding.evidence["baseline_mad"] == 0
+    assert np.isfinite(finding.evidence["robust_z"])
+    assert finding.evidence["ratio_to_baseline"] >= 8
+
+
+def test_stolen_key_spike_detected_at_crossing(plans):
+    history = _hourly("victim", [0.05] * 5 * 24)
+    stolen_start = T0 + 5 * DAY + 1800
+    stolen = events("victim", stolen_start + np.arange(120) * 30, cost=0.5, ip="203.0.113.9")
+
+    findings = _findings(plans, history, stolen)
+
+    assert findings, "a 100x spend jump must be found"
+    first = min(findings, key=lambda finding: finding.detected_at)
+    assert first.detected_at >= stolen_start
+    assert first.detected_at - stolen_start < 10 * 60
+    assert first.score >= 75
+    assert first.impact >= 2
+
+
+def test_steady_growth_is_not_a_spike(plans):
+    spends = [0.02 * (1.3 ** (hour / 24)) for hour in range(7 * 24)]
+
+    findings = _findings(plans, _hourly("growing", spends))
+
+    assert findings == []
+
+
+def test_new_key_judged_by_budget_only(plans):
+    # First hour of a brand-new key, 0.8 of the hourly budget: no baseline, no spike.
+    fresh = events("fresh", T0 + np.arange(40) * 60, cost=0.04)
+
+    assert _findings(plans, fresh) == []
+
+
+def test_spend_over_hourly_budget_found_with_budget_impact(plans):
+    heavy = events("heavy", T0 + np.arange(120) * 30, cost=0.05)  # 6 credits in an hour, budget 2
+
+    findings = _findings(plans, heavy)
+
+    assert findings
+    assert max(finding.impact for finding in findings) == pytest.approx(3.0, rel=0.05)
+    assert all(finding.score <= 70 for finding in findings)
+
+
+def test_evidence_names_window_and_thresholds(plans):
+    heavy = events("heavy", T0 + np.arange(120) * 30, cost=0.05)
+
+    evidence = _findings(plans, heavy)[0].evidence
+
+    assert "rolling 1h" in evidence["window"]
+    assert evidence["thresholds"]["min_ratio"] == 8.0
+    assert evidence["hourly_budget"] == 2.0

@@ -1,0 +1,62 @@
+import numpy as np
+
+from detector.detectors import KeySharingDetector
+from detector.features import prepare_events
+from tests.factories import DAY, HOUR, T0, events, frame
+
+
+def _findings(plans, *parts):
+    return KeySharingDetector().detect(prepare_events(frame(*parts), plans))
+
+
+def test_four_places_at_once_is_sharing(plans):
+    rng = np.random.default_rng(3)
+    times = np.sort(T0 + rng.uniform(9 * HOUR, 17 * HOUR, 400))
+    places = [f"198.51.{index}.20" for index in rng.integers(0, 4, 400)]
+
+    findings = _findings(plans, events("shared", times, ip=places))
+
+    assert findings
+    assert findings[0].evidence["concurrent_networks"] >= 3
+    assert findings[0].impact >= 3
+
+
+def test_team_behind_one_nat_is_not_sharing(plans):
+    rng = np.random.default_rng(4)
+    times = np.sort(T0 + rng.uniform(9 * HOUR, 17 * HOUR, 600))
+    agents = [f"client-{index}" for index in rng.integers(0, 8, 600)]
+
+    assert _findings(plans, events("team", times, ip="192.0.2.10", user_agent=agents)) == []
+
+
+def test_phone_moving_through_carrier_is_not_sharing(plans):
+    # Eight carrier /24s, one after another, with requests every few minutes.
+    times = T0 + np.arange(8 * 30) * 120.0
+    addresses = [f"100.64.{index // 30}.{index % 200 + 1}" for index in range(8 * 30)]
+
+    assert _findings(plans, events("phone", times, ip=addresses)) == []
+
+
+def test_traveller_moving_once_is_not_sharing(plans):
+    home = events("traveller", T0 + np.arange(50) * 300.0, ip="198.51.100.1", country="DE")
+    away = events("traveller", T0 + DAY + np.arange(50) * 300.0, ip="203.0.113.1", country="JP")
+
+    assert _findings(plans, home, away) == []
+
+
+def test_two_countries_alternating_is_impossible_travel(plans):
+    times = T0 + np.arange(40) * 45.0
+    addresses = ["198.51.100.1" if index % 2 else "203.0.113.1" for index in range(40)]
+    countries = ["DE" if index % 2 else "BR" for index in range(40)]
+
+    findings = _findings(plans, events("hopper", times, ip=addresses, country=countries))
+
+    assert findings
+    assert findings[0].evidence["impossible_trips_24h"] > 0
+
+
+def test_ipv6_addresses_in_one_48_count_as_one_network(plans):
+    times = T0 + np.arange(200) * 30.0
+    addresses = [f"2001:db8:abcd:{index % 5}::{index % 7 + 1}" for index in range(200)]
+
+    assert _findings(plans, events("v6-home", times, ip=addresses)) == []

@@ -1,0 +1,75 @@
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import inspect
+
+from detector.detectors import Finding
+from detector.policy import decide
+from detector.store import open_store
+from tests.factories import HOUR, T0
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _finding(subject="key-1", at=T0):
+    return Finding(
+        subject_type="key", subject=subject, account_id="acct", plan="text", reason="abnormal_cost",
+        score=90.0, impact=3.0, detected_at=at, window_start=at - HOUR, window_end=at,
+        origin="abnormal_cost/1", evidence={"spend_1h": 6.5, "thresholds": {"min_ratio": 8.0}},
+    )
+
+
+def test_migrations_create_tables(database_url):
+    store = open_store(database_url)
+
+    tables = set(inspect(store.engine).get_table_names())
+
+    assert {"decisions", "findings", "runs", "alembic_version"} <= tables
+
+
+def test_decision_round_trip_keeps_fields(database_url, policy):
+    store = open_store(database_url)
+    decision = decide([_finding()], policy, now=NOW).decisions[0]
+
+    store.save_decisions([decision])
+    loaded = store.decisions_for([("key", "key-1")])
+
+    assert loaded == [decision]
+    assert loaded[0].detected_at.tzinfo is not None
+    assert loaded[0].evidence["abnormal_cost"]["spend_1h"] == 6.5
+
+
+def test_saving_twice_stores_once(database_url, policy):
+    store = open_store(database_url)
+    decisions = decide([_finding(), _finding("key-2")], policy, now=NOW).decisions
+
+    first = store.save_decisions(decisions)
+    second = store.save_decisions(decisions)
+
+    assert first == 2
+    assert second == 0
+    assert len(store.all_decisions()) == 2
+
+
+def test_findings_idempotent(database_url):
+    store = open_store(database_url)
+
+    assert store.save_findings([_finding()]) == 1
+    assert store.save_findings([_finding()]) == 0
+
+
+def test_active_decisions_by_time(store, policy):
+    decision = decide([_finding()], policy, now=NOW).decisions[0]
+    store.save_decisions([decision])
+    during = decision.detected_at + timedelta(minutes=5)
+
+    assert store.active_decisions(during) == [decision]
+    assert store.active_decisions(decision.expires_at) == []
+    assert store.active_decisions(during, simulated=True) == []
+
+
+def test_open_twice_migrates_once(sqlite_url):
+    open_store(sqlite_url)
+
+    store = open_store(sqlite_url)
+
+    assert store.all_decisions() == []
