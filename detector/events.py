@@ -13,30 +13,31 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# Column name -> pandas dtype of the canonical frame.
+# Column name -> pandas dtype of the canonical frame. Text columns use pandas'
+# Arrow-backed "str" dtype, which factorises several times faster than object.
 # ``ts`` is UTC epoch seconds as float64 so window arithmetic stays plain numpy.
 # ``subject_type`` is internal: "key" for gateway events, "ip" where an access
 # log had no remote user and the client address stands in for the key.
 COLUMNS: dict[str, str] = {
-    "request_id": "object",
+    "request_id": "str",
     "ts": "float64",
-    "account_id": "object",
-    "key_id": "object",
-    "plan": "object",
-    "endpoint": "object",
-    "model": "object",
+    "account_id": "str",
+    "key_id": "str",
+    "plan": "str",
+    "endpoint": "str",
+    "model": "str",
     "prompt_tokens": "int64",
     "completion_tokens": "int64",
     "images": "int64",
     "cost": "float64",
-    "ip": "object",
-    "user_agent": "object",
+    "ip": "str",
+    "user_agent": "str",
     "status": "int64",
     "latency_ms": "float64",
     "stream": "bool",
-    "prompt_hash": "object",
-    "country": "object",
-    "subject_type": "object",
+    "prompt_hash": "str",
+    "country": "str",
+    "subject_type": "str",
 }
 
 REQUIRED_FIELDS: tuple[str, ...] = (

@@ -62,9 +62,14 @@ def findings_from_rows(
     (evidence key -> column).
     """
     subjects = prepared.subjects
+    subject_types = subjects["subject_type"].tolist()
+    names = subjects["subject"].tolist()
+    accounts = subjects["account_id"].tolist()
+    plans = subjects["plan"].tolist()
+
     findings = []
     for row in rows.itertuples(index=False):
-        subject = subjects.iloc[int(row.subject)]
+        code = int(row.subject)
         evidence: dict[str, Any] = {
             key: _plain(getattr(row, column)) for key, column in evidence_columns.items()
         }
@@ -72,10 +77,10 @@ def findings_from_rows(
         evidence["thresholds"] = thresholds
         findings.append(
             Finding(
-                subject_type=str(subject["subject_type"]),
-                subject=str(subject["subject"]),
-                account_id=str(subject["account_id"]),
-                plan=str(subject["plan"]),
+                subject_type=str(subject_types[code]),
+                subject=str(names[code]),
+                account_id=str(accounts[code]),
+                plan=str(plans[code]),
                 reason=reason,
                 score=round(float(row.score), 1),
                 impact=round(float(row.impact), 3),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.events import is_image_endpoint
+from detector.events import IMAGE_ENDPOINTS
 from detector.features.network import network_codes
 from detector.plans import PlanCatalogue
 
@@ -18,20 +18,20 @@ _TIME_BITS = 41
 
 @dataclass(slots=True)
 class PreparedEvents:
-    """Events sorted by subject then time, with codes and per-subject entitlements.
+    """Events sorted by subject then time, as integer codes and numbers only.
 
-    ``events`` has one row per request and these columns beside the contract's:
-    ``subject`` (code), ``net`` (network code, -1 unknown), ``ua``, ``country``,
-    ``prompt`` (prompt_hash code, -1 when absent), ``ts_ms``, ``iat`` (seconds
-    since the subject's previous request, NaN for its first), ``is_image``.
-    ``subjects`` has one row per subject code: ``subject_type``, ``subject``,
-    ``account_id``, ``plan`` (the last one seen) and the plan's entitlements.
+    ``events`` has one row per request: ``subject`` (code into ``subjects``),
+    ``ts``, ``ts_ms``, ``iat`` (seconds since the subject's previous request,
+    NaN for its first), ``net`` (network code, -1 unknown), ``ua``, ``country``
+    and ``prompt`` (codes, -1 when absent), ``is_image``, and the numeric
+    contract fields. ``subjects`` has one row per subject code:
+    ``subject_type``, ``subject``, ``account_id``, ``plan`` (of the last
+    request) and the plan's entitlements.
     """
 
     events: pd.DataFrame
     subjects: pd.DataFrame
     networks: list[str]
-    segment_starts: np.ndarray
 
     @property
     def composite_time(self) -> np.ndarray:
@@ -57,23 +57,34 @@ class PreparedEvents:
         return totals[1:] - totals[starts]
 
 
+_NUMERIC = ("cost", "images", "prompt_tokens", "completion_tokens", "status", "latency_ms")
+
+
 def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
-    """Sort ``frame`` by subject and time and add the codes detectors use."""
-    subject_labels = frame["subject_type"].astype(str) + ":" + frame["key_id"].astype(str)
-    subject_codes, _ = pd.factorize(subject_labels, sort=True)
-    ts_ms = np.round(frame["ts"].to_numpy() * 1000).astype(np.int64)
+    """Code and sort ``frame`` by subject and time; strings stay behind in the subject table."""
+    subject_codes = _subject_codes(frame)
+    ts = frame["ts"].to_numpy(dtype=np.float64)
+    ts_ms = np.round(ts * 1000).astype(np.int64)
 
-    order = np.lexsort((ts_ms, subject_codes))
-    events = frame.iloc[order].reset_index(drop=True)
-    events["subject"] = subject_codes[order].astype(np.int64)
-    events["ts_ms"] = ts_ms[order]
+    if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+        order = np.argsort(subject_codes, kind="stable")
+    else:
+        order = np.lexsort((ts_ms, subject_codes))
 
-    net, networks = network_codes(events["ip"])
-    events["net"] = net
-    events["ua"] = pd.factorize(events["user_agent"])[0]
-    events["country"] = _codes_with_blank(events["country"])
-    events["prompt"] = _codes_with_blank(events["prompt_hash"])
-    events["is_image"] = is_image_endpoint(events["endpoint"]) | (events["images"].to_numpy() > 0)
+    net, networks = network_codes(frame["ip"])
+    columns = {
+        "subject": subject_codes[order],
+        "ts": ts[order],
+        "ts_ms": ts_ms[order],
+        "net": net[order],
+        "ua": pd.factorize(frame["user_agent"])[0][order],
+        "country": _codes_with_blank(frame["country"])[order],
+        "prompt": _codes_with_blank(frame["prompt_hash"])[order],
+        "is_image": _image_mask(frame["endpoint"])[order] | (frame["images"].to_numpy()[order] > 0),
+    }
+    for name in _NUMERIC:
+        columns[name] = frame[name].to_numpy()[order]
+    events = pd.DataFrame(columns)
 
     subject = events["subject"].to_numpy()
     first = np.ones(len(events), dtype=bool)
@@ -82,33 +93,52 @@ def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
     iat[first] = np.nan
     events["iat"] = iat
 
-    segment_starts = np.flatnonzero(first)
-    subjects = _subject_table(events, segment_starts, plans)
-    return PreparedEvents(events, subjects, networks, segment_starts)
+    subjects = _subject_table(frame, events, order, np.flatnonzero(first), plans)
+    return PreparedEvents(events, subjects, networks)
+
+
+def _subject_codes(frame: pd.DataFrame) -> np.ndarray:
+    """Code each (subject_type, key_id) pair; a key and an address never share a code."""
+    key_codes = pd.factorize(frame["key_id"])[0].astype(np.int64)
+    is_address = (frame["subject_type"] == "ip").to_numpy(dtype=bool)
+    return pd.factorize(key_codes * 2 + is_address)[0].astype(np.int64)
 
 
 def _codes_with_blank(values: pd.Series) -> np.ndarray:
     """Factorise ``values`` with "" mapped to -1 so a missing value never counts as distinct."""
-    blank = values.to_numpy() == ""
-    codes, _ = pd.factorize(values.mask(blank))
+    codes, uniques = pd.factorize(values)
+    blank = np.flatnonzero(np.asarray(uniques, dtype=object) == "")
+    if len(blank):
+        codes = np.where(codes == blank[0], -1, codes)
     return codes.astype(np.int64)
 
 
+def _image_mask(endpoints: pd.Series) -> np.ndarray:
+    codes, uniques = pd.factorize(endpoints)
+    is_image = np.array([endpoint in IMAGE_ENDPOINTS for endpoint in uniques], dtype=bool)
+    return is_image[codes] if len(uniques) else np.zeros(len(endpoints), dtype=bool)
+
+
 def _subject_table(
-    events: pd.DataFrame, segment_starts: np.ndarray, plans: PlanCatalogue
+    frame: pd.DataFrame,
+    events: pd.DataFrame,
+    order: np.ndarray,
+    segment_starts: np.ndarray,
+    plans: PlanCatalogue,
 ) -> pd.DataFrame:
-    last_rows = np.append(segment_starts[1:], len(events)) - 1
-    last = events.iloc[last_rows]
+    segment_ends = np.append(segment_starts[1:], len(events)) - 1
+    last_rows = order[segment_ends]
+    ts = events["ts"].to_numpy()
 
     table = pd.DataFrame(
         {
-            "subject_type": last["subject_type"].to_numpy(),
-            "subject": last["key_id"].to_numpy(),
-            "account_id": last["account_id"].to_numpy(),
-            "plan": last["plan"].to_numpy(),
-            "first_ts": events["ts"].to_numpy()[segment_starts] if len(events) else [],
-            "last_ts": last["ts"].to_numpy(),
-            "requests": np.diff(np.append(segment_starts, len(events))),
+            "subject_type": frame["subject_type"].take(last_rows).to_numpy(),
+            "subject": frame["key_id"].take(last_rows).to_numpy(),
+            "account_id": frame["account_id"].take(last_rows).to_numpy(),
+            "plan": frame["plan"].take(last_rows).to_numpy(),
+            "first_ts": ts[segment_starts],
+            "last_ts": ts[segment_ends],
+            "requests": segment_ends - segment_starts + 1,
         }
     )
     entitlements = plans.columns(table["plan"]).reset_index(drop=True)

@@ -1,0 +1,350 @@
+"""Vectorised checks of single contract fields.
+
+Each check takes a ``RawColumn`` and returns a ``Checked``: the field's values
+in their canonical form and a ``Problem`` code per row. Checks work on whole
+Arrow or numpy arrays; Python runs per distinct value at most (IP addresses,
+country codes), never per row of a clean batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detector.events import MAX_TEXT_LENGTH
+from detector.readers.columns import Kind, RawColumn, null_mask, true_mask
+from detector.readers.reasons import Problem
+
+# Largest count accepted: float64 holds every whole number up to 2**53 exactly.
+MAX_COUNT = 2.0**53
+
+SECRET_KEY_PATTERN = r"^sk-[A-Za-z0-9_\-]{16,}$"
+PROMPT_HASH_PATTERN = r"^[A-Za-z0-9+/=_:.\-]+$"
+MAX_PROMPT_HASH_LENGTH = 128
+# Dotted-quad IPv4 exactly as ipaddress prints it (no leading zeros), so it needs no rewrite.
+CANONICAL_IPV4_PATTERN = (
+    r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
+)
+TRUE_STRINGS = frozenset({"true", "1"})
+FALSE_STRINGS = frozenset({"false", "0"})
+
+
+@dataclass(slots=True)
+class Checked:
+    """A field's canonical values and a Problem code per row (0 where valid)."""
+
+    # numpy array, or Arrow string array for text; the entries at invalid rows are undefined.
+    values: np.ndarray | pa.Array
+    errors: np.ndarray
+    # key_id values that looked like API key secrets and were replaced by their hash.
+    secrets_replaced: int = 0
+
+
+def flag(errors: np.ndarray, condition: np.ndarray, problem: Problem) -> None:
+    """Set problem on the rows where condition holds and no earlier problem was found."""
+    errors[(errors == Problem.OK) & condition] = problem
+
+
+def scatter(target: np.ndarray, rows: np.ndarray | None, values: object) -> None:
+    """Write values into target at rows, or into every entry when rows is None."""
+    if rows is None:
+        target[:] = values
+    else:
+        target[rows] = values
+
+
+# Text
+
+
+def text_values(column: RawColumn) -> tuple[pa.Array, np.ndarray]:
+    """Return the column as one Arrow string array, with MISSING and NOT_TEXT problems."""
+    errors = np.zeros(column.length, dtype=np.uint8)
+    only = column.parts[0]
+    if len(column.parts) == 1 and only.kind is Kind.STRING:
+        errors[null_mask(only.values)] = Problem.MISSING
+        return only.values, errors
+
+    strings = np.full(column.length, None, dtype=object)
+    for part in column.parts:
+        if part.kind is Kind.STRING:
+            scatter(strings, part.rows, part.values.to_numpy(zero_copy_only=False))
+            problems = np.where(null_mask(part.values), Problem.MISSING, Problem.OK)
+        elif part.kind is Kind.NULL:
+            problems = Problem.MISSING
+        else:
+            problems = Problem.NOT_TEXT
+        scatter(errors, part.rows, problems)
+    return pa.array(strings, type=pa.string()), errors
+
+
+def flag_long_text(strings: pa.Array, errors: np.ndarray) -> None:
+    """Flag strings longer than MAX_TEXT_LENGTH characters."""
+    byte_lengths = pc.binary_length(strings)
+    if (pc.max(byte_lengths).as_py() or 0) <= MAX_TEXT_LENGTH:
+        return
+    lengths = pc.fill_null(pc.utf8_length(strings), 0).to_numpy()
+    flag(errors, lengths > MAX_TEXT_LENGTH, Problem.TOO_LONG)
+
+
+def check_text(column: RawColumn, *, allow_empty: bool, default: str | None = None) -> Checked:
+    """Check a text field; a missing value takes default when one is given."""
+    strings, errors = text_values(column)
+    if default is not None:
+        missing = errors == Problem.MISSING
+        if missing.any():
+            errors[missing] = Problem.OK
+            strings = pc.fill_null(strings, default)
+
+    if not allow_empty:
+        flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
+    flag_long_text(strings, errors)
+    return Checked(strings, errors)
+
+
+def check_identifier(column: RawColumn) -> Checked:
+    """Check a required, non-empty text field such as request_id or plan."""
+    return check_text(column, allow_empty=False)
+
+
+def check_model(column: RawColumn) -> Checked:
+    """Check the model name, which may be empty for endpoints that use no model."""
+    return check_text(column, allow_empty=True)
+
+
+def check_user_agent(column: RawColumn) -> Checked:
+    """Check the optional user agent; missing means ""."""
+    return check_text(column, allow_empty=True, default="")
+
+
+def check_subject_type(column: RawColumn) -> Checked:
+    """Check the internal subject type, "key" unless an access-log reader set "ip"."""
+    return check_text(column, allow_empty=False, default="key")
+
+
+def hash_secret(secret: str) -> str:
+    """Return the stored stand-in for an API key secret: "sha256:" and 16 hex digits."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def check_key_id(column: RawColumn) -> Checked:
+    """Check key_id, first replacing values that look like API key secrets by their hash."""
+    strings, errors = text_values(column)
+    secrets = true_mask(pc.starts_with(strings, "sk-"))
+    if secrets.any():
+        secrets &= true_mask(pc.match_substring_regex(strings, SECRET_KEY_PATTERN))
+    replaced = int(secrets.sum())
+    if replaced:
+        objects = strings.to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(secrets)
+        objects[rows] = [hash_secret(objects[row]) for row in rows]
+        strings = pa.array(objects, type=pa.string())
+
+    flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
+    flag_long_text(strings, errors)
+    return Checked(strings, errors, secrets_replaced=replaced)
+
+
+def map_distinct(strings: pa.Array, function: Callable[[str], object]) -> np.ndarray:
+    """Return function applied to each row's string, calling it once per distinct value.
+
+    Null rows map to None.
+    """
+    encoded = pc.dictionary_encode(strings)
+    mapped = np.array([function(value) for value in encoded.dictionary.to_pylist()] + [None], dtype=object)
+    sentinel = len(mapped) - 1
+    indices = pc.fill_null(encoded.indices, sentinel).to_numpy()
+    return mapped[indices]
+
+
+def normalize_ip(text: str) -> str | None:
+    """Return the canonical form of an IPv4 or IPv6 address, or None if text is not one.
+
+    IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) become the IPv4 address, so one
+    client has one spelling.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def check_ip(column: RawColumn) -> Checked:
+    """Check the client address and store it in ipaddress's canonical spelling."""
+    strings, errors = text_values(column)
+    canonical = true_mask(pc.match_substring_regex(strings, CANONICAL_IPV4_PATTERN))
+    others = np.flatnonzero(~canonical & (errors == Problem.OK))
+    if len(others) == 0:
+        return Checked(strings, errors)
+
+    normalized = map_distinct(strings.take(pa.array(others)), normalize_ip)
+    errors[others[pd.isna(normalized)]] = Problem.NOT_IP
+    objects = strings.to_numpy(zero_copy_only=False)
+    objects[others] = normalized
+    return Checked(objects, errors)
+
+
+def normalize_country(text: str) -> str | None:
+    """Return a two-letter country code in upper case, "" for "", or None if invalid."""
+    if text == "":
+        return ""
+    if len(text) == 2 and text.isascii() and text.isalpha():
+        return text.upper()
+    return None
+
+
+def check_country(column: RawColumn) -> Checked:
+    """Check the optional ISO 3166-1 alpha-2 country code; missing means ""."""
+    strings, errors = text_values(column)
+    errors[errors == Problem.MISSING] = Problem.OK
+    codes = map_distinct(strings, normalize_country)
+    absent = null_mask(strings)
+    codes[absent] = ""
+    flag(errors, pd.isna(codes) & ~absent, Problem.NOT_COUNTRY)
+    return Checked(codes, errors)
+
+
+def check_prompt_hash(column: RawColumn) -> Checked:
+    """Check the optional prompt hash: hex or base64-like, no spaces, at most 128 characters."""
+    strings, errors = text_values(column)
+    errors[errors == Problem.MISSING] = Problem.OK
+    strings = pc.fill_null(strings, "")
+
+    lengths = pc.binary_length(strings).to_numpy()
+    looks_like_hash = true_mask(pc.match_substring_regex(strings, PROMPT_HASH_PATTERN))
+    valid = (lengths == 0) | (looks_like_hash & (lengths <= MAX_PROMPT_HASH_LENGTH))
+    flag(errors, ~valid, Problem.NOT_HASH)
+    return Checked(strings, errors)
+
+
+# Numbers
+
+
+def parse_number_strings(strings: pa.Array) -> np.ndarray:
+    """Return strings parsed as float64, NaN where a string is not a number."""
+    try:
+        return pc.cast(strings, pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        objects = pd.Series(strings.to_numpy(zero_copy_only=False), dtype=object)
+        return pd.to_numeric(objects, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def number_values(column: RawColumn) -> tuple[np.ndarray, np.ndarray]:
+    """Return the column as float64 with MISSING, NOT_NUMBER and BOOLEAN_FOR_NUMBER problems.
+
+    Numbers given as strings ("12") are accepted, as CSV has no other way to write them.
+    """
+    result = np.zeros(column.length, dtype=np.float64)
+    errors = np.zeros(column.length, dtype=np.uint8)
+    for part in column.parts:
+        if part.kind is Kind.NUMBER:
+            numbers = pc.cast(part.values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+            scatter(result, part.rows, numbers)
+            scatter(errors, part.rows, np.where(null_mask(part.values), Problem.MISSING, Problem.OK))
+        elif part.kind is Kind.STRING:
+            numbers = parse_number_strings(part.values)
+            absent = null_mask(part.values)
+            problems = np.where(absent, Problem.MISSING, np.where(np.isnan(numbers), Problem.NOT_NUMBER, Problem.OK))
+            scatter(result, part.rows, numbers)
+            scatter(errors, part.rows, problems)
+        elif part.kind is Kind.NULL:
+            scatter(errors, part.rows, Problem.MISSING)
+        elif part.kind is Kind.BOOLEAN:
+            scatter(errors, part.rows, Problem.BOOLEAN_FOR_NUMBER)
+        else:
+            scatter(errors, part.rows, Problem.NOT_NUMBER)
+    return result, errors
+
+
+def check_amount(column: RawColumn) -> Checked:
+    """Check a non-negative finite number such as cost or latency_ms."""
+    numbers, errors = number_values(column)
+    flag(errors, ~np.isfinite(numbers), Problem.NOT_FINITE)
+    flag(errors, numbers < 0, Problem.NEGATIVE)
+    return Checked(numbers, errors)
+
+
+def whole_numbers(column: RawColumn, default: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return non-negative whole numbers as int64 with their problems."""
+    numbers, errors = number_values(column)
+    if default is not None:
+        missing = errors == Problem.MISSING
+        errors[missing] = Problem.OK
+        numbers[missing] = default
+
+    flag(errors, ~np.isfinite(numbers), Problem.NOT_FINITE)
+    flag(errors, numbers < 0, Problem.NEGATIVE)
+    flag(errors, numbers != np.floor(numbers), Problem.NOT_WHOLE)
+    flag(errors, numbers > MAX_COUNT, Problem.TOO_LARGE)
+    integers = np.where(errors == Problem.OK, numbers, 0).astype(np.int64)
+    return integers, errors
+
+
+def check_count(column: RawColumn) -> Checked:
+    """Check a required count such as prompt_tokens."""
+    return Checked(*whole_numbers(column, default=None))
+
+
+def check_images(column: RawColumn) -> Checked:
+    """Check the optional image count; missing means 0."""
+    return Checked(*whole_numbers(column, default=0))
+
+
+def check_status(column: RawColumn) -> Checked:
+    """Check the HTTP status code, 100 to 599."""
+    statuses, errors = whole_numbers(column, default=None)
+    flag(errors, (statuses < 100) | (statuses > 599), Problem.NOT_STATUS)
+    return Checked(statuses, errors)
+
+
+# Booleans
+
+
+def parse_boolean_strings(strings: pa.Array) -> np.ndarray:
+    """Return 1 for "true"/"1", 0 for "false"/"0" (any case), -1 otherwise, per row."""
+
+    def parse(text: str) -> int:
+        word = text.strip().lower()
+        if word in TRUE_STRINGS:
+            return 1
+        if word in FALSE_STRINGS:
+            return 0
+        return -1
+
+    return np.array(map_distinct(strings, parse), dtype=np.float64)
+
+
+def check_stream(column: RawColumn) -> Checked:
+    """Check the stream flag: true/false, 0/1, or those words as strings."""
+    flags = np.zeros(column.length, dtype=bool)
+    errors = np.zeros(column.length, dtype=np.uint8)
+    for part in column.parts:
+        if part.kind is Kind.BOOLEAN:
+            scatter(flags, part.rows, true_mask(part.values))
+            scatter(errors, part.rows, np.where(null_mask(part.values), Problem.MISSING, Problem.OK))
+            continue
+        if part.kind in (Kind.NULL, Kind.UNSUPPORTED, Kind.TIMESTAMP):
+            problem = Problem.MISSING if part.kind is Kind.NULL else Problem.NOT_BOOLEAN
+            scatter(errors, part.rows, problem)
+            continue
+
+        if part.kind is Kind.NUMBER:
+            numbers = pc.cast(part.values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+        else:
+            numbers = parse_boolean_strings(part.values)
+        absent = null_mask(part.values)
+        invalid = (numbers != 0) & (numbers != 1)
+        problems = np.where(absent, Problem.MISSING, np.where(invalid, Problem.NOT_BOOLEAN, Problem.OK))
+        scatter(flags, part.rows, numbers == 1)
+        scatter(errors, part.rows, problems)
+    return Checked(flags, errors)

@@ -1,0 +1,108 @@
+"""The ts check: RFC 3339 times with an offset or epoch seconds, stored as UTC epoch seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detector.readers.checks import Checked, flag, scatter
+from detector.readers.columns import Kind, RawColumn, null_mask, true_mask
+from detector.readers.reasons import Problem
+
+EARLIEST_EPOCH = 946_684_800.0  # 2000-01-01T00:00:00Z
+END_EPOCH = 4_133_980_800.0  # 2101-01-01T00:00:00Z, the first second after 2100
+
+# Date and time with a UTC offset. Arrow and pandas also take a space for "T" and
+# "+hhmm" or "+hh" offsets, and so does this pattern.
+TIME_WITH_OFFSET_PATTERN = (
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
+)
+TIME_WITHOUT_OFFSET_PATTERN = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
+SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+UNIX_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+
+
+def check_ts(column: RawColumn) -> Checked:
+    """Check the request time and return it as UTC epoch seconds (float64)."""
+    epochs = np.full(column.length, np.nan)
+    errors = np.zeros(column.length, dtype=np.uint8)
+    for part in column.parts:
+        if part.kind is Kind.NUMBER:
+            seconds = pc.cast(part.values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+            problems = _missing_or(null_mask(part.values), ~np.isfinite(seconds), Problem.NOT_TIME)
+        elif part.kind is Kind.STRING:
+            seconds, problems = parse_time_strings(part.values)
+        elif part.kind is Kind.TIMESTAMP:
+            seconds, problems = _arrow_timestamps(part.values)
+        elif part.kind is Kind.NULL:
+            seconds, problems = np.nan, Problem.MISSING
+        else:
+            seconds, problems = np.nan, Problem.NOT_TIME
+        scatter(epochs, part.rows, seconds)
+        scatter(errors, part.rows, problems)
+
+    flag(errors, (epochs < EARLIEST_EPOCH) | (epochs >= END_EPOCH), Problem.YEAR_OUT_OF_RANGE)
+    return Checked(epochs, errors)
+
+
+def parse_time_strings(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Return epoch seconds and problems for ts values given as strings.
+
+    Arrow parses a batch of valid RFC 3339 times in one cast, and rejects times
+    without an offset when the target type has a time zone. Any invalid value
+    makes the cast fail, and then the values are parsed one by one.
+    """
+    absent = null_mask(strings)
+    try:
+        stamps = pc.cast(strings, pa.timestamp("ns", tz="UTC"))
+    except pa.ArrowInvalid:
+        return _parse_time_strings_one_by_one(strings, absent)
+
+    nanoseconds = pc.fill_null(stamps.cast(pa.int64()), 0).to_numpy()
+    return nanoseconds / 1e9, _missing_or(absent, np.zeros_like(absent), Problem.NOT_TIME)
+
+
+def _parse_time_strings_one_by_one(strings: pa.Array, absent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    texts = pd.Series(strings.to_numpy(zero_copy_only=False), dtype=object)
+    seconds = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    numeric = ~np.isnan(seconds)
+
+    with_offset = true_mask(pc.match_substring_regex(strings, TIME_WITH_OFFSET_PATTERN))
+    without_offset = true_mask(pc.match_substring_regex(strings, TIME_WITHOUT_OFFSET_PATTERN))
+    dated = ~numeric & (with_offset | without_offset)
+    parsed_seconds = _parse_dates(texts[dated])
+    seconds[dated] = np.where(with_offset[dated], parsed_seconds, np.nan)
+
+    problems = np.full(len(texts), Problem.NOT_TIME, dtype=np.uint8)
+    problems[np.isfinite(seconds)] = Problem.OK
+    naive = np.zeros(len(texts), dtype=bool)
+    naive[dated] = without_offset[dated] & ~np.isnan(parsed_seconds)
+    problems[naive] = Problem.NO_OFFSET
+    problems[absent] = Problem.MISSING
+    return seconds, problems
+
+
+def _parse_dates(texts: pd.Series) -> np.ndarray:
+    """Return ISO 8601 date-times as epoch seconds, NaN where invalid; naive ones count as UTC."""
+    if texts.empty:
+        return np.empty(0)
+    parsed = pd.to_datetime(texts.str.upper(), format="ISO8601", utc=True, errors="coerce")
+    return ((parsed - UNIX_EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _arrow_timestamps(stamps: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Return epoch seconds for an Arrow timestamp array; one without a time zone is naive."""
+    absent = null_mask(stamps)
+    if stamps.type.tz is None:
+        return np.full(len(stamps), np.nan), _missing_or(absent, ~absent, Problem.NO_OFFSET)
+
+    counts = pc.fill_null(stamps.cast(pa.int64()), 0).to_numpy()
+    seconds = counts / SECONDS_PER_UNIT[stamps.type.unit]
+    return seconds, _missing_or(absent, np.zeros_like(absent), Problem.NOT_TIME)
+
+
+def _missing_or(absent: np.ndarray, invalid: np.ndarray, problem: Problem) -> np.ndarray:
+    """Return MISSING where absent, else problem where invalid, else OK."""
+    return np.where(absent, Problem.MISSING, np.where(invalid, problem, Problem.OK)).astype(np.uint8)

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Benchmark batch scoring against a plain JSON-lines parse of the same file.
+
+    .venv/bin/python scripts/bench_score.py [--keys 5000] [--days 7] [--seed 11] [--repeat 3]
+    .venv/bin/python scripts/bench_score.py --events path/to/events.jsonl
+
+It writes (or takes) a simulated events file of at least a million events and
+times, alternating, in fresh subprocesses:
+
+- ``parse-orjson``: ``orjson.loads`` on every line, the records kept in a list;
+- ``parse-pyarrow``: ``pyarrow.json.read_json`` of the whole file (multithreaded);
+- ``score``: ``fairuse score`` without the CLI: read, validate, score, store the
+  findings and decisions in a fresh SQLite file.
+
+Each phase runs in its own process so its peak RSS is its own. The report is
+the median of ``--repeat`` rounds, and the ratio of scoring's events/s to the
+faster parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PHASES = ("parse-orjson", "parse-pyarrow", "score")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=Path, help="An events JSON-lines file (default: simulate one).")
+    parser.add_argument("--keys", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.phase:
+        print(json.dumps(run_phase(args.phase, args.events)))
+        return
+
+    with tempfile.TemporaryDirectory() as folder:
+        events = args.events or simulate(Path(folder), args)
+        results = {phase: [] for phase in PHASES}
+        for _ in range(args.repeat):
+            for phase in PHASES:
+                results[phase].append(run_in_subprocess(phase, events))
+        report(events, results)
+
+
+def simulate(folder: Path, args: argparse.Namespace) -> Path:
+    from detector.simulate import simulate_traffic
+
+    result = simulate_traffic(folder, keys=args.keys, days=args.days, seed=args.seed)
+    return result.events_path
+
+
+def run_in_subprocess(phase: str, events: Path) -> dict:
+    command = [sys.executable, __file__, "--phase", phase, "--events", str(events)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run_phase(phase: str, events: Path) -> dict:
+    import resource
+    import time
+
+    started = time.perf_counter()
+    if phase == "parse-orjson":
+        count = parse_with_orjson(events)
+    elif phase == "parse-pyarrow":
+        count = parse_with_pyarrow(events)
+    else:
+        count = score(events)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"events": count, "seconds": seconds, "peak_mb": peak_mb}
+
+
+def parse_with_orjson(events: Path) -> int:
+    import orjson
+
+    with events.open("rb") as handle:
+        records = [orjson.loads(line) for line in handle if line.strip()]
+    return len(records)
+
+
+def parse_with_pyarrow(events: Path) -> int:
+    import pyarrow.json as pajson
+
+    return pajson.read_json(events).num_rows
+
+
+def score(events: Path) -> int:
+    from detector.batch import BatchOptions, run_batch
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = BatchOptions(paths=[events], database_url=f"sqlite:///{folder}/bench.db")
+        report = run_batch(options)
+    return len(report.read.frame)
+
+
+def report(events: Path, results: dict[str, list[dict]]) -> None:
+    medians = {}
+    for phase, runs in results.items():
+        seconds = statistics.median(run["seconds"] for run in runs)
+        medians[phase] = {
+            "events": runs[0]["events"],
+            "seconds": seconds,
+            "events_per_s": runs[0]["events"] / seconds,
+            "peak_mb": max(run["peak_mb"] for run in runs),
+        }
+
+    print(f"file: {events} ({events.stat().st_size / 1e6:.0f} MB)")
+    print(f"{'phase':<15}{'events':>12}{'seconds':>10}{'events/s':>14}{'peak MB':>10}")
+    for phase, row in medians.items():
+        print(f"{phase:<15}{row['events']:>12,}{row['seconds']:>10.2f}{row['events_per_s']:>14,.0f}{row['peak_mb']:>10.0f}")
+
+    score_rate = medians["score"]["events_per_s"]
+    for baseline in ("parse-orjson", "parse-pyarrow"):
+        print(f"score / {baseline}: {score_rate / medians[baseline]['events_per_s']:.2f}")
+    per_million = medians["score"]["peak_mb"] / (medians["score"]["events"] / 1e6)
+    print(f"score peak memory per million events: {per_million:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
