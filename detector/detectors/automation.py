@@ -22,9 +22,13 @@ class AutomationDetector:
 
     *Load*: in each 10-minute bucket, a subject sending at least ``min_load``
     times its plan's expected rate with a machine signal: a regular cadence
-    (robust CV of inter-arrival times under ``max_regular_cv``), one
+    (robust CV of inter-arrival times under ``max_regular_cv``, with a median
+    gap of at least ``min_regular_period`` seconds, because logs with
+    one-second timestamps make any quick run of requests look even), one
     ``prompt_hash`` in at least ``min_repeat_share`` of requests, or
-    ``min_parallel`` requests started within one second.
+    ``min_parallel`` requests started within one second, at least
+    ``min_parallel_waves`` times in the bucket (a browser opening one page
+    fetches its assets in parallel once; a flood does it again and again).
 
     *Pattern*: over the whole input, requests collapsed into bursts (gaps under
     ``burst_gap`` seconds) that arrive on a clock (robust CV of the gaps under
@@ -37,8 +41,10 @@ class AutomationDetector:
     min_load: float = 1.0
     min_bucket_events: int = 20
     max_regular_cv: float = 0.25
+    min_regular_period: float = 2.0
     min_repeat_share: float = 0.5
     min_parallel: int = 8
+    min_parallel_waves: int = 3
     burst_gap: float = 10.0
     min_bursts: int = 12
     min_active_hours: int = 18
@@ -55,8 +61,10 @@ class AutomationDetector:
         return {
             "min_load": self.min_load,
             "max_regular_cv": self.max_regular_cv,
+            "min_regular_period": self.min_regular_period,
             "min_repeat_share": self.min_repeat_share,
             "min_parallel": self.min_parallel,
+            "min_parallel_waves": self.min_parallel_waves,
             "min_bursts": self.min_bursts,
             "min_active_hours": self.min_active_hours,
             "min_hour_entropy": self.min_hour_entropy,
@@ -69,6 +77,7 @@ class AutomationDetector:
         expected = prepared.subjects["expected_rph"].to_numpy()[events["subject"].to_numpy()]
         per_bucket = np.maximum(expected * BUCKET / HOUR, 1.0)
 
+        parallel = prepared.count_in_window(1.0)
         frame = pd.DataFrame(
             {
                 "subject": events["subject"].to_numpy(),
@@ -77,7 +86,8 @@ class AutomationDetector:
                 "iat": events["iat"].to_numpy(),
                 "prompt": events["prompt"].to_numpy(),
                 "latency_ms": events["latency_ms"].to_numpy(),
-                "parallel": prepared.count_in_window(1.0),
+                "parallel": parallel,
+                "wave": parallel == self.min_parallel,
                 "level": np.maximum(np.ceil(self.min_load * per_bucket), self.min_bucket_events),
                 "per_bucket": per_bucket,
             }
@@ -117,6 +127,7 @@ class AutomationDetector:
                 "iat_robust_cv": "cv",
                 "top_prompt_share": "repeat_share",
                 "max_started_in_1s": "max_parallel",
+                "parallel_waves": "parallel_waves",
                 "mean_in_flight": "in_flight",
             },
             window="10-minute bucket",
@@ -142,6 +153,7 @@ class AutomationDetector:
                 "median_iat": grouped["iat"].median(),
                 "mad_iat": mad,
                 "max_parallel": grouped["parallel"].max(),
+                "parallel_waves": grouped["wave"].sum(),
                 "in_flight": grouped["latency_ms"].sum() / (BUCKET * 1000),
                 "per_bucket": grouped["per_bucket"].first(),
             }
@@ -156,9 +168,11 @@ class AutomationDetector:
             )
         buckets["load"] = buckets["requests"] / buckets["per_bucket"]
 
-        buckets["regular"] = buckets["cv"] <= self.max_regular_cv
+        buckets["regular"] = (buckets["cv"] <= self.max_regular_cv) & (
+            buckets["median_iat"] >= self.min_regular_period
+        )
         buckets["repeated"] = buckets["repeat_share"] >= self.min_repeat_share
-        buckets["parallel_burst"] = buckets["max_parallel"] >= self.min_parallel
+        buckets["parallel_burst"] = buckets["parallel_waves"] >= self.min_parallel_waves
         buckets["machine"] = buckets["regular"] | buckets["repeated"] | buckets["parallel_burst"]
         buckets["kind"] = "load"
         return buckets

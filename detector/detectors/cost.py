@@ -24,7 +24,10 @@ class AbnormalCostDetector:
     (hours with any spend) in the seven days before it, so spend that grows a
     little every day moves its own baseline along. A spike needs all of:
     ``min_ratio`` times the baseline median, ``min_z`` robust standard deviations
-    above it, and at least ``min_budget_share`` of the plan's hourly budget.
+    above it, ``min_peak_ratio`` times the key's own busy-hour spend (the 95th
+    percentile of its active hours), and at least ``min_budget_share`` of the
+    plan's hourly budget. Human use is bursty, so the median alone would call
+    every busy afternoon a spike; the busy-hour test keeps those out.
     Keys with fewer than ``min_history_hours`` active hours have no baseline yet
     and are held to the plan's budgets only. The scale never falls below
     ``scale_floor_share`` of the median or ``budget_floor_share`` of the hourly
@@ -33,6 +36,8 @@ class AbnormalCostDetector:
 
     min_ratio: float = 8.0
     min_z: float = 6.0
+    min_peak_ratio: float = 3.0
+    peak_quantile: float = 0.95
     min_budget_share: float = 0.5
     min_history_hours: int = 6
     median_floor_share: float = 0.05
@@ -71,6 +76,8 @@ class AbnormalCostDetector:
                 "baseline_hours": "history_hours",
                 "robust_z": "z",
                 "ratio_to_baseline": "ratio",
+                "baseline_busy_hour": "busy_hour",
+                "ratio_to_busy_hour": "peak_ratio",
                 "hourly_budget": "hourly_budget",
                 "daily_budget": "daily_budget",
                 "peak_spend_1h": "peak_spend_1h",
@@ -79,6 +86,7 @@ class AbnormalCostDetector:
             thresholds={
                 "min_ratio": self.min_ratio,
                 "min_z": self.min_z,
+                "min_peak_ratio": self.min_peak_ratio,
                 "min_budget_share": self.min_budget_share,
                 "min_history_hours": self.min_history_hours,
             },
@@ -109,6 +117,7 @@ class AbnormalCostDetector:
         history = hourly[(hourly["day"] >= day - 7) & (hourly["day"] < day)]
         grouped = history.groupby("subject")["cost"]
         median = grouped.median()
+        peak = grouped.quantile(self.peak_quantile)
         deviation = (history["cost"] - history["subject"].map(median)).abs()
         mad = deviation.groupby(history["subject"]).median()
         return pd.DataFrame(
@@ -117,6 +126,7 @@ class AbnormalCostDetector:
                 "day": day,
                 "median": median.to_numpy(),
                 "mad": mad.reindex(median.index).to_numpy(),
+                "peak": peak.reindex(median.index).to_numpy(),
                 "history_hours": grouped.size().reindex(median.index).to_numpy(),
             }
         )
@@ -142,10 +152,13 @@ class AbnormalCostDetector:
         )
         z = (spend_1h - median) / scale
         ratio = spend_1h / median
+        peak = np.maximum(baseline["peak"].fillna(0).to_numpy(), median)
+        peak_ratio = spend_1h / peak
         spike = (
             has_history
             & (ratio >= self.min_ratio)
             & (z >= self.min_z)
+            & (peak_ratio >= self.min_peak_ratio)
             & (spend_1h >= self.min_budget_share * hourly_budget)
         )
 
@@ -174,6 +187,8 @@ class AbnormalCostDetector:
                 "history_hours": baseline["history_hours"].to_numpy(),
                 "z": z,
                 "ratio": ratio,
+                "busy_hour": peak,
+                "peak_ratio": peak_ratio,
                 "hourly_budget": hourly_budget,
                 "daily_budget": daily_budget,
             }

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from detector.detectors.base import Finding, findings_from_rows
 from detector.features import PreparedEvents
@@ -25,10 +27,24 @@ class KeySharingDetector:
     uses one network, so neither produces these switches. Networks are IPv4
     /24 and IPv6 /48 prefixes.
 
-    A finding needs ``min_switches`` concurrent switches in a rolling 24 hours
-    and either ``min_networks`` networks taking part in them so far, or two
-    networks with a second sign: different user agents on the two sides or an
-    impossible trip (a country change within ``travel_gap`` seconds).
+    A *concurrent* finding needs ``min_switches`` concurrent switches in a
+    rolling 24 hours and either ``min_networks`` networks taking part in them
+    so far, or two networks with a second sign: different user agents on the
+    two sides or an impossible trip (a country change within ``travel_gap``
+    seconds).
+
+    People who share a key rarely use it in the same minutes, so a second test
+    counts *devices in separate places* per UTC day: the connected components
+    of the graph that links each network to the user agents seen on it. One
+    person's phone roaming across networks is one component (one user agent);
+    a team behind one NAT is one component (one network); three people with
+    their own devices on their own networks are three. A *devices* finding
+    needs ``min_components`` components with at least
+    ``min_component_requests`` requests each.
+
+    NOTE: one person with three devices that never share a network in a day
+    (office desktop, home laptop, phone on mobile data) also makes three
+    components; the shipped policy sends few-person sharing to review only.
     """
 
     switch_gap: float = 120.0
@@ -36,6 +52,8 @@ class KeySharingDetector:
     travel_gap: float = 3600.0
     min_switches: int = 3
     min_networks: int = 3
+    min_components: int = 3
+    min_component_requests: int = 2
     resale_networks: int = 8
     reason: str = "key_sharing"
     version: str = "1"
@@ -45,30 +63,29 @@ class KeySharingDetector:
         if events.empty:
             return []
 
-        signals = self._switch_signals(events)
-        concurrent = signals["concurrent"].to_numpy()
-        if not concurrent.any():
-            return []
-
-        rows = self._concurrent_rows(prepared, signals, concurrent)
-        rows = rows[rows["qualifies"]]
+        rows = pd.concat([self._concurrent_findings(prepared), self._device_findings(prepared)])
         if rows.empty:
             return []
 
-        rows["day"] = (rows["ts"] // DAY).astype(np.int64)
+        # One finding per subject and day: the earliest evidence, the strongest counts.
+        rows = rows.sort_values("detected_at", kind="stable")
         grouped = rows.groupby(["subject", "day"], sort=False)
         first = grouped.head(1).set_index(["subject", "day"])
-        first["networks"] = grouped["networks"].max()
-        first["switches_24h"] = grouped["switches_24h"].max()
-        first["window_end"] = grouped["ts"].max()
+        for column in ("networks", "switches_24h", "components", "impossible_trips_24h"):
+            first[column] = grouped[column].max()
+        first["window_end"] = grouped["window_end"].max()
         first = first.reset_index()
 
-        first["score"] = np.clip(40 + 15 * np.minimum(first["networks"], 4), 0, 100)
+        users = np.maximum(first["networks"], first["components"])
+        first["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
         first["score"] += np.where(first["impossible_trips_24h"] > 0, 10, 0)
         first["score"] = first["score"].clip(upper=100)
-        first["impact"] = first["networks"].astype(float)
-        first["detected_at"] = first["ts"]
-        first["window_start"] = first["ts"] - DAY
+        first["impact"] = users.astype(float)
+        first["window_start"] = first["detected_at"] - DAY
+
+        involved = events[events["subject"].isin(np.unique(first["subject"]))]
+        spread = _daily_spread(involved).reindex(pd.MultiIndex.from_arrays([first["subject"], first["day"]]))
+        first = pd.concat([first.reset_index(drop=True), spread.reset_index(drop=True)], axis=1)
 
         return findings_from_rows(
             prepared,
@@ -76,22 +93,77 @@ class KeySharingDetector:
             reason=self.reason,
             origin=f"{self.reason}/{self.version}",
             evidence_columns={
+                "kind": "kind",
                 "concurrent_networks": "networks",
                 "concurrent_switches_24h": "switches_24h",
+                "device_components": "components",
                 "impossible_trips_24h": "impossible_trips_24h",
-                "user_agents_differ": "ua_differs",
                 "networks_24h": "networks_24h",
                 "countries_24h": "countries_24h",
                 "user_agents_24h": "user_agents_24h",
             },
-            window="rolling 24h of concurrent network switches; networks counted since the first",
+            window="rolling 24h of concurrent switches; device components per UTC day",
             thresholds={
                 "switch_gap_s": self.switch_gap,
                 "return_gap_s": self.return_gap,
                 "min_switches": self.min_switches,
                 "min_networks": self.min_networks,
+                "min_components": self.min_components,
+                "min_component_requests": self.min_component_requests,
                 "resale_networks": self.resale_networks,
             },
+        )
+
+    def _concurrent_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
+        signals = self._switch_signals(prepared.events)
+        concurrent = signals["concurrent"].to_numpy()
+        if not concurrent.any():
+            return _EMPTY_ROWS.copy()
+
+        rows = self._concurrent_rows(prepared, signals, concurrent)
+        rows = rows[rows["qualifies"]]
+        return pd.DataFrame(
+            {
+                "subject": rows["subject"].to_numpy(),
+                "day": (rows["ts"] // DAY).astype(np.int64).to_numpy(),
+                "detected_at": rows["ts"].to_numpy(),
+                "window_end": rows["ts"].to_numpy(),
+                "networks": rows["networks"].to_numpy(),
+                "switches_24h": rows["switches_24h"].to_numpy(),
+                "components": 0,
+                "impossible_trips_24h": rows["impossible_trips_24h"].to_numpy(),
+                "kind": "concurrent",
+            }
+        )
+
+    def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
+        components = _device_components(prepared.events)
+        components = components[components["requests"] >= self.min_component_requests]
+        if components.empty:
+            return _EMPTY_ROWS.copy()
+
+        components = components.sort_values("first_ts", kind="stable")
+        grouped = components.groupby(["subject", "day"], sort=False)
+        rank = grouped.cumcount() + 1
+        counts = grouped["first_ts"].transform("size")
+        crossing = components[(rank == self.min_components) & (counts >= self.min_components)]
+        if crossing.empty:
+            return _EMPTY_ROWS.copy()
+
+        totals = counts[crossing.index].to_numpy()
+        last_seen = grouped["last_ts"].transform("max")[crossing.index].to_numpy()
+        return pd.DataFrame(
+            {
+                "subject": crossing["subject"].to_numpy(),
+                "day": crossing["day"].to_numpy(),
+                "detected_at": crossing["first_ts"].to_numpy(),
+                "window_end": last_seen,
+                "networks": 0,
+                "switches_24h": 0,
+                "components": totals,
+                "impossible_trips_24h": 0,
+                "kind": "devices",
+            }
         )
 
     def _switch_signals(self, events: pd.DataFrame) -> pd.DataFrame:
@@ -148,11 +220,6 @@ class KeySharingDetector:
 
         trips = signals["impossible_trip"].to_numpy()
         rows["impossible_trips_24h"] = _count_at(prepared, trips, concurrent, DAY)
-        involved = events[events["subject"].isin(np.unique(rows["subject"]))]
-        rows = rows.join(_daily_spread(involved).reindex(
-            pd.MultiIndex.from_arrays([rows["subject"], (rows["ts"] // DAY).astype(np.int64)])
-        ).reset_index(drop=True))
-
         enough_switches = rows["switches_24h"] >= self.min_switches
         many_networks = rows["networks"] >= self.min_networks
         two_with_sign = (rows["networks"] >= 2) & (
@@ -160,6 +227,59 @@ class KeySharingDetector:
         )
         rows["qualifies"] = enough_switches & (many_networks | two_with_sign)
         return rows
+
+
+_EMPTY_ROWS = pd.DataFrame(
+    {
+        "subject": pd.Series(dtype="int64"),
+        "day": pd.Series(dtype="int64"),
+        "detected_at": pd.Series(dtype="float64"),
+        "window_end": pd.Series(dtype="float64"),
+        "networks": pd.Series(dtype="int64"),
+        "switches_24h": pd.Series(dtype="int64"),
+        "components": pd.Series(dtype="int64"),
+        "impossible_trips_24h": pd.Series(dtype="int64"),
+        "kind": pd.Series(dtype="object"),
+    }
+)
+
+
+def _device_components(events: pd.DataFrame) -> pd.DataFrame:
+    """Return the connected components of the network–user-agent graph per subject and UTC day.
+
+    Each row is one component: ``subject``, ``day``, ``requests``, and the
+    first and last request times. Requests with an unknown network are left out.
+    """
+    known = events[events["net"].to_numpy() >= 0]
+    pairs = (
+        pd.DataFrame(
+            {
+                "subject": known["subject"].to_numpy(),
+                "day": (known["ts"].to_numpy() // DAY).astype(np.int64),
+                "net": known["net"].to_numpy(),
+                "ua": known["ua"].to_numpy(),
+                "ts": known["ts"].to_numpy(),
+            }
+        )
+        .groupby(["subject", "day", "net", "ua"], sort=False)["ts"]
+        .agg(["size", "min", "max"])
+        .reset_index()
+    )
+    if pairs.empty:
+        return pd.DataFrame(columns=["subject", "day", "requests", "first_ts", "last_ts"])
+
+    net_nodes = pairs.groupby(["subject", "day", "net"], sort=False).ngroup().to_numpy()
+    ua_nodes = pairs.groupby(["subject", "day", "ua"], sort=False).ngroup().to_numpy()
+    ua_nodes = ua_nodes + net_nodes.max() + 1
+    size = int(ua_nodes.max()) + 1
+    graph = coo_matrix((np.ones(len(pairs)), (net_nodes, ua_nodes)), shape=(size, size))
+    _, labels = connected_components(graph, directed=False)
+
+    pairs["component"] = labels[net_nodes]
+    components = pairs.groupby(["subject", "day", "component"], sort=False).agg(
+        requests=("size", "sum"), first_ts=("min", "min"), last_ts=("max", "max")
+    )
+    return components.reset_index().drop(columns="component")
 
 
 def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:

@@ -142,26 +142,38 @@ def check_key_id(column: RawColumn) -> Checked:
         secrets &= true_mask(pc.match_substring_regex(strings, SECRET_KEY_PATTERN))
     replaced = int(secrets.sum())
     if replaced:
-        objects = strings.to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(secrets)
-        objects[rows] = [hash_secret(objects[row]) for row in rows]
-        strings = pa.array(objects, type=pa.string())
+        hashes = [hash_secret(secret) for secret in strings.filter(pa.array(secrets)).to_pylist()]
+        strings = pc.replace_with_mask(strings, pa.array(secrets), pa.array(hashes, type=pa.string()))
 
     flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
     flag_long_text(strings, errors)
     return Checked(strings, errors, secrets_replaced=replaced)
 
 
-def map_distinct(strings: pa.Array, function: Callable[[str], object]) -> np.ndarray:
-    """Return function applied to each row's string, calling it once per distinct value.
+@dataclass(slots=True)
+class DistinctMapping:
+    """A function's result for each distinct string of an array, and each row's result index."""
 
-    Null rows map to None.
-    """
+    # One result per distinct value, then None for null rows.
+    results: list
+    indices: np.ndarray
+
+    def invalid_rows(self) -> np.ndarray:
+        """Return a mask of the rows whose result is None: nulls and rejected values."""
+        invalid = np.array([result is None for result in self.results], dtype=bool)
+        return invalid[self.indices]
+
+    def row_strings(self) -> pa.Array:
+        """Return each row's result as an Arrow string array, null where it is None."""
+        return pa.array(self.results, type=pa.string()).take(pa.array(self.indices))
+
+
+def map_distinct(strings: pa.Array, function: Callable[[str], object]) -> DistinctMapping:
+    """Apply function once per distinct string instead of once per row."""
     encoded = pc.dictionary_encode(strings)
-    mapped = np.array([function(value) for value in encoded.dictionary.to_pylist()] + [None], dtype=object)
-    sentinel = len(mapped) - 1
-    indices = pc.fill_null(encoded.indices, sentinel).to_numpy()
-    return mapped[indices]
+    results = [function(value) for value in encoded.dictionary.to_pylist()] + [None]
+    indices = pc.fill_null(encoded.indices, len(results) - 1).to_numpy()
+    return DistinctMapping(results, indices)
 
 
 def normalize_ip(text: str) -> str | None:
@@ -188,10 +200,11 @@ def check_ip(column: RawColumn) -> Checked:
         return Checked(strings, errors)
 
     normalized = map_distinct(strings.take(pa.array(others)), normalize_ip)
-    errors[others[pd.isna(normalized)]] = Problem.NOT_IP
-    objects = strings.to_numpy(zero_copy_only=False)
-    objects[others] = normalized
-    return Checked(objects, errors)
+    errors[others[normalized.invalid_rows()]] = Problem.NOT_IP
+    rewrite = np.zeros(column.length, dtype=bool)
+    rewrite[others] = True
+    strings = pc.replace_with_mask(strings, pa.array(rewrite), normalized.row_strings())
+    return Checked(strings, errors)
 
 
 def normalize_country(text: str) -> str | None:
@@ -208,10 +221,8 @@ def check_country(column: RawColumn) -> Checked:
     strings, errors = text_values(column)
     errors[errors == Problem.MISSING] = Problem.OK
     codes = map_distinct(strings, normalize_country)
-    absent = null_mask(strings)
-    codes[absent] = ""
-    flag(errors, pd.isna(codes) & ~absent, Problem.NOT_COUNTRY)
-    return Checked(codes, errors)
+    flag(errors, codes.invalid_rows() & ~null_mask(strings), Problem.NOT_COUNTRY)
+    return Checked(pc.fill_null(codes.row_strings(), ""), errors)
 
 
 def check_prompt_hash(column: RawColumn) -> Checked:
@@ -321,7 +332,8 @@ def parse_boolean_strings(strings: pa.Array) -> np.ndarray:
             return 0
         return -1
 
-    return np.array(map_distinct(strings, parse), dtype=np.float64)
+    parsed = map_distinct(strings, parse)
+    return np.array(parsed.results, dtype=np.float64)[parsed.indices]
 
 
 def check_stream(column: RawColumn) -> Checked:

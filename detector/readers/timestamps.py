@@ -66,7 +66,7 @@ def parse_time_strings(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def _parse_time_strings_one_by_one(strings: pa.Array, absent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     texts = pd.Series(strings.to_numpy(zero_copy_only=False), dtype=object)
-    seconds = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    seconds = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
     numeric = ~np.isnan(seconds)
 
     with_offset = true_mask(pc.match_substring_regex(strings, TIME_WITH_OFFSET_PATTERN))

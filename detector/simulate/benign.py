@@ -167,16 +167,20 @@ def batch_pipeline(ctx: KeyContext) -> list[Part]:
 
 
 def steady_growth(ctx: KeyContext) -> list[Part]:
-    """An app backend whose traffic, and so spend, grows 20-40% a day without a jump."""
+    """An app backend whose traffic, and so spend, grows 20-40% a day without a jump.
+
+    On the last day it sends 120-300 requests and spends 25-45% of the daily
+    budget; prompt sizes are scaled to make both true at once.
+    """
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
     place = people.server_place(rng, country, offset)
-    style = replace(pick_style(rng, ctx.token_scale()), stream_share=0.3)
 
     growth = float(rng.uniform(1.2, 1.4))
+    last_day_requests = float(rng.uniform(120, 300))
     last_day_spend = float(rng.uniform(0.25, 0.45)) * ctx.plan.daily_budget
-    last_day_requests = last_day_spend / _mean_request_cost(rng, style)
+    style = _style_costing(rng, replace(pick_style(rng), stream_share=0.3), last_day_spend / last_day_requests)
 
     hour_starts = ctx.start + np.arange(int(np.ceil(ctx.length / timing.HOUR))) * timing.HOUR
     local_hour = np.floor((hour_starts + offset * timing.HOUR) % timing.DAY / timing.HOUR).astype(np.int64)
@@ -188,9 +192,11 @@ def steady_growth(ctx: KeyContext) -> list[Part]:
     return [benign(rng, people.place_visits(place, ts, agent), style)]
 
 
-def _mean_request_cost(rng: np.random.Generator, style: RequestStyle) -> float:
-    """Estimate a style's mean cost per request from a sample of 400 requests."""
-    return max(float(fill_requests(rng, 400, style)["cost"].mean()), 1e-6)
+def _style_costing(rng: np.random.Generator, style: RequestStyle, cost_per_request: float) -> RequestStyle:
+    """Scale a style's token sizes so that its mean cost per request is about ``cost_per_request``."""
+    sample_cost = max(float(fill_requests(rng, 400, style)["cost"].mean()), 1e-9)
+    factor = cost_per_request / sample_cost
+    return replace(style, prompt_median=style.prompt_median * factor, completion_median=style.completion_median * factor)
 
 
 def image_light(ctx: KeyContext) -> list[Part]:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detector.plans import Plan
 from detector.simulate.people import Visits
-from detector.simulate.population import PlanLimits
 from detector.simulate.timing import DAY, HOUR
 from detector.simulate.usage import RequestStyle, fill_requests
 
@@ -42,7 +42,7 @@ class KeyContext:
     """What a behaviour needs to generate one key's traffic."""
 
     rng: np.random.Generator
-    plan: PlanLimits
+    plan: Plan
     start: float
     end: float
 
@@ -125,7 +125,7 @@ def concat_columns(parts: list[Columns]) -> Columns:
 
 def empty_columns() -> Columns:
     """Return event columns with no rows."""
-    dtypes = {"ts": float, "cost": float, "latency_ms": float, "stream": bool}
+    dtypes = {"ts": float, "cost": float, "latency_ms": float, "stream": bool, "prompt_hash": "S64"}
     integer = {"prompt_tokens", "completion_tokens", "images", "status"}
     return {
         name: np.empty(0, dtype=dtypes.get(name, np.int64 if name in integer else object)) for name in EVENT_COLUMNS
@@ -143,7 +143,7 @@ def select(columns: Columns, mask: np.ndarray) -> Columns:
     return {name: values[mask] for name, values in columns.items()}
 
 
-def fit_within_plan(rng: np.random.Generator, columns: Columns, plan: PlanLimits, share: float) -> Columns:
+def fit_within_plan(rng: np.random.Generator, columns: Columns, plan: Plan, share: float) -> Columns:
     """Drop requests at random until every rolling window stays under ``share`` of the plan.
 
     Windows are the trailing hour (requests and spend) and the trailing day
@@ -166,7 +166,7 @@ def fit_within_plan(rng: np.random.Generator, columns: Columns, plan: PlanLimits
     return columns
 
 
-def _ends_over_limit_window(columns: Columns, plan: PlanLimits, share: float) -> np.ndarray:
+def _ends_over_limit_window(columns: Columns, plan: Plan, share: float) -> np.ndarray:
     ts = columns["ts"]
     position = np.arange(ts.size)
     spent = np.concatenate([[0.0], np.cumsum(columns["cost"])])

@@ -46,6 +46,14 @@ TOKEN_MS: dict[str, float] = {
     "o1": 30.0,
 }
 
+MODEL_NAMES: tuple[str, ...] = tuple(PRICES)
+MODEL_CODES: dict[str, int] = {name: code for code, name in enumerate(MODEL_NAMES)}
+_MODEL_ARRAY = np.array(MODEL_NAMES, dtype=object)
+_PROMPT_PRICE = np.array([PRICES[name].prompt for name in MODEL_NAMES])
+_COMPLETION_PRICE = np.array([PRICES[name].completion for name in MODEL_NAMES])
+_IMAGE_PRICE = np.array([PRICES[name].image for name in MODEL_NAMES])
+_TOKEN_MS = np.array([TOKEN_MS.get(name, 0.0) for name in MODEL_NAMES])
+
 EVERYDAY_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "o3-mini")
 
 
@@ -91,25 +99,26 @@ def pick_style(rng: np.random.Generator, token_scale: float = 1.0) -> RequestSty
 
 
 def random_hashes(rng: np.random.Generator, count: int) -> np.ndarray:
-    """Return ``count`` random 64-digit hex strings shaped like SHA-256 prompt digests."""
+    """Return ``count`` random 64-digit hex byte strings shaped like SHA-256 prompt digests."""
     digits = rng.integers(0, 16, size=(count, 64), dtype=np.uint8)
     characters = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[digits]
-    return characters.view("S64").ravel().astype("U64").astype(object)
+    return characters.view("S64").ravel()
 
 
 def fill_requests(rng: np.random.Generator, count: int, style: RequestStyle) -> dict[str, np.ndarray]:
-    """Draw the content columns of ``count`` requests in time order (no ts, ip, agent or country)."""
-    endpoint_index = rng.choice(len(ENDPOINTS), size=count, p=np.array(style.endpoint_weights) / sum(style.endpoint_weights))
-    endpoint = np.array(ENDPOINTS, dtype=object)[endpoint_index]
-    chat = endpoint_index <= 1
-    embedding = endpoint == EMBEDDINGS
-    image = endpoint == IMAGES
+    """Draw the content columns of ``count`` requests in time order (no ts, ip, agent or country).
 
-    model = np.array(style.models, dtype=object)[
-        rng.choice(len(style.models), size=count, p=np.array(style.model_weights) / sum(style.model_weights))
-    ]
-    model[embedding] = EMBEDDING_MODEL
-    model[image] = style.image_model
+    ``prompt_hash`` comes back as fixed-width bytes ("S64"); the writer decodes it.
+    """
+    endpoint_index = rng.choice(len(ENDPOINTS), size=count, p=_normalise(style.endpoint_weights))
+    chat = endpoint_index <= 1
+    embedding = endpoint_index == ENDPOINTS.index(EMBEDDINGS)
+    image = endpoint_index == ENDPOINTS.index(IMAGES)
+
+    style_codes = np.array([MODEL_CODES[name] for name in style.models])
+    model = style_codes[rng.choice(style_codes.size, size=count, p=_normalise(style.model_weights))]
+    model[embedding] = MODEL_CODES[EMBEDDING_MODEL]
+    model[image] = MODEL_CODES[style.image_model]
 
     prompt_tokens = np.rint(rng.lognormal(np.log(style.prompt_median), style.prompt_sigma, count)).astype(np.int64)
     prompt_tokens[image] = rng.integers(20, 120, int(image.sum()))
@@ -124,20 +133,27 @@ def fill_requests(rng: np.random.Generator, count: int, style: RequestStyle) -> 
     failed = status != 200
     completion_tokens[failed] = 0
     images[failed] = 0
+    prompt_tokens = np.maximum(prompt_tokens, 1)
 
-    columns = {
-        "endpoint": endpoint,
-        "model": model,
-        "prompt_tokens": np.maximum(prompt_tokens, 1),
-        "completion_tokens": np.maximum(completion_tokens, 0),
+    cost = _price(model, prompt_tokens, completion_tokens, images, status)
+    latency = _draw_latency(rng, model, endpoint_index, prompt_tokens, completion_tokens, images, status)
+    return {
+        "endpoint": np.array(ENDPOINTS, dtype=object)[endpoint_index],
+        "model": _MODEL_ARRAY[model],
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
         "images": images,
         "status": status,
         "stream": stream,
         "prompt_hash": prompt_hash,
+        "cost": cost,
+        "latency_ms": latency,
     }
-    columns["cost"] = price_requests(columns)
-    columns["latency_ms"] = _draw_latency(rng, columns)
-    return columns
+
+
+def _normalise(weights: tuple[float, ...]) -> np.ndarray:
+    values = np.array(weights, dtype=float)
+    return values / values.sum()
 
 
 def _reuse_prompts(
@@ -172,13 +188,6 @@ def _follow_to_original(source: np.ndarray) -> np.ndarray:
         source = resolved
 
 
-def _per_model(models: np.ndarray, table: dict[str, float]) -> np.ndarray:
-    """Look up one value per request from a per-model table, without a Python loop per request."""
-    names, inverse = np.unique(models.astype(str), return_inverse=True)
-    values = np.array([table.get(name, 0.0) for name in names.tolist()], dtype=float)
-    return values[inverse]
-
-
 def _draw_status(rng: np.random.Generator, count: int, style: RequestStyle) -> np.ndarray:
     roll = rng.random(count)
     status = np.full(count, 200, dtype=np.int64)
@@ -189,33 +198,41 @@ def _draw_status(rng: np.random.Generator, count: int, style: RequestStyle) -> n
 
 def price_requests(columns: dict[str, np.ndarray]) -> np.ndarray:
     """Return each request's cost in credits from the price table; failed requests cost nothing."""
-    models = columns["model"]
-    prompt_price = _per_model(models, {name: price.prompt for name, price in PRICES.items()})
-    completion_price = _per_model(models, {name: price.completion for name, price in PRICES.items()})
-    image_price = _per_model(models, {name: price.image for name, price in PRICES.items()})
+    names, inverse = np.unique(columns["model"].astype(str), return_inverse=True)
+    model = np.array([MODEL_CODES[name] for name in names.tolist()], dtype=np.int64)[inverse]
+    return _price(model, columns["prompt_tokens"], columns["completion_tokens"], columns["images"], columns["status"])
 
+
+def _price(
+    model: np.ndarray, prompt_tokens: np.ndarray, completion_tokens: np.ndarray, images: np.ndarray, status: np.ndarray
+) -> np.ndarray:
     cost = (
-        columns["prompt_tokens"] * prompt_price / 1000.0
-        + columns["completion_tokens"] * completion_price / 1000.0
-        + columns["images"] * image_price
+        prompt_tokens * _PROMPT_PRICE[model] / 1000.0
+        + completion_tokens * _COMPLETION_PRICE[model] / 1000.0
+        + images * _IMAGE_PRICE[model]
     )
-    cost[columns["status"] != 200] = 0.0
+    cost[status != 200] = 0.0
     return np.round(cost, 8)
 
 
-def _draw_latency(rng: np.random.Generator, columns: dict[str, np.ndarray]) -> np.ndarray:
-    count = columns["model"].size
-    per_token = _per_model(columns["model"], TOKEN_MS)
+def _draw_latency(
+    rng: np.random.Generator,
+    model: np.ndarray,
+    endpoint_index: np.ndarray,
+    prompt_tokens: np.ndarray,
+    completion_tokens: np.ndarray,
+    images: np.ndarray,
+    status: np.ndarray,
+) -> np.ndarray:
+    count = model.size
     first_token = rng.lognormal(np.log(450.0), 0.4, count)
-    latency = first_token + columns["completion_tokens"] * per_token * rng.lognormal(0.0, 0.2, count)
+    latency = first_token + completion_tokens * _TOKEN_MS[model] * rng.lognormal(0.0, 0.2, count)
 
-    endpoint = columns["endpoint"]
-    embedding = endpoint == EMBEDDINGS
-    latency[embedding] = 40.0 + columns["prompt_tokens"][embedding] / 100.0 + rng.exponential(30.0, int(embedding.sum()))
-    image = endpoint == IMAGES
-    latency[image] = rng.lognormal(np.log(9000.0), 0.3, int(image.sum())) * np.sqrt(np.maximum(columns["images"][image], 1))
+    embedding = endpoint_index == ENDPOINTS.index(EMBEDDINGS)
+    latency[embedding] = 40.0 + prompt_tokens[embedding] / 100.0 + rng.exponential(30.0, int(embedding.sum()))
+    image = endpoint_index == ENDPOINTS.index(IMAGES)
+    latency[image] = rng.lognormal(np.log(9000.0), 0.3, int(image.sum())) * np.sqrt(np.maximum(images[image], 1))
 
-    status = columns["status"]
     limited = status == 429
     latency[limited] = rng.uniform(2.0, 25.0, int(limited.sum()))
     broken = status == 500

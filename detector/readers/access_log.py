@@ -1,0 +1,126 @@
+"""Apache/nginx "combined" access-log reader.
+
+Line format: host ident authuser [dd/Mon/yyyy:HH:MM:SS +zzzz] "METHOD path HTTP/x"
+status bytes "referer" "user-agent". The subject of a line is the remote user
+when the log has one, else the client address: key_id and account_id both take
+it, and subject_type says which ("key" or "ip"). Fields a web server does not
+log get fixed values (plan "default", no model, tokens, cost or latency). A
+line's request_id is "<file name without .gz>:<line number>", so reading the
+same file again yields the same ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detector.events import Reject
+from detector.readers.base import RawBatch
+from detector.readers.columns import RawColumn, true_mask
+from detector.readers.reasons import shorten
+from detector.readers.source import InputFile, LineBlocks
+
+# Quoted fields may contain backslash-escaped quotes (\"), as Apache writes them.
+# Extra fields after the user agent (common in nginx formats) are ignored.
+LINE_PATTERN = (
+    r'^(?P<host>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" '
+    r'(?P<status>\d{3}) (?:\d+|-) "(?:[^"\\]|\\.)*" "(?P<agent>(?:[^"\\]|\\.)*)"(?:\s.*)?$'
+)
+TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
+# Access logs grow by a line per request, so blocks are smaller than for JSON.
+BLOCK_SIZE = 8 << 20
+
+
+def read_access_log(input_file: InputFile) -> Iterator[RawBatch | Reject]:
+    """Yield raw batches and parse-level rejects for a combined access log."""
+    id_prefix = os.path.basename(input_file.name).removesuffix(".gz")
+    blocks = LineBlocks(input_file, BLOCK_SIZE)
+    for block in blocks:
+        yield from parse_access_lines(block.data, block.first_line, input_file.name, id_prefix)
+
+    truncation = blocks.truncation_reject()
+    if truncation is not None:
+        yield truncation
+
+
+def parse_access_lines(data: bytes, first_line: int, source: str, id_prefix: str) -> Iterator[RawBatch | Reject]:
+    """Yield one raw batch for the well-formed lines of data, and a reject for every other line."""
+    # Bytes that are not UTF-8 (seen in referers) become U+FFFD; no field the detector uses needs them.
+    text = data.decode("utf-8", errors="replace")
+    lines = pc.split_pattern(pa.array([text]), "\n").flatten()
+    numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
+    keep = true_mask(pc.not_equal(pc.utf8_length(pc.utf8_trim_whitespace(lines)), 0))
+    lines, numbers = lines.filter(pa.array(keep)), numbers[keep]
+
+    fields = pc.extract_regex(pc.utf8_rtrim(lines, characters="\r"), LINE_PATTERN)
+    matched = true_mask(fields.is_valid())
+    times = pc.strptime(fields.field("time"), format=TIME_FORMAT, unit="s", error_is_null=True)
+    dated = true_mask(times.is_valid())
+
+    for row in np.flatnonzero(~matched):
+        reason = f"not an Apache/nginx combined log line: {shorten(repr(lines[row].as_py()))}"
+        yield Reject(source, int(numbers[row]), "-", reason)
+    for row in np.flatnonzero(matched & ~dated):
+        reason = f"not a time in dd/Mon/yyyy:HH:MM:SS +zzzz form: {shorten(repr(fields.field('time')[row].as_py()))}"
+        yield Reject(source, int(numbers[row]), "ts", reason)
+
+    good = pa.array(matched & dated)
+    if good.true_count:
+        yield access_batch(fields.filter(good), times.filter(good), numbers[matched & dated], id_prefix)
+
+
+def access_batch(fields: pa.StructArray, times: pa.Array, numbers: np.ndarray, id_prefix: str) -> RawBatch:
+    """Return the raw batch for parsed access-log lines."""
+    count = len(numbers)
+    hosts = fields.field("host")
+    users = fields.field("user")
+    has_user = pc.not_equal(users, "-")
+    subjects = pc.if_else(has_user, users, hosts)
+    agents = fields.field("agent")
+
+    text = {
+        "request_id": pc.binary_join_element_wise(id_prefix, pc.cast(pa.array(numbers), pa.string()), ":"),
+        "account_id": subjects,
+        "key_id": subjects,
+        "plan": constant("default", count),
+        "endpoint": request_paths(fields.field("request")),
+        "model": constant("", count),
+        "ip": hosts,
+        "user_agent": pc.if_else(pc.equal(agents, "-"), "", agents),
+        "subject_type": pc.if_else(has_user, "key", "ip"),
+    }
+    fixed_and_numeric = {
+        "ts": times,
+        "status": pc.cast(fields.field("status"), pa.float64()),
+        "prompt_tokens": constant(0.0, count),
+        "completion_tokens": constant(0.0, count),
+        "images": constant(0.0, count),
+        "cost": constant(0.0, count),
+        "latency_ms": constant(0.0, count),
+        "stream": constant(False, count),
+    }
+    columns = {name: RawColumn.from_arrow(values) for name, values in {**text, **fixed_and_numeric}.items()}
+    return RawBatch(columns, numbers)
+
+
+def request_paths(requests: pa.Array) -> pa.Array:
+    """Return the path of each request line ("GET /a?b HTTP/1.1" -> "/a"), without the query.
+
+    A request that is not "METHOD path ..." (an empty request, a TLS handshake sent
+    to a plain-HTTP port) keeps its whole text as the path, or "-" when empty.
+    """
+    parts = pc.split_pattern(requests, " ", max_splits=2)
+    has_path = pc.greater_equal(pc.list_value_length(parts), 2)
+    second = pc.list_element(pc.if_else(has_path, parts, pa.scalar(["", ""], type=parts.type)), 1)
+    paths = pc.if_else(has_path, second, requests)
+    paths = pc.replace_substring_regex(paths, r"\?.*$", "")
+    return pc.if_else(pc.equal(paths, ""), "-", paths)
+
+
+def constant(value: object, count: int) -> pa.Array:
+    """Return an Arrow array holding value count times."""
+    return pa.repeat(pa.scalar(value), count)

@@ -1,0 +1,126 @@
+"""CSV reader: a header line naming the fields, then one record per line.
+
+Arrow parses clean blocks with every contract column as text (the checks parse
+numbers and booleans). A block Arrow cannot parse, or whose row count does not
+match its non-blank lines, is read line by line with the csv module so each
+bad line becomes one reject. Quoted values must not contain line breaks.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+
+from detector.events import Reject
+from detector.readers.base import INPUT_FIELDS, RawBatch, ReaderError
+from detector.readers.columns import RawColumn
+from detector.readers.source import InputFile, LineBlocks, index_lines, non_blank_line_numbers
+from detector.readers.validate import batch_from_records
+
+ARROW_CHUNK_SIZE = 4 << 20
+
+
+def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
+    """Yield raw batches and parse-level rejects for a CSV file with a header line."""
+    blocks = LineBlocks(input_file)
+    header: list[str] | None = None
+    for block in blocks:
+        data, first_line, newlines = block.data, block.first_line, block.newlines
+        if header is None:
+            header, data, first_line = split_header(data, first_line, input_file.name)
+            if header is None:
+                continue
+            newlines = None
+        yield from parse_csv_lines(data, first_line, header, input_file.name, newlines)
+
+    truncation = blocks.truncation_reject()
+    if truncation is not None:
+        yield truncation
+
+
+def split_header(data: bytes, first_line: int, source: str) -> tuple[list[str] | None, bytes, int]:
+    """Return the header's column names, the data after it and the line number where that data starts."""
+    index = index_lines(data, first_line)
+    if len(index) == 0:
+        return None, b"", first_line
+
+    line = data[index.starts[0] : index.ends[0]]
+    try:
+        header = next(csv.reader([line.decode("utf-8").rstrip("\r")]))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ReaderError(f"{source}:{index.numbers[0]}: cannot read the CSV header: {error}") from None
+
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise ReaderError(f"{source}:{index.numbers[0]}: the CSV header repeats {', '.join(duplicated)}; name each column once")
+
+    rest_start = index.ends[0] + 1
+    return header, data[rest_start:], int(index.numbers[0]) + 1
+
+
+def parse_csv_lines(
+    data: bytes, first_line: int, header: list[str], source: str, newlines: np.ndarray | None = None
+) -> Iterator[RawBatch | Reject]:
+    """Yield raw batches and rejects for the CSV lines of data, which start at first_line."""
+    numbers = non_blank_line_numbers(data, first_line, newlines)
+    if len(numbers) == 0:
+        return
+
+    table = parse_with_arrow(data, header)
+    if table is not None and table.num_rows == len(numbers):
+        columns = {name: RawColumn.from_arrow(table.column(name)) for name in table.column_names}
+        yield RawBatch(columns, numbers)
+        return
+
+    yield from parse_lines_with_csv_module(data, first_line, header, source)
+
+
+def parse_with_arrow(data: bytes, header: list[str]) -> pa.Table | None:
+    """Return the contract columns of headerless CSV data as text, or None if Arrow cannot parse it."""
+    fields = [name for name in INPUT_FIELDS if name in header]
+    read_options = pcsv.ReadOptions(column_names=header, block_size=ARROW_CHUNK_SIZE)
+    convert_options = pcsv.ConvertOptions(
+        include_columns=fields,
+        column_types={name: pa.string() for name in fields},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+    try:
+        return pcsv.read_csv(pa.py_buffer(data), read_options=read_options, convert_options=convert_options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
+def parse_lines_with_csv_module(
+    data: bytes, first_line: int, header: list[str], source: str
+) -> Iterator[RawBatch | Reject]:
+    """Yield one raw batch for the well-formed lines of data, and a reject for every other line."""
+    records, lines, rejects = [], [], []
+    for number, line in enumerate(data.split(b"\n"), first_line):
+        if not line.strip():
+            continue
+        try:
+            values = next(csv.reader([line.decode("utf-8").rstrip("\r")]))
+        except UnicodeDecodeError:
+            rejects.append(Reject(source, number, "-", "not valid UTF-8"))
+            continue
+        except csv.Error as error:
+            rejects.append(Reject(source, number, "-", f"invalid CSV: {error}"))
+            continue
+
+        if len(values) != len(header):
+            reason = f"expected {len(header)} columns as in the header, got {len(values)}"
+            rejects.append(Reject(source, number, "-", reason))
+            continue
+        records.append({name: value if value != "" else None for name, value in zip(header, values)})
+        lines.append(number)
+
+    batch, _ = batch_from_records(records, lines, source)
+    yield from rejects
+    if batch.length:
+        yield batch
