@@ -79,7 +79,10 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     unknown = plans.unknown(read.frame["plan"])
     if unknown:
         shown = ", ".join(repr(name) for name in unknown[:5])
-        warnings.append(f"{len(unknown)} plan names are not in the plan catalogue and were scored as 'default': {shown}")
+        warnings.append(
+            f"plan names not in the plan catalogue were scored as 'default' ({len(unknown)}): {shown}; "
+            "add them to the plans file given with --plans"
+        )
 
     model, model_warning = _load_model(options)
     if model_warning:

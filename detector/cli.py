@@ -8,12 +8,15 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector import __version__
 
-stderr = Console(stderr=True)
-stdout = Console()
+# Messages are printed with soft_wrap so a long path or value stays on one line
+# that grep can find; tables get 140 columns when output is not a terminal.
+stderr = Console(stderr=True, soft_wrap=True)
+stdout = Console(width=None if sys.stdout.isatty() else 140)
 
 
 @click.group()
@@ -61,11 +64,11 @@ def score(paths, input_format, plans, policy, database_url, out, rejects, max_re
             task = progress.add_task("read", total=total or None)
             report = run_batch(options, progress=lambda done: progress.advance(task, done))
     except (BatchError, ReaderError, ConfigError, ModelError) as error:
-        stderr.print(f"[red]error:[/red] {error}", highlight=False)
+        stderr.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         sys.exit(2)
 
     for warning in report.warnings:
-        stderr.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if report.rejects_path:
         stderr.print(f"{len(report.read.rejects):,} rejected records written to {report.rejects_path}")
     stdout.print(render_summary(report))

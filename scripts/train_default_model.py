@@ -53,7 +53,7 @@ def main() -> None:
     abuse_keys = set(labels.loc[labels["is_abuse"] == 1, "key_id"])
     is_abuse = np.array([key in abuse_keys for key in subject])
 
-    forest = IsolationForest(n_estimators=200, max_samples=512, random_state=args.seed)
+    forest = IsolationForest(n_estimators=100, max_samples=256, random_state=args.seed)
     forest.fit(features)
     scores = -forest.score_samples(features)
     threshold = float(np.quantile(scores[~is_abuse], BENIGN_QUANTILE))

@@ -3,7 +3,7 @@
 Line format: host ident authuser [dd/Mon/yyyy:HH:MM:SS +zzzz] "METHOD path HTTP/x"
 status bytes "referer" "user-agent". The subject of a line is the remote user
 when the log has one, else the client address: key_id and account_id both take
-it, and subject_type says which ("key" or "ip"). Fields a web server does not
+it, and subject_type records which ("key" or "ip"). Fields a web server does not
 log get fixed values (plan "default", no model, tokens, cost or latency). A
 line's request_id is "<file name without .gz>:<line number>", so reading the
 same file again yields the same ids.

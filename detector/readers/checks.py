@@ -22,7 +22,7 @@ from detector.events import MAX_TEXT_LENGTH
 from detector.readers.columns import Kind, RawColumn, null_mask, true_mask
 from detector.readers.reasons import Problem
 
-# Largest count accepted: float64 holds every whole number up to 2**53 exactly.
+# Maximum count: float64 represents every whole number up to 2**53 exactly.
 MAX_COUNT = 2.0**53
 
 SECRET_KEY_PATTERN = r"^sk-[A-Za-z0-9_\-]{16,}$"
@@ -49,7 +49,7 @@ class Checked:
 
 
 def flag(errors: np.ndarray, condition: np.ndarray, problem: Problem) -> None:
-    """Set problem on the rows where condition holds and no earlier problem was found."""
+    """Set problem on the rows where condition is true and no earlier problem was found."""
     errors[(errors == Problem.OK) & condition] = problem
 
 

@@ -1,7 +1,7 @@
 """Raw input columns: one field of a batch as Arrow arrays, split by JSON type.
 
 Readers hand the validator one ``RawColumn`` per contract field. A column read
-by Arrow has a single type; a column built from parsed JSON objects may mix
+by Arrow has a single type. A column built from parsed JSON objects may mix
 types (a number in one record, a string in the next), so it is split into one
 ``Part`` per type, each with the batch rows it covers.
 """
@@ -68,10 +68,12 @@ class RawColumn:
     @classmethod
     def from_python(cls, values: list) -> RawColumn:
         """Return a column of parsed JSON values, one part per JSON type present."""
+        if not values:
+            return cls.missing(0)
         kinds = [kind_of_python_value(value) for value in values]
         distinct = set(kinds)
         if len(distinct) == 1:
-            kind = kinds[0] if kinds else Kind.NULL
+            kind = kinds[0]
             return cls(len(values), [Part(kind, _arrow_values(kind, values))], values)
 
         kind_codes = np.array([_KIND_CODES[kind] for kind in kinds], dtype=np.int8)
@@ -155,7 +157,7 @@ def _to_float(value: numbers.Real) -> float:
     try:
         return float(value)
     except OverflowError:
-        return math.copysign(math.inf, value)
+        return math.inf if value > 0 else -math.inf
 
 
 def null_mask(values: pa.Array) -> np.ndarray:

@@ -1,10 +1,10 @@
 """JSON Lines reader: Arrow parses clean blocks, orjson parses the lines Arrow rejects.
 
-A block that Arrow cannot parse (invalid JSON, a value of another type than
-the block's first record had, a line that is not an object) is split into
-pieces at line boundaries and each piece is tried again, so one bad line
-sends only a small piece through the per-line parser. Line numbers come from
-the newline positions, so blank lines never shift them.
+Arrow fails on a whole block when one line is invalid JSON, is not an
+object, or has a value of another type than the block's first record. Such a
+block is split into pieces at line boundaries and each piece is tried again.
+So one bad line sends only a small piece through the per-line parser. Line
+numbers come from the newline positions, so blank lines never shift them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow.json as pj
 from detector.events import Reject
 from detector.readers.base import INPUT_FIELDS, RawBatch
 from detector.readers.columns import RawColumn
-from detector.readers.source import InputFile, LineBlocks, index_lines, non_blank_line_numbers
+from detector.readers.source import InputFile, LineBlocks, index_lines, newline_offsets, non_blank_line_numbers
 from detector.readers.validate import batch_from_records
 
 # A failing block is split into this many pieces, at most MAX_SPLIT_DEPTH times;
@@ -57,7 +57,7 @@ def parse_json_lines(
         yield from parse_lines_with_orjson(data, first_line, source)
         return
 
-    table = parse_with_arrow(data)
+    table = None if has_line_starting_with_n(data, newlines) else parse_with_arrow(data)
     if table is not None and table.num_rows == len(numbers):
         columns = {name: RawColumn.from_arrow(table.column(name)) for name in INPUT_FIELDS}
         yield RawBatch(columns, numbers)
@@ -89,6 +89,28 @@ def parse_with_arrow(data: bytes) -> pa.Table | None:
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     return table
+
+
+def has_line_starting_with_n(data: bytes, newlines: np.ndarray | None) -> bool:
+    """Return True if a line starts with "n" after optional whitespace, as null does.
+
+    pyarrow 26.0.1 crashes (segmentation fault) when one of its parse chunks
+    starts with such a line, and reads a null line as a row of nulls elsewhere.
+    Valid JSON lines starting with "n" are exactly "null", which is no record,
+    so these blocks go to the orjson path.
+    """
+    if newlines is None:
+        newlines = newline_offsets(data)
+    content = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate(([0], newlines[newlines + 1 < len(data)] + 1)) if len(data) else newlines[:0]
+    first_bytes = content[starts]
+    if (first_bytes == ord("n")).any():
+        return True
+    for start in starts[first_bytes <= ord(" ")]:
+        end = data.find(b"\n", start)
+        if data[start : end if end >= 0 else len(data)].lstrip().startswith(b"n"):
+            return True
+    return False
 
 
 def first_record(data: bytes) -> dict | None:

@@ -6,12 +6,12 @@ from enum import IntEnum
 
 from detector.events import MAX_TEXT_LENGTH
 
-# Longest value repr shown in a reject message; longer ones are cut and end in "...".
+# Maximum length of a value repr in a reject message; longer ones are cut and end in "...".
 MAX_SHOWN_VALUE = 80
 
 
 class Problem(IntEnum):
-    """Why a field's value was rejected. OK (0) marks a valid value in error arrays."""
+    """Reason code for a rejected field value. OK (0) marks a valid value in error arrays."""
 
     OK = 0
     MISSING = 1

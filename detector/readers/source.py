@@ -13,7 +13,7 @@ from detector.events import Reject
 from detector.readers.base import ReaderError
 
 GZIP_MAGIC = b"\x1f\x8b"
-# Raw bytes read from disk per call; each read reports progress once.
+# Compressed bytes read per call when decompressing gzip; each read reports progress once.
 READ_SIZE = 4 << 20
 # Decompressed bytes collected before a block is cut at its last newline.
 BLOCK_SIZE = 32 << 20
@@ -215,7 +215,10 @@ class LineBlocks:
             yield block
 
         rest = b"".join(pending)
-        if rest and not self.input_file.truncated:
+        if self.input_file.truncated:
+            # The bytes after the last newline are an incomplete line: drop them.
+            rest = rest[: rest.rfind(b"\n") + 1]
+        if rest:
             yield rest
 
     def _block(self, data: bytes | bytearray) -> LineBlock:

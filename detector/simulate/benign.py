@@ -9,7 +9,7 @@ import numpy as np
 from detector.simulate import network, people, timing
 from detector.simulate.people import Visits
 from detector.simulate.traffic import KeyContext, Part, benign
-from detector.simulate.usage import RequestStyle, fill_requests, pick_style
+from detector.simulate.usage import RequestStyle, pick_style, scale_style_cost
 
 IMAGE_ONLY = (0.0, 0.0, 0.0, 1.0)
 
@@ -22,7 +22,11 @@ def normal(ctx: KeyContext) -> list[Part]:
 
 
 def heavy_user(ctx: KeyContext) -> list[Part]:
-    """A power user in office hours with large prompts, near but under the plan's budget and rate."""
+    """A power user in office hours with large prompts, near but under the plan's budget and rate.
+
+    Prompt sizes are set so that a typical busy day would cost 60-75% of the
+    daily budget; the plan guard in traffic.py trims the busiest hours.
+    """
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -37,9 +41,12 @@ def heavy_user(ctx: KeyContext) -> list[Part]:
         pick_style(rng),
         models=("gpt-4o", "gpt-4.1", "o3-mini"),
         model_weights=(0.5, 0.35, 0.15),
-        prompt_median=float(rng.uniform(6000, 10000)) * ctx.token_scale(),
-        completion_median=float(rng.uniform(500, 900)),
+        prompt_median=8000.0,
+        completion_median=700.0,
     )
+    busy_day_requests = timing.POWER.sessions_per_day * timing.POWER.requests_per_session
+    target_day_spend = float(rng.uniform(0.6, 0.75)) * ctx.plan.daily_budget
+    style = scale_style_cost(rng, style, target_day_spend / busy_day_requests)
     return [benign(rng, visits, style)]
 
 
@@ -180,23 +187,19 @@ def steady_growth(ctx: KeyContext) -> list[Part]:
     growth = float(rng.uniform(1.2, 1.4))
     last_day_requests = float(rng.uniform(120, 300))
     last_day_spend = float(rng.uniform(0.25, 0.45)) * ctx.plan.daily_budget
-    style = _style_costing(rng, replace(pick_style(rng), stream_share=0.3), last_day_spend / last_day_requests)
+    app_style = pick_style(rng)
+    favourite = app_style.models[int(np.argmax(app_style.model_weights))]
+    app_style = replace(app_style, models=(favourite,), model_weights=(1.0,), prompt_sigma=0.5, completion_sigma=0.5)
+    style = scale_style_cost(rng, app_style, last_day_spend / last_day_requests)
 
     hour_starts = ctx.start + np.arange(int(np.ceil(ctx.length / timing.HOUR))) * timing.HOUR
     local_hour = np.floor((hour_starts + offset * timing.HOUR) % timing.DAY / timing.HOUR).astype(np.int64)
     daily_cycle = timing.EVERYDAY_HOURS[local_hour]
     rates = last_day_requests * daily_cycle * growth ** ((hour_starts - ctx.end) / timing.DAY)
 
-    ts = timing.poisson_hours(rng, ctx.start, ctx.end, rates)
+    ts = timing.steady_hours(rng, ctx.start, ctx.end, rates)
     agent = network.pick_agent(rng, network.SDK_AGENTS)
     return [benign(rng, people.place_visits(place, ts, agent), style)]
-
-
-def _style_costing(rng: np.random.Generator, style: RequestStyle, cost_per_request: float) -> RequestStyle:
-    """Scale a style's token sizes so that its mean cost per request is about ``cost_per_request``."""
-    sample_cost = max(float(fill_requests(rng, 400, style)["cost"].mean()), 1e-9)
-    factor = cost_per_request / sample_cost
-    return replace(style, prompt_median=style.prompt_median * factor, completion_median=style.completion_median * factor)
 
 
 def image_light(ctx: KeyContext) -> list[Part]:
@@ -223,7 +226,7 @@ def image_package(ctx: KeyContext) -> list[Part]:
     """An image-package customer making hundreds of images a week, which the plan pays for."""
     rng = ctx.rng
     busier = 2.0 if ctx.plan.name == "image-pro" else 1.0
-    persona = replace(timing.CUSTOMER, requests_per_session=12.0 * busier)
+    persona = replace(timing.CUSTOMER, sessions_per_day=3.0, requests_per_session=12.0 * busier)
     person = people.draw_person(rng, persona, ctx.start, ctx.end)
     visits = people.person_visits(rng, person, ctx.start, ctx.end, min_sessions=3)
 

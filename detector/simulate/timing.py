@@ -48,7 +48,7 @@ class Persona:
 
 CASUAL = Persona(0.75, 0.5, 2.2, 6.0, 45.0, EVERYDAY_HOURS)
 WORKER = Persona(0.9, 0.15, 3.0, 7.0, 60.0, OFFICE_HOURS)
-POWER = Persona(0.95, 0.35, 6.0, 28.0, 25.0, OFFICE_HOURS)
+POWER = Persona(0.95, 0.35, 10.0, 17.0, 30.0, OFFICE_HOURS)
 PHONE = Persona(0.8, 0.7, 3.0, 4.0, 40.0, EVERYDAY_HOURS * 0.5 + EVENING_HOURS * 0.5)
 CUSTOMER = Persona(0.8, 0.7, 2.0, 8.0, 40.0, EVERYDAY_HOURS)
 
@@ -152,6 +152,24 @@ def poisson_hours(
 ) -> np.ndarray:
     """Draw a Poisson process whose rate is ``hourly_rates[i]`` requests in the i-th hour after ``start``."""
     counts = rng.poisson(np.maximum(hourly_rates, 0.0))
+    hour_starts = start + np.arange(hourly_rates.size) * HOUR
+    times = np.repeat(hour_starts, counts) + rng.uniform(0.0, HOUR, int(counts.sum()))
+    return np.sort(times[times < end])
+
+
+def steady_hours(
+    rng: np.random.Generator,
+    start: float,
+    end: float,
+    hourly_rates: np.ndarray,
+) -> np.ndarray:
+    """Draw arrivals whose count per hour tracks ``hourly_rates`` to within one request.
+
+    Counts come from systematic sampling of the cumulative rate, so a smooth
+    rate gives smooth traffic; times inside each hour are uniform.
+    """
+    cumulative = np.floor(np.cumsum(np.maximum(hourly_rates, 0.0)) + rng.uniform())
+    counts = np.diff(np.concatenate([[0.0], cumulative])).astype(np.int64)
     hour_starts = start + np.arange(hourly_rates.size) * HOUR
     times = np.repeat(hour_starts, counts) + rng.uniform(0.0, HOUR, int(counts.sum()))
     return np.sort(times[times < end])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -96,6 +96,16 @@ def pick_style(rng: np.random.Generator, token_scale: float = 1.0) -> RequestSty
         completion_median=float(rng.uniform(150, 500)) * token_scale**0.5,
         stream_share=float(rng.choice([0.05, 0.5, 0.9])),
     )
+
+
+def scale_style_cost(rng: np.random.Generator, style: RequestStyle, cost_per_request: float) -> RequestStyle:
+    """Scale a style's token sizes so that its mean cost per request is about ``cost_per_request``.
+
+    The mean is measured on 400 sample requests, so it carries sampling noise.
+    """
+    sample_cost = max(float(fill_requests(rng, 400, style)["cost"].mean()), 1e-9)
+    factor = cost_per_request / sample_cost
+    return replace(style, prompt_median=style.prompt_median * factor, completion_median=style.completion_median * factor)
 
 
 def random_hashes(rng: np.random.Generator, count: int) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""End-to-end runs of the ``fairuse`` command, as a user types it."""
+
+import json
+import re
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from detector.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory):
+    """A small simulated week with every behaviour kind."""
+    folder = tmp_path_factory.mktemp("traffic")
+    result = CliRunner().invoke(main, ["simulate", str(folder), "--keys", "120", "--days", "7", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def _score(*arguments):
+    return CliRunner().invoke(main, ["score", *map(str, arguments)])
+
+
+def _lines(path):
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_score_writes_decisions_findings_subjects(traffic, tmp_path):
+    out = tmp_path / "out" / "decisions.jsonl"
+
+    result = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/f.db", "--out", out)
+
+    assert result.exit_code == 0, result.output
+    assert "records read" in result.output
+    decisions = _lines(out)
+    assert decisions
+    assert {"id", "subject_type", "subject", "action", "reasons", "score", "evidence", "detected_at",
+            "created_at", "expires_at", "origin", "simulated"} <= set(decisions[0])
+    subjects = _lines(out.with_name("decisions.subjects.jsonl"))
+    assert len(subjects) == 120
+    assert all(0 <= subject["risk_score"] <= 100 for subject in subjects)
+    assert _lines(out.with_name("decisions.findings.jsonl"))
+
+
+def test_score_twice_adds_no_decisions(traffic, tmp_path):
+    database = f"sqlite:///{tmp_path}/f.db"
+    first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+
+    _score(traffic / "events.jsonl", "--db", database, "--out", first_out)
+    result = _score(traffic / "events.jsonl", "--db", database, "--out", second_out)
+
+    assert result.exit_code == 0, result.output
+    first_ids = [decision["id"] for decision in _lines(first_out)]
+    assert [decision["id"] for decision in _lines(second_out)] == first_ids
+    count = create_engine(database).connect().execute(text("select count(*) from decisions")).scalar()
+    assert count == len(first_ids)
+
+
+def test_bad_records_rejected_run_continues(tmp_path, traffic):
+    source = (traffic / "events.jsonl").read_text().splitlines()[:500]
+    source[10] = source[10].replace('"ts":"2026-11-23T', '"ts":"2026-13-01T')
+    source[20] = "{not json"
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(source) + "\n")
+    out = tmp_path / "decisions.jsonl"
+
+    result = _score(events, "--db", f"sqlite:///{tmp_path}/f.db", "--out", out)
+
+    assert result.exit_code == 0, result.output
+    rejects = (tmp_path / "decisions.rejects.txt").read_text().splitlines()
+    assert len(rejects) == 2
+    assert rejects[0].startswith(f"{events}:11: ts: not an RFC 3339 time or epoch seconds: '2026-13-01T")
+    assert rejects[1].startswith(f"{events}:21: ")
+
+
+def test_nothing_valid_fails_with_reason(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"request_id": "a"}\n{"request_id": "b"}\n')
+
+    result = _score(events, "--db", f"sqlite:///{tmp_path}/f.db")
+
+    assert result.exit_code == 2
+    assert "no valid records" in result.output
+    assert "2 rejected" in result.output
+
+
+def test_reject_ratio_over_limit_fails(tmp_path, traffic):
+    lines = (traffic / "events.jsonl").read_text().splitlines()[:10]
+    lines[:4] = ["{}"] * 4
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+
+    result = _score(events, "--db", f"sqlite:///{tmp_path}/f.db", "--max-reject-ratio", "0.2")
+
+    assert result.exit_code == 2
+    assert "4 of 10 records were rejected" in result.output
+    assert "--max-reject-ratio" in result.output
+
+
+def test_missing_file_names_path(tmp_path):
+    result = _score(tmp_path / "nope.jsonl", "--db", f"sqlite:///{tmp_path}/f.db")
+
+    assert result.exit_code == 2
+    assert "nope.jsonl" in result.output
+
+
+def test_simulate_flag_stores_simulated(traffic, tmp_path):
+    out = tmp_path / "decisions.jsonl"
+
+    _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/f.db", "--out", out, "--simulate")
+
+    decisions = _lines(out)
+    assert decisions
+    assert all(decision["simulated"] for decision in decisions)
+
+
+def test_evaluate_reports_recall_json(traffic, tmp_path):
+    out = tmp_path / "decisions.jsonl"
+    _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/f.db", "--out", out)
+
+    result = CliRunner().invoke(main, ["evaluate", str(traffic / "labels.csv"), str(out), "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report
+
+
+def test_score_into_postgresql(traffic, tmp_path, postgres_url, monkeypatch):
+    monkeypatch.setenv("FAIRUSE_DATABASE_URL", postgres_url)
+
+    result = _score(traffic / "events.jsonl", "--out", tmp_path / "decisions.jsonl")
+
+    assert result.exit_code == 0, result.output
+    stored = create_engine(postgres_url).connect().execute(text("select count(*) from decisions")).scalar()
+    assert stored == len(_lines(tmp_path / "decisions.jsonl"))
+    assert stored > 0
+
+
+def test_unknown_plan_warns(tmp_path, traffic):
+    lines = (traffic / "events.jsonl").read_text().splitlines()[:50]
+    lines = [re.sub(r'"plan":"[^"]*"', '"plan":"platinum"', line) for line in lines]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+
+    result = _score(events, "--db", f"sqlite:///{tmp_path}/f.db")
+
+    assert result.exit_code == 0, result.output
+    assert "'platinum'" in result.output
+    assert "scored as 'default'" in result.output
