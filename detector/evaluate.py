@@ -3,7 +3,7 @@
 An abuse key is *caught* when some decision on it (on the key itself or on
 its account) lists the label's expected reason and was detected no earlier
 than ONSET_TOLERANCE before the labelled onset. A benign key has a *false
-action* when any decision throttles or suspends it; a benign key whose only
+action* when any decision throttles or suspends it. A benign key whose only
 decisions are reviews counts as *review only*. Decisions on IP addresses
 cannot be tied to keys from the labels alone and are counted as ignored.
 """
@@ -141,13 +141,13 @@ def _benign_dict(result: BenignKindResult) -> dict:
     }
 
 
-def evaluate(labels_path: Path, decisions_path: Path) -> EvaluationReport:
+def evaluate(labels_path: str | Path, decisions_path: str | Path) -> EvaluationReport:
     """Score a decisions JSON-lines file against labels.csv.
 
     Raises ValueError, naming the file and line, when a label or decision is
     missing a field or has an invalid value.
     """
-    labels = read_labels(labels_path)
+    labels = read_labels(Path(labels_path))
     keys_of_account: dict[str, list[str]] = defaultdict(list)
     for label in labels.values():
         keys_of_account[label.account_id].append(label.key_id)
@@ -155,7 +155,7 @@ def evaluate(labels_path: Path, decisions_path: Path) -> EvaluationReport:
     by_key: dict[str, list[KeyDecision]] = defaultdict(list)
     decisions = 0
     ignored = 0
-    for record in read_decisions(decisions_path):
+    for record in read_decisions(Path(decisions_path)):
         decisions += 1
         keys = _keys_covered(record, labels, keys_of_account)
         if not keys:

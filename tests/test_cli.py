@@ -78,7 +78,8 @@ def test_bad_records_rejected_run_continues(tmp_path, traffic):
     assert rejects[1].startswith(f"{events}:21: ")
 
 
-def test_nothing_valid_fails_with_reason(tmp_path):
+def test_nothing_valid_fails_with_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     events = tmp_path / "events.jsonl"
     events.write_text('{"request_id": "a"}\n{"request_id": "b"}\n')
 
@@ -87,9 +88,11 @@ def test_nothing_valid_fails_with_reason(tmp_path):
     assert result.exit_code == 2
     assert "no valid records" in result.output
     assert "2 rejected" in result.output
+    assert (tmp_path / "fairuse-rejects.txt").read_text().count("\n") == 2
 
 
-def test_reject_ratio_over_limit_fails(tmp_path, traffic):
+def test_reject_ratio_over_limit_fails(tmp_path, traffic, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     lines = (traffic / "events.jsonl").read_text().splitlines()[:10]
     lines[:4] = ["{}"] * 4
     events = tmp_path / "events.jsonl"
@@ -102,7 +105,8 @@ def test_reject_ratio_over_limit_fails(tmp_path, traffic):
     assert "--max-reject-ratio" in result.output
 
 
-def test_missing_file_names_path(tmp_path):
+def test_missing_file_names_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = _score(tmp_path / "nope.jsonl", "--db", f"sqlite:///{tmp_path}/f.db")
 
     assert result.exit_code == 2

@@ -93,24 +93,49 @@ class AbnormalCostDetector:
         )
 
     def _baseline_per_event(self, events: pd.DataFrame) -> pd.DataFrame:
-        """Return median, MAD and history size of each event's subject for its day."""
-        hours = pd.DataFrame(
+        """Return median, MAD, busy hour and history size of each event's subject for its day."""
+        subject = events["subject"].to_numpy()
+        hour = (events["ts"].to_numpy() // HOUR).astype(np.int64)
+        day = hour // 24
+
+        # Hourly spend per subject from the sorted events: one row per (subject, hour) run.
+        run_start = np.ones(len(events), dtype=bool)
+        run_start[1:] = (subject[1:] != subject[:-1]) | (hour[1:] != hour[:-1])
+        starts = np.flatnonzero(run_start)
+        hourly = pd.DataFrame(
             {
-                "subject": events["subject"].to_numpy(),
-                "hour": (events["ts"].to_numpy() // HOUR).astype(np.int64),
-                "cost": events["cost"].to_numpy(),
+                "subject": subject[starts],
+                "hour": hour[starts],
+                "cost": np.add.reduceat(events["cost"].to_numpy(), starts) if len(starts) else [],
             }
         )
-        hourly = hours.groupby(["subject", "hour"], sort=False)["cost"].sum().reset_index()
         hourly = hourly[hourly["cost"] > 0]
         hourly["day"] = hourly["hour"] // 24
 
-        per_day = [self._baseline_for_day(hourly, day) for day in np.unique(hours["hour"] // 24)]
+        first_day = int(day.min()) if len(day) else 0
+        days = np.unique(day)
+        per_day = [self._baseline_for_day(hourly, int(value)) for value in days]
         baselines = pd.concat(per_day, ignore_index=True) if per_day else pd.DataFrame()
 
-        keys = pd.DataFrame({"subject": hours["subject"], "day": hours["hour"] // 24})
-        merged = keys.merge(baselines, on=["subject", "day"], how="left")
-        merged["history_hours"] = merged["history_hours"].fillna(0).astype(np.int64)
+        # Gather by a dense (subject, day) index instead of merging per event.
+        width = int(days.max()) - first_day + 1 if len(days) else 1
+        lookup = np.full((int(subject.max()) + 1 if len(subject) else 0) * width, -1, dtype=np.int64)
+        if len(baselines):
+            slots = baselines["subject"].to_numpy() * width + (baselines["day"].to_numpy() - first_day)
+            lookup[slots] = np.arange(len(baselines))
+        rows = lookup[subject * width + (day - first_day)] if len(subject) else np.array([], dtype=np.int64)
+        found = rows >= 0
+
+        merged = pd.DataFrame(index=range(len(events)))
+        for column in ("median", "mad", "peak"):
+            values = np.full(len(events), np.nan)
+            if len(baselines):
+                values[found] = baselines[column].to_numpy()[rows[found]]
+            merged[column] = values
+        history = np.zeros(len(events), dtype=np.int64)
+        if len(baselines):
+            history[found] = baselines["history_hours"].to_numpy()[rows[found]]
+        merged["history_hours"] = history
         return merged
 
     def _baseline_for_day(self, hourly: pd.DataFrame, day: int) -> pd.DataFrame:

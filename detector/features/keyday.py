@@ -29,53 +29,46 @@ KEYDAY_FEATURES: tuple[str, ...] = (
 
 
 def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
-    """Return one row per (subject, day) with ``KEYDAY_FEATURES`` and window bounds."""
+    """Return one row per (subject, day) with ``KEYDAY_FEATURES`` and window bounds.
+
+    Events are sorted by subject and time, so each (subject, day) is one run of
+    rows; sums are ``reduceat`` over the runs and distinct counts come from
+    hashing (run, value) pairs, with no full-frame group-by.
+    """
     events = prepared.events
     if events.empty:
         return pd.DataFrame(columns=["subject", "day", "window_start", "window_end", *KEYDAY_FEATURES])
 
     ts = events["ts"].to_numpy()
-    frame = pd.DataFrame(
-        {
-            "subject": events["subject"].to_numpy(),
-            "day": (ts // DAY).astype(np.int64),
-            "ts": ts,
-            "hour": (ts // 3600).astype(np.int64),
-            "bucket": (ts // 600).astype(np.int64),
-            "cost": events["cost"].to_numpy(),
-            "images": events["images"].to_numpy(),
-            "tokens": events["prompt_tokens"].to_numpy() + events["completion_tokens"].to_numpy(),
-            "error": events["status"].to_numpy() >= 400,
-            "net": events["net"].to_numpy(),
-            "ua": events["ua"].to_numpy(),
-            "country": events["country"].to_numpy(),
-            "prompt": events["prompt"].to_numpy(),
-        }
-    )
-    keys = ["subject", "day"]
-    grouped = frame.groupby(keys, sort=False)
+    subject = events["subject"].to_numpy()
+    day = (ts // DAY).astype(np.int64)
+    starts = _run_starts(subject, day)
+    run_start = np.zeros(len(ts), dtype=np.int64)
+    run_start[starts] = 1
+    run = np.cumsum(run_start) - 1
+    ends = np.append(starts[1:], len(ts)) - 1
+
     rows = pd.DataFrame(
         {
-            "requests": grouped.size(),
-            "cost": grouped["cost"].sum(),
-            "images": grouped["images"].sum(),
-            "tokens": grouped["tokens"].sum(),
-            "errors": grouped["error"].sum(),
-            "window_start": grouped["ts"].min(),
-            "window_end": grouped["ts"].max(),
+            "subject": subject[starts],
+            "day": day[starts],
+            "requests": ends - starts + 1,
+            "cost": np.add.reduceat(events["cost"].to_numpy(), starts),
+            "images": np.add.reduceat(events["images"].to_numpy(), starts),
+            "tokens": np.add.reduceat(
+                events["prompt_tokens"].to_numpy() + events["completion_tokens"].to_numpy(), starts
+            ),
+            "errors": np.add.reduceat((events["status"].to_numpy() >= 400).astype(np.int64), starts),
+            "window_start": ts[starts],
+            "window_end": ts[ends],
         }
     )
-    rows["networks"] = _distinct(frame, keys, "net", rows.index)
-    rows["user_agents"] = _distinct(frame, keys, "ua", rows.index)
-    rows["countries"] = _distinct(frame, keys, "country", rows.index)
-    rows["active_hours"] = _distinct(frame, keys, "hour", rows.index)
-    rows["peak_10m"] = frame.groupby([*keys, "bucket"], sort=False).size().groupby(level=[0, 1]).max()
-    top_prompt = (
-        frame[frame["prompt"] >= 0].groupby([*keys, "prompt"], sort=False).size()
-        .groupby(level=[0, 1]).max()
-    )
-    rows["top_prompt"] = top_prompt.reindex(rows.index).fillna(0)
-    rows = rows.reset_index()
+    rows["networks"] = _distinct_per_run(run, events["net"].to_numpy(), len(starts))
+    rows["user_agents"] = _distinct_per_run(run, events["ua"].to_numpy(), len(starts))
+    rows["countries"] = _distinct_per_run(run, events["country"].to_numpy(), len(starts))
+    rows["active_hours"] = _distinct_per_run(run, (ts // 3600).astype(np.int64), len(starts))
+    rows["peak_10m"] = _max_count_per_run(run, (ts // 600).astype(np.int64), len(starts))
+    rows["top_prompt"] = _max_count_per_run(run, events["prompt"].to_numpy(), len(starts))
 
     subjects = prepared.subjects
     daily_budget = subjects["daily_budget"].to_numpy()[rows["subject"].to_numpy()]
@@ -93,8 +86,30 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     return rows
 
 
-def _distinct(frame: pd.DataFrame, keys: list[str], column: str, index: pd.Index) -> pd.Series:
-    """Count distinct non-negative codes of ``column`` per group (codes < 0 mean unknown)."""
-    known = frame[frame[column] >= 0]
-    counts = known.drop_duplicates([*keys, column]).groupby(keys, sort=False).size()
-    return counts.reindex(index).fillna(0).astype(np.int64)
+def _run_starts(subject: np.ndarray, day: np.ndarray) -> np.ndarray:
+    start = np.ones(len(subject), dtype=bool)
+    start[1:] = (subject[1:] != subject[:-1]) | (day[1:] != day[:-1])
+    return np.flatnonzero(start)
+
+
+def _pairs(run: np.ndarray, values: np.ndarray) -> tuple[pd.Series, int]:
+    """Return (run, value) pairs packed into one int64 per event; negative values are dropped."""
+    known = values >= 0
+    width = int(values.max()) + 1 if known.any() else 1
+    return pd.Series(run[known] * width + values[known]), width
+
+
+def _distinct_per_run(run: np.ndarray, values: np.ndarray, runs: int) -> np.ndarray:
+    """Count distinct non-negative ``values`` in each run."""
+    pairs, width = _pairs(run, values)
+    unique = pd.unique(pairs.to_numpy())
+    return np.bincount(unique // width, minlength=runs)
+
+
+def _max_count_per_run(run: np.ndarray, values: np.ndarray, runs: int) -> np.ndarray:
+    """Return, per run, how often its most frequent non-negative value occurs (0 if none)."""
+    pairs, width = _pairs(run, values)
+    counts = pairs.value_counts(sort=False)
+    best = np.zeros(runs, dtype=np.int64)
+    np.maximum.at(best, counts.index.to_numpy() // width, counts.to_numpy())
+    return best

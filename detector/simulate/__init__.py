@@ -51,7 +51,7 @@ KEY_STREAM = 1
 
 @dataclass(frozen=True, slots=True)
 class SimulationResult:
-    """Where the simulation wrote its files, and how many events, keys and keys per kind it made."""
+    """Paths of the files written, with the counts of events, keys and keys per kind."""
 
     events_path: Path
     labels_path: Path

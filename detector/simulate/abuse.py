@@ -17,7 +17,7 @@ SHARER = timing.Persona(0.9, 0.8, 3.0, 7.0, 50.0, timing.EVERYDAY_HOURS)
 
 
 def resold_key(ctx: KeyContext) -> list[Part]:
-    """A key sold on: from the onset 15-50 end users in 3-8 countries use it, each from their own network."""
+    """Generate a resold key: from the onset 15-50 end users in 3-8 countries use it, each from their own network."""
     rng = ctx.rng
     onset = ctx.at(rng.uniform(0.2, 0.5))
     owner = people.draw_person(rng, timing.CASUAL, ctx.start, onset)
@@ -39,7 +39,7 @@ def resold_key(ctx: KeyContext) -> list[Part]:
 
 
 def shared_key(ctx: KeyContext) -> list[Part]:
-    """The owner shares the key with 2-4 people in other cities or nearby countries who use it daily."""
+    """Generate a key the owner shares with 2-4 people in other cities or nearby countries, who use it daily."""
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -61,7 +61,7 @@ def shared_key(ctx: KeyContext) -> list[Part]:
 
 
 def bot(ctx: KeyContext) -> list[Part]:
-    """A script on a server sending a request every few seconds for 5-10 hours, 3-4.5x the plan's rate."""
+    """Generate a script on a server that sends a request every few seconds for 5-10 hours, at 3-4.5x the plan's rate."""
     rng = ctx.rng
     owner = people.draw_person(rng, timing.CASUAL, ctx.start, ctx.end)
     parts = [benign(rng, people.person_visits(rng, owner, ctx.start, ctx.end), pick_style(rng))]
@@ -92,7 +92,7 @@ def bot(ctx: KeyContext) -> list[Part]:
 
 
 def concurrency_flood(ctx: KeyContext) -> list[Part]:
-    """An integration that fans out: 2-3 bursts of 8-15 minutes, a wave of 20-40 parallel requests every 8-15 s."""
+    """Generate an integration that fans out: 2-3 bursts of 8-15 minutes, each a wave of 20-40 parallel requests every 8-15 s."""
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -124,7 +124,7 @@ def concurrency_flood(ctx: KeyContext) -> list[Part]:
 
 
 def cost_spike(ctx: KeyContext) -> list[Part]:
-    """A stolen key: for 2-6 hours an expensive model with huge prompts, spending 20-100x the owner's rate.
+    """Generate a stolen key: for 2-6 hours, huge prompts to an expensive model at 20-100x the owner's spend rate.
 
     The thief's hourly spend is at least 2-5 times the plan's hourly budget as
     well, so that owners who spend almost nothing still show a real breach.
@@ -188,7 +188,7 @@ def _thief_style(rng: np.random.Generator, target_per_hour: float) -> tuple[Requ
 
 
 def runaway_loop(ctx: KeyContext) -> list[Part]:
-    """An agent stuck in a loop: the same prompt every 1-3 seconds, back to back, for 1-2 hours."""
+    """Generate an agent stuck in a loop: the same prompt every 1-3 seconds, back to back, for 1-2 hours."""
     rng = ctx.rng
     owner = people.draw_person(rng, timing.WORKER, ctx.start, ctx.end)
     owner_style = pick_style(rng, ctx.token_scale())
@@ -217,13 +217,13 @@ def runaway_loop(ctx: KeyContext) -> list[Part]:
 
 
 def _finish_before_next(rng: np.random.Generator, ts: np.ndarray, latency_ms: np.ndarray) -> np.ndarray:
-    """Cap each latency below the gap to the next request: a loop sends the next one after the answer."""
+    """Cap each latency below the gap to the next request, because a loop sends the next request after the response."""
     gaps_ms = np.diff(ts, append=ts[-1] + 3.0) * 1000.0 if ts.size else np.empty(0)
     return np.round(np.minimum(latency_ms, gaps_ms * rng.uniform(0.6, 0.9, ts.size)), 1)
 
 
 def image_overuse(ctx: KeyContext) -> list[Part]:
-    """A text-plan key that makes 30-200 images over the week, far past the weekly image window."""
+    """Generate a text-plan key that makes 30-200 images over the week, far past the weekly image window."""
     rng = ctx.rng
     owner = people.draw_person(rng, timing.CASUAL, ctx.start, ctx.end)
     parts = [benign(rng, people.person_visits(rng, owner, ctx.start, ctx.end), pick_style(rng))]

@@ -15,17 +15,17 @@ IMAGE_ONLY = (0.0, 0.0, 0.0, 1.0)
 
 
 def normal(ctx: KeyContext) -> list[Part]:
-    """Light human use: a few to a few dozen requests on active days."""
+    """Generate light human use: a few to a few dozen requests on active days."""
     person = people.draw_person(ctx.rng, timing.CASUAL, ctx.start, ctx.end)
     visits = people.person_visits(ctx.rng, person, ctx.start, ctx.end)
     return [benign(ctx.rng, visits, pick_style(ctx.rng))]
 
 
 def heavy_user(ctx: KeyContext) -> list[Part]:
-    """A power user in office hours with large prompts, near but under the plan's budget and rate.
+    """Generate a power user in office hours with large prompts, near but under the plan's budget and rate.
 
     Prompt sizes are set so that a typical busy day would cost 60-75% of the
-    daily budget; the plan guard in traffic.py trims the busiest hours.
+    daily budget. The plan guard in traffic.py then trims the busiest hours.
     """
     rng = ctx.rng
     country = network.pick_country(rng)
@@ -51,7 +51,7 @@ def heavy_user(ctx: KeyContext) -> list[Part]:
 
 
 def team_nat(ctx: KeyContext) -> list[Part]:
-    """A team of 4-10 people sharing one key from one office NAT address, each with their own client."""
+    """Generate a team of 4-10 people sharing one key behind one office NAT address, each with their own client."""
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -66,7 +66,7 @@ def team_nat(ctx: KeyContext) -> list[Part]:
 
 
 def mobile(ctx: KeyContext) -> list[Part]:
-    """One person on a phone: each session from one of a few /24s of one carrier, or from home wifi."""
+    """Generate one person on a phone: each session comes from one of a few /24s of one carrier, or from home wifi."""
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -104,7 +104,7 @@ def _mobile_session_addresses(
 
 
 def traveller(ctx: KeyContext) -> list[Part]:
-    """One person who flies to another country once and keeps working from there."""
+    """Generate one person who flies to another country once and keeps working from there."""
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -124,7 +124,7 @@ def traveller(ctx: KeyContext) -> list[Part]:
 
 
 def cron_job(ctx: KeyContext) -> list[Part]:
-    """A scheduled job: every hour on the hour, the same 1-4 small prompts, round the clock."""
+    """Generate a scheduled job: every hour on the hour, round the clock, the same 1-4 small prompts."""
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -152,7 +152,7 @@ def cron_job(ctx: KeyContext) -> list[Part]:
 
 
 def batch_pipeline(ctx: KeyContext) -> list[Part]:
-    """An integration on a server: 20-60 requests an hour in local business hours, varied prompts."""
+    """Generate an integration on a server: 20-60 requests an hour in local business hours, with varied prompts."""
     rng = ctx.rng
     country = network.pick_country(rng)
     offset = network.pick_offset(rng, country)
@@ -174,10 +174,10 @@ def batch_pipeline(ctx: KeyContext) -> list[Part]:
 
 
 def steady_growth(ctx: KeyContext) -> list[Part]:
-    """An app backend whose traffic, and so spend, grows 20-40% a day without a jump.
+    """Generate an app backend whose traffic, and so spend, grows 20-40% a day without a jump.
 
     On the last day it sends 120-300 requests and spends 25-45% of the daily
-    budget; prompt sizes are scaled to make both true at once.
+    budget. Prompt sizes are scaled to make both true at once.
     """
     rng = ctx.rng
     country = network.pick_country(rng)
@@ -203,7 +203,7 @@ def steady_growth(ctx: KeyContext) -> list[Part]:
 
 
 def image_light(ctx: KeyContext) -> list[Part]:
-    """A text-plan user who also makes 3-8 images in the week, inside the weekly image window."""
+    """Generate a text-plan user who also makes 3-8 images in the week, inside the weekly image window."""
     rng = ctx.rng
     person = people.draw_person(rng, timing.CASUAL, ctx.start, ctx.end)
     visits = people.person_visits(rng, person, ctx.start, ctx.end, min_sessions=3)
@@ -223,7 +223,7 @@ def image_light(ctx: KeyContext) -> list[Part]:
 
 
 def image_package(ctx: KeyContext) -> list[Part]:
-    """An image-package customer making hundreds of images a week, which the plan pays for."""
+    """Generate an image-package customer making hundreds of images a week, which the plan pays for."""
     rng = ctx.rng
     busier = 2.0 if ctx.plan.name == "image-pro" else 1.0
     persona = replace(timing.CUSTOMER, sessions_per_day=3.0, requests_per_session=12.0 * busier)
@@ -240,7 +240,7 @@ def image_package(ctx: KeyContext) -> list[Part]:
 
 
 def new_key(ctx: KeyContext) -> list[Part]:
-    """A key created mid-week that then behaves like a normal one."""
+    """Generate a key created mid-week that then behaves like a normal one."""
     first_seen = ctx.at(ctx.rng.uniform(0.3, 0.7))
     person = people.draw_person(ctx.rng, timing.CASUAL, first_seen, ctx.end)
     visits = people.person_visits(ctx.rng, person, first_seen, ctx.end)

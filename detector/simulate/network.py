@@ -1,9 +1,9 @@
 """Countries, address blocks and user agents that simulated clients use.
 
-The address plan is synthetic: every country gets a few IPv4 /16 blocks per
+The address plan is synthetic. Every country gets a few IPv4 /16 blocks per
 provider type (residential ISP, mobile carrier, cloud) and an IPv6 /32 per
-provider, drawn once from a fixed seed so that every simulation sees the same
-map. The blocks look like public addresses but are not tied to real operators.
+provider. The map is drawn once from a fixed seed, so every simulation uses
+the same one. The blocks look like public addresses but belong to no real operator.
 """
 
 from __future__ import annotations
@@ -101,14 +101,14 @@ def _build_network_map() -> dict[tuple[str, str], tuple[Network, ...]]:
             CLOUD: 2 if country.code in CLOUD_COUNTRIES else 0,
         }
         for kind, count in counts.items():
-            made = []
+            provider_networks = []
             for _ in range(count):
                 first, second = blocks[order[next_block]]
                 next_block += 1
                 head = IPV6_HEADS[country.region]
                 ipv6 = f"{head}{int(rng.integers(16)):x}:{int(rng.integers(4096, 65536)):x}"
-                made.append(Network(country.code, kind, f"{first}.{second}", ipv6))
-            networks[(country.code, kind)] = tuple(made)
+                provider_networks.append(Network(country.code, kind, f"{first}.{second}", ipv6))
+            networks[(country.code, kind)] = tuple(provider_networks)
 
     return networks
 

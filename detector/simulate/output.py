@@ -64,7 +64,8 @@ def _open_output(path: Path, compress: bool) -> Iterator[BinaryIO]:
             yield raw
             return
         # mtime=0 and an empty name keep the gzip header, and so the file, identical across runs.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as packed:
+        # Level 3 takes about half the time of level 6 on simulated events, for files ~15% larger.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=3, mtime=0) as packed:
             yield packed
 
 

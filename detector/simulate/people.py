@@ -103,7 +103,7 @@ def draw_person(rng: np.random.Generator, persona: timing.Persona, start: float,
 
 
 def person_visits(rng: np.random.Generator, person: Person, start: float, end: float, min_sessions: int = 1) -> Visits:
-    """Generate one person's requests in ``[start, end)``; each session uses one of their user agents."""
+    """Generate one person's requests in ``[start, end)``. Each session uses one of their user agents."""
     starts = timing.session_starts(rng, person.persona, start, end, person.place.utc_offset, min_sessions)
     ts, session = timing.session_arrivals(rng, person.persona, starts)
     agents = pick_session_agents(rng, person.agents, starts.size)[session]

@@ -1,4 +1,4 @@
-"""Who uses the simulated gateway: behaviour kinds, their mix, plans and accounts."""
+"""Behaviour kinds of the simulated keys, their mix, and the plans and accounts the keys get."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Arrival times: human sessions on a daily cycle and machine schedules.
 
-All times are UTC epoch seconds as float64. Every function returns times
-sorted ascending and inside ``[start, end)``.
+All times are UTC epoch seconds as float64, and returned times are sorted
+ascending. session_arrivals, parallel_waves and spread_in_sessions can run
+past the end of the window, so their callers clip.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ EVENING_HOURS = _hour_weights(
 
 @dataclass(frozen=True, slots=True)
 class Persona:
-    """How one person uses the API: active days, sessions a day and cadence inside a session."""
+    """Usage pattern of one person: active days, sessions a day and the cadence inside a session.
+
+    ``weekday_active`` and ``weekend_active`` are the chances that a day of
+    that type has any session. Sessions per day and requests per session are
+    means, and ``hour_weights`` gives the share of sessions starting in each
+    local hour.
+    """
 
     weekday_active: float
     weekend_active: float
@@ -74,7 +81,7 @@ def session_starts(
     """Draw session start times: active days by weekday, hours from the persona's daily cycle.
 
     When the draw leaves fewer than ``min_sessions`` sessions in the window,
-    sessions at random daytime hours are added until there are that many.
+    sessions at uniformly random times in the window are added to make up the number.
     """
     day_starts, weekdays = local_days(start, end, utc_offset)
     active_share = np.where(weekdays < 5, persona.weekday_active, persona.weekend_active)
@@ -166,7 +173,7 @@ def steady_hours(
     """Draw arrivals whose count per hour tracks ``hourly_rates`` to within one request.
 
     Counts come from systematic sampling of the cumulative rate, so a smooth
-    rate gives smooth traffic; times inside each hour are uniform.
+    rate gives smooth traffic. Times inside each hour are uniform.
     """
     cumulative = np.floor(np.cumsum(np.maximum(hourly_rates, 0.0)) + rng.uniform())
     counts = np.diff(np.concatenate([[0.0], cumulative])).astype(np.int64)
@@ -188,9 +195,9 @@ def office_rates(start: float, end: float, utc_offset: float, rate: float, first
 def regular_cadence(rng: np.random.Generator, start: float, end: float, period_s: float, jitter_share: float) -> np.ndarray:
     """Return times every ``period_s`` seconds, each interval jittered by a small share of the period."""
     count = max(1, int((end - start) / period_s))
-    intervals = period_s * (1.0 + rng.normal(0.0, jitter_share, count))
+    intervals = np.maximum(period_s * (1.0 + rng.normal(0.0, jitter_share, count)), 0.1)
     intervals[0] = 0.0
-    times = start + np.cumsum(np.maximum(intervals, 0.1))
+    times = start + np.cumsum(intervals)
     return times[times < end]
 
 

@@ -39,7 +39,7 @@ Columns = dict[str, np.ndarray]
 
 @dataclass(frozen=True, slots=True)
 class KeyContext:
-    """What a behaviour needs to generate one key's traffic."""
+    """Inputs of a behaviour for one key: random generator, plan and time window."""
 
     rng: np.random.Generator
     plan: Plan
@@ -98,22 +98,21 @@ def abusive(rng: np.random.Generator, visits: Visits, style: RequestStyle) -> Pa
 def assemble_key(ctx: KeyContext, parts: list[Part]) -> KeyTraffic:
     """Merge a key's parts, thin the benign ones to the plan, and find the onset of abuse.
 
-    Raises ValueError when a behaviour marked parts abusive but they hold no
-    event in the window, because the label would then have no onset.
+    Raises ValueError when a behaviour marked parts abusive but they contain
+    no event, because the label would then have no onset.
     """
     benign_columns = sort_columns(concat_columns([part.columns for part in parts if not part.abusive]))
     benign_columns = fit_within_plan(ctx.rng, benign_columns, ctx.plan, BENIGN_PLAN_SHARE)
 
     abusive_parts = [part.columns for part in parts if part.abusive]
-    onset = None
-    if abusive_parts:
-        abusive_columns = concat_columns(abusive_parts)
-        if abusive_columns["ts"].size == 0:
-            raise ValueError("abusive behaviour produced no events inside the window")
-        onset = float(abusive_columns["ts"].min())
-        benign_columns = concat_columns([benign_columns, abusive_columns])
+    if not abusive_parts:
+        return KeyTraffic(benign_columns, None)
 
-    return KeyTraffic(sort_columns(benign_columns), onset)
+    abusive_columns = concat_columns(abusive_parts)
+    if abusive_columns["ts"].size == 0:
+        raise ValueError("abusive parts contain no events; the behaviour must start its abuse inside the window")
+    events = sort_columns(concat_columns([benign_columns, abusive_columns]))
+    return KeyTraffic(events, float(abusive_columns["ts"].min()))
 
 
 def concat_columns(parts: list[Columns]) -> Columns:

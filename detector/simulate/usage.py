@@ -1,4 +1,4 @@
-"""What each simulated request asks for: endpoint, model, tokens, images, price and outcome."""
+"""Content of each simulated request: endpoint, model, tokens, images, price and outcome."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ PRICES: dict[str, Price] = {
     "gpt-image-1": Price(0.0, 0.0, 0.042),
 }
 
-# Milliseconds per generated token; reasoning models also think before answering.
+# Milliseconds per generated token. Reasoning models get higher figures to stand in
+# for the hidden reasoning tokens they generate before the visible ones.
 TOKEN_MS: dict[str, float] = {
     "gpt-4o-mini": 8.0,
     "gpt-4.1-mini": 9.0,

@@ -1,0 +1,38 @@
+"""Detection quality on a simulated week: the figures docs/quality.md reports, as a test."""
+
+import pytest
+
+from detector.batch import BatchOptions, run_batch, write_outputs
+from detector.evaluate import evaluate
+from detector.simulate import simulate_traffic
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quality")
+    traffic = simulate_traffic(folder, keys=500, days=7, seed=1)
+    options = BatchOptions(paths=[traffic.events_path], database_url=f"sqlite:///{folder}/q.db")
+    batch = run_batch(options)
+    decisions = folder / "decisions.jsonl"
+    write_outputs(decisions, batch)
+    return evaluate(traffic.labels_path, decisions)
+
+
+def test_every_abuse_kind_recall_at_least_95(report):
+    recalls = {row["kind"]: row["recall"] for row in report.to_dict()["abuse"]}
+
+    assert set(recalls) == {
+        "resold_key", "shared_key", "bot", "concurrency_flood", "cost_spike", "runaway_loop", "image_overuse",
+    }
+    low = {kind: recall for kind, recall in recalls.items() if recall < 0.95}
+    assert low == {}
+
+
+def test_benign_false_actions_at_most_0_2_percent(report):
+    assert report.to_dict()["overall"]["benign_false_action_share"] <= 0.002
+
+
+def test_benign_reviews_at_most_2_percent(report):
+    assert report.to_dict()["overall"]["benign_review_share"] <= 0.02
