@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 class BatchError(RuntimeError):
-    """A run that cannot produce a trustworthy result; the message says why and what to do."""
+    """Raised when a run cannot produce a trustworthy result; the message gives the cause and the fix."""
 
 
 @dataclass(slots=True)
@@ -46,7 +46,7 @@ class BatchOptions:
 
 @dataclass(slots=True)
 class BatchReport:
-    """What a run read, found and decided, for the summary table."""
+    """Records read, findings and decisions of one run, for the summary table."""
 
     read: ReadResult
     result: ScoringResult
@@ -78,9 +78,9 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
 
     unknown = plans.unknown(read.frame["plan"])
     if unknown:
-        shown = ", ".join(repr(name) for name in unknown[:5])
+        listed = ", ".join(repr(name) for name in unknown[:5])
         warnings.append(
-            f"plan names not in the plan catalogue were scored as 'default' ({len(unknown)}): {shown}; "
+            f"plan names not in the plan catalogue were scored as 'default' ({len(unknown)}): {listed}; "
             "add them to the plans file given with --plans"
         )
 

@@ -13,8 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector import __version__
 
-# Messages are printed with soft_wrap so a long path or value stays on one line
-# that grep can find; tables get 140 columns when output is not a terminal.
+# Messages are printed with soft_wrap, so a long path or value stays on one line
+# that grep can find. Tables get 140 columns when output is not a terminal.
 stderr = Console(stderr=True, soft_wrap=True)
 stdout = Console(width=None if sys.stdout.isatty() else 140)
 

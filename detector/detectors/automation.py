@@ -77,35 +77,40 @@ class AutomationDetector:
         expected = prepared.subjects["expected_rph"].to_numpy()[events["subject"].to_numpy()]
         per_bucket = np.maximum(expected * BUCKET / HOUR, 1.0)
 
-        parallel = prepared.count_in_window(1.0)
-        frame = pd.DataFrame(
-            {
-                "subject": events["subject"].to_numpy(),
-                "bucket": (events["ts"].to_numpy() // BUCKET).astype(np.int64),
-                "ts": events["ts"].to_numpy(),
-                "iat": events["iat"].to_numpy(),
-                "prompt": events["prompt"].to_numpy(),
-                "latency_ms": events["latency_ms"].to_numpy(),
-                "parallel": parallel,
-                "wave": parallel == self.min_parallel,
-                "level": np.maximum(np.ceil(self.min_load * per_bucket), self.min_bucket_events),
-                "per_bucket": per_bucket,
-            }
-        )
-        grouped = frame.groupby(["subject", "bucket"], sort=False)
-        sizes = grouped["ts"].transform("size").to_numpy()
-        busy = sizes >= frame["level"].to_numpy()
+        subject = events["subject"].to_numpy()
+        bucket = (events["ts"].to_numpy() // BUCKET).astype(np.int64)
+        level = np.maximum(np.ceil(self.min_load * per_bucket), self.min_bucket_events)
+
+        # Events are sorted by subject and time, so each (subject, bucket) is one run.
+        run_start = np.ones(len(events), dtype=bool)
+        run_start[1:] = (subject[1:] != subject[:-1]) | (bucket[1:] != bucket[:-1])
+        run_lengths = np.diff(np.append(np.flatnonzero(run_start), len(events)))
+        busy = np.repeat(run_lengths, run_lengths) >= level
         if not busy.any():
             return []
 
-        busy_frame = frame[busy]
-        buckets = self._bucket_signals(busy_frame)
+        parallel = prepared.count_in_window(1.0)[busy]
+        frame = pd.DataFrame(
+            {
+                "subject": subject[busy],
+                "bucket": bucket[busy],
+                "ts": events["ts"].to_numpy()[busy],
+                "iat": events["iat"].to_numpy()[busy],
+                "prompt": events["prompt"].to_numpy()[busy],
+                "latency_ms": events["latency_ms"].to_numpy()[busy],
+                "parallel": parallel,
+                "wave": parallel == self.min_parallel,
+                "level": level[busy],
+                "per_bucket": per_bucket[busy],
+            }
+        )
+        buckets = self._bucket_signals(frame)
         buckets = buckets[buckets["machine"]]
         if buckets.empty:
             return []
 
-        running = busy_frame.groupby(["subject", "bucket"], sort=False).cumcount().to_numpy() + 1
-        crossed = busy_frame[running >= busy_frame["level"].to_numpy()]
+        running = frame.groupby(["subject", "bucket"], sort=False).cumcount().to_numpy() + 1
+        crossed = frame[running >= frame["level"].to_numpy()]
         detected = crossed.groupby(["subject", "bucket"], sort=False)["ts"].min()
         buckets = buckets.join(detected.rename("detected_at"), how="inner").reset_index()
 

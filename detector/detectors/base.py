@@ -15,8 +15,8 @@ from detector.features import PreparedEvents
 class Finding:
     """One pattern a detector saw on one subject in one window.
 
-    ``score`` (0–100) says how clearly the pattern holds. ``impact`` says how far
-    the subject's volume, spend or use goes past what its plan treats as fair,
+    ``score`` (0–100) measures how clearly the pattern holds. ``impact`` is the
+    subject's volume, spend or use relative to what its plan treats as fair,
     where 1.0 is exactly at the plan's limit. Policy reads both; detectors act on
     neither. ``detected_at`` is the event time (epoch seconds) at which the
     evidence first crossed the detector's threshold within the window.
@@ -103,18 +103,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (np.bool_,)):
         return bool(value)
     return value
-
-
-def first_crossing(
-    times: np.ndarray, running: np.ndarray, groups: np.ndarray, level: np.ndarray
-) -> pd.Series:
-    """Return, per group, the first time at which ``running`` reaches the group's ``level``.
-
-    ``times``, ``running`` and ``groups`` are per event; ``level`` is per event too
-    (the level of that event's group). Groups that never reach it are absent.
-    """
-    crossed = running >= level
-    if not crossed.any():
-        return pd.Series(dtype="float64")
-    frame = pd.DataFrame({"group": groups[crossed], "time": times[crossed]})
-    return frame.groupby("group", sort=False)["time"].min()

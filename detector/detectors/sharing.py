@@ -21,7 +21,7 @@ class KeySharingDetector:
 
     A *concurrent switch* is a request from network B that follows a request
     from network A within ``switch_gap`` seconds, when B itself was in use less
-    than ``return_gap`` seconds earlier: the key is going back and forth, so
+    than ``return_gap`` seconds earlier. The key is going back and forth, so
     both places are using it at once. Moving (a phone roaming inside a carrier,
     a traveller) switches networks in one direction, and a team behind one NAT
     uses one network, so neither produces these switches. Networks are IPv4

@@ -35,10 +35,10 @@ def decide(
 ) -> PolicyOutcome:
     """Return the decisions ``findings`` call for, given the decisions already in force.
 
-    Findings are taken in event-time order. A finding whose subject already has
-    a decision that covers it (same scope or all endpoints, the same or a
-    stronger action, still in force at the finding's time) adds nothing, so
-    scoring the same input twice creates no new decisions. ``prior`` must hold
+    Findings are taken in event-time order. A finding adds nothing when its
+    subject already has a decision that covers it: in force at the finding's
+    time, with the same or a stronger action, on the same scope or on all
+    endpoints. So scoring the same input twice creates no new decisions. ``prior`` must hold
     the stored decisions of the subjects involved.
     """
     now = now or datetime.now(UTC)

@@ -79,8 +79,8 @@ class DecisionStore:
     def _insert_new(self, table: type, rows: list[dict[str, Any]]) -> int:
         """Insert rows whose id is not stored; return how many that was.
 
-        Ids already stored are looked up first because drivers do not report
-        reliable row counts for bulk inserts; the insert itself still ignores
+        Ids already stored are looked up first, because drivers do not report
+        reliable row counts for bulk inserts. The insert itself still ignores
         duplicates, so two writers racing on one id store it once.
         """
         if not rows:
