@@ -1,0 +1,143 @@
+"""A per-request decision check for gateways, reading the keys ``workers.publish`` writes.
+
+The check is one Redis ``MGET`` for the subjects not in the local cache.
+Answers are cached for at most ``cache_seconds`` (1 s by default), so a new
+decision reaches the gateway within that time. When Redis does not answer
+within ``timeout`` seconds the check fails open: it allows the request, logs a
+warning at most once per ``log_interval`` seconds and counts the failure in
+``failures``. Pass ``fail_open=False`` to raise instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+import redis
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "fairuse"
+# Strength of what a gateway enforces; reviews are for staff and allow the request.
+_STRENGTH = {("suspend", "all"): 3, ("suspend", "images"): 3, ("throttle", "all"): 2, ("throttle", "images"): 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the gateway does with one request.
+
+    ``action`` is ``allow``, ``throttle`` or ``suspend``. A throttle carries
+    ``limit_rpm`` and ``scope`` (``all`` endpoints or only ``images``).
+    ``expires_at`` is epoch seconds; ``fail_open`` marks an allow given because
+    Redis did not answer.
+    """
+
+    action: str
+    subject_type: str = ""
+    subject: str = ""
+    reasons: tuple[str, ...] = ()
+    limit_rpm: int | None = None
+    scope: str = "all"
+    expires_at: float | None = None
+    decision_id: str = ""
+    fail_open: bool = False
+
+
+ALLOW = Verdict(action="allow")
+
+
+class DecisionClient:
+    """Check requests against published decisions, with a short local cache."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        cache_seconds: float = 1.0,
+        timeout: float = 0.05,
+        fail_open: bool = True,
+        log_interval: float = 10.0,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.client = client or redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self.prefix = prefix
+        self.cache_seconds = cache_seconds
+        self.fail_open = fail_open
+        self.log_interval = log_interval
+        self.failures = 0
+        self._cache: dict[str, tuple[float, bytes | None]] = {}
+        self._lock = threading.Lock()
+        self._last_log = float("-inf")
+
+    def check(self, key_id: str | None = None, account_id: str | None = None, ip: str | None = None) -> Verdict:
+        """Return the strongest decision in force on the key, the account or the address."""
+        subjects = [
+            (kind, value)
+            for kind, value in (("key", key_id), ("account", account_id), ("ip", ip))
+            if value
+        ]
+        if not subjects:
+            return ALLOW
+
+        try:
+            values = self._values([f"{self.prefix}:decision:{kind}:{value}" for kind, value in subjects])
+        except (redis.TimeoutError, redis.ConnectionError) as error:
+            return self._on_failure(error)
+
+        now_ms = time.time() * 1000
+        best = ALLOW
+        best_strength = 0
+        for (kind, value), raw in zip(subjects, values):
+            if raw is None:
+                continue
+            for entry in orjson.loads(raw)["active"]:
+                strength = _STRENGTH.get((entry["action"], entry["scope"]), 0)
+                in_force = entry["detected_ms"] <= now_ms < entry["expires_ms"]
+                if in_force and strength > best_strength:
+                    best, best_strength = _verdict(kind, value, entry), strength
+        return best
+
+    def _values(self, keys: list[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        with self._lock:
+            cached = {key: self._cache.get(key) for key in keys}
+        missing = [key for key, hit in cached.items() if hit is None or now - hit[0] > self.cache_seconds]
+
+        if missing:
+            fetched = self.client.mget(missing)
+            with self._lock:
+                for key, value in zip(missing, fetched):
+                    self._cache[key] = (now, value)
+                    cached[key] = (now, value)
+                if len(self._cache) > 100_000:
+                    self._cache.clear()
+        return [cached[key][1] for key in keys]
+
+    def _on_failure(self, error: Exception) -> Verdict:
+        self.failures += 1
+        if not self.fail_open:
+            raise error
+        now = time.monotonic()
+        if now - self._last_log >= self.log_interval:
+            logger.warning("decision check failed open (%d failures so far): %s", self.failures, error)
+            self._last_log = now
+        return Verdict(action="allow", fail_open=True)
+
+
+def _verdict(kind: str, value: str, entry: dict) -> Verdict:
+    return Verdict(
+        action=entry["action"],
+        subject_type=kind,
+        subject=value,
+        reasons=tuple(entry["reasons"]),
+        limit_rpm=entry["limit_rpm"],
+        scope=entry["scope"],
+        expires_at=entry["expires_ms"] / 1000,
+        decision_id=entry["id"],
+    )

@@ -1,0 +1,185 @@
+"""Publishing decisions to real Redis and reading them back through the gateway client."""
+
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+import redis
+
+from detector.decisions import Decision
+from detector.store import open_store
+from fairuse_gateway import DecisionClient
+from workers.publish import DecisionPublisher, subject_key
+
+
+def _decision(action="suspend", *, subject="key-1", seconds=3600.0, scope="all", ident=None, simulated=False, started=-5.0):
+    now = datetime.now(UTC)
+    return Decision(
+        id=ident or f"{action}-{subject}-{seconds}",
+        subject_type="key", subject=subject, action=action, reasons=["abnormal_cost"], score=90.0,
+        evidence={}, detected_at=now + timedelta(seconds=started), created_at=now,
+        expires_at=now + timedelta(seconds=seconds), origin="abnormal_cost/1+policy/default-1",
+        simulated=simulated, scope=scope, limit_rpm=10 if action == "throttle" else None,
+    )
+
+
+@pytest.fixture
+def publisher(redis_client, redis_prefix):
+    return DecisionPublisher(redis_client, prefix=redis_prefix)
+
+
+@pytest.fixture
+def gateway(redis_prefix):
+    return DecisionClient(prefix=redis_prefix, cache_seconds=0.0)
+
+
+def test_published_suspension_read_by_gateway(publisher, gateway):
+    publisher.publish([_decision("suspend")])
+
+    verdict = gateway.check(key_id="key-1", account_id="acct-1", ip="203.0.113.5")
+
+    assert verdict.action == "suspend"
+    assert verdict.subject_type == "key"
+    assert verdict.reasons == ("abnormal_cost",)
+    assert verdict.expires_at == pytest.approx(time.time() + 3600, abs=5)
+
+
+def test_unknown_subject_allowed(gateway):
+    assert gateway.check(key_id="nobody").action == "allow"
+
+
+def test_review_allows_request(publisher, gateway):
+    publisher.publish([_decision("review")])
+
+    assert gateway.check(key_id="key-1").action == "allow"
+
+
+def test_throttle_carries_limit_and_scope(publisher, gateway):
+    publisher.publish([_decision("throttle", scope="images")])
+
+    verdict = gateway.check(key_id="key-1")
+
+    assert verdict.action == "throttle"
+    assert verdict.limit_rpm == 10
+    assert verdict.scope == "images"
+
+
+def test_shorter_overlap_ending_keeps_longer(publisher, gateway, redis_client, redis_prefix):
+    publisher.publish([_decision("suspend", seconds=1.0), _decision("throttle", seconds=60.0)])
+
+    assert gateway.check(key_id="key-1").action == "suspend"
+    time.sleep(1.2)
+
+    assert gateway.check(key_id="key-1").action == "throttle"
+    ttl_ms = redis_client.pttl(subject_key(redis_prefix, "key", "key-1"))
+    assert 55_000 < ttl_ms <= 60_000
+
+
+def test_key_expires_with_last_decision(publisher, redis_client, redis_prefix):
+    publisher.publish([_decision("throttle", seconds=30.0), _decision("suspend", seconds=10.0)])
+
+    ttl_ms = redis_client.pttl(subject_key(redis_prefix, "key", "key-1"))
+
+    assert 25_000 < ttl_ms <= 30_000
+
+
+def test_counters_never_without_ttl(publisher, redis_client, redis_prefix):
+    publisher.publish([_decision("suspend", subject=f"key-{index}") for index in range(20)])
+
+    keys = list(redis_client.scan_iter(match=f"{redis_prefix}:decision:*"))
+
+    assert len(keys) == 20
+    assert all(redis_client.pttl(key) > 0 for key in keys)
+
+
+def test_simulated_and_ended_not_published(publisher, gateway):
+    published = publisher.publish([_decision(simulated=True), _decision("throttle", seconds=-1.0, started=-60)])
+
+    assert published == 0
+    assert gateway.check(key_id="key-1").action == "allow"
+
+
+def test_lifting_one_decision_keeps_other(publisher, gateway):
+    suspension = _decision("suspend")
+    publisher.publish([suspension, _decision("throttle", seconds=7200)])
+
+    publisher.delete([suspension])
+
+    assert gateway.check(key_id="key-1").action == "throttle"
+
+
+def test_change_stream_records_new_and_deleted(publisher, redis_client):
+    decision = _decision("suspend")
+    publisher.publish([decision])
+    publisher.delete([decision])
+
+    entries = redis_client.xrange(publisher.change_stream)
+    changes = [orjson.loads(fields[b"change"]) for _, fields in entries]
+
+    assert [change["kind"] for change in changes] == ["new", "deleted"]
+    assert changes[0]["id"] == decision.id
+    assert changes[0]["subject"] == "key-1"
+
+
+def test_publishing_twice_lists_decision_once(publisher, redis_client, redis_prefix):
+    decision = _decision("suspend")
+    publisher.publish([decision])
+    publisher.publish([decision])
+
+    value = orjson.loads(redis_client.get(subject_key(redis_prefix, "key", "key-1")))
+
+    assert [entry["id"] for entry in value["active"]] == [decision.id]
+
+
+def test_republish_after_redis_lost_data(publisher, gateway, redis_client, redis_prefix, sqlite_url):
+    store = open_store(sqlite_url)
+    decision = _decision("suspend")
+    store.save_decisions([decision])
+    publisher.publish([decision])
+    redis_client.delete(*redis_client.scan_iter(match=f"{redis_prefix}:*"))
+    assert gateway.check(key_id="key-1").action == "allow"
+
+    publisher.republish(store)
+
+    assert gateway.check(key_id="key-1").action == "suspend"
+
+
+def test_cache_serves_for_at_most_cache_seconds(publisher, redis_prefix):
+    client = DecisionClient(prefix=redis_prefix, cache_seconds=0.5)
+    assert client.check(key_id="key-1").action == "allow"
+
+    publisher.publish([_decision("suspend")])
+    cached = client.check(key_id="key-1").action
+    time.sleep(0.6)
+
+    assert cached == "allow"
+    assert client.check(key_id="key-1").action == "suspend"
+
+
+def test_unreachable_redis_fails_open_and_counts():
+    client = DecisionClient("redis://127.0.0.1:1/0", timeout=0.05)
+
+    verdict = client.check(key_id="key-1")
+
+    assert verdict.action == "allow"
+    assert verdict.fail_open is True
+    assert client.failures == 1
+
+
+def test_fail_closed_raises():
+    client = DecisionClient("redis://127.0.0.1:1/0", timeout=0.05, fail_open=False)
+
+    with pytest.raises(redis.ConnectionError):
+        client.check(key_id="key-1")
+
+
+def test_strongest_across_key_account_ip(publisher, gateway):
+    account = replace(_decision("suspend", subject="acct-9"), subject_type="account", id="acct-suspend")
+    publisher.publish([_decision("throttle"), account])
+
+    verdict = gateway.check(key_id="key-1", account_id="acct-9")
+
+    assert verdict.action == "suspend"
+    assert verdict.subject_type == "account"
