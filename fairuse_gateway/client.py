@@ -1,8 +1,8 @@
 """A per-request decision check for gateways, reading the keys ``workers.publish`` writes.
 
 The check is one Redis ``MGET`` for the subjects not in the local cache.
-Answers are cached for at most ``cache_seconds`` (1 s by default), so a new
-decision reaches the gateway within that time. When Redis does not answer
+Results are cached for at most ``cache_seconds`` (1 s by default), so a new
+decision reaches the gateway within that time. When Redis does not reply
 within ``timeout`` seconds the check fails open: it allows the request, logs a
 warning at most once per ``log_interval`` seconds and counts the failure in
 ``failures``. Pass ``fail_open=False`` to raise instead.
@@ -31,8 +31,8 @@ class Verdict:
 
     ``action`` is ``allow``, ``throttle`` or ``suspend``. A throttle carries
     ``limit_rpm`` and ``scope`` (``all`` endpoints or only ``images``).
-    ``expires_at`` is epoch seconds; ``fail_open`` marks an allow given because
-    Redis did not answer.
+    ``expires_at`` is in epoch seconds. ``fail_open`` marks an allow given
+    because Redis did not reply in time.
     """
 
     action: str

@@ -26,7 +26,7 @@ SECRET = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def make_record(number: int = 0, **changes: object) -> dict:
-    """Return a valid gateway record; number varies the id, time and counts."""
+    """Return a valid gateway record. number varies the id, time and counts."""
     record = {
         "request_id": f"req-{number:05d}",
         "ts": 1795428000 + number,
@@ -157,18 +157,33 @@ def test_arrow_and_orjson_paths_agree(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["events.jsonl", "events.ndjson", "events.json", "events.csv", "events.parquet", "events.jsonl.gz", "events.csv.gz"],
+    ("name", "format_name"),
+    [
+        ("events.jsonl", "jsonl"),
+        ("events.ndjson", "jsonl"),
+        ("events.json", "jsonl"),
+        ("events.csv", "csv"),
+        ("events.parquet", "parquet"),
+        ("events.jsonl.gz", "jsonl"),
+        ("events.csv.gz", "csv"),
+    ],
 )
-def test_format_detected_from_extension(tmp_path, name):
+def test_format_detected_from_extension(tmp_path, name, format_name):
     records = [make_record(number) for number in range(3)]
-    stem = name.removesuffix(".gz")
-    writer = FORMAT_WRITERS[{"ndjson": "jsonl", "json": "jsonl"}.get(stem.split(".")[-1], stem.split(".")[-1])]
-    path = writer(tmp_path / stem, records)
+    path = FORMAT_WRITERS[format_name](tmp_path / name.removesuffix(".gz"), records)
     if name.endswith(".gz"):
         path = gzip_copy(path)
 
     assert len(read_one(path).frame) == 3
+
+
+def test_extension_wins_over_content(tmp_path):
+    path = write_jsonl(tmp_path / "events.csv", [make_record(1), make_record(2)])
+
+    result = read_one(path)
+
+    assert result.frame.empty
+    assert len(result.rejects) == 1
 
 
 @pytest.mark.parametrize("format_name", ["jsonl", "csv", "parquet"])
@@ -520,7 +535,7 @@ def test_non_object_json_rejected(tmp_path, json_parser, line, kind):
 
 @pytest.mark.parametrize("null_line", ["null", "  null", "nulll"])
 def test_null_line_rejected_without_crash(tmp_path, monkeypatch, null_line):
-    # pyarrow 26.0.1 crashes when a parse chunk starts with such a line; the reader must not pass it on.
+    # pyarrow 26.0.1 crashes when a parse chunk starts with such a line, so the reader must not pass it on.
     monkeypatch.setattr(jsonl_module, "MIN_ARROW_LINES", 0)
     monkeypatch.setattr(jsonl_module, "ARROW_CHUNK_SIZE", 64)
     lines = [json.dumps(make_record(number)) for number in range(6)]
@@ -756,6 +771,28 @@ def test_truncated_gzip_parquet_raises(tmp_path):
 
     with pytest.raises(ReaderError, match="truncated gzip stream"):
         read_one(path)
+
+
+def test_gzip_zero_padding_ignored(tmp_path):
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(json.dumps(make_record(1)).encode() + b"\n") + b"\x00" * 512)
+
+    result = read_one(path)
+
+    assert len(result.frame) == 1
+    assert result.rejects == []
+    assert result.warnings == []
+
+
+def test_gzip_trailing_garbage_reported(tmp_path):
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(json.dumps(make_record(1)).encode() + b"\n") + b"garbage")
+
+    result = read_one(path)
+
+    assert len(result.frame) == 1
+    assert [(reject.line, reject.field) for reject in result.rejects] == [(2, "-")]
+    assert result.rejects[0].reason.startswith("invalid gzip stream")
 
 
 def test_concatenated_gzip_members_read(tmp_path):

@@ -1,6 +1,6 @@
 """Event readers: JSON Lines, CSV, Parquet and access logs into the canonical event frame.
 
-``read_events`` reads files (gzip or not) and returns a ``ReadResult``;
+``read_events`` reads files (gzip or not) and returns a ``ReadResult``.
 ``validate_records`` checks already-parsed records, as a stream consumer has
 them. Both apply the contract of docs/events.md through the same vectorised
 checks.

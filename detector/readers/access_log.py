@@ -42,14 +42,14 @@ def read_access_log(input_file: InputFile) -> Iterator[RawBatch | Reject]:
     for block in blocks:
         yield from parse_access_lines(block.data, block.first_line, input_file.name, id_prefix)
 
-    truncation = blocks.truncation_reject()
-    if truncation is not None:
-        yield truncation
+    gzip_reject = blocks.gzip_error_reject()
+    if gzip_reject is not None:
+        yield gzip_reject
 
 
 def parse_access_lines(data: bytes, first_line: int, source: str, id_prefix: str) -> Iterator[RawBatch | Reject]:
     """Yield one raw batch for the well-formed lines of data, and a reject for every other line."""
-    # Bytes that are not UTF-8 (seen in referers) become U+FFFD; no field the detector uses needs them.
+    # Bytes that are not UTF-8 (seen in referers) become U+FFFD, which harms no field the detector uses.
     text = data.decode("utf-8", errors="replace")
     lines = pc.split_pattern(pa.array([text]), "\n").flatten()
     numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)

@@ -2,8 +2,9 @@
 
 Each check takes a ``RawColumn`` and returns a ``Checked``: the field's values
 in their canonical form and a ``Problem`` code per row. Checks work on whole
-Arrow or numpy arrays; Python runs per distinct value at most (IP addresses,
-country codes), never per row of a clean batch.
+Arrow or numpy arrays. Python code runs at most once per distinct value (IP
+addresses that are not plain IPv4, country codes, stream words). Only API key
+secrets, which should not occur at all, are hashed row by row.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ FALSE_STRINGS = frozenset({"false", "0"})
 class Checked:
     """A field's canonical values and a Problem code per row (0 where valid)."""
 
-    # numpy array, or Arrow string array for text; the entries at invalid rows are undefined.
+    # numpy array, or Arrow string array for text. Entries at invalid rows are undefined.
     values: np.ndarray | pa.Array
     errors: np.ndarray
     # key_id values that looked like API key secrets and were replaced by their hash.
@@ -71,6 +72,9 @@ def text_values(column: RawColumn) -> tuple[pa.Array, np.ndarray]:
     if len(column.parts) == 1 and only.kind is Kind.STRING:
         errors[null_mask(only.values)] = Problem.MISSING
         return only.values, errors
+    if len(column.parts) == 1 and only.kind is Kind.NULL:
+        errors[:] = Problem.MISSING
+        return pa.nulls(column.length, type=pa.string()), errors
 
     strings = np.full(column.length, None, dtype=object)
     for part in column.parts:
@@ -95,7 +99,7 @@ def flag_long_text(strings: pa.Array, errors: np.ndarray) -> None:
 
 
 def check_text(column: RawColumn, *, allow_empty: bool, default: str | None = None) -> Checked:
-    """Check a text field; a missing value takes default when one is given."""
+    """Check a text field. A missing value takes default when one is given."""
     strings, errors = text_values(column)
     if default is not None:
         missing = errors == Problem.MISSING
@@ -120,7 +124,7 @@ def check_model(column: RawColumn) -> Checked:
 
 
 def check_user_agent(column: RawColumn) -> Checked:
-    """Check the optional user agent; missing means ""."""
+    """Check the optional user agent, "" when missing."""
     return check_text(column, allow_empty=True, default="")
 
 
@@ -217,7 +221,7 @@ def normalize_country(text: str) -> str | None:
 
 
 def check_country(column: RawColumn) -> Checked:
-    """Check the optional ISO 3166-1 alpha-2 country code; missing means ""."""
+    """Check the optional ISO 3166-1 alpha-2 country code, "" when missing."""
     strings, errors = text_values(column)
     errors[errors == Problem.MISSING] = Problem.OK
     codes = map_distinct(strings, normalize_country)
@@ -307,7 +311,7 @@ def check_count(column: RawColumn) -> Checked:
 
 
 def check_images(column: RawColumn) -> Checked:
-    """Check the optional image count; missing means 0."""
+    """Check the optional image count, 0 when missing."""
     return Checked(*whole_numbers(column, default=0))
 
 

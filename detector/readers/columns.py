@@ -34,7 +34,7 @@ class Part:
     """Values of one kind and the batch rows they belong to."""
 
     kind: Kind
-    # Arrow values, one per row in ``rows``; None for UNSUPPORTED parts built from Python values.
+    # Arrow values, one per row in ``rows``. None for UNSUPPORTED parts built from Python values.
     values: pa.Array | None
     # Ascending batch row positions, or None when the part covers every row of the batch.
     rows: np.ndarray | None = None
@@ -121,7 +121,7 @@ def kind_of_arrow_type(arrow_type: pa.DataType) -> Kind:
 
 
 def kind_of_python_value(value: object) -> Kind:
-    """Return the kind of a parsed JSON value; bool is checked before int on purpose."""
+    """Return the kind of a parsed JSON value. bool is checked first because it subclasses int."""
     if value is None:
         return Kind.NULL
     if isinstance(value, str):
@@ -146,7 +146,7 @@ def _arrow_values(kind: Kind, values: list) -> pa.Array | None:
 
 
 def _float_array(values: list) -> pa.Array:
-    """Return numbers as float64; integers too large for a float become +-inf."""
+    """Return numbers as float64, with integers too large for a float as +-inf."""
     try:
         return pa.array(values, type=pa.float64())
     except (pa.ArrowInvalid, OverflowError, TypeError):

@@ -37,9 +37,9 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
             newlines = None
         yield from parse_csv_lines(data, first_line, header, input_file.name, newlines)
 
-    truncation = blocks.truncation_reject()
-    if truncation is not None:
-        yield truncation
+    gzip_reject = blocks.gzip_error_reject()
+    if gzip_reject is not None:
+        yield gzip_reject
 
 
 def split_header(data: bytes, first_line: int, source: str) -> tuple[list[str] | None, bytes, int]:

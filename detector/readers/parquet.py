@@ -1,4 +1,4 @@
-"""Parquet reader: contract columns in record batches; a row's line number is its row number + 1."""
+"""Parquet reader: contract columns in record batches, each row numbered as its row number + 1."""
 
 from __future__ import annotations
 
@@ -43,10 +43,9 @@ def open_parquet(input_file: InputFile) -> pq.ParquetFile:
     source = input_file.path
     if input_file.is_gzip:
         content = input_file.read_all()
-        if input_file.truncated is not None:
+        if input_file.gzip_error is not None:
             raise ReaderError(
-                f"{input_file.name}: truncated gzip stream: {input_file.truncated}; "
-                "a Parquet file cannot be read without its end"
+                f"{input_file.name}: {input_file.gzip_error}; a Parquet file cannot be read without its end"
             )
         source = pa.BufferReader(content)
     try:
@@ -56,7 +55,7 @@ def open_parquet(input_file: InputFile) -> pq.ParquetFile:
 
 
 def report_share(input_file: InputFile, rows_read: int, total_rows: int, bytes_reported: int) -> int:
-    """Report progress in file bytes for the share of rows read; return the bytes reported so far."""
+    """Report progress in file bytes for the share of rows read and return the bytes reported so far."""
     if input_file.progress is None:
         return bytes_reported
     done = input_file.size if total_rows == 0 else input_file.size * rows_read // total_rows

@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from detector.events import COLUMNS, Reject
 from detector.readers.access_log import read_access_log
@@ -90,10 +90,8 @@ class EventCollector:
                 f"{input_file.name}: {secrets_replaced} key_id values looked like API key secrets (sk-...) "
                 "and were replaced by their SHA-256 hash"
             )
-        if input_file.truncated is not None:
-            self.warnings.append(
-                f"{input_file.name}: truncated gzip stream ({input_file.truncated}); the records before it were read"
-            )
+        if input_file.gzip_error is not None:
+            self.warnings.append(f"{input_file.name}: {input_file.gzip_error}; the records before it were read")
 
     def result(self) -> ReadResult:
         """Return the read result: deduplicated by request_id, then sorted by ts.
@@ -143,11 +141,15 @@ def first_occurrences(request_ids: pa.ChunkedArray) -> np.ndarray:
     """Return a mask of the rows whose request_id has not appeared in an earlier row."""
     if len(request_ids) == 0:
         return np.ones(0, dtype=bool)
-    codes, uniques = pd.factorize(pd.array(request_ids, dtype=COLUMNS["request_id"]))
-    if len(uniques) == len(codes):
-        return np.ones(len(codes), dtype=bool)
-    # factorize numbers values in order of first appearance, so a row is a first
-    # occurrence exactly when its code exceeds every code before it.
+    # On 1M ids, encoding one combined array took a third of the time that
+    # pandas.factorize took on the same chunked column (measured once, pyarrow 26).
+    encoded = pc.dictionary_encode(request_ids.combine_chunks())
+    if len(encoded.dictionary) == len(request_ids):
+        return np.ones(len(request_ids), dtype=bool)
+
+    # Arrow numbers distinct values in order of first appearance, so a row is a
+    # first occurrence exactly when its code exceeds every code before it.
+    codes = encoded.indices.to_numpy()
     running_max = np.maximum.accumulate(codes)
     keep = np.empty(len(codes), dtype=bool)
     keep[0] = True

@@ -6,7 +6,7 @@ from enum import IntEnum
 
 from detector.events import MAX_TEXT_LENGTH
 
-# Maximum length of a value repr in a reject message; longer ones are cut and end in "...".
+# Maximum length of a value repr in a reject message. Longer ones are cut and end in "...".
 MAX_SHOWN_VALUE = 80
 
 

@@ -13,7 +13,7 @@ from detector.events import Reject
 from detector.readers.base import ReaderError
 
 GZIP_MAGIC = b"\x1f\x8b"
-# Compressed bytes read per call when decompressing gzip; each read reports progress once.
+# Compressed bytes read per call when decompressing gzip. Each read reports progress once.
 READ_SIZE = 4 << 20
 # Bytes per block before it is cut at its last newline. Staying below glibc's 32 MiB
 # mmap threshold lets malloc reuse freed blocks: fresh mappings cost 0.3 s of page
@@ -36,8 +36,9 @@ class InputFile:
         self.path = path
         self.name = os.fspath(path)
         self.progress = progress
-        # Why the gzip stream ended early, or None while it is complete.
-        self.truncated: str | None = None
+        # Why the gzip stream stopped before its end ("truncated gzip stream: ..."),
+        # or None while it is complete.
+        self.gzip_error: str | None = None
         with self.open() as handle:
             self.is_gzip = handle.read(2) == GZIP_MAGIC
             self.size = os.fstat(handle.fileno()).st_size
@@ -71,8 +72,8 @@ class InputFile:
             return b""
 
     def chunks(self) -> Iterator[bytes]:
-        """Yield the content in pieces; sets ``truncated`` if a gzip stream ends early."""
-        self.truncated = None
+        """Yield the content in pieces, setting ``gzip_error`` if a gzip stream stops early."""
+        self.gzip_error = None
         with self.open() as handle:
             raw_chunks = self._read_raw(handle)
             if self.is_gzip:
@@ -85,7 +86,7 @@ class InputFile:
         return b"".join(self.chunks())
 
     def read_into(self, handle, buffer: bytearray, offset: int) -> int:
-        """Fill buffer from offset on until it is full or the file ends; return the bytes read."""
+        """Fill buffer from offset on until it is full or the file ends, and return the bytes read."""
         filled = offset
         while filled < len(buffer):
             try:
@@ -111,19 +112,23 @@ class InputFile:
 
     def _decompress(self, raw_chunks: Iterator[bytes]) -> Iterator[bytes]:
         # Concatenated gzip members form one valid stream, as gzip(1) reads them.
-        # None between members; max_length bounds the memory one call can take,
-        # and a full-sized output means more may be waiting without new input.
+        # decompressor is None between members. max_length bounds the memory one
+        # call can take, and a full-sized output means more may wait without new input.
         decompressor = None
         for raw in raw_chunks:
             pending = raw
             output_full = False
             while pending or output_full:
                 if decompressor is None:
+                    # Python's gzip module (3.11, _read_eof) skips zero padding after a member too.
+                    pending = pending.lstrip(b"\x00")
+                    if not pending:
+                        break
                     decompressor = zlib.decompressobj(wbits=31)
                 try:
                     content = decompressor.decompress(pending, BLOCK_SIZE)
                 except zlib.error as error:
-                    self.truncated = f"invalid gzip data ({error})"
+                    self.gzip_error = f"invalid gzip stream ({error})"
                     return
                 if content:
                     yield content
@@ -139,12 +144,12 @@ class InputFile:
             tail = decompressor.flush()
             if tail:
                 yield tail
-            self.truncated = "the file ends before the gzip end-of-stream marker"
+            self.gzip_error = "truncated gzip stream: the file ends before the gzip end-of-stream marker"
 
 
 @dataclass(frozen=True, slots=True)
 class LineBlock:
-    """Whole lines of a file; only the file's last line may lack its newline."""
+    """Whole lines of a file. Only the file's last line may lack its newline."""
 
     data: bytes | bytearray
     first_line: int
@@ -155,8 +160,9 @@ class LineBlock:
 class LineBlocks:
     """Iterate over an input file in blocks of about BLOCK_SIZE bytes cut at newlines.
 
-    When a gzip stream is truncated, the incomplete last line is dropped, and
-    ``next_line`` is the number of the line where the content stopped.
+    When a gzip stream stops early (truncated or invalid), the incomplete last
+    line is dropped, and ``next_line`` is the number of the line where the
+    content stopped.
     """
 
     def __init__(self, input_file: InputFile, block_size: int = BLOCK_SIZE) -> None:
@@ -217,7 +223,7 @@ class LineBlocks:
             yield block
 
         rest = b"".join(pending)
-        if self.input_file.truncated:
+        if self.input_file.gzip_error:
             # The bytes after the last newline are an incomplete line: drop them.
             rest = rest[: rest.rfind(b"\n") + 1]
         if rest:
@@ -228,11 +234,11 @@ class LineBlocks:
         self.next_line += len(block.newlines)
         return block
 
-    def truncation_reject(self) -> Reject | None:
-        """Return the reject for a truncated gzip stream, or None if the stream was complete."""
-        if self.input_file.truncated is None:
+    def gzip_error_reject(self) -> Reject | None:
+        """Return the reject for a gzip stream that stopped early, or None if it was complete."""
+        if self.input_file.gzip_error is None:
             return None
-        reason = f"truncated gzip stream: {self.input_file.truncated}; the lines before this one were read"
+        reason = f"{self.input_file.gzip_error}; the lines before this one were read"
         return Reject(self.input_file.name, self.next_line, "-", reason)
 
 

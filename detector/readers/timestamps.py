@@ -51,17 +51,43 @@ def parse_time_strings(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Return epoch seconds and problems for ts values given as strings.
 
     Arrow parses a batch of valid RFC 3339 times in one cast, and rejects times
-    without an offset when the target type has a time zone. Any invalid value
-    makes the cast fail, and then the values are parsed one by one.
+    without an offset when the target type has a time zone. A batch of epoch
+    seconds (as CSV has them) parses in one cast to float. The first value
+    picks which cast to try first, because a failing timestamp cast costs
+    about 1 us per value. When a batch mixes styles or has an invalid value,
+    both casts fail and the values are parsed one by one.
     """
     absent = null_mask(strings)
-    try:
-        stamps = pc.cast(strings, pa.timestamp("ns", tz="UTC"))
-    except pa.ArrowInvalid:
-        return _parse_time_strings_one_by_one(strings, absent)
+    casts = (_cast_epoch_strings, _cast_rfc3339_strings)
+    if not _starts_with_epoch(strings):
+        casts = casts[::-1]
+    for cast in casts:
+        try:
+            seconds = cast(strings)
+        except pa.ArrowInvalid:
+            continue
+        return seconds, _missing_or(absent, ~np.isfinite(seconds) & ~absent, Problem.NOT_TIME)
+    return _parse_time_strings_one_by_one(strings, absent)
 
-    nanoseconds = pc.fill_null(stamps.cast(pa.int64()), 0).to_numpy()
-    return nanoseconds / 1e9, _missing_or(absent, np.zeros_like(absent), Problem.NOT_TIME)
+
+def _starts_with_epoch(strings: pa.Array) -> bool:
+    present = strings.drop_null()
+    if len(present) == 0:
+        return False
+    try:
+        float(present[0].as_py())
+    except ValueError:
+        return False
+    return True
+
+
+def _cast_rfc3339_strings(strings: pa.Array) -> np.ndarray:
+    stamps = pc.cast(strings, pa.timestamp("ns", tz="UTC"))
+    return pc.fill_null(stamps.cast(pa.int64()), 0).to_numpy() / 1e9
+
+
+def _cast_epoch_strings(strings: pa.Array) -> np.ndarray:
+    return pc.fill_null(pc.cast(strings, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
 
 
 def _parse_time_strings_one_by_one(strings: pa.Array, absent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +111,7 @@ def _parse_time_strings_one_by_one(strings: pa.Array, absent: np.ndarray) -> tup
 
 
 def _parse_dates(texts: pd.Series) -> np.ndarray:
-    """Return ISO 8601 date-times as epoch seconds, NaN where invalid; naive ones count as UTC."""
+    """Return ISO 8601 date-times as epoch seconds, NaN where invalid. Naive ones count as UTC."""
     if texts.empty:
         return np.empty(0)
     parsed = pd.to_datetime(texts.str.upper(), format="ISO8601", utc=True, errors="coerce")
@@ -93,7 +119,7 @@ def _parse_dates(texts: pd.Series) -> np.ndarray:
 
 
 def _arrow_timestamps(stamps: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Return epoch seconds for an Arrow timestamp array; one without a time zone is naive."""
+    """Return epoch seconds for an Arrow timestamp array. One without a time zone is naive."""
     absent = null_mask(stamps)
     if stamps.type.tz is None:
         return np.full(len(stamps), np.nan), _missing_or(absent, ~absent, Problem.NO_OFFSET)

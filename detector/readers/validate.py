@@ -62,6 +62,7 @@ CHECKS: tuple[tuple[str, Callable[[RawColumn], Checked]], ...] = (
     ("subject_type", check_subject_type),
 )
 
+
 @dataclass
 class ValidatedBatch:
     """The valid rows of a batch in canonical columns, and the rejects."""
@@ -105,8 +106,8 @@ def canonical_values(name: str, values: np.ndarray | pa.Array, valid: np.ndarray
 
     if not everything:
         values = values.filter(pa.array(valid))
-    # pandas' "str" dtype stores large_string; converting here, batch by batch, saves
-    # converting every column at once when the frame is built.
+    # pandas' "str" dtype stores large_string. Converting each batch here spares a
+    # conversion of every whole column, with its memory peak, when the frame is built.
     return values.cast(pa.large_string())
 
 
