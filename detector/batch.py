@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from detector.readers import ReadResult, read_events
 from detector.store import open_store
 
 logger = logging.getLogger(__name__)
+_FINDING_FIELDS = tuple(item.name for item in fields(Finding))
 
 
 class BatchError(RuntimeError):
@@ -206,7 +207,7 @@ def _check_reject_share(read: ReadResult, options: BatchOptions, rejects_path: P
 
 
 def _finding_dict(finding: Finding) -> dict:
-    values = asdict(finding)
+    values = {name: getattr(finding, name) for name in _FINDING_FIELDS}
     for name in ("detected_at", "window_start", "window_end"):
         values[name] = datetime.fromtimestamp(values[name], UTC).isoformat().replace("+00:00", "Z")
     return values

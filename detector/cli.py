@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector import __version__
+from detector.runtime import configure_process
 
 # Messages are printed with soft_wrap, so a long path or value stays on one line
 # that grep can find. Tables get 140 columns when output is not a terminal.
@@ -24,6 +25,7 @@ stdout = Console(width=None if sys.stdout.isatty() else 140)
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Abuse detection and fair-use moderation for AI API gateways."""
+    configure_process()
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

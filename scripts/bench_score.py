@@ -98,7 +98,9 @@ def parse_with_pyarrow(events: Path) -> int:
 
 def score(events: Path) -> int:
     from detector.batch import BatchOptions, run_batch
+    from detector.runtime import configure_process
 
+    configure_process()  # as the fairuse command does
     with tempfile.TemporaryDirectory() as folder:
         options = BatchOptions(paths=[events], database_url=f"sqlite:///{folder}/bench.db")
         report = run_batch(options)

@@ -57,9 +57,9 @@ class AbnormalCostDetector:
         spend_24h = prepared.sum_in_window(cost, DAY, everything)
 
         baseline = self._baseline_per_event(events)
-        plan = prepared.subjects.iloc[events["subject"].to_numpy()]
-        hourly_budget = plan["hourly_budget"].to_numpy()
-        daily_budget = plan["daily_budget"].to_numpy()
+        subject = events["subject"].to_numpy()
+        hourly_budget = prepared.subjects["hourly_budget"].to_numpy()[subject]
+        daily_budget = prepared.subjects["daily_budget"].to_numpy()[subject]
 
         scored = self._score_events(spend_1h, spend_24h, baseline, hourly_budget, daily_budget)
         rows = self._first_per_subject_hour(events, scored)
@@ -200,34 +200,36 @@ class AbnormalCostDetector:
         budget_score = np.clip(50 + 20 * (impact - 1), 50, 70)
         score = np.maximum(np.where(spike, spike_score, 0), np.where(over_budget, budget_score, 0))
 
-        return pd.DataFrame(
-            {
-                "flagged": spike | over_budget,
-                "score": score,
-                "impact": impact,
-                "spend_1h": spend_1h,
-                "spend_24h": spend_24h,
-                "median": median,
-                "mad": baseline["mad"].fillna(0).to_numpy(),
-                "history_hours": baseline["history_hours"].to_numpy(),
-                "z": z,
-                "ratio": ratio,
-                "busy_hour": peak,
-                "peak_ratio": peak_ratio,
-                "hourly_budget": hourly_budget,
-                "daily_budget": daily_budget,
-            }
-        )
+        # Only flagged events go on; a full-length frame would double peak memory.
+        flagged = np.flatnonzero(spike | over_budget)
+        columns = {
+            "score": score,
+            "impact": impact,
+            "spend_1h": spend_1h,
+            "spend_24h": spend_24h,
+            "median": median,
+            "mad": baseline["mad"].fillna(0).to_numpy(),
+            "history_hours": baseline["history_hours"].to_numpy(),
+            "z": z,
+            "ratio": ratio,
+            "busy_hour": peak,
+            "peak_ratio": peak_ratio,
+            "hourly_budget": hourly_budget,
+            "daily_budget": daily_budget,
+        }
+        scored = pd.DataFrame({name: np.asarray(values)[flagged] for name, values in columns.items()})
+        scored["row"] = flagged
+        return scored
 
     def _first_per_subject_hour(self, events: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
         """Keep one finding per subject and clock hour: the first flagged event, the peak spend."""
-        flagged = scored["flagged"].to_numpy()
-        if not flagged.any():
+        flagged = scored["row"].to_numpy()
+        if not len(flagged):
             return scored.iloc[0:0].assign(
                 subject=[], detected_at=[], window_start=[], window_end=[], peak_spend_1h=[]
             )
 
-        rows = scored[flagged].copy()
+        rows = scored.copy()
         rows["subject"] = events["subject"].to_numpy()[flagged]
         rows["ts"] = events["ts"].to_numpy()[flagged]
         rows["hour"] = (rows["ts"] // HOUR).astype(np.int64)

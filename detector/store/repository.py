@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,8 @@ from detector.decisions import Decision
 from detector.detectors.base import Finding
 from detector.store.models import DecisionRow, FindingRow, RunRow
 
+_DECISION_FIELDS = tuple(field.name for field in fields(Decision))
+_FINDING_FIELDS = tuple(field.name for field in fields(Finding))
 _FINDING_NAMESPACE = uuid.UUID("0b7d7f1e-2c55-4c1a-8b8e-9d0f3c9a51c7")
 # Subjects per IN (...) query; stays under SQLite's and PostgreSQL's parameter limits.
 _CHUNK = 500
@@ -110,7 +112,8 @@ class DecisionStore:
 
 
 def _decision_values(decision: Decision) -> dict[str, Any]:
-    return asdict(decision)
+    # A shallow copy: ``asdict`` would deep-copy every evidence dict for nothing.
+    return {name: getattr(decision, name) for name in _DECISION_FIELDS}
 
 
 def _to_decision(row: DecisionRow) -> Decision:
@@ -140,7 +143,7 @@ def _finding_values(finding: Finding) -> dict[str, Any]:
     key = "|".join(
         [finding.subject_type, finding.subject, finding.reason, f"{finding.detected_at:.3f}", finding.origin]
     )
-    values = asdict(finding)
+    values = {name: getattr(finding, name) for name in _FINDING_FIELDS}
     values["id"] = str(uuid.uuid5(_FINDING_NAMESPACE, key))
     for name in ("detected_at", "window_start", "window_end"):
         values[name] = datetime.fromtimestamp(values[name], UTC)
