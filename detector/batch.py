@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pandas as pd
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from detector.decisions import Decision
 from detector.detectors import Finding
@@ -18,7 +21,8 @@ from detector.pipeline import ScoringResult, default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.readers import ReadResult, read_events
-from detector.store import open_store
+from detector.store import DecisionStore, open_store
+from detector.store.database import resolve_url
 
 logger = logging.getLogger(__name__)
 _FINDING_FIELDS = tuple(item.name for item in fields(Finding))
@@ -57,6 +61,8 @@ class BatchReport:
     outputs: dict[str, Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     model_version: str | None = None
+    simulated: bool = False
+    database: str = ""
 
     def decisions_by(self, attribute: str) -> Counter[str]:
         counts: Counter[str] = Counter()
@@ -89,7 +95,8 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     if model_warning:
         warnings.append(model_warning)
 
-    store = open_store(options.database_url)
+    store = _open_store(options.database_url)
+    simulated = True if options.simulate else policy.simulation
     result = score_events(
         read.frame,
         plans=plans,
@@ -97,13 +104,14 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
         detectors=default_detectors(model),
         prior=store.decisions_for,
         now=started,
-        simulated=True if options.simulate else None,
+        simulated=simulated,
     )
     warnings.extend(result.outcome.warnings)
 
     store.save_findings(result.findings)
     new = store.save_decisions(result.decisions)
-    decisions = _decisions_for_input(store, read, result)
+    decisions = _decisions_for_input(store, read, result, simulated)
+    result.subjects["actions"] = _actions_by_subject(result.subjects, decisions)
     store.record_run(
         started_at=started,
         finished_at=datetime.now(UTC),
@@ -125,6 +133,8 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
         rejects_path=rejects_path,
         warnings=warnings,
         model_version=model.version if model else None,
+        simulated=simulated,
+        database=store.engine.url.render_as_string(hide_password=True),
     )
     if options.out:
         report.outputs = write_outputs(options.out, report)
@@ -146,11 +156,14 @@ def write_outputs(out: Path, report: BatchReport) -> dict[str, Path]:
     return paths
 
 
-def _decisions_for_input(store, read: ReadResult, result: ScoringResult) -> list[Decision]:
+def _decisions_for_input(
+    store: DecisionStore, read: ReadResult, result: ScoringResult, simulated: bool
+) -> list[Decision]:
     """Return the decisions on this input's subjects detected within its time span.
 
     Decisions stored by an earlier run of the same input are included, so a
-    rerun writes the same decisions file.
+    rerun writes the same decisions file. Only decisions of this run's kind
+    (simulated or enforced) are returned.
     """
     if read.frame.empty:
         return []
@@ -158,10 +171,41 @@ def _decisions_for_input(store, read: ReadResult, result: ScoringResult) -> list
     last = datetime.fromtimestamp(float(read.frame["ts"].max()), UTC)
     subjects = {(finding.subject_type, finding.subject) for finding in result.findings}
     stored = store.decisions_for(subjects)
-    chosen = {decision.id: decision for decision in stored if first <= decision.detected_at <= last}
+    chosen = {
+        decision.id: decision
+        for decision in stored
+        if first <= decision.detected_at <= last and decision.simulated == simulated
+    }
     for decision in result.decisions:
         chosen.setdefault(decision.id, decision)
     return sorted(chosen.values(), key=lambda decision: (decision.detected_at, decision.id))
+
+
+def _actions_by_subject(subjects: pd.DataFrame, decisions: list[Decision]) -> list[list[str]]:
+    actions: dict[tuple[str, str], set[str]] = {}
+    for decision in decisions:
+        actions.setdefault((decision.subject_type, decision.subject), set()).add(decision.action)
+    keys = zip(subjects["subject_type"], subjects["subject"])
+    return [sorted(actions.get(key, ())) for key in keys]
+
+
+def _open_store(url: str | None) -> DecisionStore:
+    try:
+        return open_store(url)
+    except (SQLAlchemyError, OSError) as error:
+        raise BatchError(
+            f"cannot open the database {_safe_url(resolve_url(url))!r}: "
+            f"{str(error).splitlines()[0]}; check --db or FAIRUSE_DATABASE_URL "
+            "(sqlite:///FILE, postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"
+        ) from error
+
+
+def _safe_url(url: str) -> str:
+    """Return ``url`` with any password masked, or a placeholder when it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return "(not a database URL)"
 
 
 def _load_model(options: BatchOptions):

@@ -18,7 +18,8 @@ def render_summary(report: BatchReport) -> Group:
 def _counts(report: BatchReport) -> Table:
     read = report.read
     subjects = report.result.subjects
-    table = Table(title="fairuse score", show_header=False, title_justify="left")
+    title = "fairuse score (simulated: decisions are stored, never enforced)" if report.simulated else "fairuse score"
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("records read", f"{read.records:,}")
@@ -28,8 +29,10 @@ def _counts(report: BatchReport) -> Table:
     table.add_row("subjects seen", f"{len(subjects):,}")
     table.add_row("subjects with findings", f"{int((subjects['risk_score'] > 0).sum()):,}")
     table.add_row("findings", f"{len(report.result.findings):,}")
-    table.add_row("decisions (new this run)", f"{len(report.decisions):,} ({report.new_decisions:,})")
+    table.add_row("decisions on this input", f"{len(report.decisions):,}")
+    table.add_row("decisions stored by this run", f"{report.new_decisions:,}")
     table.add_row("anomaly model", report.model_version or "none")
+    table.add_row("database", report.database)
     return table
 
 

@@ -156,3 +156,38 @@ def test_unknown_plan_warns(tmp_path, traffic):
     assert result.exit_code == 0, result.output
     assert "'platinum'" in result.output
     assert "scored as 'default'" in result.output
+
+
+def test_unreachable_database_clean_error(traffic, tmp_path):
+    result = _score(traffic / "events.jsonl", "--db", "postgresql+psycopg://fairuse:secret@127.0.0.1:1/none")
+
+    assert result.exit_code == 2
+    assert "cannot open the database 'postgresql+psycopg://fairuse:***@127.0.0.1:1/none'" in result.output
+    assert "secret" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_rerun_keeps_actions_in_subjects(traffic, tmp_path):
+    database = f"sqlite:///{tmp_path}/f.db"
+    out = tmp_path / "decisions.jsonl"
+    _score(traffic / "events.jsonl", "--db", database, "--out", out)
+    first = {row["subject"]: row["actions"] for row in _lines(out.with_name("decisions.subjects.jsonl"))}
+
+    _score(traffic / "events.jsonl", "--db", database, "--out", out)
+    second = {row["subject"]: row["actions"] for row in _lines(out.with_name("decisions.subjects.jsonl"))}
+
+    assert any(first.values())
+    assert second == first
+
+
+def test_simulated_run_kept_out_of_real_output(traffic, tmp_path):
+    database = f"sqlite:///{tmp_path}/f.db"
+    _score(traffic / "events.jsonl", "--db", database, "--out", tmp_path / "simulated.jsonl", "--simulate")
+
+    result = _score(traffic / "events.jsonl", "--db", database, "--out", tmp_path / "real.jsonl")
+
+    assert result.exit_code == 0, result.output
+    real = _lines(tmp_path / "real.jsonl")
+    assert real
+    assert not any(decision["simulated"] for decision in real)
+    assert len(real) == len(_lines(tmp_path / "simulated.jsonl"))

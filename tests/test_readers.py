@@ -21,7 +21,7 @@ from detector.events import COLUMNS, MAX_TEXT_LENGTH
 from detector.readers import ReaderError, ReadResult, read_events, validate_records
 from detector.readers import jsonl as jsonl_module
 
-REAL_ACCESS_LOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "apache_combined_2015.log"
+REAL_ACCESS_LOG = Path(__file__).resolve().parent / "data" / "real" / "apache_combined_2015.log.gz"
 SECRET = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"
 
 
