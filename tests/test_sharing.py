@@ -60,3 +60,24 @@ def test_ipv6_addresses_in_one_48_count_as_one_network(plans):
     addresses = [f"2001:db8:abcd:{index % 5}::{index % 7 + 1}" for index in range(200)]
 
     assert _findings(plans, events("v6-home", times, ip=addresses)) == []
+
+
+def test_two_countries_most_days_is_sharing(plans):
+    # Two people, one SDK user agent, in Germany and Brazil, each a few hours every day.
+    berlin = events("pair", [T0 + day * DAY + 9 * HOUR + minute * 600.0 for day in range(4) for minute in range(6)], ip="198.51.100.1", country="DE")
+    recife = events("pair", [T0 + day * DAY + 20 * HOUR + minute * 600.0 for day in range(4) for minute in range(6)], ip="203.0.113.1", country="BR")
+
+    findings = _findings(plans, berlin, recife)
+
+    assert findings
+    assert findings[0].evidence["kind"] == "countries"
+    assert findings[0].evidence["countries_same_day"] == 2
+    assert findings[0].detected_at == T0 + DAY + 20 * HOUR
+
+
+def test_one_trip_abroad_and_back_is_not_sharing(plans):
+    home = events("tourist", T0 + np.arange(30) * 900.0, ip="198.51.100.1", country="DE")
+    away = events("tourist", T0 + 3 * DAY + np.arange(30) * 900.0, ip="203.0.113.1", country="ES")
+    back = events("tourist", T0 + 6 * DAY + 12 * HOUR + np.arange(30) * 900.0, ip="198.51.100.1", country="DE")
+
+    assert _findings(plans, home, away, back) == []

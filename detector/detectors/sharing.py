@@ -42,6 +42,12 @@ class KeySharingDetector:
     needs ``min_components`` components with at least
     ``min_component_requests`` requests each.
 
+    A third test catches people in different countries who share one user
+    agent: a *countries* finding needs ``min_country_days`` UTC days within
+    seven days on each of which two or more countries sent at least
+    ``min_component_requests`` requests. A traveller who moves once has one
+    such day.
+
     NOTE: one person with three devices that never share a network in a day
     (office desktop, home laptop, phone on mobile data) also makes three
     components; the shipped policy sends few-person sharing to review only.
@@ -54,6 +60,7 @@ class KeySharingDetector:
     min_networks: int = 3
     min_components: int = 3
     min_component_requests: int = 2
+    min_country_days: int = 2
     resale_networks: int = 8
     reason: str = "key_sharing"
     version: str = "1"
@@ -63,7 +70,13 @@ class KeySharingDetector:
         if events.empty:
             return []
 
-        rows = pd.concat([self._concurrent_findings(prepared), self._device_findings(prepared)])
+        rows = pd.concat(
+            [
+                self._concurrent_findings(prepared),
+                self._device_findings(prepared),
+                self._country_findings(prepared),
+            ]
+        )
         if rows.empty:
             return []
 
@@ -71,12 +84,12 @@ class KeySharingDetector:
         rows = rows.sort_values("detected_at", kind="stable")
         grouped = rows.groupby(["subject", "day"], sort=False)
         first = grouped.head(1).set_index(["subject", "day"])
-        for column in ("networks", "switches_24h", "components", "impossible_trips_24h"):
+        for column in ("networks", "switches_24h", "components", "countries", "impossible_trips_24h"):
             first[column] = grouped[column].max()
         first["window_end"] = grouped["window_end"].max()
         first = first.reset_index()
 
-        users = np.maximum(first["networks"], first["components"])
+        users = np.maximum.reduce([first["networks"], first["components"], first["countries"]])
         first["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
         first["score"] += np.where(first["impossible_trips_24h"] > 0, 10, 0)
         first["score"] = first["score"].clip(upper=100)
@@ -97,6 +110,7 @@ class KeySharingDetector:
                 "concurrent_networks": "networks",
                 "concurrent_switches_24h": "switches_24h",
                 "device_components": "components",
+                "countries_same_day": "countries",
                 "impossible_trips_24h": "impossible_trips_24h",
                 "networks_24h": "networks_24h",
                 "countries_24h": "countries_24h",
@@ -110,6 +124,7 @@ class KeySharingDetector:
                 "min_networks": self.min_networks,
                 "min_components": self.min_components,
                 "min_component_requests": self.min_component_requests,
+                "min_country_days": self.min_country_days,
                 "resale_networks": self.resale_networks,
             },
         )
@@ -131,6 +146,7 @@ class KeySharingDetector:
                 "networks": rows["networks"].to_numpy(),
                 "switches_24h": rows["switches_24h"].to_numpy(),
                 "components": 0,
+                "countries": 0,
                 "impossible_trips_24h": rows["impossible_trips_24h"].to_numpy(),
                 "kind": "concurrent",
             }
@@ -161,8 +177,56 @@ class KeySharingDetector:
                 "networks": 0,
                 "switches_24h": 0,
                 "components": totals,
+                "countries": 0,
                 "impossible_trips_24h": 0,
                 "kind": "devices",
+            }
+        )
+
+    def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
+        events = prepared.events
+        known = events["country"].to_numpy() >= 0
+        if not known.any():
+            return _EMPTY_ROWS.copy()
+
+        places = (
+            pd.DataFrame(
+                {
+                    "subject": events["subject"].to_numpy()[known],
+                    "day": (events["ts"].to_numpy()[known] // DAY).astype(np.int64),
+                    "country": events["country"].to_numpy()[known],
+                    "ts": events["ts"].to_numpy()[known],
+                }
+            )
+            .groupby(["subject", "day", "country"], sort=False)["ts"]
+            .agg(["size", "min", "max"])
+            .reset_index()
+        )
+        places = places[places["size"] >= self.min_component_requests]
+        places = places.sort_values("min", kind="stable")
+        grouped = places.groupby(["subject", "day"], sort=False)
+        rank = grouped.cumcount() + 1
+        days = places[rank == 2].copy()
+        if days.empty:
+            return _EMPTY_ROWS.copy()
+
+        days["countries"] = grouped["min"].transform("size")[days.index]
+        days["last_ts"] = grouped["max"].transform("max")[days.index]
+        days = days.sort_values(["subject", "day"], kind="stable")
+        earlier = days.groupby("subject")["day"].shift(self.min_country_days - 1)
+        crossing = days[days["day"] - earlier < 7]
+        return pd.DataFrame(
+            {
+                "subject": crossing["subject"].to_numpy(),
+                "day": crossing["day"].to_numpy(),
+                "detected_at": crossing["min"].to_numpy(),
+                "window_end": crossing["last_ts"].to_numpy(),
+                "networks": 0,
+                "switches_24h": 0,
+                "components": 0,
+                "countries": crossing["countries"].to_numpy(),
+                "impossible_trips_24h": 0,
+                "kind": "countries",
             }
         )
 
@@ -238,6 +302,7 @@ _EMPTY_ROWS = pd.DataFrame(
         "networks": pd.Series(dtype="int64"),
         "switches_24h": pd.Series(dtype="int64"),
         "components": pd.Series(dtype="int64"),
+        "countries": pd.Series(dtype="int64"),
         "impossible_trips_24h": pd.Series(dtype="int64"),
         "kind": pd.Series(dtype="object"),
     }
