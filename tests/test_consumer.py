@@ -1,0 +1,138 @@
+"""The stream consumer against real Redis: dead letters, redelivery, idempotency, window expiry."""
+
+import orjson
+import pytest
+
+from detector.pipeline import default_detectors
+from detector.store import open_store
+from workers.consumer import StreamConsumer, StreamSettings
+from workers.publish import DecisionPublisher
+from workers.window import EventWindows
+from tests.factories import T0
+
+pytestmark = pytest.mark.slow
+
+
+def _event(number, key="key-1", cost=0.01, **changes):
+    record = {
+        "request_id": f"req-{key}-{number}", "ts": T0 + number * 4.0, "account_id": f"acct-{key}", "key_id": key,
+        "plan": "text", "endpoint": "/v1/chat/completions", "model": "gpt-4o-mini", "prompt_tokens": 100,
+        "completion_tokens": 20, "cost": cost, "ip": "198.51.100.7", "status": 200, "latency_ms": 800.0,
+        "stream": False,
+    }
+    record.update(changes)
+    return record
+
+
+@pytest.fixture
+def make_consumer(redis_client, redis_prefix, sqlite_url, plans, policy):
+    store = open_store(sqlite_url)
+
+    def build(**settings):
+        options = {
+            "stream": f"{redis_prefix}:events", "group": "workers", "dead_letter": f"{redis_prefix}:dead",
+            "block_ms": 10, "claim_idle_ms": 60_000, **settings,
+        }
+        consumer = StreamConsumer(
+            redis_client, store, plans=plans, policy=policy, detectors=default_detectors(),
+            windows=EventWindows(redis_client, prefix=redis_prefix),
+            publisher=DecisionPublisher(redis_client, prefix=redis_prefix),
+            settings=StreamSettings(**options),
+        )
+        consumer.ensure_group()
+        return consumer
+
+    build.store = store
+    return build
+
+
+def _append(redis_client, stream, records):
+    for record in records:
+        redis_client.xadd(stream, {"event": orjson.dumps(record) if isinstance(record, dict) else record})
+
+
+def _drain(consumer):
+    total = 0
+    while (outcome := consumer.process_once()).entries:
+        total += outcome.events
+    return total
+
+
+def test_bot_through_stream_gets_throttled(make_consumer, redis_client):
+    consumer = make_consumer(batch_size=200)
+    _append(redis_client, consumer.settings.stream, [_event(number) for number in range(900)])
+
+    events = _drain(consumer)
+
+    assert events == 900
+    decisions = make_consumer.store.all_decisions()
+    assert any(decision.action == "throttle" and "automation" in decision.reasons for decision in decisions)
+    assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
+
+
+def test_malformed_entries_dead_lettered_not_blocking(make_consumer, redis_client):
+    consumer = make_consumer()
+    _append(redis_client, consumer.settings.stream, [b"{not json", _event(1, ts="2026-13-01T00:00:00Z"), _event(2), b"[1, 2]"])
+
+    outcome = consumer.process_once()
+
+    assert outcome.entries == 4
+    assert outcome.events == 1
+    assert outcome.dead == 3
+    reasons = [fields[b"reason"].decode() for _, fields in redis_client.xrange(consumer.settings.dead_letter)]
+    assert any("invalid JSON" in reason for reason in reasons)
+    assert any("ts: not an RFC 3339 time or epoch seconds: '2026-13-01T00:00:00Z'" in reason for reason in reasons)
+    assert any("expected a JSON object" in reason for reason in reasons)
+    assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
+
+
+def test_unacknowledged_entries_claimed_by_next_worker(make_consumer, redis_client, redis_prefix):
+    first = make_consumer(consumer="worker-a")
+    _append(redis_client, first.settings.stream, [_event(number) for number in range(50)])
+    # worker-a reads the batch and dies before acknowledging it.
+    redis_client.xreadgroup("workers", "worker-a", {first.settings.stream: ">"}, count=100)
+    assert redis_client.xpending(first.settings.stream, "workers")["pending"] == 50
+
+    second = make_consumer(consumer="worker-b", claim_idle_ms=0)
+    outcome = second.process_once()
+
+    assert outcome.claimed is True
+    assert outcome.events == 50
+    assert redis_client.xpending(first.settings.stream, "workers")["pending"] == 0
+    assert redis_client.zcard(f"{redis_prefix}:window:key:key-1") == 50
+
+
+def test_redelivered_events_counted_once(make_consumer, redis_client, redis_prefix):
+    consumer = make_consumer(batch_size=1000)
+    records = [_event(number) for number in range(300)]
+    _append(redis_client, consumer.settings.stream, records)
+    _drain(consumer)
+    decisions = {decision.id for decision in make_consumer.store.all_decisions()}
+
+    # The same requests arrive again (a gateway retry, or a redelivery after a crash).
+    _append(redis_client, consumer.settings.stream, records)
+    _drain(consumer)
+
+    assert redis_client.zcard(f"{redis_prefix}:window:key:key-1") == 300
+    assert {decision.id for decision in make_consumer.store.all_decisions()} == decisions
+
+
+def test_windows_always_expire(make_consumer, redis_client, redis_prefix):
+    consumer = make_consumer()
+    _append(redis_client, consumer.settings.stream, [_event(number, key=f"key-{number % 7}") for number in range(70)])
+
+    _drain(consumer)
+
+    keys = list(redis_client.scan_iter(match=f"{redis_prefix}:window:*"))
+    assert len(keys) == 7
+    assert all(0 < redis_client.ttl(key) <= 8 * 86400 for key in keys)
+
+
+def test_window_trims_events_older_than_a_week(make_consumer, redis_client, redis_prefix):
+    consumer = make_consumer()
+    _append(redis_client, consumer.settings.stream, [_event(1), _event(2, ts=T0 + 8 * 86400, request_id="late")])
+
+    _drain(consumer)
+
+    members = redis_client.zrange(f"{redis_prefix}:window:key:key-1", 0, -1)
+    assert [orjson.loads(member)["request_id"] for member in members] == ["late"]

@@ -1,0 +1,228 @@
+"""The stream consumer: gateway events from a Redis stream, scored by the batch core.
+
+Entries are read through a consumer group in micro-batches. For the subjects
+in a batch, their stored windows (``workers.window``) and the new events are
+scored together by ``detector.pipeline.score_events``, the same code the batch
+command runs. Findings and decisions are committed to the SQL store, decisions
+are published to Redis, the windows are extended, and only then are the
+entries acknowledged. A worker that dies before the acknowledgement leaves its
+entries pending; ``process_once`` claims entries idle longer than
+``claim_idle_ms`` first, so another worker finishes them. Every step is
+idempotent on ``request_id`` and on decision ids, so a redelivered entry is
+neither lost nor counted twice.
+
+Malformed entries go to the dead-letter stream with their entry id and reason
+and are acknowledged, so they never block the entries behind them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import pandas as pd
+import redis
+
+from detector.detectors import Detector
+from detector.pipeline import score_events
+from detector.plans import PlanCatalogue
+from detector.policy import Policy
+from detector.readers import validate_records
+from detector.store import DecisionStore
+from workers.publish import DecisionPublisher
+from workers.window import EventWindows
+
+logger = logging.getLogger(__name__)
+
+EVENT_FIELD = b"event"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Names and limits of the stream consumer."""
+
+    stream: str = "fairuse:events"
+    group: str = "fairuse-workers"
+    dead_letter: str = "fairuse:events:dead"
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    batch_size: int = 2000
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one micro-batch did."""
+
+    entries: int = 0
+    events: int = 0
+    dead: int = 0
+    duplicates: int = 0
+    findings: int = 0
+    decisions: int = 0
+    claimed: bool = False
+
+
+class StreamConsumer:
+    """Score a Redis stream of gateway events in micro-batches; see the module docstring."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: DecisionStore,
+        *,
+        plans: PlanCatalogue,
+        policy: Policy,
+        detectors: Sequence[Detector],
+        windows: EventWindows,
+        publisher: DecisionPublisher,
+        settings: StreamSettings = StreamSettings(),
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.plans = plans
+        self.policy = policy
+        self.detectors = detectors
+        self.windows = windows
+        self.publisher = publisher
+        self.settings = settings
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) if they do not exist yet."""
+        try:
+            self.client.xgroup_create(self.settings.stream, self.settings.group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def run(self, stop: threading.Event | None = None, max_idle_batches: int | None = None) -> None:
+        """Process batches until ``stop`` is set, backing off while Redis is unreachable.
+
+        ``max_idle_batches`` ends the loop after that many empty reads in a row (for tests).
+        """
+        stop = stop or threading.Event()
+        delay = 0.1
+        idle = 0
+        logger.info("consumer %s started on %s", self.settings.consumer, self.settings.stream)
+        while not stop.is_set():
+            try:
+                self.ensure_group()
+                outcome = self.process_once()
+                delay = 0.1
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                logger.warning("consumer %s: Redis unreachable, retrying in %.1f s: %s", self.settings.consumer, delay, error)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            idle = idle + 1 if outcome.entries == 0 else 0
+            if max_idle_batches is not None and idle >= max_idle_batches:
+                break
+        logger.info("consumer %s stopped", self.settings.consumer)
+
+    def process_once(self) -> BatchOutcome:
+        """Claim stale pending entries, or read new ones, and process them as one batch."""
+        entries = self._claim_stale()
+        claimed = bool(entries)
+        if not entries:
+            response = self.client.xreadgroup(
+                self.settings.group,
+                self.settings.consumer,
+                {self.settings.stream: ">"},
+                count=self.settings.batch_size,
+                block=self.settings.block_ms,
+            )
+            entries = response[0][1] if response else []
+        if not entries:
+            return BatchOutcome()
+
+        outcome = self.process_entries(entries)
+        outcome.claimed = claimed
+        return outcome
+
+    def process_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> BatchOutcome:
+        """Score, store, publish and acknowledge one batch of stream entries."""
+        outcome = BatchOutcome(entries=len(entries))
+        records, record_ids, dead = self._parse(entries)
+        frame, rejects = validate_records(records, self.settings.stream, lines=list(range(1, len(records) + 1)))
+        dead.extend((record_ids[reject.line - 1], reject.format()) for reject in rejects)
+        outcome.dead = len(dead)
+
+        if not frame.empty:
+            fresh = frame.drop_duplicates("request_id", keep="first")
+            outcome.duplicates = len(frame) - len(fresh)
+            outcome.events = len(fresh)
+            self._score(fresh, outcome)
+
+        self._dead_letter(dead)
+        self.client.xack(self.settings.stream, self.settings.group, *[entry_id for entry_id, _ in entries])
+        logger.info(
+            "consumer %s: %d entries, %d events, %d dead, %d new decisions",
+            self.settings.consumer, outcome.entries, outcome.events, outcome.dead, outcome.decisions,
+        )
+        return outcome
+
+    def _score(self, fresh: pd.DataFrame, outcome: BatchOutcome) -> None:
+        subjects = set(zip(fresh["subject_type"], fresh["key_id"]))
+        history = self.windows.load(subjects, float(fresh["ts"].max()))
+        combined = pd.concat([history, fresh], ignore_index=True)
+        combined = combined.drop_duplicates("request_id", keep="first")
+        combined = combined.sort_values("ts", kind="stable").reset_index(drop=True)
+
+        result = score_events(
+            combined, plans=self.plans, policy=self.policy, detectors=self.detectors, prior=self.store.decisions_for
+        )
+        self.store.save_findings(result.findings)
+        outcome.findings = len(result.findings)
+        outcome.decisions = self.store.save_decisions(result.decisions)
+        self.publisher.publish(result.decisions)
+        self.windows.extend(fresh)
+
+    def _parse(self, entries) -> tuple[list[dict], list[bytes], list[tuple[bytes, str]]]:
+        records: list[dict] = []
+        record_ids: list[bytes] = []
+        dead: list[tuple[bytes, str]] = []
+        for entry_id, fields in entries:
+            raw = fields.get(EVENT_FIELD)
+            if raw is None:
+                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: missing the 'event' field"))
+                continue
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError as error:
+                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: invalid JSON: {error}"))
+                continue
+            if not isinstance(record, dict):
+                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: expected a JSON object"))
+                continue
+            records.append(record)
+            record_ids.append(entry_id)
+        return records, record_ids, dead
+
+    def _dead_letter(self, dead: list[tuple[bytes, str]]) -> None:
+        if not dead:
+            return
+        pipeline = self.client.pipeline(transaction=False)
+        for entry_id, reason in dead:
+            pipeline.xadd(self.settings.dead_letter, {"entry": entry_id, "reason": reason}, maxlen=100_000, approximate=True)
+        pipeline.execute()
+        logger.warning("consumer %s: %d malformed entries moved to %s", self.settings.consumer, len(dead), self.settings.dead_letter)
+
+    def _claim_stale(self) -> list:
+        response = self.client.xautoclaim(
+            self.settings.stream,
+            self.settings.group,
+            self.settings.consumer,
+            min_idle_time=self.settings.claim_idle_ms,
+            start_id="0-0",
+            count=self.settings.batch_size,
+        )
+        entries = response[1] if response else []
+        return [entry for entry in entries if entry[1] is not None]
+
+
+__all__ = ["BatchOutcome", "EVENT_FIELD", "StreamConsumer", "StreamSettings"]
