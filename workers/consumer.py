@@ -57,7 +57,7 @@ class StreamSettings:
 
 @dataclass(slots=True)
 class BatchOutcome:
-    """What one micro-batch did."""
+    """Counts from one micro-batch."""
 
     entries: int = 0
     events: int = 0
