@@ -17,9 +17,11 @@ def test_fast_regular_bot_found_with_load_over_plan(plans):
     findings = [item for item in _findings(plans, events("bot", np.sort(times))) if item.evidence["kind"] == "load"]
 
     assert findings
-    assert findings[0].evidence["iat_robust_cv"] < 0.25
-    assert findings[0].impact >= 1.5
+    assert findings[0].evidence["iat_cv"] < 0.25
     assert findings[0].detected_at - T0 < 10 * 60
+    # Found at the plan's rate, then again as the load grows past it.
+    assert findings[0].impact >= 1.0
+    assert max(item.impact for item in findings if item.detected_at - T0 < 10 * 60) >= 1.5
 
 
 def test_hourly_cron_found_but_tiny_impact(plans):
@@ -63,7 +65,7 @@ def test_parallel_flood_found(plans):
     findings = _findings(plans, events("flood", waves))
 
     assert findings
-    assert findings[0].evidence["max_started_in_1s"] >= 8
+    assert findings[0].evidence["started_in_1s"] >= 8
 
 
 def test_human_working_hours_not_automation(plans):
@@ -72,11 +74,11 @@ def test_human_working_hours_not_automation(plans):
     assert _findings(plans, events("person", human_times(rng, days=7, per_day=60))) == []
 
 
-def test_constant_cadence_mad_zero_is_regular(plans):
-    # Exactly every 5 s: the MAD of the gaps is 0, the robust CV is 0, not NaN.
+def test_constant_cadence_is_regular_not_nan(plans):
+    # Exactly every 5 s: the spread of the gaps is 0, so the CV is 0, not NaN.
     times = T0 + np.arange(0, HOUR, 5.0)
 
     findings = [item for item in _findings(plans, events("metronome", times)) if item.evidence["kind"] == "load"]
 
     assert findings
-    assert findings[0].evidence["iat_robust_cv"] == 0
+    assert findings[0].evidence["iat_cv"] == 0

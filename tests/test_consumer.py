@@ -3,6 +3,7 @@
 import orjson
 import pytest
 
+from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.store import open_store
 from workers.consumer import StreamConsumer, StreamSettings
@@ -34,7 +35,7 @@ def make_consumer(redis_client, redis_prefix, sqlite_url, plans, policy):
             "block_ms": 10, "claim_idle_ms": 60_000, **settings,
         }
         consumer = StreamConsumer(
-            redis_client, store, plans=plans, policy=policy, detectors=default_detectors(),
+            redis_client, store, plans=plans, policy=policy, detectors=default_detectors(load_model()),
             windows=EventWindows(redis_client, prefix=redis_prefix),
             publisher=DecisionPublisher(redis_client, prefix=redis_prefix),
             settings=StreamSettings(**options),
@@ -136,3 +137,20 @@ def test_window_trims_events_older_than_a_week(make_consumer, redis_client, redi
 
     members = redis_client.zrange(f"{redis_prefix}:window:key:key-1", 0, -1)
     assert [orjson.loads(member)["request_id"] for member in members] == ["late"]
+
+
+def test_stream_and_batch_make_same_decisions(make_consumer, redis_client, tmp_path):
+    from detector.batch import BatchOptions, run_batch
+    from detector.simulate import simulate_traffic
+
+    traffic = simulate_traffic(tmp_path / "traffic", keys=60, days=2, seed=4)
+    batch = run_batch(BatchOptions(paths=[traffic.events_path], database_url=f"sqlite:///{tmp_path}/batch.db"))
+    consumer = make_consumer(batch_size=400)
+    with traffic.events_path.open("rb") as lines:
+        _append(redis_client, consumer.settings.stream, [line.strip() for line in lines])
+
+    _drain(consumer)
+
+    streamed = {decision.id for decision in make_consumer.store.all_decisions()}
+    assert batch.decisions
+    assert streamed == {decision.id for decision in batch.decisions}

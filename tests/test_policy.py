@@ -12,11 +12,11 @@ from tests.factories import HOUR, T0
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def _finding(subject="key-1", reason="abnormal_cost", score=90.0, impact=3.0, at=T0, subject_type="key"):
+def _finding(subject="key-1", reason="abnormal_cost", score=90.0, impact=3.0, at=T0, subject_type="key", kind="load"):
     return Finding(
         subject_type=subject_type, subject=subject, account_id="acct", plan="text", reason=reason,
         score=score, impact=impact, detected_at=at, window_start=at - HOUR, window_end=at,
-        origin=f"{reason}/1", evidence={"value": 1},
+        origin=f"{reason}/1", evidence={"value": 1, "kind": kind},
     )
 
 
@@ -137,6 +137,12 @@ def test_rerun_with_prior_decisions_makes_nothing_new(policy):
     again = decide(findings, policy, first, now=NOW + timedelta(days=1))
 
     assert again.decisions == []
+
+
+def test_pattern_automation_only_reported(policy):
+    outcome = decide([_finding(reason="automation", score=90, impact=5, kind="pattern")], policy, now=NOW)
+
+    assert outcome.decisions == []
 
 
 def test_decision_ids_stable_across_runs(policy):

@@ -72,7 +72,8 @@ def test_two_countries_most_days_is_sharing(plans):
     assert findings
     assert findings[0].evidence["kind"] == "countries"
     assert findings[0].evidence["countries_same_day"] == 2
-    assert findings[0].detected_at == T0 + DAY + 20 * HOUR
+    # The second day with two countries, at the second request from the second country.
+    assert findings[0].detected_at == T0 + DAY + 20 * HOUR + 600.0
 
 
 def test_one_trip_abroad_and_back_is_not_sharing(plans):

@@ -17,8 +17,11 @@ class AnomalyDetector:
     """Score each key-day with the loaded model; flag those above the model's threshold.
 
     The score maps the model's threshold to 50 and an anomaly score of
-    ``ceiling`` to 100. A key-day's finding is detected at its last request,
-    because its features are complete only then.
+    ``ceiling`` to 100. Only closed days are scored: days that ended before
+    the newest event in the input, because a day's features are complete only
+    then. A finding is detected at the day's last request. So a batch never
+    scores its input's last day, and a stream scores a day once a later event
+    of the same subject arrives.
     """
 
     model: AnomalyModel
@@ -31,6 +34,10 @@ class AnomalyDetector:
 
     def detect(self, prepared: PreparedEvents) -> list[Finding]:
         rows = keyday_features(prepared)
+        if rows.empty:
+            return []
+        newest = float(prepared.events["ts"].max())
+        rows = rows[(rows["day"] + 1) * 86400.0 <= newest]
         if rows.empty:
             return []
 

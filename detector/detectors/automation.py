@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import Finding, findings_from_rows
+from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.features import PreparedEvents
 
-BUCKET = 600.0
+WINDOW = 600.0
 HOUR = 3600.0
 DAY = 86400.0
 MAD_TO_SIGMA = 1.4826
@@ -20,14 +20,14 @@ MAD_TO_SIGMA = 1.4826
 class AutomationDetector:
     """Find machine-driven traffic at two speeds.
 
-    *Load*: in each 10-minute bucket, a subject sending at least ``min_load``
-    times its plan's expected rate with a machine signal: a regular cadence
-    (robust CV of inter-arrival times under ``max_regular_cv``, with a median
-    gap of at least ``min_regular_period`` seconds, because logs with
+    *Load*: over the trailing 10 minutes at each request, a subject sending at
+    least ``min_load`` times its plan's expected rate with a machine signal: a
+    regular cadence (CV of inter-arrival times under ``max_regular_cv``, with
+    a mean gap of at least ``min_regular_period`` seconds, because logs with
     one-second timestamps make any quick run of requests look even), one
     ``prompt_hash`` in at least ``min_repeat_share`` of requests, or
     ``min_parallel`` requests started within one second, at least
-    ``min_parallel_waves`` times in the bucket (a browser opening one page
+    ``min_parallel_waves`` times in the window (a browser opening one page
     fetches its assets in parallel once; a flood does it again and again).
 
     *Pattern*: over the whole input, requests collapsed into bursts (gaps under
@@ -74,113 +74,80 @@ class AutomationDetector:
 
     def _detect_load(self, prepared: PreparedEvents) -> list[Finding]:
         events = prepared.events
-        expected = prepared.subjects["expected_rph"].to_numpy()[events["subject"].to_numpy()]
-        per_bucket = np.maximum(expected * BUCKET / HOUR, 1.0)
-
         subject = events["subject"].to_numpy()
-        bucket = (events["ts"].to_numpy() // BUCKET).astype(np.int64)
-        level = np.maximum(np.ceil(self.min_load * per_bucket), self.min_bucket_events)
+        ts = events["ts"].to_numpy()
+        expected = prepared.subjects["expected_rph"].to_numpy()[subject]
+        per_window = np.maximum(expected * WINDOW / HOUR, 1.0)
+        level = np.maximum(np.ceil(self.min_load * per_window), self.min_bucket_events)
 
-        # Events are sorted by subject and time, so each (subject, bucket) is one run.
-        run_start = np.ones(len(events), dtype=bool)
-        run_start[1:] = (subject[1:] != subject[:-1]) | (bucket[1:] != bucket[:-1])
-        run_lengths = np.diff(np.append(np.flatnonzero(run_start), len(events)))
-        busy = np.repeat(run_lengths, run_lengths) >= level
+        # Every measure below covers the trailing 10 minutes up to and including each request.
+        count = prepared.count_in_window(WINDOW)
+        busy = count >= level
         if not busy.any():
             return []
+        start = np.arange(len(events)) - count + 1
 
-        parallel = prepared.count_in_window(1.0)[busy]
-        frame = pd.DataFrame(
+        parallel = prepared.count_in_window(1.0)
+        waves = _trailing_sum((parallel == self.min_parallel).astype(np.int64), start)
+        same_prompt = _trailing_same_value_count(prepared, events["prompt"].to_numpy(), WINDOW)
+
+        gaps = np.maximum(count - 1, 1)
+        mean_gap = (ts - ts[start]) / gaps
+        # Gaps between requests inside the window: the gap into its first request is outside.
+        squares = np.nan_to_num(events["iat"].to_numpy(), nan=0.0) ** 2
+        square_sum = _trailing_sum(squares, np.minimum(start + 1, np.arange(len(events)) + 1))
+        variance = np.maximum(square_sum / gaps - mean_gap**2, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cv = np.where(mean_gap > 0, np.sqrt(variance) / mean_gap, np.inf)
+
+        rows = pd.DataFrame(
             {
                 "subject": subject[busy],
-                "bucket": bucket[busy],
-                "ts": events["ts"].to_numpy()[busy],
-                "iat": events["iat"].to_numpy()[busy],
-                "prompt": events["prompt"].to_numpy()[busy],
-                "latency_ms": events["latency_ms"].to_numpy()[busy],
-                "parallel": parallel,
-                "wave": parallel == self.min_parallel,
-                "level": level[busy],
-                "per_bucket": per_bucket[busy],
+                "ts": ts[busy],
+                "requests": count[busy],
+                "load": count[busy] / per_window[busy],
+                "cv": cv[busy],
+                "mean_gap": mean_gap[busy],
+                "repeat_share": same_prompt[busy] / count[busy],
+                "max_parallel": parallel[busy],
+                "parallel_waves": waves[busy],
             }
         )
-        buckets = self._bucket_signals(frame)
-        buckets = buckets[buckets["machine"]]
-        if buckets.empty:
+        rows["regular"] = (rows["cv"] <= self.max_regular_cv) & (rows["mean_gap"] >= self.min_regular_period)
+        rows["repeated"] = rows["repeat_share"] >= self.min_repeat_share
+        rows["parallel_burst"] = rows["parallel_waves"] >= self.min_parallel_waves
+        rows = rows[rows["regular"] | rows["repeated"] | rows["parallel_burst"]]
+        if rows.empty:
             return []
 
-        running = frame.groupby(["subject", "bucket"], sort=False).cumcount().to_numpy() + 1
-        crossed = frame[running >= frame["level"].to_numpy()]
-        detected = crossed.groupby(["subject", "bucket"], sort=False)["ts"].min()
-        buckets = buckets.join(detected.rename("detected_at"), how="inner").reset_index()
-
-        signals = buckets[["regular", "repeated", "parallel_burst"]].sum(axis=1)
-        buckets["score"] = np.clip(45 + 15 * signals + 10 * np.log2(buckets["load"]), 0, 100)
-        buckets["impact"] = buckets["load"]
-        buckets["window_start"] = buckets["bucket"] * BUCKET
-        buckets["window_end"] = buckets["window_start"] + BUCKET
+        signals = rows[["regular", "repeated", "parallel_burst"]].sum(axis=1)
+        rows["score"] = np.clip(45 + 15 * signals + 10 * np.log2(rows["load"]), 0, 100)
+        rows["impact"] = rows["load"]
+        rows["bucket"] = (rows["ts"] // WINDOW).astype(np.int64)
+        rows = escalations(rows, ["subject", "bucket"]).copy()
+        rows["kind"] = "load"
+        rows["detected_at"] = rows["ts"]
+        rows["window_start"] = rows["ts"] - WINDOW
+        rows["window_end"] = rows["ts"]
 
         return findings_from_rows(
             prepared,
-            buckets,
+            rows,
             reason=self.reason,
             origin=f"{self.reason}/{self.version}",
             evidence_columns={
                 "kind": "kind",
                 "requests_10m": "requests",
                 "load_vs_plan": "load",
-                "iat_robust_cv": "cv",
+                "iat_cv": "cv",
+                "mean_gap_s": "mean_gap",
                 "top_prompt_share": "repeat_share",
-                "max_started_in_1s": "max_parallel",
+                "started_in_1s": "max_parallel",
                 "parallel_waves": "parallel_waves",
-                "mean_in_flight": "in_flight",
             },
-            window="10-minute bucket",
+            window="trailing 10 minutes",
             thresholds=self._thresholds(),
         )
-
-    def _bucket_signals(self, frame: pd.DataFrame) -> pd.DataFrame:
-        grouped = frame.groupby(["subject", "bucket"], sort=False)
-        iat = frame["iat"]
-        median = grouped["iat"].transform("median")
-        deviation = (iat - median).abs()
-        mad = deviation.groupby([frame["subject"], frame["bucket"]], sort=False).median()
-
-        prompts = frame[frame["prompt"] >= 0]
-        top_prompt = (
-            prompts.groupby(["subject", "bucket", "prompt"], sort=False).size()
-            .groupby(level=[0, 1]).max()
-        )
-
-        buckets = pd.DataFrame(
-            {
-                "requests": grouped.size(),
-                "median_iat": grouped["iat"].median(),
-                "mad_iat": mad,
-                "max_parallel": grouped["parallel"].max(),
-                "parallel_waves": grouped["wave"].sum(),
-                "in_flight": grouped["latency_ms"].sum() / (BUCKET * 1000),
-                "per_bucket": grouped["per_bucket"].first(),
-            }
-        )
-        buckets["top_prompt"] = top_prompt.reindex(buckets.index).fillna(0)
-        buckets["repeat_share"] = buckets["top_prompt"] / buckets["requests"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            buckets["cv"] = np.where(
-                buckets["median_iat"] > 0,
-                MAD_TO_SIGMA * buckets["mad_iat"] / buckets["median_iat"],
-                np.inf,
-            )
-        buckets["load"] = buckets["requests"] / buckets["per_bucket"]
-
-        buckets["regular"] = (buckets["cv"] <= self.max_regular_cv) & (
-            buckets["median_iat"] >= self.min_regular_period
-        )
-        buckets["repeated"] = buckets["repeat_share"] >= self.min_repeat_share
-        buckets["parallel_burst"] = buckets["parallel_waves"] >= self.min_parallel_waves
-        buckets["machine"] = buckets["regular"] | buckets["repeated"] | buckets["parallel_burst"]
-        buckets["kind"] = "load"
-        return buckets
 
     # Pattern: the whole input ---------------------------------------------
 
@@ -288,3 +255,31 @@ class AutomationDetector:
         chosen = events[events["subject"].isin(subjects)]
         hour = (chosen["ts"] // HOUR).astype(np.int64)
         return chosen.groupby([chosen["subject"], hour]).size()
+
+
+def _trailing_sum(values: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Sum ``values`` over each event's trailing window, given the window's first index."""
+    totals = np.concatenate(([0], np.cumsum(values)))
+    return totals[np.arange(1, len(values) + 1)] - totals[start]
+
+
+def _trailing_same_value_count(prepared: PreparedEvents, values: np.ndarray, seconds: float) -> np.ndarray:
+    """Count, at each event, the subject's events with the same value in the trailing window.
+
+    Events whose value is negative (unknown) count 0.
+    """
+    events = prepared.events
+    counts = np.zeros(len(events), dtype=np.int64)
+    known = np.flatnonzero(values >= 0)
+    if not len(known):
+        return counts
+
+    pairs = pd.DataFrame({"subject": events["subject"].to_numpy()[known], "value": values[known]})
+    group = pairs.groupby(["subject", "value"], sort=False).ngroup().to_numpy().astype(np.int64)
+    ts_ms = events["ts_ms"].to_numpy()[known]
+    relative = ts_ms - ts_ms.min()
+    order = np.lexsort((relative, group))
+    keys = (group[order] << 41) | relative[order]
+    starts = np.searchsorted(keys, keys - int(seconds * 1000), side="right")
+    counts[known[order]] = np.arange(len(keys)) - starts + 1
+    return counts

@@ -103,3 +103,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (np.bool_,)):
         return bool(value)
     return value
+
+
+def escalations(rows: pd.DataFrame, group: list[str]) -> pd.DataFrame:
+    """Keep, per group, the first row and each row where the score or impact reaches a new step.
+
+    ``rows`` must be in event-time order and carry ``score`` and ``impact``
+    measured from events up to that row only. Score steps are 10 points and
+    impact steps half an octave (×1.41), so a finding is made when evidence
+    first crosses the threshold and again each time it grows by a step; later
+    events never change an earlier finding, and the batch and stream paths
+    see the same findings.
+    """
+    if rows.empty:
+        return rows
+    score_step = (rows["score"].to_numpy() // 10).astype(np.int64)
+    impact = np.maximum(rows["impact"].to_numpy(dtype=np.float64), 1e-9)
+    impact_step = np.floor(np.log2(impact) * 2).astype(np.int64)
+
+    keys = [rows[name] for name in group]
+    best_score = pd.Series(score_step, index=rows.index).groupby(keys, sort=False).cummax()
+    best_impact = pd.Series(impact_step, index=rows.index).groupby(keys, sort=False).cummax()
+    previous_score = best_score.groupby(keys, sort=False).shift(1)
+    previous_impact = best_impact.groupby(keys, sort=False).shift(1)
+
+    first = previous_score.isna()
+    grew = (best_score > previous_score) | (best_impact > previous_impact)
+    return rows[(first | grew).to_numpy()]

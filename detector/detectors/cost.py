@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import Finding, findings_from_rows
+from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.features import PreparedEvents
 
 HOUR = 3600.0
@@ -80,7 +80,6 @@ class AbnormalCostDetector:
                 "ratio_to_busy_hour": "peak_ratio",
                 "hourly_budget": "hourly_budget",
                 "daily_budget": "daily_budget",
-                "peak_spend_1h": "peak_spend_1h",
             },
             window="rolling 1h and 24h spend; baseline from active hours of the previous 7 days",
             thresholds={
@@ -222,25 +221,16 @@ class AbnormalCostDetector:
         return scored
 
     def _first_per_subject_hour(self, events: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
-        """Keep one finding per subject and clock hour: the first flagged event, the peak spend."""
+        """Keep, per subject and clock hour, the first flagged event and each escalation after it."""
         flagged = scored["row"].to_numpy()
-        if not len(flagged):
-            return scored.iloc[0:0].assign(
-                subject=[], detected_at=[], window_start=[], window_end=[], peak_spend_1h=[]
-            )
-
         rows = scored.copy()
         rows["subject"] = events["subject"].to_numpy()[flagged]
         rows["ts"] = events["ts"].to_numpy()[flagged]
         rows["hour"] = (rows["ts"] // HOUR).astype(np.int64)
 
-        grouped = rows.groupby(["subject", "hour"], sort=False)
-        first = grouped.head(1).set_index(["subject", "hour"])
-        first["peak_spend_1h"] = grouped["spend_1h"].max()
-        first["score"] = grouped["score"].max()
-        first["impact"] = grouped["impact"].max()
-        first["window_end"] = grouped["ts"].max()
-        first = first.reset_index()
-        first["detected_at"] = first["ts"]
-        first["window_start"] = first["ts"] - HOUR
-        return first
+        rows = escalations(rows, ["subject", "hour"])
+        rows["peak_spend_1h"] = rows["spend_1h"]
+        rows["detected_at"] = rows["ts"]
+        rows["window_start"] = rows["ts"] - HOUR
+        rows["window_end"] = rows["ts"]
+        return rows

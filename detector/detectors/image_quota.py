@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import Finding, findings_from_rows
+from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.features import PreparedEvents
 
 DAY = 86400.0
@@ -18,8 +18,9 @@ WEEK = 7 * DAY
 class ImageQuotaDetector:
     """Flag text-plan keys whose images in any rolling 7 days pass the plan's window.
 
-    Image packages are entitled to images and are never flagged here. One
-    finding is made per key and UTC day, at the request that first went over.
+    Image packages are entitled to images and are never flagged here. A
+    finding is made per key and UTC day at the request that first went over,
+    and again each time the overage grows by a step (see ``escalations``).
     """
 
     reason: str = "image_quota"
@@ -53,17 +54,14 @@ class ImageQuotaDetector:
             }
         )
         rows["day"] = (rows["ts"] // DAY).astype(np.int64)
-        grouped = rows.groupby(["subject", "day"], sort=False)
-        first = grouped.head(1).set_index(["subject", "day"])
-        first["peak_images_7d"] = grouped["images_7d"].max()
-        first["window_end"] = grouped["ts"].max()
-        first = first.reset_index()
+        allowance = np.maximum(rows["weekly_images"], 1.0)
+        rows["impact"] = rows["images_7d"] / allowance
+        rows["score"] = np.clip(50 + 50 * (rows["images_7d"] - allowance) / allowance, 0, 100)
 
-        allowance = np.maximum(first["weekly_images"], 1.0)
-        first["impact"] = first["peak_images_7d"] / allowance
-        first["score"] = np.clip(50 + 50 * (first["peak_images_7d"] - allowance) / allowance, 0, 100)
+        first = escalations(rows, ["subject", "day"]).copy()
         first["detected_at"] = first["ts"]
         first["window_start"] = first["ts"] - WEEK
+        first["window_end"] = first["ts"]
 
         return findings_from_rows(
             prepared,
@@ -72,7 +70,6 @@ class ImageQuotaDetector:
             origin=f"{self.reason}/{self.version}",
             evidence_columns={
                 "images_7d": "images_7d",
-                "peak_images_7d": "peak_images_7d",
                 "weekly_images": "weekly_images",
             },
             window="rolling 7 days",

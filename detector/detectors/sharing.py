@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from detector.detectors.base import Finding, findings_from_rows
+from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.features import PreparedEvents
 
 DAY = 86400.0
@@ -80,25 +78,17 @@ class KeySharingDetector:
         if rows.empty:
             return []
 
-        # One finding per subject and day: the earliest evidence, the strongest counts.
-        rows = rows.sort_values("detected_at", kind="stable")
-        grouped = rows.groupby(["subject", "day"], sort=False)
-        first = grouped.head(1).set_index(["subject", "day"])
-        for column in ("networks", "switches_24h", "components", "countries", "impossible_trips_24h"):
-            first[column] = grouped[column].max()
-        first["window_end"] = grouped["window_end"].max()
-        first = first.reset_index()
+        rows = rows.sort_values("detected_at", kind="stable").reset_index(drop=True)
+        users = np.maximum.reduce([rows["networks"], rows["components"], rows["countries"]])
+        rows["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
+        rows["score"] += np.where(rows["impossible_trips_24h"] > 0, 10, 0)
+        rows["score"] = rows["score"].clip(upper=100)
+        rows["impact"] = users.astype(float)
 
-        users = np.maximum.reduce([first["networks"], first["components"], first["countries"]])
-        first["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
-        first["score"] += np.where(first["impossible_trips_24h"] > 0, 10, 0)
-        first["score"] = first["score"].clip(upper=100)
-        first["impact"] = users.astype(float)
+        first = escalations(rows, ["subject", "day"]).reset_index(drop=True)
         first["window_start"] = first["detected_at"] - DAY
-
-        involved = events[events["subject"].isin(np.unique(first["subject"]))]
-        spread = _daily_spread(involved).reindex(pd.MultiIndex.from_arrays([first["subject"], first["day"]]))
-        first = pd.concat([first.reset_index(drop=True), spread.reset_index(drop=True)], axis=1)
+        spread = _spread_so_far(prepared, first["subject"].to_numpy(), first["detected_at"].to_numpy())
+        first = pd.concat([first, spread], axis=1)
 
         return findings_from_rows(
             prepared,
@@ -153,30 +143,28 @@ class KeySharingDetector:
         )
 
     def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        components = _device_components(prepared.events)
-        components = components[components["requests"] >= self.min_component_requests]
-        if components.empty:
+        edges = _activations(prepared.events, ["net", "ua"], self.min_component_requests)
+        if edges.empty:
             return _EMPTY_ROWS.copy()
 
-        components = components.sort_values("first_ts", kind="stable")
-        grouped = components.groupby(["subject", "day"], sort=False)
-        rank = grouped.cumcount() + 1
-        counts = grouped["first_ts"].transform("size")
-        crossing = components[(rank == self.min_components) & (counts >= self.min_components)]
-        if crossing.empty:
+        found = []
+        for (subject, day), group in edges.groupby(["subject", "day"], sort=False):
+            for ts, components in _growing_components(group):
+                if components >= self.min_components:
+                    found.append((subject, day, ts, components))
+        if not found:
             return _EMPTY_ROWS.copy()
 
-        totals = counts[crossing.index].to_numpy()
-        last_seen = grouped["last_ts"].transform("max")[crossing.index].to_numpy()
+        subject, day, ts, components = (np.array(column) for column in zip(*found))
         return pd.DataFrame(
             {
-                "subject": crossing["subject"].to_numpy(),
-                "day": crossing["day"].to_numpy(),
-                "detected_at": crossing["first_ts"].to_numpy(),
-                "window_end": last_seen,
+                "subject": subject.astype(np.int64),
+                "day": day.astype(np.int64),
+                "detected_at": ts,
+                "window_end": ts,
                 "networks": 0,
                 "switches_24h": 0,
-                "components": totals,
+                "components": components.astype(np.int64),
                 "countries": 0,
                 "impossible_trips_24h": 0,
                 "kind": "devices",
@@ -184,47 +172,25 @@ class KeySharingDetector:
         )
 
     def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        events = prepared.events
-        known = events["country"].to_numpy() >= 0
-        if not known.any():
+        places = _activations(prepared.events, ["country"], self.min_component_requests)
+        if places.empty:
             return _EMPTY_ROWS.copy()
 
-        places = (
-            pd.DataFrame(
-                {
-                    "subject": events["subject"].to_numpy()[known],
-                    "day": (events["ts"].to_numpy()[known] // DAY).astype(np.int64),
-                    "country": events["country"].to_numpy()[known],
-                    "ts": events["ts"].to_numpy()[known],
-                }
-            )
-            .groupby(["subject", "day", "country"], sort=False)["ts"]
-            .agg(["size", "min", "max"])
-            .reset_index()
-        )
-        places = places[places["size"] >= self.min_component_requests]
-        places = places.sort_values("min", kind="stable")
-        grouped = places.groupby(["subject", "day"], sort=False)
-        rank = grouped.cumcount() + 1
-        days = places[rank == 2].copy()
-        if days.empty:
-            return _EMPTY_ROWS.copy()
-
-        days["countries"] = grouped["min"].transform("size")[days.index]
-        days["last_ts"] = grouped["max"].transform("max")[days.index]
-        days = days.sort_values(["subject", "day"], kind="stable")
+        # The moment each day first had two active countries, then the days that did so.
+        places["rank"] = places.groupby(["subject", "day"], sort=False).cumcount() + 1
+        days = places[places["rank"] == 2].sort_values(["subject", "day"], kind="stable")
         earlier = days.groupby("subject")["day"].shift(self.min_country_days - 1)
         crossing = days[days["day"] - earlier < 7]
         return pd.DataFrame(
             {
                 "subject": crossing["subject"].to_numpy(),
                 "day": crossing["day"].to_numpy(),
-                "detected_at": crossing["min"].to_numpy(),
-                "window_end": crossing["last_ts"].to_numpy(),
+                "detected_at": crossing["ts"].to_numpy(),
+                "window_end": crossing["ts"].to_numpy(),
                 "networks": 0,
                 "switches_24h": 0,
                 "components": 0,
-                "countries": crossing["countries"].to_numpy(),
+                "countries": 2,
                 "impossible_trips_24h": 0,
                 "kind": "countries",
             }
@@ -309,42 +275,46 @@ _EMPTY_ROWS = pd.DataFrame(
 )
 
 
-def _device_components(events: pd.DataFrame) -> pd.DataFrame:
-    """Return the connected components of the network–user-agent graph per subject and UTC day.
+def _activations(events: pd.DataFrame, columns: list[str], requests: int) -> pd.DataFrame:
+    """Return, per subject, UTC day and value of ``columns``, the time of its ``requests``-th request.
 
-    Each row is one component: ``subject``, ``day``, ``requests``, and the
-    first and last request times. Requests with an unknown network are left out.
+    Values with a negative code (unknown) are left out. Rows are in time order.
     """
-    known = events[events["net"].to_numpy() >= 0]
-    pairs = (
-        pd.DataFrame(
-            {
-                "subject": known["subject"].to_numpy(),
-                "day": (known["ts"].to_numpy() // DAY).astype(np.int64),
-                "net": known["net"].to_numpy(),
-                "ua": known["ua"].to_numpy(),
-                "ts": known["ts"].to_numpy(),
-            }
-        )
-        .groupby(["subject", "day", "net", "ua"], sort=False)["ts"]
-        .agg(["size", "min", "max"])
-        .reset_index()
+    known = np.logical_and.reduce([events[column].to_numpy() >= 0 for column in columns])
+    frame = pd.DataFrame(
+        {
+            "subject": events["subject"].to_numpy()[known],
+            "day": (events["ts"].to_numpy()[known] // DAY).astype(np.int64),
+            "ts": events["ts"].to_numpy()[known],
+            **{column: events[column].to_numpy()[known] for column in columns},
+        }
     )
-    if pairs.empty:
-        return pd.DataFrame(columns=["subject", "day", "requests", "first_ts", "last_ts"])
+    count = frame.groupby(["subject", "day", *columns], sort=False).cumcount() + 1
+    return frame[count.to_numpy() == requests].sort_values("ts", kind="stable")
 
-    net_nodes = pairs.groupby(["subject", "day", "net"], sort=False).ngroup().to_numpy()
-    ua_nodes = pairs.groupby(["subject", "day", "ua"], sort=False).ngroup().to_numpy()
-    ua_nodes = ua_nodes + net_nodes.max() + 1
-    size = int(ua_nodes.max()) + 1
-    graph = coo_matrix((np.ones(len(pairs)), (net_nodes, ua_nodes)), shape=(size, size))
-    _, labels = connected_components(graph, directed=False)
 
-    pairs["component"] = labels[net_nodes]
-    components = pairs.groupby(["subject", "day", "component"], sort=False).agg(
-        requests=("size", "sum"), first_ts=("min", "min"), last_ts=("max", "max")
-    )
-    return components.reset_index().drop(columns="component")
+def _growing_components(edges: pd.DataFrame):
+    """Yield (time, components) as network–user-agent edges join the graph in time order."""
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def root(node):
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    components = 0
+    for ts, net, ua in zip(edges["ts"].to_numpy(), edges["net"].to_numpy(), edges["ua"].to_numpy()):
+        left, right = ("net", int(net)), ("ua", int(ua))
+        for node in (left, right):
+            if node not in parent:
+                parent[node] = node
+                components += 1
+        left_root, right_root = root(left), root(right)
+        if left_root != right_root:
+            parent[left_root] = right_root
+            components -= 1
+        yield float(ts), components
 
 
 def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:
@@ -373,24 +343,16 @@ def _count_at(
     return upper - lower
 
 
-def _daily_spread(events: pd.DataFrame) -> pd.DataFrame:
-    """Distinct networks, countries and user agents per subject and UTC day."""
-    day = (events["ts"].to_numpy() // DAY).astype(np.int64)
-    frame = pd.DataFrame(
-        {
-            "subject": events["subject"].to_numpy(),
-            "day": day,
-            "net": events["net"].to_numpy(),
-            "country": events["country"].to_numpy(),
-            "ua": events["ua"].to_numpy(),
-        }
-    )
-    grouped = frame.groupby(["subject", "day"])
-    spread = pd.DataFrame(
-        {
-            "networks_24h": grouped["net"].nunique(),
-            "countries_24h": grouped["country"].nunique(),
-            "user_agents_24h": grouped["ua"].nunique(),
-        }
-    )
-    return spread
+def _spread_so_far(prepared: PreparedEvents, subjects: np.ndarray, times: np.ndarray) -> pd.DataFrame:
+    """Distinct networks, countries and user agents of each subject from UTC midnight up to each time."""
+    keys = prepared.composite_time
+    events = prepared.events
+    counts = {"networks_24h": [], "countries_24h": [], "user_agents_24h": []}
+    for subject, moment in zip(subjects, times):
+        day_start = np.floor(moment / DAY) * DAY
+        low = np.searchsorted(keys, (int(subject) << 41) | int(day_start * 1000), side="left")
+        high = np.searchsorted(keys, (int(subject) << 41) | int(round(moment * 1000)), side="right")
+        for name, column in (("networks_24h", "net"), ("countries_24h", "country"), ("user_agents_24h", "ua")):
+            values = events[column].to_numpy()[low:high]
+            counts[name].append(int(np.unique(values[values >= 0]).size))
+    return pd.DataFrame(counts)

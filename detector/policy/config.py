@@ -27,8 +27,12 @@ class Rule:
     duration: timedelta
     scope: str = "all"
     limit_rpm: int | None = None
+    kind: str | None = None
 
-    def matches(self, reason: str, score: float, impact: float) -> bool:
+    def matches(self, reason: str, score: float, impact: float, kind: str | None = None) -> bool:
+        """Return whether a finding with these values falls under this rule."""
+        if self.kind is not None and kind != self.kind:
+            return False
         return reason == self.reason and score >= self.min_score and impact >= self.min_impact
 
 
@@ -50,10 +54,10 @@ class Policy:
     def origin(self) -> str:
         return f"policy/{self.name}-{self.version}"
 
-    def rule_for(self, reason: str, score: float, impact: float) -> Rule | None:
+    def rule_for(self, reason: str, score: float, impact: float, kind: str | None = None) -> Rule | None:
         """Return the first rule that matches, or None."""
         for rule in self.rules:
-            if rule.matches(reason, score, impact):
+            if rule.matches(reason, score, impact, kind):
                 return rule
         return None
 
@@ -133,4 +137,5 @@ def _parse_rule(source: str, index: int, entry: dict) -> Rule:
         duration=parse_duration(entry.get("duration", "1h"), f"{where}.duration"),
         scope=scope,
         limit_rpm=limit if action == "throttle" else None,
+        kind=str(entry["kind"]) if "kind" in entry else None,
     )

@@ -52,7 +52,7 @@ def decide(
     recent: dict[tuple[str, str], list[Finding]] = defaultdict(list)
 
     for finding in sorted(findings, key=lambda item: (item.detected_at, item.subject, item.reason)):
-        rule = policy.rule_for(finding.reason, finding.score, finding.impact)
+        rule = policy.rule_for(finding.reason, finding.score, finding.impact, finding.evidence.get("kind"))
         if rule is None:
             continue
 
