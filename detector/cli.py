@@ -109,3 +109,115 @@ def evaluate(labels, decisions, as_json) -> None:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         stdout.print(render_report(report))
+
+
+@main.group()
+def gateways() -> None:
+    """Gateways allowed to read decisions over HTTP."""
+
+
+@gateways.command("add")
+@click.argument("name")
+@click.option("--db", "database_url", help="SQLAlchemy database URL (default: $FAIRUSE_DATABASE_URL or sqlite:///fairuse.db).")
+def gateways_add(name, database_url) -> None:
+    """Register gateway NAME and print its API key (shown once, stored hashed)."""
+    from detector.store import open_store
+    from detector.store.gateways import GatewayError, GatewayRegistry
+
+    try:
+        api_key = GatewayRegistry(open_store(database_url).engine).add(name)
+    except GatewayError as error:
+        stderr.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        sys.exit(2)
+    stdout.print(f"gateway {name} added; its X-Api-Key (not shown again):", highlight=False)
+    click.echo(api_key)
+
+
+@gateways.command("list")
+@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+def gateways_list(database_url) -> None:
+    """List gateways with their creation, revocation and last pull times."""
+    from detector.store import open_store
+    from detector.store.gateways import GatewayRegistry
+
+    for gateway in GatewayRegistry(open_store(database_url).engine).list():
+        state = f"revoked {gateway.revoked_at:%Y-%m-%d %H:%M}" if gateway.revoked_at else "active"
+        click.echo(f"{gateway.name}\t{state}\tcreated {gateway.created_at:%Y-%m-%d %H:%M}")
+
+
+@gateways.command("revoke")
+@click.argument("name")
+@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+def gateways_revoke(name, database_url) -> None:
+    """Revoke gateway NAME's API key."""
+    from detector.store import open_store
+    from detector.store.gateways import GatewayError, GatewayRegistry
+
+    try:
+        GatewayRegistry(open_store(database_url).engine).revoke(name)
+    except GatewayError as error:
+        stderr.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        sys.exit(2)
+    click.echo(f"gateway {name} revoked")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="TCP port to listen on.")
+@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis holding published decisions.")
+def api(host, port, database_url, redis_url) -> None:
+    """Serve the HTTP decisions API for gateways."""
+    import uvicorn
+
+    from detector.store import open_store
+    from fairuse_gateway import DecisionClient
+    from workers.http_api import create_app
+
+    app = create_app(open_store(database_url), DecisionClient(redis_url))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@main.command()
+@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis with the event stream.")
+@click.option("--prefix", default="fairuse", show_default=True,
+              help="Redis key prefix: events are read from PREFIX:events, decisions written under PREFIX:decision:.")
+@click.option("--batch-size", default=2000, show_default=True, type=click.IntRange(1), help="Entries per micro-batch.")
+@click.option("--claim-idle-ms", default=60_000, show_default=True, type=click.IntRange(0),
+              help="Take over entries another worker left unacknowledged for this many milliseconds.")
+@click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
+def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model) -> None:
+    """Consume the Redis event stream: score, store and publish decisions until stopped."""
+    import signal
+    import threading
+
+    import redis as redis_library
+
+    from detector.model_registry import load_model
+    from detector.pipeline import default_detectors
+    from detector.plans import load_plans
+    from detector.policy import load_policy
+    from detector.store import open_store
+    from workers.consumer import StreamConsumer, StreamSettings
+    from workers.publish import DecisionPublisher
+    from workers.window import EventWindows
+
+    client = redis_library.Redis.from_url(redis_url)
+    consumer = StreamConsumer(
+        client, open_store(database_url), plans=load_plans(), policy=load_policy(),
+        detectors=default_detectors(None if no_model else load_model()),
+        windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
+        settings=StreamSettings(
+            stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", batch_size=batch_size,
+            claim_idle_ms=claim_idle_ms,
+        ),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    consumer.run(stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -103,3 +103,18 @@ class RunRow(Base):
     policy: Mapped[str] = mapped_column(String(256))
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     note: Mapped[str] = mapped_column(Text, default="")
+
+
+# Gateways allowed to read decisions over HTTP ----------------------------------
+
+
+class GatewayRow(Base):
+    __tablename__ = "gateways"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    # SHA-256 of the API key; the key itself is shown once and never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_pull_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -64,6 +64,25 @@ class DecisionStore:
         with Session(self.engine) as session:
             return [_to_decision(row) for row in session.scalars(query)]
 
+    def changes_between(self, start: datetime, end: datetime) -> tuple[list[Decision], list[Decision]]:
+        """Return enforced decisions created in (start, end] that are in force at ``end``,
+        and those that expired in (start, end]."""
+        created = (
+            select(DecisionRow)
+            .where(DecisionRow.created_at > start, DecisionRow.created_at <= end)
+            .where(DecisionRow.detected_at <= end, DecisionRow.expires_at > end)
+            .where(DecisionRow.simulated.is_(False))
+        )
+        expired = (
+            select(DecisionRow)
+            .where(DecisionRow.expires_at > start, DecisionRow.expires_at <= end)
+            .where(DecisionRow.simulated.is_(False))
+        )
+        with Session(self.engine) as session:
+            new = [_to_decision(row) for row in session.scalars(created)]
+            gone = [_to_decision(row) for row in session.scalars(expired)]
+        return new, gone
+
     def all_decisions(self) -> list[Decision]:
         """Return every stored decision, oldest detection first."""
         with Session(self.engine) as session:

@@ -1,0 +1,143 @@
+"""The HTTP decisions API over real SQLite and Redis, through FastAPI's test client."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from detector.decisions import Decision
+from detector.store import open_store
+from detector.store.gateways import GatewayError, GatewayRegistry
+from fairuse_gateway import DecisionClient
+from workers.http_api import create_app
+from workers.publish import DecisionPublisher
+
+
+def _decision(action="suspend", *, subject="key-1", seconds=3600.0, ident=None, created=None):
+    now = datetime.now(UTC)
+    return Decision(
+        id=ident or f"{action}-{subject}-{seconds}", subject_type="key", subject=subject, action=action,
+        reasons=["automation"], score=80.0, evidence={"automation": {"load_vs_plan": 5.0}},
+        detected_at=now - timedelta(seconds=5), created_at=created or now,
+        expires_at=now + timedelta(seconds=seconds), origin="automation/1+policy/default-1",
+        limit_rpm=30 if action == "throttle" else None,
+    )
+
+
+@pytest.fixture
+def setup(sqlite_url, redis_client, redis_prefix):
+    store = open_store(sqlite_url)
+    api_key = GatewayRegistry(store.engine).add("edge-1")
+    app = create_app(store, DecisionClient(prefix=redis_prefix, cache_seconds=0.0))
+    publisher = DecisionPublisher(redis_client, prefix=redis_prefix)
+    return TestClient(app), {"X-Api-Key": api_key}, store, publisher
+
+
+def test_check_without_key_is_401(setup):
+    client, _, _, _ = setup
+
+    response = client.get("/v1/decisions", params={"key_id": "key-1"})
+
+    assert response.status_code == 401
+    assert "X-Api-Key" in response.json()["detail"]
+
+
+def test_check_with_wrong_key_is_401(setup):
+    client, _, _, _ = setup
+
+    response = client.get("/v1/decisions", params={"key_id": "key-1"}, headers={"X-Api-Key": "fug_wrong"})
+
+    assert response.status_code == 401
+
+
+def test_check_returns_published_suspension(setup):
+    client, headers, store, publisher = setup
+    decision = _decision()
+    store.save_decisions([decision])
+    publisher.publish([decision])
+
+    body = client.get("/v1/decisions", params={"key_id": "key-1", "ip": "203.0.113.1"}, headers=headers).json()
+
+    assert body["action"] == "suspend"
+    assert body["decision_id"] == decision.id
+    assert body["reasons"] == ["automation"]
+
+
+def test_check_unknown_subject_allows(setup):
+    client, headers, _, _ = setup
+
+    assert client.get("/v1/decisions", params={"key_id": "nobody"}, headers=headers).json()["action"] == "allow"
+
+
+def test_startup_snapshot_lists_each_subject_once(setup):
+    client, headers, store, _ = setup
+    store.save_decisions([_decision("suspend"), _decision("throttle", seconds=7200), _decision("review", subject="key-2")])
+
+    body = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+
+    subjects = [(item["subject_type"], item["subject"]) for item in body["new"]]
+    assert sorted(subjects) == [("key", "key-1"), ("key", "key-2")]
+    assert {item["subject"]: item["action"] for item in body["new"]} == {"key-1": "suspend", "key-2": "review"}
+    assert body["deleted"] == []
+
+
+def test_stream_returns_only_changes_after_startup(setup):
+    client, headers, store, _ = setup
+    store.save_decisions([_decision("suspend")])
+    client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers)
+    store.save_decisions([_decision("throttle", subject="key-3", created=datetime.now(UTC) + timedelta(milliseconds=5))])
+
+    body = client.get("/v1/decisions/stream", headers=headers).json()
+
+    assert [item["subject"] for item in body["new"]] == ["key-3"]
+
+
+def test_shorter_decision_ending_resends_longer(setup):
+    client, headers, store, _ = setup
+    short = _decision("suspend", seconds=0.5, ident="short")
+    long = _decision("throttle", seconds=3600, ident="long")
+    store.save_decisions([short, long])
+    first = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+    assert [item["id"] for item in first["new"]] == ["short"]
+
+    import time
+
+    time.sleep(0.6)
+    body = client.get("/v1/decisions/stream", headers=headers).json()
+
+    assert [item["id"] for item in body["deleted"]] == ["short"]
+    assert [item["id"] for item in body["new"]] == ["long"]
+
+
+def test_revoked_gateway_rejected(setup):
+    client, headers, store, _ = setup
+
+    GatewayRegistry(store.engine).revoke("edge-1")
+
+    assert client.get("/v1/decisions", params={"key_id": "key-1"}, headers=headers).status_code == 401
+
+
+def test_gateway_key_stored_hashed(setup, sqlite_url):
+    _, headers, store, _ = setup
+
+    with store.engine.connect() as connection:
+        rows = connection.exec_driver_sql("select key_hash from gateways").fetchall()
+
+    assert headers["X-Api-Key"] not in str(rows)
+    assert len(rows[0][0]) == 64
+
+
+def test_duplicate_gateway_name_rejected(setup):
+    _, _, store, _ = setup
+
+    with pytest.raises(GatewayError, match="already exists"):
+        GatewayRegistry(store.engine).add("edge-1")
+
+
+def test_openapi_served(setup):
+    client, _, _, _ = setup
+
+    spec = client.get("/openapi.json").json()
+
+    assert "/v1/decisions" in spec["paths"]
+    assert "/v1/decisions/stream" in spec["paths"]

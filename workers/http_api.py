@@ -1,0 +1,148 @@
+"""HTTP decisions API for gateways that cannot read Redis themselves.
+
+``GET /v1/decisions`` checks one request's key, account and address, as
+``fairuse_gateway.DecisionClient.check`` does. ``GET /v1/decisions/stream``
+returns ``{"new": [...], "deleted": [...]}``: with ``startup=true`` every
+enforced decision in force (the strongest per subject, so a subject appears
+once), otherwise the changes since that gateway's previous pull; a subject
+whose decision ended but which still has another in force gets that one in
+``new`` again. Every call
+needs an ``X-Api-Key`` issued by ``fairuse gateways add NAME``. FastAPI serves
+the OpenAPI description at ``/openapi.json`` and ``/docs``.
+"""
+
+
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoint
+# annotations at run time, and string annotations of a local dependency fail.
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from pydantic import BaseModel
+
+from detector.decisions import ACTION_RANK, Decision
+from detector.store import DecisionStore
+from detector.store.gateways import Gateway, GatewayRegistry
+from fairuse_gateway import DecisionClient
+
+logger = logging.getLogger(__name__)
+
+
+class VerdictOut(BaseModel):
+    """What the gateway should do with one request."""
+
+    action: str
+    subject_type: str = ""
+    subject: str = ""
+    reasons: list[str] = []
+    limit_rpm: int | None = None
+    scope: str = "all"
+    expires_at: datetime | None = None
+    decision_id: str = ""
+    fail_open: bool = False
+
+
+class DecisionOut(BaseModel):
+    """One enforced decision, without its evidence."""
+
+    id: str
+    subject_type: str
+    subject: str
+    action: str
+    scope: str
+    limit_rpm: int | None
+    reasons: list[str]
+    score: float
+    detected_at: datetime
+    expires_at: datetime
+
+
+class StreamOut(BaseModel):
+    new: list[DecisionOut]
+    deleted: list[DecisionOut]
+
+
+def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
+    """Build the API around a decision store and a Redis decision client."""
+    registry = GatewayRegistry(store.engine)
+    app = FastAPI(title="fairuse decisions API", version="1")
+
+    def gateway(x_api_key: Annotated[str | None, Header()] = None) -> Gateway:
+        found = registry.authenticate(x_api_key)
+        if found is None:
+            logger.warning("rejected a decisions API call with a missing or unknown X-Api-Key")
+            raise HTTPException(status_code=401, detail="missing or invalid X-Api-Key; issue one with 'fairuse gateways add NAME'")
+        return found
+
+    @app.get("/v1/decisions", response_model=VerdictOut)
+    def check(
+        caller: Annotated[Gateway, Depends(gateway)],
+        key_id: str | None = None,
+        account_id: str | None = None,
+        ip: str | None = None,
+    ) -> VerdictOut:
+        """Return the strongest decision in force on the key, the account or the address."""
+        verdict = client.check(key_id=key_id, account_id=account_id, ip=ip)
+        expires = datetime.fromtimestamp(verdict.expires_at, UTC) if verdict.expires_at else None
+        return VerdictOut(
+            action=verdict.action, subject_type=verdict.subject_type, subject=verdict.subject,
+            reasons=list(verdict.reasons), limit_rpm=verdict.limit_rpm, scope=verdict.scope,
+            expires_at=expires, decision_id=verdict.decision_id, fail_open=verdict.fail_open,
+        )
+
+    @app.get("/v1/decisions/stream", response_model=StreamOut)
+    def stream(
+        caller: Annotated[Gateway, Depends(gateway)],
+        startup: Annotated[bool, Query(description="Return every decision in force instead of the changes.")] = False,
+    ) -> StreamOut:
+        """Return new and deleted decisions since this gateway's previous pull."""
+        now = datetime.now(UTC)
+        if startup or caller.last_pull_at is None:
+            new, deleted = _strongest_per_subject(store.active_decisions(now)), []
+        else:
+            new, deleted = store.changes_between(caller.last_pull_at, now)
+            new = _with_survivors(store, new, deleted, now)
+        registry.mark_pulled(caller.name, now)
+        return StreamOut(new=[_out(decision) for decision in new], deleted=[_out(decision) for decision in deleted])
+
+    return app
+
+
+def _with_survivors(store: DecisionStore, new: list[Decision], deleted: list[Decision], now: datetime) -> list[Decision]:
+    """Add, for each subject that lost a decision, the strongest decision it still has.
+
+    A gateway that drops a subject on "deleted" would otherwise lift a longer,
+    weaker decision that overlapped the one that ended.
+    """
+    touched = {(decision.subject_type, decision.subject) for decision in deleted}
+    if not touched:
+        return _strongest_per_subject(new)
+    remaining = [
+        decision
+        for decision in store.decisions_for(touched)
+        if not decision.simulated and decision.detected_at <= now < decision.expires_at
+    ]
+    return _strongest_per_subject(new + remaining)
+
+
+def _strongest_per_subject(decisions: list[Decision]) -> list[Decision]:
+    best: dict[tuple[str, str], Decision] = {}
+    for decision in decisions:
+        subject = (decision.subject_type, decision.subject)
+        current = best.get(subject)
+        if current is None or _strength(decision) > _strength(current):
+            best[subject] = decision
+    return sorted(best.values(), key=lambda decision: (decision.subject_type, decision.subject))
+
+
+def _strength(decision: Decision) -> tuple[int, int, datetime]:
+    return (ACTION_RANK[decision.action], decision.scope == "all", decision.expires_at)
+
+
+def _out(decision: Decision) -> DecisionOut:
+    return DecisionOut(
+        id=decision.id, subject_type=decision.subject_type, subject=decision.subject, action=decision.action,
+        scope=decision.scope, limit_rpm=decision.limit_rpm, reasons=decision.reasons, score=decision.score,
+        detected_at=decision.detected_at, expires_at=decision.expires_at,
+    )
