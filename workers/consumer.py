@@ -108,21 +108,38 @@ class StreamConsumer:
         stop = stop or threading.Event()
         delay = 0.1
         idle = 0
+        connected = False
         logger.info("consumer %s started on %s", self.settings.consumer, self.settings.stream)
         while not stop.is_set():
             try:
-                self.ensure_group()
+                if not connected:
+                    self._reconnect()
+                    connected = True
                 outcome = self.process_once()
                 delay = 0.1
             except (redis.ConnectionError, redis.TimeoutError) as error:
+                connected = False
                 logger.warning("consumer %s: Redis unreachable, retrying in %.1f s: %s", self.settings.consumer, delay, error)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
+                continue
+            except redis.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                # The client reconnected by itself to a Redis that lost its data.
+                connected = False
+                logger.warning("consumer %s: consumer group missing, Redis lost its data: %s", self.settings.consumer, error)
                 continue
             idle = idle + 1 if outcome.entries == 0 else 0
             if max_idle_batches is not None and idle >= max_idle_batches:
                 break
         logger.info("consumer %s stopped", self.settings.consumer)
+
+    def _reconnect(self) -> None:
+        """Recreate the group and republish decisions in force, in case Redis came back empty."""
+        self.ensure_group()
+        published = self.publisher.republish(self.store)
+        logger.info("consumer %s: connected; republished %d decisions in force", self.settings.consumer, published)
 
     def process_once(self) -> BatchOutcome:
         """Claim stale pending entries, or read new ones, and process them as one batch."""
