@@ -78,6 +78,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     plans = load_plans(options.plans)
     policy = load_policy(options.policy)
 
+    _check_output_paths(options)
     read = read_events(options.paths, format=options.format, progress=progress)
     warnings = list(read.warnings)
     rejects_path = _write_rejects(read, options)
@@ -219,15 +220,34 @@ def _load_model(options: BatchOptions):
         return None, f"anomaly detector skipped: {error}"
 
 
-def _write_rejects(read: ReadResult, options: BatchOptions) -> Path | None:
-    if not read.rejects:
-        return None
+def _rejects_path(options: BatchOptions) -> Path:
     if options.rejects:
-        path = options.rejects
-    elif options.out:
-        path = options.out.with_name(options.out.name.removesuffix(".jsonl") + ".rejects.txt")
-    else:
-        path = Path("fairuse-rejects.txt")
+        return options.rejects
+    if options.out:
+        return options.out.with_name(options.out.name.removesuffix(".jsonl") + ".rejects.txt")
+    return Path("fairuse-rejects.txt")
+
+
+def _check_output_paths(options: BatchOptions) -> None:
+    """Reject output paths that would fail late or overwrite an input, before any work."""
+    inputs = {path.resolve() for path in map(Path, options.paths) if path.exists()}
+    rejects = _rejects_path(options)
+    if options.out is not None and options.out.is_dir():
+        raise BatchError(f"--out {options.out} is a directory; give a file name such as {options.out / 'decisions.jsonl'}")
+    for name, path in (("--out", options.out), ("the rejects file", rejects)):
+        if path is not None and path.resolve() in inputs:
+            raise BatchError(f"{name} {path} is also an input and would be overwritten; write it elsewhere")
+    if rejects.is_dir():
+        raise BatchError(f"rejects file {rejects} is a directory; pass --rejects FILE")
+
+
+def _write_rejects(read: ReadResult, options: BatchOptions) -> Path | None:
+    """Write the rejects file, or remove a stale one from an earlier run when there are none."""
+    path = _rejects_path(options)
+    if not read.rejects:
+        if options.rejects is None and options.out is not None and path.is_file():
+            path.unlink()
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(reject.format() + "\n" for reject in read.rejects), "utf-8")
     return path
@@ -237,16 +257,23 @@ def _check_reject_share(read: ReadResult, options: BatchOptions, rejects_path: P
     valid = len(read.frame)
     where = f"; see {rejects_path}" if rejects_path else ""
     if valid == 0:
+        names = ", ".join(str(path) for path in options.paths)
         first = f" First reject: {read.rejects[0].format()}" if read.rejects else ""
-        raise BatchError(
-            f"no valid records in {len(options.paths)} input(s): {read.records} read, "
-            f"{len(read.rejects)} rejected{where}.{first}"
+        hint = (
+            " Check that the files hold events in the format of docs/events.md, or name it with --format."
+            if read.rejects
+            else " The inputs are empty: check the paths, or that the gateway wrote the log."
         )
-    share = len(read.rejects) / max(read.records - read.duplicates, 1)
+        raise BatchError(
+            f"no valid records in {names}: {read.records} read, {len(read.rejects)} rejected{where}.{first}{hint}"
+        )
+    counted = max(read.records - read.duplicates, 1)
+    share = len(read.rejects) / counted
     if share > options.max_reject_ratio:
         raise BatchError(
-            f"{len(read.rejects)} of {read.records} records were rejected ({share:.1%}), more than "
-            f"--max-reject-ratio {options.max_reject_ratio:.0%}{where}. Fix the input or raise the ratio."
+            f"{len(read.rejects)} of {counted} records were rejected ({share:.1%}), more than "
+            f"--max-reject-ratio {options.max_reject_ratio:g}{where}; repeated request_ids are not counted. "
+            "Fix the input or raise the ratio."
         )
 
 

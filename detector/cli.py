@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector import __version__
@@ -30,6 +31,12 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _finite_ratio(value: float) -> float:
+    if value != value:  # NaN compares unequal to itself and would switch the check off.
+        raise click.BadParameter("expected a number from 0 to 1, got nan", param_hint="'--max-reject-ratio'")
+    return value
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "input_format", type=click.Choice(["jsonl", "csv", "parquet", "combined"]),
@@ -40,6 +47,7 @@ def main(verbose: int) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Write decisions here as JSON lines; findings and subject scores go beside it.")
 @click.option("--rejects", type=click.Path(path_type=Path), help="Where to write rejected records (default: beside --out).")
 @click.option("--max-reject-ratio", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              callback=lambda _context, _parameter, value: _finite_ratio(value),
               help="Fail when more than this share of records is rejected.")
 @click.option("--model", "model_version", help="IsolationForest version in models/ (default: the newest).")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
@@ -51,7 +59,7 @@ def score(paths, input_format, plans, policy, database_url, out, rejects, max_re
     from detector.model_registry import ModelError
     from detector.plans import ConfigError
     from detector.readers import ReaderError
-    from detector.summary import render_summary
+    from detector.summary import printable, render_summary
 
     options = BatchOptions(
         paths=paths, format=input_format, plans=plans, policy=policy, database_url=database_url,
@@ -66,16 +74,16 @@ def score(paths, input_format, plans, policy, database_url, out, rejects, max_re
             task = progress.add_task("read", total=total or None)
             report = run_batch(options, progress=lambda done: progress.advance(task, done))
     except (BatchError, ReaderError, ConfigError, ModelError) as error:
-        stderr.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        stderr.print(Text("error: ", style="red") + printable(error), highlight=False)
         sys.exit(2)
 
     for warning in report.warnings:
-        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+        stderr.print(Text("warning: ", style="yellow") + printable(warning), highlight=False)
     if report.rejects_path:
-        stderr.print(f"{len(report.read.rejects):,} rejected records written to {report.rejects_path}")
+        stderr.print(printable(f"{len(report.read.rejects):,} rejected records written to {report.rejects_path}"))
     stdout.print(render_summary(report))
     for name, path in report.outputs.items():
-        stdout.print(f"{name}: {path}")
+        stdout.print(printable(f"{name}: {path}"), highlight=False)
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -97,7 +98,7 @@ def _parse_plan(source: str, name: str, entry: object) -> Plan:
         if kind is str:
             if not isinstance(value, str):
                 raise ConfigError(f"{source}: plans.{name}.{field}: expected a string, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ConfigError(
                 f"{source}: plans.{name}.{field}: expected a number ≥ 0, got {value!r}"
             )
@@ -120,6 +121,8 @@ def _read_toml(path: str | Path | None, shipped_name: str) -> tuple[str, dict]:
             text = Path(path).read_text("utf-8")
         except OSError as error:
             raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8 TOML") from error
         source = str(path)
 
     try:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from detector.batch import BatchReport
 
 TOP_SUBJECTS = 10
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> Text:
+    """Return ``value`` as literal text: no console markup, control characters shown escaped."""
+    return Text(_CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value)))
 
 
 def render_summary(report: BatchReport) -> Group:
@@ -32,7 +41,7 @@ def _counts(report: BatchReport) -> Table:
     table.add_row("decisions on this input", f"{len(report.decisions):,}")
     table.add_row("decisions stored by this run", f"{report.new_decisions:,}")
     table.add_row("anomaly model", report.model_version or "none")
-    table.add_row("database", report.database)
+    table.add_row("database", printable(report.database))
     return table
 
 
@@ -57,8 +66,8 @@ def _top_subjects(report: BatchReport) -> Table:
         if row.risk_score <= 0:
             break
         table.add_row(
-            f"{row.subject_type}:{row.subject}",
-            str(row.plan),
+            printable(f"{row.subject_type}:{row.subject}"),
+            printable(row.plan),
             f"{row.requests:,}",
             f"{row.risk_score:.0f}",
             ", ".join(row.reasons),

@@ -97,7 +97,8 @@ def findings_from_rows(
 def _plain(value: Any) -> Any:
     """Convert numpy scalars to JSON-friendly Python values, rounding floats."""
     if isinstance(value, (np.floating, float)):
-        return round(float(value), 4)
+        # JSON has no Infinity or NaN, and PostgreSQL rejects them in jsonb.
+        return round(float(value), 4) if np.isfinite(value) else None
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.bool_,)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,6 +14,7 @@ from detector.plans import ConfigError, _read_toml
 REASONS = ("abnormal_cost", "key_sharing", "automation", "image_quota", "anomaly")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_MAX_DURATION_SECONDS = 10 * 365 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +76,26 @@ def parse_duration(text: str, where: str = "duration") -> timedelta:
     match = _DURATION.match(str(text))
     if not match:
         raise ConfigError(f"{where}: invalid duration {text!r}; write a number and s, m, h, d or w, like '6h'")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > _MAX_DURATION_SECONDS:
+        raise ConfigError(f"{where}: duration {text!r} is longer than 10 years; use a shorter one")
+    return timedelta(seconds=seconds)
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
     """Load a policy from TOML, or the shipped one when ``path`` is None."""
     source, document = _read_toml(path, "policy.toml")
-    settings = document.get("policy", {})
-    rules = tuple(
-        _parse_rule(source, index, entry) for index, entry in enumerate(document.get("rules", []))
-    )
+    settings = _table(document, "policy", source)
+    entries = document.get("rules", [])
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ConfigError(f"{source}: rules: expected [[rules]] tables, got {entries!r:.60}")
+    rules = tuple(_parse_rule(source, index, entry) for index, entry in enumerate(entries))
     if not rules:
         raise ConfigError(f"{source}: no [[rules]] found; a policy needs at least one rule")
 
-    allowlist = document.get("allowlist", {}).get("subjects", [])
+    allowlist = _table(document, "allowlist", source).get("subjects", [])
+    if not isinstance(allowlist, list):
+        raise ConfigError(f"{source}: allowlist.subjects: expected a list of \"TYPE:ID\" strings")
     for entry in allowlist:
         kind, _, subject = str(entry).partition(":")
         if kind not in SUBJECT_TYPES or not subject:
@@ -98,6 +106,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     cap = settings.get("max_auto_suspensions_per_hour", 20)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         raise ConfigError(f"{source}: policy.max_auto_suspensions_per_hour: expected an integer ≥ 0, got {cap!r}")
+    repeat_factor = _number(settings, "repeat_factor", 2.0, f"{source}: policy", minimum=1.0)
 
     return Policy(
         name=str(settings.get("name", Path(source).stem)),
@@ -105,7 +114,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
         rules=rules,
         simulation=bool(settings.get("simulation", False)),
         max_auto_suspensions_per_hour=cap,
-        repeat_factor=float(settings.get("repeat_factor", 2.0)),
+        repeat_factor=repeat_factor,
         max_duration=parse_duration(settings.get("max_duration", "30d"), f"{source}: policy.max_duration"),
         merge_window=parse_duration(settings.get("merge_window", "1h"), f"{source}: policy.merge_window"),
         allowlist=frozenset(str(entry) for entry in allowlist),
@@ -131,11 +140,25 @@ def _parse_rule(source: str, index: int, entry: dict) -> Rule:
     return Rule(
         name=str(entry.get("name", f"rule {index}")),
         reason=reason,
-        min_score=float(entry.get("min_score", 0)),
-        min_impact=float(entry.get("min_impact", 0)),
+        min_score=_number(entry, "min_score", 0.0, where),
+        min_impact=_number(entry, "min_impact", 0.0, where),
         action=action,
         duration=parse_duration(entry.get("duration", "1h"), f"{where}.duration"),
         scope=scope,
         limit_rpm=limit if action == "throttle" else None,
         kind=str(entry["kind"]) if "kind" in entry else None,
     )
+
+
+def _table(document: dict, name: str, source: str) -> dict:
+    value = document.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {name}: expected a [{name}] table, got {value!r:.60}")
+    return value
+
+
+def _number(table: dict, name: str, default: float, where: str, minimum: float = 0.0) -> float:
+    value = table.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{where}.{name}: expected a number ≥ {minimum:g}, got {value!r}")
+    return float(value)

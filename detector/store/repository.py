@@ -41,7 +41,7 @@ class DecisionStore:
 
     def decisions_for(self, subjects: Iterable[tuple[str, str]]) -> list[Decision]:
         """Return every stored decision on the given (subject_type, subject) pairs."""
-        pairs = sorted(set(subjects))
+        pairs = sorted({(kind, name.replace("\x00", "\ufffd")) for kind, name in subjects})
         found: list[Decision] = []
         with Session(self.engine) as session:
             for start in range(0, len(pairs), _CHUNK):
@@ -130,9 +130,20 @@ class DecisionStore:
         raise NotImplementedError(f"database {name!r} is not supported; use SQLite, PostgreSQL or MariaDB")
 
 
+_TEXT_FIELDS = ("subject", "account_id", "plan")
+
+
+def _without_nul(values: dict[str, Any]) -> dict[str, Any]:
+    """Replace NUL characters in identifiers: PostgreSQL text cannot hold them."""
+    for name in _TEXT_FIELDS:
+        if "\x00" in values[name]:
+            values[name] = values[name].replace("\x00", "\ufffd")
+    return values
+
+
 def _decision_values(decision: Decision) -> dict[str, Any]:
     # A shallow copy: ``asdict`` would deep-copy every evidence dict for nothing.
-    return {name: getattr(decision, name) for name in _DECISION_FIELDS}
+    return _without_nul({name: getattr(decision, name) for name in _DECISION_FIELDS})
 
 
 def _to_decision(row: DecisionRow) -> Decision:
@@ -166,4 +177,4 @@ def _finding_values(finding: Finding) -> dict[str, Any]:
     values["id"] = str(uuid.uuid5(_FINDING_NAMESPACE, key))
     for name in ("detected_at", "window_start", "window_end"):
         values[name] = datetime.fromtimestamp(values[name], UTC)
-    return values
+    return _without_nul(values)
