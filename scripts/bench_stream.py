@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Benchmark the stream path against a real local Redis.
+
+    .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--redis redis://127.0.0.1:6379/0]
+
+Measures, each under its own key prefix (removed afterwards):
+
+- worker throughput: events/s for one worker draining a stream of simulated
+  events, and for two ``fairuse worker`` processes sharing it;
+- decision lookup latency (p50/p99) through Redis (``DecisionClient`` without
+  cache) and through the client's one-second cache;
+- append-to-decision latency: bots start sending while background traffic
+  runs at ``--rate`` events/s; the time from the request that crossed the
+  threshold (its ``detected_at``) to the decision being readable in Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import redis
+
+from detector.decisions import Decision
+from detector.pipeline import default_detectors
+from detector.plans import load_plans
+from detector.policy import load_policy
+from detector.simulate import simulate_traffic
+from detector.store import open_store
+from fairuse_gateway import DecisionClient
+from workers.consumer import StreamConsumer, StreamSettings
+from workers.publish import DecisionPublisher, subject_key
+from workers.window import EventWindows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--keys", type=int, default=500)
+    parser.add_argument("--rate", type=int, default=2_000, help="Background events per second in the latency test.")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    client = redis.Redis.from_url(args.redis)
+
+    with tempfile.TemporaryDirectory() as folder:
+        lines = simulated_lines(Path(folder), args.keys, args.events)
+        one = throughput(client, lines, Path(folder), workers=1)
+        two = throughput(client, lines, Path(folder), workers=2)
+        print(f"worker throughput: 1 worker {one:,.0f} events/s, 2 workers {two:,.0f} events/s ({len(lines):,} events)")
+
+        direct, cached = lookup_latency(client, args.redis)
+        print(f"lookup through Redis: p50 {direct[0]:.0f} µs, p99 {direct[1]:.0f} µs")
+        print(f"lookup through cache: p50 {cached[0]:.1f} µs, p99 {cached[1]:.1f} µs")
+
+        latencies = append_to_decision(client, Path(folder), args.rate)
+        if latencies:
+            p50 = statistics.median(latencies)
+            p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
+            print(f"append to decision: p50 {p50:.2f} s, p95 {p95:.2f} s over {len(latencies)} bots at {args.rate:,} events/s")
+        else:
+            print("append to decision: no decision appeared")
+
+
+def simulated_lines(folder: Path, keys: int, events: int) -> list[bytes]:
+    traffic = simulate_traffic(folder / "traffic", keys=keys, days=7, seed=21)
+    with traffic.events_path.open("rb") as handle:
+        lines = [line.strip() for _, line in zip(range(events), handle)]
+    return lines
+
+
+def append(client: redis.Redis, stream: str, lines: list[bytes]) -> None:
+    for start in range(0, len(lines), 5000):
+        pipeline = client.pipeline(transaction=False)
+        for line in lines[start : start + 5000]:
+            pipeline.xadd(stream, {"event": line})
+        pipeline.execute()
+
+
+def throughput(client: redis.Redis, lines: list[bytes], folder: Path, workers: int) -> float:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    database = f"sqlite:///{folder}/{prefix}.db"
+    open_store(database)
+    append(client, f"{prefix}:events", lines)
+    command = [sys.executable, "-m", "detector.cli", "worker", "--db", database, "--prefix", prefix, "--no-model"]
+    started = time.perf_counter()
+    processes = [subprocess.Popen(command, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    try:
+        while True:
+            info = client.xinfo_groups(f"{prefix}:events") if client.exists(f"{prefix}:events") else []
+            done = info and info[0]["lag"] == 0 and info[0]["pending"] == 0
+            if done:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait()
+        cleanup(client, prefix)
+    return len(lines) / elapsed
+
+
+def lookup_latency(client: redis.Redis, url: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    decisions = [
+        Decision(
+            id=f"d{index}", subject_type="key", subject=f"key-{index}", action="throttle", reasons=["automation"],
+            score=70.0, evidence={}, detected_at=now - timedelta(seconds=1), created_at=now,
+            expires_at=now + timedelta(hours=1), origin="bench", limit_rpm=60,
+        )
+        for index in range(1000)
+    ]
+    DecisionPublisher(client, prefix=prefix).publish(decisions)
+    try:
+        direct = _time_checks(DecisionClient(url, prefix=prefix, cache_seconds=0.0))
+        cached = _time_checks(DecisionClient(url, prefix=prefix, cache_seconds=1.0), warm=True)
+    finally:
+        cleanup(client, prefix)
+    return direct, cached
+
+
+def _time_checks(checker: DecisionClient, warm: bool = False, rounds: int = 5000) -> tuple[float, float]:
+    keys = [f"key-{index % 1000}" for index in range(rounds)]
+    if warm:
+        for key in keys[:1000]:
+            checker.check(key_id=key, ip="203.0.113.9")
+    samples = []
+    for key in keys:
+        started = time.perf_counter_ns()
+        checker.check(key_id=key, ip="203.0.113.9")
+        samples.append((time.perf_counter_ns() - started) / 1000)
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
+def append_to_decision(client: redis.Redis, folder: Path, rate: int, bots: int = 10) -> list[float]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    database = f"sqlite:///{folder}/{prefix}.db"
+    consumer = StreamConsumer(
+        client, open_store(database), plans=load_plans(), policy=load_policy(), detectors=default_detectors(),
+        windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
+        settings=StreamSettings(stream=f"{prefix}:events", dead_letter=f"{prefix}:dead", block_ms=50),
+    )
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    worker.start()
+    latencies: list[float] = []
+    try:
+        deadline = time.time() + 60
+        sent = 0
+        while time.time() < deadline and len(latencies) < bots:
+            tick = time.time()
+            pipeline = client.pipeline(transaction=False)
+            for _ in range(rate // 10):
+                pipeline.xadd(consumer.settings.stream, {"event": orjson.dumps(_event(f"bg-{sent % 2000}", tick, sent))})
+                sent += 1
+            for bot in range(bots):
+                for _ in range(10):  # 100 requests/s per bot: far above any plan's rate
+                    pipeline.xadd(consumer.settings.stream, {"event": orjson.dumps(_event(f"bot-{bot}", tick, sent, prompt="loop"))})
+                    sent += 1
+            pipeline.execute()
+            latencies = _decision_latencies(client, prefix, bots)
+            time.sleep(max(0.0, 0.1 - (time.time() - tick)))
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+        cleanup(client, prefix)
+    return latencies
+
+
+def _decision_latencies(client: redis.Redis, prefix: str, bots: int) -> list[float]:
+    found = []
+    now = time.time()
+    for bot in range(bots):
+        raw = client.get(subject_key(prefix, "key", f"bot-{bot}"))
+        if raw:
+            entry = orjson.loads(raw)["active"][0]
+            found.append(max(now - entry["detected_ms"] / 1000, 0.0))
+    return found if len(found) == bots else []
+
+
+def _event(key: str, ts: float, number: int, prompt: str = "") -> dict:
+    return {
+        "request_id": f"{key}-{number}", "ts": ts, "account_id": f"acct-{key}", "key_id": key, "plan": "text",
+        "endpoint": "/v1/chat/completions", "model": "m", "prompt_tokens": 10, "completion_tokens": 5, "cost": 0.001,
+        "ip": "198.51.100.7", "status": 200, "latency_ms": 300.0, "stream": False, "prompt_hash": prompt or f"p{number}",
+    }
+
+
+def cleanup(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])
+
+
+if __name__ == "__main__":
+    main()
