@@ -27,7 +27,7 @@ _STRENGTH = {("suspend", "all"): 3, ("suspend", "images"): 3, ("throttle", "all"
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What the gateway does with one request.
+    """The verdict for one request.
 
     ``action`` is ``allow``, ``throttle`` or ``suspend``. A throttle carries
     ``limit_rpm`` and ``scope`` (``all`` endpoints or only ``images``).

@@ -10,8 +10,8 @@ Measures, each under its own key prefix (removed afterwards):
 - decision lookup latency (p50/p99) through Redis (``DecisionClient`` without
   cache) and through the client's one-second cache;
 - append-to-decision latency: bots start sending while background traffic
-  runs at ``--rate`` events/s; the time from the request that crossed the
-  threshold (its ``detected_at``) to the decision being readable in Redis.
+  runs at ``--rate`` events/s. It is the time from the request that crossed
+  the threshold (its ``detected_at``) to the decision being readable in Redis.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         lines = simulated_lines(Path(folder), args.keys, args.events)
-        one = throughput(client, lines, Path(folder), workers=1)
-        two = throughput(client, lines, Path(folder), workers=2)
-        print(f"worker throughput: 1 worker {one:,.0f} events/s, 2 workers {two:,.0f} events/s ({len(lines):,} events)")
+        single = throughput(client, lines, Path(folder), workers=1)
+        double = throughput(client, lines, Path(folder), workers=2)
+        print(f"worker throughput: 1 worker {single:,.0f} events/s, 2 workers {double:,.0f} events/s ({len(lines):,} events)")
 
         direct, cached = lookup_latency(client, args.redis)
         print(f"lookup through Redis: p50 {direct[0]:.0f} µs, p99 {direct[1]:.0f} µs")

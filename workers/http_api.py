@@ -2,11 +2,11 @@
 
 ``GET /v1/decisions`` checks one request's key, account and address, as
 ``fairuse_gateway.DecisionClient.check`` does. ``GET /v1/decisions/stream``
-returns ``{"new": [...], "deleted": [...]}``: with ``startup=true`` every
-enforced decision in force (the strongest per subject, so a subject appears
-once), otherwise the changes since that gateway's previous pull; a subject
-whose decision ended but which still has another in force gets that one in
-``new`` again. Every call
+returns ``{"new": [...], "deleted": [...]}``. With ``startup=true`` it lists
+every enforced decision in force, the strongest per subject, so a subject
+appears once. Otherwise it lists the changes since that gateway's previous
+pull, and a subject whose decision ended but which still has another in force
+gets that one in ``new`` again. Every call
 needs an ``X-Api-Key`` issued by ``fairuse gateways add NAME``. FastAPI serves
 the OpenAPI description at ``/openapi.json`` and ``/docs``.
 """
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class VerdictOut(BaseModel):
-    """What the gateway should do with one request."""
+    """The verdict for one request: the action a gateway takes and why."""
 
     action: str
     subject_type: str = ""
