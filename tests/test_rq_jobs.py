@@ -1,0 +1,71 @@
+"""The RQ jobs, run by a real RQ worker against real Redis."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from rq import Queue, SimpleWorker
+
+from detector.decisions import Decision
+from detector.store import open_store
+from workers.jobs import consume_stream, republish_decisions
+
+pytestmark = pytest.mark.slow
+
+
+def _event(number, start=None):
+    # Events of the last twenty minutes, so the decisions they cause are in force now.
+    start = start if start is not None else time.time() - 1200
+    return {
+        "request_id": f"req-{number}", "ts": start + number * 2.0, "account_id": "acct-1", "key_id": "key-1",
+        "plan": "text", "endpoint": "/v1/chat/completions", "model": "m", "prompt_tokens": 10,
+        "completion_tokens": 5, "cost": 0.01, "ip": "198.51.100.7", "status": 200, "latency_ms": 500.0,
+        "stream": False, "prompt_hash": "same",
+    }
+
+
+@pytest.fixture
+def environment(monkeypatch, redis_prefix, sqlite_url):
+    monkeypatch.setenv("FAIRUSE_PREFIX", redis_prefix)
+    monkeypatch.setenv("FAIRUSE_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("FAIRUSE_NO_MODEL", "1")
+    return redis_prefix, sqlite_url
+
+
+def test_consume_job_scores_stream(environment, redis_client):
+    prefix, database = environment
+    start = time.time() - 1200
+    for number in range(600):
+        redis_client.xadd(f"{prefix}:events", {"event": orjson.dumps(_event(number, start))})
+    queue = Queue(f"{prefix}-queue", connection=redis_client)
+    job = queue.enqueue(consume_stream, seconds=3.0)
+
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+
+    job.refresh()
+    assert job.is_finished, job.latest_result()
+    assert job.return_value()["events"] == 600
+    decisions = open_store(database).all_decisions()
+    assert any("automation" in decision.reasons for decision in decisions)
+    assert redis_client.exists(f"{prefix}:decision:key:key-1")
+
+
+def test_republish_job_restores_keys(environment, redis_client):
+    prefix, database = environment
+    now = datetime.now(UTC)
+    decision = Decision(
+        id="in-force", subject_type="key", subject="key-7", action="suspend", reasons=["abnormal_cost"], score=90.0,
+        evidence={}, detected_at=now - timedelta(minutes=1), created_at=now, expires_at=now + timedelta(hours=1),
+        origin="abnormal_cost/1+policy/default-1",
+    )
+    open_store(database).save_decisions([decision])
+    queue = Queue(f"{prefix}-queue", connection=redis_client)
+
+    job = queue.enqueue(republish_decisions)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+
+    job.refresh()
+    assert job.is_finished
+    assert job.return_value() == 1
+    assert redis_client.exists(f"{prefix}:decision:key:key-7")

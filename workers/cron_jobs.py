@@ -1,0 +1,21 @@
+"""Schedule for ``rq cron workers.cron_jobs``: keep consumers running and Redis republished.
+
+``FAIRUSE_CONSUMERS`` (default 1) consume jobs are enqueued every minute, each
+running 55 s, so that many ``rq worker fairuse`` processes share the stream.
+Decisions are republished from the SQL store every five minutes, which also
+restores them after Redis lost its data.
+"""
+
+import os
+
+from rq import cron
+
+from workers.jobs import QUEUE, consume_stream, republish_decisions
+
+for slot in range(int(os.environ.get("FAIRUSE_CONSUMERS", "1"))):
+    cron.register(
+        consume_stream, queue_name=QUEUE, interval=60, kwargs={"seconds": 55.0, "consumer": f"cron-{slot}"},
+        job_timeout=180, name=f"consume-stream-{slot}",
+    )
+
+cron.register(republish_decisions, queue_name=QUEUE, interval=300, job_timeout=300, name="republish-decisions")

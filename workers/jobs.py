@@ -1,0 +1,79 @@
+"""RQ jobs: stream consumption and maintenance, run by ``rq worker fairuse``.
+
+``workers/cron_jobs.py`` schedules them with ``rq cron workers.cron_jobs``.
+Settings come from the environment: ``FAIRUSE_DATABASE_URL`` (the store),
+``FAIRUSE_PREFIX`` (Redis key prefix, default ``fairuse``) and
+``FAIRUSE_NO_MODEL`` (set to 1 to skip the anomaly model). Each job uses the
+Redis connection of the worker that runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from rq import get_current_job
+
+from detector.model_registry import ModelError, load_model
+from detector.pipeline import default_detectors
+from detector.plans import load_plans
+from detector.policy import load_policy
+from detector.store import open_store
+from workers.consumer import StreamConsumer, StreamSettings
+from workers.publish import DecisionPublisher
+from workers.window import EventWindows
+
+logger = logging.getLogger(__name__)
+QUEUE = "fairuse"
+
+
+def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[str, int]:
+    """Consume the event stream for up to ``seconds`` and return what was processed.
+
+    The model is loaded afresh by every run, so a newly trained version in
+    ``models/`` is used from the next run on, without restarting workers.
+    """
+    job = get_current_job()
+    connection = job.connection
+    prefix = os.environ.get("FAIRUSE_PREFIX", "fairuse")
+    store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
+    name = consumer or f"rq-{job.id}"
+    stream_consumer = StreamConsumer(
+        connection, store, plans=load_plans(), policy=load_policy(), detectors=default_detectors(_model()),
+        windows=EventWindows(connection, prefix=prefix), publisher=DecisionPublisher(connection, prefix=prefix),
+        settings=StreamSettings(stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", consumer=name),
+    )
+
+    totals = {"entries": 0, "events": 0, "dead": 0, "decisions": 0}
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    try:
+        stream_consumer.ensure_group()
+        while not stop.is_set():
+            outcome = stream_consumer.process_once()
+            for field in totals:
+                totals[field] += getattr(outcome, field)
+    finally:
+        timer.cancel()
+    logger.info("job %s consumed %s", job.id, totals)
+    return totals
+
+
+def republish_decisions() -> int:
+    """Publish every enforced decision in force from the SQL store to Redis."""
+    job = get_current_job()
+    prefix = os.environ.get("FAIRUSE_PREFIX", "fairuse")
+    store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
+    return DecisionPublisher(job.connection, prefix=prefix).republish(store)
+
+
+def _model():
+    if os.environ.get("FAIRUSE_NO_MODEL") == "1":
+        return None
+    try:
+        return load_model()
+    except ModelError as error:
+        logger.warning("anomaly detector skipped: %s", error)
+        return None
