@@ -1,0 +1,146 @@
+"""A LiteLLM custom logger that appends each call's metadata to the fairuse event stream.
+
+Register it on a LiteLLM proxy (``litellm_settings: callbacks:
+fairuse_gateway.litellm_callback.proxy_handler_instance``) or in code
+(``litellm.callbacks = [FairuseLogger()]``). It reads LiteLLM's standard
+logging payload and sends the fields of the event contract: never the
+messages, and for the key only the hash the proxy already computed
+(``user_api_key_hash``). Calls without a client address (library use, not the
+proxy) are sent with an empty ``ip`` and land in the workers' dead-letter
+stream, because the contract needs an address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+import redis
+from litellm.integrations.custom_logger import CustomLogger
+
+logger = logging.getLogger(__name__)
+
+# LiteLLM call types and the OpenAI-compatible endpoint each one serves.
+ENDPOINTS: dict[str, str] = {
+    "completion": "/v1/chat/completions",
+    "acompletion": "/v1/chat/completions",
+    "text_completion": "/v1/completions",
+    "atext_completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+    "aembedding": "/v1/embeddings",
+    "image_generation": "/v1/images/generations",
+    "aimage_generation": "/v1/images/generations",
+    "image_edit": "/v1/images/edits",
+    "aimage_edit": "/v1/images/edits",
+    "transcription": "/v1/audio/transcriptions",
+    "atranscription": "/v1/audio/transcriptions",
+    "speech": "/v1/audio/speech",
+    "aspeech": "/v1/audio/speech",
+    "responses": "/v1/responses",
+    "aresponses": "/v1/responses",
+}
+
+
+class FairuseLogger(CustomLogger):
+    """Append one fairuse event per LiteLLM call to a Redis stream.
+
+    ``plan_of`` maps LiteLLM's logging metadata to a plan name (default: the
+    team alias, else ``default``). ``credits_per_usd`` converts LiteLLM's
+    ``response_cost`` (US dollars) into plan credits.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        stream: str = "fairuse:events",
+        maxlen: int = 1_000_000,
+        credits_per_usd: float = 1.0,
+        plan_of: Callable[[Mapping[str, Any]], str] | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
+        super().__init__()
+        url = redis_url or os.environ.get("FAIRUSE_REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.client = client or redis.Redis.from_url(url, socket_timeout=0.1, socket_connect_timeout=0.1)
+        self.stream = stream
+        self.maxlen = maxlen
+        self.credits_per_usd = credits_per_usd
+        self.plan_of = plan_of or _team_alias_or_default
+        self.failures = 0
+
+    def log_success_event(self, kwargs, response_obj, start_time, end_time) -> None:
+        self._append(kwargs, response_obj, status=200)
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time) -> None:
+        self._append(kwargs, response_obj, status=200)
+
+    def log_failure_event(self, kwargs, response_obj, start_time, end_time) -> None:
+        self._append(kwargs, response_obj, status=_status_of(kwargs))
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time) -> None:
+        self._append(kwargs, response_obj, status=_status_of(kwargs))
+
+    def event(self, kwargs: Mapping[str, Any], response_obj: Any, status: int) -> dict[str, Any] | None:
+        """Return the fairuse event for one call, or None when LiteLLM gave no logging payload."""
+        payload = kwargs.get("standard_logging_object")
+        if not payload:
+            return None
+        metadata = payload.get("metadata") or {}
+        key = metadata.get("user_api_key_hash") or metadata.get("user_api_key_alias") or payload.get("end_user") or "anonymous"
+        account = metadata.get("user_api_key_user_id") or metadata.get("user_api_key_team_id") or key
+        start = float(payload.get("startTime") or 0.0)
+        end = float(payload.get("endTime") or start)
+        call_type = str(payload.get("call_type") or "")
+        return {
+            "request_id": str(payload.get("id") or payload.get("litellm_call_id")),
+            "ts": start,
+            "account_id": str(account),
+            "key_id": str(key),
+            "plan": self.plan_of(metadata),
+            "endpoint": ENDPOINTS.get(call_type, f"/v1/{call_type}"),
+            "model": str(payload.get("model") or ""),
+            "prompt_tokens": int(payload.get("prompt_tokens") or 0),
+            "completion_tokens": int(payload.get("completion_tokens") or 0),
+            "images": _image_count(call_type, response_obj),
+            "cost": float(payload.get("response_cost") or 0.0) * self.credits_per_usd,
+            "ip": str(payload.get("requester_ip_address") or metadata.get("requester_ip_address") or ""),
+            "user_agent": str(metadata.get("user_agent") or ""),
+            "status": status,
+            "latency_ms": max(end - start, 0.0) * 1000,
+            "stream": bool(payload.get("stream")),
+        }
+
+    def _append(self, kwargs, response_obj, status: int) -> None:
+        record = self.event(kwargs, response_obj, status)
+        if record is None:
+            return
+        try:
+            self.client.xadd(self.stream, {"event": orjson.dumps(record)}, maxlen=self.maxlen, approximate=True)
+        except redis.RedisError as error:
+            # Never fail the user's call because moderation is unreachable.
+            self.failures += 1
+            logger.warning("fairuse event for request %s not sent (%d so far): %s", record["request_id"], self.failures, error)
+
+
+def _team_alias_or_default(metadata: Mapping[str, Any]) -> str:
+    return str(metadata.get("user_api_key_team_alias") or "default")
+
+
+def _status_of(kwargs: Mapping[str, Any]) -> int:
+    status = getattr(kwargs.get("exception"), "status_code", None)
+    return int(status) if isinstance(status, int) and 100 <= status <= 599 else 500
+
+
+def _image_count(call_type: str, response_obj: Any) -> int:
+    if "image" not in call_type:
+        return 0
+    data = getattr(response_obj, "data", None)
+    return len(data) if data else 1
+
+
+proxy_handler_instance = None
+if os.environ.get("FAIRUSE_LITELLM_AUTOSTART") == "1":
+    proxy_handler_instance = FairuseLogger()
