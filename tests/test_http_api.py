@@ -1,5 +1,6 @@
 """The HTTP decisions API over real SQLite and Redis, through FastAPI's test client."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -85,7 +86,8 @@ def test_stream_returns_only_changes_after_startup(setup):
     client, headers, store, _ = setup
     store.save_decisions([_decision("suspend")])
     client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers)
-    store.save_decisions([_decision("throttle", subject="key-3", created=datetime.now(UTC) + timedelta(milliseconds=5))])
+    time.sleep(0.01)  # created strictly after the startup pull, and before the next one
+    store.save_decisions([_decision("throttle", subject="key-3", created=datetime.now(UTC))])
 
     body = client.get("/v1/decisions/stream", headers=headers).json()
 
@@ -99,8 +101,6 @@ def test_shorter_decision_ending_resends_longer(setup):
     store.save_decisions([short, long])
     first = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
     assert [item["id"] for item in first["new"]] == ["short"]
-
-    import time
 
     time.sleep(0.6)
     body = client.get("/v1/decisions/stream", headers=headers).json()

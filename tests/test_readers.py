@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import math
+import os
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from hypothesis import strategies as st
 from detector.events import COLUMNS, MAX_TEXT_LENGTH
 from detector.readers import ReaderError, ReadResult, read_events, validate_records
 from detector.readers import jsonl as jsonl_module
+from detector.readers import source as source_module
 
 REAL_ACCESS_LOG = Path(__file__).resolve().parent / "data" / "real" / "apache_combined_2015.log.gz"
 SECRET = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"
@@ -421,6 +425,20 @@ def test_naive_timestamp_rejected(tmp_path, json_parser):
     ]
 
 
+@pytest.mark.parametrize("ts", ["2026-11-23T10Z", "2026-11-23T10+08", "2026-11-23 10Z", "2026-11-23T10+08:00"])
+@pytest.mark.parametrize("batch", ["alone", "mixed"])
+def test_hour_only_time_rejected(ts, batch):
+    # One style in a batch takes Arrow's cast, a mix takes the value-by-value path.
+    records = [make_record(number, ts=ts) for number in range(3)]
+    if batch == "mixed":
+        records.append(make_record(3, ts="2026-11-23T10:00:00Z"))
+
+    _, rejects = validate_records(records, "stream")
+
+    assert [(reject.line, reject.field) for reject in rejects] == [(1, "ts"), (2, "ts"), (3, "ts")]
+    assert rejects[0].reason.startswith("not an RFC 3339 time or epoch seconds")
+
+
 @pytest.mark.parametrize("ts", ["1999-12-31T23:59:59Z", "2101-01-01T00:00:00Z", 1795428000000, "9999-01-01T00:00:00Z"])
 def test_absurd_year_rejected(ts):
     _, rejects = validate_records([make_record(1, ts=ts)], "stream")
@@ -643,6 +661,41 @@ def test_same_secret_gets_same_hash():
     assert frame["key_id"].nunique() == 1
 
 
+@pytest.mark.parametrize("wrapped", [SECRET + "\n", " " + SECRET, "Bearer " + SECRET, f'"{SECRET}"'])
+def test_wrapped_secret_hashed_like_bare_one(wrapped):
+    frame, _ = validate_records([make_record(1, key_id=wrapped), make_record(2, key_id=SECRET)], "stream")
+
+    assert frame["key_id"].tolist()[0].startswith("sha256:")
+    assert frame["key_id"].nunique() == 1
+
+
+def test_secret_inside_word_kept():
+    key_id = "task-0123456789abcdefghij"
+
+    frame, _ = validate_records([make_record(1, key_id=key_id)], "stream")
+
+    assert frame["key_id"].tolist() == [key_id]
+
+
+def test_secret_in_account_id_hashed(tmp_path):
+    path = write_jsonl(tmp_path / "events.jsonl", [make_record(1, account_id=SECRET)])
+
+    result = read_one(path)
+
+    assert result.frame["account_id"].tolist()[0].startswith("sha256:")
+    assert result.warnings == [
+        f"{path}: 1 account_id values looked like API key secrets (sk-...) and were replaced by their SHA-256 hash"
+    ]
+
+
+def test_non_string_secret_hidden_in_reject(tmp_path, json_parser):
+    result = read_one(write_jsonl(tmp_path / "events.jsonl", [make_record(1, key_id=[SECRET])]))
+
+    assert [(reject.field, reject.reason.split(":")[0]) for reject in result.rejects] == [("key_id", "not a string")]
+    assert SECRET not in result.rejects[0].reason
+    assert "sha256:" in result.rejects[0].reason
+
+
 def test_short_sk_value_kept():
     frame, _ = validate_records([make_record(1, key_id="sk-test")], "stream")
 
@@ -807,6 +860,95 @@ def test_concatenated_gzip_members_read(tmp_path):
     assert result.warnings == []
 
 
+def test_gzip_bad_checksum_keeps_content(tmp_path):
+    path = tmp_path / "events.jsonl.gz"
+    damaged = bytearray(gzip.compress(b"".join(json.dumps(make_record(n)).encode() + b"\n" for n in range(20))))
+    damaged[-8] ^= 0xFF  # the CRC-32 in the trailer
+    path.write_bytes(bytes(damaged))
+
+    result = read_one(path)
+
+    assert len(result.frame) == 20
+    assert [(reject.line, reject.field) for reject in result.rejects] == [(21, "-")]
+    assert result.rejects[0].reason.startswith("gzip checksum mismatch")
+    assert [warning.split(": ")[1] for warning in result.warnings] == ["gzip checksum mismatch"]
+
+
+def test_gzip_bad_length_reported(tmp_path):
+    path = tmp_path / "events.jsonl.gz"
+    damaged = bytearray(gzip.compress(json.dumps(make_record(1)).encode() + b"\n"))
+    damaged[-4] ^= 0xFF  # the length in the trailer
+    path.write_bytes(bytes(damaged))
+
+    result = read_one(path)
+
+    assert len(result.frame) == 1
+    assert [reject.reason.split(":")[0] for reject in result.rejects] == ["gzip length mismatch"]
+
+
+def test_gzip_header_with_file_name_read(tmp_path):
+    path = tmp_path / "events.jsonl.gz"
+    with gzip.GzipFile(filename="original-name.jsonl", mode="wb", fileobj=path.open("wb")) as handle:
+        handle.write(json.dumps(make_record(1)).encode() + b"\n")
+
+    result = read_one(path)
+
+    assert len(result.frame) == 1
+    assert result.warnings == []
+
+
+def test_gzip_read_in_small_pieces(tmp_path, monkeypatch):
+    # Member headers, deflate data and trailers split across reads.
+    monkeypatch.setattr(source_module, "READ_SIZE", 3)
+    path = tmp_path / "events.jsonl.gz"
+    first = gzip.compress(b"".join(json.dumps(make_record(n)).encode() + b"\n" for n in range(30)))
+    second = gzip.compress(json.dumps(make_record(30)).encode() + b"\n")
+    path.write_bytes(first + second)
+
+    result = read_one(path)
+
+    assert len(result.frame) == 31
+    assert result.rejects == []
+    assert result.warnings == []
+
+
+# Pipes
+
+
+def test_fifo_read_completely(tmp_path):
+    records = [make_record(number) for number in range(3000)]
+    source = write_jsonl(tmp_path / "source.jsonl", records)
+    fifo = tmp_path / "events"  # no extension, so the format comes from the content
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f'cat "{source}" > "{fifo}"'])
+    try:
+        result = read_one(fifo)
+    finally:
+        writer.kill()
+        writer.wait()
+
+    assert result.records == 3000
+    assert len(result.frame) == 3000
+    assert result.rejects == []
+
+
+def test_fifo_gzip_parquet_read(tmp_path):
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist([make_record(number) for number in range(50)]), buffer)
+    source = tmp_path / "source.gz"
+    source.write_bytes(gzip.compress(buffer.getvalue().to_pybytes()))
+    fifo = tmp_path / "events"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f'cat "{source}" > "{fifo}"'])
+    try:
+        result = read_one(fifo)
+    finally:
+        writer.kill()
+        writer.wait()
+
+    assert len(result.frame) == 50
+
+
 # CSV and Parquet line numbers
 
 
@@ -844,6 +986,67 @@ def test_csv_repeated_header_column_raises(tmp_path):
 
     with pytest.raises(ReaderError, match="repeats request_id"):
         read_one(path)
+
+
+def test_csv_header_with_spaces_raises(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("request_id, ts, account_id\nx,1,y\n")
+
+    with pytest.raises(ReaderError, match="header has spaces around column names"):
+        read_one(path)
+
+
+def test_csv_quoted_line_break_rejected_once(tmp_path):
+    records = [make_record(number) for number in range(5)]
+    records[2]["user_agent"] = "line one\nline two\nline three"
+    path = write_csv(tmp_path / "events.csv", records)
+
+    result = read_one(path)
+
+    assert result.records == 5
+    assert [(reject.line, reject.field) for reject in result.rejects] == [(4, "-")]
+    assert "line break" in result.rejects[0].reason
+    assert "not supported" in result.rejects[0].reason
+    assert result.frame["request_id"].tolist() == ["req-00000", "req-00001", "req-00003", "req-00004"]
+
+
+def test_csv_stray_quote_rejects_one_line(tmp_path):
+    path = write_csv(tmp_path / "events.csv", [make_record(number) for number in range(4)])
+    lines = path.read_text().splitlines()
+    lines[2] = 'x,"unclosed'
+    path.write_text("\n".join(lines) + "\n")
+
+    result = read_one(path)
+
+    assert result.records == 4
+    assert [(reject.line, reject.field) for reject in result.rejects] == [(3, "-")]
+    assert len(result.frame) == 3
+
+
+def test_parquet_null_column_any_type_missing(tmp_path):
+    table = pa.Table.from_pylist([make_record(number) for number in range(3)])
+    table = table.set_column(table.schema.get_field_index("images"), "images", pa.nulls(3, type=pa.bool_()))
+    table = table.set_column(table.schema.get_field_index("country"), "country", pa.nulls(3, type=pa.int64()))
+    pq.write_table(table, tmp_path / "events.parquet")
+
+    result = read_one(tmp_path / "events.parquet")
+
+    assert result.rejects == []
+    assert result.frame["images"].tolist() == [0, 0, 0]
+    assert result.frame["country"].tolist() == ["", "", ""]
+
+
+def test_parquet_wrong_type_null_is_missing(tmp_path):
+    table = pa.Table.from_pylist([make_record(number) for number in range(2)])
+    table = table.set_column(table.schema.get_field_index("cost"), "cost", pa.array([True, None]))
+    pq.write_table(table, tmp_path / "events.parquet")
+
+    result = read_one(tmp_path / "events.parquet")
+
+    assert [(reject.line, reject.reason) for reject in result.rejects] == [
+        (1, "a boolean where a number is expected: True"),
+        (2, "missing required field"),
+    ]
 
 
 def test_parquet_reject_line_is_row_plus_one(tmp_path):
@@ -954,20 +1157,58 @@ def test_access_log_fields_mapped(tmp_path):
     assert row["stream"] is np.False_
 
 
+def access_log_id_prefix(path: Path) -> str:
+    """Return the request_id prefix that the access-log reader gives the file at path."""
+    return f"access.log@{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
 def test_access_log_request_ids_stable(tmp_path):
     path = write_lines(tmp_path / "access.log", [access_line(second=1), access_line(second=2)])
+    prefix = access_log_id_prefix(path)
 
     first = read_one(path).frame["request_id"].tolist()
     second = read_one(path).frame["request_id"].tolist()
 
-    assert first == ["access.log:1", "access.log:2"]
+    assert first == [f"{prefix}:1", f"{prefix}:2"]
     assert second == first
+
+
+def test_access_log_ids_ignore_working_directory(tmp_path, monkeypatch):
+    path = write_lines(tmp_path / "access.log", [access_line(second=1)])
+    absolute = read_one(path).frame["request_id"].tolist()
+
+    monkeypatch.chdir(tmp_path)
+    relative = read_one(Path("access.log")).frame["request_id"].tolist()
+
+    assert relative == absolute
+
+
+def test_access_log_ids_same_through_symlink(tmp_path):
+    path = write_lines(tmp_path / "access.log", [access_line(second=1)])
+    link = tmp_path / "current.log"
+    link.symlink_to(path)
+
+    assert read_one(link).frame["request_id"].tolist() == read_one(path).frame["request_id"].tolist()
+
+
+def test_same_named_access_logs_get_distinct_ids(tmp_path):
+    paths = []
+    for folder in ("web1", "web2"):
+        (tmp_path / folder).mkdir()
+        paths.append(write_lines(tmp_path / folder / "access.log", [access_line(second=1)]))
+
+    result = read_events(paths)
+
+    assert result.duplicates == 0
+    assert len(result.frame) == 2
+    assert result.frame["request_id"].str.startswith("access.log@").all()
 
 
 def test_access_log_gzip_ids_match_plain(tmp_path):
     path = write_lines(tmp_path / "access.log", [access_line(second=1)])
+    prefix = access_log_id_prefix(path)
 
-    assert read_one(gzip_copy(path)).frame["request_id"].tolist() == ["access.log:1"]
+    assert read_one(gzip_copy(path)).frame["request_id"].tolist() == [f"{prefix}:1"]
 
 
 def test_access_log_malformed_line_rejected(tmp_path):
@@ -976,7 +1217,8 @@ def test_access_log_malformed_line_rejected(tmp_path):
 
     assert [(reject.line, reject.field) for reject in result.rejects] == [(2, "-")]
     assert result.rejects[0].reason == "not an Apache/nginx combined log line: 'this is not a log line'"
-    assert result.frame["request_id"].tolist() == ["access.log:1", "access.log:4"]
+    prefix = access_log_id_prefix(tmp_path / "access.log")
+    assert result.frame["request_id"].tolist() == [f"{prefix}:1", f"{prefix}:4"]
     assert result.records == 3
 
 
@@ -995,6 +1237,33 @@ def test_access_log_garbage_request_kept(tmp_path):
     assert row["endpoint"] == "\\x16\\x03\\x01"
     assert row["status"] == 400
     assert row["user_agent"] == ""
+
+
+def test_access_log_ipv6_subject_canonical(tmp_path):
+    lines = [access_line(second=1, host="2001:0DB8::0001"), access_line(second=2, host="::ffff:192.0.2.1")]
+    frame = read_one(write_lines(tmp_path / "access.log", lines)).frame
+
+    assert frame["key_id"].tolist() == ["2001:db8::1", "192.0.2.1"]
+    assert frame["account_id"].tolist() == ["2001:db8::1", "192.0.2.1"]
+    assert frame["ip"].tolist() == ["2001:db8::1", "192.0.2.1"]
+
+
+def test_access_log_secret_user_hashed(tmp_path):
+    path = write_lines(tmp_path / "access.log", [access_line(second=1, user=SECRET)])
+
+    result = read_one(path)
+
+    assert result.frame["key_id"].tolist()[0].startswith("sha256:")
+    assert result.frame["account_id"].tolist() == result.frame["key_id"].tolist()
+    assert SECRET not in result.frame.to_csv()
+
+
+def test_access_log_reject_hides_secret(tmp_path):
+    line = access_line(second=1, user=SECRET).removesuffix(' "curl/8.5.0"')
+    result = read_one(write_lines(tmp_path / "access.log", [line]))
+
+    assert [reject.field for reject in result.rejects] == ["-"]
+    assert SECRET not in result.rejects[0].reason
 
 
 def test_real_access_log_reads(tmp_path):

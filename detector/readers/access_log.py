@@ -2,15 +2,22 @@
 
 Line format: host ident authuser [dd/Mon/yyyy:HH:MM:SS +zzzz] "METHOD path HTTP/x"
 status bytes "referer" "user-agent". The subject of a line is the remote user
-when the log has one, else the client address: key_id and account_id both take
-it, and subject_type records which ("key" or "ip"). Fields a web server does not
-log get fixed values (plan "default", no model, tokens, cost or latency). A
-line's request_id is "<file name without .gz>:<line number>", so reading the
-same file again yields the same ids.
+when the log has one, else the client address in canonical spelling: key_id and
+account_id both take it, and subject_type records which ("key" or "ip"). Fields
+a web server does not log get fixed values (plan "default", no model, tokens,
+cost or latency).
+
+A line's request_id is "<base name>@<path hash>:<line number>", such as
+"access.log@3f9a2c1e:812". Both parts come from the file's absolute path with
+symlinks resolved and without ".gz": the path hash is the first 8 hex digits of
+its SHA-256. So reading the same file again, from any working directory, through
+a symlink or after gzip, yields the same ids, and two files named access.log in
+different folders do not share ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -20,8 +27,9 @@ import pyarrow.compute as pc
 
 from detector.events import Reject
 from detector.readers.base import RawBatch
+from detector.readers.checks import canonical_ips
 from detector.readers.columns import RawColumn, true_mask
-from detector.readers.reasons import shorten
+from detector.readers.reasons import format_value
 from detector.readers.source import InputFile, LineBlocks
 
 # Quoted fields may contain backslash-escaped quotes (\"), as Apache writes them.
@@ -37,7 +45,7 @@ BLOCK_SIZE = 8 << 20
 
 def read_access_log(input_file: InputFile) -> Iterator[RawBatch | Reject]:
     """Yield raw batches and parse-level rejects for a combined access log."""
-    id_prefix = os.path.basename(input_file.name).removesuffix(".gz")
+    id_prefix = request_id_prefix(input_file.name)
     blocks = LineBlocks(input_file, BLOCK_SIZE)
     for block in blocks:
         yield from parse_access_lines(block.data, block.first_line, input_file.name, id_prefix)
@@ -45,6 +53,13 @@ def read_access_log(input_file: InputFile) -> Iterator[RawBatch | Reject]:
     gzip_reject = blocks.gzip_error_reject()
     if gzip_reject is not None:
         yield gzip_reject
+
+
+def request_id_prefix(name: str) -> str:
+    """Return the part of a request_id before the line number: base name and path hash."""
+    path = os.path.realpath(name).removesuffix(".gz")
+    path_hash = hashlib.sha256(os.fsencode(path)).hexdigest()[:8]
+    return f"{os.path.basename(path)}@{path_hash}"
 
 
 def parse_access_lines(data: bytes, first_line: int, source: str, id_prefix: str) -> Iterator[RawBatch | Reject]:
@@ -62,10 +77,10 @@ def parse_access_lines(data: bytes, first_line: int, source: str, id_prefix: str
     dated = true_mask(times.is_valid())
 
     for row in np.flatnonzero(~matched):
-        reason = f"not an Apache/nginx combined log line: {shorten(repr(lines[row].as_py()))}"
+        reason = f"not an Apache/nginx combined log line: {format_value(lines[row].as_py())}"
         yield Reject(source, int(numbers[row]), "-", reason)
     for row in np.flatnonzero(matched & ~dated):
-        reason = f"not a time in dd/Mon/yyyy:HH:MM:SS +zzzz form: {shorten(repr(fields.field('time')[row].as_py()))}"
+        reason = f"not a time in dd/Mon/yyyy:HH:MM:SS +zzzz form: {format_value(fields.field('time')[row].as_py())}"
         yield Reject(source, int(numbers[row]), "ts", reason)
 
     good = pa.array(matched & dated)
@@ -76,7 +91,8 @@ def parse_access_lines(data: bytes, first_line: int, source: str, id_prefix: str
 def access_batch(fields: pa.StructArray, times: pa.Array, numbers: np.ndarray, id_prefix: str) -> RawBatch:
     """Return the raw batch for parsed access-log lines."""
     count = len(numbers)
-    hosts = fields.field("host")
+    # Invalid addresses stay as they are, and the ip check rejects them.
+    hosts, _ = canonical_ips(fields.field("host"))
     users = fields.field("user")
     has_user = pc.not_equal(users, "-")
     subjects = pc.if_else(has_user, users, hosts)

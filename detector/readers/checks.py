@@ -3,13 +3,12 @@
 Each check takes a ``RawColumn`` and returns a ``Checked``: the field's values
 in their canonical form and a ``Problem`` code per row. Checks work on whole
 Arrow or numpy arrays. Python code runs at most once per distinct value (IP
-addresses that are not plain IPv4, country codes, stream words). Only API key
-secrets, which should not occur at all, are hashed row by row.
+addresses that are not plain IPv4, country codes, stream words, API key
+secrets).
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,13 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detector.events import MAX_TEXT_LENGTH
-from detector.readers.columns import Kind, RawColumn, null_mask, true_mask
+from detector.readers.api_keys import replace_secrets
+from detector.readers.columns import Kind, Part, RawColumn, null_mask, true_mask
 from detector.readers.reasons import Problem
 
 # Maximum count: float64 represents every whole number up to 2**53 exactly.
 MAX_COUNT = 2.0**53
 
-SECRET_KEY_PATTERN = r"^sk-[A-Za-z0-9_\-]{16,}$"
 PROMPT_HASH_PATTERN = r"^[A-Za-z0-9+/=_:.\-]+$"
 MAX_PROMPT_HASH_LENGTH = 128
 # Dotted-quad IPv4 exactly as ipaddress prints it (no leading zeros), so it needs no rewrite.
@@ -45,13 +44,20 @@ class Checked:
     # numpy array, or Arrow string array for text. Entries at invalid rows are undefined.
     values: np.ndarray | pa.Array
     errors: np.ndarray
-    # key_id values that looked like API key secrets and were replaced by their hash.
+    # Values that contained API key secrets and were replaced by their hash.
     secrets_replaced: int = 0
 
 
 def flag(errors: np.ndarray, condition: np.ndarray, problem: Problem) -> None:
     """Set problem on the rows where condition is true and no earlier problem was found."""
     errors[(errors == Problem.OK) & condition] = problem
+
+
+def wrong_type_problems(part: Part, problem: Problem) -> np.ndarray | Problem:
+    """Return problem for each row of a part of the wrong type, MISSING where its value is null."""
+    if part.values is None:
+        return problem
+    return np.where(null_mask(part.values), Problem.MISSING, problem)
 
 
 def scatter(target: np.ndarray, rows: np.ndarray | None, values: object) -> None:
@@ -84,7 +90,7 @@ def text_values(column: RawColumn) -> tuple[pa.Array, np.ndarray]:
         elif part.kind is Kind.NULL:
             problems = Problem.MISSING
         else:
-            problems = Problem.NOT_TEXT
+            problems = wrong_type_problems(part, Problem.NOT_TEXT)
         scatter(errors, part.rows, problems)
     return pa.array(strings, type=pa.string()), errors
 
@@ -133,22 +139,10 @@ def check_subject_type(column: RawColumn) -> Checked:
     return check_text(column, allow_empty=False, default="key")
 
 
-def hash_secret(secret: str) -> str:
-    """Return the stored stand-in for an API key secret: "sha256:" and 16 hex digits."""
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-def check_key_id(column: RawColumn) -> Checked:
-    """Check key_id, first replacing values that look like API key secrets by their hash."""
+def check_subject_identifier(column: RawColumn) -> Checked:
+    """Check key_id or account_id, first replacing values that contain API key secrets by their hash."""
     strings, errors = text_values(column)
-    secrets = true_mask(pc.starts_with(strings, "sk-"))
-    if secrets.any():
-        secrets &= true_mask(pc.match_substring_regex(strings, SECRET_KEY_PATTERN))
-    replaced = int(secrets.sum())
-    if replaced:
-        hashes = [hash_secret(secret) for secret in strings.filter(pa.array(secrets)).to_pylist()]
-        strings = pc.replace_with_mask(strings, pa.array(secrets), pa.array(hashes, type=pa.string()))
-
+    strings, replaced = replace_secrets(strings)
     flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
     flag_long_text(strings, errors)
     return Checked(strings, errors, secrets_replaced=replaced)
@@ -195,19 +189,32 @@ def normalize_ip(text: str) -> str | None:
     return str(address)
 
 
+def canonical_ips(strings: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Rewrite every IP address in strings to its canonical spelling.
+
+    Returns the new strings and a mask of the non-null values that are no IP
+    address. Those values are kept as they are.
+    """
+    invalid = np.zeros(len(strings), dtype=bool)
+    canonical = true_mask(pc.match_substring_regex(strings, CANONICAL_IPV4_PATTERN))
+    others = np.flatnonzero(~canonical & ~null_mask(strings))
+    if len(others) == 0:
+        return strings, invalid
+
+    normalized = map_distinct(strings.take(pa.array(others)), normalize_ip)
+    not_addresses = normalized.invalid_rows()
+    invalid[others[not_addresses]] = True
+    rewrite = np.zeros(len(strings), dtype=bool)
+    rewrite[others[~not_addresses]] = True
+    replacements = normalized.row_strings().filter(pa.array(~not_addresses))
+    return pc.replace_with_mask(strings, pa.array(rewrite), replacements), invalid
+
+
 def check_ip(column: RawColumn) -> Checked:
     """Check the client address and store it in ipaddress's canonical spelling."""
     strings, errors = text_values(column)
-    canonical = true_mask(pc.match_substring_regex(strings, CANONICAL_IPV4_PATTERN))
-    others = np.flatnonzero(~canonical & (errors == Problem.OK))
-    if len(others) == 0:
-        return Checked(strings, errors)
-
-    normalized = map_distinct(strings.take(pa.array(others)), normalize_ip)
-    errors[others[normalized.invalid_rows()]] = Problem.NOT_IP
-    rewrite = np.zeros(column.length, dtype=bool)
-    rewrite[others] = True
-    strings = pc.replace_with_mask(strings, pa.array(rewrite), normalized.row_strings())
+    strings, invalid = canonical_ips(strings)
+    flag(errors, invalid, Problem.NOT_IP)
     return Checked(strings, errors)
 
 
@@ -275,9 +282,9 @@ def number_values(column: RawColumn) -> tuple[np.ndarray, np.ndarray]:
         elif part.kind is Kind.NULL:
             scatter(errors, part.rows, Problem.MISSING)
         elif part.kind is Kind.BOOLEAN:
-            scatter(errors, part.rows, Problem.BOOLEAN_FOR_NUMBER)
+            scatter(errors, part.rows, wrong_type_problems(part, Problem.BOOLEAN_FOR_NUMBER))
         else:
-            scatter(errors, part.rows, Problem.NOT_NUMBER)
+            scatter(errors, part.rows, wrong_type_problems(part, Problem.NOT_NUMBER))
     return result, errors
 
 
@@ -350,8 +357,7 @@ def check_stream(column: RawColumn) -> Checked:
             scatter(errors, part.rows, np.where(null_mask(part.values), Problem.MISSING, Problem.OK))
             continue
         if part.kind in (Kind.NULL, Kind.UNSUPPORTED, Kind.TIMESTAMP):
-            problem = Problem.MISSING if part.kind is Kind.NULL else Problem.NOT_BOOLEAN
-            scatter(errors, part.rows, problem)
+            scatter(errors, part.rows, wrong_type_problems(part, Problem.NOT_BOOLEAN))
             continue
 
         if part.kind is Kind.NUMBER:

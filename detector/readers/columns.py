@@ -63,6 +63,9 @@ class RawColumn:
             values = values.dictionary_decode()
         if pa.types.is_large_string(values.type) or pa.types.is_string_view(values.type):
             values = values.cast(pa.string())
+        if len(values) and values.null_count == len(values):
+            # A column of nulls is missing whatever type it was written with.
+            return cls.missing(len(values))
         return cls(len(values), [Part(kind_of_arrow_type(values.type), values)])
 
     @classmethod

@@ -3,7 +3,8 @@
 Arrow parses clean blocks with every contract column as text (the checks parse
 numbers and booleans). A block Arrow cannot parse, or whose row count does not
 match its non-blank lines, is read line by line with the csv module so each
-bad line becomes one reject. Quoted values must not contain line breaks.
+bad line becomes one reject. Quoted values must not contain line breaks: a
+record whose quoted value spans lines becomes one reject at its first line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from detector.readers.source import InputFile, LineBlocks, index_lines, non_blan
 from detector.readers.validate import batch_from_records
 
 ARROW_CHUNK_SIZE = 4 << 20
+# Lines after a line with an unclosed quote that are tried as the rest of its record.
+MAX_CONTINUATION_LINES = 100
 
 
 def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
@@ -57,6 +60,13 @@ def split_header(data: bytes, first_line: int, source: str) -> tuple[list[str] |
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         raise ReaderError(f"{source}:{index.numbers[0]}: the CSV header repeats {', '.join(duplicated)}; name each column once")
+    padded = [name for name in header if name != name.strip() and name.strip() in INPUT_FIELDS]
+    if padded:
+        shown = ", ".join(repr(name) for name in padded[:3])
+        raise ReaderError(
+            f"{source}:{index.numbers[0]}: the CSV header has spaces around column names ({shown}); "
+            "remove the spaces after the commas in the header line"
+        )
 
     rest_start = index.ends[0] + 1
     return header, data[rest_start:], int(index.numbers[0]) + 1
@@ -99,28 +109,76 @@ def parse_with_arrow(data: bytes, header: list[str]) -> pa.Table | None:
 def parse_lines_with_csv_module(
     data: bytes, first_line: int, header: list[str], source: str
 ) -> Iterator[RawBatch | Reject]:
-    """Yield one raw batch for the well-formed lines of data, and a reject for every other line."""
-    records, lines, rejects = [], [], []
-    for number, line in enumerate(data.split(b"\n"), first_line):
+    """Yield one raw batch for the well-formed lines of data, and a reject for every other record.
+
+    A line with an unclosed quote is the start of a record with a quoted line
+    break when the lines after it complete a record of the header's width.
+    Such a record gets one reject at its first line, and its other lines are
+    skipped.
+    """
+    lines = data.split(b"\n")
+    records, numbers, rejects = [], [], []
+    position = 0
+    while position < len(lines):
+        number = first_line + position
+        line = lines[position]
+        position += 1
         if not line.strip():
             continue
         try:
-            values = next(csv.reader([line.decode("utf-8").rstrip("\r")]))
+            text = line.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError:
             rejects.append(Reject(source, number, "-", "not valid UTF-8"))
             continue
+
+        if text.count('"') % 2:
+            continuation = quoted_line_break_length(lines, position, text, len(header))
+            if continuation:
+                position += continuation
+                reason = (
+                    f"a quoted value has a line break (lines {number}-{number + continuation}), which is not "
+                    "supported; replace line breaks inside values"
+                )
+                rejects.append(Reject(source, number, "-", reason))
+                continue
+
+        try:
+            values = next(csv.reader([text]))
         except csv.Error as error:
             rejects.append(Reject(source, number, "-", f"invalid CSV: {error}"))
             continue
-
         if len(values) != len(header):
             reason = f"expected {len(header)} columns as in the header, got {len(values)}"
             rejects.append(Reject(source, number, "-", reason))
             continue
         records.append({name: value if value != "" else None for name, value in zip(header, values)})
-        lines.append(number)
+        numbers.append(number)
 
-    batch, _ = batch_from_records(records, lines, source)
+    batch, _ = batch_from_records(records, numbers, source)
     yield from rejects
     if batch.length:
         yield batch
+
+
+def quoted_line_break_length(lines: list[bytes], position: int, text: str, width: int) -> int:
+    """Return how many lines from position on complete text, a line with an unclosed quote, into one record.
+
+    Returns 0 when no following lines (up to MAX_CONTINUATION_LINES) close the
+    quote into a record of width columns, as with a stray quote in one line.
+    """
+    quotes = text.count('"')
+    parts = [text]
+    for count, line in enumerate(lines[position : position + MAX_CONTINUATION_LINES], 1):
+        try:
+            part = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            return 0
+        parts.append(part)
+        quotes += part.count('"')
+        if quotes % 2 == 0:
+            try:
+                values = next(csv.reader(["\n".join(parts)]))
+            except csv.Error:
+                return 0
+            return count if len(values) == width else 0
+    return 0

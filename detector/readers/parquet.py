@@ -18,8 +18,8 @@ BATCH_ROWS = 256 * 1024
 def read_parquet(input_file: InputFile) -> Iterator[RawBatch]:
     """Yield raw batches of a Parquet file's contract columns.
 
-    Parquet keeps its index at the end of the file, so a gzip-compressed file is
-    decompressed into memory first, and a truncated one cannot be read at all.
+    Parquet keeps its index at the end of the file, so a gzip-compressed file or
+    a pipe is read into memory first, and a truncated gzip file cannot be read at all.
     """
     parquet_file = open_parquet(input_file)
     fields = [name for name in INPUT_FIELDS if name in parquet_file.schema_arrow.names]
@@ -39,9 +39,9 @@ def read_parquet(input_file: InputFile) -> Iterator[RawBatch]:
 
 
 def open_parquet(input_file: InputFile) -> pq.ParquetFile:
-    """Open the file's Parquet content, decompressing gzip into memory first."""
+    """Open the file's Parquet content, reading gzip or a pipe into memory first."""
     source = input_file.path
-    if input_file.is_gzip:
+    if input_file.is_gzip or not input_file.is_regular:
         content = input_file.read_all()
         if input_file.gzip_error is not None:
             raise ReaderError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -68,7 +69,7 @@ class EventCollector:
     def add_file(self, input_file: InputFile, items: Iterator[RawBatch | Reject]) -> None:
         """Validate every batch a reader yields for one file and keep the results."""
         rejects: list[Reject] = []
-        secrets_replaced = 0
+        secrets_replaced: Counter[str] = Counter()
         for item in items:
             if isinstance(item, Reject):
                 rejects.append(item)
@@ -77,7 +78,7 @@ class EventCollector:
             validated = validate_batch(item, input_file.name)
             self.records += item.length
             rejects.extend(validated.rejects)
-            secrets_replaced += validated.secrets_replaced
+            secrets_replaced.update(validated.secrets_replaced)
             for name, values in validated.columns.items():
                 self.columns[name].append(values)
             del item, validated
@@ -85,11 +86,12 @@ class EventCollector:
 
         rejects.sort(key=lambda reject: reject.line)
         self.rejects.extend(rejects)
-        if secrets_replaced:
-            self.warnings.append(
-                f"{input_file.name}: {secrets_replaced} key_id values looked like API key secrets (sk-...) "
-                "and were replaced by their SHA-256 hash"
-            )
+        for name in ("key_id", "account_id"):
+            if secrets_replaced[name]:
+                self.warnings.append(
+                    f"{input_file.name}: {secrets_replaced[name]} {name} values looked like API key secrets "
+                    "(sk-...) and were replaced by their SHA-256 hash"
+                )
         if input_file.gzip_error is not None:
             self.warnings.append(f"{input_file.name}: {input_file.gzip_error}; the records before it were read")
 

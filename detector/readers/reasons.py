@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from detector.events import MAX_TEXT_LENGTH
+from detector.readers.api_keys import redact_secrets
 
 # Maximum length of a value repr in a reject message. Longer ones are cut and end in "...".
 MAX_SHOWN_VALUE = 80
@@ -69,6 +70,14 @@ def shorten(text: str, limit: int = MAX_SHOWN_VALUE) -> str:
     return text[: limit - 3] + "..."
 
 
+def format_value(value: object) -> str:
+    """Return value's repr for a reject message, with API key secrets replaced by their hash, shortened.
+
+    Secrets are replaced before the repr is cut, so no part of one is shown.
+    """
+    return shorten(redact_secrets(repr(value)))
+
+
 def describe(problem: Problem, value: object) -> str:
     """Return the reject reason for problem, followed by the offending value's repr."""
     reason = REASONS[problem]
@@ -78,7 +87,7 @@ def describe(problem: Problem, value: object) -> str:
     if problem is Problem.TOO_LONG and isinstance(value, str):
         reason = f"{reason} ({len(value)})"
 
-    return f"{reason}: {shorten(repr(value))}"
+    return f"{reason}: {format_value(value)}"
 
 
 def json_type_name(value: object) -> str:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-import zlib
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
 from detector.events import Reject
 from detector.readers.base import ReaderError
+from detector.readers.gzip_stream import GZIP_MAGIC, GzipDecoder, GzipStreamError
 
-GZIP_MAGIC = b"\x1f\x8b"
 # Compressed bytes read per call when decompressing gzip. Each read reports progress once.
 READ_SIZE = 4 << 20
 # Bytes per block before it is cut at its last newline. Staying below glibc's 32 MiB
@@ -29,22 +30,73 @@ SPACE = ord(" ")
 Progress = Callable[[int], None]
 
 
+class ReplayedStream:
+    """A pipe or device read once: the bytes already read for format detection, then the rest."""
+
+    def __init__(self, prefix: bytes, handle: BinaryIO) -> None:
+        self.prefix = prefix
+        self.handle = handle
+
+    def read(self, size: int) -> bytes:
+        """Return up to size bytes, b"" at the end."""
+        if self.prefix:
+            chunk, self.prefix = self.prefix[:size], self.prefix[size:]
+            return chunk
+        return self.handle.read(size)
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill the start of buffer and return the number of bytes written, 0 at the end."""
+        if self.prefix:
+            count = min(len(buffer), len(self.prefix))
+            buffer[:count] = self.prefix[:count]
+            self.prefix = self.prefix[count:]
+            return count
+        return self.handle.readinto(buffer)
+
+    def __enter__(self) -> ReplayedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.handle.close()
+
+
 class InputFile:
-    """An input path that yields its decompressed bytes and reports the raw bytes read."""
+    """An input path that yields its decompressed bytes and reports the raw bytes read.
+
+    A regular file is opened again for each pass over it. Anything else (a FIFO,
+    a process substitution such as ``<(zcat events.gz)``, a device) can be read
+    only once, so its first HEAD_SIZE bytes are kept for format detection and
+    replayed before the rest when the content is read.
+    """
 
     def __init__(self, path: str | os.PathLike, progress: Progress | None = None) -> None:
         self.path = path
         self.name = os.fspath(path)
         self.progress = progress
-        # Why the gzip stream stopped before its end ("truncated gzip stream: ..."),
-        # or None while it is complete.
+        # Why reading the gzip stream stopped early ("truncated gzip stream: ...",
+        # "gzip checksum mismatch: ..."), or None while it is complete and intact.
         self.gzip_error: str | None = None
-        with self.open() as handle:
-            self.is_gzip = handle.read(2) == GZIP_MAGIC
-            self.size = os.fstat(handle.fileno()).st_size
+        # The unread stream of an input that is not a regular file, until open() hands it out.
+        self.stream: ReplayedStream | None = None
 
-    def open(self):
-        """Return the file opened for binary reading; raise ReaderError if it cannot be."""
+        handle = self._open_path()
+        try:
+            status = os.fstat(handle.fileno())
+            self.is_regular = stat.S_ISREG(status.st_mode)
+            if self.is_regular:
+                self.prefix = b""
+                self.is_gzip = handle.read(2) == GZIP_MAGIC
+                self.size = status.st_size
+            else:
+                self.prefix = self._read_prefix(handle)
+                self.is_gzip = self.prefix.startswith(GZIP_MAGIC)
+                self.size = 0  # unknown until read
+                self.stream = ReplayedStream(self.prefix, handle)
+        finally:
+            if self.stream is None:
+                handle.close()
+
+    def _open_path(self) -> BinaryIO:
         try:
             return open(self.path, "rb")
         except FileNotFoundError:
@@ -56,20 +108,44 @@ class InputFile:
         except OSError as error:
             raise ReaderError(f"{self.name}: cannot open the file: {error.strerror}") from None
 
+    def _read_prefix(self, handle: BinaryIO) -> bytes:
+        try:
+            return handle.read(HEAD_SIZE)
+        except OSError as error:
+            raise ReaderError(f"{self.name}: read failed: {error.strerror}") from None
+
+    def open(self) -> BinaryIO | ReplayedStream:
+        """Return the input opened for binary reading; raise ReaderError if it cannot be.
+
+        An input that is not a regular file can be opened only once.
+        """
+        if self.is_regular:
+            return self._open_path()
+        if self.stream is None:
+            raise ReaderError(f"{self.name}: a pipe or device can be read only once; save it to a file first")
+        stream, self.stream = self.stream, None
+        return stream
+
     def _report(self, raw_bytes: int) -> None:
         if self.progress is not None and raw_bytes:
             self.progress(raw_bytes)
 
     def head(self) -> bytes:
         """Return up to HEAD_SIZE bytes of content from the start, decompressed if needed."""
-        with self.open() as handle:
-            raw = handle.read(HEAD_SIZE)
+        if self.is_regular:
+            with self.open() as handle:
+                raw = self._read_prefix(handle)
+        else:
+            raw = self.prefix
         if not self.is_gzip:
             return raw
+        decoder = GzipDecoder(HEAD_SIZE)
         try:
-            return zlib.decompressobj(wbits=31).decompress(raw, HEAD_SIZE)
-        except zlib.error:
-            return b""
+            for content in decoder.feed(raw):
+                return content
+        except GzipStreamError:
+            pass  # the content is damaged, possibly after what was decoded
+        return b""
 
     def chunks(self) -> Iterator[bytes]:
         """Yield the content in pieces, setting ``gzip_error`` if a gzip stream stops early."""
@@ -111,40 +187,13 @@ class InputFile:
             yield raw
 
     def _decompress(self, raw_chunks: Iterator[bytes]) -> Iterator[bytes]:
-        # Concatenated gzip members form one valid stream, as gzip(1) reads them.
-        # decompressor is None between members. max_length bounds the memory one
-        # call can take, and a full-sized output means more may wait without new input.
-        decompressor = None
-        for raw in raw_chunks:
-            pending = raw
-            output_full = False
-            while pending or output_full:
-                if decompressor is None:
-                    # Python's gzip module (3.11, _read_eof) skips zero padding after a member too.
-                    pending = pending.lstrip(b"\x00")
-                    if not pending:
-                        break
-                    decompressor = zlib.decompressobj(wbits=31)
-                try:
-                    content = decompressor.decompress(pending, BLOCK_SIZE)
-                except zlib.error as error:
-                    self.gzip_error = f"invalid gzip stream ({error})"
-                    return
-                if content:
-                    yield content
-                output_full = len(content) == BLOCK_SIZE
-                if decompressor.eof:
-                    pending = decompressor.unused_data
-                    decompressor = None
-                    output_full = False
-                else:
-                    pending = decompressor.unconsumed_tail
-
-        if decompressor is not None:
-            tail = decompressor.flush()
-            if tail:
-                yield tail
-            self.gzip_error = "truncated gzip stream: the file ends before the gzip end-of-stream marker"
+        decoder = GzipDecoder(BLOCK_SIZE)
+        try:
+            for raw in raw_chunks:
+                yield from decoder.feed(raw)
+            yield from decoder.finish()
+        except GzipStreamError as error:
+            self.gzip_error = str(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +209,9 @@ class LineBlock:
 class LineBlocks:
     """Iterate over an input file in blocks of about BLOCK_SIZE bytes cut at newlines.
 
-    When a gzip stream stops early (truncated or invalid), the incomplete last
-    line is dropped, and ``next_line`` is the number of the line where the
-    content stopped.
+    When a gzip stream stops early (truncated, invalid, or failing a member's
+    trailer check), the incomplete last line is dropped, and ``next_line`` is
+    the number of the line where the content stopped.
     """
 
     def __init__(self, input_file: InputFile, block_size: int = BLOCK_SIZE) -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detector.readers.checks import Checked, flag, scatter
+from detector.readers.checks import Checked, flag, scatter, wrong_type_problems
 from detector.readers.columns import Kind, RawColumn, null_mask, true_mask
 from detector.readers.reasons import Problem
 
@@ -39,7 +39,7 @@ def check_ts(column: RawColumn) -> Checked:
         elif part.kind is Kind.NULL:
             seconds, problems = np.nan, Problem.MISSING
         else:
-            seconds, problems = np.nan, Problem.NOT_TIME
+            seconds, problems = np.nan, wrong_type_problems(part, Problem.NOT_TIME)
         scatter(epochs, part.rows, seconds)
         scatter(errors, part.rows, problems)
 
@@ -83,6 +83,13 @@ def _starts_with_epoch(strings: pa.Array) -> bool:
 
 def _cast_rfc3339_strings(strings: pa.Array) -> np.ndarray:
     stamps = pc.cast(strings, pa.timestamp("ns", tz="UTC"))
+    # Arrow (26.0.1) also accepts an hour without minutes ("2026-11-23T10Z",
+    # "2026-11-23 10+08"), which TIME_WITH_OFFSET_PATTERN rejects. Every time the
+    # pattern accepts has ":" at byte 13, so a batch with another byte there goes
+    # to the value-by-value path, which rejects it.
+    minute_separators = pc.binary_slice(strings.cast(pa.binary()), 13, 14)
+    if pc.all(pc.equal(minute_separators, b":")).as_py() is False:
+        raise pa.ArrowInvalid("a time has no minutes")
     return pc.fill_null(stamps.cast(pa.int64()), 0).to_numpy() / 1e9
 
 

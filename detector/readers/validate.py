@@ -25,11 +25,11 @@ from detector.readers.checks import (
     check_identifier,
     check_images,
     check_ip,
-    check_key_id,
     check_model,
     check_prompt_hash,
     check_status,
     check_stream,
+    check_subject_identifier,
     check_subject_type,
     check_user_agent,
 )
@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 CHECKS: tuple[tuple[str, Callable[[RawColumn], Checked]], ...] = (
     ("request_id", check_identifier),
     ("ts", check_ts),
-    ("account_id", check_identifier),
-    ("key_id", check_key_id),
+    ("account_id", check_subject_identifier),
+    ("key_id", check_subject_identifier),
     ("plan", check_identifier),
     ("endpoint", check_identifier),
     ("model", check_model),
@@ -70,7 +70,8 @@ class ValidatedBatch:
     # numpy arrays for numbers and booleans, Arrow string arrays for text.
     columns: dict[str, np.ndarray | pa.Array]
     rejects: list[Reject] = field(default_factory=list)
-    secrets_replaced: int = 0
+    # Field name -> values that contained API key secrets and were replaced by their hash.
+    secrets_replaced: dict[str, int] = field(default_factory=dict)
 
 
 def validate_batch(batch: RawBatch, source: str) -> ValidatedBatch:
@@ -94,7 +95,8 @@ def validate_batch(batch: RawBatch, source: str) -> ValidatedBatch:
 
     valid = failed_check < 0
     columns = {name: canonical_values(name, checked[name].values, valid) for name in COLUMNS}
-    return ValidatedBatch(columns, rejects, checked["key_id"].secrets_replaced)
+    secrets_replaced = {name: result.secrets_replaced for name, result in checked.items() if result.secrets_replaced}
+    return ValidatedBatch(columns, rejects, secrets_replaced)
 
 
 def canonical_values(name: str, values: np.ndarray | pa.Array, valid: np.ndarray) -> np.ndarray | pa.Array:
@@ -148,8 +150,9 @@ def validate_records(
     """Validate already-parsed records and return their canonical frame and rejects.
 
     The frame is neither deduplicated nor sorted. Record i is reported at line
-    ``lines[i]``, or ``first_line + i`` when lines is None. A key_id that looks
-    like an API key secret is replaced by its hash and logged as a warning.
+    ``lines[i]``, or ``first_line + i`` when lines is None. A key_id or account_id
+    that contains an API key secret is replaced by the secret's hash and
+    logged as a warning.
     """
     if lines is None:
         lines = range(first_line, first_line + len(records))
@@ -159,10 +162,11 @@ def validate_records(
     batch, rejects = batch_from_records(records, lines, source)
     validated = validate_batch(batch, source)
     rejects = sorted(rejects + validated.rejects, key=lambda reject: reject.line)
-    if validated.secrets_replaced:
+    for name, count in validated.secrets_replaced.items():
         logger.warning(
-            "%s: %d key_id values looked like API key secrets (sk-...) and were replaced by their SHA-256 hash",
+            "%s: %d %s values looked like API key secrets (sk-...) and were replaced by their SHA-256 hash",
             source,
-            validated.secrets_replaced,
+            count,
+            name,
         )
     return frame_from_columns(validated.columns), rejects

@@ -1,0 +1,53 @@
+"""API key secrets (sk-...) in input: found anywhere in a value, replaced by their hash.
+
+A secret counts wherever it is in a value, so "Bearer sk-...", a secret
+with a trailing newline and a bare secret all become the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# "sk-" and at least 16 key characters, not preceded by a letter, digit or "_"
+# (so "task-0123456789abcdef0" contains no secret). OpenAI project keys are "sk-proj-...".
+SECRET_CHARACTERS = r"sk-[A-Za-z0-9_\-]{16,}"
+SECRET_IN_TEXT = re.compile(rf"(?<![A-Za-z0-9_]){SECRET_CHARACTERS}")
+# RE2, which Arrow uses, has no lookbehind, so the preceding character is matched instead.
+SECRET_IN_ARROW_TEXT = rf"(?:^|[^A-Za-z0-9_])(?P<secret>{SECRET_CHARACTERS})"
+
+
+def hash_secret(secret: str) -> str:
+    """Return the stored stand-in for an API key secret: "sha256:" and 16 hex digits."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def redact_secrets(text: str) -> str:
+    """Return text with every API key secret in it replaced by its hash."""
+    if "sk-" not in text:
+        return text
+    return SECRET_IN_TEXT.sub(lambda match: hash_secret(match.group()), text)
+
+
+def replace_secrets(strings: pa.Array) -> tuple[pa.Array, int]:
+    """Replace each value that contains an API key secret by the secret's hash.
+
+    Returns the new strings and the number of values replaced. The whole value
+    is replaced, so text around the secret ("Bearer ") is dropped.
+    """
+    if not pc.any(pc.match_substring(strings, "sk-")).as_py():
+        return strings, 0
+    found = pc.extract_regex(strings, SECRET_IN_ARROW_TEXT)
+    has_secret = pc.fill_null(found.is_valid(), False)
+    replaced = has_secret.true_count
+    if not replaced:
+        return strings, 0
+
+    secrets = found.field("secret").filter(has_secret)
+    # Hash each distinct secret once: a log may repeat one key on every line.
+    encoded = pc.dictionary_encode(secrets)
+    hashes = pa.array([hash_secret(secret) for secret in encoded.dictionary.to_pylist()], type=pa.string())
+    return pc.replace_with_mask(strings, has_secret, hashes.take(encoded.indices)), replaced
