@@ -8,8 +8,10 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from detector.decisions import Decision
+from detector.readers import validate_records
 from detector.store import open_store
-from workers.jobs import consume_stream, republish_decisions
+from workers.jobs import consume_stream, republish_decisions, rescore_quiet_keys
+from workers.window import EventWindows
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +71,24 @@ def test_republish_job_restores_keys(environment, redis_client):
     assert job.is_finished
     assert job.return_value() == 1
     assert redis_client.exists(f"{prefix}:decision:key:key-7")
+
+
+def test_rescore_job_scores_quiet_key_days(environment, redis_client, monkeypatch):
+    prefix, database = environment
+    monkeypatch.delenv("FAIRUSE_NO_MODEL")
+    # Two days ago, one key flooded with one prompt and never came back.
+    start = time.time() - 2 * 86400
+    frame, rejects = validate_records([_event(number, start) for number in range(3000)], "test")
+    assert rejects == []
+    EventWindows(redis_client, prefix=prefix).extend(frame)
+    queue = Queue(f"{prefix}-queue", connection=redis_client)
+
+    job = queue.enqueue(rescore_quiet_keys)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+
+    job.refresh()
+    assert job.is_finished, job.latest_result()
+    assert job.return_value()["subjects"] == 1
+    assert job.return_value()["findings"] >= 1
+    stored = open_store(database).all_decisions()
+    assert all(decision.subject == "key-1" for decision in stored)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from rq import get_current_job
 
 from detector.model_registry import ModelError, load_model
-from detector.pipeline import default_detectors
+from detector.detectors import AnomalyDetector
+from detector.pipeline import default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.store import open_store
@@ -59,6 +61,55 @@ def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[s
         timer.cancel()
     logger.info("job %s consumed %s", job.id, totals)
     return totals
+
+
+def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
+    """Score every stored window's closed days with the anomaly model, as of now.
+
+    The stream scores a key's finished day only when the key sends again; this
+    job covers keys that went quiet.
+    """
+    job = get_current_job()
+    connection = job.connection
+    prefix = os.environ.get("FAIRUSE_PREFIX", "fairuse")
+    model = _model()
+    if model is None:
+        return {"subjects": 0, "findings": 0, "decisions": 0}
+
+    store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
+    windows = EventWindows(connection, prefix=prefix)
+    publisher = DecisionPublisher(connection, prefix=prefix)
+    detector = AnomalyDetector(model, as_of=time.time())
+    totals = {"subjects": 0, "findings": 0, "decisions": 0}
+    for subjects in _window_subjects(connection, prefix, batch_size):
+        history = windows.load(subjects, time.time())
+        if history.empty:
+            continue
+        result = score_events(
+            history.sort_values("ts", kind="stable").reset_index(drop=True),
+            plans=load_plans(), policy=load_policy(), detectors=[detector], prior=store.decisions_for,
+        )
+        store.save_findings(result.findings)
+        totals["decisions"] += store.save_decisions(result.decisions)
+        publisher.publish(result.decisions)
+        totals["subjects"] += len(subjects)
+        totals["findings"] += len(result.findings)
+    logger.info("job %s re-scored %s", job.id, totals)
+    return totals
+
+
+def _window_subjects(connection, prefix: str, batch_size: int):
+    """Yield lists of (subject_type, subject) for the stored windows, ``batch_size`` at a time."""
+    marker = f"{prefix}:window:"
+    batch = []
+    for key in connection.scan_iter(match=f"{marker}*", count=1000):
+        subject_type, _, subject = key.decode()[len(marker):].partition(":")
+        batch.append((subject_type, subject))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def republish_decisions() -> int:

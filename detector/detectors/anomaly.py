@@ -19,13 +19,16 @@ class AnomalyDetector:
     The score maps the model's threshold to 50 and an anomaly score of
     ``ceiling`` to 100. Only closed days are scored: days that ended before
     the newest event in the input, because a day's features are complete only
-    then. A finding is detected at the day's last request. So a batch never
-    scores its input's last day, and a stream scores a day once a later event
-    of the same subject arrives.
+    then, or before ``as_of`` when it is set. A finding is detected at the
+    day's last request. So a batch never scores its input's last day, a stream
+    scores a day once a later event of the same subject arrives, and the
+    scheduled re-scoring job (``as_of`` = now) scores the days of quiet keys.
     """
 
     model: AnomalyModel
     ceiling: float = 0.8
+    # Epoch seconds up to which days count as closed; None means the newest event.
+    as_of: float | None = None
     reason: str = "anomaly"
 
     @property
@@ -36,7 +39,7 @@ class AnomalyDetector:
         rows = keyday_features(prepared)
         if rows.empty:
             return []
-        newest = float(prepared.events["ts"].max())
+        newest = self.as_of if self.as_of is not None else float(prepared.events["ts"].max())
         rows = rows[(rows["day"] + 1) * 86400.0 <= newest]
         if rows.empty:
             return []
