@@ -89,7 +89,10 @@ class AutomationDetector:
 
         parallel = prepared.count_in_window(1.0)
         waves = _trailing_sum((parallel == self.min_parallel).astype(np.int64), start)
-        same_prompt = _trailing_same_value_count(prepared, events["prompt"].to_numpy(), WINDOW)
+        # Only subjects with a busy window can be flagged, so only their prompts are counted.
+        busy_subjects = np.isin(subject, np.unique(subject[busy]))
+        prompts = np.where(busy_subjects, events["prompt"].to_numpy(), -1)
+        same_prompt = _trailing_same_value_count(prepared, prompts, WINDOW)
 
         gaps = np.maximum(count - 1, 1)
         mean_gap = (ts - ts[start]) / gaps

@@ -147,11 +147,12 @@ class KeySharingDetector:
         if edges.empty:
             return _EMPTY_ROWS.copy()
 
-        found = []
-        for (subject, day), group in edges.groupby(["subject", "day"], sort=False):
-            for ts, components in _growing_components(group):
-                if components >= self.min_components:
-                    found.append((subject, day, ts, components))
+        edges = edges.sort_values(["subject", "day", "ts"], kind="stable")
+        found = [
+            (subject, day, ts, components)
+            for subject, day, ts, components in _growing_components(edges)
+            if components >= self.min_components
+        ]
         if not found:
             return _EMPTY_ROWS.copy()
 
@@ -294,7 +295,11 @@ def _activations(events: pd.DataFrame, columns: list[str], requests: int) -> pd.
 
 
 def _growing_components(edges: pd.DataFrame):
-    """Yield (time, components) as network–user-agent edges join the graph in time order."""
+    """Yield (subject, day, time, components) as network–user-agent edges join each day's graph.
+
+    ``edges`` must be sorted by subject, day and time; the graph starts empty
+    for every (subject, day).
+    """
     parent: dict[tuple[str, int], tuple[str, int]] = {}
 
     def root(node):
@@ -304,8 +309,14 @@ def _growing_components(edges: pd.DataFrame):
         return node
 
     components = 0
-    for ts, net, ua in zip(edges["ts"].to_numpy(), edges["net"].to_numpy(), edges["ua"].to_numpy()):
-        left, right = ("net", int(net)), ("ua", int(ua))
+    current = None
+    columns = (edges[name].to_numpy().tolist() for name in ("subject", "day", "ts", "net", "ua"))
+    for subject, day, ts, net, ua in zip(*columns):
+        if (subject, day) != current:
+            current = (subject, day)
+            parent.clear()
+            components = 0
+        left, right = ("net", net), ("ua", ua)
         for node in (left, right):
             if node not in parent:
                 parent[node] = node
@@ -314,7 +325,7 @@ def _growing_components(edges: pd.DataFrame):
         if left_root != right_root:
             parent[left_root] = right_root
             components -= 1
-        yield float(ts), components
+        yield subject, day, float(ts), components
 
 
 def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:
@@ -345,14 +356,21 @@ def _count_at(
 
 def _spread_so_far(prepared: PreparedEvents, subjects: np.ndarray, times: np.ndarray) -> pd.DataFrame:
     """Distinct networks, countries and user agents of each subject from UTC midnight up to each time."""
-    keys = prepared.composite_time
     events = prepared.events
-    counts = {"networks_24h": [], "countries_24h": [], "user_agents_24h": []}
-    for subject, moment in zip(subjects, times):
-        day_start = np.floor(moment / DAY) * DAY
-        low = np.searchsorted(keys, (int(subject) << 41) | int(day_start * 1000), side="left")
-        high = np.searchsorted(keys, (int(subject) << 41) | int(round(moment * 1000)), side="right")
-        for name, column in (("networks_24h", "net"), ("countries_24h", "country"), ("user_agents_24h", "ua")):
-            values = events[column].to_numpy()[low:high]
-            counts[name].append(int(np.unique(values[values >= 0]).size))
+    involved = np.flatnonzero(np.isin(events["subject"].to_numpy(), np.unique(subjects)))
+    subject = events["subject"].to_numpy()[involved]
+    day = (events["ts"].to_numpy()[involved] // DAY).astype(np.int64)
+    keys = prepared.composite_time[involved]
+
+    # Position of the last event at or before each time, within the involved events.
+    targets = (subjects.astype(np.int64) << 41) | np.round(times * 1000).astype(np.int64)
+    positions = np.searchsorted(keys, targets, side="right") - 1
+
+    counts = {}
+    for name, column in (("networks_24h", "net"), ("countries_24h", "country"), ("user_agents_24h", "ua")):
+        values = events[column].to_numpy()[involved]
+        frame = pd.DataFrame({"subject": subject, "day": day, "value": values})
+        new = (~frame.duplicated(["subject", "day", "value"])).to_numpy() & (values >= 0)
+        running = pd.Series(new.astype(np.int64)).groupby([subject, day], sort=False).cumsum().to_numpy()
+        counts[name] = running[positions] if len(positions) else np.array([], dtype=np.int64)
     return pd.DataFrame(counts)
