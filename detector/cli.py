@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def gateways_add(name, database_url) -> None:
     except GatewayError as error:
         stderr.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         sys.exit(2)
-    stdout.print(f"gateway {name} added; its X-Api-Key (not shown again):", highlight=False)
+    stderr.print(f"gateway {name} added; its X-Api-Key follows on standard output and is not shown again", highlight=False)
     click.echo(api_key)
 
 
@@ -150,7 +151,8 @@ def gateways_list(database_url) -> None:
 
     for gateway in GatewayRegistry(open_store(database_url).engine).list():
         state = f"revoked {gateway.revoked_at:%Y-%m-%d %H:%M}" if gateway.revoked_at else "active"
-        click.echo(f"{gateway.name}\t{state}\tcreated {gateway.created_at:%Y-%m-%d %H:%M}")
+        pulled = f"last pull {gateway.last_pull_at:%Y-%m-%d %H:%M:%S}" if gateway.last_pull_at else "never pulled"
+        click.echo(f"{gateway.name}\t{state}\tcreated {gateway.created_at:%Y-%m-%d %H:%M}\t{pulled}")
 
 
 @gateways.command("revoke")
@@ -174,7 +176,9 @@ def gateways_revoke(name, database_url) -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="TCP port to listen on.")
 @click.option("--db", "database_url", help="SQLAlchemy database URL.")
 @click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis holding published decisions.")
-def api(host, port, database_url, redis_url) -> None:
+@click.option("--prefix", default=lambda: os.environ.get("FAIRUSE_PREFIX", "fairuse"), show_default="fairuse or $FAIRUSE_PREFIX",
+              help="Redis key prefix the workers publish decisions under.")
+def api(host, port, database_url, redis_url, prefix) -> None:
     """Serve the HTTP decisions API for gateways."""
     import uvicorn
 
@@ -182,14 +186,14 @@ def api(host, port, database_url, redis_url) -> None:
     from fairuse_gateway import DecisionClient
     from workers.http_api import create_app
 
-    app = create_app(open_store(database_url), DecisionClient(redis_url))
+    app = create_app(open_store(database_url), DecisionClient(redis_url, prefix=prefix))
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 @main.command()
 @click.option("--db", "database_url", help="SQLAlchemy database URL.")
 @click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis with the event stream.")
-@click.option("--prefix", default="fairuse", show_default=True,
+@click.option("--prefix", default=lambda: os.environ.get("FAIRUSE_PREFIX", "fairuse"), show_default="fairuse or $FAIRUSE_PREFIX",
               help="Redis key prefix: events are read from PREFIX:events, decisions written under PREFIX:decision:.")
 @click.option("--batch-size", default=2000, show_default=True, type=click.IntRange(1), help="Entries per micro-batch.")
 @click.option("--claim-idle-ms", default=60_000, show_default=True, type=click.IntRange(0),

@@ -92,14 +92,15 @@ class DecisionClient:
 
         now_ms = time.time() * 1000
         best = ALLOW
-        best_strength = 0
+        best_strength: tuple[int, int] = (0, 0)
         for (kind, value), raw in zip(subjects, values):
             if raw is None:
                 continue
             for entry in orjson.loads(raw)["active"]:
-                strength = _STRENGTH.get((entry["action"], entry["scope"]), 0)
+                # Among throttles of one scope, the lower limit is the stronger one.
+                strength = (_STRENGTH.get((entry["action"], entry["scope"]), 0), -(entry["limit_rpm"] or 0))
                 in_force = entry["detected_ms"] <= now_ms < entry["expires_ms"]
-                if in_force and strength > best_strength:
+                if in_force and strength[0] > 0 and strength > best_strength:
                     best, best_strength = _verdict(kind, value, entry), strength
         return best
 

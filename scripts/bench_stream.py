@@ -53,8 +53,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         lines = simulated_lines(Path(folder), args.keys, args.events)
-        single = throughput(client, lines, Path(folder), workers=1)
-        double = throughput(client, lines, Path(folder), workers=2)
+        single = throughput(client, args.redis, lines, Path(folder), workers=1)
+        double = throughput(client, args.redis, lines, Path(folder), workers=2)
         print(f"worker throughput: 1 worker {single:,.0f} events/s, 2 workers {double:,.0f} events/s ({len(lines):,} events)")
 
         direct, cached = lookup_latency(client, args.redis)
@@ -85,12 +85,14 @@ def append(client: redis.Redis, stream: str, lines: list[bytes]) -> None:
         pipeline.execute()
 
 
-def throughput(client: redis.Redis, lines: list[bytes], folder: Path, workers: int) -> float:
+def throughput(client: redis.Redis, url: str, lines: list[bytes], folder: Path, workers: int, timeout: float = 600) -> float:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     database = f"sqlite:///{folder}/{prefix}.db"
     open_store(database)
     append(client, f"{prefix}:events", lines)
-    command = [sys.executable, "-m", "detector.cli", "worker", "--db", database, "--prefix", prefix, "--no-model"]
+    command = [
+        sys.executable, "-m", "detector.cli", "worker", "--db", database, "--redis", url, "--prefix", prefix, "--no-model",
+    ]
     started = time.perf_counter()
     processes = [subprocess.Popen(command, stderr=subprocess.DEVNULL) for _ in range(workers)]
     try:
@@ -99,6 +101,8 @@ def throughput(client: redis.Redis, lines: list[bytes], folder: Path, workers: i
             done = info and info[0]["lag"] == 0 and info[0]["pending"] == 0
             if done:
                 break
+            if time.perf_counter() - started > timeout:
+                raise SystemExit(f"workers did not drain {len(lines):,} events within {timeout:.0f} s")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
     finally:

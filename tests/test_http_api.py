@@ -130,8 +130,19 @@ def test_gateway_key_stored_hashed(setup, sqlite_url):
 def test_duplicate_gateway_name_rejected(setup):
     _, _, store, _ = setup
 
-    with pytest.raises(GatewayError, match="already exists"):
+    with pytest.raises(GatewayError, match="already has an active key"):
         GatewayRegistry(store.engine).add("edge-1")
+
+
+def test_revoked_gateway_name_gets_new_key(setup):
+    client, old_headers, store, _ = setup
+    registry = GatewayRegistry(store.engine)
+    registry.revoke("edge-1")
+
+    new_key = registry.add("edge-1")
+
+    assert client.get("/v1/decisions", params={"key_id": "k"}, headers={"X-Api-Key": new_key}).status_code == 200
+    assert client.get("/v1/decisions", params={"key_id": "k"}, headers=old_headers).status_code == 401
 
 
 def test_openapi_served(setup):
@@ -141,3 +152,14 @@ def test_openapi_served(setup):
 
     assert "/v1/decisions" in spec["paths"]
     assert "/v1/decisions/stream" in spec["paths"]
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-Api-Key"
+    assert "401" in spec["paths"]["/v1/decisions"]["get"]["responses"]
+
+
+def test_check_without_subject_is_422(setup):
+    client, headers, _, _ = setup
+
+    response = client.get("/v1/decisions", headers=headers)
+
+    assert response.status_code == 422
+    assert "key_id" in response.json()["detail"]

@@ -193,3 +193,25 @@ def test_shipped_policy_loads(policy):
     assert policy.rules
     assert policy.max_auto_suspensions_per_hour == 20
     assert replace(policy, simulation=True).simulation
+
+
+def test_harder_throttle_not_covered_by_lighter(policy):
+    findings = [
+        _finding(reason="automation", score=70, impact=2.0, at=T0),
+        _finding(reason="automation", score=90, impact=8.0, at=T0 + 120),
+    ]
+
+    decisions = decide(findings, policy, now=NOW).decisions
+
+    assert [decision.limit_rpm for decision in decisions] == [60, 30]
+
+
+def test_lighter_throttle_covered_by_harder(policy):
+    findings = [
+        _finding(reason="automation", score=90, impact=8.0, at=T0),
+        _finding(reason="automation", score=70, impact=2.0, at=T0 + 120),
+    ]
+
+    decisions = decide(findings, policy, now=NOW).decisions
+
+    assert [decision.limit_rpm for decision in decisions] == [30]

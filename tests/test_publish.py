@@ -183,3 +183,13 @@ def test_strongest_across_key_account_ip(publisher, gateway):
 
     assert verdict.action == "suspend"
     assert verdict.subject_type == "account"
+
+
+def test_stricter_throttle_wins(publisher, gateway):
+    light = replace(_decision("throttle", seconds=7200), id="light")
+    hard = replace(_decision("throttle", seconds=600), id="hard", limit_rpm=5)
+    publisher.publish([light, hard])
+
+    verdict = gateway.check(key_id="key-1")
+
+    assert verdict.limit_rpm == 5

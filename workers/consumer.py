@@ -166,7 +166,9 @@ class StreamConsumer:
         outcome = BatchOutcome(entries=len(entries))
         records, record_ids, dead = self._parse(entries)
         frame, rejects = validate_records(records, self.settings.stream, lines=list(range(1, len(records) + 1)))
-        dead.extend((record_ids[reject.line - 1], reject.format()) for reject in rejects)
+        for reject in rejects:
+            entry_id = record_ids[reject.line - 1]
+            dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: {reject.field}: {reject.reason}"))
         outcome.dead = len(dead)
 
         if not frame.empty:

@@ -18,7 +18,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Security
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
 from detector.decisions import ACTION_RANK, Decision
@@ -68,14 +69,18 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
     registry = GatewayRegistry(store.engine)
     app = FastAPI(title="fairuse decisions API", version="1")
 
-    def gateway(x_api_key: Annotated[str | None, Header()] = None) -> Gateway:
+    api_key_header = APIKeyHeader(name="X-Api-Key", auto_error=False, description="Key from 'fairuse gateways add NAME'.")
+
+    def gateway(x_api_key: Annotated[str | None, Security(api_key_header)] = None) -> Gateway:
         found = registry.authenticate(x_api_key)
         if found is None:
             logger.warning("rejected a decisions API call with a missing or unknown X-Api-Key")
             raise HTTPException(status_code=401, detail="missing or invalid X-Api-Key; issue one with 'fairuse gateways add NAME'")
         return found
 
-    @app.get("/v1/decisions", response_model=VerdictOut)
+    unauthorized = {401: {"description": "Missing or invalid X-Api-Key."}}
+
+    @app.get("/v1/decisions", response_model=VerdictOut, responses={**unauthorized, 422: {"description": "No subject given."}})
     def check(
         caller: Annotated[Gateway, Depends(gateway)],
         key_id: str | None = None,
@@ -83,6 +88,8 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
         ip: str | None = None,
     ) -> VerdictOut:
         """Return the strongest decision in force on the key, the account or the address."""
+        if not (key_id or account_id or ip):
+            raise HTTPException(status_code=422, detail="give at least one of key_id, account_id and ip")
         verdict = client.check(key_id=key_id, account_id=account_id, ip=ip)
         expires = datetime.fromtimestamp(verdict.expires_at, UTC) if verdict.expires_at else None
         return VerdictOut(
@@ -91,7 +98,7 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
             expires_at=expires, decision_id=verdict.decision_id, fail_open=verdict.fail_open,
         )
 
-    @app.get("/v1/decisions/stream", response_model=StreamOut)
+    @app.get("/v1/decisions/stream", response_model=StreamOut, responses=unauthorized)
     def stream(
         caller: Annotated[Gateway, Depends(gateway)],
         startup: Annotated[bool, Query(description="Return every decision in force instead of the changes.")] = False,
@@ -136,8 +143,9 @@ def _strongest_per_subject(decisions: list[Decision]) -> list[Decision]:
     return sorted(best.values(), key=lambda decision: (decision.subject_type, decision.subject))
 
 
-def _strength(decision: Decision) -> tuple[int, int, datetime]:
-    return (ACTION_RANK[decision.action], decision.scope == "all", decision.expires_at)
+def _strength(decision: Decision) -> tuple[int, bool, int, datetime]:
+    # A lower throttle limit is stronger; a longer decision wins a tie.
+    return (ACTION_RANK[decision.action], decision.scope == "all", -(decision.limit_rpm or 0), decision.expires_at)
 
 
 def _out(decision: Decision) -> DecisionOut:

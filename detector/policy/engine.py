@@ -65,7 +65,7 @@ def decide(
             action = "review"
             outcome.allowlisted += 1
 
-        if state.covers(subject, action, rule.scope, at):
+        if state.covers(subject, action, rule.scope, at, rule.limit_rpm):
             outcome.covered += 1
             continue
 
@@ -160,12 +160,23 @@ class _SubjectState:
     def add(self, decision: Decision) -> None:
         self._by_subject[(decision.subject_type, decision.subject)].append(decision)
 
-    def covers(self, subject: tuple[str, str], action: str, scope: str, at: datetime) -> bool:
+    def covers(
+        self, subject: tuple[str, str], action: str, scope: str, at: datetime, limit_rpm: int | None = None
+    ) -> bool:
+        """Return whether a decision in force already does at least what ``action`` would.
+
+        A throttle covers another throttle only when its limit is as strict
+        or stricter, so a growing flood gets a harder throttle.
+        """
         rank = ACTION_RANK[action]
         for decision in self._by_subject.get(subject, ()):
             in_force = decision.detected_at <= at < decision.expires_at
             scope_covers = decision.scope == "all" or decision.scope == scope
-            if in_force and scope_covers and ACTION_RANK[decision.action] >= rank:
+            if not (in_force and scope_covers):
+                continue
+            if ACTION_RANK[decision.action] > rank:
+                return True
+            if decision.action == action and not _looser(decision.limit_rpm, limit_rpm):
                 return True
         return False
 
@@ -175,6 +186,13 @@ class _SubjectState:
             for decision in self._by_subject.get(subject, ())
             if decision.action != "review" and decision.detected_at < at
         )
+
+
+def _looser(existing: int | None, requested: int | None) -> bool:
+    """Return whether an existing throttle limit lets more requests through than the requested one."""
+    if existing is None or requested is None:
+        return False
+    return existing > requested
 
 
 def _count_suspensions_per_hour(prior: list[Decision]) -> defaultdict[int, int]:

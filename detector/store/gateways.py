@@ -45,12 +45,19 @@ class GatewayRegistry:
         if not name or len(name) > 128 or not name.replace("-", "").replace("_", "").isalnum():
             raise GatewayError(f"invalid gateway name {name!r}: use 1-128 letters, digits, '-' or '_'")
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = GatewayRow(name=name, key_hash=hash_key(api_key), created_at=datetime.now(UTC))
+        now = datetime.now(UTC)
         try:
             with Session(self.engine) as session, session.begin():
-                session.add(row)
+                row = session.scalars(select(GatewayRow).where(GatewayRow.name == name)).first()
+                if row is not None and row.revoked_at is None:
+                    raise GatewayError(f"gateway {name!r} already has an active key; revoke it first to issue a new one")
+                if row is None:
+                    session.add(GatewayRow(name=name, key_hash=hash_key(api_key), created_at=now))
+                else:
+                    # A revoked gateway gets a new key under its old name.
+                    row.key_hash, row.created_at, row.revoked_at, row.last_pull_at = hash_key(api_key), now, None, None
         except IntegrityError as error:
-            raise GatewayError(f"gateway {name!r} already exists; revoke it first or pick another name") from error
+            raise GatewayError(f"gateway {name!r} could not be added: {error.orig}") from error
         return api_key
 
     def authenticate(self, api_key: str | None) -> Gateway | None:
