@@ -2,8 +2,8 @@
 
 Each subject's recent events live in a sorted set,
 ``{prefix}:window:{subject_type}:{subject}``, scored by event time, one member
-per request (the canonical event as JSON, so storing a request twice keeps one
-member). Every write trims events older than ``window_seconds`` before the
+per request (the canonical event as one JSON line, so storing a request twice
+keeps one member). Every write trims events older than ``window_seconds`` before the
 newest event, caps the set at ``max_events`` members and sets the key to
 expire ``window_seconds`` plus a day after the write, so no window outlives its
 data.
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pajson
 import redis
 
 from detector.events import COLUMNS, empty_frame
@@ -50,8 +51,8 @@ class EventWindows:
         members = [member for result in pipeline.execute() for member in result]
         if not members:
             return empty_frame()
-        records = [orjson.loads(member) for member in members]
-        return pd.DataFrame.from_records(records, columns=list(COLUMNS)).astype(COLUMNS)
+        table = pajson.read_json(pa.py_buffer(b"\n".join(members)))
+        return table.to_pandas().reindex(columns=list(COLUMNS)).astype(COLUMNS)
 
     def extend(self, frame: pd.DataFrame) -> None:
         """Add ``frame``'s events to their subjects' windows, trim them and refresh their expiry."""
@@ -59,11 +60,13 @@ class EventWindows:
             return
         pipeline = self.client.pipeline(transaction=True)
         ttl = self.window_seconds + 86400
-        records = frame.to_dict("records")
+        # One member per request: the same row always serialises to the same bytes,
+        # so storing a redelivered request again keeps a single member.
+        members = frame[list(COLUMNS)].to_json(orient="records", lines=True, double_precision=15).encode().splitlines()
+        keys = [self.key(kind, subject) for kind, subject in zip(frame["subject_type"], frame["key_id"])]
         by_key: dict[str, dict[bytes, float]] = {}
-        for record in records:
-            key = self.key(record["subject_type"], record["key_id"])
-            by_key.setdefault(key, {})[orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)] = record["ts"]
+        for key, member, ts in zip(keys, members, frame["ts"].to_numpy().tolist()):
+            by_key.setdefault(key, {})[member] = ts
 
         for key, members in by_key.items():
             newest = max(members.values())
