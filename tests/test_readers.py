@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import orjson
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detector.events import COLUMNS, MAX_TEXT_LENGTH
-from detector.readers import ReaderError, ReadResult, read_events, validate_records
+from detector.readers import ReaderError, ReadResult, read_events, read_json_lines, validate_records
 from detector.readers import jsonl as jsonl_module
 from detector.readers import source as source_module
 
@@ -1297,3 +1298,12 @@ def test_shuffled_records_read_back_sorted(tmp_path, numbers, seed, time_style):
     assert frame["ts"].is_monotonic_increasing
     assert sorted(frame["request_id"]) == sorted(record["request_id"] for record in records)
     assert not math.isnan(frame["ts"].sum())
+
+
+def test_read_json_lines_numbers_items():
+    items = [orjson.dumps(make_record(1)), b"{broken", orjson.dumps(make_record(2)).replace(b",", b",\n"), b"[1]"]
+
+    result = read_json_lines(items, "stream")
+
+    assert list(result.frame["request_id"]) == [make_record(1)["request_id"], make_record(2)["request_id"]]
+    assert [(reject.line, reject.field) for reject in result.rejects] == [(2, "-"), (4, "-")]

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import orjson
 import pandas as pd
 import redis
 
@@ -32,7 +31,7 @@ from detector.detectors import Detector
 from detector.pipeline import score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
-from detector.readers import validate_records
+from detector.readers import read_json_lines
 from detector.store import DecisionStore
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows
@@ -164,18 +163,17 @@ class StreamConsumer:
     def process_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> BatchOutcome:
         """Score, store, publish and acknowledge one batch of stream entries."""
         outcome = BatchOutcome(entries=len(entries))
-        records, record_ids, dead = self._parse(entries)
-        frame, rejects = validate_records(records, self.settings.stream, lines=list(range(1, len(records) + 1)))
-        for reject in rejects:
-            entry_id = record_ids[reject.line - 1]
+        lines, line_ids, dead = self._payloads(entries)
+        read = read_json_lines(lines, self.settings.stream)
+        for reject in read.rejects:
+            entry_id = line_ids[reject.line - 1]
             dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: {reject.field}: {reject.reason}"))
         outcome.dead = len(dead)
+        outcome.duplicates = read.duplicates
 
-        if not frame.empty:
-            fresh = frame.drop_duplicates("request_id", keep="first")
-            outcome.duplicates = len(frame) - len(fresh)
-            outcome.events = len(fresh)
-            self._score(fresh, outcome)
+        if not read.frame.empty:
+            outcome.events = len(read.frame)
+            self._score(read.frame, outcome)
 
         self._dead_letter(dead)
         self.client.xack(self.settings.stream, self.settings.group, *[entry_id for entry_id, _ in entries])
@@ -201,26 +199,19 @@ class StreamConsumer:
         self.publisher.publish(result.decisions)
         self.windows.extend(fresh)
 
-    def _parse(self, entries) -> tuple[list[dict], list[bytes], list[tuple[bytes, str]]]:
-        records: list[dict] = []
-        record_ids: list[bytes] = []
+    def _payloads(self, entries) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:
+        """Return the event payloads with their entry ids, and dead letters for entries without one."""
+        lines: list[bytes] = []
+        line_ids: list[bytes] = []
         dead: list[tuple[bytes, str]] = []
         for entry_id, fields in entries:
             raw = fields.get(EVENT_FIELD)
-            if raw is None:
-                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: missing the 'event' field"))
+            if not raw or not raw.strip():
+                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: missing or empty 'event' field"))
                 continue
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as error:
-                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: invalid JSON: {error}"))
-                continue
-            if not isinstance(record, dict):
-                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: expected a JSON object"))
-                continue
-            records.append(record)
-            record_ids.append(entry_id)
-        return records, record_ids, dead
+            lines.append(raw)
+            line_ids.append(entry_id)
+        return lines, line_ids, dead
 
     def _dead_letter(self, dead: list[tuple[bytes, str]]) -> None:
         if not dead:

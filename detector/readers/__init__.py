@@ -7,7 +7,7 @@ checks.
 """
 
 from detector.readers.base import ReaderError, ReadResult
-from detector.readers.read import read_events
+from detector.readers.read import read_events, read_json_lines
 from detector.readers.validate import validate_records
 
-__all__ = ["ReadResult", "ReaderError", "read_events", "validate_records"]
+__all__ = ["ReadResult", "ReaderError", "read_events", "read_json_lines", "validate_records"]
