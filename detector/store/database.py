@@ -23,9 +23,12 @@ def resolve_url(url: str | None = None) -> str:
 
 
 def create_store_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL and foreign keys so readers never block the writer."""
+    """Create an engine. A SQLite file's folder is created, and SQLite gets WAL so readers never block the writer."""
     engine = create_engine(url, future=True, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _configure_sqlite)
     return engine
 
