@@ -1,8 +1,8 @@
 """The event contract: one record per gateway request, and its columnar form.
 
-Every reader turns its input into an ``EventFrame``-shaped ``pandas.DataFrame``
-with exactly the columns of ``COLUMNS`` and the dtypes below, sorted by ``ts``
-and with each ``request_id`` at most once. docs/events.md documents the fields
+Every reader turns its input into a ``pandas.DataFrame`` with exactly the
+columns of ``COLUMNS`` and the dtypes below. ``read_events`` also sorts it by
+``ts`` and keeps each ``request_id`` once. docs/events.md documents the fields
 for gateway authors.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 # Arrow-backed "str" dtype, which factorises several times faster than object.
 # ``ts`` is UTC epoch seconds as float64 so window arithmetic stays plain numpy.
 # ``subject_type`` is internal: "key" for gateway events, "ip" where an access
-# log had no remote user and the client address stands in for the key.
+# log had no remote user and the client address takes the key's place.
 COLUMNS: dict[str, str] = {
     "request_id": "str",
     "ts": "float64",

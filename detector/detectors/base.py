@@ -112,9 +112,9 @@ def escalations(rows: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     ``rows`` must be in event-time order and carry ``score`` and ``impact``
     measured from events up to that row only. Score steps are 10 points and
     impact steps half an octave (×1.41), so a finding is made when evidence
-    first crosses the threshold and again each time it grows by a step; later
-    events never change an earlier finding, and the batch and stream paths
-    see the same findings.
+    first crosses the threshold and again each time it grows by a step. Later
+    events never change an earlier finding, so the batch and stream paths see
+    the same findings.
     """
     if rows.empty:
         return rows
