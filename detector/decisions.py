@@ -20,8 +20,8 @@ _ID_NAMESPACE = uuid.UUID("5d2f2b0e-7c1a-4d9b-9a57-3f0a6a1c2e44")
 class Decision:
     """One throttle, review or suspend of one subject, immutable once written.
 
-    A decision ends by expiring, or by a later record that lifts it; it is
-    never edited. ``limit_rpm`` is set on throttles only, and ``scope`` says
+    A decision ends by expiring, or by a later record that lifts it. It is
+    never edited. ``limit_rpm`` is set on throttles only, and ``scope`` tells
     whether a throttle covers every endpoint or only image endpoints.
     """
 

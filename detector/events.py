@@ -70,7 +70,7 @@ IMAGE_ENDPOINTS: frozenset[str] = frozenset(
     {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations"}
 )
 
-# Longest string a text field may hold; longer values are rejected, not cut,
+# Maximum length of a text field; longer values are rejected, not cut,
 # because a cut identifier would silently merge two subjects.
 MAX_TEXT_LENGTH = 512
 

@@ -1,9 +1,10 @@
 """Versioned IsolationForest artifacts: a skops file and its JSON metadata.
 
-An artifact is two files in the models folder: ``iforest-VERSION.skops`` (the
-fitted estimator, in skops format, which loads without running pickled code)
-and ``iforest-VERSION.json`` (version, feature names in order, threshold,
-training window, metrics, library versions and the SHA-256 of the skops file).
+An artifact is two files in the models folder. ``iforest-VERSION.skops`` is
+the fitted estimator in skops format, which loads without running pickled
+code. ``iforest-VERSION.json`` holds the version, feature names in order,
+threshold, training window, metrics, library versions and the SHA-256 of the
+skops file.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import time
 from itertools import count
 
 import numpy as np
@@ -85,3 +86,30 @@ def _column(value, size: int):
     values = list(value)
     assert len(values) == size, f"expected {size} values, got {len(values)}"
     return values
+
+
+def record(number: int, *, ts: float, key: str = "key-1", **changes) -> dict:
+    """Return one contract record as a gateway sends it (JSON-ready), numbered ``number``."""
+    values = {
+        "request_id": f"req-{key}-{number}", "ts": ts, "account_id": f"acct-{key}", "key_id": key,
+        "plan": "text", "endpoint": "/v1/chat/completions", "model": "gpt-4o-mini", "prompt_tokens": 100,
+        "completion_tokens": 20, "cost": 0.01, "ip": "198.51.100.7", "status": 200, "latency_ms": 800.0,
+        "stream": False,
+    }
+    values.update(changes)
+    return values
+
+
+def wait_until(condition, seconds: float) -> bool:
+    """Poll ``condition`` every 50 ms until it is true or ``seconds`` pass; Redis connection errors count as false."""
+    import redis
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except redis.ConnectionError:
+            pass
+        time.sleep(0.05)
+    return False

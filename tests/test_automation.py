@@ -3,7 +3,7 @@ import numpy as np
 from detector.detectors import AutomationDetector
 from detector.features import prepare_events
 from detector.pipeline import default_detectors, score_events
-from tests.factories import DAY, HOUR, T0, events, frame, human_times
+from tests.factories import HOUR, T0, events, frame, human_times
 
 
 def _findings(plans, *parts):

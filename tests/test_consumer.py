@@ -9,20 +9,14 @@ from detector.store import open_store
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows
-from tests.factories import T0
+from tests.factories import T0, record
 
 pytestmark = pytest.mark.slow
 
 
-def _event(number, key="key-1", cost=0.01, **changes):
-    record = {
-        "request_id": f"req-{key}-{number}", "ts": T0 + number * 4.0, "account_id": f"acct-{key}", "key_id": key,
-        "plan": "text", "endpoint": "/v1/chat/completions", "model": "gpt-4o-mini", "prompt_tokens": 100,
-        "completion_tokens": 20, "cost": cost, "ip": "198.51.100.7", "status": 200, "latency_ms": 800.0,
-        "stream": False,
-    }
-    record.update(changes)
-    return record
+def _event(number, key="key-1", **changes):
+    changes.setdefault("ts", T0 + number * 4.0)
+    return record(number, key=key, **changes)
 
 
 @pytest.fixture
@@ -48,8 +42,8 @@ def make_consumer(redis_client, redis_prefix, sqlite_url, plans, policy):
 
 
 def _append(redis_client, stream, records):
-    for record in records:
-        redis_client.xadd(stream, {"event": orjson.dumps(record) if isinstance(record, dict) else record})
+    for item in records:
+        redis_client.xadd(stream, {"event": orjson.dumps(item) if isinstance(item, dict) else item})
 
 
 def _drain(consumer):

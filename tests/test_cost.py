@@ -16,7 +16,7 @@ def _hourly(key, spends, start=T0, **kwargs):
     return events(key, times, cost=list(spends), **kwargs)
 
 
-def test_constant_history_then_tenfold_spend_no_division_by_zero(plans):
+def test_mad_zero_spike_finite(plans):
     # Seven quiet days (MAD = 0), then one hour at 10x: [10,10,...,10,100] in cents.
     quiet = _hourly("steady", [0.10] * 7 * 24)
     spike = events("steady", T0 + 7 * DAY + np.arange(10) * 60, cost=0.10)

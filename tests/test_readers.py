@@ -916,17 +916,22 @@ def test_gzip_read_in_small_pieces(tmp_path, monkeypatch):
 # Pipes
 
 
-def test_fifo_read_completely(tmp_path):
-    records = [make_record(number) for number in range(3000)]
-    source = write_jsonl(tmp_path / "source.jsonl", records)
-    fifo = tmp_path / "events"  # no extension, so the format comes from the content
+def read_through_fifo(tmp_path, source):
+    """Read ``source`` through a named pipe without an extension, so the format comes from the content."""
+    fifo = tmp_path / "events"
     os.mkfifo(fifo)
     writer = subprocess.Popen(["sh", "-c", f'cat "{source}" > "{fifo}"'])
     try:
-        result = read_one(fifo)
+        return read_one(fifo)
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_fifo_read_completely(tmp_path):
+    records = [make_record(number) for number in range(3000)]
+    source = write_jsonl(tmp_path / "source.jsonl", records)
+    result = read_through_fifo(tmp_path, source)
 
     assert result.records == 3000
     assert len(result.frame) == 3000
@@ -938,14 +943,7 @@ def test_fifo_gzip_parquet_read(tmp_path):
     pq.write_table(pa.Table.from_pylist([make_record(number) for number in range(50)]), buffer)
     source = tmp_path / "source.gz"
     source.write_bytes(gzip.compress(buffer.getvalue().to_pybytes()))
-    fifo = tmp_path / "events"
-    os.mkfifo(fifo)
-    writer = subprocess.Popen(["sh", "-c", f'cat "{source}" > "{fifo}"'])
-    try:
-        result = read_one(fifo)
-    finally:
-        writer.kill()
-        writer.wait()
+    result = read_through_fifo(tmp_path, source)
 
     assert len(result.frame) == 50
 

@@ -16,7 +16,7 @@ from detector.store import open_store
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher, subject_key
 from workers.window import EventWindows
-from tests.factories import T0
+from tests.factories import T0, record, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,23 +44,7 @@ def _start_redis(port, folder):
 
 
 def _event(number):
-    return {
-        "request_id": f"req-{number}", "ts": T0 + number, "account_id": "acct-1", "key_id": "key-1", "plan": "text",
-        "endpoint": "/v1/chat/completions", "model": "m", "prompt_tokens": 10, "completion_tokens": 5, "cost": 0.01,
-        "ip": "198.51.100.7", "status": 200, "latency_ms": 500.0, "stream": False,
-    }
-
-
-def _wait_until(condition, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except redis.ConnectionError:
-            pass
-        time.sleep(0.05)
-    return False
+    return record(number, ts=T0 + number)
 
 
 def test_worker_rides_out_redis_restart(tmp_path, sqlite_url, plans, policy):
@@ -86,7 +70,7 @@ def test_worker_rides_out_redis_restart(tmp_path, sqlite_url, plans, policy):
     try:
         for number in range(100):
             client.xadd("fairuse:events", {"event": orjson.dumps(_event(number))})
-        assert _wait_until(lambda: client.zcard("fairuse:window:key:key-1") == 100, 30)
+        assert wait_until(lambda: client.zcard("fairuse:window:key:key-1") == 100, 30)
         assert client.exists(subject_key("fairuse", "key", "key-9"))
 
         server.kill()
@@ -94,10 +78,10 @@ def test_worker_rides_out_redis_restart(tmp_path, sqlite_url, plans, policy):
         time.sleep(0.5)
         server = _start_redis(port, tmp_path)
 
-        assert _wait_until(lambda: client.exists(subject_key("fairuse", "key", "key-9")), 30)
+        assert wait_until(lambda: client.exists(subject_key("fairuse", "key", "key-9")), 30)
         for number in range(100, 150):
             client.xadd("fairuse:events", {"event": orjson.dumps(_event(number))})
-        assert _wait_until(lambda: client.zcard("fairuse:window:key:key-1") == 50, 30)
+        assert wait_until(lambda: client.zcard("fairuse:window:key:key-1") == 50, 30)
     finally:
         stop.set()
         thread.join(timeout=10)

@@ -11,6 +11,7 @@ from detector.decisions import Decision
 from detector.readers import validate_records
 from detector.store import open_store
 from workers.jobs import consume_stream, republish_decisions, rescore_quiet_keys
+from tests.factories import record
 from workers.window import EventWindows
 
 pytestmark = pytest.mark.slow
@@ -19,12 +20,7 @@ pytestmark = pytest.mark.slow
 def _event(number, start=None):
     # Events of the last twenty minutes, so the decisions they cause are in force now.
     start = start if start is not None else time.time() - 1200
-    return {
-        "request_id": f"req-{number}", "ts": start + number * 2.0, "account_id": "acct-1", "key_id": "key-1",
-        "plan": "text", "endpoint": "/v1/chat/completions", "model": "m", "prompt_tokens": 10,
-        "completion_tokens": 5, "cost": 0.01, "ip": "198.51.100.7", "status": 200, "latency_ms": 500.0,
-        "stream": False, "prompt_hash": "same",
-    }
+    return record(number, ts=start + number * 2.0, prompt_hash="same")
 
 
 @pytest.fixture

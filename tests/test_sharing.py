@@ -55,7 +55,7 @@ def test_two_countries_alternating_is_impossible_travel(plans):
     assert findings[0].evidence["impossible_trips_24h"] > 0
 
 
-def test_ipv6_addresses_in_one_48_count_as_one_network(plans):
+def test_ipv6_same_48_one_network(plans):
     times = T0 + np.arange(200) * 30.0
     addresses = [f"2001:db8:abcd:{index % 5}::{index % 7 + 1}" for index in range(200)]
 

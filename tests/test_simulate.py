@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from detector.events import DEFAULTS, IMAGE_ENDPOINTS, REQUIRED_FIELDS
-from detector.plans import load_plans
 from detector.simulate import simulate_traffic
 from detector.simulate.network import subnet_of
 from detector.simulate.population import KINDS, count_kinds

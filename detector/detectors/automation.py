@@ -20,15 +20,17 @@ MAD_TO_SIGMA = 1.4826
 class AutomationDetector:
     """Find machine-driven traffic at two speeds.
 
-    *Load*: over the trailing 10 minutes at each request, a subject sending at
-    least ``min_load`` times its plan's expected rate with a machine signal: a
-    regular cadence (CV of inter-arrival times under ``max_regular_cv``, with
-    a mean gap of at least ``min_regular_period`` seconds, because logs with
-    one-second timestamps make any quick run of requests look even), one
-    ``prompt_hash`` in at least ``min_repeat_share`` of requests, or
-    ``min_parallel`` requests started within one second, at least
-    ``min_parallel_waves`` times in the window (a browser opening one page
-    fetches its assets in parallel once; a flood does it again and again).
+    *Load*: over the trailing 10 minutes at each request, a subject sends at
+    least ``min_load`` times its plan's expected rate with a machine signal.
+    The signals are:
+
+    - a regular cadence: CV of inter-arrival times under ``max_regular_cv``
+      with a mean gap of at least ``min_regular_period`` seconds, because logs
+      with one-second timestamps make any quick run of requests look even;
+    - one ``prompt_hash`` in at least ``min_repeat_share`` of requests;
+    - ``min_parallel`` requests started within one second, at least
+      ``min_parallel_waves`` times in the window. A browser opening one page
+      fetches its assets in parallel once, and a flood does it again and again.
 
     *Pattern*: over the whole input, requests collapsed into bursts (gaps under
     ``burst_gap`` seconds) that arrive on a clock (robust CV of the gaps under

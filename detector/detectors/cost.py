@@ -62,7 +62,7 @@ class AbnormalCostDetector:
         daily_budget = prepared.subjects["daily_budget"].to_numpy()[subject]
 
         scored = self._score_events(spend_1h, spend_24h, baseline, hourly_budget, daily_budget)
-        rows = self._first_per_subject_hour(events, scored)
+        rows = self._escalations_per_subject_hour(events, scored)
         return findings_from_rows(
             prepared,
             rows,
@@ -220,7 +220,7 @@ class AbnormalCostDetector:
         scored["row"] = flagged
         return scored
 
-    def _first_per_subject_hour(self, events: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
+    def _escalations_per_subject_hour(self, events: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
         """Keep, per subject and clock hour, the first flagged event and each escalation after it."""
         flagged = scored["row"].to_numpy()
         rows = scored.copy()

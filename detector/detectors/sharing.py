@@ -26,10 +26,10 @@ class KeySharingDetector:
     /24 and IPv6 /48 prefixes.
 
     A *concurrent* finding needs ``min_switches`` concurrent switches in a
-    rolling 24 hours and either ``min_networks`` networks taking part in them
-    so far, or two networks with a second sign: different user agents on the
-    two sides or an impossible trip (a country change within ``travel_gap``
-    seconds).
+    rolling 24 hours. It also needs ``min_networks`` networks taking part in
+    them so far, or two networks with a second sign: different user agents on
+    the two sides, or an impossible trip (a country change within
+    ``travel_gap`` seconds).
 
     People who share a key rarely use it in the same minutes, so a second test
     counts *devices in separate places* per UTC day: the connected components

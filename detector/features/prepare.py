@@ -20,11 +20,15 @@ _TIME_BITS = 41
 class PreparedEvents:
     """Events sorted by subject then time, as integer codes and numbers only.
 
-    ``events`` has one row per request: ``subject`` (code into ``subjects``),
-    ``ts``, ``ts_ms``, ``iat`` (seconds since the subject's previous request,
-    NaN for its first), ``net`` (network code, -1 unknown), ``ua``, ``country``
-    and ``prompt`` (codes, -1 when absent), ``is_image``, and the numeric
-    contract fields. ``subjects`` has one row per subject code:
+    ``events`` has one row per request with these columns:
+
+    - ``subject``: code into ``subjects``;
+    - ``ts``, ``ts_ms``, and ``iat`` (seconds since the subject's previous
+      request, NaN for its first);
+    - ``net``, ``ua``, ``country`` and ``prompt``: codes, -1 when unknown or absent;
+    - ``is_image`` and the numeric contract fields.
+
+    ``subjects`` has one row per subject code:
     ``subject_type``, ``subject``, ``account_id``, ``plan`` (of the last
     request) and the plan's entitlements.
     """
