@@ -118,3 +118,25 @@ class GatewayRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_pull_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# Staff verdicts, the labels analysts retrain on --------------------------------
+
+
+class LabelRow(Base):
+    """A staff verdict on a subject: ``abuse`` (confirmed) or ``benign`` (false positive)."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_type: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(512))
+    verdict: Mapped[str] = mapped_column(String(16))
+    # The reason codes of the decision the verdict is about, e.g. ["key_sharing"].
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    decision_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    staff: Mapped[str] = mapped_column(String(128))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_labels_subject", "subject_type", "subject"),)
