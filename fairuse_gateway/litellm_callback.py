@@ -6,8 +6,8 @@ fairuse_gateway.litellm_callback.proxy_handler_instance``) or in code
 logging payload and sends the fields of the event contract: never the
 messages, and for the key only the hash the proxy already computed
 (``user_api_key_hash``). Calls without a client address (library use, not the
-proxy) are sent with an empty ``ip`` and land in the workers' dead-letter
-stream, because the contract needs an address.
+proxy) are sent with an empty ``ip``, which the contract reads as an address
+that was not recorded.
 """
 
 from __future__ import annotations

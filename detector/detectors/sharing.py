@@ -119,6 +119,30 @@ class KeySharingDetector:
             },
         )
 
+    def evidence_gaps(self, prepared: PreparedEvents) -> dict[int, str]:
+        """Return, by subject code, why network evidence is missing for subjects with requests without an address.
+
+        A request whose gateway did not record the client address (``ip`` is
+        ``""``) has no network. It never counts as a network of its own, so
+        the network signals of such a subject rest on its other requests, or
+        on none.
+        """
+        events = prepared.events
+        unknown = events["net"].to_numpy() < 0
+        if not unknown.any():
+            return {}
+        subjects = events["subject"].to_numpy()
+        missing = np.bincount(subjects[unknown], minlength=len(prepared.subjects))
+        total = np.bincount(subjects, minlength=len(prepared.subjects))
+        return {
+            int(code): (
+                f"network evidence unavailable: no client address on any of {total[code]} requests"
+                if missing[code] == total[code]
+                else f"network evidence partial: no client address on {missing[code]} of {total[code]} requests"
+            )
+            for code in np.flatnonzero(missing)
+        }
+
     def _concurrent_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         signals = self._switch_signals(prepared.events)
         concurrent = signals["concurrent"].to_numpy()
