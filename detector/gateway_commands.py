@@ -65,6 +65,7 @@ def _plan_pairs(pairs: tuple[str, ...]) -> dict[str, str] | None:
 def import_command(kind, source_url, config, name, quota_per_usd, credits_per_usd, plan_pairs, target, follow, interval,
                    settle_seconds, context_hours, batch_size, database_url, redis_url, prefix, rejects, no_model) -> None:
     """Import a gateway's request log (KIND: newapi, oneapi or litellm) from its database."""
+    from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
 
     from detector.gateway_import import Importer
@@ -72,15 +73,14 @@ def import_command(kind, source_url, config, name, quota_per_usd, credits_per_us
     from detector.readers import ReaderError
     from detector.readers.gateways import gateway_settings, open_log_reader
     from detector.store import open_store
-    from detector.store.database import create_store_engine
-
+    
     try:
         settings = gateway_settings(kind, name, config, database_url=source_url, quota_per_usd=quota_per_usd,
                                     credits_per_usd=credits_per_usd, plans=_plan_pairs(plan_pairs))
         if not settings.database_url:
             raise ConfigError("no gateway database: pass --from URL or set database_url in --config")
         store = open_store(database_url)
-        reader = open_log_reader(create_store_engine(settings.database_url), settings)
+        reader = open_log_reader(create_engine(settings.database_url, pool_pre_ping=True), settings)
     except (ConfigError, ReaderError, SQLAlchemyError) as error:
         _fail(error)
 
@@ -148,5 +148,57 @@ def _write_rejects(path: Path, rejects) -> None:
 
 
 @click.command("enforce")
-def enforce_command() -> None:
-    """Mirror decisions into gateways through their admin APIs."""
+@click.option("--config", required=True, type=click.Path(path_type=Path),
+              help="Gateway TOML; every [gateways.NAME] with an enforce table is enforced (see docs/gateway.md).")
+@click.option("--gateway", "names", multiple=True, help="Enforce only this gateway name; repeatable.")
+@click.option("--dry-run", is_flag=True, help="Make no call: record the calls a pass would make in the audit table.")
+@click.option("--follow", is_flag=True, help="Keep enforcing: a pass on every decision change, and every --interval seconds.")
+@click.option("--interval", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between passes with --follow.")
+@click.option("--db", "database_url", help=_DB_HELP)
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="Redis with the decisions change stream (only wakes --follow early).")
+@click.option("--prefix", default=_PREFIX_DEFAULT, show_default="fairuse or $FAIRUSE_PREFIX", help="Redis key prefix of the change stream.")
+def enforce_command(config, names, dry_run, follow, interval, database_url, redis_url, prefix) -> None:
+    """Mirror the decisions in force into gateways through their admin APIs, and undo ended ones."""
+    from detector.plans import ConfigError
+    from detector.readers.gateways import load_gateways
+    from detector.store import open_store
+    from workers.enforce import build_enforcer
+    from workers.enforce.follow import run_passes
+    from workers.enforce.follow import follow as follow_changes
+
+    try:
+        gateways = load_gateways(config)
+        unknown = sorted(set(names) - gateways.keys())
+        if unknown:
+            raise ConfigError(f"{config}: no [gateways.{unknown[0]}] table; listed: {', '.join(sorted(gateways))}")
+        chosen = [settings for name, settings in gateways.items() if settings.enforce and (not names or name in names)]
+        if not chosen:
+            raise ConfigError(f"{config}: no gateway has an [gateways.NAME.enforce] table; add one with api_url")
+        store = open_store(database_url)
+        enforcers = [build_enforcer(settings, store, dry_run=dry_run or None) for settings in chosen]
+    except ConfigError as error:
+        _fail(error)
+
+    def report(reports) -> None:
+        for result in reports:
+            click.echo(f"{result.gateway}: {result.applied} applied, {result.undone} undone, {result.untouched} left to staff, "
+                       f"{result.rejected} refused, {result.pending} pending, {result.unchanged} unchanged"
+                       + (" (dry run: see gateway_calls)" if dry_run else ""))
+            for error in result.errors:
+                stderr.print(f"warning: {error}", highlight=False)
+
+    if not follow:
+        reports = run_passes(enforcers)
+        report(reports)
+        if any(result.pending or result.errors for result in reports):
+            sys.exit(1)
+        return
+
+    import redis as redis_library
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    follow_changes(enforcers, stop, store_engine=store.engine, client=redis_library.Redis.from_url(redis_url),
+                   prefix=prefix, interval=interval, on_pass=report)
