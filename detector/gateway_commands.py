@@ -183,7 +183,7 @@ def enforce_command(config, names, dry_run, follow, interval, database_url, redi
     def report(reports) -> None:
         for result in reports:
             click.echo(f"{result.gateway}: {result.applied} applied, {result.undone} undone, {result.untouched} left to staff, "
-                       f"{result.rejected} refused, {result.pending} pending, {result.unchanged} unchanged"
+                       f"{result.rejected} rejected, {result.pending} pending, {result.unchanged} unchanged"
                        + (" (dry run: see gateway_calls)" if dry_run else ""))
             for error in result.errors:
                 stderr.print(f"warning: {error}", highlight=False)

@@ -253,7 +253,7 @@ def test_oneapi_foreign_token_refused_once(oneapi, store):
     with Session(store.engine) as session:
         states = {row.target: (row.state, row.message) for row in session.scalars(select(GatewayEnforcementRow))}
     assert states["5"] == ("applied", "")
-    assert states["17"] == ("rejected", "gateway oneapi refused PUT /api/token/?status_only=true: record not found")
+    assert states["17"] == ("rejected", "gateway oneapi rejected PUT /api/token/?status_only=true: record not found")
 
 
 @pytest.fixture
@@ -334,7 +334,8 @@ def test_enforce_command_dry_run(gateway, tmp_path, sqlite_url):
     real = CliRunner().invoke(main, ["enforce", "--config", str(config), "--db", sqlite_url])
 
     assert dry.exit_code == 0, dry.output
-    assert "newapi: 1 applied" in dry.output and "dry run" in dry.output
+    assert "newapi: 1 applied" in dry.output
+    assert "dry run" in dry.output
     assert real.exit_code == 0, real.output
     assert gateway["standin"].admin_calls() == [("PUT", "/api/token/", {"id": 17, "status": 2})]
 
@@ -384,3 +385,23 @@ def test_rq_job_enforces_configured_gateways(gateway, tmp_path, sqlite_url, monk
 
     assert [(report["gateway"], report["applied"]) for report in reports] == [("newapi", 1)]
     assert token_status(gateway) == 2
+
+
+def test_newapi_enforced_on_every_backend(database_url, tmp_path, monkeypatch):
+    engine, tables = account_tables(database_url, newapi_tables, [{"id": 17, "user_id": 7, "key": KEY[3:], "name": "laptop"}])
+    standin = StandIn(newapi_app(engine, tables)).start()
+    monkeypatch.setenv("NEWAPI_TOKEN", ADMIN_TOKEN)
+    gateway = {"url": database_url, "engine": engine, "tables": tables, "standin": standin}
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.save_decisions([make_decision("key", "newapi:token:17")])
+    enforcer = newapi_enforcer(gateway, store)
+    try:
+        enforcer.reconcile(NOW)
+        during = token_status(gateway)
+        enforcer.reconcile(LATER)
+        after = token_status(gateway)
+    finally:
+        standin.stop()
+
+    assert during == 2
+    assert after == 1

@@ -1,4 +1,4 @@
-"""Requests without a client address: valid events, and key sharing says what it could not measure."""
+"""Requests without a client address: valid events, and key sharing reports what it could not measure."""
 
 from __future__ import annotations
 

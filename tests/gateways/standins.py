@@ -1,7 +1,7 @@
 """Local stand-ins of the gateways' admin APIs, served by uvicorn on 127.0.0.1 for the enforcement tests.
 
 Each stand-in implements exactly the admin endpoints the enforcer calls, with
-the gateway's own request and answer shapes, on top of the gateway's own
+the gateway's own request and response shapes, on top of the gateway's own
 tables (``tests/gateways/tables.py``). It adds one relay endpoint,
 ``POST /v1/chat/completions``, that only checks the caller's key the way the
 gateway does, so a test can see a disabled key refused. ``fail_next`` makes

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 from detector.plans import ConfigError
 from detector.readers.gateways import GatewaySettings
 from detector.store import DecisionStore
-from workers.enforce.client import AdminClient, GatewayRefused, GatewayUnavailable, RetrySettings
+from workers.enforce.client import AdminClient, GatewayRejected, GatewayUnavailable, RetrySettings
 from workers.enforce.enforcer import EnforcementReport, Enforcer
 from workers.enforce.litellm import LiteLLMAdapter
 from workers.enforce.newapi import NewApiAdapter, OneApiAdapter
@@ -71,7 +71,7 @@ __all__ = [
     "AdminClient",
     "EnforcementReport",
     "Enforcer",
-    "GatewayRefused",
+    "GatewayRejected",
     "GatewayUnavailable",
     "RetrySettings",
     "build_enforcer",

@@ -1,7 +1,7 @@
 """Calls to a gateway's admin API: retried with backoff, every attempt audited, optionally dry.
 
-A refused call (a 4xx status, or new-api/one-api's ``{"success": false}``
-answer, which they send with status 200) raises ``GatewayRefused`` at once.
+A rejected call (a 4xx status, or new-api/one-api's ``{"success": false}``
+response, which they send with status 200) raises ``GatewayRejected`` at once.
 A gateway that cannot be reached or answers 5xx or 429 is retried with
 exponential backoff and then raises ``GatewayUnavailable``; the enforcer keeps
 the change pending and tries again on its next pass.
@@ -30,8 +30,8 @@ class GatewayUnavailable(RuntimeError):
     """The gateway could not be reached, or kept failing, after every retry."""
 
 
-class GatewayRefused(RuntimeError):
-    """The gateway answered and refused the call; retrying will not help."""
+class GatewayRejected(RuntimeError):
+    """The gateway responded and rejected the call; retrying will not help."""
 
 
 class _Transient(RuntimeError):
@@ -73,7 +73,7 @@ class AdminClient:
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=retry.timeout_seconds, transport=transport)
 
     def call(self, method: str, path: str, body: dict[str, Any], decision_ids: list[str]) -> dict[str, Any]:
-        """Send one call and return the gateway's JSON answer ({} in a dry run)."""
+        """Send one call and return the gateway's JSON response ({} in a dry run)."""
         if self.dry_run:
             self._audit(method, path, body, 1, None, "dry_run", "", decision_ids)
             logger.info("gateway %s: dry run, would call %s %s %s", self.gateway, method, path, body)
@@ -111,17 +111,17 @@ class AdminClient:
             logger.warning("gateway %s: %s %s attempt %d: HTTP %d", self.gateway, method, path, number, status)
             raise _Transient(f"HTTP {status}")
 
-        answer = _json(response)
-        refused = status >= 400 or (self.success_field and answer.get("success") is not True)
-        if refused:
-            message = str(answer.get("message") or answer.get("detail") or answer.get("error") or response.text[:500])
-            self._audit(method, path, body, number, status, "refused", message, decision_ids)
-            logger.warning("gateway %s: %s %s refused (HTTP %d): %s", self.gateway, method, path, status, message)
-            raise GatewayRefused(f"gateway {self.gateway} refused {method} {path}: {message}")
+        payload = _json(response)
+        rejected = status >= 400 or (self.success_field and payload.get("success") is not True)
+        if rejected:
+            message = str(payload.get("message") or payload.get("detail") or payload.get("error") or response.text[:500])
+            self._audit(method, path, body, number, status, "rejected", message, decision_ids)
+            logger.warning("gateway %s: %s %s rejected (HTTP %d): %s", self.gateway, method, path, status, message)
+            raise GatewayRejected(f"gateway {self.gateway} rejected {method} {path}: {message}")
 
         self._audit(method, path, body, number, status, "ok", "", decision_ids)
         logger.info("gateway %s: %s %s %s: HTTP %d", self.gateway, method, path, body, status)
-        return answer
+        return payload
 
     def _audit(self, method, path, body, attempt, status, outcome, error, decision_ids) -> None:
         with Session(self.store_engine) as session, session.begin():
@@ -134,7 +134,7 @@ class AdminClient:
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
-        answer = response.json()
+        payload = response.json()
     except ValueError:
         return {}
-    return answer if isinstance(answer, dict) else {}
+    return payload if isinstance(payload, dict) else {}

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from detector.store import DecisionStore
 from detector.store.gateway_sync import GatewayEnforcementRow
-from workers.enforce.client import GatewayRefused, GatewayUnavailable
+from workers.enforce.client import GatewayRejected, GatewayUnavailable
 from workers.enforce.targets import Adapter, Target, Wanted, wanted_targets
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ APPLIED, UNTOUCHED, REJECTED, RELEASED = "applied", "untouched", "rejected", "re
 
 @dataclass
 class EnforcementReport:
-    """What one pass did on one gateway."""
+    """Counts of one pass on one gateway: changes made, undone, left alone, rejected and pending."""
 
     gateway: str
     applied: int = 0
@@ -106,7 +106,7 @@ class Enforcer:
         previous = current if first_change else dict(row.previous)
         try:
             self.adapter.apply(target, want.value, want.decision_ids)
-        except GatewayRefused as error:
+        except GatewayRejected as error:
             self._record(target, want, REJECTED, previous, str(error))
             report.rejected += 1
             return
@@ -132,8 +132,8 @@ class Enforcer:
             return
         try:
             self.adapter.undo(target, dict(row.previous), want.decision_ids)
-        except GatewayRefused as error:
-            self._record(target, want, RELEASED, dict(row.previous), f"undo refused: {error}")
+        except GatewayRejected as error:
+            self._record(target, want, RELEASED, dict(row.previous), f"undo rejected: {error}")
             report.rejected += 1
             return
         self._record(target, want, RELEASED, dict(row.previous), "")

@@ -1,8 +1,8 @@
 """Keep enforcers running: a pass now, then one after every decision change or ``interval`` seconds.
 
 The decisions change stream (``PREFIX:decisions``, written by the
-publisher) only wakes the loop early; the store stays the source of truth,
-so a missed or trimmed entry costs latency, never a decision. The last entry
+publisher) only wakes the loop early. The store stays the source of truth,
+so a missed or trimmed entry delays a change but never loses it. The last entry
 seen is stored as the cursor ``enforce:PREFIX:decisions``, so a restarted
 loop does not wait for entries it has already acted on.
 """

@@ -5,7 +5,7 @@ Endpoints (litellm 1.110.2, ``proxy/management_endpoints/key_management_endpoint
 ``POST /key/update`` with ``{"key": ..., "rpm_limit": N}``, where an explicit
 ``null`` clears the limit. ``key`` may be the hashed token, which is what the
 spend logs and fairuse's key ids hold. The master key goes in
-``Authorization: Bearer``. A blocked key is refused with HTTP 401. Current
+``Authorization: Bearer``. A blocked key is rejected with HTTP 401. Current
 values come from ``LiteLLM_VerificationToken`` (``blocked``, ``rpm_limit``).
 
 An account decision applies to every key of that LiteLLM user or team. Only

@@ -9,7 +9,7 @@ Endpoints (QuantumNous/new-api ``router/api-router.go`` at commit d420198f,
 - ``POST /api/user/manage`` with ``{"id": ID, "action": "disable"}`` (new-api)
   or ``{"username": NAME, "action": "disable"}`` (one-api), and ``"enable"``.
 
-Both answer with HTTP 200 and ``{"success": ..., "message": ...}``. The admin
+Both respond with HTTP 200 and ``{"success": ..., "message": ...}``. The admin
 access token goes in ``Authorization``; new-api also wants the admin's user id
 in ``New-Api-User``. Current statuses are read from the gateway's ``tokens``
 and ``users`` tables: 1 is enabled, 2 disabled, and tokens also have 3

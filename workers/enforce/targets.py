@@ -1,4 +1,4 @@
-"""What an enforcer changes inside a gateway: a target, and the value a decision wants there."""
+"""Targets of enforcement inside a gateway, and the values the decisions in force request there."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Adapter(Protocol):
     name: str
 
     def targets(self, decision: Decision) -> list[tuple[Target, int | None]]:
-        """Return what ``decision`` asks of this gateway: [] when its subject is not in this gateway."""
+        """Return the targets ``decision`` changes in this gateway: [] when its subject is not in this gateway."""
 
     def read(self, target: Target) -> dict[str, Any]:
         """Return the target's current value from the gateway's database; raise LookupError when it is gone."""
