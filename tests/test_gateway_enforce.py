@@ -405,3 +405,22 @@ def test_newapi_enforced_on_every_backend(database_url, tmp_path, monkeypatch):
 
     assert during == 2
     assert after == 1
+
+
+def test_rejected_target_retried_for_new_decision(oneapi, store):
+    first = make_decision("key", "oneapi:token:7:laptop")
+    store.save_decisions([first])
+    enforcer = build_enforcer(oneapi["settings"], store)
+    enforcer.reconcile(NOW)
+    enforcer.reconcile(LATER)
+    later = Decision(**{**vars_of(first), "id": "later-decision", "detected_at": LATER, "expires_at": LATER + timedelta(hours=1)})
+    store.save_decisions([later])
+
+    report = enforcer.reconcile(LATER + timedelta(minutes=1))
+
+    assert report.rejected == 1
+    assert len(oneapi["standin"].admin_calls()) == 2
+
+
+def vars_of(decision: Decision) -> dict:
+    return {name: getattr(decision, name) for name in decision.__dataclass_fields__}

@@ -86,7 +86,12 @@ class Enforcer:
         if row is not None and row.state == UNTOUCHED:
             report.unchanged += 1
             return
-        if row is not None and row.state in (APPLIED, REJECTED) and row.value == want.value:
+        if row is not None and row.state == APPLIED and row.value == want.value:
+            report.unchanged += 1
+            return
+        if row is not None and row.state == REJECTED and (row.value, sorted(row.decision_ids)) == (
+                want.value, sorted(want.decision_ids)):
+            # Rejected for good: only a new decision on the target makes another attempt.
             report.unchanged += 1
             return
 
