@@ -94,7 +94,7 @@ def import_command(kind, source_url, config, name, quota_per_usd, credits_per_us
             now = datetime.now(UTC)
             store.record_run(started_at=now, finished_at=now, inputs=[importer.cursor_name], records=result.rows,
                              rejected=len(result.rejects), duplicates=0, findings=result.findings,
-                             decisions=result.decisions, policy="", summary={"warnings": result.warnings})
+                             decisions=result.decisions, policy=sink.policy.origin, summary={"warnings": result.warnings})
         click.echo(f"{settings.name}: {result.rows} rows read, {result.events} events, {len(result.rejects)} rejected, "
                    f"{result.skipped} not requests; {_sent(target, result, prefix)}")
 

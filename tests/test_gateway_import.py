@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import orjson
 import pandas as pd
-import pytest
 from click.testing import CliRunner
-from sqlalchemy import MetaData, create_engine, insert, update
+from sqlalchemy import MetaData, create_engine, insert
 
 from detector.cli import main
-from detector.gateway_import import Importer, ImportReport, StreamSink
+from detector.gateway_import import Importer, StreamSink
+from detector.pipeline import default_detectors
 from detector.readers.gateways import gateway_settings, open_log_reader
 from detector.store import open_store
+from tests.factories import wait_until
 from tests.gateways.tables import litellm_tables, newapi_tables, oneapi_tables
+from workers.consumer import StreamConsumer, StreamSettings
+from workers.publish import DecisionPublisher
+from workers.window import EventWindows
 
 T0 = 1795428000  # 2026-11-23T10:00:00Z
 
@@ -299,3 +304,35 @@ def test_import_command_scores_into_store(sqlite_url, tmp_path):
     assert {decision.subject for decision in decisions} == {"newapi:token:17"}
     assert "abnormal_cost" in {reason for decision in decisions for reason in decision.reasons}
     assert "new decisions stored" in result.output
+
+
+def test_follow_feeds_stream_workers(sqlite_url, tmp_path, redis_client, redis_prefix, plans, policy):
+    engine, tables = gateway_engine(sqlite_url, newapi_tables)
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    stream = f"{redis_prefix}:events"
+    importer = importer_for("newapi", sqlite_url, store, StreamSink(redis_client, stream))
+    stop = threading.Event()
+    follower = threading.Thread(target=importer.follow, args=(stop, 0.05))
+    follower.start()
+    try:
+        with engine.begin() as connection:
+            connection.execute(insert(tables["logs"]), [newapi_row(1), newapi_row(2, ip="")])
+        arrived = wait_until(lambda: redis_client.xlen(stream) == 2, 10)
+        with engine.begin() as connection:
+            connection.execute(insert(tables["logs"]), [newapi_row(3)])
+        arrived_later = wait_until(lambda: redis_client.xlen(stream) == 3, 10)
+    finally:
+        stop.set()
+        follower.join(timeout=10)
+    consumer = StreamConsumer(
+        redis_client, store, plans=plans, policy=policy, detectors=default_detectors(),
+        windows=EventWindows(redis_client, prefix=redis_prefix), publisher=DecisionPublisher(redis_client, prefix=redis_prefix),
+        settings=StreamSettings(stream=stream, group="workers", dead_letter=f"{redis_prefix}:dead", block_ms=10),
+    )
+    consumer.ensure_group()
+
+    outcome = consumer.process_once()
+
+    assert arrived
+    assert arrived_later
+    assert (outcome.events, outcome.dead) == (3, 0)
