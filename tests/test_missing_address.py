@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.detectors import KeySharingDetector
+from detector.detectors import AnomalyDetector, KeySharingDetector
 from detector.features import prepare_events
+from detector.model_registry import load_model
 from detector.pipeline import default_detectors, score_events
 from detector.readers.validate import validate_records
 from tests.factories import DAY, T0, events, frame, record
@@ -52,3 +53,11 @@ def test_scoring_reports_gap_per_subject(plans, policy):
     assert gaps == {"key-a": ["key_sharing: network evidence unavailable: no client address on any of 5 requests"],
                     "key-b": []}
     assert "key_sharing: network evidence unavailable for 1 subjects (see evidence_gaps in the subject scores)" in result.outcome.warnings
+
+
+def test_anomaly_reports_missing_networks(plans):
+    prepared = prepare_events(events("key-a", T0 + np.arange(3) * 60.0, ip=""), plans)
+
+    gaps = AnomalyDetector(load_model()).evidence_gaps(prepared)
+
+    assert gaps == {0: "networks feature unavailable: no client address on any of 3 requests"}

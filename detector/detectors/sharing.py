@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from detector.detectors.base import Finding, escalations, findings_from_rows
-from detector.features import PreparedEvents
+from detector.features import PreparedEvents, address_gaps
 
 DAY = 86400.0
 
@@ -127,21 +127,7 @@ class KeySharingDetector:
         the network signals of such a subject rest on its other requests, or
         on none.
         """
-        events = prepared.events
-        unknown = events["net"].to_numpy() < 0
-        if not unknown.any():
-            return {}
-        subjects = events["subject"].to_numpy()
-        missing = np.bincount(subjects[unknown], minlength=len(prepared.subjects))
-        total = np.bincount(subjects, minlength=len(prepared.subjects))
-        return {
-            int(code): (
-                f"network evidence unavailable: no client address on any of {total[code]} requests"
-                if missing[code] == total[code]
-                else f"network evidence partial: no client address on {missing[code]} of {total[code]} requests"
-            )
-            for code in np.flatnonzero(missing)
-        }
+        return address_gaps(prepared, "network evidence")
 
     def _concurrent_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         signals = self._switch_signals(prepared.events)
