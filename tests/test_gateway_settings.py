@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -43,7 +45,7 @@ def test_file_settings_and_overrides(tmp_path):
 def test_bad_file_names_problem(tmp_path, text, message):
     path = write(tmp_path, text)
 
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_gateways(path)
 
 
