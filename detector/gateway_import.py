@@ -21,12 +21,12 @@ import pandas as pd
 import redis
 from sqlalchemy import Engine
 
-from detector.events import COLUMNS, Reject
+from detector.events import Reject, empty_frame
 from detector.model_registry import AnomalyModel
 from detector.pipeline import default_detectors, score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
-from detector.readers.gateways import LogBatch, load_cursor, save_cursor
+from detector.readers.gateways import LogBatch, LogReader, load_cursor, save_cursor
 from detector.readers.validate import validate_records
 from detector.store import DecisionStore
 
@@ -105,7 +105,7 @@ class StreamSink:
 class Importer:
     """Move one gateway's new log rows into a sink, remembering the position in the store."""
 
-    reader: object
+    reader: LogReader
     store_engine: Engine
     sink: StoreSink | StreamSink
     batch_size: int = 5_000
@@ -160,7 +160,7 @@ class Importer:
     def _context(self, cursor, events: pd.DataFrame) -> pd.DataFrame:
         """Return the events already imported in the ``context_seconds`` before ``events``."""
         if self.sink.context_seconds <= 0:
-            return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in COLUMNS.items()})
+            return empty_frame()
         since = float(events["ts"].min()) - self.sink.context_seconds
         earlier = self.reader.read_before(cursor, since)
         frame, _ = validate_records(earlier.records, self.reader.source, lines=earlier.lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from detector.readers.gateways.base import LogBatch
+from detector.readers.gateways.base import LogBatch, LogReader
 from detector.readers.gateways.cursor import Cursor, load_cursor, save_cursor
 from detector.readers.gateways.litellm import LiteLLMReader
 from detector.readers.gateways.newapi import NewApiReader
@@ -29,6 +29,7 @@ __all__ = [
     "Cursor",
     "GatewaySettings",
     "LogBatch",
+    "LogReader",
     "gateway_settings",
     "load_cursor",
     "load_gateways",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, MetaData, Table
 from sqlalchemy.exc import NoSuchTableError
@@ -29,6 +29,20 @@ class LogBatch:
     rows: int = 0
     skipped: int = 0
     cursor: Cursor = field(default_factory=Cursor)
+
+
+class LogReader(Protocol):
+    """A gateway log table read after a cursor: what ``fairuse import`` needs of a reader."""
+
+    kind: str
+    source: str
+    settings: Any
+
+    def read_after(self, cursor: Cursor, *, limit: int, settled_before: float) -> LogBatch:
+        """Map up to ``limit`` rows after ``cursor`` written before ``settled_before`` (epoch s)."""
+
+    def read_before(self, cursor: Cursor, since: float) -> LogBatch:
+        """Map the rows up to ``cursor`` written from ``since`` on."""
 
 
 def collect(batch: LogBatch, source: str, rows: Iterable[tuple[int, Any]], to_record: Callable[[Any], Mapped]) -> LogBatch:
