@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 
 import orjson
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import MetaData, create_engine, insert
 
 from detector.cli import main
-from detector.gateway_import import Importer, StreamSink
+from detector.gateway_import import Importer, StoreSink, StreamSink
 from detector.pipeline import default_detectors
 from detector.readers.gateways import gateway_settings, open_log_reader
 from detector.store import open_store
@@ -336,3 +337,23 @@ def test_follow_feeds_stream_workers(sqlite_url, tmp_path, redis_client, redis_p
     assert arrived
     assert arrived_later
     assert (outcome.events, outcome.dead) == (3, 0)
+
+
+@pytest.mark.parametrize(("context_hours", "expected"), [(24.0, {"throttle"}), (0.0, set())])
+def test_store_target_scores_with_context(sqlite_url, tmp_path, plans, policy, context_hours, expected):
+    # $0.50 a request on a $2/hour plan: three requests stay under budget, five pass it.
+    engine, tables = gateway_engine(sqlite_url, newapi_tables)
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    sink = StoreSink(store, plans=plans, policy=policy, model=None, context_seconds=context_hours * 3600)
+    importer = importer_for("newapi", sqlite_url, store, sink)
+    with engine.begin() as connection:
+        connection.execute(insert(tables["logs"]), [newapi_row(number, created_at=T0 + 60 * number) for number in (1, 2, 3)])
+    first = importer.import_once()
+    with engine.begin() as connection:
+        connection.execute(insert(tables["logs"]), [newapi_row(number, created_at=T0 + 60 * number) for number in (4, 5)])
+
+    second = importer.import_once()
+
+    assert first.decisions == 0
+    assert second.events == 2
+    assert {decision.action for decision in store.all_decisions()} == expected
