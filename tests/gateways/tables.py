@@ -1,10 +1,12 @@
 """The gateways' own tables, column by column, for tests that fill them and import.
 
-new-api: ``model/log.go``, ``model/token.go``, ``model/user.go`` of
-QuantumNous/new-api; one-api: the same files of songquanpeng/one-api (v0.6
-``Log`` with request_id, elapsed_time, is_stream); LiteLLM: ``LiteLLM_SpendLogs``
-and ``LiteLLM_VerificationToken`` of litellm 1.110.2's ``schema.prisma``.
-gorm names columns in snake case; Prisma keeps the field names, quoted.
+Sources: new-api's ``model/log.go`` (QuantumNous/new-api at 00423442) and
+``model/token.go`` (at 0067bd93); one-api's v0.6 ``Log`` struct in
+``model/log.go`` and ``model/token.go`` (songquanpeng/one-api at 0b8ccb94);
+the ``User`` struct both share (id, username, role, status, group). LiteLLM:
+``LiteLLM_SpendLogs`` and ``LiteLLM_VerificationToken`` of litellm 1.110.2's
+``schema.prisma``. gorm names columns in snake case; Prisma keeps the field
+names, quoted. Columns no reader or stand-in touches are left out.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def newapi_tables(metadata: MetaData) -> dict[str, Table]:
         Column("ip", String(191), server_default=""),
         Column("other", Text),
     )
-    return {"logs": logs, **_accounts(metadata)}
+    return {"logs": logs, **_accounts(metadata, key_length=128)}
 
 
 def oneapi_tables(metadata: MetaData) -> dict[str, Table]:
@@ -60,15 +62,15 @@ def oneapi_tables(metadata: MetaData) -> dict[str, Table]:
         Column("is_stream", Boolean, server_default="0"),
         Column("system_prompt_reset", Boolean, server_default="0"),
     )
-    return {"logs": logs, **_accounts(metadata)}
+    return {"logs": logs, **_accounts(metadata, key_length=48)}
 
 
-def _accounts(metadata: MetaData) -> dict[str, Table]:
+def _accounts(metadata: MetaData, key_length: int) -> dict[str, Table]:
     tokens = Table(
         "tokens", metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("user_id", Integer, index=True),
-        Column("key", String(48), unique=True),
+        Column("key", String(key_length), unique=True),
         Column("status", Integer, server_default="1"),
         Column("name", String(191), index=True),
         Column("created_time", BigInteger),
