@@ -231,5 +231,11 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model)
     consumer.run(stop)
 
 
+from detector.gateway_commands import enforce_command, import_command  # noqa: E402 - registered after main exists
+
+main.add_command(import_command)
+main.add_command(enforce_command)
+
+
 if __name__ == "__main__":
     main()

@@ -89,7 +89,39 @@ def score_events(
     existing = prior(flagged) if prior and flagged else []
     outcome = decide(findings, policy, existing, now=now, simulated=simulated)
     subjects = risk_table(prepared, findings, outcome.decisions)
+    gaps = evidence_gaps(detectors, prepared)
+    subjects["evidence_gaps"] = [gaps.get(code, []) for code in subjects["code"]]
+    subjects = subjects.drop(columns="code")
+    outcome.warnings.extend(gap_warnings(gaps))
     return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared)
+
+
+def evidence_gaps(detectors: Sequence[Detector], prepared: PreparedEvents) -> dict[int, list[str]]:
+    """Return, by subject code, the evidence detectors could not measure, as ``reason: why`` lines.
+
+    A detector reports its gaps through an optional ``evidence_gaps(prepared)``
+    method, so a subject whose requests lack what a detector needs is shown as
+    unmeasured instead of as clean.
+    """
+    gaps: dict[int, list[str]] = {}
+    for detector in detectors:
+        report = getattr(detector, "evidence_gaps", None)
+        if report is None:
+            continue
+        for code, why in report(prepared).items():
+            gaps.setdefault(code, []).append(f"{detector.reason}: {why}")
+    return gaps
+
+
+def gap_warnings(gaps: dict[int, list[str]]) -> list[str]:
+    """Return one warning per kind of gap, such as ``key_sharing: network evidence unavailable``, with its subject count."""
+    counts: dict[str, int] = {}
+    for lines in gaps.values():
+        for line in lines:
+            reason, _, why = line.partition(": ")
+            kind = f"{reason}: {why.split(':')[0]}"
+            counts[kind] = counts.get(kind, 0) + 1
+    return [f"{kind} for {count} subjects (see evidence_gaps in the subject scores)" for kind, count in sorted(counts.items())]
 
 
 def risk_table(
@@ -103,6 +135,7 @@ def risk_table(
     table = prepared.subjects[
         ["subject_type", "subject", "account_id", "plan", "requests", "first_ts", "last_ts"]
     ].copy()
+    table["code"] = np.arange(len(table))
     keys = list(zip(table["subject_type"], table["subject"]))
 
     best: dict[tuple[str, str], float] = {}

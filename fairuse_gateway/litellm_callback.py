@@ -6,8 +6,8 @@ fairuse_gateway.litellm_callback.proxy_handler_instance``) or in code
 logging payload and sends the fields of the event contract: never the
 messages, and for the key only the hash the proxy already computed
 (``user_api_key_hash``). Calls without a client address (library use, not the
-proxy) are sent with an empty ``ip`` and land in the workers' dead-letter
-stream, because the contract needs an address.
+proxy) are sent with an empty ``ip``, which the contract reads as an address
+that was not recorded.
 """
 
 from __future__ import annotations
@@ -21,27 +21,9 @@ import orjson
 import redis
 from litellm.integrations.custom_logger import CustomLogger
 
-logger = logging.getLogger(__name__)
+from fairuse_gateway.litellm_endpoints import ENDPOINTS
 
-# LiteLLM call types and the OpenAI-compatible endpoint each one serves.
-ENDPOINTS: dict[str, str] = {
-    "completion": "/v1/chat/completions",
-    "acompletion": "/v1/chat/completions",
-    "text_completion": "/v1/completions",
-    "atext_completion": "/v1/completions",
-    "embedding": "/v1/embeddings",
-    "aembedding": "/v1/embeddings",
-    "image_generation": "/v1/images/generations",
-    "aimage_generation": "/v1/images/generations",
-    "image_edit": "/v1/images/edits",
-    "aimage_edit": "/v1/images/edits",
-    "transcription": "/v1/audio/transcriptions",
-    "atranscription": "/v1/audio/transcriptions",
-    "speech": "/v1/audio/speech",
-    "aspeech": "/v1/audio/speech",
-    "responses": "/v1/responses",
-    "aresponses": "/v1/responses",
-}
+logger = logging.getLogger(__name__)
 
 
 class FairuseLogger(CustomLogger):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.detectors.base import Finding, findings_from_rows
-from detector.features import PreparedEvents
+from detector.features import PreparedEvents, address_gaps
 from detector.features.keyday import KEYDAY_FEATURES, keyday_features
 from detector.model_registry import AnomalyModel
 
@@ -34,6 +34,10 @@ class AnomalyDetector:
     @property
     def version(self) -> str:
         return self.model.version
+
+    def evidence_gaps(self, prepared: PreparedEvents) -> dict[int, str]:
+        """Return, by subject code, a note for subjects whose ``networks`` feature misses requests without an address."""
+        return address_gaps(prepared, "networks feature")
 
     def detect(self, prepared: PreparedEvents) -> list[Finding]:
         rows = keyday_features(prepared)

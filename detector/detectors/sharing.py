@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from detector.detectors.base import Finding, escalations, findings_from_rows
-from detector.features import PreparedEvents
+from detector.features import PreparedEvents, address_gaps
 
 DAY = 86400.0
 
@@ -118,6 +118,16 @@ class KeySharingDetector:
                 "resale_networks": self.resale_networks,
             },
         )
+
+    def evidence_gaps(self, prepared: PreparedEvents) -> dict[int, str]:
+        """Return, by subject code, why network evidence is missing for subjects with requests without an address.
+
+        A request whose gateway did not record the client address (``ip`` is
+        ``""``) has no network. It never counts as a network of its own, so
+        the network signals of such a subject rest on its other requests, or
+        on none.
+        """
+        return address_gaps(prepared, "network evidence")
 
     def _concurrent_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         signals = self._switch_signals(prepared.events)

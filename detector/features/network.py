@@ -63,3 +63,27 @@ def network_codes(addresses: pd.Series) -> tuple[np.ndarray, list[str]]:
 
     per_event = np.where(address_codes >= 0, net_codes[np.maximum(address_codes, 0)], -1)
     return per_event.astype(np.int64), list(unique_networks)
+
+
+def address_gaps(prepared, evidence: str) -> dict[int, str]:
+    """Return, by subject code, a note on the subject's requests without a client address.
+
+    ``prepared`` is a ``PreparedEvents``. The note reads ``EVIDENCE
+    unavailable`` when no request of the subject has an address, and
+    ``EVIDENCE partial`` when some do, with the counts.
+    """
+    events = prepared.events
+    unknown = events["net"].to_numpy() < 0
+    if not unknown.any():
+        return {}
+    subjects = events["subject"].to_numpy()
+    missing = np.bincount(subjects[unknown], minlength=len(prepared.subjects))
+    total = np.bincount(subjects, minlength=len(prepared.subjects))
+    return {
+        int(code): (
+            f"{evidence} unavailable: no client address on any of {total[code]} requests"
+            if missing[code] == total[code]
+            else f"{evidence} partial: no client address on {missing[code]} of {total[code]} requests"
+        )
+        for code in np.flatnonzero(missing)
+    }
