@@ -104,6 +104,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
         policy=policy,
         detectors=default_detectors(model),
         prior=store.decisions_for,
+        suspensions=store.suspensions_between,
         now=started,
         simulated=simulated,
     )

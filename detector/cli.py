@@ -22,7 +22,46 @@ stderr = Console(stderr=True, soft_wrap=True)
 stdout = Console(width=None if sys.stdout.isatty() else 140)
 
 
-@click.group()
+class FairuseGroup(click.Group):
+    """The command group: errors a user can fix end the command with one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except Exception as error:  # noqa: BLE001 - sorted by user_error below, the rest re-raised
+            message = user_error(error)
+            if message is None:
+                raise
+            logging.getLogger("fairuse").debug("command failed", exc_info=True)
+            stderr.print(Text("error: ", style="red") + Text(message), highlight=False)
+            sys.exit(2)
+
+
+def user_error(error: Exception) -> str | None:
+    """Return the message for an error the user can fix (bad path, URL, config, unreachable service), else None."""
+    import redis
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    from detector.plans import ConfigError
+
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}; check the path and its permissions"
+    if isinstance(error, ConfigError):
+        return str(error)
+    if isinstance(error, ArgumentError):
+        return f"{error}; write a SQLAlchemy URL such as sqlite:///fairuse.db or postgresql+psycopg://user@host/db"
+    if isinstance(error, OperationalError):
+        return f"cannot use the database: {error.orig or error}; check --db and that the server is running"
+    if isinstance(error, redis.ConnectionError):
+        return f"cannot reach Redis: {error}; check --redis and that the server is running"
+    if isinstance(error, ValueError) and "Redis URL" in str(error):
+        return f"{error}; for example redis://127.0.0.1:6379/0"
+    return None
+
+
+@click.group(cls=FairuseGroup)
 @click.version_option(__version__, prog_name="fairuse")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -113,7 +152,11 @@ def evaluate(labels, decisions, as_json) -> None:
     from detector.evaluate import evaluate as run_evaluation
     from detector.evaluate import render_report
 
-    report = run_evaluation(labels, decisions)
+    try:
+        report = run_evaluation(labels, decisions)
+    except ValueError as error:  # a labels or decisions file of another shape
+        stderr.print(Text("error: ", style="red") + Text(str(error)), highlight=False)
+        sys.exit(2)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -199,7 +242,9 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--claim-idle-ms", default=60_000, show_default=True, type=click.IntRange(0),
               help="Take over entries another worker left unacknowledged for this many milliseconds.")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
-def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model) -> None:
+@click.option("--plans", type=click.Path(path_type=Path), help="Plan catalogue TOML (default: $FAIRUSE_PLANS or the shipped one).")
+@click.option("--policy", type=click.Path(path_type=Path), help="Policy TOML (default: $FAIRUSE_POLICY or the shipped one).")
+def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy) -> None:
     """Consume the Redis event stream: score, store and publish decisions until stopped."""
     import signal
     import threading
@@ -217,7 +262,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model)
 
     client = redis_library.Redis.from_url(redis_url)
     consumer = StreamConsumer(
-        client, open_store(database_url), plans=load_plans(), policy=load_policy(),
+        client, open_store(database_url), plans=load_plans(plans), policy=load_policy(policy),
         detectors=default_detectors(None if no_model else load_model()),
         windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
         settings=StreamSettings(

@@ -44,6 +44,19 @@ class Decision:
     rule: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def in_force_from(self) -> datetime:
+        """Return when the decision starts to apply: its detection, or its storing if that came first.
+
+        An event stamped by a gateway whose clock runs ahead is detected "in
+        the future"; its decision applies from the moment it is stored.
+        """
+        return min(self.detected_at, self.created_at)
+
+    def in_force_at(self, moment: datetime) -> bool:
+        """Return whether the decision applies at ``moment``."""
+        return self.in_force_from <= moment < self.expires_at
+
     def to_dict(self) -> dict[str, Any]:
         """Return the decision as JSON-ready values (times as RFC 3339 UTC)."""
         values = asdict(self)

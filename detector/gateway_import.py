@@ -76,7 +76,8 @@ class StoreSink:
         frame = pd.concat([context, events], ignore_index=True).drop_duplicates("request_id", keep="last")
         frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
         result = score_events(frame, plans=self.plans, policy=self.policy, detectors=self.detectors,
-                              prior=self.store.decisions_for, simulated=True if self.simulated else None)
+                              prior=self.store.decisions_for,
+                              suspensions=self.store.suspensions_between, simulated=True if self.simulated else None)
         self.store.save_findings(result.findings)
         report.findings += len(result.findings)
         report.decisions += self.store.save_decisions(result.decisions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from detector.policy import Policy, PolicyOutcome, decide
 logger = logging.getLogger(__name__)
 
 PriorLookup = Callable[[Iterable[tuple[str, str]]], list[Decision]]
+SuspensionLookup = Callable[[datetime, datetime], list[Decision]]
 
 
 @dataclass(slots=True)
@@ -68,14 +69,16 @@ def score_events(
     policy: Policy,
     detectors: Sequence[Detector],
     prior: PriorLookup | None = None,
+    suspensions: SuspensionLookup | None = None,
     now: datetime | None = None,
     simulated: bool | None = None,
 ) -> ScoringResult:
     """Run every detector over ``frame``, score subjects, and apply ``policy``.
 
     ``prior`` returns the stored decisions of the subjects involved, so that
-    decisions already in force are not made again. ``simulated`` overrides the
-    policy's simulation setting.
+    decisions already in force are not made again. ``suspensions`` returns the
+    stored suspensions detected in a span of time, for the policy's hourly cap.
+    ``simulated`` overrides the policy's simulation setting.
     """
     prepared = prepare_events(frame, plans)
 
@@ -87,13 +90,24 @@ def score_events(
 
     flagged = {(finding.subject_type, finding.subject) for finding in findings}
     existing = prior(flagged) if prior and flagged else []
-    outcome = decide(findings, policy, existing, now=now, simulated=simulated)
+    capped = suspensions(*_hours_spanned(findings)) if suspensions and findings else []
+    outcome = decide(findings, policy, existing, now=now, simulated=simulated, suspensions=capped)
     subjects = risk_table(prepared, findings, outcome.decisions)
     gaps = evidence_gaps(detectors, prepared)
     subjects["evidence_gaps"] = [gaps.get(code, []) for code in subjects["code"]]
     subjects = subjects.drop(columns="code")
     outcome.warnings.extend(gap_warnings(gaps))
     return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared)
+
+
+def _hours_spanned(findings: Sequence[Finding]) -> tuple[datetime, datetime]:
+    """Return the start of the first finding's hour and the end of the last one's."""
+    first = min(finding.detected_at for finding in findings)
+    last = max(finding.detected_at for finding in findings)
+    return (
+        datetime.fromtimestamp(first // 3600 * 3600, UTC),
+        datetime.fromtimestamp((last // 3600 + 1) * 3600, UTC),
+    )
 
 
 def evidence_gaps(detectors: Sequence[Detector], prepared: PreparedEvents) -> dict[int, list[str]]:

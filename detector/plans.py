@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -72,7 +73,7 @@ _PLAN_FIELDS = {
 
 
 def load_plans(path: str | Path | None = None) -> PlanCatalogue:
-    """Load a plan catalogue from TOML, or the shipped one when ``path`` is None."""
+    """Load a plan catalogue from TOML; without ``path``, from ``$FAIRUSE_PLANS`` or the shipped one."""
     source, document = _read_toml(path, "plans.toml")
     entries = document.get("plans")
     if not isinstance(entries, dict) or not entries:
@@ -111,8 +112,15 @@ def _parse_plan(source: str, name: str, entry: object) -> Plan:
     return Plan(name=name, **values)  # type: ignore[arg-type]
 
 
+# Files used when no path is given: workers and RQ jobs take their configuration from these.
+CONFIG_ENV = {"plans.toml": "FAIRUSE_PLANS", "policy.toml": "FAIRUSE_POLICY"}
+
+
 def _read_toml(path: str | Path | None, shipped_name: str) -> tuple[str, dict]:
-    """Read a TOML file, or the copy shipped in ``detector/config`` when ``path`` is None."""
+    """Read a TOML file; when ``path`` is None, the file named by its environment
+    variable (``CONFIG_ENV``), else the copy shipped in ``detector/config``."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV[shipped_name]) or None
     if path is None:
         text = resources.files("detector.config").joinpath(shipped_name).read_text("utf-8")
         source = f"shipped {shipped_name}"

@@ -10,6 +10,7 @@ warning at most once per ``log_interval`` seconds and counts the failure in
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -77,6 +78,8 @@ class DecisionClient:
 
     def check(self, key_id: str | None = None, account_id: str | None = None, ip: str | None = None) -> Verdict:
         """Return the strongest decision in force on the key, the account or the address."""
+        if ip and ":" in ip:
+            ip = canonical_ipv6(ip)
         subjects = [
             (kind, value)
             for kind, value in (("key", key_id), ("account", account_id), ("ip", ip))
@@ -142,3 +145,15 @@ def _verdict(kind: str, value: str, entry: dict) -> Verdict:
         expires_at=entry["expires_ms"] / 1000,
         decision_id=entry["id"],
     )
+
+
+def canonical_ipv6(text: str) -> str:
+    """Return an IPv6 address as fairuse stores it: compressed, and IPv4-mapped ones as IPv4.
+
+    Text that is no address comes back unchanged, to find nothing.
+    """
+    try:
+        address = ipaddress.IPv6Address(text)
+    except ValueError:
+        return text
+    return str(address.ipv4_mapped) if address.ipv4_mapped is not None else str(address)

@@ -191,3 +191,31 @@ def test_simulated_run_kept_out_of_real_output(traffic, tmp_path):
     assert real
     assert not any(decision["simulated"] for decision in real)
     assert len(real) == len(_lines(tmp_path / "simulated.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("score", "detector/samples/events-sample.jsonl.gz", "--out", "/proc/nowhere/d.jsonl", "--no-model"),
+         "error: /proc/nowhere"),
+        (("worker", "--redis", "http://127.0.0.1:1", "--no-model"), "error: Redis URL must specify"),
+        (("api", "--db", "notaurl"), "error: Could not parse SQLAlchemy URL"),
+        (("simulate", "/proc/nowhere"), "error: /proc/nowhere"),
+    ],
+)
+def test_fixable_mistakes_end_with_one_line_not_a_traceback(arguments, message):
+    result = CliRunner().invoke(main, list(arguments))
+
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_refuses_a_file_that_is_no_labels_file(tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+
+    result = CliRunner().invoke(main, ["evaluate", str(other), str(other)])
+
+    assert result.exit_code == 2
+    assert "missing label columns" in result.output

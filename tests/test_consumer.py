@@ -1,6 +1,9 @@
 """The stream consumer against real Redis: dead letters, redelivery, idempotency, window expiry."""
 
+import threading
+
 import orjson
+import sqlalchemy.exc
 import pytest
 
 from detector.model_registry import load_model
@@ -148,3 +151,37 @@ def test_stream_and_batch_make_same_decisions(make_consumer, redis_client, tmp_p
     streamed = {decision.id for decision in make_consumer.store.all_decisions()}
     assert batch.decisions
     assert streamed == {decision.id for decision in batch.decisions}
+
+
+class _StoreDownTwice:
+    """The real store, except that its first two writes fail as a lost database connection does."""
+
+    def __init__(self, store):
+        self._store = store
+        self.failures = 0
+
+    def save_findings(self, findings):
+        if self.failures < 2:
+            self.failures += 1
+            raise sqlalchemy.exc.OperationalError("INSERT INTO findings", {}, ConnectionError("server closed the connection"))
+        return self._store.save_findings(findings)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_database_outage_retries_the_batch_without_losing_it(make_consumer, redis_client):
+    consumer = make_consumer(batch_size=1000)
+    real_store = consumer.store
+    consumer.store = _StoreDownTwice(real_store)
+    _append(redis_client, consumer.settings.stream, [_event(number) for number in range(900)])
+    stop = threading.Event()
+
+    runner = threading.Thread(target=consumer.run, args=(stop,), kwargs={"max_idle_batches": 3})
+    runner.start()
+    runner.join(timeout=60)
+    stop.set()
+
+    assert consumer.store.failures == 2
+    assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
+    assert any("automation" in decision.reasons for decision in real_store.all_decisions())

@@ -215,3 +215,38 @@ def test_lighter_throttle_covered_by_harder(policy):
     decisions = decide(findings, policy, now=NOW).decisions
 
     assert [decision.limit_rpm for decision in decisions] == [30]
+
+
+def test_suspension_cap_counts_suspensions_of_earlier_runs(tmp_path):
+    text = _shipped_policy_text()
+    policy = load_policy(_policy_file(tmp_path, text.replace("max_auto_suspensions_per_hour = 20", "max_auto_suspensions_per_hour = 2")))
+    earlier = decide([_finding(subject=f"old-{index}", at=T0 + index) for index in range(2)], policy, now=NOW).decisions
+
+    outcome = decide([_finding(subject="new-1", at=T0 + 10)], policy, now=NOW, suspensions=earlier)
+
+    assert [decision.action for decision in outcome.decisions] == ["review"]
+    assert outcome.capped == 1
+
+
+def test_harder_throttle_during_a_flood_is_not_a_repeat_offence(policy):
+    light = _finding(reason="automation", score=60.0, impact=3.0, at=T0)
+    heavy = _finding(reason="automation", score=60.0, impact=12.0, at=T0 + 300)
+
+    decisions = decide([light, heavy], policy, now=NOW).decisions
+
+    assert [decision.limit_rpm for decision in decisions] == [60, 30]
+    assert all(decision.extra["earlier_offences"] == 0 for decision in decisions)
+
+
+def test_allowlisted_address_matches_in_any_spelling(tmp_path):
+    text = _shipped_policy_text().replace("subjects = []", 'subjects = ["ip:::ffff:198.51.100.7"]')
+    policy = load_policy(_policy_file(tmp_path, text))
+
+    assert policy.is_allowlisted("ip", "198.51.100.7")
+
+
+def test_allowlisted_address_that_is_no_address_is_refused(tmp_path):
+    text = _shipped_policy_text().replace("subjects = []", 'subjects = ["ip:office"]')
+
+    with pytest.raises(ConfigError, match="'ip:office': not an IPv4 or IPv6 address"):
+        load_policy(_policy_file(tmp_path, text))

@@ -193,3 +193,16 @@ def test_stricter_throttle_wins(publisher, gateway):
     verdict = gateway.check(key_id="key-1")
 
     assert verdict.limit_rpm == 5
+
+
+@pytest.mark.parametrize("spelling", ["::ffff:198.51.100.7", "::FFFF:c633:6407"])
+def test_ipv4_mapped_address_finds_the_ipv4_decision(publisher, gateway, spelling):
+    publisher.publish([replace(_decision("throttle"), subject_type="ip", subject="198.51.100.7")])
+
+    assert gateway.check(ip=spelling).action == "throttle"
+
+
+def test_ipv6_address_found_in_any_spelling(publisher, gateway):
+    publisher.publish([replace(_decision("suspend"), subject_type="ip", subject="2001:db8::1")])
+
+    assert gateway.check(ip="2001:DB8:0:0:0:0:0:1").action == "suspend"

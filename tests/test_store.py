@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import inspect
@@ -30,10 +31,13 @@ def test_decision_round_trip_keeps_fields(database_url, policy):
     store = open_store(database_url)
     decision = decide([_finding()], policy, now=NOW).decisions[0]
 
+    before = datetime.now(UTC)
     store.save_decisions([decision])
     loaded = store.decisions_for([("key", "key-1")])
 
-    assert loaded == [decision]
+    # created_at is the time of the insert, which change feeds go by.
+    assert before <= loaded[0].created_at <= datetime.now(UTC)
+    assert loaded == [replace(decision, created_at=loaded[0].created_at)]
     assert loaded[0].detected_at.tzinfo is not None
     assert loaded[0].evidence["abnormal_cost"]["spend_1h"] == 6.5
 
@@ -62,7 +66,8 @@ def test_active_decisions_by_time(store, policy):
     store.save_decisions([decision])
     during = decision.detected_at + timedelta(minutes=5)
 
-    assert store.active_decisions(during) == [decision]
+    assert [found.id for found in store.active_decisions(during)] == [decision.id]
+    assert store.active_decisions(decision.detected_at - timedelta(seconds=1)) == []
     assert store.active_decisions(decision.expires_at) == []
     assert store.active_decisions(during, simulated=True) == []
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import redis
+import sqlalchemy.exc
 
 from detector.detectors import Detector
 from detector.pipeline import score_events
@@ -90,6 +91,8 @@ class StreamConsumer:
         self.windows = windows
         self.publisher = publisher
         self.settings = settings
+        # Set after a failed batch: read this consumer's own unacknowledged entries again first.
+        self._retry_own_pending = False
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
@@ -129,6 +132,15 @@ class StreamConsumer:
                 connected = False
                 logger.warning("consumer %s: consumer group missing, Redis lost its data: %s", self.settings.consumer, error)
                 continue
+            except sqlalchemy.exc.DBAPIError as error:
+                # Nothing was acknowledged: the batch is read again once the database is back.
+                self._retry_own_pending = True
+                logger.warning(
+                    "consumer %s: database unreachable, retrying in %.1f s: %s", self.settings.consumer, delay, error.orig
+                )
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
             idle = idle + 1 if outcome.entries == 0 else 0
             if max_idle_batches is not None and idle >= max_idle_batches:
                 break
@@ -142,7 +154,10 @@ class StreamConsumer:
 
     def process_once(self) -> BatchOutcome:
         """Claim stale pending entries, or read new ones, and process them as one batch."""
-        entries = self._claim_stale()
+        entries = self._own_pending() if self._retry_own_pending else []
+        if not entries:
+            self._retry_own_pending = False
+            entries = self._claim_stale()
         claimed = bool(entries)
         if not entries:
             response = self.client.xreadgroup(
@@ -191,7 +206,8 @@ class StreamConsumer:
         combined = combined.sort_values("ts", kind="stable").reset_index(drop=True)
 
         result = score_events(
-            combined, plans=self.plans, policy=self.policy, detectors=self.detectors, prior=self.store.decisions_for
+            combined, plans=self.plans, policy=self.policy, detectors=self.detectors, prior=self.store.decisions_for,
+            suspensions=self.store.suspensions_between,
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
@@ -221,6 +237,13 @@ class StreamConsumer:
             pipeline.xadd(self.settings.dead_letter, {"entry": entry_id, "reason": reason}, maxlen=100_000, approximate=True)
         pipeline.execute()
         logger.warning("consumer %s: %d malformed entries moved to %s", self.settings.consumer, len(dead), self.settings.dead_letter)
+
+    def _own_pending(self) -> list:
+        """Return entries delivered to this consumer and not acknowledged, oldest first."""
+        response = self.client.xreadgroup(
+            self.settings.group, self.settings.consumer, {self.settings.stream: "0"}, count=self.settings.batch_size
+        )
+        return response[0][1] if response else []
 
     def _claim_stale(self) -> list:
         response = self.client.xautoclaim(

@@ -128,7 +128,7 @@ def _with_survivors(store: DecisionStore, new: list[Decision], deleted: list[Dec
     remaining = [
         decision
         for decision in store.decisions_for(touched)
-        if not decision.simulated and decision.detected_at <= now < decision.expires_at
+        if not decision.simulated and decision.in_force_at(now)
     ]
     return _strongest_per_subject(new + remaining)
 

@@ -88,6 +88,7 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
         result = score_events(
             history.sort_values("ts", kind="stable").reset_index(drop=True),
             plans=load_plans(), policy=load_policy(), detectors=[detector], prior=store.decisions_for,
+            suspensions=store.suspensions_between,
         )
         store.save_findings(result.findings)
         totals["decisions"] += store.save_decisions(result.decisions)

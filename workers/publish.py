@@ -76,7 +76,7 @@ def published_entry(decision: Decision) -> dict:
         "limit_rpm": decision.limit_rpm,
         "reasons": decision.reasons,
         "score": decision.score,
-        "detected_ms": int(decision.detected_at.timestamp() * 1000),
+        "detected_ms": int(decision.in_force_from.timestamp() * 1000),
         "expires_ms": int(decision.expires_at.timestamp() * 1000),
     }
 
@@ -99,7 +99,7 @@ class DecisionPublisher:
         chosen = [
             decision
             for decision in decisions
-            if not decision.simulated and decision.expires_at > now and decision.detected_at <= now
+            if not decision.simulated and decision.in_force_at(now)
         ]
         by_subject: dict[tuple[str, str], list[Decision]] = defaultdict(list)
         for decision in chosen:

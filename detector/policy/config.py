@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ def parse_duration(text: str, where: str = "duration") -> timedelta:
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """Load a policy from TOML, or the shipped one when ``path`` is None."""
+    """Load a policy from TOML; without ``path``, from ``$FAIRUSE_POLICY`` or the shipped one."""
     source, document = _read_toml(path, "policy.toml")
     settings = _table(document, "policy", source)
     entries = document.get("rules", [])
@@ -96,12 +97,16 @@ def load_policy(path: str | Path | None = None) -> Policy:
     allowlist = _table(document, "allowlist", source).get("subjects", [])
     if not isinstance(allowlist, list):
         raise ConfigError(f"{source}: allowlist.subjects: expected a list of \"TYPE:ID\" strings")
+    entries = []
     for entry in allowlist:
         kind, _, subject = str(entry).partition(":")
         if kind not in SUBJECT_TYPES or not subject:
             raise ConfigError(
                 f"{source}: allowlist.subjects: invalid entry {entry!r}; write TYPE:ID with TYPE one of {SUBJECT_TYPES}"
             )
+        if kind == "ip":
+            subject = _canonical_address(subject, f"{source}: allowlist.subjects: {entry!r}")
+        entries.append(f"{kind}:{subject}")
 
     cap = settings.get("max_auto_suspensions_per_hour", 20)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
@@ -117,8 +122,19 @@ def load_policy(path: str | Path | None = None) -> Policy:
         repeat_factor=repeat_factor,
         max_duration=parse_duration(settings.get("max_duration", "30d"), f"{source}: policy.max_duration"),
         merge_window=parse_duration(settings.get("merge_window", "1h"), f"{source}: policy.merge_window"),
-        allowlist=frozenset(str(entry) for entry in allowlist),
+        allowlist=frozenset(entries),
     )
+
+
+def _canonical_address(text: str, where: str) -> str:
+    """Return an address as the readers spell it (IPv4-mapped IPv6 as IPv4), so allowlist entries match."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"{where}: not an IPv4 or IPv6 address; write ip:ADDRESS, e.g. ip:198.51.100.7") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _parse_rule(source: str, index: int, entry: dict) -> Rule:

@@ -32,6 +32,7 @@ def decide(
     *,
     now: datetime | None = None,
     simulated: bool | None = None,
+    suspensions: list[Decision] = (),  # type: ignore[assignment]
 ) -> PolicyOutcome:
     """Return the decisions ``findings`` call for, given the decisions already in force.
 
@@ -39,7 +40,9 @@ def decide(
     subject already has a decision that covers it: in force at the finding's
     time, with the same or a stronger action, on the same scope or on all
     endpoints. So scoring the same input twice creates no new decisions. ``prior`` must hold
-    the stored decisions of the subjects involved.
+    the stored decisions of the subjects involved. ``suspensions`` holds the
+    stored suspensions of every subject in the hours of ``findings``, so the
+    hourly suspension cap counts those of earlier runs and other workers.
     """
     now = now or datetime.now(UTC)
     simulated = policy.simulation if simulated is None else simulated
@@ -48,7 +51,8 @@ def decide(
     # Simulated and enforced decisions live side by side and never cover each other.
     prior = [decision for decision in prior if decision.simulated == simulated]
     state = _SubjectState.from_prior(prior)
-    suspensions_per_hour = _count_suspensions_per_hour(prior)
+    counted = {decision.id: decision for decision in [*prior, *suspensions] if decision.simulated == simulated}
+    suspensions_per_hour = _count_suspensions_per_hour(list(counted.values()))
     recent: dict[tuple[str, str], list[Finding]] = defaultdict(list)
 
     for finding in sorted(findings, key=lambda item: (item.detected_at, item.subject, item.reason)):
@@ -181,10 +185,15 @@ class _SubjectState:
         return False
 
     def offences_before(self, subject: tuple[str, str], at: datetime) -> int:
+        """Count the throttles and suspensions that ended before ``at``.
+
+        A decision still in force is the same offence going on, so a harder
+        throttle during a growing flood does not double its own duration.
+        """
         return sum(
             1
             for decision in self._by_subject.get(subject, ())
-            if decision.action != "review" and decision.detected_at < at
+            if decision.action != "review" and decision.expires_at <= at
         )
 
 
@@ -198,7 +207,7 @@ def _looser(existing: int | None, requested: int | None) -> bool:
 def _count_suspensions_per_hour(prior: list[Decision]) -> defaultdict[int, int]:
     counts: defaultdict[int, int] = defaultdict(int)
     for decision in prior:
-        if decision.action == "suspend" and decision.origin != "staff":
+        if decision.action == "suspend" and not decision.origin.startswith("staff"):
             counts[int(decision.detected_at.timestamp() // 3600)] += 1
     return counts
 

@@ -9,6 +9,7 @@ secrets).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,13 +96,25 @@ def text_values(column: RawColumn) -> tuple[pa.Array, np.ndarray]:
     return pa.array(strings, type=pa.string()), errors
 
 
-def flag_long_text(strings: pa.Array, errors: np.ndarray) -> None:
-    """Flag strings longer than MAX_TEXT_LENGTH characters."""
+def shorten_long_text(strings: pa.Array) -> pa.Array:
+    """Cut strings longer than MAX_TEXT_LENGTH characters, ending them with a hash of the whole.
+
+    A long user agent or path is still the request it belongs to: rejecting
+    it would let a client hide a flood behind a 600-character user agent. The
+    hash keeps two long values that share a beginning apart.
+    """
     byte_lengths = pc.binary_length(strings)
     if (pc.max(byte_lengths).as_py() or 0) <= MAX_TEXT_LENGTH:
-        return
-    lengths = pc.fill_null(pc.utf8_length(strings), 0).to_numpy()
-    flag(errors, lengths > MAX_TEXT_LENGTH, Problem.TOO_LONG)
+        return strings
+    too_long = true_mask(pc.greater(pc.utf8_length(strings), MAX_TEXT_LENGTH))
+    shortened = map_distinct(strings.filter(pa.array(too_long)), shorten)
+    return pc.replace_with_mask(strings, pa.array(too_long), pa.array(shortened.row_strings(), type=strings.type))
+
+
+def shorten(text: str) -> str:
+    """Return ``text`` cut to MAX_TEXT_LENGTH characters, the last 24 being "~sha256:" and 16 hex digits."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return text[: MAX_TEXT_LENGTH - 24] + "~sha256:" + digest
 
 
 def check_text(column: RawColumn, *, allow_empty: bool, default: str | None = None) -> Checked:
@@ -113,10 +126,10 @@ def check_text(column: RawColumn, *, allow_empty: bool, default: str | None = No
             errors[missing] = Problem.OK
             strings = pc.fill_null(strings, default)
 
+    strings, replaced = replace_secrets(strings)
     if not allow_empty:
         flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
-    flag_long_text(strings, errors)
-    return Checked(strings, errors)
+    return Checked(shorten_long_text(strings), errors, secrets_replaced=replaced)
 
 
 def check_identifier(column: RawColumn) -> Checked:
@@ -144,8 +157,7 @@ def check_subject_identifier(column: RawColumn) -> Checked:
     strings, errors = text_values(column)
     strings, replaced = replace_secrets(strings)
     flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
-    flag_long_text(strings, errors)
-    return Checked(strings, errors, secrets_replaced=replaced)
+    return Checked(shorten_long_text(strings), errors, secrets_replaced=replaced)
 
 
 @dataclass(slots=True)
@@ -246,13 +258,13 @@ def check_prompt_hash(column: RawColumn) -> Checked:
     """Check the optional prompt hash: hex or base64-like, no spaces, at most 128 characters."""
     strings, errors = text_values(column)
     errors[errors == Problem.MISSING] = Problem.OK
-    strings = pc.fill_null(strings, "")
+    strings, replaced = replace_secrets(pc.fill_null(strings, ""))
 
     lengths = pc.binary_length(strings).to_numpy()
     looks_like_hash = true_mask(pc.match_substring_regex(strings, PROMPT_HASH_PATTERN))
     valid = (lengths == 0) | (looks_like_hash & (lengths <= MAX_PROMPT_HASH_LENGTH))
     flag(errors, ~valid, Problem.NOT_HASH)
-    return Checked(strings, errors)
+    return Checked(strings, errors, secrets_replaced=replaced)
 
 
 # Numbers

@@ -86,12 +86,11 @@ class EventCollector:
 
         rejects.sort(key=lambda reject: reject.line)
         self.rejects.extend(rejects)
-        for name in ("key_id", "account_id"):
-            if secrets_replaced[name]:
-                self.warnings.append(
-                    f"{input_file.name}: {secrets_replaced[name]} {name} values looked like API key secrets "
-                    "(sk-...) and were replaced by their SHA-256 hash"
-                )
+        for name, count in sorted(secrets_replaced.items()):
+            self.warnings.append(
+                f"{input_file.name}: {count} {name} values looked like API key secrets "
+                "(sk-...) and were replaced by their SHA-256 hash"
+            )
         if input_file.gzip_error is not None:
             self.warnings.append(f"{input_file.name}: {input_file.gzip_error}; the records before it were read")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Insert, select, tuple_
+from sqlalchemy import Engine, Insert, or_, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,11 @@ _FINDING_FIELDS = tuple(field.name for field in fields(Finding))
 _FINDING_NAMESPACE = uuid.UUID("0b7d7f1e-2c55-4c1a-8b8e-9d0f3c9a51c7")
 # Subjects per IN (...) query; stays under SQLite's and PostgreSQL's parameter limits.
 _CHUNK = 500
+# How far a change feed looks back before its cursor. A decision is stamped
+# when it is inserted and becomes visible a moment later, when its transaction
+# commits. Looking back keeps the next pull from missing a decision that
+# committed just after the previous one.
+FEED_OVERLAP = timedelta(seconds=30)
 
 
 class DecisionStore:
@@ -30,8 +35,13 @@ class DecisionStore:
         self.engine = engine
 
     def save_decisions(self, decisions: Sequence[Decision]) -> int:
-        """Insert decisions whose id is not stored yet; return how many were new."""
-        rows = [_decision_values(decision) for decision in decisions]
+        """Insert decisions whose id is not stored yet; return how many were new.
+
+        ``created_at`` is stored as the time of the insert, the moment change
+        feeds go by, whatever the decision object holds.
+        """
+        stored_at = datetime.now(UTC)
+        rows = [_decision_values(decision) | {"created_at": stored_at} for decision in decisions]
         return self._insert_new(DecisionRow, rows)
 
     def save_findings(self, findings: Sequence[Finding]) -> int:
@@ -52,12 +62,22 @@ class DecisionStore:
                 found.extend(_to_decision(row) for row in session.scalars(query))
         return found
 
+    def suspensions_between(self, start: datetime, end: datetime) -> list[Decision]:
+        """Return the suspensions of every subject detected in [start, end), simulated ones included."""
+        query = (
+            select(DecisionRow)
+            .where(DecisionRow.action == "suspend")
+            .where(DecisionRow.detected_at >= start, DecisionRow.detected_at < end)
+        )
+        with Session(self.engine) as session:
+            return [_to_decision(row) for row in session.scalars(query)]
+
     def active_decisions(self, at: datetime | None = None, *, simulated: bool = False) -> list[Decision]:
         """Return the decisions in force at ``at`` (now by default)."""
         at = at or datetime.now(UTC)
         query = (
             select(DecisionRow)
-            .where(DecisionRow.detected_at <= at, DecisionRow.expires_at > at)
+            .where(_in_force(at))
             .where(DecisionRow.simulated == simulated)
             .order_by(DecisionRow.detected_at)
         )
@@ -65,17 +85,23 @@ class DecisionStore:
             return [_to_decision(row) for row in session.scalars(query)]
 
     def changes_between(self, start: datetime, end: datetime) -> tuple[list[Decision], list[Decision]]:
-        """Return enforced decisions created in (start, end] that are in force at ``end``,
-        and those that expired in (start, end]."""
+        """Return the enforced decisions that came into force, and those that ended, since ``start``.
+
+        The first list contains decisions in force at ``end`` that were stored
+        or took effect after ``start - FEED_OVERLAP``; the second, decisions
+        that expired in that span. A decision can so appear in two pulls
+        close together: readers apply them by id.
+        """
+        since = start - FEED_OVERLAP
         created = (
             select(DecisionRow)
-            .where(DecisionRow.created_at > start, DecisionRow.created_at <= end)
-            .where(DecisionRow.detected_at <= end, DecisionRow.expires_at > end)
+            .where(_in_force(end))
+            .where(or_(DecisionRow.created_at > since, DecisionRow.detected_at > since))
             .where(DecisionRow.simulated.is_(False))
         )
         expired = (
             select(DecisionRow)
-            .where(DecisionRow.expires_at > start, DecisionRow.expires_at <= end)
+            .where(DecisionRow.expires_at > since, DecisionRow.expires_at <= end)
             .where(DecisionRow.simulated.is_(False))
         )
         with Session(self.engine) as session:
@@ -128,6 +154,12 @@ class DecisionStore:
         if name in ("mysql", "mariadb"):
             return mysql.insert(table).prefix_with("IGNORE")
         raise NotImplementedError(f"database {name!r} is not supported; use SQLite, PostgreSQL or MariaDB")
+
+
+def _in_force(at: datetime):
+    """Return the SQL condition of ``Decision.in_force_at``."""
+    started = or_(DecisionRow.detected_at <= at, DecisionRow.created_at <= at)
+    return started & (DecisionRow.expires_at > at)
 
 
 _TEXT_FIELDS = ("subject", "account_id", "plan")
