@@ -206,8 +206,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model)
 
     import redis as redis_library
 
-    from detector.model_registry import load_model
-    from detector.pipeline import default_detectors
+    from detector.model_switch import ModelSwitch
     from detector.plans import load_plans
     from detector.policy import load_policy
     from detector.store import open_store
@@ -216,14 +215,18 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model)
     from workers.window import EventWindows
 
     client = redis_library.Redis.from_url(redis_url)
+    store = open_store(database_url)
+    policy = load_policy()
+    # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
+    models = ModelSwitch(store, policy=policy, use_model=not no_model)
     consumer = StreamConsumer(
-        client, open_store(database_url), plans=load_plans(), policy=load_policy(),
-        detectors=default_detectors(None if no_model else load_model()),
+        client, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
         windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
         settings=StreamSettings(
             stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", batch_size=batch_size,
             claim_idle_ms=claim_idle_ms,
         ),
+        models=models,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
