@@ -234,5 +234,11 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model)
     consumer.run(stop)
 
 
+from detector.models_cli import COMMANDS as MODEL_COMMANDS  # noqa: E402 - registered after the core commands
+
+for command in MODEL_COMMANDS:
+    main.add_command(command)
+
+
 if __name__ == "__main__":
     main()

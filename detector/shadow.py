@@ -14,6 +14,7 @@ from datetime import datetime
 
 import pandas as pd
 
+from detector.decision_diff import DecisionDiff, diff_decisions
 from detector.decisions import Decision, decision_id
 from detector.detectors import Detector
 from detector.pipeline import score_events
@@ -74,3 +75,20 @@ def is_shadow(decision: Decision) -> bool:
 def shadow_decisions(decisions: Iterable[Decision]) -> list[Decision]:
     """Keep the shadow decisions; the policy engine's ``prior`` for a shadow run."""
     return [decision for decision in decisions if is_shadow(decision)]
+
+
+def compare_with_enforced(decisions: Sequence[Decision], span_seconds: float) -> dict[str, DecisionDiff]:
+    """Diff enforced decisions against each shadow's, over the last ``span_seconds`` before the newest decision.
+
+    Returns one diff per shadow label found in the window.
+    """
+    if not decisions:
+        return {}
+    newest = max(decision.detected_at for decision in decisions).timestamp()
+    recent = [decision for decision in decisions if decision.detected_at.timestamp() >= newest - span_seconds]
+    enforced = [decision for decision in recent if not decision.simulated]
+    by_label: dict[str, list[Decision]] = {}
+    for decision in recent:
+        if is_shadow(decision):
+            by_label.setdefault(str(decision.extra.get("shadow", "")), []).append(decision)
+    return {label: diff_decisions(enforced, shadowed) for label, shadowed in sorted(by_label.items())}
