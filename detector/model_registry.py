@@ -75,7 +75,7 @@ def range_scores(features: np.ndarray, ranges: dict[str, Any], threshold: float)
     A forest cannot split on a feature that was constant in training, so a
     later extreme value of that feature changes nothing in its score. This
     check covers that case. A row more than ``tolerance`` scales beyond the
-    training minimum or maximum of any feature scores above ``threshold``,
+    training minimum or maximum of any guarded feature scores above ``threshold``,
     rising towards 1 the further out it lies. Rows inside the tolerance score
     0. The scale never falls below the feature's floor, so no division is by
     zero.
@@ -87,7 +87,8 @@ def range_scores(features: np.ndarray, ranges: dict[str, Any], threshold: float)
 
     above = (features - high) / scale
     below = (low - features) / scale
-    excess = np.max(np.maximum(np.maximum(above, below), 0.0), axis=1)
+    guarded = np.asarray(ranges.get("guarded", [True] * len(low)), dtype=bool)
+    excess = np.max(np.maximum(np.maximum(above, below), 0.0) * guarded, axis=1)
     beyond = excess > tolerance
     rising = 1.0 - 1.0 / (1.0 + np.maximum(excess - tolerance, 0.0))
     return np.where(beyond, threshold + (1.0 - threshold) * rising, 0.0)

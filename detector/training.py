@@ -95,8 +95,16 @@ def build_training_set(
     )
 
 
+# Shares are bounded by 1, so reaching 1 is not an extreme value. A new key
+# that repeats one prompt has a top_prompt_share of 1 and is not anomalous by that alone.
+UNGUARDED = frozenset({"error_share", "top_prompt_share"})
+
+
 def feature_ranges(features: np.ndarray) -> dict[str, object]:
-    """Return each feature's training minimum, maximum and scale (IQR, at least its floor)."""
+    """Return each feature's training minimum, maximum and scale (IQR, at least its floor).
+
+    Features in ``UNGUARDED`` are marked so the range check skips them.
+    """
     low = features.min(axis=0)
     high = features.max(axis=0)
     spread = np.quantile(features, 0.75, axis=0) - np.quantile(features, 0.25, axis=0)
@@ -106,6 +114,7 @@ def feature_ranges(features: np.ndarray) -> dict[str, object]:
         "high": [round(float(value), 6) for value in high],
         "scale": [round(float(value), 6) for value in np.maximum(spread, floors)],
         "tolerance": RANGE_TOLERANCE,
+        "guarded": [name not in UNGUARDED for name in KEYDAY_FEATURES],
     }
 
 
