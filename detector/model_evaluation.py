@@ -62,7 +62,7 @@ def labelled_scores(
     account_verdict = best["account"].map(
         {subject: verdict for (kind, subject), verdict in verdicts.items() if kind == "account"}
     )
-    best["verdict"] = key_verdict.fillna(account_verdict)
+    best["verdict"] = key_verdict.where(key_verdict.notna(), account_verdict)
     best = best.dropna(subset=["verdict"]).reset_index(drop=True)
     best["is_abuse"] = best["verdict"] == "abuse"
     return best
