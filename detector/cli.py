@@ -50,7 +50,7 @@ def _finite_ratio(value: float) -> float:
 @click.option("--max-reject-ratio", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               callback=lambda _context, _parameter, value: _finite_ratio(value),
               help="Fail when more than this share of records is rejected.")
-@click.option("--model", "model_version", help="IsolationForest version in models/ (default: the newest).")
+@click.option("--model", "model_version", help="IsolationForest version in models/ (default: the active one, see `fairuse models list`).")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
 @click.option("--simulate", is_flag=True, help="Store decisions as simulated: reported, never enforced.")
 def score(paths, input_format, plans, policy, database_url, out, rejects, max_reject_ratio,
