@@ -40,7 +40,7 @@ class BacktestError(RuntimeError):
 
 @dataclass(slots=True)
 class BacktestOptions:
-    """What to replay, and the candidate to replay it with."""
+    """The history to replay and the candidate policy and model to replay it with."""
 
     paths: Sequence[Path] = ()
     policy: Path | None = None
@@ -117,7 +117,7 @@ def _replay_findings(store: DecisionStore, span: timedelta, baseline_policy, can
     with Session(store.engine) as session:
         newest = session.scalar(select(func.max(FindingRow.detected_at)))
         if newest is None:
-            raise BacktestError("the store holds no findings to replay; score some traffic first, or pass event files")
+            raise BacktestError("no findings stored to replay; score some traffic first, or pass event files")
         newest = newest.replace(tzinfo=UTC) if newest.tzinfo is None else newest
         rows = session.scalars(select(FindingRow).where(FindingRow.detected_at >= newest - span)).all()
         findings = [_to_finding(row) for row in rows]

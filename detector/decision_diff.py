@@ -1,4 +1,4 @@
-"""What changes between two sets of decisions: new ones, ones that disappear, by reason and action."""
+"""Differences between two sets of decisions: new ones and vanished ones, by reason and action."""
 
 from __future__ import annotations
 

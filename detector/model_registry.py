@@ -8,8 +8,8 @@ skops file and, for artifacts written by ``fairuse train``, the SHA-256 of the
 metadata itself, the training range of each feature and the detector
 thresholds the model was evaluated with.
 
-Artifacts written by ``fairuse train`` are marked ``"candidate": true``. They
-act on nobody until ``fairuse models activate`` records them as active.
+Artifacts written by ``fairuse train`` are marked ``"candidate": true``. No
+worker scores with one until ``fairuse models activate`` records it as active.
 """
 
 from __future__ import annotations

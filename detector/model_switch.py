@@ -1,4 +1,4 @@
-"""Which model and shadow a scorer uses, read from the registry table every few seconds.
+"""The model and shadow a scorer uses, re-read from the registry table every few seconds.
 
 Activation is recorded in the database (``detector.store.model_assignments``),
 so workers on several machines agree. A worker re-reads it at most every
@@ -44,25 +44,25 @@ def load_active_model(store: DecisionStore, models_dir: Path | None = None) -> A
     Raises ModelError when no version loads.
     """
     models_dir = models_dir or default_models_dir()
-    wanted = active_version(store, models_dir)
-    if wanted is None:
+    requested = active_version(store, models_dir)
+    if requested is None:
         raise ModelError(f"{models_dir}: no model activated and no shipped artifact; run `fairuse models activate VERSION`")
     try:
-        return load_model(models_dir, wanted)
+        return load_model(models_dir, requested)
     except ModelError as error:
-        logger.error("active model %s rejected: %s", wanted, error)
+        logger.error("active model %s rejected: %s", requested, error)
         first_error = error
 
     earlier = [item.version for item in ModelAssignments(store.engine).history(limit=100) if item.role == ACTIVE]
     earlier.append(default_version(models_dir))
     for version in earlier:
-        if version is None or version == wanted:
+        if version is None or version == requested:
             continue
         try:
             model = load_model(models_dir, version)
         except ModelError:
             continue
-        logger.warning("using earlier model %s instead of the rejected %s", version, wanted)
+        logger.warning("using earlier model %s instead of the rejected %s", version, requested)
         return model
     raise first_error
 
@@ -152,9 +152,9 @@ class ModelSwitch:
             logger.warning("model registry unreadable, keeping model %s: %s", self.version, error)
             return
         if self.use_model:
-            wanted = active.version if active and active.version else default_version(self.models_dir)
-            if wanted is not None and wanted != self.version:
-                self._switch_to(wanted)
+            requested = active.version if active and active.version else default_version(self.models_dir)
+            if requested is not None and requested != self.version:
+                self._switch_to(requested)
         self._update_shadow(shadow)
 
     def _start_model(self) -> None:

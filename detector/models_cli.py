@@ -39,8 +39,8 @@ def _fail(error: Exception) -> None:
 def train(paths, since, labels_file, database_url, version, models_dir, seed, quantile, injection_keys, policy) -> None:
     """Train a candidate IsolationForest and recalibrate thresholds from event history in PATHS.
 
-    The artifact is written as a candidate: it acts on nobody until
-    `fairuse models activate VERSION`.
+    The artifact is written as a candidate, and no worker scores with it
+    until `fairuse models activate VERSION`.
     """
     from detector.plans import ConfigError
     from detector.readers import ReaderError
@@ -88,8 +88,7 @@ def models_list(database_url, models_dir) -> None:
         except ModelError as error:
             table.add_row(version, "unreadable", "", "", escape(str(error)), "", "")
             continue
-        role = "active" if version == active else "shadow" if shadow and shadow.version == version else (
-            "candidate" if metadata.get("candidate") else "")
+        role = _role(version, metadata, active, shadow)
         injections = metadata.get("metrics", {}).get("simulated_injections", {})
         recall = min(injections["recall"].values()) if injections.get("recall") else None
         training = metadata.get("training", {})
@@ -100,6 +99,14 @@ def models_list(database_url, models_dir) -> None:
             "-" if not injections else f"{injections['benign_review_share']:.2%}",
         )
     stdout.print(table)
+
+
+def _role(version, metadata, active, shadow) -> str:
+    if version == active:
+        return "active"
+    if shadow is not None and shadow.version == version:
+        return "shadow"
+    return "candidate" if metadata.get("candidate") else ""
 
 
 @models.command("show")

@@ -5,7 +5,8 @@
 
 Without ``--candidate``, a candidate is trained the way ``fairuse train`` does
 it, on a separate simulated week (seed + 100, abusive keys left out of the
-benign history), into a temporary folder. Both sides score the evaluation
+benign history), into a temporary folder. ``--thresholds FILE`` puts a
+thresholds TOML over the candidate's own, to try a recalibration. Both sides score the evaluation
 week with every detector and the shipped policy, in memory, and the decisions
 are evaluated against the simulator's labels. Prints a Markdown table per
 side with the goals, and exits 1 when a goal is missed.
@@ -17,18 +18,20 @@ import argparse
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import orjson
 
 from detector.evaluate import evaluate
-from detector.model_registry import load_model
+from detector.model_registry import AnomalyModel, load_model
 from detector.pipeline import default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.readers import read_events
 from detector.retrain import TrainOptions, run_training
 from detector.simulate import simulate_traffic
+from detector.thresholds import check_thresholds, merged
 
 RECALL_GOAL = 0.95
 FALSE_ACTION_GOAL = 0.002
@@ -47,12 +50,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--active", help="Active model version (default: the shipped default).")
     parser.add_argument("--candidate", help="Candidate version in models/ (default: train one).")
+    parser.add_argument("--thresholds", type=Path, help="Thresholds TOML put over the candidate's own.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="fairuse-bench-") as folder:
         folder = Path(folder)
         active = load_model(version=args.active)
         candidate = load_model(version=args.candidate) if args.candidate else _train_candidate(folder, args)
+        if args.thresholds:
+            overrides = check_thresholds(tomllib.loads(args.thresholds.read_text("utf-8")), str(args.thresholds))
+            candidate = AnomalyModel(
+                estimator=candidate.estimator,
+                metadata={**candidate.metadata, "thresholds": merged(candidate.thresholds, overrides)},
+            )
         simulation = simulate_traffic(folder / "week", keys=args.keys, days=args.days, seed=args.seed)
         frame = read_events([simulation.events_path]).frame
         print(f"evaluation week: fairuse simulate --keys {args.keys} --days {args.days} --seed {args.seed} "

@@ -1,4 +1,4 @@
-"""Which model version is active and which candidate runs in shadow, shared by every worker.
+"""The active model version and the shadow candidate, recorded in the database for every worker.
 
 Each change is a new ``model_assignments`` row, never an update, so the
 table is also the history of activations. The current assignment of a role
