@@ -209,6 +209,7 @@ def models_compare(since, database_url) -> None:
         span = parse_duration(since, "--since")
     except ConfigError as error:
         _fail(error)
+    # NOTE: reads every stored decision; a store with millions of them needs a query bounded by time.
     diffs = compare_with_enforced(open_store(database_url).all_decisions(), span.total_seconds())
     if not diffs:
         stdout.print("no shadow decisions stored yet; start one with `fairuse models shadow`")
