@@ -1,7 +1,8 @@
 """Recalibrate detector thresholds from quantiles of benign history.
 
-A recalibrated threshold never drops below the shipped value and never rises
-above twice that value. Training on a quiet week can therefore only make a
+A recalibrated threshold never drops below its base value (the shipped one,
+or the one given with ``fairuse train --thresholds``) and never rises above
+twice that value. Training on a quiet week can therefore only make a
 detector stricter about what it reports, within a bound that the quality
 benchmark covers. It cannot lower a threshold and send more customers to
 review or throttling.

@@ -36,7 +36,10 @@ def _fail(error: Exception) -> None:
 @click.option("--injection-keys", default=300, show_default=True, type=click.IntRange(0),
               help="Keys of simulated traffic with injected abuse to evaluate on; 0 skips it.")
 @click.option("--policy", type=click.Path(exists=True, path_type=Path), help="Policy the evaluation applies (default: the shipped one).")
-def train(paths, since, labels_file, database_url, version, models_dir, seed, quantile, injection_keys, policy) -> None:
+@click.option("--thresholds", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Thresholds TOML put over the shipped thresholds before recalibration; stored with the model.")
+def train(paths, since, labels_file, database_url, version, models_dir, seed, quantile, injection_keys, policy,
+          thresholds) -> None:
     """Train a candidate IsolationForest and recalibrate thresholds from event history in PATHS.
 
     The artifact is written as a candidate, and no worker scores with it
@@ -49,6 +52,7 @@ def train(paths, since, labels_file, database_url, version, models_dir, seed, qu
     options = TrainOptions(
         paths=paths, since=since, labels_file=labels_file, database_url=database_url, models_dir=models_dir,
         version=version, seed=seed, quantile=quantile, injection_keys=injection_keys, policy=policy,
+        thresholds=thresholds,
     )
     try:
         result = run_training(options)

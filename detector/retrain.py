@@ -53,6 +53,8 @@ class TrainOptions:
     injection_days: int = 7
     plans: Path | None = None
     policy: Path | None = None
+    # Thresholds TOML put over the shipped thresholds before recalibration.
+    thresholds: Path | None = None
 
 
 @dataclass(slots=True)
@@ -87,8 +89,10 @@ def run_training(options: TrainOptions) -> TrainResult:
 
     benign_subjects = ~np.isin(training.prepared.subjects["subject"].to_numpy(), list(abuse_keys))
     benign_subjects &= ~np.isin(training.prepared.subjects["account_id"].to_numpy(), list(abuse_accounts))
-    shipped = load_thresholds()
-    recalibrated, calibration = calibrate_thresholds(training.prepared, benign_subjects, shipped)
+    base = load_thresholds()
+    if options.thresholds is not None:
+        base = merged(base, load_thresholds(options.thresholds))
+    recalibrated, calibration = calibrate_thresholds(training.prepared, benign_subjects, base)
 
     model = fit_model(
         training,
@@ -96,7 +100,7 @@ def run_training(options: TrainOptions) -> TrainResult:
         seed=options.seed,
         quantile=options.quantile,
         contamination=options.contamination,
-        thresholds=merged(shipped, recalibrated),
+        thresholds=merged(base, recalibrated),
         source=", ".join(str(path) for path in options.paths) + (f" (last {options.since})" if options.since else ""),
     )
     model.metadata["calibration"] = calibration

@@ -119,3 +119,26 @@ def test_train_existing_version_rejected(history, sqlite_url, tmp_path):
 
     assert result.exit_code == 2
     assert "model version 't1' already exists" in result.output
+
+
+def test_train_applies_thresholds_file(history, sqlite_url, tmp_path):
+    candidate = tmp_path / "sharing.toml"
+    candidate.write_text("[key_sharing]\nmin_components = 2\n", "utf-8")
+
+    result = _train(history, sqlite_url, tmp_path / "models", "--injection-keys", "0", "--thresholds", str(candidate))
+
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "models", "t1")
+    assert model.thresholds["key_sharing"]["min_components"] == 2
+    assert model.thresholds["key_sharing"]["min_switches"] == 3
+
+
+def test_train_invalid_thresholds_rejected(history, sqlite_url, tmp_path):
+    candidate = tmp_path / "bad.toml"
+    candidate.write_text("[key_sharing]\nmin_friends = 2\n", "utf-8")
+
+    result = _train(history, sqlite_url, tmp_path / "models", "--injection-keys", "0", "--thresholds", str(candidate))
+
+    assert result.exit_code == 2
+    assert "[key_sharing] min_friends: unknown threshold" in result.output
+    assert not (tmp_path / "models" / "iforest-t1.json").exists()
