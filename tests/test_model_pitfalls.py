@@ -84,8 +84,10 @@ def test_contamination_forces_no_reviews(tmp_path, plans, policy):
     # scikit-learn's own labels put a tenth of the clean key-days out ...
     assert (contaminated.estimator.predict(training.features) == -1).mean() > 0.05
     # ... but decisions come from the benign-quantile threshold and the policy.
-    result = score_events(history, plans=plans, policy=policy, detectors=[AnomalyDetector(contaminated)])
-    assert result.decisions == []
+    anomaly_only = score_events(history, plans=plans, policy=policy, detectors=[AnomalyDetector(contaminated)])
+    every_detector = score_events(history, plans=plans, policy=policy, detectors=default_detectors(contaminated))
+    assert anomaly_only.decisions == []
+    assert every_detector.decisions == []
 
 
 def test_steady_growth_not_a_spike(benign_week, plans, model, policy):
