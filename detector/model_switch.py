@@ -162,6 +162,8 @@ class ModelSwitch:
             self._use(load_active_model(self.store, self.models_dir))
         except ModelError as error:
             logger.warning("anomaly detector skipped: %s", error)
+            return
+        logger.info("scoring with model %s", self.version)
 
     def _switch_to(self, version: str) -> None:
         try:

@@ -86,6 +86,10 @@ def test_shadow_decisions_never_published(sqlite_url, redis_client, redis_prefix
     assert list(redis_client.scan_iter(match=f"{redis_prefix}:decision:*")) == []
     assert redis_client.xlen(f"{redis_prefix}:decisions") == 0
 
+    # Republishing from the store, as after a Redis restart, skips them too.
+    assert DecisionPublisher(redis_client, prefix=redis_prefix).republish(store) == 0
+    assert list(redis_client.scan_iter(match=f"{redis_prefix}:decision:*")) == []
+
 
 def test_shadow_beside_enforced_publishes_enforced_only(sqlite_url, redis_client, redis_prefix, policy):
     store = open_store(sqlite_url)
