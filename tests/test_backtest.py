@@ -90,3 +90,10 @@ def test_backtest_model_without_events_rejected(sqlite_url):
 
     assert result.exit_code == 2
     assert "--model needs event files" in result.output
+
+
+def test_backtest_invalid_since_rejected(history, sqlite_url):
+    result = CliRunner().invoke(main, ["backtest", "--since", "a week", "--db", sqlite_url, str(history.events_path)])
+
+    assert result.exit_code == 2
+    assert "--since: invalid duration 'a week'" in result.output

@@ -14,7 +14,7 @@ from detector.cli import main
 from detector.model_registry import ModelError, default_version, load_model
 from detector.model_switch import ModelSwitch, load_active_model
 from detector.store import open_store
-from detector.store.model_assignments import ACTIVE, ModelAssignments
+from detector.store.model_assignments import ACTIVE, SHADOW, ModelAssignments
 from tests.factories import record
 from tests.model_helpers import copy_models, corrupt, rewrite_metadata, train_versions
 from workers.jobs import consume_stream
@@ -146,3 +146,17 @@ def test_consume_jobs_pick_up_activation(sqlite_url, models_dir, redis_client, r
     ModelAssignments(open_store(sqlite_url).engine).record(ACTIVE, "v3")
     corrupt(models_dir, "v3")
     assert run_job(3) == "v2"
+
+
+def test_switch_skips_corrupt_shadow(sqlite_url, models_dir, policy, caplog):
+    store = open_store(sqlite_url)
+    ModelAssignments(store.engine).record(ACTIVE, "v1")
+    ModelAssignments(store.engine).record(SHADOW, "v2")
+    corrupt(models_dir, "v2")
+
+    with caplog.at_level(logging.ERROR, logger="detector.model_switch"):
+        switch = ModelSwitch(store, policy=policy, models_dir=models_dir, refresh_seconds=0)
+
+    assert switch.shadow() is None
+    assert switch.version == "v1"
+    assert "shadow not started" in caplog.text
