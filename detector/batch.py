@@ -18,6 +18,7 @@ from detector.decisions import Decision
 from detector.detectors import Finding
 from detector.model_registry import ModelError, default_models_dir, load_model
 from detector.model_switch import load_active_model, shadow_from
+from detector.shadow import prior_without_shadow, without_shadow
 from detector.pipeline import ScoringResult, default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
@@ -105,7 +106,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
         plans=plans,
         policy=policy,
         detectors=default_detectors(model),
-        prior=store.decisions_for,
+        prior=prior_without_shadow(store),
         now=started,
         simulated=simulated,
     )
@@ -189,7 +190,7 @@ def _decisions_for_input(
     first = datetime.fromtimestamp(float(read.frame["ts"].min()), UTC)
     last = datetime.fromtimestamp(float(read.frame["ts"].max()), UTC)
     subjects = {(finding.subject_type, finding.subject) for finding in result.findings}
-    stored = store.decisions_for(subjects)
+    stored = without_shadow(store.decisions_for(subjects))
     chosen = {
         decision.id: decision
         for decision in stored

@@ -93,3 +93,13 @@ def compare_with_enforced(decisions: Sequence[Decision], span_seconds: float) ->
         if is_shadow(decision):
             by_label.setdefault(str(decision.extra.get("shadow", "")), []).append(decision)
     return {label: diff_decisions(enforced, shadowed) for label, shadowed in sorted(by_label.items())}
+
+
+def without_shadow(decisions: Iterable[Decision]) -> list[Decision]:
+    """Drop shadow decisions, so they never cover a finding of an enforced or ``--simulate`` run."""
+    return [decision for decision in decisions if not is_shadow(decision)]
+
+
+def prior_without_shadow(store: DecisionStore):
+    """Return a ``prior`` lookup for ``score_events`` that leaves shadow decisions out."""
+    return lambda subjects: without_shadow(store.decisions_for(subjects))

@@ -130,3 +130,18 @@ def test_batch_runs_shadow_and_compares(tmp_path, sqlite_url):
     diff = diffs["no-model+strict-9"]
     assert any(group.action == "suspend" and group.reason == "automation" for group in diff.new)
     assert all(group.examples for group in diff.new)
+
+
+def test_simulate_run_ignores_shadow_decisions(tmp_path, sqlite_url):
+    simulation, _ = small_history(tmp_path / "sim", keys=80, days=2, seed=6)
+    store = open_store(sqlite_url)
+    ModelAssignments(store.engine).record(SHADOW, None, policy_name="strict.toml", policy_toml=STRICT_POLICY)
+    run_batch(BatchOptions(paths=[simulation.events_path], database_url=sqlite_url, use_model=False))
+    ModelAssignments(store.engine).record(SHADOW, None)
+
+    report = run_batch(BatchOptions(paths=[simulation.events_path], database_url=sqlite_url, use_model=False, simulate=True))
+
+    assert report.decisions
+    assert all(decision.simulated for decision in report.decisions)
+    assert not any(is_shadow(decision) for decision in report.decisions)
+    assert any("automation" in decision.reasons for decision in report.decisions)

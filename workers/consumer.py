@@ -29,6 +29,7 @@ import redis
 
 from detector.detectors import Detector
 from detector.model_switch import ModelSwitch
+from detector.shadow import prior_without_shadow
 from detector.pipeline import score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
@@ -196,7 +197,7 @@ class StreamConsumer:
 
         detectors = self.models.detectors() if self.models else self.detectors
         result = score_events(
-            combined, plans=self.plans, policy=self.policy, detectors=detectors, prior=self.store.decisions_for
+            combined, plans=self.plans, policy=self.policy, detectors=detectors, prior=prior_without_shadow(self.store)
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)

@@ -18,6 +18,7 @@ from rq import get_current_job
 
 from detector.model_registry import ModelError
 from detector.model_switch import ModelSwitch, load_active_model
+from detector.shadow import prior_without_shadow
 from detector.detectors import AnomalyDetector
 from detector.pipeline import score_events
 from detector.plans import load_plans
@@ -93,7 +94,7 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
             continue
         result = score_events(
             history.sort_values("ts", kind="stable").reset_index(drop=True),
-            plans=load_plans(), policy=load_policy(), detectors=[detector], prior=store.decisions_for,
+            plans=load_plans(), policy=load_policy(), detectors=[detector], prior=prior_without_shadow(store),
         )
         store.save_findings(result.findings)
         totals["decisions"] += store.save_decisions(result.decisions)
