@@ -202,19 +202,23 @@ def models_shadow(version, policy, stop, database_url, models_dir, changed_by) -
 @click.option("--since", default="7d", show_default=True, help="Window before the newest decision, e.g. 7d or 12h.")
 @click.option("--db", "database_url", help=DB_HELP)
 def models_compare(since, database_url) -> None:
-    """Compare the enforced decisions with the shadow's simulated ones."""
+    """Compare the enforced decisions with the simulated ones of the newest shadow run, since it started."""
     from detector.decision_diff import render_diff
     from detector.plans import ConfigError
     from detector.policy.config import parse_duration
     from detector.shadow import compare_with_enforced
     from detector.store import open_store
+    from detector.store.model_assignments import SHADOW, ModelAssignments
 
     try:
         span = parse_duration(since, "--since")
     except ConfigError as error:
         _fail(error)
+    store = open_store(database_url)
+    runs = [item for item in ModelAssignments(store.engine).history(limit=100) if item.role == SHADOW and item.is_set]
+    started_at = runs[0].created_at if runs else None
     # NOTE: reads every stored decision; a store with millions of them needs a query bounded by time.
-    diffs = compare_with_enforced(open_store(database_url).all_decisions(), span.total_seconds())
+    diffs = compare_with_enforced(store.all_decisions(), span.total_seconds(), started_at)
     if not diffs:
         stdout.print("no shadow decisions stored yet; start one with `fairuse models shadow`")
         return

@@ -78,11 +78,17 @@ def shadow_decisions(decisions: Iterable[Decision]) -> list[Decision]:
     return [decision for decision in decisions if is_shadow(decision)]
 
 
-def compare_with_enforced(decisions: Sequence[Decision], span_seconds: float) -> dict[str, DecisionDiff]:
+def compare_with_enforced(
+    decisions: Sequence[Decision], span_seconds: float, started_at: datetime | None = None
+) -> dict[str, DecisionDiff]:
     """Diff enforced decisions against each shadow's, over the last ``span_seconds`` before the newest decision.
 
+    With ``started_at``, only decisions created from then on count, so
+    enforced decisions made before the shadow ran are not reported as gone.
     Returns one diff per shadow label found in the window.
     """
+    if started_at is not None:
+        decisions = [decision for decision in decisions if decision.created_at >= started_at]
     if not decisions:
         return {}
     newest = max(decision.detected_at for decision in decisions).timestamp()

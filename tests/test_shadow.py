@@ -145,3 +145,16 @@ def test_simulate_run_ignores_shadow_decisions(tmp_path, sqlite_url):
     assert all(decision.simulated for decision in report.decisions)
     assert not any(is_shadow(decision) for decision in report.decisions)
     assert any("automation" in decision.reasons for decision in report.decisions)
+
+
+def test_compare_counts_since_shadow_started(tmp_path, sqlite_url):
+    from datetime import UTC, datetime
+
+    simulation, _ = small_history(tmp_path / "sim", keys=80, days=2, seed=6)
+    run_batch(BatchOptions(paths=[simulation.events_path], database_url=sqlite_url, use_model=False))
+    started = datetime.now(UTC)
+
+    stored = open_store(sqlite_url).all_decisions()
+
+    assert stored
+    assert compare_with_enforced(stored, 7 * 86400, started) == {}
