@@ -58,6 +58,8 @@ def train(paths, since, labels_file, database_url, version, models_dir, seed, qu
         result = run_training(options)
     except (TrainingError, ReaderError, ConfigError, ValueError) as error:
         _fail(error)
+    except OSError as error:
+        _fail(OSError(f"cannot write the model artifact: {error}; check --models-dir"))
     metadata = result.model.metadata
     stdout.print(f"wrote {result.metadata_path} (candidate; activate with `fairuse models activate {metadata['version']}`)")
     stdout.print(f"threshold {metadata['threshold']:.4f} on {metadata['training']['benign_rows']:,} benign key-days")

@@ -160,3 +160,13 @@ def test_switch_skips_corrupt_shadow(sqlite_url, models_dir, policy, caplog):
     assert switch.shadow() is None
     assert switch.version == "v1"
     assert "shadow not started" in caplog.text
+
+
+def test_shipped_artifact_passes_checks():
+    from detector.model_registry import default_models_dir, metadata_checksum, read_metadata
+
+    version = default_version(default_models_dir())
+    metadata = read_metadata(default_models_dir(), version)
+
+    assert metadata["metadata_sha256"] == metadata_checksum(metadata)
+    assert load_model(default_models_dir(), version).version == version
