@@ -55,7 +55,7 @@ class Shadow:
 
 def as_shadow(decision: Decision, label: str) -> Decision:
     """Return ``decision`` as a simulated shadow decision with its own id and a ``shadow/LABEL:`` origin."""
-    # The origin column holds 256 characters; a long policy name must not make the insert fail.
+    # The origin column is 256 characters long; a long policy name must not make the insert fail.
     origin = f"{SHADOW_PREFIX}{label}:{decision.origin}"[:256]
     return dataclasses.replace(
         decision,
