@@ -199,7 +199,9 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--claim-idle-ms", default=60_000, show_default=True, type=click.IntRange(0),
               help="Take over entries another worker left unacknowledged for this many milliseconds.")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
-def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model) -> None:
+@click.option("--model-refresh", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between reads of the active model and shadow from the registry.")
+def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, model_refresh) -> None:
     """Consume the Redis event stream: score, store and publish decisions until stopped."""
     import signal
     import threading
@@ -218,7 +220,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model)
     store = open_store(database_url)
     policy = load_policy()
     # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
-    models = ModelSwitch(store, policy=policy, use_model=not no_model)
+    models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
     consumer = StreamConsumer(
         client, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
         windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
