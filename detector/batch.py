@@ -16,12 +16,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from detector.decisions import Decision
 from detector.detectors import Finding
-from detector.model_registry import ModelError, load_model
+from detector.model_registry import ModelError, default_models_dir, load_model
+from detector.model_switch import load_active_model, shadow_from
+from detector.shadow import prior_without_shadow, without_shadow
 from detector.pipeline import ScoringResult, default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.readers import ReadResult, read_events
 from detector.store import DecisionStore, open_store
+from detector.store.model_assignments import SHADOW, ModelAssignments
 from detector.store.database import resolve_url
 
 logger = logging.getLogger(__name__)
@@ -92,18 +95,18 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
             "add them to the plans file given with --plans"
         )
 
-    model, model_warning = _load_model(options)
+    store = _open_store(options.database_url)
+    model, model_warning = _load_model(options, store)
     if model_warning:
         warnings.append(model_warning)
 
-    store = _open_store(options.database_url)
     simulated = True if options.simulate else policy.simulation
     result = score_events(
         read.frame,
         plans=plans,
         policy=policy,
         detectors=default_detectors(model),
-        prior=store.decisions_for,
+        prior=prior_without_shadow(store),
         suspensions=store.suspensions_between,
         now=started,
         simulated=simulated,
@@ -112,6 +115,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
 
     store.save_findings(result.findings)
     new = store.save_decisions(result.decisions)
+    warnings.extend(run_shadow(read.frame, store, model=model, plans=plans, policy=policy, now=started))
     decisions = _decisions_for_input(store, read, result, simulated)
     result.subjects["actions"] = _actions_by_subject(result.subjects, decisions)
     store.record_run(
@@ -143,6 +147,21 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     return report
 
 
+def run_shadow(frame: pd.DataFrame, store: DecisionStore, *, model, plans, policy, now: datetime) -> list[str]:
+    """Score ``frame`` with the registry's shadow, if one runs; return warnings for the summary."""
+    try:
+        shadow = shadow_from(
+            ModelAssignments(store.engine).current(SHADOW), active=model, policy=policy, models_dir=default_models_dir()
+        )
+    except (ModelError, ValueError) as error:
+        return [f"shadow not run: {error}"]
+    if shadow is None:
+        return []
+    decisions = shadow.score(frame, plans=plans, store=store, now=now)
+    logger.info("shadow %s stored %d simulated decisions", shadow.label, len(decisions))
+    return []
+
+
 def write_outputs(out: Path, report: BatchReport) -> dict[str, Path]:
     """Write decisions to ``out`` and findings and subject scores beside it, as JSON lines."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +191,7 @@ def _decisions_for_input(
     first = datetime.fromtimestamp(float(read.frame["ts"].min()), UTC)
     last = datetime.fromtimestamp(float(read.frame["ts"].max()), UTC)
     subjects = {(finding.subject_type, finding.subject) for finding in result.findings}
-    stored = store.decisions_for(subjects)
+    stored = without_shadow(store.decisions_for(subjects))
     chosen = {
         decision.id: decision
         for decision in stored
@@ -210,11 +229,14 @@ def _safe_url(url: str) -> str:
         return "(not a database URL)"
 
 
-def _load_model(options: BatchOptions):
+def _load_model(options: BatchOptions, store: DecisionStore):
+    """Load ``--model``, else the version activated in the registry (see ``detector.model_switch``)."""
     if not options.use_model:
         return None, None
     try:
-        return load_model(version=options.model_version), None
+        if options.model_version:
+            return load_model(version=options.model_version), None
+        return load_active_model(store), None
     except ModelError as error:
         if options.model_version:
             raise BatchError(str(error)) from error

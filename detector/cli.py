@@ -89,7 +89,7 @@ def _finite_ratio(value: float) -> float:
 @click.option("--max-reject-ratio", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               callback=lambda _context, _parameter, value: _finite_ratio(value),
               help="Fail when more than this share of records is rejected.")
-@click.option("--model", "model_version", help="IsolationForest version in models/ (default: the newest).")
+@click.option("--model", "model_version", help="IsolationForest version in models/ (default: the active one, see `fairuse models list`).")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
 @click.option("--simulate", is_flag=True, help="Store decisions as simulated: reported, never enforced.")
 def score(paths, input_format, plans, policy, database_url, out, rejects, max_reject_ratio,
@@ -244,15 +244,16 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
 @click.option("--plans", type=click.Path(path_type=Path), help="Plan catalogue TOML (default: $FAIRUSE_PLANS or the shipped one).")
 @click.option("--policy", type=click.Path(path_type=Path), help="Policy TOML (default: $FAIRUSE_POLICY or the shipped one).")
-def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy) -> None:
+@click.option("--model-refresh", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between reads of the active model and shadow from the registry.")
+def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy, model_refresh) -> None:
     """Consume the Redis event stream: score, store and publish decisions until stopped."""
     import signal
     import threading
 
     import redis as redis_library
 
-    from detector.model_registry import load_model
-    from detector.pipeline import default_detectors
+    from detector.model_switch import ModelSwitch
     from detector.plans import load_plans
     from detector.policy import load_policy
     from detector.store import open_store
@@ -261,14 +262,18 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     from workers.window import EventWindows
 
     client = redis_library.Redis.from_url(redis_url)
+    store = open_store(database_url)
+    policy = load_policy(policy)
+    # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
+    models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
     consumer = StreamConsumer(
-        client, open_store(database_url), plans=load_plans(plans), policy=load_policy(policy),
-        detectors=default_detectors(None if no_model else load_model()),
+        client, store, plans=load_plans(plans), policy=policy, detectors=models.detectors(),
         windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
         settings=StreamSettings(
             stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", batch_size=batch_size,
             claim_idle_ms=claim_idle_ms,
         ),
+        models=models,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -280,6 +285,11 @@ from detector.gateway_commands import enforce_command, import_command  # noqa: E
 
 main.add_command(import_command)
 main.add_command(enforce_command)
+
+from detector.models_cli import COMMANDS as MODEL_COMMANDS  # noqa: E402 - registered after the core commands
+
+for command in MODEL_COMMANDS:
+    main.add_command(command)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from detector.events import Reject, empty_frame
 from detector.model_registry import AnomalyModel
 from detector.pipeline import default_detectors, score_events
+from detector.shadow import prior_without_shadow
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
 from detector.readers.gateways import LogBatch, LogReader, load_cursor, save_cursor
@@ -76,7 +77,7 @@ class StoreSink:
         frame = pd.concat([context, events], ignore_index=True).drop_duplicates("request_id", keep="last")
         frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
         result = score_events(frame, plans=self.plans, policy=self.policy, detectors=self.detectors,
-                              prior=self.store.decisions_for,
+                              prior=prior_without_shadow(self.store),
                               suspensions=self.store.suspensions_between, simulated=True if self.simulated else None)
         self.store.save_findings(result.findings)
         report.findings += len(result.findings)

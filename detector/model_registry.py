@@ -3,8 +3,13 @@
 An artifact is two files in the models folder. ``iforest-VERSION.skops`` is
 the fitted estimator in skops format, which loads without running pickled
 code. ``iforest-VERSION.json`` holds the version, feature names in order,
-threshold, training window, metrics, library versions and the SHA-256 of the
-skops file.
+threshold, training window, metrics, library versions, the SHA-256 of the
+skops file and, for artifacts written by ``fairuse train``, the SHA-256 of the
+metadata itself, the training range of each feature and the detector
+thresholds the model was evaluated with.
+
+Artifacts written by ``fairuse train`` are marked ``"candidate": true``. No
+worker scores with one until ``fairuse models activate`` records it as active.
 """
 
 from __future__ import annotations
@@ -46,9 +51,47 @@ class AnomalyModel:
         """Anomaly score (``-score_samples``) above which a key-day is anomalous."""
         return float(self.metadata["threshold"])
 
+    @property
+    def thresholds(self) -> dict[str, dict[str, float]]:
+        """Detector thresholds recalibrated with this model, by detector reason code."""
+        return dict(self.metadata.get("thresholds", {}))
+
     def anomaly_scores(self, features: np.ndarray) -> np.ndarray:
-        """Return ``-score_samples``: about 0.5 for ordinary rows, towards 1 for isolated ones."""
-        return -self.estimator.score_samples(features)
+        """Return the anomaly score: about 0.5 for ordinary rows, towards 1 for isolated ones.
+
+        The score is ``-score_samples`` of the forest, raised for rows that lie
+        outside the feature ranges seen in training (see ``range_scores``).
+        """
+        scores = -self.estimator.score_samples(features)
+        ranges = self.metadata.get("feature_ranges")
+        if ranges:
+            scores = np.maximum(scores, range_scores(features, ranges, self.threshold))
+        return scores
+
+
+def range_scores(features: np.ndarray, ranges: dict[str, Any], threshold: float) -> np.ndarray:
+    """Score how far each row lies outside the training range of its most extreme feature.
+
+    A forest cannot split on a feature that was constant in training, so a
+    later extreme value of that feature changes nothing in its score. This
+    check covers that case. A row more than ``tolerance`` scales beyond the
+    training minimum or maximum of any guarded feature scores above ``threshold``,
+    rising towards 1 the further out it lies. Rows inside the tolerance score
+    0. The scale never falls below the feature's floor, so no division is by
+    zero.
+    """
+    low = np.asarray(ranges["low"], dtype=np.float64)
+    high = np.asarray(ranges["high"], dtype=np.float64)
+    scale = np.asarray(ranges["scale"], dtype=np.float64)
+    tolerance = float(ranges["tolerance"])
+
+    above = (features - high) / scale
+    below = (low - features) / scale
+    guarded = np.asarray(ranges.get("guarded", [True] * len(low)), dtype=bool)
+    excess = np.max(np.maximum(np.maximum(above, below), 0.0) * guarded, axis=1)
+    beyond = excess > tolerance
+    rising = 1.0 - 1.0 / (1.0 + np.maximum(excess - tolerance, 0.0))
+    return np.where(beyond, threshold + (1.0 - threshold) * rising, 0.0)
 
 
 def default_models_dir() -> Path:
@@ -67,27 +110,53 @@ def list_versions(models_dir: Path) -> list[str]:
     return [name.removeprefix(_PREFIX) for name in names]
 
 
+def read_metadata(models_dir: Path, version: str) -> dict[str, Any]:
+    """Return the JSON metadata of ``version`` without loading or checking the estimator."""
+    path = models_dir / f"{_PREFIX}{version}.json"
+    if not path.is_file():
+        raise ModelError(f"{models_dir}: model version {version!r} not found; have {list_versions(models_dir)}")
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: metadata is not valid JSON ({error}); restore or retrain the artifact") from error
+
+
+def default_version(models_dir: Path) -> str | None:
+    """Return the newest version not marked as a candidate: the model used when none was activated."""
+    for version in reversed(list_versions(models_dir)):
+        try:
+            if not read_metadata(models_dir, version).get("candidate", False):
+                return version
+        except ModelError:
+            continue
+    return None
+
+
 def load_model(models_dir: Path | None = None, version: str | None = None) -> AnomalyModel:
-    """Load ``version`` (or the newest) and check its checksum and feature names."""
+    """Load ``version`` (or ``default_version``) and check its checksums and feature names."""
     models_dir = models_dir or default_models_dir()
     versions = list_versions(models_dir)
     if version is None:
-        if not versions:
+        version = default_version(models_dir)
+        if version is None:
             raise ModelError(
-                f"{models_dir}: no {_PREFIX}*.json artifact found; "
-                "run scripts/train_default_model.py or pass --no-model"
+                f"{models_dir}: no {_PREFIX}*.json artifact found that is not a candidate; "
+                "run scripts/train_default_model.py, activate a version with `fairuse models activate`, "
+                "or pass --no-model"
             )
-        version = versions[-1]
 
     metadata_path = models_dir / f"{_PREFIX}{version}.json"
     model_path = models_dir / f"{_PREFIX}{version}.skops"
     if not metadata_path.is_file() or not model_path.is_file():
         raise ModelError(f"{models_dir}: model version {version!r} not found; have {versions}")
 
-    metadata = json.loads(metadata_path.read_text("utf-8"))
+    metadata = read_metadata(models_dir, version)
     _check_artifact(model_path, metadata)
-    trusted = sio.get_untrusted_types(file=model_path)
-    estimator = sio.load(model_path, trusted=trusted if _only_sklearn(trusted) else None)
+    try:
+        trusted = sio.get_untrusted_types(file=model_path)
+        estimator = sio.load(model_path, trusted=trusted if _only_sklearn(trusted) else None)
+    except Exception as error:  # noqa: BLE001 - skops raises many types for a file it cannot read
+        raise ModelError(f"{model_path}: cannot load the estimator: {error}; retrain or restore the artifact") from error
     return AnomalyModel(estimator=estimator, metadata=metadata)
 
 
@@ -101,12 +170,27 @@ def save_model(
     sio.dump(estimator, model_path)
 
     metadata = {**metadata, "sha256": _sha256(model_path), "format": "skops"}
+    metadata["metadata_sha256"] = metadata_checksum(metadata)
     metadata_path = models_dir / f"{_PREFIX}{version}.json"
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", "utf-8")
     return metadata_path
 
 
+def metadata_checksum(metadata: dict[str, Any]) -> str:
+    """Return the SHA-256 of the metadata's canonical JSON, leaving out ``metadata_sha256`` itself."""
+    content = {name: value for name, value in metadata.items() if name != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def _check_artifact(model_path: Path, metadata: dict[str, Any]) -> None:
+    # NOTE: artifacts saved before metadata checksums existed carry none, so
+    # only their skops file is checked.
+    recorded = metadata.get("metadata_sha256")
+    if recorded is not None and recorded != metadata_checksum(metadata):
+        raise ModelError(
+            f"{model_path.with_suffix('.json')}: metadata checksum does not match its content; "
+            "the threshold or another field was edited by hand, retrain or restore the artifact"
+        )
     actual = _sha256(model_path)
     if metadata.get("sha256") != actual:
         raise ModelError(

@@ -15,19 +15,12 @@ import numpy as np
 import pandas as pd
 
 from detector.decisions import Decision
-from detector.detectors import (
-    AbnormalCostDetector,
-    AnomalyDetector,
-    AutomationDetector,
-    Detector,
-    Finding,
-    ImageQuotaDetector,
-    KeySharingDetector,
-)
+from detector.detectors import Detector, Finding
 from detector.features import PreparedEvents, prepare_events
 from detector.model_registry import AnomalyModel
 from detector.plans import PlanCatalogue
 from detector.policy import Policy, PolicyOutcome, decide
+from detector.thresholds import build_detectors, load_thresholds, merged
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +43,15 @@ class ScoringResult:
 
 
 def default_detectors(model: AnomalyModel | None = None) -> list[Detector]:
-    """Return the shipped detectors; the anomaly detector only when a model is given."""
-    detectors: list[Detector] = [
-        AbnormalCostDetector(),
-        KeySharingDetector(),
-        AutomationDetector(),
-        ImageQuotaDetector(),
-    ]
+    """Return the shipped detectors; the anomaly detector only when a model is given.
+
+    Thresholds come from the shipped ``thresholds.toml``, overridden by those
+    the model was trained and evaluated with.
+    """
+    thresholds = load_thresholds()
     if model is not None:
-        detectors.append(AnomalyDetector(model))
-    return detectors
+        thresholds = merged(thresholds, model.thresholds)
+    return build_detectors(thresholds, model)
 
 
 def score_events(

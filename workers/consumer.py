@@ -29,6 +29,8 @@ import redis
 import sqlalchemy.exc
 
 from detector.detectors import Detector
+from detector.model_switch import ModelSwitch
+from detector.shadow import prior_without_shadow
 from detector.pipeline import score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
@@ -82,7 +84,9 @@ class StreamConsumer:
         windows: EventWindows,
         publisher: DecisionPublisher,
         settings: StreamSettings = StreamSettings(),
+        models: ModelSwitch | None = None,
     ) -> None:
+        """With ``models``, its active detectors replace ``detectors`` and its shadow runs beside them."""
         self.client = client
         self.store = store
         self.plans = plans
@@ -93,6 +97,7 @@ class StreamConsumer:
         self.settings = settings
         # Set after a failed batch: read this consumer's own unacknowledged entries again first.
         self._retry_own_pending = False
+        self.models = models
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
@@ -205,14 +210,18 @@ class StreamConsumer:
         combined = combined.drop_duplicates("request_id", keep="first")
         combined = combined.sort_values("ts", kind="stable").reset_index(drop=True)
 
+        detectors = self.models.detectors() if self.models else self.detectors
         result = score_events(
-            combined, plans=self.plans, policy=self.policy, detectors=self.detectors, prior=self.store.decisions_for,
+            combined, plans=self.plans, policy=self.policy, detectors=detectors, prior=prior_without_shadow(self.store),
             suspensions=self.store.suspensions_between,
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
         outcome.decisions = self.store.save_decisions(result.decisions)
         self.publisher.publish(result.decisions)
+        shadow = self.models.shadow() if self.models else None
+        if shadow is not None:
+            shadow.score(combined, plans=self.plans, store=self.store)
         self.windows.extend(fresh)
 
     def _payloads(self, entries) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:

@@ -16,9 +16,11 @@ import time
 
 from rq import get_current_job
 
-from detector.model_registry import ModelError, load_model
+from detector.model_registry import ModelError
+from detector.model_switch import ModelSwitch, load_active_model
+from detector.shadow import prior_without_shadow
 from detector.detectors import AnomalyDetector
-from detector.pipeline import default_detectors, score_events
+from detector.pipeline import score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.store import open_store
@@ -33,21 +35,25 @@ QUEUE = "fairuse"
 def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[str, int]:
     """Consume the event stream for up to ``seconds`` and return what was processed.
 
-    The model is loaded afresh by every run, so a newly trained version in
-    ``models/`` is used from the next run on, without restarting workers.
+    Every run reads the registry for the active model and the shadow, so a
+    version activated with ``fairuse models activate`` is used from the next
+    run on, without restarting workers.
     """
     job = get_current_job()
     connection = job.connection
     prefix = os.environ.get("FAIRUSE_PREFIX", "fairuse")
     store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
     name = consumer or f"rq-{job.id}"
+    policy = load_policy()
+    models = ModelSwitch(store, policy=policy, use_model=os.environ.get("FAIRUSE_NO_MODEL") != "1")
     stream_consumer = StreamConsumer(
-        connection, store, plans=load_plans(), policy=load_policy(), detectors=default_detectors(_model()),
+        connection, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
         windows=EventWindows(connection, prefix=prefix), publisher=DecisionPublisher(connection, prefix=prefix),
         settings=StreamSettings(stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", consumer=name),
+        models=models,
     )
 
-    totals = {"entries": 0, "events": 0, "dead": 0, "decisions": 0}
+    totals: dict = {"entries": 0, "events": 0, "dead": 0, "decisions": 0}
     stop = threading.Event()
     timer = threading.Timer(seconds, stop.set)
     timer.start()
@@ -59,6 +65,7 @@ def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[s
                 totals[field] += getattr(outcome, field)
     finally:
         timer.cancel()
+    totals["model"] = models.version
     logger.info("job %s consumed %s", job.id, totals)
     return totals
 
@@ -72,11 +79,11 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
     job = get_current_job()
     connection = job.connection
     prefix = os.environ.get("FAIRUSE_PREFIX", "fairuse")
-    model = _model()
+    store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
+    model = _model(store)
     if model is None:
         return {"subjects": 0, "findings": 0, "decisions": 0}
 
-    store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
     windows = EventWindows(connection, prefix=prefix)
     publisher = DecisionPublisher(connection, prefix=prefix)
     detector = AnomalyDetector(model, as_of=time.time())
@@ -87,7 +94,7 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
             continue
         result = score_events(
             history.sort_values("ts", kind="stable").reset_index(drop=True),
-            plans=load_plans(), policy=load_policy(), detectors=[detector], prior=store.decisions_for,
+            plans=load_plans(), policy=load_policy(), detectors=[detector], prior=prior_without_shadow(store),
             suspensions=store.suspensions_between,
         )
         store.save_findings(result.findings)
@@ -121,11 +128,11 @@ def republish_decisions() -> int:
     return DecisionPublisher(job.connection, prefix=prefix).republish(store)
 
 
-def _model():
+def _model(store):
     if os.environ.get("FAIRUSE_NO_MODEL") == "1":
         return None
     try:
-        return load_model()
+        return load_active_model(store)
     except ModelError as error:
         logger.warning("anomaly detector skipped: %s", error)
         return None
