@@ -119,7 +119,7 @@ CONFIG_ENV = {"plans.toml": "FAIRUSE_PLANS", "policy.toml": "FAIRUSE_POLICY"}
 def _read_toml(path: str | Path | None, shipped_name: str) -> tuple[str, dict]:
     """Read a TOML file; when ``path`` is None, the file named by its environment
     variable (``CONFIG_ENV``), else the copy shipped in ``detector/config``."""
-    if path is None:
+    if path is None and shipped_name in CONFIG_ENV:
         path = os.environ.get(CONFIG_ENV[shipped_name]) or None
     if path is None:
         text = resources.files("detector.config").joinpath(shipped_name).read_text("utf-8")

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import orjson
 import pytest
@@ -9,6 +10,8 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from detector.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[1] / "detector" / "samples" / "events-sample.jsonl.gz"
 
 pytestmark = pytest.mark.slow
 
@@ -196,14 +199,16 @@ def test_simulated_run_kept_out_of_real_output(traffic, tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (("score", "detector/samples/events-sample.jsonl.gz", "--out", "/proc/nowhere/d.jsonl", "--no-model"),
+        (("score", str(SAMPLE), "--out", "/proc/nowhere/d.jsonl", "--no-model"),
          "error: /proc/nowhere"),
         (("worker", "--redis", "http://127.0.0.1:1", "--no-model"), "error: Redis URL must specify"),
         (("api", "--db", "notaurl"), "error: Could not parse SQLAlchemy URL"),
         (("simulate", "/proc/nowhere"), "error: /proc/nowhere"),
     ],
 )
-def test_fixable_mistakes_end_with_one_line_not_a_traceback(arguments, message):
+def test_fixable_mistakes_end_with_one_line_not_a_traceback(arguments, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRUSE_DATABASE_URL", f"sqlite:///{tmp_path / 'fairuse.db'}")
+
     result = CliRunner().invoke(main, list(arguments))
 
     assert result.exit_code == 2
