@@ -3,6 +3,7 @@ import pytest
 
 from detector.detectors import AbnormalCostDetector
 from detector.features import prepare_events
+from detector.policy import decide
 from tests.factories import DAY, HOUR, T0, events, frame
 
 
@@ -95,3 +96,23 @@ def test_evidence_names_window_and_thresholds(plans):
     assert "rolling 1h" in evidence["window"]
     assert evidence["thresholds"]["min_ratio"] == 8.0
     assert evidence["hourly_budget"] == 2.0
+
+
+def test_new_key_far_over_budget_scores_for_suspension(plans, policy):
+    # A key never seen before spends 200 credits in ten minutes: 100x the text plan's hourly budget of 2.
+    dormant = events("dormant", T0 + np.arange(10) * 60, cost=20.0)
+
+    findings = _findings(plans, dormant)
+    decisions = decide(findings, policy).decisions
+
+    assert max(finding.score for finding in findings) >= 75
+    assert "suspend" in [decision.action for decision in decisions]
+
+
+def test_new_key_three_times_over_budget_is_not_suspended(plans, policy):
+    heavy = events("heavy", T0 + np.arange(120) * 30, cost=0.05)
+
+    decisions = decide(_findings(plans, heavy), policy).decisions
+
+    assert decisions
+    assert "suspend" not in [decision.action for decision in decisions]

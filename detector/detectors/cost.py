@@ -195,8 +195,14 @@ class AbnormalCostDetector:
 
         # A spike scores by its ratio to the baseline (8x -> 50, 16x -> 75, 32x -> 100).
         # Spend over budget without a spike tops out at 70: heavy use, not a stolen key.
+        # A key with no baseline yet has no spike test, so its budget score goes on
+        # rising (10x the budget -> 75, 100x -> 100): a dormant key that suddenly
+        # spends a hundred times its plan's budget looks exactly like a stolen one.
         spike_score = np.clip(25 * np.log2(np.maximum(ratio, 1)) - 25, 0, 100)
         budget_score = np.clip(50 + 20 * (impact - 1), 50, 70)
+        with np.errstate(divide="ignore"):
+            unknown_key_score = np.clip(50 + 25 * np.log10(np.maximum(impact, 1)), 50, 100)
+        budget_score = np.where(has_history, budget_score, np.maximum(budget_score, unknown_key_score))
         score = np.maximum(np.where(spike, spike_score, 0), np.where(over_budget, budget_score, 0))
 
         # Only flagged events go on; a full-length frame would double peak memory.
