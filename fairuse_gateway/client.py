@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_PREFIX = "fairuse"
 # Strength of what a gateway enforces; reviews are for staff and allow the request.
 _STRENGTH = {("suspend", "all"): 3, ("suspend", "images"): 3, ("throttle", "all"): 2, ("throttle", "images"): 1}
+# The endpoints a decision of scope "images" applies to.
+IMAGE_ENDPOINTS = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/images/variations"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +78,16 @@ class DecisionClient:
         self._lock = threading.Lock()
         self._last_log = float("-inf")
 
-    def check(self, key_id: str | None = None, account_id: str | None = None, ip: str | None = None) -> Verdict:
-        """Return the strongest decision in force on the key, the account or the address."""
+    def check(
+        self, key_id: str | None = None, account_id: str | None = None, ip: str | None = None,
+        endpoint: str | None = None,
+    ) -> Verdict:
+        """Return the strongest decision in force on the key, the account or the address.
+
+        With ``endpoint``, only decisions that apply to it count: an image-only
+        throttle is left out for a chat request, and for an image request the
+        lowest limit of every throttle in force wins, whatever its scope.
+        """
         if ip and ":" in ip:
             ip = canonical_ipv6(ip)
         subjects = [
@@ -100,9 +110,8 @@ class DecisionClient:
             if raw is None:
                 continue
             for entry in orjson.loads(raw)["active"]:
-                # Among throttles of one scope, the lower limit is the stronger one.
-                strength = (_STRENGTH.get((entry["action"], entry["scope"]), 0), -(entry["limit_rpm"] or 0))
                 in_force = entry["detected_ms"] <= now_ms < entry["expires_ms"]
+                strength = _strength(entry, endpoint)
                 if in_force and strength[0] > 0 and strength > best_strength:
                     best, best_strength = _verdict(kind, value, entry), strength
         return best
@@ -132,6 +141,21 @@ class DecisionClient:
             logger.warning("decision check failed open (%d failures so far): %s", self.failures, error)
             self._last_log = now
         return Verdict(action="allow", fail_open=True)
+
+
+def _strength(entry: dict, endpoint: str | None) -> tuple[int, int]:
+    """Return how strongly a published decision limits a request to ``endpoint`` (0: not at all).
+
+    Among throttles that count the same, the lower limit is the stronger one.
+    """
+    action, scope = entry["action"], entry["scope"]
+    limit = -(entry["limit_rpm"] or 0)
+    if endpoint is None:
+        return _STRENGTH.get((action, scope), 0), limit
+    if scope == "images" and endpoint not in IMAGE_ENDPOINTS:
+        return 0, 0
+    # Both scopes apply to this request, so only the action and the limit tell them apart.
+    return _STRENGTH.get((action, "all"), 0), limit
 
 
 def _verdict(kind: str, value: str, entry: dict) -> Verdict:

@@ -206,3 +206,22 @@ def test_ipv6_address_found_in_any_spelling(publisher, gateway):
     publisher.publish([replace(_decision("suspend"), subject_type="ip", subject="2001:db8::1")])
 
     assert gateway.check(ip="2001:DB8:0:0:0:0:0:1").action == "suspend"
+
+
+def test_image_request_gets_the_lower_image_limit(publisher, gateway):
+    everything = replace(_decision("throttle"), id="all", limit_rpm=60)
+    images = replace(_decision("throttle", scope="images"), id="images", limit_rpm=1)
+    publisher.publish([everything, images])
+
+    image_verdict = gateway.check(key_id="key-1", endpoint="/v1/images/generations")
+    chat_verdict = gateway.check(key_id="key-1", endpoint="/v1/chat/completions")
+
+    assert (image_verdict.limit_rpm, image_verdict.decision_id) == (1, "images")
+    assert (chat_verdict.limit_rpm, chat_verdict.decision_id) == (60, "all")
+
+
+def test_chat_request_ignores_an_image_only_throttle(publisher, gateway):
+    publisher.publish([_decision("throttle", scope="images")])
+
+    assert gateway.check(key_id="key-1", endpoint="/v1/chat/completions").action == "allow"
+    assert gateway.check(key_id="key-1", endpoint="/v1/images/edits").action == "throttle"

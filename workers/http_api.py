@@ -86,11 +86,12 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
         key_id: str | None = None,
         account_id: str | None = None,
         ip: str | None = None,
+        endpoint: Annotated[str | None, Query(description="The request's path; leaves out decisions that do not apply to it.")] = None,
     ) -> VerdictOut:
         """Return the strongest decision in force on the key, the account or the address."""
         if not (key_id or account_id or ip):
             raise HTTPException(status_code=422, detail="give at least one of key_id, account_id and ip")
-        verdict = client.check(key_id=key_id, account_id=account_id, ip=ip)
+        verdict = client.check(key_id=key_id, account_id=account_id, ip=ip, endpoint=endpoint)
         expires = datetime.fromtimestamp(verdict.expires_at, UTC) if verdict.expires_at else None
         return VerdictOut(
             action=verdict.action, subject_type=verdict.subject_type, subject=verdict.subject,
