@@ -12,7 +12,7 @@ from detector.store import open_store
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows
-from tests.factories import T0, record
+from tests.factories import T0, events, frame, record
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +185,15 @@ def test_database_outage_retries_the_batch_without_losing_it(make_consumer, redi
     assert consumer.store.failures == 2
     assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
     assert any("automation" in decision.reasons for decision in real_store.all_decisions())
+
+
+def test_window_keeps_ids_that_look_like_times(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    fresh = frame(events("2026-11-23T10:00:00", [T0, T0 + 60]))
+    fresh["request_id"] = ["2026-11-23T10:00:00", "1795392000"]
+
+    windows.extend(fresh)
+    loaded = windows.load([("key", "2026-11-23T10:00:00")], T0 + 60)
+
+    assert list(loaded["key_id"]) == ["2026-11-23T10:00:00"] * 2
+    assert sorted(loaded["request_id"]) == ["1795392000", "2026-11-23T10:00:00"]

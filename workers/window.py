@@ -22,6 +22,13 @@ from detector.events import COLUMNS, empty_frame
 
 WEEK = 7 * 86400
 
+# Members are read back with the canonical types, so Arrow never takes an id
+# such as "2026-11-23T10:00:00" for a timestamp and respells it.
+_ARROW_TYPES = {"str": pa.string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_()}
+_PARSE_OPTIONS = pajson.ParseOptions(
+    explicit_schema=pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in COLUMNS.items()])
+)
+
 
 class EventWindows:
     """Read and extend the Redis windows of the subjects in a micro-batch."""
@@ -51,7 +58,7 @@ class EventWindows:
         members = [member for result in pipeline.execute() for member in result]
         if not members:
             return empty_frame()
-        table = pajson.read_json(pa.py_buffer(b"\n".join(members)))
+        table = pajson.read_json(pa.py_buffer(b"\n".join(members)), parse_options=_PARSE_OPTIONS)
         return table.to_pandas().reindex(columns=list(COLUMNS)).astype(COLUMNS)
 
     def extend(self, frame: pd.DataFrame) -> None:
