@@ -32,6 +32,7 @@ from detector.policy import Policy, PolicyOutcome, decide
 logger = logging.getLogger(__name__)
 
 PriorLookup = Callable[[Iterable[tuple[str, str]]], list[Decision]]
+AllowlistLookup = Callable[[Iterable[tuple[str, str]]], set[tuple[str, str]]]
 
 
 @dataclass(slots=True)
@@ -68,14 +69,17 @@ def score_events(
     policy: Policy,
     detectors: Sequence[Detector],
     prior: PriorLookup | None = None,
+    allowlisted: AllowlistLookup | None = None,
     now: datetime | None = None,
     simulated: bool | None = None,
 ) -> ScoringResult:
     """Run every detector over ``frame``, score subjects, and apply ``policy``.
 
     ``prior`` returns the stored decisions of the subjects involved, so that
-    decisions already in force are not made again. ``simulated`` overrides the
-    policy's simulation setting.
+    decisions already in force are not made again. ``allowlisted`` returns
+    those of the given subjects that staff allowlisted, which policy treats
+    like its own allowlist. ``simulated`` overrides the policy's simulation
+    setting.
     """
     prepared = prepare_events(frame, plans)
 
@@ -87,6 +91,8 @@ def score_events(
 
     flagged = {(finding.subject_type, finding.subject) for finding in findings}
     existing = prior(flagged) if prior and flagged else []
+    if allowlisted and flagged:
+        policy = policy.with_allowlisted(allowlisted(flagged))
     outcome = decide(findings, policy, existing, now=now, simulated=simulated)
     subjects = risk_table(prepared, findings, outcome.decisions)
     return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared)

@@ -32,7 +32,9 @@ from detector.pipeline import score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
 from detector.readers import read_json_lines
+from detector.review.activity import ActivityLog
 from detector.store import DecisionStore
+from detector.store.allowlist import StaffAllowlist
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows
 
@@ -191,11 +193,15 @@ class StreamConsumer:
         combined = combined.sort_values("ts", kind="stable").reset_index(drop=True)
 
         result = score_events(
-            combined, plans=self.plans, policy=self.policy, detectors=self.detectors, prior=self.store.decisions_for
+            combined, plans=self.plans, policy=self.policy, detectors=self.detectors, prior=self.store.decisions_for,
+            allowlisted=StaffAllowlist(self.store.engine).active_among,
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
         outcome.decisions = self.store.save_decisions(result.decisions)
+        ActivityLog(self.store.engine).record(
+            result.prepared, {(finding.subject_type, finding.subject) for finding in result.findings}
+        )
         self.publisher.publish(result.decisions)
         self.windows.extend(fresh)
 
