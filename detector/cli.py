@@ -231,5 +231,12 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model)
     consumer.run(stop)
 
 
+# Staff review: decisions, review, allowlist, audit, staff and console.
+from detector.review.cli import COMMANDS as _REVIEW_COMMANDS  # noqa: E402
+
+for _command in _REVIEW_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()
