@@ -2,7 +2,8 @@
 
 Each chart is returned as a ``data:`` URI for an ``<img>``, so the SVGs'
 element ids never clash on one page. Titles and legends are written in the
-page's language by the template; the charts carry numbers and dates only.
+page's language by the template, so the charts carry numbers and dates only
+and matplotlib never needs a CJK font.
 """
 
 from __future__ import annotations
@@ -21,19 +22,17 @@ from detector.review.activity import GAP_LABELS, ActivitySeries  # noqa: E402
 
 _STYLE = {"svg.fonttype": "none", "font.size": 8, "axes.spines.top": False, "axes.spines.right": False}
 _COLOURS = ("#2b6cb0", "#c05621", "#2f855a")
+# Line colours of the distinct-values chart, for the legend the template writes.
+DISTINCT_COLOURS = {"networks": _COLOURS[0], "countries": _COLOURS[1], "user_agents": _COLOURS[2]}
 
 
-def activity_charts(series: ActivitySeries, legend: dict[str, str]) -> dict[str, str]:
-    """Return the case page's charts as SVG data URIs: requests, cost, distinct values and gaps.
-
-    ``legend`` names the three distinct-value lines (keys ``networks``,
-    ``countries`` and ``user_agents``) in the page's language.
-    """
+def activity_charts(series: ActivitySeries) -> dict[str, str]:
+    """Return the case page's charts as SVG data URIs: requests, cost, distinct values and gaps."""
     with matplotlib.rc_context(_STYLE):
         return {
             "requests": _hourly_bars(series, series.requests, _COLOURS[0]),
             "cost": _hourly_bars(series, series.cost, _COLOURS[1]),
-            "distinct": _distinct_lines(series, legend),
+            "distinct": _distinct_lines(series),
             "gaps": _gap_histogram(series),
         }
 
@@ -56,14 +55,11 @@ def _hourly_bars(series: ActivitySeries, values, colour: str) -> str:
     return _data_uri(figure)
 
 
-def _distinct_lines(series: ActivitySeries, legend: dict[str, str]) -> str:
+def _distinct_lines(series: ActivitySeries) -> str:
     figure, axes = _figure()
     hours = series.hours.to_pydatetime()
-    for (name, values), colour in zip(
-        (("networks", series.networks), ("countries", series.countries), ("user_agents", series.user_agents)), _COLOURS
-    ):
-        axes.step(hours, values, where="post", color=colour, linewidth=1.1, label=legend[name])
-    axes.legend(loc="upper left", frameon=False, ncols=3)
+    for name, colour in DISTINCT_COLOURS.items():
+        axes.step(hours, getattr(series, name), where="post", color=colour, linewidth=1.1)
     axes.yaxis.get_major_locator().set_params(integer=True)
     _time_axis(axes)
     return _data_uri(figure)

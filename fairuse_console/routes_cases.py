@@ -8,14 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import FormData
 
-from detector.review.activity import GAP_LABELS
 from detector.review.cases import SORT_KEYS, CaseFilter
 from detector.review.errors import ReviewError
 from detector.review.staff import StaffSession
-from fairuse_console.charts import activity_charts
+from fairuse_console.charts import DISTINCT_COLOURS, activity_charts
 from fairuse_console.context import console_of, duration_field, int_field, render, text_field
-from fairuse_console.i18n import gettext_functions
-from fairuse_console.context import language_of
 from fairuse_console.security import acting_session, checked_form, current_session
 
 logger = logging.getLogger(__name__)
@@ -68,11 +65,9 @@ def case_page(case_id: int, request: Request, session: StaffSession = Depends(cu
     console = console_of(request)
     detail = console.queue.detail(case_id)
     series = console.activity.series(detail.case.subject_type, detail.case.subject)
-    _ = gettext_functions(language_of(request))["_"]
-    legend = {"networks": _("networks"), "countries": _("countries"), "user_agents": _("user agents")}
     return render(request, "case.html", {
-        "detail": detail, "case": detail.case, "series": series, "charts": activity_charts(series, legend),
-        "gap_labels": GAP_LABELS, "done": request.query_params.get("done", ""),
+        "detail": detail, "case": detail.case, "series": series, "charts": activity_charts(series),
+        "distinct_colours": DISTINCT_COLOURS, "done": request.query_params.get("done", ""),
     })
 
 
