@@ -230,3 +230,17 @@ def test_redis_down_stores_nothing(store, queue, redis_prefix):
     assert AuditLog(store.engine).records() == []
     with Session(store.engine) as session:
         assert session.scalar(select(CaseRow.status)) == "open"
+
+
+def test_recent_expired_reviews_open_cases(store, queue):
+    from dataclasses import replace
+
+    now = datetime.now(UTC)
+    old_log = policy_decision("key-old-log", ident="from-old-log")
+    old_log = replace(old_log, detected_at=now - timedelta(days=20), expires_at=now - timedelta(days=13))
+    forgotten = replace(old_log, id="forgotten", subject="key-forgotten", created_at=now - timedelta(days=8))
+    store.save_decisions([old_log, forgotten])
+
+    queue.sync()
+
+    assert [case.subject for case in queue.list()] == ["key-old-log"]

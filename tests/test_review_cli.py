@@ -1,6 +1,7 @@
 """The review commands end to end: staff, decisions, cases, allowlist and audit, against SQLite and Redis."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +11,8 @@ from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
 from tests.review_support import PASSWORD, policy_decision
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -145,3 +148,24 @@ def test_audit_command(run):
     assert as_json[0]["reason"] == "fraud"
     assert as_json[0]["after"]["in_force"][0]["action"] == "suspend"
     assert run("audit", "--staff", "nobody").output == ""
+
+
+@pytest.mark.slow
+def test_readme_review_commands_after_quick_start(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text("utf-8")
+    section = readme.split("## Staff review", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.removeprefix(".venv/bin/fairuse ").split() for line in section.strip().splitlines()]
+    assert [command[:2] for command in commands] == [["staff", "add"], ["review", "list"], ["console"]]
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    scored = runner.invoke(main, ["score", str(ROOT / "detector/samples/events-sample.jsonl.gz"), "--no-model"])
+    assert scored.exit_code == 0, scored.output
+
+    added = runner.invoke(main, commands[0], input=f"{PASSWORD}\n{PASSWORD}\n")
+    listed = runner.invoke(main, commands[1])
+
+    assert added.exit_code == 0, added.output
+    assert "staff alice added as reviewer" in added.output
+    assert listed.exit_code == 0, listed.output
+    assert len(listed.output.splitlines()) >= 5
+    assert "\tkey:key-" in listed.output

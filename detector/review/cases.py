@@ -1,8 +1,10 @@
 """The case queue: cases opened by review decisions or by staff, with filters and sorting.
 
 Review decisions become cases lazily: ``sync`` links every enforced review
-decision still in force that no case holds yet to the subject's open case,
-opening one when there is none. The console and the CLI call it before
+decision that no case holds yet to the subject's open case, opening one when
+there is none. It takes decisions still in force, and decisions written in
+the last ``RECENT`` even when they already expired, so a batch run over an
+old log still fills the queue. The console and the CLI call it before
 listing, so a review decision from any writer (batch runs, stream workers,
 RQ jobs) shows up without a hook in each of them.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from detector.decisions import SUBJECT_TYPES, Decision
@@ -21,6 +23,7 @@ from detector.store.models import DecisionRow, LabelRow
 from detector.review.records import decision_from_row
 from detector.store.review_models import CASE_STATUSES, AuditRow, AllowlistRow, CaseDecisionRow, CaseRow, NoteRow
 
+RECENT = timedelta(days=7)
 SORT_KEYS = {
     "score": CaseRow.score,
     "age": CaseRow.opened_at,
@@ -70,13 +73,14 @@ class CaseQueue:
         self.engine = engine
 
     def sync(self, now: datetime | None = None) -> int:
-        """Link unlinked review decisions in force to open cases; return how many cases were opened."""
+        """Link unlinked review decisions to open cases; return how many cases were opened."""
         now = now or datetime.now(UTC)
         linked = select(CaseDecisionRow.decision_id)
         query = (
             select(DecisionRow)
             .where(DecisionRow.action == "review", DecisionRow.simulated.is_(False))
-            .where(DecisionRow.detected_at <= now, DecisionRow.expires_at > now)
+            .where(DecisionRow.detected_at <= now)
+            .where(or_(DecisionRow.expires_at > now, DecisionRow.created_at > now - RECENT))
             .where(DecisionRow.id.not_in(linked))
             .order_by(DecisionRow.detected_at, DecisionRow.id)
         )
