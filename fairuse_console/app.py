@@ -61,12 +61,16 @@ def _add_error_pages(app: FastAPI) -> None:
 
     @app.exception_handler(Forbidden)
     def forbidden(request: Request, error: Forbidden):
-        logger.warning("refused %s %s: %s", request.method, request.url.path, error.message)
+        logger.warning("rejected %s %s: %s", request.method, request.url.path, error.message)
         return render(request, "error.html", {"message": error.message}, status_code=403)
 
     @app.exception_handler(ReviewError)
     def review_error(request: Request, error: ReviewError):
-        status = 404 if isinstance(error, NotFoundError) else 503 if isinstance(error, PublishError) else 400
+        status = 400
+        if isinstance(error, NotFoundError):
+            status = 404
+        elif isinstance(error, PublishError):
+            status = 503
         return render(request, "error.html", {"message": str(error)}, status_code=status)
 
 

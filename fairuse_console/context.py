@@ -1,4 +1,4 @@
-"""What every console request shares: the store, the review services and the templates."""
+"""Shared state of console requests (the store, the review services, the templates) and form parsing."""
 
 from __future__ import annotations
 

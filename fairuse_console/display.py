@@ -1,4 +1,4 @@
-"""How the console shows subjects, evidence and times to a staff member."""
+"""Formatting of subjects, evidence and times for the staff member reading a page."""
 
 from __future__ import annotations
 

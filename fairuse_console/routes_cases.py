@@ -22,14 +22,14 @@ BULK_ACTIONS = ("suspend", "throttle", "dismiss")
 
 @router.get("/")
 def queue_page(request: Request, session: StaffSession = Depends(current_session)):
-    """The case queue with filters, sorting and bulk actions."""
+    """Render the case queue with filters, sorting and bulk actions."""
     console = console_of(request)
     console.queue.sync()
     params = request.query_params
-    wanted = _case_filter(params)
+    case_filter = _case_filter(params)
     reasons, plans = console.queue.reasons_and_plans()
     return render(request, "queue.html", {
-        "cases": console.queue.list(wanted), "wanted": wanted, "reasons": reasons, "plans": plans,
+        "cases": console.queue.list(case_filter), "case_filter": case_filter, "reasons": reasons, "plans": plans,
         "sort_keys": list(SORT_KEYS), "bulk_actions": BULK_ACTIONS, "done": params.get("done", ""),
     })
 
@@ -61,7 +61,7 @@ def bulk_action(request: Request, form: FormData = Depends(checked_form), sessio
 
 @router.get("/cases/{case_id}")
 def case_page(case_id: int, request: Request, session: StaffSession = Depends(current_session)):
-    """A case: subject, plan, decisions with evidence, charts of the last 7 days, notes and audit."""
+    """Render a case: subject, plan, decisions with evidence, charts of the last 7 days, notes and audit."""
     console = console_of(request)
     detail = console.queue.detail(case_id)
     series = console.activity.series(detail.case.subject_type, detail.case.subject)

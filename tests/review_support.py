@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 from datetime import UTC, datetime, timedelta
 
 from detector.decisions import Decision
@@ -39,3 +40,21 @@ def log_in(client, name: str, password: str = PASSWORD) -> str:
                            follow_redirects=False)
     assert response.status_code == 303, response.text
     return csrf_token(client.get("/").text)
+
+
+@cache
+def _password_hash() -> str:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher().hash(PASSWORD)
+
+
+def add_staff(engine, name: str, role: str) -> None:
+    """Insert a staff account with ``PASSWORD``, hashing it once per test run (Argon2 is slow on purpose)."""
+    from sqlalchemy.orm import Session
+
+    from detector.store.review_models import StaffRow
+
+    with Session(engine) as session, session.begin():
+        session.add(StaffRow(name=name, password_hash=_password_hash(), role=role, language="",
+                             created_at=datetime.now(UTC)))

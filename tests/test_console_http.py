@@ -11,12 +11,11 @@ from sqlalchemy.orm import Session
 from detector.review.actions import StaffActions
 from detector.review.cases import CaseQueue
 from detector.review.privacy import mask_address
-from detector.review.staff import StaffDirectory
 from detector.store.models import DecisionRow, LabelRow
 from detector.store.review_models import AllowlistRow, AuditRow, CaseRow, NoteRow, StaffRow
 from fairuse_console import create_app
 from fairuse_gateway import DecisionClient
-from tests.review_support import PASSWORD, csrf_token, log_in, policy_decision
+from tests.review_support import PASSWORD, add_staff, csrf_token, log_in, policy_decision
 from workers.publish import DecisionPublisher
 
 ADDRESS = "203.0.113.77"
@@ -47,9 +46,8 @@ def store(store, redis_client, redis_prefix):
     ])
     DecisionPublisher(redis_client, prefix=redis_prefix).publish(store.active_decisions())
     CaseQueue(store.engine).sync()
-    directory = StaffDirectory(store.engine)
     for name, role in (("vera", "viewer"), ("rita", "reviewer"), ("adam", "admin")):
-        directory.add(name, PASSWORD, role)
+        add_staff(store.engine, name, role)
     actions = StaffActions(store.engine, DecisionPublisher(redis_client, prefix=redis_prefix))
     actions.add_allowlist("key", "key-old", staff="adam", duration=timedelta(days=3), comment="seed entry")
     return store

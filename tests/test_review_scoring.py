@@ -54,7 +54,7 @@ def test_hourly_activity_counts(plans):
     assert list(rows["user_agents"]) == [2, 1]
     first, second = rows["gaps"]
     assert len(first) == len(GAP_LABELS)
-    # Gaps of 10 s and 60 s: a bin holds its lower edge.
+    # Gaps of 10 s and 60 s: a bin includes its lower edge.
     assert first[GAP_LABELS.index("10-30s")] == 1
     assert first[GAP_LABELS.index("1-2m")] == 1
     assert sum(first) == 2

@@ -68,7 +68,7 @@ class Policy:
         return f"{subject_type}:{subject}" in self.allowlist
 
     def with_allowlisted(self, subjects: Iterable[tuple[str, str]]) -> "Policy":
-        """Return a copy whose allowlist also holds ``subjects``, given as (subject_type, subject) pairs."""
+        """Return a copy whose allowlist also contains ``subjects``, given as (subject_type, subject) pairs."""
         extra = {f"{subject_type}:{subject}" for subject_type, subject in subjects}
         return replace(self, allowlist=self.allowlist | extra) if extra else self
 

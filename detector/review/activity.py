@@ -1,9 +1,10 @@
 """Hourly activity of subjects under review, kept for the case page's charts.
 
-The store keeps no raw events, so scoring writes, for each subject that has
-findings in the pass or an open case, one row per clock hour: requests, cost,
-distinct networks, countries and user agents, and a histogram of the gaps
-between consecutive requests. Rows hold counts only, never an address.
+The store keeps no raw events, so scoring writes one row per clock hour for
+each subject that has findings in the pass or an open case. A row contains
+the requests, the cost, the distinct networks, countries and user agents, and
+a histogram of the gaps between consecutive requests. Rows contain counts
+only, never an address.
 
 A pass replaces the rows of the hours it covers. Stream workers score a
 subject's whole Redis window (up to 7 days) with each micro-batch, so their
@@ -53,8 +54,8 @@ class ActivitySeries:
 def hourly_activity(prepared: PreparedEvents, subjects: Iterable[tuple[str, str]]) -> pd.DataFrame:
     """Return one row per (subject, clock hour) of ``subjects``, with the columns of ``ActivityRow``."""
     table = prepared.subjects
-    wanted = set(subjects)
-    codes = [code for code, key in enumerate(zip(table["subject_type"], table["subject"])) if key in wanted]
+    chosen = set(subjects)
+    codes = [code for code, key in enumerate(zip(table["subject_type"], table["subject"])) if key in chosen]
     events = prepared.events[prepared.events["subject"].isin(codes)]
     if events.empty:
         return pd.DataFrame(columns=["subject_type", "subject", "hour", "requests", "cost", "networks",
@@ -84,7 +85,8 @@ def hourly_activity(prepared: PreparedEvents, subjects: Iterable[tuple[str, str]
     rows = rows.reset_index()
     rows["gaps"] = gaps.to_numpy(dtype=np.int64).tolist()
     rows["subject_type"] = table["subject_type"].to_numpy()[rows["subject"]]
-    rows["subject"] = table["subject"].to_numpy()[rows["subject"]]
+    # PostgreSQL text cannot contain NUL, so identifiers are stored as the decision store stores them.
+    rows["subject"] = [str(name).replace("\x00", "\ufffd") for name in table["subject"].to_numpy()[rows["subject"]]]
     rows["hour"] = [datetime.fromtimestamp(hour * 3600, UTC) for hour in rows["hour"]]
     return rows
 
@@ -133,7 +135,8 @@ class ActivityLog:
         return _to_series(found, hours)
 
     def _under_review(self, present: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        pairs = sorted(present)
+        stored_as = {(kind, name.replace("\x00", "\ufffd")): (kind, name) for kind, name in present}
+        pairs = sorted(stored_as)
         found: set[tuple[str, str]] = set()
         with Session(self.engine) as session:
             for start in range(0, len(pairs), _CHUNK):
@@ -141,7 +144,8 @@ class ActivityLog:
                     CaseRow.status == "open",
                     tuple_(CaseRow.subject_type, CaseRow.subject).in_(pairs[start : start + _CHUNK]),
                 )
-                found.update((kind, name) for kind, name in session.execute(query))
+                # MariaDB compares text case-insensitively by default; keep exact matches only.
+                found.update(stored_as[tuple(pair)] for pair in session.execute(query) if tuple(pair) in stored_as)
         return found
 
     def _replace(self, rows: pd.DataFrame) -> None:

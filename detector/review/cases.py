@@ -1,7 +1,7 @@
 """The case queue: cases opened by review decisions or by staff, with filters and sorting.
 
 Review decisions become cases lazily: ``sync`` links every enforced review
-decision that no case holds yet to the subject's open case, opening one when
+decision not yet linked to a case to the subject's open case, opening one when
 there is none. It takes decisions still in force, and decisions written in
 the last ``RECENT`` even when they already expired, so a batch run over an
 old log still fills the queue. The console and the CLI call it before
@@ -35,7 +35,7 @@ SORT_KEYS = {
 
 @dataclass(frozen=True, slots=True)
 class CaseFilter:
-    """Which cases to list and in what order; the default is open cases, highest score first."""
+    """Filter and sort order of a case listing. The default lists open cases, highest score first."""
 
     status: str | None = "open"
     reason: str | None = None
@@ -94,24 +94,24 @@ class CaseQueue:
                 link_decision(session, case, decision_from_row(row), now)
         return opened
 
-    def list(self, wanted: CaseFilter = CaseFilter()) -> list[CaseRow]:
+    def list(self, case_filter: CaseFilter = CaseFilter()) -> list[CaseRow]:
         query = select(CaseRow)
-        if wanted.status:
-            query = query.where(CaseRow.status == wanted.status)
-        if wanted.plan:
-            query = query.where(CaseRow.plan == wanted.plan)
-        if wanted.min_score is not None:
-            query = query.where(CaseRow.score >= wanted.min_score)
-        if wanted.min_age_hours is not None:
-            query = query.where(CaseRow.opened_at <= datetime.now(UTC) - timedelta(hours=wanted.min_age_hours))
-        order = SORT_KEYS[wanted.sort]
-        query = query.order_by(order.desc() if wanted.descending else order.asc(), CaseRow.id.desc())
+        if case_filter.status:
+            query = query.where(CaseRow.status == case_filter.status)
+        if case_filter.plan:
+            query = query.where(CaseRow.plan == case_filter.plan)
+        if case_filter.min_score is not None:
+            query = query.where(CaseRow.score >= case_filter.min_score)
+        if case_filter.min_age_hours is not None:
+            query = query.where(CaseRow.opened_at <= datetime.now(UTC) - timedelta(hours=case_filter.min_age_hours))
+        order = SORT_KEYS[case_filter.sort]
+        query = query.order_by(order.desc() if case_filter.descending else order.asc(), CaseRow.id.desc())
         with Session(self.engine, expire_on_commit=False) as session:
             rows = list(session.scalars(query))
         # Reasons are a JSON list, which the three backends query differently; filter here.
-        if wanted.reason:
-            rows = [row for row in rows if wanted.reason in row.reasons]
-        return rows[: wanted.limit]
+        if case_filter.reason:
+            rows = [row for row in rows if case_filter.reason in row.reasons]
+        return rows[: case_filter.limit]
 
     def reasons_and_plans(self) -> tuple[list[str], list[str]]:
         """Return the reason codes and plans found on cases, for filter menus."""

@@ -150,7 +150,7 @@ def decisions_delete(decision_id, comment, database_url, redis_url, prefix, staf
 
 @click.group()
 def review() -> None:
-    """The case queue: list, show, open and resolve cases."""
+    """Work the case queue: list, show, open and resolve cases."""
 
 
 @review.command("list")
@@ -170,9 +170,9 @@ def review_list(status, reason, plan, min_score, min_age_hours, sort, asc, limit
 
     queue = CaseQueue(_engine(database_url))
     queue.sync()
-    wanted = CaseFilter(status=None if status == "all" else status, reason=reason, plan=plan, min_score=min_score,
+    case_filter = CaseFilter(status=None if status == "all" else status, reason=reason, plan=plan, min_score=min_score,
                         min_age_hours=min_age_hours, sort=sort, descending=not asc, limit=limit)
-    for case in queue.list(wanted):
+    for case in queue.list(case_filter):
         click.echo(
             f"{case.id}\t{case.subject_type}:{case.subject}\t{case.plan or '-'}\t{case.score:.0f}\t"
             f"{','.join(case.reasons) or '-'}\t{case.status}{' ' + case.resolution if case.resolution else ''}\t"
@@ -267,7 +267,7 @@ def review_note(case_id, text, database_url, redis_url, prefix, staff) -> None:
 
 @click.group()
 def allowlist() -> None:
-    """The staff allowlist: subjects policy never throttles or suspends."""
+    """Manage the staff allowlist: subjects policy never throttles or suspends."""
 
 
 @allowlist.command("add")

@@ -45,7 +45,9 @@ class StaffAllowlist:
         Scoring passes this to policy, which then makes reviews at most for them.
         """
         at = at or datetime.now(UTC)
-        pairs = sorted(set(subjects))
+        # Identifiers are stored with NUL replaced, as PostgreSQL text cannot contain it.
+        stored_as = {(kind, name.replace("\x00", "\ufffd")): (kind, name) for kind, name in subjects}
+        pairs = sorted(stored_as)
         found: set[tuple[str, str]] = set()
         with Session(self.engine) as session:
             for start in range(0, len(pairs), _CHUNK):
@@ -55,5 +57,6 @@ class StaffAllowlist:
                     AllowlistRow.created_at <= at,
                     AllowlistRow.expires_at > at,
                 )
-                found.update((kind, name) for kind, name in session.execute(query))
+                # MariaDB compares text case-insensitively by default; keep exact matches only.
+                found.update(stored_as[tuple(pair)] for pair in session.execute(query) if tuple(pair) in stored_as)
         return found
