@@ -14,7 +14,7 @@ def N_(message: str) -> str:
 ROLES = (N_("viewer"), N_("reviewer"), N_("admin"))
 STATUSES = (N_("open"), N_("resolved"))
 RESOLUTIONS = (N_("suspended"), N_("throttled"), N_("dismissed"), N_("allowlisted"))
-SORT_KEYS = (N_("score"), N_("age"), N_("plan"), N_("status"), N_("updated"))
+SORT_KEYS = (N_("score"), N_("reason"), N_("age"), N_("plan"), N_("status"), N_("updated"))
 ACTIONS = (
     N_("suspend"), N_("throttle"), N_("review"), N_("dismiss"), N_("allowlist"), N_("unallowlist"), N_("lift"),
     N_("note"), N_("open_case"), N_("add_decision"),

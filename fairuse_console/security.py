@@ -6,6 +6,9 @@ form carries that token in a hidden ``csrf_token`` field, compared in
 constant time. The login form, which has no session yet, uses a
 double-submit cookie instead. Cookies are HttpOnly and SameSite=Strict, and
 Secure when the console is reached over HTTPS.
+
+NOTE: failed logins are logged but not rate-limited here. Serve the console
+to others only through a proxy that limits login attempts.
 """
 
 from __future__ import annotations
@@ -65,10 +68,11 @@ def admin_session(session: StaffSession = Depends(current_session)) -> StaffSess
     return session
 
 
-def tokens_match(given: object, expected: str | None) -> bool:
-    if not isinstance(given, str) or not expected:
+def tokens_match(submitted: object, expected: str | None) -> bool:
+    """Return whether a submitted token equals the expected one, compared in constant time."""
+    if not isinstance(submitted, str) or not expected:
         return False
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return hmac.compare_digest(submitted.encode(), expected.encode())
 
 
 def new_login_token() -> str:

@@ -244,3 +244,15 @@ def test_recent_expired_reviews_open_cases(store, queue):
     queue.sync()
 
     assert [case.subject for case in queue.list()] == ["key-old-log"]
+
+
+def test_queue_sorts_by_reason(store, queue):
+    store.save_decisions([
+        policy_decision("key-a", reasons=("key_sharing",), ident="a"),
+        policy_decision("key-b", reasons=("abnormal_cost",), ident="b"),
+    ])
+    queue.sync()
+
+    ascending = queue.list(CaseFilter(sort="reason", descending=False))
+
+    assert [case.subject for case in ascending] == ["key-b", "key-a"]

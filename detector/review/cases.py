@@ -11,10 +11,12 @@ RQ jobs) shows up without a hook in each of them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from detector.decisions import SUBJECT_TYPES, Decision
@@ -23,9 +25,13 @@ from detector.store.models import DecisionRow, LabelRow
 from detector.review.records import decision_from_row
 from detector.store.review_models import CASE_STATUSES, AuditRow, AllowlistRow, CaseDecisionRow, CaseRow, NoteRow
 
+logger = logging.getLogger(__name__)
+
 RECENT = timedelta(days=7)
+# Sort keys and their columns; "reason" sorts by the reason codes, in Python (see ``CaseQueue.list``).
 SORT_KEYS = {
     "score": CaseRow.score,
+    "reason": None,
     "age": CaseRow.opened_at,
     "plan": CaseRow.plan,
     "status": CaseRow.status,
@@ -85,16 +91,22 @@ class CaseQueue:
             .order_by(DecisionRow.detected_at, DecisionRow.id)
         )
         opened = 0
-        with Session(self.engine) as session, session.begin():
-            for row in session.scalars(query).all():
-                case = open_case_for(session, row.subject_type, row.subject)
-                if case is None:
-                    case = new_case(session, row.subject_type, row.subject, opened_by="policy", now=now)
-                    opened += 1
-                link_decision(session, case, decision_from_row(row), now)
+        try:
+            with Session(self.engine) as session, session.begin():
+                for row in session.scalars(query).all():
+                    case = open_case_for(session, row.subject_type, row.subject)
+                    if case is None:
+                        case = new_case(session, row.subject_type, row.subject, opened_by="policy", now=now)
+                        opened += 1
+                    link_decision(session, case, decision_from_row(row), now)
+        except IntegrityError:
+            # Another process linked the same decisions at the same time; its cases stand.
+            logger.info("case sync raced with another process; keeping its cases")
+            return 0
         return opened
 
     def list(self, case_filter: CaseFilter = CaseFilter()) -> list[CaseRow]:
+        """Return the cases ``case_filter`` selects, in its order, at most ``case_filter.limit``."""
         query = select(CaseRow)
         if case_filter.status:
             query = query.where(CaseRow.status == case_filter.status)
@@ -104,13 +116,19 @@ class CaseQueue:
             query = query.where(CaseRow.score >= case_filter.min_score)
         if case_filter.min_age_hours is not None:
             query = query.where(CaseRow.opened_at <= datetime.now(UTC) - timedelta(hours=case_filter.min_age_hours))
-        order = SORT_KEYS[case_filter.sort]
+        # Reasons are a JSON list, which the three backends query differently, so
+        # filtering and sorting by reason happen here, on every matching case.
+        by_reason = case_filter.reason or case_filter.sort == "reason"
+        order = SORT_KEYS[case_filter.sort] if case_filter.sort != "reason" else CaseRow.score
         query = query.order_by(order.desc() if case_filter.descending else order.asc(), CaseRow.id.desc())
+        if not by_reason:
+            query = query.limit(case_filter.limit)
         with Session(self.engine, expire_on_commit=False) as session:
             rows = list(session.scalars(query))
-        # Reasons are a JSON list, which the three backends query differently; filter here.
         if case_filter.reason:
             rows = [row for row in rows if case_filter.reason in row.reasons]
+        if case_filter.sort == "reason":
+            rows.sort(key=lambda row: ",".join(row.reasons), reverse=case_filter.descending)
         return rows[: case_filter.limit]
 
     def reasons_and_plans(self) -> tuple[list[str], list[str]]:

@@ -159,7 +159,8 @@ def review() -> None:
 @click.option("--plan", help="Only cases of subjects on this plan.")
 @click.option("--min-score", type=click.FloatRange(0, 100), help="Only cases scoring at least this.")
 @click.option("--min-age", "min_age_hours", type=click.FloatRange(0), help="Only cases opened at least this many hours ago.")
-@click.option("--sort", type=click.Choice(["score", "age", "plan", "status", "updated"]), default="score", show_default=True)
+@click.option("--sort", type=click.Choice(["score", "reason", "age", "plan", "status", "updated"]), default="score",
+              show_default=True, help="Sort key; descending unless --asc.")
 @click.option("--asc", is_flag=True, help="Sort ascending instead of descending.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="Maximum cases listed.")
 @_database_option

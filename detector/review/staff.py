@@ -140,12 +140,17 @@ class StaffDirectory:
 
     def pseudonym_key(self) -> bytes:
         """Return the key of address pseudonyms, created on first use and kept in the database."""
-        with Session(self.engine) as session, session.begin():
-            row = session.get(ConsoleSettingRow, "pseudonym_key")
-            if row is None:
-                row = ConsoleSettingRow(name="pseudonym_key", value=secrets.token_hex(32))
-                session.add(row)
-            return bytes.fromhex(row.value)
+        try:
+            with Session(self.engine) as session, session.begin():
+                row = session.get(ConsoleSettingRow, "pseudonym_key")
+                if row is None:
+                    row = ConsoleSettingRow(name="pseudonym_key", value=secrets.token_hex(32))
+                    session.add(row)
+                return bytes.fromhex(row.value)
+        except IntegrityError:
+            # Another console process created the key first; use that one.
+            with Session(self.engine) as session:
+                return bytes.fromhex(session.get(ConsoleSettingRow, "pseudonym_key").value)
 
 
 def _verify(password_hash: str, password: str) -> bool:
