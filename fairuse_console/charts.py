@@ -22,7 +22,7 @@ from detector.review.activity import GAP_LABELS, ActivitySeries  # noqa: E402
 
 _STYLE = {"svg.fonttype": "none", "font.size": 8, "axes.spines.top": False, "axes.spines.right": False}
 _COLOURS = ("#2b6cb0", "#c05621", "#2f855a")
-# Line colours of the distinct-values chart, for the legend the template writes.
+# Line colours of the distinct-values chart; static/console.css colours the legend the same.
 DISTINCT_COLOURS = {"networks": _COLOURS[0], "countries": _COLOURS[1], "user_agents": _COLOURS[2]}
 
 

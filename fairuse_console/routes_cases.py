@@ -11,7 +11,7 @@ from starlette.datastructures import FormData
 from detector.review.cases import SORT_KEYS, CaseFilter
 from detector.review.errors import ReviewError
 from detector.review.staff import StaffSession
-from fairuse_console.charts import DISTINCT_COLOURS, activity_charts
+from fairuse_console.charts import activity_charts
 from fairuse_console.context import console_of, duration_field, int_field, render, text_field
 from fairuse_console.security import acting_session, checked_form, current_session
 
@@ -67,7 +67,7 @@ def case_page(case_id: int, request: Request, session: StaffSession = Depends(cu
     series = console.activity.series(detail.case.subject_type, detail.case.subject)
     return render(request, "case.html", {
         "detail": detail, "case": detail.case, "series": series, "charts": activity_charts(series),
-        "distinct_colours": DISTINCT_COLOURS, "done": request.query_params.get("done", ""),
+        "done": request.query_params.get("done", ""),
     })
 
 

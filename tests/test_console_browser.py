@@ -108,6 +108,7 @@ def test_suspend_top_case_reaches_gateway(page, console_url, redis_prefix):
     page.locator("a.case-link").first.click()
     assert "key-resold" in page.locator("#subject").inner_text()
     assert page.locator(".charts img").count() == 4
+    assert page.evaluate("Array.from(document.querySelectorAll('.charts img')).every(img => img.naturalWidth > 0)")
     page.screenshot(path=str(SCREENSHOTS / "case.png"), full_page=True)
 
     page.fill("#suspend-form input[name=comment]", "resold on a forum")

@@ -417,3 +417,28 @@ def test_language_follows_browser_then_choice(client):
 
 def test_login_page_in_browser_language(client):
     assert "登录审核控制台" in client.get("/login", headers={"Accept-Language": "zh"}).text
+
+
+# Hardening -----------------------------------------------------------------------
+
+
+def test_pages_carry_security_headers(client):
+    log_in(client, "vera")
+
+    response = client.get("/cases/1")
+
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_note_markup_is_escaped(client):
+    token = log_in(client, "rita")
+
+    client.post("/cases/1/notes", data={"csrf_token": token, "body": "<script>alert(1)</script>"})
+
+    page = client.get("/cases/1").text
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
