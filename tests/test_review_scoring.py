@@ -1,6 +1,7 @@
 """Scoring with staff review: the staff allowlist in policy, and hourly activity kept for case charts."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select
@@ -93,3 +94,28 @@ def test_rescoring_replaces_hours(tmp_path, sqlite_url):
     assert series.requests.sum() == 240
     assert series.requests.max() == 60
     assert series.cost.max() == 30.0
+
+
+def test_staff_suspensions_not_counted_in_cap(tmp_path):
+    from detector.decisions import Decision
+    from detector.detectors import Finding
+    from detector.policy import decide, load_policy
+
+    shipped = (Path(__file__).resolve().parents[1] / "detector" / "config" / "policy.toml").read_text("utf-8")
+    path = tmp_path / "policy.toml"
+    path.write_text(shipped.replace("max_auto_suspensions_per_hour = 20", "max_auto_suspensions_per_hour = 1"), "utf-8")
+    at = datetime.fromtimestamp(T0, UTC)
+    staff_suspensions = [
+        Decision(id=f"staff-{index}", subject_type="key", subject=f"other-{index}", action="suspend", reasons=["manual"],
+                 score=0.0, evidence={}, detected_at=at, created_at=at, expires_at=at + timedelta(hours=6),
+                 origin="staff:alice")
+        for index in range(3)
+    ]
+    finding = Finding(subject_type="key", subject="key-1", account_id="acct", plan="text", reason="abnormal_cost",
+                      score=90.0, impact=3.0, detected_at=T0 + 60, window_start=T0 - HOUR, window_end=T0 + 60,
+                      origin="abnormal_cost/1", evidence={})
+
+    outcome = decide([finding], load_policy(path), staff_suspensions, now=at)
+
+    assert [decision.action for decision in outcome.decisions] == ["suspend"]
+    assert outcome.capped == 0

@@ -198,7 +198,7 @@ def _looser(existing: int | None, requested: int | None) -> bool:
 def _count_suspensions_per_hour(prior: list[Decision]) -> defaultdict[int, int]:
     counts: defaultdict[int, int] = defaultdict(int)
     for decision in prior:
-        if decision.action == "suspend" and decision.origin != "staff":
+        if decision.action == "suspend" and not decision.origin.startswith("staff"):
             counts[int(decision.detected_at.timestamp() // 3600)] += 1
     return counts
 
