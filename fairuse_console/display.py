@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from detector.review.privacy import mask_address, mask_values
+from detector.review.privacy import mask_address, mask_text, mask_values
 from detector.review.staff import StaffMember
 
 
@@ -27,9 +27,12 @@ class Display:
         return self.member is None or self.member.role == "viewer"
 
     def subject(self, subject_type: str, subject: str) -> str:
-        if self.masks and subject_type == "ip":
+        """Return a subject id as this member may see it; addresses inside any id are masked too."""
+        if not self.masks:
+            return subject
+        if subject_type == "ip":
             return mask_address(subject, self.pseudonym_key)
-        return subject
+        return mask_text(subject, self.pseudonym_key)
 
     def json(self, value: Any) -> str:
         """Return ``value`` as indented JSON, with addresses masked for viewers."""

@@ -442,3 +442,27 @@ def test_note_markup_is_escaped(client):
     page = client.get("/cases/1").text
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_unknown_case_action_rejected(client, store):
+    token = log_in(client, "rita")
+
+    unknown = client.post("/cases/1/delete", data={"csrf_token": token, "comment": "x"})
+    missing = client.post("/cases/999/dismiss", data={"csrf_token": token, "comment": "x"})
+
+    assert unknown.status_code == 400
+    assert "unknown case action" in unknown.text
+    assert missing.status_code == 404
+    assert _count(store, AuditRow) == 1
+
+
+def test_expired_session_rejected(client, store):
+    from sqlalchemy import update
+
+    from detector.store.review_models import StaffSessionRow
+
+    log_in(client, "rita")
+    with Session(store.engine) as session, session.begin():
+        session.execute(update(StaffSessionRow).values(expires_at=StaffSessionRow.created_at))
+
+    assert client.get("/", follow_redirects=False).status_code == 303
