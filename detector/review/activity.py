@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, delete, insert, select, tuple_
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from detector.features import PreparedEvents
@@ -76,14 +76,14 @@ def hourly_activity(prepared: PreparedEvents, subjects: Iterable[tuple[str, str]
         requests=("cost", "size"), cost=("cost", "sum"), networks=("net", "nunique"),
         countries=("country", "nunique"), user_agents=("ua", "nunique"),
     )
-    gaps = pd.crosstab(
-        [frame.loc[frame["has_gap"], "subject"], frame.loc[frame["has_gap"], "hour"]],
-        frame.loc[frame["has_gap"], "gap_bin"],
-    ).reindex(columns=range(len(GAP_LABELS)), fill_value=0)
-    gaps = gaps.reindex(rows.index, fill_value=0)
+    # Row i of ``rows`` is group i of ``ngroup``, both sorted by (subject, hour).
+    group = grouped.ngroup().to_numpy()
+    gaps = np.zeros((len(rows), len(GAP_LABELS)), dtype=np.int64)
+    has_gap = frame["has_gap"].to_numpy()
+    np.add.at(gaps, (group[has_gap], frame["gap_bin"].to_numpy()[has_gap]), 1)
 
     rows = rows.reset_index()
-    rows["gaps"] = gaps.to_numpy(dtype=np.int64).tolist()
+    rows["gaps"] = gaps.tolist()
     rows["subject_type"] = table["subject_type"].to_numpy()[rows["subject"]]
     # PostgreSQL text cannot contain NUL, so identifiers are stored as the decision store stores them.
     rows["subject"] = [str(name).replace("\x00", "\ufffd") for name in table["subject"].to_numpy()[rows["subject"]]]
@@ -149,20 +149,27 @@ class ActivityLog:
         return found
 
     def _replace(self, rows: pd.DataFrame) -> None:
+        spans = rows.groupby(["subject_type", "subject"])["hour"].agg(["min", "max"]).reset_index()
+        # One executemany for all subjects: delete each subject's rows in the span being rewritten.
+        clear = delete(ActivityRow).where(
+            ActivityRow.subject_type == bindparam("kind"), ActivityRow.subject == bindparam("name"),
+            ActivityRow.hour >= bindparam("first"), ActivityRow.hour <= bindparam("last"),
+        )
+        spans_params = [
+            {"kind": kind, "name": name, "first": first.to_pydatetime() if hasattr(first, "to_pydatetime") else first,
+             "last": last.to_pydatetime() if hasattr(last, "to_pydatetime") else last}
+            for kind, name, first, last in spans.itertuples(index=False)
+        ]
+        records = rows[["subject_type", "subject", "hour", "requests", "cost", "networks", "countries",
+                        "user_agents", "gaps"]].to_dict("records")
+        for record in records:
+            for name in ("requests", "networks", "countries", "user_agents"):
+                record[name] = int(record[name])
+            record["cost"] = float(record["cost"])
+            if hasattr(record["hour"], "to_pydatetime"):
+                record["hour"] = record["hour"].to_pydatetime()
         with self.engine.begin() as connection:
-            for (subject_type, subject), group in rows.groupby(["subject_type", "subject"]):
-                connection.execute(
-                    delete(ActivityRow).where(
-                        *_is_subject(subject_type, subject),
-                        ActivityRow.hour >= group["hour"].min(), ActivityRow.hour <= group["hour"].max(),
-                    )
-                )
-            records = rows[["subject_type", "subject", "hour", "requests", "cost", "networks", "countries",
-                            "user_agents", "gaps"]].to_dict("records")
-            for record in records:
-                for name in ("requests", "networks", "countries", "user_agents"):
-                    record[name] = int(record[name])
-                record["cost"] = float(record["cost"])
+            connection.execute(clear, spans_params)
             for start in range(0, len(records), _CHUNK):
                 connection.execute(insert(ActivityRow), records[start : start + _CHUNK])
 
