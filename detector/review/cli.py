@@ -98,14 +98,21 @@ def decisions() -> None:
 @_database_option
 def decisions_list(subject, active, limit, database_url) -> None:
     """List decisions, newest detection first."""
-    from detector.store import open_store
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
 
-    store = open_store(database_url)
+    from detector.review.records import decision_from_row
+    from detector.store.models import DecisionRow
+
     now = datetime.now(UTC)
-    found = store.active_decisions(now) if active else store.all_decisions()
+    query = select(DecisionRow).order_by(DecisionRow.detected_at.desc(), DecisionRow.id).limit(limit)
     if subject:
-        found = [decision for decision in found if decision.subject == subject]
-    for decision in sorted(found, key=lambda item: item.detected_at, reverse=True)[:limit]:
+        query = query.where(DecisionRow.subject == subject)
+    if active:
+        query = query.where(DecisionRow.simulated.is_(False), DecisionRow.detected_at <= now, DecisionRow.expires_at > now)
+    with Session(_engine(database_url)) as session:
+        found = [decision_from_row(row) for row in session.scalars(query)]
+    for decision in found:
         state = "in force" if decision.detected_at <= now < decision.expires_at else "ended"
         limit_text = f" {decision.limit_rpm} rpm" if decision.limit_rpm else ""
         click.echo(
