@@ -126,7 +126,7 @@ def decisions_list(subject, active, limit, database_url) -> None:
 @decisions.command("add")
 @click.argument("subject_type", type=click.Choice(SUBJECT_TYPES))
 @click.argument("subject")
-@click.option("--action", required=True, type=click.Choice(["suspend", "throttle", "review"]), help="What the gateway does.")
+@click.option("--action", required=True, type=click.Choice(["suspend", "throttle", "review"]), help="Action gateways enforce; review only queues the subject for staff.")
 @click.option("--duration", required=True, callback=_duration, help="How long, like 30m, 6h, 7d or 2w.")
 @click.option("--limit-rpm", type=click.IntRange(1), help="Requests per minute a throttle allows.")
 @click.option("--scope", type=click.Choice(SCOPES), default="all", show_default=True, help="Endpoints a throttle covers.")
@@ -161,7 +161,8 @@ def review() -> None:
 
 
 @review.command("list")
-@click.option("--status", type=click.Choice([*CASE_STATUSES, "all"]), default="open", show_default=True, help="Case status.")
+@click.option("--status", type=click.Choice([*CASE_STATUSES, "all"]), default="open", show_default=True,
+              help="Only cases with this status; all lists every case.")
 @click.option("--reason", help="Only cases with this reason code, like key_sharing.")
 @click.option("--plan", help="Only cases of subjects on this plan.")
 @click.option("--min-score", type=click.FloatRange(0, 100), help="Only cases scoring at least this.")
