@@ -23,8 +23,10 @@ from detector.pipeline import ScoringResult, default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.readers import ReadResult, read_events
+from detector.review.activity import ActivityLog
 from detector.store import DecisionStore, open_store
 from detector.store.model_assignments import SHADOW, ModelAssignments
+from detector.store.allowlist import StaffAllowlist
 from detector.store.database import resolve_url
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
         detectors=default_detectors(model),
         prior=prior_without_shadow(store),
         suspensions=store.suspensions_between,
+        allowlisted=StaffAllowlist(store.engine).active_among,
         now=started,
         simulated=simulated,
     )
@@ -115,6 +118,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
 
     store.save_findings(result.findings)
     new = store.save_decisions(result.decisions)
+    ActivityLog(store.engine).record(result.prepared, _flagged(result.findings))
     warnings.extend(run_shadow(read.frame, store, model=model, plans=plans, policy=policy, now=started))
     decisions = _decisions_for_input(store, read, result, simulated)
     result.subjects["actions"] = _actions_by_subject(result.subjects, decisions)
@@ -200,6 +204,10 @@ def _decisions_for_input(
     for decision in result.decisions:
         chosen.setdefault(decision.id, decision)
     return sorted(chosen.values(), key=lambda decision: (decision.detected_at, decision.id))
+
+
+def _flagged(findings: Sequence[Finding]) -> set[tuple[str, str]]:
+    return {(finding.subject_type, finding.subject) for finding in findings}
 
 
 def _actions_by_subject(subjects: pd.DataFrame, decisions: list[Decision]) -> list[list[str]]:

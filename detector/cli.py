@@ -291,6 +291,12 @@ from detector.models_cli import COMMANDS as MODEL_COMMANDS  # noqa: E402 - regis
 for command in MODEL_COMMANDS:
     main.add_command(command)
 
+# Staff review: decisions, review, allowlist, audit, staff and console.
+from detector.review.cli import COMMANDS as _REVIEW_COMMANDS  # noqa: E402
+
+for _command in _REVIEW_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 PriorLookup = Callable[[Iterable[tuple[str, str]]], list[Decision]]
 SuspensionLookup = Callable[[datetime, datetime], list[Decision]]
+AllowlistLookup = Callable[[Iterable[tuple[str, str]]], set[tuple[str, str]]]
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ def score_events(
     detectors: Sequence[Detector],
     prior: PriorLookup | None = None,
     suspensions: SuspensionLookup | None = None,
+    allowlisted: AllowlistLookup | None = None,
     now: datetime | None = None,
     simulated: bool | None = None,
 ) -> ScoringResult:
@@ -70,7 +72,9 @@ def score_events(
     ``prior`` returns the stored decisions of the subjects involved, so that
     decisions already in force are not made again. ``suspensions`` returns the
     stored suspensions detected in a span of time, for the policy's hourly cap.
-    ``simulated`` overrides the policy's simulation setting.
+    ``allowlisted`` returns those of the given subjects that staff allowlisted,
+    which policy treats like its own allowlist. ``simulated`` overrides the
+    policy's simulation setting.
     """
     prepared = prepare_events(frame, plans)
 
@@ -82,6 +86,8 @@ def score_events(
 
     flagged = {(finding.subject_type, finding.subject) for finding in findings}
     existing = prior(flagged) if prior and flagged else []
+    if allowlisted and flagged:
+        policy = policy.with_allowlisted(allowlisted(flagged))
     capped = suspensions(*_hours_spanned(findings)) if suspensions and findings else []
     outcome = decide(findings, policy, existing, now=now, simulated=simulated, suspensions=capped)
     subjects = risk_table(prepared, findings, outcome.decisions)

@@ -35,7 +35,9 @@ from detector.pipeline import score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
 from detector.readers import read_json_lines
+from detector.review.activity import ActivityLog
 from detector.store import DecisionStore
+from detector.store.allowlist import StaffAllowlist
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows
 
@@ -213,11 +215,14 @@ class StreamConsumer:
         detectors = self.models.detectors() if self.models else self.detectors
         result = score_events(
             combined, plans=self.plans, policy=self.policy, detectors=detectors, prior=prior_without_shadow(self.store),
-            suspensions=self.store.suspensions_between,
+            suspensions=self.store.suspensions_between, allowlisted=StaffAllowlist(self.store.engine).active_among,
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
         outcome.decisions = self.store.save_decisions(result.decisions)
+        ActivityLog(self.store.engine).record(
+            result.prepared, {(finding.subject_type, finding.subject) for finding in result.findings}
+        )
         self.publisher.publish(result.decisions)
         shadow = self.models.shadow() if self.models else None
         if shadow is not None:

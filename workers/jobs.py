@@ -24,6 +24,7 @@ from detector.pipeline import score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.store import open_store
+from detector.store.allowlist import StaffAllowlist
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows
@@ -95,7 +96,7 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
         result = score_events(
             history.sort_values("ts", kind="stable").reset_index(drop=True),
             plans=load_plans(), policy=load_policy(), detectors=[detector], prior=prior_without_shadow(store),
-            suspensions=store.suspensions_between,
+            suspensions=store.suspensions_between, allowlisted=StaffAllowlist(store.engine).active_among,
         )
         store.save_findings(result.findings)
         totals["decisions"] += store.save_decisions(result.decisions)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -66,6 +67,11 @@ class Policy:
 
     def is_allowlisted(self, subject_type: str, subject: str) -> bool:
         return f"{subject_type}:{subject}" in self.allowlist
+
+    def with_allowlisted(self, subjects: Iterable[tuple[str, str]]) -> "Policy":
+        """Return a copy whose allowlist also contains ``subjects``, given as (subject_type, subject) pairs."""
+        extra = {f"{subject_type}:{subject}" for subject_type, subject in subjects}
+        return replace(self, allowlist=self.allowlist | extra) if extra else self
 
 
 def parse_duration(text: str, where: str = "duration") -> timedelta:

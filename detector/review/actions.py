@@ -1,0 +1,380 @@
+"""Staff actions: each one is stored, audited and published to Redis in one step.
+
+Every action runs in one database transaction. The new or lifted decisions
+are published to Redis (``workers.publish``) before the transaction commits,
+so when Redis does not take them nothing is stored and the staff member gets
+the error. Each action writes one ``audit_records`` row with the staff
+member, the time, the action, the comment saying why, and the subject's
+state before and after: its case status, its decisions in force and whether
+it is allowlisted.
+
+Staff decisions are ordinary decision records with ``origin`` set to
+``staff:NAME``. Lifting a decision sets its expiry to the moment of the lift,
+the one change a stored decision ever gets, and withdraws it from Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from detector.decisions import SCOPES, Decision
+from detector.review.cases import check_subject, link_decision, new_case, open_case_for
+from detector.review.errors import NotFoundError, PublishError, ReviewError
+from detector.review.records import decision_from_row, decision_row
+from detector.store.models import DecisionRow, LabelRow
+from detector.store.review_models import AllowlistRow, AuditRow, CaseDecisionRow, CaseRow, NoteRow
+from workers.publish import DecisionPublisher
+
+logger = logging.getLogger(__name__)
+
+MIN_DURATION = timedelta(minutes=1)
+MAX_DURATION = timedelta(days=3650)
+ENFORCING = ("throttle", "suspend")
+
+
+@dataclass(slots=True)
+class _Changes:
+    """Decisions an action created or lifted, published when the action's transaction is about to commit."""
+
+    new: list[Decision] = field(default_factory=list)
+    lifted: list[Decision] = field(default_factory=list)
+
+
+class StaffActions:
+    """The actions staff take on cases, decisions and the allowlist."""
+
+    def __init__(self, engine: Engine, publisher: DecisionPublisher) -> None:
+        self.engine = engine
+        self.publisher = publisher
+
+    # Cases ---------------------------------------------------------------------
+
+    def open_case(self, subject_type: str, subject: str, *, staff: str, comment: str) -> CaseRow:
+        """Open a case by hand; a subject with an open case keeps that one."""
+        check_subject(subject_type, subject)
+        with self._transaction() as (session, now, _changes):
+            case = open_case_for(session, subject_type, subject)
+            if case is not None:
+                raise ReviewError(f"{subject_type} {subject!r} already has open case {case.id}; act on that one")
+            before = _state(session, subject_type, subject, now)
+            case = new_case(session, subject_type, subject, opened_by=f"staff:{staff}", now=now)
+            _audit(session, now, staff, "open_case", case, comment, before)
+            return case
+
+    def suspend(self, case_id: int, *, staff: str, duration: timedelta, comment: str) -> Decision:
+        """Confirm the case as abuse and suspend its subject for ``duration``."""
+        return self._enforce(case_id, "suspend", staff=staff, duration=duration, comment=comment)
+
+    def throttle(
+        self, case_id: int, *, staff: str, limit_rpm: int, duration: timedelta, comment: str, scope: str = "all"
+    ) -> Decision:
+        """Confirm the case as abuse and throttle its subject to ``limit_rpm`` requests per minute."""
+        if isinstance(limit_rpm, bool) or not isinstance(limit_rpm, int) or limit_rpm < 1:
+            raise ReviewError(f"invalid limit {limit_rpm!r}; give a whole number of requests per minute, at least 1")
+        if scope not in SCOPES:
+            raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
+        return self._enforce(case_id, "throttle", staff=staff, duration=duration, comment=comment,
+                             limit_rpm=limit_rpm, scope=scope)
+
+    def dismiss(self, case_id: int, *, staff: str, comment: str) -> list[Decision]:
+        """Close the case as a false positive and lift its subject's throttles and suspensions; return those lifted."""
+        _require_comment(comment)
+        with self._transaction() as (session, now, changes):
+            case = _open_case(session, case_id)
+            before = _state(session, case.subject_type, case.subject, now)
+            changes.lifted = _lift_enforcing(session, case.subject_type, case.subject, now)
+            _label(session, case, "benign", staff, comment, now)
+            _resolve(case, "dismissed", staff, now)
+            _audit(session, now, staff, "dismiss", case, comment, before)
+            return changes.lifted
+
+    def allowlist_case(self, case_id: int, *, staff: str, duration: timedelta, comment: str) -> AllowlistRow:
+        """Close the case as a false positive and allowlist its subject for ``duration``."""
+        _require_comment(comment)
+        _check_duration(duration)
+        with self._transaction() as (session, now, changes):
+            case = _open_case(session, case_id)
+            before = _state(session, case.subject_type, case.subject, now)
+            entry = _allowlist(session, case.subject_type, case.subject, staff, comment, now, duration)
+            changes.lifted = _lift_enforcing(session, case.subject_type, case.subject, now)
+            _label(session, case, "benign", staff, comment, now)
+            _resolve(case, "allowlisted", staff, now)
+            _audit(session, now, staff, "allowlist", case, comment, before)
+            return entry
+
+    def add_note(self, case_id: int, *, staff: str, body: str) -> NoteRow:
+        """Add a note to a case, open or resolved."""
+        if not body.strip():
+            raise ReviewError("empty note; write the note text")
+        with self._transaction() as (session, now, _changes):
+            case = _case(session, case_id)
+            before = _state(session, case.subject_type, case.subject, now)
+            note = NoteRow(case_id=case.id, staff=staff, body=body.strip(), created_at=now)
+            session.add(note)
+            case.updated_at = now
+            _audit(session, now, staff, "note", case, body.strip(), before)
+            return note
+
+    # Decisions -----------------------------------------------------------------
+
+    def add_decision(
+        self, subject_type: str, subject: str, action: str, *, staff: str, duration: timedelta, comment: str,
+        limit_rpm: int | None = None, scope: str = "all",
+    ) -> Decision:
+        """Store and publish a staff decision on any subject; it joins the subject's open case if there is one."""
+        check_subject(subject_type, subject)
+        if action not in ("review", "throttle", "suspend"):
+            raise ReviewError(f"invalid action {action!r}; expected review, throttle or suspend")
+        if action == "throttle" and (not isinstance(limit_rpm, int) or limit_rpm < 1):
+            raise ReviewError(f"a throttle needs --limit-rpm, a whole number of at least 1; got {limit_rpm!r}")
+        if scope not in SCOPES:
+            raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
+        _require_comment(comment)
+        _check_duration(duration)
+        with self._transaction() as (session, now, changes):
+            case = open_case_for(session, subject_type, subject)
+            before = _state(session, subject_type, subject, now)
+            decision = _staff_decision(subject_type, subject, action, staff, comment, now, duration, case,
+                                       limit_rpm=limit_rpm if action == "throttle" else None, scope=scope)
+            session.add(decision_row(decision))
+            if case is not None:
+                link_decision(session, case, decision, now)
+            changes.new.append(decision)
+            _audit(session, now, staff, "add_decision", case, comment, before, decision=decision,
+                   subject=(subject_type, subject))
+            return decision
+
+    def lift(self, decision_id: str, *, staff: str, comment: str) -> Decision:
+        """End a decision in force now and withdraw it from Redis; return it as it was before."""
+        _require_comment(comment)
+        with self._transaction() as (session, now, changes):
+            row = session.get(DecisionRow, decision_id)
+            if row is None:
+                raise NotFoundError(f"decision {decision_id!r} not found; list decisions with 'fairuse decisions list'")
+            if row.simulated or not (row.detected_at <= now < row.expires_at):
+                raise ReviewError(f"decision {decision_id} is not in force, so there is nothing to lift")
+            case = _case_of_decision(session, decision_id) or open_case_for(session, row.subject_type, row.subject)
+            before = _state(session, row.subject_type, row.subject, now)
+            lifted = decision_from_row(row)
+            row.expires_at = now
+            changes.lifted.append(lifted)
+            _audit(session, now, staff, "lift", case, comment, before, decision=lifted,
+                   subject=(row.subject_type, row.subject))
+            return lifted
+
+    # Allowlist -----------------------------------------------------------------
+
+    def add_allowlist(
+        self, subject_type: str, subject: str, *, staff: str, duration: timedelta, comment: str
+    ) -> AllowlistRow:
+        """Allowlist a subject for ``duration`` and lift its throttles and suspensions."""
+        check_subject(subject_type, subject)
+        _require_comment(comment)
+        _check_duration(duration)
+        with self._transaction() as (session, now, changes):
+            case = open_case_for(session, subject_type, subject)
+            before = _state(session, subject_type, subject, now)
+            entry = _allowlist(session, subject_type, subject, staff, comment, now, duration)
+            changes.lifted = _lift_enforcing(session, subject_type, subject, now)
+            _audit(session, now, staff, "allowlist", case, comment, before, subject=(subject_type, subject))
+            return entry
+
+    def remove_allowlist(self, entry_id: int, *, staff: str, comment: str) -> AllowlistRow:
+        """End an allowlist entry now."""
+        _require_comment(comment)
+        with self._transaction() as (session, now, _changes):
+            entry = session.get(AllowlistRow, entry_id)
+            if entry is None or entry.removed_at is not None or entry.expires_at <= now:
+                raise NotFoundError(f"allowlist entry {entry_id} not found or already ended; see 'fairuse allowlist list'")
+            before = _state(session, entry.subject_type, entry.subject, now)
+            entry.removed_at = now
+            entry.removed_by = staff
+            case = open_case_for(session, entry.subject_type, entry.subject)
+            _audit(session, now, staff, "unallowlist", case, comment, before, subject=(entry.subject_type, entry.subject))
+            return entry
+
+    # Steps shared by the actions -------------------------------------------------
+
+    def _enforce(self, case_id: int, action: str, *, staff: str, duration: timedelta, comment: str,
+                 limit_rpm: int | None = None, scope: str = "all") -> Decision:
+        _require_comment(comment)
+        _check_duration(duration)
+        with self._transaction() as (session, now, changes):
+            case = _open_case(session, case_id)
+            before = _state(session, case.subject_type, case.subject, now)
+            decision = _staff_decision(case.subject_type, case.subject, action, staff, comment, now, duration, case,
+                                       limit_rpm=limit_rpm, scope=scope)
+            session.add(decision_row(decision))
+            link_decision(session, case, decision, now)
+            changes.new.append(decision)
+            _label(session, case, "abuse", staff, comment, now)
+            _resolve(case, "suspended" if action == "suspend" else "throttled", staff, now)
+            _audit(session, now, staff, action, case, comment, before, decision=decision)
+            return decision
+
+    @contextmanager
+    def _transaction(self) -> Iterator[tuple[Session, datetime, _Changes]]:
+        """Run an action in one transaction and publish its changes just before the commit."""
+        now = datetime.now(UTC)
+        changes = _Changes()
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session, now, changes
+            session.flush()
+            self._publish(changes, now)
+
+    def _publish(self, changes: _Changes, now: datetime) -> None:
+        try:
+            if changes.new:
+                self.publisher.publish(changes.new, now=now)
+            if changes.lifted:
+                self.publisher.delete(changes.lifted, now=now)
+        except redis.RedisError as error:
+            logger.error("staff action not published, rolled back: %s", error)
+            raise PublishError(
+                f"Redis did not take the change ({error}); nothing was stored. Check that Redis is running and retry"
+            ) from error
+
+
+def _staff_decision(
+    subject_type: str, subject: str, action: str, staff: str, comment: str, now: datetime, duration: timedelta,
+    case: CaseRow | None, *, limit_rpm: int | None, scope: str,
+) -> Decision:
+    return Decision(
+        id=str(uuid.uuid4()), subject_type=subject_type, subject=subject, action=action,
+        reasons=list(case.reasons) if case and case.reasons else ["manual"],
+        score=case.score if case else 0.0,
+        evidence={"comment": comment, "case_id": case.id if case else None},
+        detected_at=now, created_at=now, expires_at=now + duration, origin=f"staff:{staff}",
+        scope=scope, limit_rpm=limit_rpm, account_id=case.account_id if case else "",
+        plan=case.plan if case else "", rule="", extra={"case_id": case.id} if case else {},
+    )
+
+
+def _require_comment(comment: str) -> None:
+    if not comment or not comment.strip():
+        raise ReviewError("missing comment; say why, it is kept in the audit record")
+
+
+def _check_duration(duration: timedelta) -> None:
+    if not MIN_DURATION <= duration <= MAX_DURATION:
+        raise ReviewError(f"invalid duration {duration}; give between 1 minute and 10 years, like '6h' or '7d'")
+
+
+def _case(session: Session, case_id: int) -> CaseRow:
+    case = session.get(CaseRow, case_id)
+    if case is None:
+        raise NotFoundError(f"case {case_id} not found; list cases with 'fairuse review list'")
+    return case
+
+
+def _open_case(session: Session, case_id: int) -> CaseRow:
+    case = _case(session, case_id)
+    if case.status != "open":
+        raise ReviewError(f"case {case_id} is already {case.status} ({case.resolution}); open a new case to act again")
+    return case
+
+
+def _case_of_decision(session: Session, decision_id: str) -> CaseRow | None:
+    return session.scalar(
+        select(CaseRow).join(CaseDecisionRow, CaseDecisionRow.case_id == CaseRow.id)
+        .where(CaseDecisionRow.decision_id == decision_id)
+    )
+
+
+def _in_force(session: Session, subject_type: str, subject: str, now: datetime) -> list[DecisionRow]:
+    return list(session.scalars(
+        select(DecisionRow)
+        .where(DecisionRow.subject_type == subject_type, DecisionRow.subject == subject)
+        .where(DecisionRow.simulated.is_(False), DecisionRow.detected_at <= now, DecisionRow.expires_at > now)
+        .order_by(DecisionRow.detected_at)
+    ))
+
+
+def _lift_enforcing(session: Session, subject_type: str, subject: str, now: datetime) -> list[Decision]:
+    lifted = []
+    for row in _in_force(session, subject_type, subject, now):
+        if row.action in ENFORCING:
+            lifted.append(decision_from_row(row))
+            row.expires_at = now
+    return lifted
+
+
+def _allowlist(session: Session, subject_type: str, subject: str, staff: str, comment: str, now: datetime,
+               duration: timedelta) -> AllowlistRow:
+    entry = AllowlistRow(subject_type=subject_type, subject=subject, comment=comment.strip(), staff=staff,
+                         created_at=now, expires_at=now + duration, removed_by="")
+    session.add(entry)
+    return entry
+
+
+def _label(session: Session, case: CaseRow, verdict: str, staff: str, comment: str, now: datetime) -> None:
+    """Store the verdict on the case's highest-scoring policy decision, the one retraining learns from."""
+    judged = session.scalar(
+        select(DecisionRow)
+        .join(CaseDecisionRow, CaseDecisionRow.decision_id == DecisionRow.id)
+        .where(CaseDecisionRow.case_id == case.id, DecisionRow.origin.not_like("staff:%"))
+        .order_by(DecisionRow.score.desc(), DecisionRow.detected_at.desc())
+        .limit(1)
+    )
+    session.add(LabelRow(
+        subject_type=case.subject_type, subject=case.subject, verdict=verdict,
+        reasons=list(judged.reasons) if judged else list(case.reasons),
+        decision_id=judged.id if judged else None, staff=staff, comment=comment.strip(), created_at=now,
+    ))
+
+
+def _resolve(case: CaseRow, resolution: str, staff: str, now: datetime) -> None:
+    case.status = "resolved"
+    case.resolution = resolution
+    case.resolved_by = staff
+    case.resolved_at = now
+    case.updated_at = now
+
+
+def _state(session: Session, subject_type: str, subject: str, now: datetime) -> dict[str, Any]:
+    """Return what an action can change about a subject: its case, decisions in force and allowlisting."""
+    session.flush()
+    case = open_case_for(session, subject_type, subject)
+    allowlisted = session.scalar(
+        select(AllowlistRow.id).where(
+            AllowlistRow.subject_type == subject_type, AllowlistRow.subject == subject,
+            AllowlistRow.removed_at.is_(None), AllowlistRow.created_at <= now, AllowlistRow.expires_at > now,
+        ).limit(1)
+    )
+    return {
+        "open_case": case.id if case else None,
+        "in_force": [_summary(decision_from_row(row)) for row in _in_force(session, subject_type, subject, now)],
+        "allowlisted": allowlisted is not None,
+    }
+
+
+def _summary(decision: Decision) -> dict[str, Any]:
+    return {
+        "id": decision.id, "action": decision.action, "scope": decision.scope, "limit_rpm": decision.limit_rpm,
+        "origin": decision.origin, "expires_at": decision.expires_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _audit(
+    session: Session, now: datetime, staff: str, action: str, case: CaseRow | None, reason: str,
+    before: dict[str, Any], *, decision: Decision | None = None, subject: tuple[str, str] | None = None,
+) -> None:
+    subject_type, subject_id = subject or (case.subject_type, case.subject)
+    after = _state(session, subject_type, subject_id, now)
+    if case is not None:
+        after["case"] = {"id": case.id, "status": case.status, "resolution": case.resolution}
+    session.add(AuditRow(
+        created_at=now, staff=staff, action=action, subject_type=subject_type, subject=subject_id,
+        case_id=case.id if case else None, decision_id=decision.id if decision else None,
+        reason=reason.strip(), before=before, after=after,
+    ))

@@ -1,0 +1,200 @@
+"""Hourly activity of subjects under review, kept for the case page's charts.
+
+The store keeps no raw events, so scoring writes one row per clock hour for
+each subject that has findings in the pass or an open case. A row contains
+the requests, the cost, the distinct networks, countries and user agents, and
+a histogram of the gaps between consecutive requests. Rows contain counts
+only, never an address.
+
+A pass replaces the rows of the hours it covers. Stream workers score a
+subject's whole Redis window (up to 7 days) with each micro-batch, so their
+hours are complete. A batch run replaces them with what its files hold.
+Rows older than ``RETENTION`` are removed as new ones are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select, tuple_
+from sqlalchemy.orm import Session
+
+from detector.features import PreparedEvents
+from detector.store.review_models import ActivityRow, CaseRow
+
+RETENTION = timedelta(days=30)
+CHART_HOURS = 7 * 24
+# Upper edges, in seconds, of the inter-arrival histogram's bins; the last bin is open-ended.
+GAP_EDGES = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+GAP_LABELS = ("<1s", "1-2s", "2-5s", "5-10s", "10-30s", "30s-1m", "1-2m", "2-5m", "5-10m", "10-30m", "30m-1h", ">1h")
+_CHUNK = 500
+
+
+@dataclass(slots=True)
+class ActivitySeries:
+    """Seven days of one subject's hourly activity, hours without requests as zeros."""
+
+    hours: pd.DatetimeIndex
+    requests: np.ndarray
+    cost: np.ndarray
+    networks: np.ndarray
+    countries: np.ndarray
+    user_agents: np.ndarray
+    gaps: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return not self.requests.any()
+
+
+def hourly_activity(prepared: PreparedEvents, subjects: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    """Return one row per (subject, clock hour) of ``subjects``, with the columns of ``ActivityRow``."""
+    table = prepared.subjects
+    chosen = set(subjects)
+    codes = [code for code, key in enumerate(zip(table["subject_type"], table["subject"])) if key in chosen]
+    events = prepared.events[prepared.events["subject"].isin(codes)]
+    if events.empty:
+        return pd.DataFrame(columns=["subject_type", "subject", "hour", "requests", "cost", "networks",
+                                     "countries", "user_agents", "gaps"])
+
+    frame = pd.DataFrame({
+        "subject": events["subject"].to_numpy(),
+        "hour": (events["ts"].to_numpy() // 3600).astype(np.int64),
+        "cost": events["cost"].to_numpy(dtype=np.float64),
+        "net": events["net"].where(events["net"] >= 0),
+        "country": events["country"].where(events["country"] >= 0),
+        "ua": events["ua"].to_numpy(),
+        "gap_bin": np.digitize(events["iat"].to_numpy(), GAP_EDGES),
+        "has_gap": events["iat"].notna().to_numpy(),
+    })
+    grouped = frame.groupby(["subject", "hour"], sort=True)
+    rows = grouped.agg(
+        requests=("cost", "size"), cost=("cost", "sum"), networks=("net", "nunique"),
+        countries=("country", "nunique"), user_agents=("ua", "nunique"),
+    )
+    # Row i of ``rows`` is group i of ``ngroup``, both sorted by (subject, hour).
+    group = grouped.ngroup().to_numpy()
+    gaps = np.zeros((len(rows), len(GAP_LABELS)), dtype=np.int64)
+    has_gap = frame["has_gap"].to_numpy()
+    np.add.at(gaps, (group[has_gap], frame["gap_bin"].to_numpy()[has_gap]), 1)
+
+    rows = rows.reset_index()
+    rows["gaps"] = gaps.tolist()
+    rows["subject_type"] = table["subject_type"].to_numpy()[rows["subject"]]
+    # PostgreSQL text cannot contain NUL, so identifiers are stored as the decision store stores them.
+    rows["subject"] = [str(name).replace("\x00", "\ufffd") for name in table["subject"].to_numpy()[rows["subject"]]]
+    rows["hour"] = [datetime.fromtimestamp(hour * 3600, UTC) for hour in rows["hour"]]
+    return rows
+
+
+class ActivityLog:
+    """Reads and writes ``subject_activity`` rows."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record(self, prepared: PreparedEvents, flagged: Iterable[tuple[str, str]], *, now: datetime | None = None) -> int:
+        """Store the hourly activity of ``flagged`` subjects and of those with an open case; return the rows written."""
+        now = now or datetime.now(UTC)
+        table = prepared.subjects
+        present = set(zip(table["subject_type"], table["subject"]))
+        subjects = (set(flagged) & present) | self._under_review(present)
+        if not subjects:
+            return 0
+        rows = hourly_activity(prepared, subjects)
+        self._replace(rows)
+        self._prune(now - RETENTION)
+        return len(rows)
+
+    def series(self, subject_type: str, subject: str, *, end: datetime | None = None) -> ActivitySeries:
+        """Return ``CHART_HOURS`` hours of activity, the last one being the hour of ``end``.
+
+        Without ``end`` the window ends at the subject's newest stored hour, or
+        at the current hour when that is earlier, so the charts of a subject
+        scored from an old log still show its traffic.
+        """
+        now_hour = _floor_hour(datetime.now(UTC))
+        with Session(self.engine) as session:
+            if end is None:
+                newest = session.scalar(
+                    select(ActivityRow.hour).where(*_is_subject(subject_type, subject))
+                    .order_by(ActivityRow.hour.desc()).limit(1)
+                )
+                last = min(newest, now_hour) if newest else now_hour
+            else:
+                last = _floor_hour(end)
+            hours = pd.date_range(end=last, periods=CHART_HOURS, freq="h")
+            found = session.scalars(
+                select(ActivityRow).where(*_is_subject(subject_type, subject))
+                .where(ActivityRow.hour >= hours[0].to_pydatetime(), ActivityRow.hour <= last)
+            ).all()
+        return _to_series(found, hours)
+
+    def _under_review(self, present: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        stored_as = {(kind, name.replace("\x00", "\ufffd")): (kind, name) for kind, name in present}
+        pairs = sorted(stored_as)
+        found: set[tuple[str, str]] = set()
+        with Session(self.engine) as session:
+            for start in range(0, len(pairs), _CHUNK):
+                query = select(CaseRow.subject_type, CaseRow.subject).where(
+                    CaseRow.status == "open",
+                    tuple_(CaseRow.subject_type, CaseRow.subject).in_(pairs[start : start + _CHUNK]),
+                )
+                # MariaDB compares text case-insensitively by default; keep exact matches only.
+                found.update(stored_as[tuple(pair)] for pair in session.execute(query) if tuple(pair) in stored_as)
+        return found
+
+    def _replace(self, rows: pd.DataFrame) -> None:
+        spans = rows.groupby(["subject_type", "subject"])["hour"].agg(["min", "max"]).reset_index()
+        # One executemany for all subjects: delete each subject's rows in the span being rewritten.
+        clear = delete(ActivityRow).where(
+            ActivityRow.subject_type == bindparam("kind"), ActivityRow.subject == bindparam("name"),
+            ActivityRow.hour >= bindparam("first"), ActivityRow.hour <= bindparam("last"),
+        )
+        spans_params = [
+            {"kind": kind, "name": name, "first": first.to_pydatetime() if hasattr(first, "to_pydatetime") else first,
+             "last": last.to_pydatetime() if hasattr(last, "to_pydatetime") else last}
+            for kind, name, first, last in spans.itertuples(index=False)
+        ]
+        records = rows[["subject_type", "subject", "hour", "requests", "cost", "networks", "countries",
+                        "user_agents", "gaps"]].to_dict("records")
+        for record in records:
+            for name in ("requests", "networks", "countries", "user_agents"):
+                record[name] = int(record[name])
+            record["cost"] = float(record["cost"])
+            if hasattr(record["hour"], "to_pydatetime"):
+                record["hour"] = record["hour"].to_pydatetime()
+        with self.engine.begin() as connection:
+            connection.execute(clear, spans_params)
+            for start in range(0, len(records), _CHUNK):
+                connection.execute(insert(ActivityRow), records[start : start + _CHUNK])
+
+    def _prune(self, before: datetime) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(delete(ActivityRow).where(ActivityRow.hour < before))
+
+
+def _is_subject(subject_type: str, subject: str):
+    return (and_(ActivityRow.subject_type == subject_type, ActivityRow.subject == subject),)
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _to_series(rows: list[ActivityRow], hours: pd.DatetimeIndex) -> ActivitySeries:
+    position = {hour.to_pydatetime(): index for index, hour in enumerate(hours)}
+    columns = {name: np.zeros(len(hours)) for name in ("requests", "cost", "networks", "countries", "user_agents")}
+    gaps = np.zeros(len(GAP_LABELS), dtype=np.int64)
+    for row in rows:
+        index = position.get(row.hour)
+        if index is None:
+            continue
+        for name in columns:
+            columns[name][index] = getattr(row, name)
+        gaps += np.asarray(row.gaps, dtype=np.int64)
+    return ActivitySeries(hours=hours, gaps=gaps, **columns)

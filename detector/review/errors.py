@@ -1,0 +1,13 @@
+"""Errors of staff review, with messages meant for the staff member who caused them."""
+
+
+class ReviewError(ValueError):
+    """Raised for a request staff can fix: an unknown case, an invalid duration, a decision no longer in force."""
+
+
+class NotFoundError(ReviewError):
+    """Raised when a case, decision, entry or staff account does not exist."""
+
+
+class PublishError(ReviewError):
+    """Raised when Redis did not take a staff action; nothing was stored then."""

@@ -1,0 +1,95 @@
+"""Build the console app: services, routers, static files and error pages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine
+
+from detector.review.actions import StaffActions
+from detector.review.activity import ActivityLog
+from detector.review.audit import AuditLog
+from detector.review.cases import CaseQueue
+from detector.review.errors import NotFoundError, PublishError, ReviewError
+from detector.review.staff import StaffDirectory
+from detector.store import open_store
+from detector.store.allowlist import StaffAllowlist
+from fairuse_console import routes_account, routes_cases
+from fairuse_console.context import Console, make_templates, render
+from fairuse_console.security import Forbidden, LoginRequired
+from workers.publish import DecisionPublisher
+
+logger = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+# Pages load only their own stylesheet and inline SVG charts, and are never framed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def create_app(
+    *, database_url: str | None = None, redis_url: str = "redis://127.0.0.1:6379/0", prefix: str = "fairuse",
+    engine: Engine | None = None, publisher: DecisionPublisher | None = None,
+) -> FastAPI:
+    """Build the console on the store at ``database_url`` (or ``engine``), publishing to Redis."""
+    engine = engine or open_store(database_url).engine
+    publisher = publisher or DecisionPublisher(
+        redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5), prefix=prefix
+    )
+    directory = StaffDirectory(engine)
+    app = FastAPI(title="fairuse review console", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.console = Console(
+        engine=engine, directory=directory, queue=CaseQueue(engine), actions=StaffActions(engine, publisher),
+        allowlist=StaffAllowlist(engine), audit=AuditLog(engine), activity=ActivityLog(engine),
+        pseudonym_key=directory.pseudonym_key(), templates=make_templates(),
+    )
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.middleware("http")
+    async def add_security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    app.include_router(routes_account.router)
+    app.include_router(routes_cases.router)
+    _add_error_pages(app)
+    return app
+
+
+def _add_error_pages(app: FastAPI) -> None:
+    @app.exception_handler(LoginRequired)
+    def login_required(request: Request, _error: LoginRequired):
+        if request.method == "GET":
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={_quoted(target)}", status_code=303)
+        return render(request, "error.html", {"message": "login required; log in and submit again"}, status_code=401)
+
+    @app.exception_handler(Forbidden)
+    def forbidden(request: Request, error: Forbidden):
+        logger.warning("rejected %s %s: %s", request.method, request.url.path, error.message)
+        return render(request, "error.html", {"message": error.message}, status_code=403)
+
+    @app.exception_handler(ReviewError)
+    def review_error(request: Request, error: ReviewError):
+        status = 400
+        if isinstance(error, NotFoundError):
+            status = 404
+        elif isinstance(error, PublishError):
+            status = 503
+        return render(request, "error.html", {"message": str(error)}, status_code=status)
+
+
+def _quoted(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="/")

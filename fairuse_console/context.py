@@ -1,0 +1,106 @@
+"""Shared state of console requests (the store, the review services, the templates) and form parsing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
+from starlette.datastructures import FormData
+from starlette.responses import Response
+
+from detector.plans import ConfigError
+from detector.policy import parse_duration
+from detector.review.actions import StaffActions
+from detector.review.activity import ActivityLog
+from detector.review.audit import AuditLog
+from detector.review.cases import CaseQueue
+from detector.review.errors import ReviewError
+from detector.review.staff import StaffDirectory
+from detector.store.allowlist import StaffAllowlist
+from fairuse_console.display import Display, age_hours, in_force, when
+from fairuse_console.i18n import LANGUAGES, gettext_functions, language_from_header
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass(slots=True)
+class Console:
+    engine: Engine
+    directory: StaffDirectory
+    queue: CaseQueue
+    actions: StaffActions
+    allowlist: StaffAllowlist
+    audit: AuditLog
+    activity: ActivityLog
+    pseudonym_key: bytes
+    templates: Jinja2Templates
+
+
+def make_templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    templates.env.add_extension("jinja2.ext.i18n")
+    templates.env.install_null_translations(newstyle=True)
+    templates.env.globals.update(when=when, age_hours=age_hours, in_force=in_force, LANGUAGES=LANGUAGES)
+    return templates
+
+
+def console_of(request: Request) -> Console:
+    return request.app.state.console
+
+
+def language_of(request: Request) -> str:
+    """Return the member's chosen language, else the browser's."""
+    session = getattr(request.state, "staff_session", None)
+    if session is not None and session.member.language:
+        return session.member.language
+    return language_from_header(request.headers.get("accept-language"))
+
+
+def render(request: Request, template: str, context: dict | None = None, status_code: int = 200) -> Response:
+    """Render ``template`` in the request's language, with the member, CSRF token and display rules."""
+    console = console_of(request)
+    session = getattr(request.state, "staff_session", None)
+    member = session.member if session else None
+    language = language_of(request)
+    values = {
+        "member": member,
+        "csrf_token": session.csrf_token if session else "",
+        "language": language,
+        "show": Display(member, console.pseudonym_key),
+        "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        **gettext_functions(language),
+        **(context or {}),
+    }
+    response = console.templates.TemplateResponse(request, template, values, status_code=status_code)
+    response.headers["Content-Language"] = language.replace("_", "-")
+    return response
+
+
+# Form fields ------------------------------------------------------------------
+
+
+def text_field(form: FormData, name: str, *, required: bool = True) -> str:
+    value = form.get(name)
+    text = value.strip() if isinstance(value, str) else ""
+    if required and not text:
+        raise ReviewError(f"missing form field {name!r}; fill it in and submit again")
+    return text
+
+
+def duration_field(form: FormData, name: str = "duration"):
+    text = text_field(form, name)
+    try:
+        return parse_duration(text, f"field {name!r}")
+    except ConfigError as error:
+        raise ReviewError(str(error)) from None
+
+
+def int_field(form: FormData, name: str) -> int:
+    text = text_field(form, name)
+    try:
+        return int(text)
+    except ValueError:
+        raise ReviewError(f"invalid {name} {text!r}; give a whole number") from None

@@ -1,0 +1,22 @@
+"""Words the templates translate from data (roles, statuses, actions), listed so extraction finds them.
+
+Update the catalog with:
+``pybabel extract -F fairuse_console/babel.cfg -k N_ -o messages.pot . &&
+pybabel update -i messages.pot -d fairuse_console/locale``.
+"""
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for extraction without translating it here."""
+    return message
+
+
+ROLES = (N_("viewer"), N_("reviewer"), N_("admin"))
+STATUSES = (N_("open"), N_("resolved"))
+RESOLUTIONS = (N_("suspended"), N_("throttled"), N_("dismissed"), N_("allowlisted"))
+SORT_KEYS = (N_("score"), N_("reason"), N_("age"), N_("plan"), N_("status"), N_("updated"))
+ACTIONS = (
+    N_("suspend"), N_("throttle"), N_("review"), N_("dismiss"), N_("allowlist"), N_("unallowlist"), N_("lift"),
+    N_("note"), N_("open_case"), N_("add_decision"),
+)
+VERDICTS = (N_("abuse"), N_("benign"))

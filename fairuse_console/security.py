@@ -1,0 +1,101 @@
+"""Logins, sessions, roles and CSRF checks of the console.
+
+A session is a random cookie value whose SHA-256 is stored with the staff
+member and a per-session CSRF token (``detector.review.staff``). Every POST
+form carries that token in a hidden ``csrf_token`` field, compared in
+constant time. The login form, which has no session yet, uses a
+double-submit cookie instead. Cookies are HttpOnly and SameSite=Strict, and
+Secure when the console is reached over HTTPS.
+
+NOTE: failed logins are logged but not rate-limited here. Serve the console
+to others only through a proxy that limits login attempts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from fastapi import Depends, Request
+from starlette.datastructures import FormData
+from starlette.responses import Response
+
+from detector.review.staff import SESSION_LIFETIME, StaffSession
+
+SESSION_COOKIE = "fairuse_session"
+LOGIN_CSRF_COOKIE = "fairuse_login_csrf"
+
+
+class LoginRequired(Exception):
+    """Raised when a request has no valid session."""
+
+
+class Forbidden(Exception):
+    """Raised when a logged-in member's role does not allow the request, or its CSRF token is missing or wrong."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def current_session(request: Request) -> StaffSession:
+    """Return the request's session or raise ``LoginRequired``."""
+    session = request.app.state.console.directory.session_for(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        raise LoginRequired()
+    request.state.staff_session = session
+    return session
+
+
+async def checked_form(request: Request, session: StaffSession = Depends(current_session)) -> FormData:
+    """Return the posted form after checking its CSRF token against the session's."""
+    form = await request.form()
+    if not tokens_match(form.get("csrf_token"), session.csrf_token):
+        raise Forbidden("missing or invalid CSRF token; reload the page and submit the form again")
+    return form
+
+
+def acting_session(session: StaffSession = Depends(current_session), form: FormData = Depends(checked_form)) -> StaffSession:
+    """Return the session of a reviewer or admin posting a valid form; viewers get 403."""
+    if not session.member.can_act:
+        raise Forbidden(f"role {session.member.role!r} can only read; ask an admin for the reviewer role")
+    return session
+
+
+def admin_session(session: StaffSession = Depends(current_session)) -> StaffSession:
+    if not session.member.is_admin:
+        raise Forbidden(f"role {session.member.role!r} cannot manage staff; this page is for admins")
+    return session
+
+
+def tokens_match(submitted: object, expected: str | None) -> bool:
+    """Return whether a submitted token equals the expected one, compared in constant time."""
+    if not isinstance(submitted, str) or not expected:
+        return False
+    return hmac.compare_digest(submitted.encode(), expected.encode())
+
+
+def new_login_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+
+
+def set_session_cookie(response: Response, request: Request, token: str) -> None:
+    set_cookie(response, request, SESSION_COOKIE, token, int(SESSION_LIFETIME.total_seconds()))
+
+
+def local_path(target: object, default: str = "/") -> str:
+    """Return ``target`` if it is a path on this site, else ``default`` (no open redirects).
+
+    >>> local_path("/cases/3")
+    '/cases/3'
+    >>> local_path("//example.org/x")
+    '/'
+    """
+    if isinstance(target, str) and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return default

@@ -1,0 +1,258 @@
+"""Staff actions on every store backend: cases, decisions in Redis, labels and audit records."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from detector.review.actions import StaffActions
+from detector.review.audit import AuditLog
+from detector.review.cases import CaseFilter, CaseQueue
+from detector.review.errors import PublishError, ReviewError
+from detector.store import open_store
+from detector.store.allowlist import StaffAllowlist
+from detector.store.models import DecisionRow, LabelRow
+from detector.store.review_models import CaseRow
+from fairuse_gateway import DecisionClient
+from tests.review_support import policy_decision
+from workers.publish import DecisionPublisher
+
+
+@pytest.fixture
+def store(database_url):
+    return open_store(database_url)
+
+
+@pytest.fixture
+def actions(store, redis_client, redis_prefix):
+    return StaffActions(store.engine, DecisionPublisher(redis_client, prefix=redis_prefix))
+
+
+@pytest.fixture
+def gateway(redis_prefix):
+    return DecisionClient(prefix=redis_prefix, cache_seconds=0.0)
+
+
+@pytest.fixture
+def queue(store):
+    return CaseQueue(store.engine)
+
+
+def _labels(store):
+    with Session(store.engine) as session:
+        return list(session.scalars(select(LabelRow).order_by(LabelRow.id)))
+
+
+def test_review_decisions_open_one_case_per_subject(store, queue):
+    store.save_decisions([
+        policy_decision("key-a", score=60, ident="a1"),
+        policy_decision("key-a", score=80, reasons=("abnormal_cost",), ident="a2"),
+        policy_decision("key-b", score=90, ident="b1"),
+        policy_decision("key-c", action="suspend", ident="c1"),
+    ])
+
+    assert queue.sync() == 2
+    assert queue.sync() == 0
+
+    cases = queue.list()
+    assert [case.subject for case in cases] == ["key-b", "key-a"]
+    assert cases[1].score == 80
+    assert cases[1].reasons == ["abnormal_cost", "key_sharing"]
+    assert cases[1].plan == "text"
+    assert cases[1].opened_by == "policy"
+
+
+def test_queue_filters_and_sorts(store, queue):
+    store.save_decisions([
+        policy_decision("key-a", score=60, plan="text", ident="a"),
+        policy_decision("key-b", score=90, plan="pro", reasons=("abnormal_cost",), ident="b"),
+        policy_decision("key-c", score=75, plan="text", ident="c"),
+    ])
+    queue.sync()
+
+    assert [case.subject for case in queue.list(CaseFilter(sort="score", descending=False))] == ["key-a", "key-c", "key-b"]
+    assert [case.subject for case in queue.list(CaseFilter(plan="text"))] == ["key-c", "key-a"]
+    assert [case.subject for case in queue.list(CaseFilter(reason="abnormal_cost"))] == ["key-b"]
+    assert [case.subject for case in queue.list(CaseFilter(min_score=70))] == ["key-b", "key-c"]
+    assert queue.list(CaseFilter(min_age_hours=1)) == []
+    assert queue.list(CaseFilter(status="resolved")) == []
+    with pytest.raises(ReviewError, match="invalid sort key 'size'"):
+        CaseFilter(sort="size")
+
+
+def test_suspend_reaches_gateway_and_labels_abuse(store, queue, actions, gateway):
+    store.save_decisions([policy_decision("key-a", ident="review-a")])
+    queue.sync()
+    case = queue.list()[0]
+
+    decision = actions.suspend(case.id, staff="alice", duration=timedelta(hours=6), comment="resold on a forum")
+
+    verdict = gateway.check(key_id="key-a")
+    assert verdict.action == "suspend"
+    assert verdict.decision_id == decision.id
+    assert decision.origin == "staff:alice"
+    assert decision.reasons == ["key_sharing"]
+    assert queue.get(case.id).status == "resolved"
+    assert queue.get(case.id).resolution == "suspended"
+    [label] = _labels(store)
+    assert (label.verdict, label.decision_id, label.staff) == ("abuse", "review-a", "alice")
+    assert label.reasons == ["key_sharing"]
+
+
+def test_throttle_carries_limit_to_gateway(store, queue, actions, gateway):
+    store.save_decisions([policy_decision("key-a")])
+    queue.sync()
+
+    actions.throttle(queue.list()[0].id, staff="alice", limit_rpm=5, duration=timedelta(hours=1),
+                     comment="slow it down", scope="images")
+
+    verdict = gateway.check(key_id="key-a")
+    assert verdict.action == "throttle"
+    assert verdict.limit_rpm == 5
+    assert verdict.scope == "images"
+
+
+def test_dismiss_lifts_enforcement_and_labels_benign(store, queue, actions, gateway):
+    store.save_decisions([
+        policy_decision("key-a", ident="review-a"),
+        policy_decision("key-a", action="throttle", ident="throttle-a"),
+    ])
+    queue.sync()
+    assert gateway.check(key_id="key-a").action == "allow"  # not published yet
+    DecisionPublisher(actions.publisher.client, prefix=actions.publisher.prefix).publish(store.active_decisions())
+    assert gateway.check(key_id="key-a").action == "throttle"
+
+    lifted = actions.dismiss(queue.list()[0].id, staff="bob", comment="a team behind one NAT")
+
+    assert [decision.id for decision in lifted] == ["throttle-a"]
+    assert gateway.check(key_id="key-a").action == "allow"
+    assert [decision.id for decision in store.active_decisions()] == ["review-a"]
+    [label] = _labels(store)
+    assert label.verdict == "benign"
+    assert label.comment == "a team behind one NAT"
+
+
+def test_lift_ends_decision_and_keeps_record(store, actions, gateway):
+    decision = actions.add_decision("key", "key-z", "suspend", staff="alice", duration=timedelta(days=1),
+                                    comment="chargeback fraud")
+    assert gateway.check(key_id="key-z").action == "suspend"
+
+    actions.lift(decision.id, staff="bob", comment="customer paid")
+
+    assert gateway.check(key_id="key-z").action == "allow"
+    with Session(store.engine) as session:
+        row = session.get(DecisionRow, decision.id)
+    assert row.expires_at <= datetime.now(UTC)
+    with pytest.raises(ReviewError, match="is not in force"):
+        actions.lift(decision.id, staff="bob", comment="again")
+
+
+def test_audit_records_before_and_after(store, queue, actions):
+    store.save_decisions([policy_decision("key-a", ident="review-a")])
+    queue.sync()
+    case_id = queue.list()[0].id
+
+    decision = actions.suspend(case_id, staff="alice", duration=timedelta(hours=6), comment="resold")
+
+    [record] = AuditLog(store.engine).records(case_id=case_id)
+    assert (record.staff, record.action, record.reason) == ("alice", "suspend", "resold")
+    assert record.decision_id == decision.id
+    assert record.before["open_case"] == case_id
+    assert [entry["id"] for entry in record.before["in_force"]] == ["review-a"]
+    assert [entry["id"] for entry in record.after["in_force"]] == ["review-a", decision.id]
+    assert record.after["case"] == {"id": case_id, "status": "resolved", "resolution": "suspended"}
+
+
+def test_allowlist_case_lifts_and_is_listed(store, queue, actions, gateway):
+    store.save_decisions([policy_decision("key-a", ident="review-a"), policy_decision("key-a", action="suspend", ident="s")])
+    actions.publisher.publish(store.active_decisions())
+    queue.sync()
+
+    entry = actions.allowlist_case(queue.list()[0].id, staff="alice", duration=timedelta(days=30), comment="partner")
+
+    assert gateway.check(key_id="key-a").action == "allow"
+    allowlist = StaffAllowlist(store.engine)
+    assert [item.id for item in allowlist.entries()] == [entry.id]
+    assert allowlist.active_among([("key", "key-a"), ("key", "key-b")]) == {("key", "key-a")}
+    assert _labels(store)[0].verdict == "benign"
+
+    actions.remove_allowlist(entry.id, staff="bob", comment="partnership ended")
+    assert allowlist.active_among([("key", "key-a")]) == set()
+
+
+def test_note_and_case_by_hand(store, queue, actions):
+    case = actions.open_case("account", "acct-9", staff="alice", comment="support ticket 12")
+    actions.add_note(case.id, staff="alice", body="asked the customer")
+
+    detail = queue.detail(case.id)
+    assert detail.case.opened_by == "staff:alice"
+    assert [note.body for note in detail.notes] == ["asked the customer"]
+    assert [record.action for record in detail.audit] == ["note", "open_case"]
+    with pytest.raises(ReviewError, match="already has open case"):
+        actions.open_case("account", "acct-9", staff="bob", comment="again")
+
+
+def test_resolved_case_rejects_second_action(store, queue, actions):
+    store.save_decisions([policy_decision("key-a")])
+    queue.sync()
+    case_id = queue.list()[0].id
+    actions.dismiss(case_id, staff="alice", comment="fine")
+
+    with pytest.raises(ReviewError, match=f"case {case_id} is already resolved"):
+        actions.suspend(case_id, staff="bob", duration=timedelta(hours=1), comment="changed my mind")
+
+
+def test_bad_input_rejected_with_fix(actions):
+    with pytest.raises(ReviewError, match="missing comment"):
+        actions.add_decision("key", "k", "suspend", staff="a", duration=timedelta(hours=1), comment=" ")
+    with pytest.raises(ReviewError, match="invalid duration"):
+        actions.add_decision("key", "k", "suspend", staff="a", duration=timedelta(seconds=5), comment="x")
+    with pytest.raises(ReviewError, match="invalid subject type 'user'"):
+        actions.add_decision("user", "k", "suspend", staff="a", duration=timedelta(hours=1), comment="x")
+    with pytest.raises(ReviewError, match="a throttle needs --limit-rpm"):
+        actions.add_decision("key", "k", "throttle", staff="a", duration=timedelta(hours=1), comment="x")
+
+
+def test_redis_down_stores_nothing(store, queue, redis_prefix):
+    store.save_decisions([policy_decision("key-a")])
+    queue.sync()
+    case_id = queue.list()[0].id
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    actions = StaffActions(store.engine, DecisionPublisher(unreachable, prefix=redis_prefix))
+
+    with pytest.raises(PublishError, match="nothing was stored"):
+        actions.suspend(case_id, staff="alice", duration=timedelta(hours=1), comment="resold")
+
+    assert queue.get(case_id).status == "open"
+    assert [decision.origin for decision in store.all_decisions()] == ["key_sharing/1+policy/default-1"]
+    assert AuditLog(store.engine).records() == []
+    with Session(store.engine) as session:
+        assert session.scalar(select(CaseRow.status)) == "open"
+
+
+def test_recent_expired_reviews_open_cases(store, queue):
+    from dataclasses import replace
+
+    now = datetime.now(UTC)
+    old_log = policy_decision("key-old-log", ident="from-old-log")
+    old_log = replace(old_log, detected_at=now - timedelta(days=20), expires_at=now - timedelta(days=13))
+    forgotten = replace(old_log, id="forgotten", subject="key-forgotten", created_at=now - timedelta(days=8))
+    store.save_decisions([old_log, forgotten])
+
+    queue.sync()
+
+    assert [case.subject for case in queue.list()] == ["key-old-log"]
+
+
+def test_queue_sorts_by_reason(store, queue):
+    store.save_decisions([
+        policy_decision("key-a", reasons=("key_sharing",), ident="a"),
+        policy_decision("key-b", reasons=("abnormal_cost",), ident="b"),
+    ])
+    queue.sync()
+
+    ascending = queue.list(CaseFilter(sort="reason", descending=False))
+
+    assert [case.subject for case in ascending] == ["key-b", "key-a"]

@@ -1,0 +1,171 @@
+"""The review commands end to end: staff, decisions, cases, allowlist and audit, against SQLite and Redis."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from detector.cli import main
+from detector.review.staff import StaffDirectory
+from detector.store import open_store
+from fairuse_gateway import DecisionClient
+from tests.review_support import PASSWORD, policy_decision
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run(sqlite_url, redis_prefix):
+    runner = CliRunner()
+
+    def invoke(*arguments, stdin=None):
+        acting = {"add", "delete", "resolve", "open", "note", "remove"}
+        extra = ["--db", sqlite_url]
+        if acting & set(arguments[:2]) and arguments[0] != "staff":
+            extra += ["--prefix", redis_prefix, "--staff", "carol"]
+        return runner.invoke(main, [*arguments, *extra], input=stdin)
+
+    return invoke
+
+
+@pytest.fixture
+def gateway(redis_prefix):
+    return DecisionClient(prefix=redis_prefix, cache_seconds=0.0)
+
+
+def test_staff_add_hashes_password(run, sqlite_url):
+    result = run("staff", "add", "dora", "--role", "viewer", "--password-stdin", stdin=PASSWORD + "\n")
+
+    assert result.exit_code == 0, result.output
+    assert "staff dora added as viewer" in result.output
+    directory = StaffDirectory(open_store(sqlite_url).engine)
+    assert directory.authenticate("dora", PASSWORD).role == "viewer"
+    assert directory.authenticate("dora", "wrong password") is None
+    listed = run("staff", "list")
+    assert "dora\tviewer" in listed.output
+
+
+def test_staff_add_rejects_short_password(run):
+    result = run("staff", "add", "dora", "--password-stdin", stdin="short\n")
+
+    assert result.exit_code == 2
+    assert "password too short for 'dora'" in result.output
+
+
+def test_decisions_add_list_delete(run, gateway):
+    added = run("decisions", "add", "key", "key-9", "--action", "throttle", "--limit-rpm", "3", "--duration", "2h",
+                "--comment", "scraping")
+    assert added.exit_code == 0, added.output
+    decision_id = added.output.split()[1].rstrip(":")
+    assert gateway.check(key_id="key-9").limit_rpm == 3
+
+    listed = run("decisions", "list", "--active")
+    assert decision_id in listed.output
+    assert "staff:carol" in listed.output
+
+    deleted = run("decisions", "delete", decision_id, "--comment", "mistake")
+    assert deleted.exit_code == 0, deleted.output
+    assert gateway.check(key_id="key-9").action == "allow"
+    assert decision_id not in run("decisions", "list", "--active").output
+    assert "ended" in run("decisions", "list", "--subject", "key-9").output
+
+
+def test_decisions_add_bad_duration(run):
+    result = run("decisions", "add", "key", "k", "--action", "suspend", "--duration", "forever", "--comment", "x")
+
+    assert result.exit_code == 2
+    assert "invalid duration 'forever'" in result.output
+
+
+def test_review_list_show_resolve(run, sqlite_url, gateway):
+    open_store(sqlite_url).save_decisions([
+        policy_decision("key-a", score=90, ident="ra"), policy_decision("key-b", score=60, ident="rb"),
+    ])
+
+    listed = run("review", "list")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert lines[0].startswith("1\tkey:key-a")
+    assert lines[1].startswith("2\tkey:key-b")
+
+    shown = run("review", "show", "1")
+    assert "case 1: key:key-a" in shown.output
+    assert '"networks": 4' in shown.output
+
+    suspended = run("review", "resolve", "1", "--action", "suspend", "--duration", "6h", "--comment", "resold")
+    assert suspended.exit_code == 0, suspended.output
+    assert gateway.check(key_id="key-a").action == "suspend"
+    dismissed = run("review", "resolve", "2", "--action", "dismiss", "--comment", "fine")
+    assert dismissed.exit_code == 0, dismissed.output
+
+    assert run("review", "list").output == ""
+    resolved = run("review", "list", "--status", "resolved", "--sort", "score", "--asc").output.splitlines()
+    assert "resolved dismissed" in resolved[0]
+    assert "resolved suspended" in resolved[1]
+    assert "verdict" in run("review", "show", "2").output
+
+
+def test_review_resolve_needs_duration(run, sqlite_url):
+    open_store(sqlite_url).save_decisions([policy_decision("key-a")])
+    run("review", "list")
+
+    result = run("review", "resolve", "1", "--action", "throttle", "--comment", "x")
+
+    assert result.exit_code == 2
+    assert "needs --duration" in result.output
+
+
+def test_review_open_and_note(run):
+    opened = run("review", "open", "account", "acct-1", "--comment", "ticket")
+    noted = run("review", "note", "1", "customer replied")
+
+    assert opened.exit_code == 0, opened.output
+    assert noted.exit_code == 0, noted.output
+    assert "customer replied" in run("review", "show", "1").output
+    assert run("review", "show", "7").exit_code == 2
+
+
+def test_allowlist_commands(run, sqlite_url, policy, plans):
+    added = run("allowlist", "add", "key", "key-p", "--duration", "30d", "--comment", "partner")
+    assert added.exit_code == 0, added.output
+    assert "key:key-p" in run("allowlist", "list").output
+
+    removed = run("allowlist", "remove", "1", "--comment", "ended")
+    assert removed.exit_code == 0, removed.output
+    assert run("allowlist", "list").output == ""
+    assert "removed" in run("allowlist", "list", "--all").output
+    assert run("allowlist", "remove", "1", "--comment", "again").exit_code == 2
+
+
+def test_audit_command(run):
+    run("decisions", "add", "key", "key-9", "--action", "suspend", "--duration", "1h", "--comment", "fraud")
+
+    plain = run("audit")
+    as_json = [json.loads(line) for line in run("audit", "--json").output.splitlines()]
+
+    assert "carol\tadd_decision\tkey:key-9" in plain.output
+    assert as_json[0]["reason"] == "fraud"
+    assert as_json[0]["after"]["in_force"][0]["action"] == "suspend"
+    assert run("audit", "--staff", "nobody").output == ""
+
+
+@pytest.mark.slow
+def test_readme_review_commands_after_quick_start(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text("utf-8")
+    section = readme.split("## Staff review", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.removeprefix(".venv/bin/fairuse ").split() for line in section.strip().splitlines()]
+    assert [command[:2] for command in commands] == [["staff", "add"], ["review", "list"], ["console"]]
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    scored = runner.invoke(main, ["score", str(ROOT / "detector/samples/events-sample.jsonl.gz"), "--no-model"])
+    assert scored.exit_code == 0, scored.output
+
+    added = runner.invoke(main, commands[0], input=f"{PASSWORD}\n{PASSWORD}\n")
+    listed = runner.invoke(main, commands[1])
+
+    assert added.exit_code == 0, added.output
+    assert "staff alice added as reviewer" in added.output
+    assert listed.exit_code == 0, listed.output
+    assert len(listed.output.splitlines()) >= 5
+    assert "\tkey:key-" in listed.output
