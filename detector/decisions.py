@@ -12,6 +12,8 @@ ACTIONS = ("review", "throttle", "suspend")
 ACTION_RANK = {"review": 0, "throttle": 1, "suspend": 2}
 SUBJECT_TYPES = ("key", "account", "ip")
 SCOPES = ("all", "images")
+# The ``extra`` entry, with the time, of a decision that staff ended early (lifted or dismissed).
+LIFTED = "lifted_at"
 
 _ID_NAMESPACE = uuid.UUID("5d2f2b0e-7c1a-4d9b-9a57-3f0a6a1c2e44")
 

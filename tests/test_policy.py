@@ -250,3 +250,13 @@ def test_allowlisted_address_that_is_no_address_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="'ip:office': not an IPv4 or IPv6 address"):
         load_policy(_policy_file(tmp_path, text))
+
+
+def test_decision_staff_lifted_is_no_earlier_offence(policy):
+    first = decide([_finding(at=T0)], policy, now=NOW).decisions[0]
+    lifted = replace(first, expires_at=first.detected_at + timedelta(minutes=10), extra={"lifted_at": "2026-11-23T00:10:00Z"})
+
+    again = decide([_finding(at=T0 + 7 * HOUR)], policy, [lifted], now=NOW).decisions
+
+    assert again[0].extra["earlier_offences"] == 0
+    assert again[0].expires_at - again[0].detected_at == timedelta(hours=6)

@@ -129,6 +129,8 @@ def test_dismiss_lifts_enforcement_and_labels_benign(store, queue, actions, gate
     assert [decision.id for decision in lifted] == ["throttle-a"]
     assert gateway.check(key_id="key-a").action == "allow"
     assert [decision.id for decision in store.active_decisions()] == ["review-a"]
+    [ended] = [decision for decision in store.all_decisions() if decision.id == "throttle-a"]
+    assert "lifted_at" in ended.extra  # so policy does not count it as an earlier offence
     [label] = _labels(store)
     assert label.verdict == "benign"
     assert label.comment == "a team behind one NAT"
@@ -238,8 +240,9 @@ def test_recent_expired_reviews_open_cases(store, queue):
     now = datetime.now(UTC)
     old_log = policy_decision("key-old-log", ident="from-old-log")
     old_log = replace(old_log, detected_at=now - timedelta(days=20), expires_at=now - timedelta(days=13))
-    forgotten = replace(old_log, id="forgotten", subject="key-forgotten", created_at=now - timedelta(days=8))
-    store.save_decisions([old_log, forgotten])
+    forgotten = replace(old_log, id="forgotten", subject="key-forgotten")
+    store.save_decisions([old_log])
+    store.save_decisions([forgotten], stored_at=now - timedelta(days=8))
 
     queue.sync()
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from detector.decisions import ACTION_RANK, Decision, decision_id
+from detector.decisions import ACTION_RANK, LIFTED, Decision, decision_id
 from detector.detectors.base import Finding
 from detector.policy.config import Policy, Rule
 
@@ -185,7 +185,7 @@ class _SubjectState:
         return False
 
     def offences_before(self, subject: tuple[str, str], at: datetime) -> int:
-        """Count the throttles and suspensions that ended before ``at``.
+        """Count the throttles and suspensions that ended before ``at``, leaving out those staff lifted.
 
         A decision still in force is the same offence going on, so a harder
         throttle during a growing flood does not double its own duration.
@@ -193,7 +193,7 @@ class _SubjectState:
         return sum(
             1
             for decision in self._by_subject.get(subject, ())
-            if decision.action != "review" and decision.expires_at <= at
+            if decision.action != "review" and decision.expires_at <= at and LIFTED not in decision.extra
         )
 
 

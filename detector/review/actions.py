@@ -24,10 +24,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
-from detector.decisions import SCOPES, Decision
+from detector.decisions import LIFTED, SCOPES, Decision
 from detector.review.cases import check_subject, link_decision, new_case, open_case_for
 from detector.review.errors import NotFoundError, PublishError, ReviewError
 from detector.review.records import decision_from_row, decision_row
@@ -161,12 +161,12 @@ class StaffActions:
             row = session.get(DecisionRow, decision_id)
             if row is None:
                 raise NotFoundError(f"decision {decision_id!r} not found; list decisions with 'fairuse decisions list'")
-            if row.simulated or not (row.detected_at <= now < row.expires_at):
+            if row.simulated or not decision_from_row(row).in_force_at(now):
                 raise ReviewError(f"decision {decision_id} is not in force, so there is nothing to lift")
             case = _case_of_decision(session, decision_id) or open_case_for(session, row.subject_type, row.subject)
             before = _state(session, row.subject_type, row.subject, now)
             lifted = decision_from_row(row)
-            row.expires_at = now
+            _end_by_staff(row, now)
             changes.lifted.append(lifted)
             _audit(session, now, staff, "lift", case, comment, before, decision=lifted,
                    subject=(row.subject_type, row.subject))
@@ -295,7 +295,8 @@ def _in_force(session: Session, subject_type: str, subject: str, now: datetime) 
     return list(session.scalars(
         select(DecisionRow)
         .where(DecisionRow.subject_type == subject_type, DecisionRow.subject == subject)
-        .where(DecisionRow.simulated.is_(False), DecisionRow.detected_at <= now, DecisionRow.expires_at > now)
+        .where(DecisionRow.simulated.is_(False), DecisionRow.expires_at > now)
+        .where(or_(DecisionRow.detected_at <= now, DecisionRow.created_at <= now))
         .order_by(DecisionRow.detected_at)
     ))
 
@@ -305,8 +306,14 @@ def _lift_enforcing(session: Session, subject_type: str, subject: str, now: date
     for row in _in_force(session, subject_type, subject, now):
         if row.action in ENFORCING:
             lifted.append(decision_from_row(row))
-            row.expires_at = now
+            _end_by_staff(row, now)
     return lifted
+
+
+def _end_by_staff(row: DecisionRow, now: datetime) -> None:
+    """End a decision now, marked as lifted so that policy does not count it as an earlier offence."""
+    row.expires_at = now
+    row.extra = {**(row.extra or {}), LIFTED: now.isoformat().replace("+00:00", "Z")}
 
 
 def _allowlist(session: Session, subject_type: str, subject: str, staff: str, comment: str, now: datetime,

@@ -34,13 +34,13 @@ class DecisionStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def save_decisions(self, decisions: Sequence[Decision]) -> int:
+    def save_decisions(self, decisions: Sequence[Decision], *, stored_at: datetime | None = None) -> int:
         """Insert decisions whose id is not stored yet; return how many were new.
 
-        ``created_at`` is stored as the time of the insert, the moment change
-        feeds go by, whatever the decision object holds.
+        ``created_at`` is stored as ``stored_at``, by default the time of the
+        insert, which change feeds go by, whatever the decision objects hold.
         """
-        stored_at = datetime.now(UTC)
+        stored_at = stored_at or datetime.now(UTC)
         rows = [_decision_values(decision) | {"created_at": stored_at} for decision in decisions]
         return self._insert_new(DecisionRow, rows)
 
