@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from detector.detectors.base import Finding, escalations, findings_from_rows
+from detector.detectors.device_graph import rolling_components
 from detector.features import PreparedEvents, address_gaps
 
 DAY = 86400.0
@@ -58,6 +59,7 @@ class KeySharingDetector:
     min_networks: int = 3
     min_components: int = 3
     min_component_requests: int = 2
+    device_window: float = DAY
     min_country_days: int = 2
     resale_networks: int = 8
     reason: str = "key_sharing"
@@ -153,30 +155,23 @@ class KeySharingDetector:
         )
 
     def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        edges = _activations(prepared.events, ["net", "ua"], self.min_component_requests)
-        if edges.empty:
+        growth = rolling_components(prepared.events, self.device_window, self.min_component_requests)
+        many_devices = growth["components"] >= self.min_components
+        separate_countries = growth["country_components"] >= 2
+        growth = growth[(many_devices | separate_countries).to_numpy()]
+        if growth.empty:
             return _EMPTY_ROWS.copy()
 
-        edges = edges.sort_values(["subject", "day", "ts"], kind="stable")
-        found = [
-            (subject, day, ts, components)
-            for subject, day, ts, components in _growing_components(edges)
-            if components >= self.min_components
-        ]
-        if not found:
-            return _EMPTY_ROWS.copy()
-
-        subject, day, ts, components = (np.array(column) for column in zip(*found))
         return pd.DataFrame(
             {
-                "subject": subject.astype(np.int64),
-                "day": day.astype(np.int64),
-                "detected_at": ts,
-                "window_end": ts,
+                "subject": growth["subject"].to_numpy(),
+                "day": (growth["ts"] // DAY).astype(np.int64).to_numpy(),
+                "detected_at": growth["ts"].to_numpy(),
+                "window_end": growth["ts"].to_numpy(),
                 "networks": 0,
                 "switches_24h": 0,
-                "components": components.astype(np.int64),
-                "countries": 0,
+                "components": growth["components"].to_numpy(),
+                "countries": growth["country_components"].to_numpy(),
                 "impossible_trips_24h": 0,
                 "kind": "devices",
             }
@@ -302,40 +297,6 @@ def _activations(events: pd.DataFrame, columns: list[str], requests: int) -> pd.
     )
     count = frame.groupby(["subject", "day", *columns], sort=False).cumcount() + 1
     return frame[count.to_numpy() == requests].sort_values("ts", kind="stable")
-
-
-def _growing_components(edges: pd.DataFrame):
-    """Yield (subject, day, time, components) as network–user-agent edges join each day's graph.
-
-    ``edges`` must be sorted by subject, day and time; the graph starts empty
-    for every (subject, day).
-    """
-    parent: dict[tuple[str, int], tuple[str, int]] = {}
-
-    def root(node):
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    components = 0
-    current = None
-    columns = (edges[name].to_numpy().tolist() for name in ("subject", "day", "ts", "net", "ua"))
-    for subject, day, ts, net, ua in zip(*columns):
-        if (subject, day) != current:
-            current = (subject, day)
-            parent.clear()
-            components = 0
-        left, right = ("net", net), ("ua", ua)
-        for node in (left, right):
-            if node not in parent:
-                parent[node] = node
-                components += 1
-        left_root, right_root = root(left), root(right)
-        if left_root != right_root:
-            parent[left_root] = right_root
-            components -= 1
-        yield subject, day, float(ts), components
 
 
 def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:
