@@ -10,7 +10,7 @@ import pandas as pd
 GROWTH_COLUMNS = ("subject", "ts", "components", "country_components")
 
 
-def rolling_components(events: pd.DataFrame, window: float, requests: int) -> pd.DataFrame:
+def rolling_components(events: pd.DataFrame, window: float, requests: int, country_window: float) -> pd.DataFrame:
     """Return, at each moment a subject's device graph gains an edge, its components over the trailing ``window``.
 
     An *edge* is a (network, user agent) pair with at least ``requests``
@@ -21,9 +21,12 @@ def rolling_components(events: pd.DataFrame, window: float, requests: int) -> pd
     ``requests``-th latest request falls out of the window. Components can
     only grow when an edge joins, so one row per joining edge is enough.
 
-    ``country_components`` is the largest number of components whose countries
-    are pairwise disjoint, capped at two: 2 means two devices in separate
-    places that are also in separate countries. ``events`` must be sorted by
+    ``country_components`` is 2 when, over the edges with ``requests``
+    requests in the shorter trailing ``country_window``, two components have
+    no country in common: two devices in separate places and separate
+    countries, both in use within hours of each other. A traveller whose
+    devices split between home and abroad leaves one country before the trip
+    starts, so a window shorter than the trip keeps them apart. ``events`` must be sorted by
     subject and time and carry ``subject``, ``ts``, ``net``, ``ua`` and
     ``country`` codes, where negative codes are unknown and ignored.
     """
@@ -49,7 +52,9 @@ def rolling_components(events: pd.DataFrame, window: float, requests: int) -> pd
             continue
 
         active = [key for key, seen in history.items() if len(seen) >= requests and seen[-requests] > ts - window]
-        components, country_components = _components(active, countries)
+        components, _ = _components(active, countries)
+        recent = [key for key in active if history[key][-requests] > ts - country_window]
+        _, country_components = _components(recent, countries)
         rows.append((subject, ts, components, country_components))
 
     frame = pd.DataFrame(rows, columns=list(GROWTH_COLUMNS))

@@ -60,6 +60,7 @@ class KeySharingDetector:
     min_components: int = 3
     min_component_requests: int = 2
     device_window: float = DAY
+    country_window: float = DAY
     min_country_days: int = 2
     resale_networks: int = 8
     reason: str = "key_sharing"
@@ -155,7 +156,9 @@ class KeySharingDetector:
         )
 
     def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        growth = rolling_components(prepared.events, self.device_window, self.min_component_requests)
+        growth = rolling_components(
+            prepared.events, self.device_window, self.min_component_requests, self.country_window
+        )
         many_devices = growth["components"] >= self.min_components
         separate_countries = growth["country_components"] >= 2
         growth = growth[(many_devices | separate_countries).to_numpy()]
