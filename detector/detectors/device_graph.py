@@ -22,7 +22,7 @@ def rolling_components(events: pd.DataFrame, window: float, requests: int, count
     only grow when an edge joins, so one row per joining edge is enough.
 
     ``country_components`` is 2 when, over the edges with ``requests``
-    requests in the shorter trailing ``country_window``, two components have
+    requests in the trailing ``country_window`` (at most ``window``), two components have
     no country in common: two devices in separate places and separate
     countries, both in use within hours of each other. A traveller whose
     devices split between home and abroad leaves one country before the trip

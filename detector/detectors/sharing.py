@@ -30,26 +30,38 @@ class KeySharingDetector:
     rolling 24 hours. It also needs ``min_networks`` networks taking part in
     them so far, or two networks with a second sign: different user agents on
     the two sides, or an impossible trip (a country change within
-    ``travel_gap`` seconds).
+    ``travel_gap`` seconds). Only networks the key has used for at least
+    ``min_network_span`` seconds take part, so a CI runner or serverless
+    function that lives for one burst of requests is not a second place.
 
     People who share a key rarely use it in the same minutes, so a second test
-    counts *devices in separate places* per UTC day: the connected components
-    of the graph that links each network to the user agents seen on it. One
-    person's phone roaming across networks is one component (one user agent);
-    a team behind one NAT is one component (one network); three people with
-    their own devices on their own networks are three. A *devices* finding
-    needs ``min_components`` components with at least
-    ``min_component_requests`` requests each.
+    counts *devices in separate places* over the trailing ``device_window``:
+    the connected components of the graph that links each network to the user
+    agents seen on it (``rolling_components``). One person's phone roaming
+    across networks is one component (one user agent); a team behind one NAT
+    is one component (one network); three people with their own devices on
+    their own networks are three. A *devices* finding needs
+    ``min_components`` components with at least ``min_component_requests``
+    requests each, or two components with no country in common within
+    ``country_window``. Two components in one country are one person with a
+    phone on mobile data and a laptop on wifi as often as two people, so they
+    are not enough.
 
     A third test catches people in different countries who share one user
     agent: a *countries* finding needs ``min_country_days`` UTC days within
     seven days on each of which two or more countries sent at least
-    ``min_component_requests`` requests. A traveller who moves once has one
-    such day.
+    ``min_component_requests`` requests from networks used for
+    ``min_network_span`` seconds. A traveller who moves once has one such day.
 
     NOTE: one person with three devices that never share a network in a day
     (office desktop, home laptop, phone on mobile data) also makes three
-    components; the shipped policy sends few-person sharing to review only.
+    components, and a traveller who uses one device at home and another
+    abroad, or a developer whose CI runs in a cloud region abroad, makes two
+    components in separate countries. The shipped policy sends few-person
+    sharing to review only.
+
+    TODO: the CI case needs to know which networks belong to cloud providers
+    (their published address ranges); the events carry no such field yet.
     """
 
     switch_gap: float = 120.0
@@ -61,6 +73,7 @@ class KeySharingDetector:
     min_component_requests: int = 2
     device_window: float = DAY
     country_window: float = DAY
+    min_network_span: float = 300.0
     min_country_days: int = 2
     resale_networks: int = 8
     reason: str = "key_sharing"
@@ -109,7 +122,7 @@ class KeySharingDetector:
                 "countries_24h": "countries_24h",
                 "user_agents_24h": "user_agents_24h",
             },
-            window="rolling 24h of concurrent switches; device components per UTC day",
+            window=f"rolling 24h of concurrent switches; device components over a rolling {self.device_window / 3600:g}h",
             thresholds={
                 "switch_gap_s": self.switch_gap,
                 "return_gap_s": self.return_gap,
@@ -117,6 +130,9 @@ class KeySharingDetector:
                 "min_networks": self.min_networks,
                 "min_components": self.min_components,
                 "min_component_requests": self.min_component_requests,
+                "device_window_s": self.device_window,
+                "country_window_s": self.country_window,
+                "min_network_span_s": self.min_network_span,
                 "min_country_days": self.min_country_days,
                 "resale_networks": self.resale_networks,
             },
@@ -181,7 +197,8 @@ class KeySharingDetector:
         )
 
     def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        places = _activations(prepared.events, ["country"], self.min_component_requests)
+        settled = _settled_networks(prepared.events, self.min_network_span)
+        places = _activations(prepared.events[settled], ["country"], self.min_component_requests)
         if places.empty:
             return _EMPTY_ROWS.copy()
 
@@ -217,7 +234,9 @@ class KeySharingDetector:
         previous_country = np.where(same_subject, np.roll(events["country"].to_numpy(), 1), -1)
 
         last_on_net = events.groupby(["subject", "net"], sort=False)["ts"].shift(1).to_numpy()
-        switched = same_subject & (net >= 0) & (previous_net >= 0) & (net != previous_net)
+        settled = _settled_networks(events, self.min_network_span)
+        previous_settled = np.where(same_subject, np.roll(settled, 1), False)
+        switched = same_subject & (net >= 0) & (previous_net >= 0) & (net != previous_net) & settled & previous_settled
         concurrent = (
             switched
             & (events["iat"].to_numpy() <= self.switch_gap)
@@ -300,6 +319,12 @@ def _activations(events: pd.DataFrame, columns: list[str], requests: int) -> pd.
     )
     count = frame.groupby(["subject", "day", *columns], sort=False).cumcount() + 1
     return frame[count.to_numpy() == requests].sort_values("ts", kind="stable")
+
+
+def _settled_networks(events: pd.DataFrame, seconds: float) -> np.ndarray:
+    """Mark the requests on a network the subject has used for at least ``seconds``, counted from its first request there."""
+    first_use = events.groupby(["subject", "net"], sort=False)["ts"].transform("min").to_numpy()
+    return events["ts"].to_numpy() - first_use >= seconds
 
 
 def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:
