@@ -110,3 +110,30 @@ def test_phone_and_laptop_in_one_country_is_not_sharing(plans):
     agents = ["Dart/3.5 (dart:io)" if phone else "curl/8.5.0" for phone in on_phone]
 
     assert _findings(plans, events("person", times, ip=addresses, user_agent=agents)) == []
+
+
+def test_three_devices_across_midnight_is_sharing(plans):
+    # Three people on their own lines and clients, the third after UTC midnight.
+    first = events("night", T0 + 23 * HOUR + np.arange(4) * 60.0, ip="198.51.100.1", user_agent="curl/8.5.0")
+    second = events("night", T0 + 23.5 * HOUR + np.arange(4) * 60.0, ip="198.51.101.1", user_agent="axios/1.7.7")
+    third = events("night", T0 + DAY + 0.5 * HOUR + np.arange(4) * 60.0, ip="198.51.102.1",
+                   user_agent="Go-http-client/2.0")
+
+    findings = _findings(plans, first, second, third)
+
+    assert findings
+    assert findings[0].evidence["device_components"] == 3
+    assert findings[0].detected_at < T0 + DAY + HOUR
+
+
+def test_ci_runners_in_one_country_are_not_sharing(plans):
+    # A laptop all day; every 20 minutes a CI run of eight requests from a fresh
+    # cloud runner in the same country, interleaved with the laptop's requests.
+    laptop = events("dev", T0 + 9 * HOUR + np.arange(240) * 30.0, ip="198.51.100.1", user_agent="curl/8.5.0")
+    runs = [
+        events("dev", T0 + 9 * HOUR + run * 1200.0 + 5.0 + np.arange(8) * 6.0, ip=f"192.0.{run}.10",
+               user_agent="python-requests/2.32.3")
+        for run in range(6)
+    ]
+
+    assert _findings(plans, laptop, *runs) == []

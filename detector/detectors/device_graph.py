@@ -62,7 +62,7 @@ def rolling_components(events: pd.DataFrame, window: float, requests: int, count
 
 
 def _components(edges: list[tuple[int, int]], countries: dict[tuple[int, int], int]) -> tuple[int, int]:
-    """Return the number of components of ``edges`` and, capped at 2, how many have pairwise disjoint countries."""
+    """Return the number of components of ``edges``, and 2 if two of them have no country in common, else 0 or 1."""
     parent: dict[tuple[str, int], tuple[str, int]] = {}
 
     def root(node):
