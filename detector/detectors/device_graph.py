@@ -21,14 +21,14 @@ def rolling_components(events: pd.DataFrame, window: float, requests: int, count
     ``requests``-th latest request falls out of the window. Components can
     only grow when an edge joins, so one row per joining edge is enough.
 
-    ``country_components`` is 2 when, over the edges with ``requests``
-    requests in the trailing ``country_window`` (at most ``window``), two components have
-    no country in common: two devices in separate places and separate
-    countries, both in use within hours of each other. A traveller whose
-    devices split between home and abroad leaves one country before the trip
-    starts, so a window shorter than the trip keeps them apart. ``events`` must be sorted by
-    subject and time and carry ``subject``, ``ts``, ``net``, ``ua`` and
-    ``country`` codes, where negative codes are unknown and ignored.
+    ``country_components`` is 2 when, among the edges with ``requests``
+    requests in the trailing ``country_window`` (at most ``window``), two
+    components have no country in common: two devices in separate places and
+    separate countries. A traveller who uses one device at home and another
+    abroad also makes two, unless ``country_window`` is shorter than the
+    trip. ``events`` must be sorted by subject and time and carry ``subject``,
+    ``ts``, ``net``, ``ua`` and ``country`` codes, where negative codes are
+    unknown and ignored.
     """
     known = (events["net"].to_numpy() >= 0) & (events["ua"].to_numpy() >= 0)
     columns = [events[name].to_numpy()[known].tolist() for name in ("subject", "ts", "net", "ua", "country")]
