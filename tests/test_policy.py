@@ -97,6 +97,26 @@ def test_weaker_action_inside_suspension_is_covered(policy):
     assert [decision.action for decision in outcome.decisions] == ["suspend"]
 
 
+def test_review_for_other_reason_not_covered(policy):
+    sharing = _finding(at=T0, reason="key_sharing", score=70, impact=2, kind="devices")
+    cost = _finding(at=T0 + 3 * HOUR, score=60, impact=0.6)
+
+    decisions = decide([sharing, cost], policy, now=NOW).decisions
+
+    assert [decision.action for decision in decisions] == ["review", "review"]
+    assert decisions[1].reasons[0] == "abnormal_cost"
+
+
+def test_review_for_same_reason_covered(policy):
+    first = _finding(at=T0, score=60, impact=0.6)
+    second = _finding(at=T0 + 3 * HOUR, score=60, impact=0.6)
+
+    outcome = decide([first, second], policy, now=NOW)
+
+    assert len(outcome.decisions) == 1
+    assert outcome.covered == 1
+
+
 def test_stronger_action_during_review_escalates(policy):
     findings = [_finding(at=T0, score=60, impact=0.6), _finding(at=T0 + 60, score=90, impact=3)]
 

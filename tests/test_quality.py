@@ -36,3 +36,17 @@ def test_benign_false_actions_at_most_0_2_percent(report):
 
 def test_benign_reviews_at_most_2_percent(report):
     assert report.to_dict()["overall"]["benign_review_share"] <= 0.02
+
+
+@pytest.mark.parametrize("kind", ["phone_and_laptop", "ci_developer", "team_nat", "traveller", "mobile"])
+def test_sharing_lookalike_not_acted_on(report, kind):
+    row = next(row for row in report.to_dict()["benign"] if row["kind"] == kind)
+
+    assert row["keys"] > 0
+    assert row["false_action_keys"] == 0
+
+
+def test_phone_and_laptop_not_reviewed(report):
+    row = next(row for row in report.to_dict()["benign"] if row["kind"] == "phone_and_laptop")
+
+    assert row["review_only_keys"] == 0

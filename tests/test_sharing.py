@@ -82,3 +82,58 @@ def test_one_trip_abroad_and_back_is_not_sharing(plans):
     back = events("tourist", T0 + 6 * DAY + 12 * HOUR + np.arange(30) * 900.0, ip="198.51.100.1", country="DE")
 
     assert _findings(plans, home, away, back) == []
+
+
+def test_second_sharer_abroad_found_within_minutes(plans):
+    # The owner works in Germany all morning; from 11:00 a friend in Poland, on
+    # their own line and client, takes turns with the owner every few minutes.
+    owner = events("pair", T0 + 8 * HOUR + np.arange(60) * 300.0, ip="198.51.100.1",
+                   user_agent="OpenAI/Python 1.51.0", country="DE")
+    friend = events("pair", T0 + 11 * HOUR + 60.0 + np.arange(20) * 300.0, ip="203.0.113.9",
+                    user_agent="curl/8.5.0", country="PL")
+
+    findings = _findings(plans, owner, friend)
+
+    assert findings
+    assert findings[0].detected_at - (T0 + 11 * HOUR + 60.0) <= 10 * 60
+    assert findings[0].evidence["kind"] == "devices"
+    assert findings[0].evidence["countries_same_day"] == 2
+
+
+def test_phone_and_laptop_in_one_country_is_not_sharing(plans):
+    # One person in Germany takes turns between a phone on three carrier /24s
+    # and a laptop on the home line, every few minutes, all day.
+    times = T0 + 8 * HOUR + np.arange(120) * 240.0
+    on_phone = (np.arange(120) // 3) % 2 == 1
+    addresses = [f"100.64.{index % 3}.{index % 200 + 1}" if phone else "198.51.100.1"
+                 for index, phone in enumerate(on_phone)]
+    agents = ["Dart/3.5 (dart:io)" if phone else "curl/8.5.0" for phone in on_phone]
+
+    assert _findings(plans, events("person", times, ip=addresses, user_agent=agents)) == []
+
+
+def test_three_devices_across_midnight_is_sharing(plans):
+    # Three people on their own lines and clients, the third after UTC midnight.
+    first = events("night", T0 + 23 * HOUR + np.arange(4) * 60.0, ip="198.51.100.1", user_agent="curl/8.5.0")
+    second = events("night", T0 + 23.5 * HOUR + np.arange(4) * 60.0, ip="198.51.101.1", user_agent="axios/1.7.7")
+    third = events("night", T0 + DAY + 0.5 * HOUR + np.arange(4) * 60.0, ip="198.51.102.1",
+                   user_agent="Go-http-client/2.0")
+
+    findings = _findings(plans, first, second, third)
+
+    assert findings
+    assert findings[0].evidence["device_components"] == 3
+    assert findings[0].detected_at < T0 + DAY + HOUR
+
+
+def test_ci_runners_in_one_country_are_not_sharing(plans):
+    # A laptop all day; every 20 minutes a CI run of eight requests from a fresh
+    # cloud runner in the same country, interleaved with the laptop's requests.
+    laptop = events("dev", T0 + 9 * HOUR + np.arange(240) * 30.0, ip="198.51.100.1", user_agent="curl/8.5.0")
+    runs = [
+        events("dev", T0 + 9 * HOUR + run * 1200.0 + 5.0 + np.arange(8) * 6.0, ip=f"192.0.{run}.10",
+               user_agent="python-requests/2.32.3")
+        for run in range(6)
+    ]
+
+    assert _findings(plans, laptop, *runs) == []

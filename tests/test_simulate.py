@@ -391,3 +391,17 @@ def test_cost_spike_jumps_far_above_owner(events, plans):
 def test_invalid_arguments_raise(tmp_path, keys, days, seed, start):
     with pytest.raises(ValueError):
         simulate_traffic(tmp_path, keys=keys, days=days, seed=seed, start=start)
+
+
+def test_phone_and_laptop_two_devices_one_country(events):
+    for key_id, rows in keys_of(events, "phone_and_laptop"):
+        assert rows["country"].nunique() == 1, key_id
+        assert rows["user_agent"].nunique() == 2, key_id
+        assert rows["ip"].map(subnet_of).nunique() >= 2, key_id
+
+
+def test_ci_developer_runs_from_fresh_cloud_runners(events):
+    for key_id, rows in keys_of(events, "ci_developer"):
+        by_agent = rows.groupby("user_agent")["ip"].nunique()
+        assert len(by_agent) == 2, key_id
+        assert by_agent.max() >= 2, key_id  # the runner client, one address per run

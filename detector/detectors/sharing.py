@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from detector.detectors.base import Finding, escalations, findings_from_rows
+from detector.detectors.device_graph import rolling_components
 from detector.features import PreparedEvents, address_gaps
 
 DAY = 86400.0
@@ -29,26 +30,38 @@ class KeySharingDetector:
     rolling 24 hours. It also needs ``min_networks`` networks taking part in
     them so far, or two networks with a second sign: different user agents on
     the two sides, or an impossible trip (a country change within
-    ``travel_gap`` seconds).
+    ``travel_gap`` seconds). Only networks the key has used for at least
+    ``min_network_span`` seconds take part, so a CI runner or serverless
+    function that lives for one burst of requests is not a second place.
 
     People who share a key rarely use it in the same minutes, so a second test
-    counts *devices in separate places* per UTC day: the connected components
-    of the graph that links each network to the user agents seen on it. One
-    person's phone roaming across networks is one component (one user agent);
-    a team behind one NAT is one component (one network); three people with
-    their own devices on their own networks are three. A *devices* finding
-    needs ``min_components`` components with at least
-    ``min_component_requests`` requests each.
+    counts *devices in separate places* over the trailing ``device_window``:
+    the connected components of the graph that links each network to the user
+    agents seen on it (``rolling_components``). One person's phone roaming
+    across networks is one component (one user agent); a team behind one NAT
+    is one component (one network); three people with their own devices on
+    their own networks are three. A *devices* finding needs
+    ``min_components`` components with at least ``min_component_requests``
+    requests each, or two components with no country in common within
+    ``country_window``. Two components in one country are one person with a
+    phone on mobile data and a laptop on wifi as often as two people, so they
+    are not enough.
 
     A third test catches people in different countries who share one user
     agent: a *countries* finding needs ``min_country_days`` UTC days within
     seven days on each of which two or more countries sent at least
-    ``min_component_requests`` requests. A traveller who moves once has one
-    such day.
+    ``min_component_requests`` requests from networks used for
+    ``min_network_span`` seconds. A traveller who moves once has one such day.
 
     NOTE: one person with three devices that never share a network in a day
     (office desktop, home laptop, phone on mobile data) also makes three
-    components; the shipped policy sends few-person sharing to review only.
+    components, and a traveller who uses one device at home and another
+    abroad, or a developer whose CI runs in a cloud region abroad, makes two
+    components in separate countries. The shipped policy sends few-person
+    sharing to review only.
+
+    TODO: the CI case needs to know which networks belong to cloud providers
+    (their published address ranges); the events carry no such field yet.
     """
 
     switch_gap: float = 120.0
@@ -58,6 +71,9 @@ class KeySharingDetector:
     min_networks: int = 3
     min_components: int = 3
     min_component_requests: int = 2
+    device_window: float = DAY
+    country_window: float = DAY
+    min_network_span: float = 300.0
     min_country_days: int = 2
     resale_networks: int = 8
     reason: str = "key_sharing"
@@ -106,7 +122,7 @@ class KeySharingDetector:
                 "countries_24h": "countries_24h",
                 "user_agents_24h": "user_agents_24h",
             },
-            window="rolling 24h of concurrent switches; device components per UTC day",
+            window=f"rolling 24h of concurrent switches; device components over a rolling {self.device_window / 3600:g}h",
             thresholds={
                 "switch_gap_s": self.switch_gap,
                 "return_gap_s": self.return_gap,
@@ -114,6 +130,9 @@ class KeySharingDetector:
                 "min_networks": self.min_networks,
                 "min_components": self.min_components,
                 "min_component_requests": self.min_component_requests,
+                "device_window_s": self.device_window,
+                "country_window_s": self.country_window,
+                "min_network_span_s": self.min_network_span,
                 "min_country_days": self.min_country_days,
                 "resale_networks": self.resale_networks,
             },
@@ -153,37 +172,33 @@ class KeySharingDetector:
         )
 
     def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        edges = _activations(prepared.events, ["net", "ua"], self.min_component_requests)
-        if edges.empty:
+        growth = rolling_components(
+            prepared.events, self.device_window, self.min_component_requests, self.country_window
+        )
+        many_devices = growth["components"] >= self.min_components
+        separate_countries = growth["country_components"] >= 2
+        growth = growth[(many_devices | separate_countries).to_numpy()]
+        if growth.empty:
             return _EMPTY_ROWS.copy()
 
-        edges = edges.sort_values(["subject", "day", "ts"], kind="stable")
-        found = [
-            (subject, day, ts, components)
-            for subject, day, ts, components in _growing_components(edges)
-            if components >= self.min_components
-        ]
-        if not found:
-            return _EMPTY_ROWS.copy()
-
-        subject, day, ts, components = (np.array(column) for column in zip(*found))
         return pd.DataFrame(
             {
-                "subject": subject.astype(np.int64),
-                "day": day.astype(np.int64),
-                "detected_at": ts,
-                "window_end": ts,
+                "subject": growth["subject"].to_numpy(),
+                "day": (growth["ts"] // DAY).astype(np.int64).to_numpy(),
+                "detected_at": growth["ts"].to_numpy(),
+                "window_end": growth["ts"].to_numpy(),
                 "networks": 0,
                 "switches_24h": 0,
-                "components": components.astype(np.int64),
-                "countries": 0,
+                "components": growth["components"].to_numpy(),
+                "countries": growth["country_components"].to_numpy(),
                 "impossible_trips_24h": 0,
                 "kind": "devices",
             }
         )
 
     def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        places = _activations(prepared.events, ["country"], self.min_component_requests)
+        settled = _settled_networks(prepared.events, self.min_network_span)
+        places = _activations(prepared.events[settled], ["country"], self.min_component_requests)
         if places.empty:
             return _EMPTY_ROWS.copy()
 
@@ -219,7 +234,9 @@ class KeySharingDetector:
         previous_country = np.where(same_subject, np.roll(events["country"].to_numpy(), 1), -1)
 
         last_on_net = events.groupby(["subject", "net"], sort=False)["ts"].shift(1).to_numpy()
-        switched = same_subject & (net >= 0) & (previous_net >= 0) & (net != previous_net)
+        settled = _settled_networks(events, self.min_network_span)
+        previous_settled = np.where(same_subject, np.roll(settled, 1), False)
+        switched = same_subject & (net >= 0) & (previous_net >= 0) & (net != previous_net) & settled & previous_settled
         concurrent = (
             switched
             & (events["iat"].to_numpy() <= self.switch_gap)
@@ -304,38 +321,10 @@ def _activations(events: pd.DataFrame, columns: list[str], requests: int) -> pd.
     return frame[count.to_numpy() == requests].sort_values("ts", kind="stable")
 
 
-def _growing_components(edges: pd.DataFrame):
-    """Yield (subject, day, time, components) as network–user-agent edges join each day's graph.
-
-    ``edges`` must be sorted by subject, day and time; the graph starts empty
-    for every (subject, day).
-    """
-    parent: dict[tuple[str, int], tuple[str, int]] = {}
-
-    def root(node):
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    components = 0
-    current = None
-    columns = (edges[name].to_numpy().tolist() for name in ("subject", "day", "ts", "net", "ua"))
-    for subject, day, ts, net, ua in zip(*columns):
-        if (subject, day) != current:
-            current = (subject, day)
-            parent.clear()
-            components = 0
-        left, right = ("net", net), ("ua", ua)
-        for node in (left, right):
-            if node not in parent:
-                parent[node] = node
-                components += 1
-        left_root, right_root = root(left), root(right)
-        if left_root != right_root:
-            parent[left_root] = right_root
-            components -= 1
-        yield subject, day, float(ts), components
+def _settled_networks(events: pd.DataFrame, seconds: float) -> np.ndarray:
+    """Mark the requests on a network the subject has used for at least ``seconds``, counted from its first request there."""
+    first_use = events.groupby(["subject", "net"], sort=False)["ts"].transform("min").to_numpy()
+    return events["ts"].to_numpy() - first_use >= seconds
 
 
 def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:

@@ -69,7 +69,7 @@ def decide(
             action = "review"
             outcome.allowlisted += 1
 
-        if state.covers(subject, action, rule.scope, at, rule.limit_rpm):
+        if state.covers(subject, action, rule.scope, at, rule.limit_rpm, finding.reason):
             outcome.covered += 1
             continue
 
@@ -77,7 +77,7 @@ def decide(
         if action == "suspend" and suspensions_per_hour[hour] >= policy.max_auto_suspensions_per_hour:
             action = "review"
             outcome.capped += 1
-            if state.covers(subject, action, rule.scope, at):
+            if state.covers(subject, action, rule.scope, at, reason=finding.reason):
                 outcome.covered += 1
                 continue
 
@@ -165,12 +165,20 @@ class _SubjectState:
         self._by_subject[(decision.subject_type, decision.subject)].append(decision)
 
     def covers(
-        self, subject: tuple[str, str], action: str, scope: str, at: datetime, limit_rpm: int | None = None
+        self,
+        subject: tuple[str, str],
+        action: str,
+        scope: str,
+        at: datetime,
+        limit_rpm: int | None = None,
+        reason: str | None = None,
     ) -> bool:
         """Return whether a decision in force already does at least what ``action`` would.
 
         A throttle covers another throttle only when its limit is as strict
-        or stricter, so a growing flood gets a harder throttle.
+        or stricter, so a growing flood gets a harder throttle. A review covers
+        another review only when it lists ``reason``, so a key under review for
+        sharing still gets a review for a cost spike.
         """
         rank = ACTION_RANK[action]
         for decision in self._by_subject.get(subject, ()):
@@ -180,6 +188,8 @@ class _SubjectState:
                 continue
             if ACTION_RANK[decision.action] > rank:
                 return True
+            if action == "review" and reason is not None and reason not in decision.reasons:
+                continue
             if decision.action == action and not _looser(decision.limit_rpm, limit_rpm):
                 return True
         return False

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.plans import Plan, load_plans
-from detector.simulate import abuse, benign, output
+from detector.simulate import abuse, benign, devices, output
 from detector.simulate.population import KIND_BY_NAME, KeyProfile, build_population
 from detector.simulate.timing import DAY
 from detector.simulate.traffic import Columns, KeyContext, KeyTraffic, assemble_key, concat_columns
@@ -35,6 +35,8 @@ BEHAVIOURS = {
     "image_light": benign.image_light,
     "image_package": benign.image_package,
     "new_key": benign.new_key,
+    "phone_and_laptop": devices.phone_and_laptop,
+    "ci_developer": devices.ci_developer,
     "resold_key": abuse.resold_key,
     "shared_key": abuse.shared_key,
     "bot": abuse.bot,

@@ -37,7 +37,7 @@ class Kind:
 # automation kinds get the minimum of 8 keys per 500, because each of their
 # keys sends thousands of requests, and the other abuse kinds share the rest.
 KINDS: tuple[Kind, ...] = (
-    Kind("normal", 0.33),
+    Kind("normal", 0.29),
     Kind("heavy_user", 0.05),
     Kind("team_nat", 0.05),
     Kind("mobile", 0.08),
@@ -48,6 +48,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("image_light", 0.06),
     Kind("image_package", 0.07, plans=IMAGE_PLANS, plan_weights=(0.6, 0.4)),
     Kind("new_key", 0.06),
+    Kind("phone_and_laptop", 0.02),
+    Kind("ci_developer", 0.02),
     Kind("resold_key", 0.0255, "key_sharing"),
     Kind("shared_key", 0.0255, "key_sharing"),
     Kind("bot", 0.016, "automation", plan_weights=(0.45, 0.45, 0.05, 0.05)),
