@@ -92,6 +92,7 @@ def test_contamination_forces_no_reviews(tmp_path, plans, policy):
     assert [decision for decision in every_detector.decisions if "anomaly" in decision.reasons] == []
     assert {decision.action for decision in every_detector.decisions} <= {"review"}
     assert {reason for decision in every_detector.decisions for reason in decision.reasons} <= {"key_sharing"}
+    assert len({decision.subject for decision in every_detector.decisions}) <= 20  # the 2% review budget
 
 
 def test_steady_growth_not_a_spike(benign_week, plans, model, policy):
