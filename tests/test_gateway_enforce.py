@@ -424,3 +424,16 @@ def test_rejected_target_retried_for_new_decision(oneapi, store):
 
 def vars_of(decision: Decision) -> dict:
     return {name: getattr(decision, name) for name in decision.__dataclass_fields__}
+
+
+def test_oneapi_suspension_of_unknown_token_reported(oneapi, store, caplog):
+    store.save_decisions([make_decision("key", "oneapi:7:no-such-token")])
+    enforcer = build_enforcer(oneapi["settings"], store)
+
+    with caplog.at_level("WARNING"):
+        report = enforcer.reconcile(NOW)
+
+    assert report.unmatched == 1
+    assert report.applied == 0
+    assert "oneapi:7:no-such-token" in caplog.text
+    assert oneapi["standin"].admin_calls() == []

@@ -46,6 +46,8 @@ class EnforcementReport:
     rejected: int = 0
     pending: int = 0
     unchanged: int = 0
+    # Suspensions of this gateway's subjects that name nothing in its database (a token or user not found).
+    unmatched: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -61,7 +63,9 @@ class Enforcer:
         """Make one pass; stop early, leaving the rest pending, when the gateway is unreachable."""
         now = now or datetime.now(UTC)
         report = EnforcementReport(self.adapter.name)
-        wanted = wanted_targets(self.adapter, self.store.active_decisions(now))
+        active = self.store.active_decisions(now)
+        wanted = wanted_targets(self.adapter, active)
+        self._report_unmatched(active, report)
         recorded = self._recorded()
         work = [(target, wanted[target]) for target in sorted(wanted)]
         work += [(target, None) for target in sorted(recorded) if target not in wanted
@@ -81,6 +85,21 @@ class Enforcer:
                 break
         logger.info("gateway %s: %s", self.adapter.name, report)
         return report
+
+    def _report_unmatched(self, active: list, report: EnforcementReport) -> None:
+        """Count and log the suspensions of this gateway's subjects that match no token or user."""
+        prefix = f"{self.adapter.name}:"
+        unmatched = [
+            decision.subject for decision in active
+            if decision.action == "suspend" and decision.subject.startswith(prefix) and not self.adapter.targets(decision)
+        ]
+        report.unmatched = len(unmatched)
+        if unmatched:
+            logger.warning(
+                "gateway %s: %d suspensions name no token or user in its database, so nothing was disabled "
+                "for them (first: %s); check that the gateway file points at the database the logs came from",
+                self.adapter.name, len(unmatched), ", ".join(sorted(unmatched)[:5]),
+            )
 
     def _enforce(self, target: Target, want: Wanted, row: GatewayEnforcementRow | None, report: EnforcementReport) -> None:
         if row is not None and row.state == UNTOUCHED:
