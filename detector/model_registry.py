@@ -15,6 +15,7 @@ worker scores with one until ``fairuse models activate`` records it as active.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import skops.io as sio
 from sklearn.ensemble import IsolationForest
 
 from detector.features.keyday import KEYDAY_FEATURES
+
+logger = logging.getLogger(__name__)
 
 MODELS_ENV = "FAIRUSE_MODELS_DIR"
 _PREFIX = "iforest-"
@@ -116,19 +119,30 @@ def read_metadata(models_dir: Path, version: str) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"{models_dir}: model version {version!r} not found; have {list_versions(models_dir)}")
     try:
-        return json.loads(path.read_text("utf-8"))
+        metadata = json.loads(path.read_text("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"{path}: metadata is not valid JSON ({error}); restore or retrain the artifact") from error
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{path}: metadata is a JSON {type(metadata).__name__}, not an object; restore or retrain the artifact")
+    return metadata
 
 
 def default_version(models_dir: Path) -> str | None:
-    """Return the newest version not marked as a candidate: the model used when none was activated."""
+    """Return the newest version that is not a candidate and passes its checks: the model used when none was activated.
+
+    A newer artifact that was altered or damaged is passed over with a warning,
+    so scoring falls back to the one before it instead of running without a model.
+    """
     for version in reversed(list_versions(models_dir)):
         try:
-            if not read_metadata(models_dir, version).get("candidate", False):
-                return version
-        except ModelError:
+            metadata = read_metadata(models_dir, version)
+            if metadata.get("candidate", False):
+                continue
+            _check_artifact(models_dir / f"{_PREFIX}{version}.skops", metadata)
+        except (ModelError, OSError) as error:
+            logger.warning("model %s passed over: %s", version, error)
             continue
+        return version
     return None
 
 

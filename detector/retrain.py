@@ -66,6 +66,10 @@ class TrainResult:
     label_scores: pd.DataFrame
 
 
+# Fewer closed key-days than this give a threshold from a handful of points.
+MIN_BENIGN_KEYDAYS = 50
+
+
 def run_training(options: TrainOptions) -> TrainResult:
     """Train a candidate from ``options.paths`` and write it to the models folder; see the module docstring."""
     models_dir = options.models_dir or default_models_dir()
@@ -86,6 +90,12 @@ def run_training(options: TrainOptions) -> TrainResult:
         training = build_training_set(frame, plans, abuse_keys, abuse_accounts)
     except ValueError as error:
         raise TrainingError(str(error)) from error
+    benign_rows = int(training.benign.sum())
+    if benign_rows < MIN_BENIGN_KEYDAYS:
+        raise TrainingError(
+            f"only {benign_rows} benign key-days in the history, fewer than the {MIN_BENIGN_KEYDAYS} a forest and "
+            "its threshold need; train on more days or more keys"
+        )
 
     benign_subjects = ~np.isin(training.prepared.subjects["subject"].to_numpy(), list(abuse_keys))
     benign_subjects &= ~np.isin(training.prepared.subjects["account_id"].to_numpy(), list(abuse_accounts))

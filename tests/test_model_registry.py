@@ -170,3 +170,28 @@ def test_shipped_artifact_passes_checks():
 
     assert metadata["metadata_sha256"] == metadata_checksum(metadata)
     assert load_model(default_models_dir(), version).version == version
+
+
+def test_default_passes_over_damaged_newest(models_dir, caplog):
+    rewrite_metadata(models_dir, "v1", candidate=False)
+    rewrite_metadata(models_dir, "v2", candidate=False)
+    corrupt(models_dir, "v2")
+
+    with caplog.at_level(logging.WARNING):
+        chosen = default_version(models_dir)
+
+    assert chosen == "v1"
+    assert load_model(models_dir).version == "v1"
+    assert "model v2 passed over" in caplog.text
+
+
+def test_metadata_that_is_no_object_rejected(models_dir, sqlite_url, monkeypatch):
+    monkeypatch.setenv("FAIRUSE_DATABASE_URL", sqlite_url)
+    (models_dir / "iforest-v1.json").write_text("[1, 2]", "utf-8")
+
+    with pytest.raises(ModelError, match="not an object"):
+        load_model(models_dir, "v1")
+
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output

@@ -3,6 +3,7 @@
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from detector.model_registry import load_model
 from detector.store import open_store
 from detector.store.models import LabelRow
 from detector.thresholds import load_thresholds
+from tests.factories import record
 from tests.model_helpers import small_history
 
 pytestmark = pytest.mark.slow
@@ -141,4 +143,16 @@ def test_train_invalid_thresholds_rejected(history, sqlite_url, tmp_path):
 
     assert result.exit_code == 2
     assert "[key_sharing] min_friends: unknown threshold" in result.output
+    assert not (tmp_path / "models" / "iforest-t1.json").exists()
+
+
+def test_train_on_a_handful_of_key_days_rejected(sqlite_url, tmp_path):
+    tiny = tmp_path / "tiny.jsonl"
+    lines = [record(number, key="solo", ts=1795392000.0 + number * 60) for number in range(3)]
+    tiny.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    result = _train(SimpleNamespace(events_path=tiny), sqlite_url, tmp_path / "models", "--injection-keys", "0")
+
+    assert result.exit_code == 2
+    assert "only 1 benign key-days" in result.output
     assert not (tmp_path / "models" / "iforest-t1.json").exists()
