@@ -221,7 +221,8 @@ class StreamConsumer:
         outcome.findings = len(result.findings)
         outcome.decisions = self.store.save_decisions(result.decisions)
         ActivityLog(self.store.engine).record(
-            result.prepared, {(finding.subject_type, finding.subject) for finding in result.findings}
+            result.prepared, {(finding.subject_type, finding.subject) for finding in result.findings},
+            since=float(fresh["ts"].min()),
         )
         self.publisher.publish(result.decisions)
         shadow = self.models.shadow() if self.models else None

@@ -51,12 +51,19 @@ class ActivitySeries:
         return not self.requests.any()
 
 
-def hourly_activity(prepared: PreparedEvents, subjects: Iterable[tuple[str, str]]) -> pd.DataFrame:
-    """Return one row per (subject, clock hour) of ``subjects``, with the columns of ``ActivityRow``."""
+def hourly_activity(
+    prepared: PreparedEvents, subjects: Iterable[tuple[str, str]], since: float | None = None
+) -> pd.DataFrame:
+    """Return one row per (subject, clock hour) of ``subjects``, with the columns of ``ActivityRow``.
+
+    With ``since`` (epoch seconds), only the clock hours from the one holding ``since`` on.
+    """
     table = prepared.subjects
     chosen = set(subjects)
     codes = [code for code, key in enumerate(zip(table["subject_type"], table["subject"])) if key in chosen]
     events = prepared.events[prepared.events["subject"].isin(codes)]
+    if since is not None:
+        events = events[events["ts"] >= since // 3600 * 3600]
     if events.empty:
         return pd.DataFrame(columns=["subject_type", "subject", "hour", "requests", "cost", "networks",
                                      "countries", "user_agents", "gaps"])
@@ -97,15 +104,25 @@ class ActivityLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def record(self, prepared: PreparedEvents, flagged: Iterable[tuple[str, str]], *, now: datetime | None = None) -> int:
-        """Store the hourly activity of ``flagged`` subjects and of those with an open case; return the rows written."""
+    def record(
+        self, prepared: PreparedEvents, flagged: Iterable[tuple[str, str]], *,
+        since: float | None = None, now: datetime | None = None,
+    ) -> int:
+        """Store the hourly activity of ``flagged`` subjects and of those with an open case; return the rows written.
+
+        ``since`` (epoch seconds) limits the rewrite to the hours from the one
+        holding it on: a stream worker passes its new events' earliest time,
+        because the hours before are already stored.
+        """
         now = now or datetime.now(UTC)
         table = prepared.subjects
         present = set(zip(table["subject_type"], table["subject"]))
         subjects = (set(flagged) & present) | self._under_review(present)
         if not subjects:
             return 0
-        rows = hourly_activity(prepared, subjects)
+        rows = hourly_activity(prepared, subjects, since)
+        if rows.empty:
+            return 0
         self._replace(rows)
         self._prune(now - RETENTION)
         return len(rows)
