@@ -125,7 +125,7 @@ class LiteLLMReader:
         }
 
     def _ended(self):
-        """The time the proxy wrote a row: its endTime, else its startTime."""
+        """Return the time the proxy wrote a row: its endTime, else its startTime."""
         return func.coalesce(self.table.c.endTime, self.table.c.startTime)
 
     def _position(self, cursor: Cursor):
