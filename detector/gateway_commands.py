@@ -187,6 +187,9 @@ def enforce_command(config, names, dry_run, follow, interval, database_url, redi
                        + (" (dry run: see gateway_calls)" if dry_run else ""))
             for error in result.errors:
                 stderr.print(f"warning: {error}", highlight=False)
+            for subject in result.malformed:
+                stderr.print(f"warning: {subject!r} names no valid {result.gateway} token or user id; "
+                             "its decision was skipped, the others were enforced", highlight=False)
             if result.unmatched:
                 stderr.print(f"warning: {result.unmatched} suspensions name no token or user in {result.gateway}'s "
                              "database; nothing was disabled for them", highlight=False)

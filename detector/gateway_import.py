@@ -143,8 +143,9 @@ class Importer:
 
     def _import_batch(self) -> tuple[ImportReport, int]:
         cursor = load_cursor(self.store_engine, self.cursor_name)
+        now = self.clock()
         batch: LogBatch = self.reader.read_after(cursor, limit=self.batch_size,
-                                                 settled_before=self.clock() - self.settle_seconds)
+                                                 settled_before=now - self.settle_seconds, now=now)
         report = ImportReport(rows=batch.rows, skipped=batch.skipped, rejects=list(batch.rejects))
         if batch.records:
             events, rejects = validate_records(batch.records, self.reader.source, lines=batch.lines)

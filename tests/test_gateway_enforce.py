@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from click.testing import CliRunner
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import MetaData, create_engine, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -437,3 +438,92 @@ def test_oneapi_suspension_of_unknown_token_reported(oneapi, store, caplog):
     assert report.applied == 0
     assert "oneapi:7:no-such-token" in caplog.text
     assert oneapi["standin"].admin_calls() == []
+
+
+@pytest.fixture
+def faulty(gateway):
+    """The new-api stand-in behind a switch: "garbage" answers admin calls with an HTML 200, "refuse" rejects them."""
+    mode = {"now": "ok"}
+    app = newapi_app(gateway["engine"], gateway["tables"])
+
+    @app.middleware("http")
+    async def misbehave(request, call_next):
+        if request.url.path.startswith("/api/") and mode["now"] == "garbage":
+            return PlainTextResponse("<html>maintenance</html>", status_code=200)
+        if request.url.path.startswith("/api/") and mode["now"] == "refuse":
+            return JSONResponse({"success": False, "message": "token locked by admin"})
+        return await call_next(request)
+
+    gateway["standin"].stop()
+    gateway["standin"] = StandIn(app).start()
+    yield mode
+    gateway["standin"].stop()
+
+
+def enforcement_state(store) -> tuple[str, str]:
+    with Session(store.engine) as session:
+        row = session.scalars(select(GatewayEnforcementRow)).one()
+    return row.state, row.message
+
+
+@pytest.mark.parametrize("mode", ["garbage", "refuse"])
+def test_failed_undo_stays_pending(gateway, store, faulty, mode):
+    store.save_decisions([make_decision("key", "newapi:token:17")])
+    enforcer = newapi_enforcer(gateway, store, attempts=2)
+    enforcer.reconcile(NOW)
+    faulty["now"] = mode
+
+    failed = enforcer.reconcile(LATER)
+    state_after_failure = enforcement_state(store)
+    faulty["now"] = "ok"
+    retried = enforcer.reconcile(LATER + timedelta(minutes=1))
+
+    assert failed.pending == 1
+    assert failed.errors
+    assert state_after_failure[0] == "applied"
+    assert retried.undone == 1
+    assert retried.pending == 0
+    assert token_status(gateway) == 1
+    assert enforcement_state(store)[0] == "released"
+
+
+def test_non_json_success_counts_as_error(gateway, store, faulty):
+    faulty["now"] = "garbage"
+    store.save_decisions([make_decision("key", "newapi:token:17")])
+    enforcer = newapi_enforcer(gateway, store, attempts=2)
+
+    report = enforcer.reconcile(NOW)
+
+    assert (report.applied, report.rejected, report.pending) == (0, 0, 1)
+    assert [outcome for _, _, _, outcome, _ in calls(store)] == ["error", "error"]
+
+
+def test_enforce_command_fails_while_undo_pending(gateway, store, faulty, tmp_path, sqlite_url):
+    config = write_config(tmp_path, gateway)
+    store.save_decisions([make_decision("key", "newapi:token:17")])
+    newapi_enforcer(gateway, store).reconcile(NOW)
+    faulty["now"] = "refuse"
+
+    # The decision ended an hour after NOW, so this pass (on the real clock) undoes it.
+    pending = CliRunner().invoke(main, ["enforce", "--config", str(config), "--db", sqlite_url])
+
+    assert pending.exit_code == 1
+    assert "1 pending" in pending.output
+    assert token_status(gateway) == 2
+
+
+@pytest.mark.parametrize("subject", ["newapi:token:²", "newapi:token:١٧", "newapi:user:x7"])
+def test_malformed_subject_skipped_others_enforced(gateway, store, caplog, subject):
+    store.save_decisions([make_decision("key" if ":token:" in subject else "account", subject),
+                          make_decision("account", "newapi:user:7")])
+    enforcer = newapi_enforcer(gateway, store)
+
+    with caplog.at_level("WARNING"):
+        report = enforcer.reconcile(NOW)
+
+    assert report.malformed == [subject]
+    assert report.applied == 1
+    assert report.unmatched == 0
+    assert repr(subject) in caplog.text
+    assert gateway["standin"].admin_calls() == [("POST", "/api/user/manage", {"id": 7, "action": "disable"})]
+    assert token_status(gateway) == 1

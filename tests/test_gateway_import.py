@@ -150,6 +150,42 @@ def test_unsettled_rows_wait_for_next_read(sqlite_url):
     assert [record["request_id"] for record in sink.records()] == ["newapi:1", "newapi:2"]
 
 
+def test_future_row_rejected_and_rows_behind_it_imported(database_url):
+    engine, tables = gateway_engine(database_url, newapi_tables)
+    with engine.begin() as connection:
+        connection.execute(insert(tables["logs"]), [newapi_row(1), newapi_row(2, created_at=T0 + 10**9), newapi_row(3)])
+    store = open_store(database_url)
+    sink = ListSink()
+    importer = importer_for("newapi", database_url, store, sink)
+    importer.settle_seconds = 60
+    importer.clock = lambda: T0 + 600
+
+    first = importer.import_once()
+    again = importer.import_once()
+
+    assert [record["request_id"] for record in sink.records()] == ["newapi:1", "newapi:3"]
+    assert [reject.format() for reject in first.rejects] == [
+        f"newapi/logs:2: ts: created_at {T0 + 10**9} is 999999400 s ahead of this machine's clock; "
+        "fix the gateway's clock (rows dated in the future are not waited for)",
+    ]
+    assert again.rows == 0
+
+
+def test_row_without_user_rejected(database_url):
+    engine, tables = gateway_engine(database_url, newapi_tables)
+    with engine.begin() as connection:
+        connection.execute(insert(tables["logs"]), [newapi_row(1, user_id=None), newapi_row(2)])
+    store = open_store(database_url)
+    sink = ListSink()
+
+    report = importer_for("newapi", database_url, store, sink).import_once()
+
+    assert [record["account_id"] for record in sink.records()] == ["newapi:user:7"]
+    assert [reject.format() for reject in report.rejects] == [
+        "newapi/logs:1: account_id: user_id is empty: the row names no user, so it has no account",
+    ]
+
+
 def oneapi_row(row_id: int, **changes) -> dict:
     row = {
         "id": row_id, "user_id": 3, "created_at": T0 + row_id, "type": 2, "content": "billing note",
@@ -190,6 +226,25 @@ def test_oneapi_logs_become_events(database_url):
     assert [reject.format() for reject in report.rejects] == [
         "oneapi/logs:3: key_id: token_name is empty: the row names no token, so it has no key",
     ]
+
+
+def test_oneapi_row_without_user_rejected(database_url):
+    engine, tables = gateway_engine(database_url, oneapi_tables)
+    with engine.begin() as connection:
+        connection.execute(insert(tables["users"]), [{"id": 3, "username": "bob", "group": "svip"}])
+        connection.execute(insert(tables["logs"]), [oneapi_row(1, user_id=None), oneapi_row(2)])
+    store = open_store(database_url)
+    sink = ListSink()
+    importer = importer_for("oneapi", database_url, store, sink, plans={"svip": "coding"})
+
+    report = importer.import_once()
+    again = importer.import_once()
+
+    assert [(record["request_id"], record["plan"]) for record in sink.records()] == [("oneapi:2", "coding")]
+    assert [reject.format() for reject in report.rejects] == [
+        "oneapi/logs:1: account_id: user_id is empty: the row names no user, so it has no account",
+    ]
+    assert again.rows == 0
 
 
 def spend_row(number: int, **changes) -> dict:
@@ -256,6 +311,33 @@ def test_litellm_rerun_reads_only_new_rows(postgres_url):
     assert third.rows == 2
     assert [record["request_id"] for record in sink.records()] == [
         "chatcmpl-0001", "a-same-second", "z-same-second", "chatcmpl-0003",
+    ]
+
+
+def test_litellm_long_request_written_late_is_imported(postgres_url):
+    engine, tables = gateway_engine(postgres_url, litellm_tables)
+    spend_logs = tables["LiteLLM_SpendLogs"]
+    moment = lambda offset: datetime.fromtimestamp(T0 + offset, UTC).replace(tzinfo=None)  # noqa: E731
+    with engine.begin() as connection:
+        connection.execute(insert(spend_logs), [spend_row(1, startTime=moment(130), endTime=moment(131))])
+    store = open_store(postgres_url)
+    sink = ListSink()
+    importer = importer_for("litellm", postgres_url, store, sink)
+    importer.settle_seconds = 60
+    importer.clock = lambda: T0 + 200
+    importer.import_once()
+
+    # A stream that started at T0 + 0 ends at T0 + 200, when the proxy writes its row.
+    with engine.begin() as connection:
+        connection.execute(insert(spend_logs), [spend_row(2, startTime=moment(0), endTime=moment(200))])
+    importer.clock = lambda: T0 + 300
+    late = importer.import_once()
+    again = importer.import_once()
+
+    assert late.rows == 1
+    assert again.rows == 0
+    assert [(record["request_id"], record["ts"]) for record in sink.records()] == [
+        ("chatcmpl-0001", float(T0 + 130)), ("chatcmpl-0002", float(T0)),
     ]
 
 

@@ -36,7 +36,18 @@ def test_file_settings_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[gateways.shop]\nkind = "kong"\n', "kind = 'kong'; use one of newapi, oneapi, litellm"),
-    ('[gateways.shop]\nkind = "newapi"\nquota_per_usd = 0\n', "quota_per_usd must be above 0, got 0.0"),
+    ('[gateways.shop]\nkind = "newapi"\nquota_per_usd = 0\n', "quota_per_usd must be a finite number above 0, got 0"),
+    ('[gateways.shop]\nkind = "newapi"\nquota_per_usd = inf\n', "quota_per_usd must be a finite number above 0, got inf"),
+    ('[gateways.shop]\nkind = "newapi"\nquota_per_usd = nan\n', "quota_per_usd must be a finite number above 0, got nan"),
+    ('[gateways.shop]\nkind = "newapi"\nquota_per_usd = -5\n', "quota_per_usd must be a finite number above 0, got -5"),
+    ('[gateways.shop]\nkind = "newapi"\nquota_per_usd = "lots"\n',
+     "quota_per_usd = 'lots' is not a number; write a number without quotes"),
+    ('[gateways.shop]\nkind = "newapi"\ncredits_per_usd = inf\n', "credits_per_usd must be a finite number above 0, got inf"),
+    ('[gateways.shop]\nkind = "newapi"\n[gateways.shop.plans]\ndefault = ""\n',
+     "[gateways.shop].plans: default = '' is empty; name a plan of the catalogue"),
+    ('[gateways.shop]\nkind = "newapi"\nquota_per_dollar = 5\n',
+     "[gateways.shop]: unknown key 'quota_per_dollar'; did you mean 'quota_per_usd'? valid keys: kind, database_url"),
+    ('[gateways.shop]\nkind = "newapi"\ndatabase_url = 5\n', "database_url = 5 is not a database URL"),
     ('[gateways.shop]\nkind = "newapi"\n[gateways.shop.plans]\nvip = 3\n', "must map gateway groups to plan names"),
     ('[gateways.shop]\nkind = "newapi"\ndefault_endpoint = "chat"\n', "default_endpoint must be a path"),
     ("[other]\n", "no [gateways.NAME] tables found"),
@@ -47,6 +58,50 @@ def test_bad_file_names_problem(tmp_path, text, message):
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_gateways(path)
+
+
+ENFORCE = '[gateways.shop]\nkind = "newapi"\n[gateways.shop.enforce]\n'
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("attempts = 0", "attempts must be a whole number of 1 or more, got 0; e.g. attempts = 4"),
+    ("attempts = -3", "attempts must be a whole number of 1 or more, got -3"),
+    ('attempts = "x"', "attempts must be a whole number of 1 or more, got 'x'"),
+    ("timeout_seconds = -1", "timeout_seconds must be a finite number above 0, got -1"),
+    ("timeout_seconds = 0", "timeout_seconds must be a finite number above 0, got 0"),
+    ("backoff_seconds = -1", "backoff_seconds must be a finite number 0 or above, got -1"),
+    ('backoff_seconds = "1s"', "backoff_seconds = '1s' is not a number"),
+    ('api_url = "not a url"', "api_url = 'not a url' is not an http:// or https:// address with a host"),
+    ('api_url = "ftp://127.0.0.1:3000"', "api_url = 'ftp://127.0.0.1:3000' is not an http:// or https://"),
+    ('api_url = "http://"', "api_url = 'http://' is not an http:// or https:// address with a host"),
+    ('api_url = "http://127.0.0.1:99999"', "api_url = 'http://127.0.0.1:99999' is not an http://"),
+    ('admin_user_id = "root"', "admin_user_id must be the admin's numeric user id, got 'root'; e.g. admin_user_id = 1"),
+    ('dry_run = "yes"', "dry_run must be true or false, got 'yes'"),
+    ("master_key_env = 'X'", "[gateways.shop].enforce: unknown key 'master_key_env'; did you mean 'access_token_env'? valid keys: api_url"),
+    ("acess_token_env = 'X'", "did you mean 'access_token_env'?"),
+])
+def test_bad_enforce_table_names_problem(tmp_path, line, message):
+    path = write(tmp_path, ENFORCE + line + "\n")
+
+    with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+        load_gateways(path)
+
+    assert str(path) in str(raised.value)
+
+
+def test_enforce_command_reports_bad_file(tmp_path, sqlite_url):
+    path = write(tmp_path, ENFORCE + 'api_url = "http://127.0.0.1:1"\nattempts = "x"\n')
+
+    result = CliRunner().invoke(main, ["enforce", "--config", str(path), "--db", sqlite_url])
+
+    assert result.exit_code == 2
+    assert "attempts must be a whole number of 1 or more, got 'x'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_quota_override_must_be_finite():
+    with pytest.raises(ConfigError, match=re.escape("command line: quota_per_usd must be a finite number above 0, got inf")):
+        gateway_settings("newapi", None, None, quota_per_usd=float("inf"))
 
 
 def test_kind_must_match_table(tmp_path):

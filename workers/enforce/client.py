@@ -2,9 +2,10 @@
 
 A rejected call (a 4xx status, or new-api/one-api's ``{"success": false}``
 response, which they send with status 200) raises ``GatewayRejected`` at once.
-A gateway that cannot be reached or answers 5xx or 429 is retried with
-exponential backoff and then raises ``GatewayUnavailable``; the enforcer keeps
-the change pending and tries again on its next pass.
+A gateway that cannot be reached, responds with 5xx or 429, or responds with a
+success status and a body that is not a JSON object (a proxy's error page) is
+retried with exponential backoff and then raises ``GatewayUnavailable``. The
+enforcer keeps the change pending and tries again on its next pass.
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ class AdminClient:
             raise _Transient(f"HTTP {status}")
 
         payload = _json(response)
+        if payload is None and status < 400:
+            self._audit(method, path, body, number, status, "error", response.text[:500], decision_ids)
+            logger.warning("gateway %s: %s %s attempt %d: HTTP %d with a body that is not a JSON object",
+                           self.gateway, method, path, number, status)
+            raise _Transient(f"HTTP {status} with a body that is not a JSON object")
+
+        payload = payload or {}
         rejected = status >= 400 or (self.success_field and payload.get("success") is not True)
         if rejected:
             message = str(payload.get("message") or payload.get("detail") or payload.get("error") or response.text[:500])
@@ -132,9 +140,10 @@ class AdminClient:
             ))
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(response: httpx.Response) -> dict[str, Any] | None:
+    """Return the response's JSON object, or None when the body is not one."""
     try:
         payload = response.json()
     except ValueError:
-        return {}
-    return payload if isinstance(payload, dict) else {}
+        return None
+    return payload if isinstance(payload, dict) else None

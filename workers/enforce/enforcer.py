@@ -9,6 +9,8 @@ want changed with the changes recorded in ``gateway_enforcements``:
   Otherwise the admin API changes it and the value it had is kept.
 - a recorded change that no decision wants any more (lifted or expired) is
   undone when the target still carries it, and recorded as ``released``.
+  An undo the gateway rejects stays ``applied`` and pending, and is tried
+  again on every pass, so a target is never left disabled silently.
 
 So a pass is idempotent (a second pass makes no call), and a gateway that is
 down loses nothing: its changes stay pending and the next pass makes them.
@@ -28,7 +30,7 @@ from sqlalchemy.orm import Session
 from detector.store import DecisionStore
 from detector.store.gateway_sync import GatewayEnforcementRow
 from workers.enforce.client import GatewayRejected, GatewayUnavailable
-from workers.enforce.targets import Adapter, Target, Wanted, wanted_targets
+from workers.enforce.targets import Adapter, MalformedSubject, Target, Wanted, wanted_targets
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class EnforcementReport:
     unchanged: int = 0
     # Suspensions of this gateway's subjects that name nothing in its database (a token or user not found).
     unmatched: int = 0
+    # Subjects of this gateway that name no valid token or user id, such as ``newapi:token:x7``.
+    malformed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -64,7 +68,7 @@ class Enforcer:
         now = now or datetime.now(UTC)
         report = EnforcementReport(self.adapter.name)
         active = self.store.active_decisions(now)
-        wanted = wanted_targets(self.adapter, active)
+        wanted, report.malformed = wanted_targets(self.adapter, active)
         self._report_unmatched(active, report)
         recorded = self._recorded()
         work = [(target, wanted[target]) for target in sorted(wanted)]
@@ -78,7 +82,7 @@ class Enforcer:
                 else:
                     self._enforce(target, want, recorded.get(target), report)
             except GatewayUnavailable as error:
-                report.pending = len(work) - position
+                report.pending += len(work) - position
                 report.errors.append(str(error))
                 logger.warning("gateway %s unreachable, %d changes left for the next pass: %s",
                                self.adapter.name, report.pending, error)
@@ -91,7 +95,7 @@ class Enforcer:
         prefix = f"{self.adapter.name}:"
         unmatched = [
             decision.subject for decision in active
-            if decision.action == "suspend" and decision.subject.startswith(prefix) and not self.adapter.targets(decision)
+            if decision.action == "suspend" and decision.subject.startswith(prefix) and self._matches_nothing(decision)
         ]
         report.unmatched = len(unmatched)
         if unmatched:
@@ -100,6 +104,12 @@ class Enforcer:
                 "for them (first: %s); check that the gateway file points at the database the logs came from",
                 self.adapter.name, len(unmatched), ", ".join(sorted(unmatched)[:5]),
             )
+
+    def _matches_nothing(self, decision) -> bool:
+        try:
+            return not self.adapter.targets(decision)
+        except MalformedSubject:
+            return False
 
     def _enforce(self, target: Target, want: Wanted, row: GatewayEnforcementRow | None, report: EnforcementReport) -> None:
         if row is not None and row.state == UNTOUCHED:
@@ -159,8 +169,11 @@ class Enforcer:
         try:
             self.adapter.undo(target, dict(row.previous), want.decision_ids)
         except GatewayRejected as error:
-            self._record(target, want, RELEASED, dict(row.previous), f"undo rejected: {error}")
-            report.rejected += 1
+            message = f"undo of {target.target_type} {target.target} rejected, tried again on the next pass: {error}"
+            self._record(target, want, APPLIED, dict(row.previous), message)
+            report.pending += 1
+            report.errors.append(message)
+            logger.warning("gateway %s: %s", self.adapter.name, message)
             return
         self._record(target, want, RELEASED, dict(row.previous), "")
         report.undone += 1

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, column, select, table
 
 from detector.decisions import Decision
 from workers.enforce.client import AdminClient
-from workers.enforce.targets import Target
+from workers.enforce.targets import MalformedSubject, Target, ascii_id
 
 ENABLED = 1
 DISABLED = 2
@@ -48,15 +48,15 @@ class NewApiAdapter:
         if decision.action != "suspend" or not decision.subject.startswith(f"{self.name}:"):
             return []
         kind, _, rest = decision.subject.removeprefix(f"{self.name}:").partition(":")
-        if decision.subject_type == "account" and kind == "user" and rest.isdigit():
-            return [(Target("user", rest, "disable"), None)]
+        if decision.subject_type == "account" and kind == "user":
+            return [(Target("user", ascii_id(decision.subject, rest), "disable"), None)]
         if decision.subject_type == "key" and kind == "token":
-            return [(Target("token", token_id, "disable"), None) for token_id in self.token_ids(rest)]
+            return [(Target("token", token_id, "disable"), None) for token_id in self.token_ids(decision.subject, rest)]
         return []
 
-    def token_ids(self, key: str) -> list[str]:
+    def token_ids(self, subject: str, key: str) -> list[str]:
         """Return the token ids behind a key subject: new-api names the token id itself."""
-        return [key] if key.isdigit() else []
+        return [ascii_id(subject, key)]
 
     def read(self, target: Target) -> dict[str, Any]:
         source = _tokens if target.target_type == "token" else _users
@@ -94,10 +94,11 @@ class NewApiAdapter:
 class OneApiAdapter(NewApiAdapter):
     """one-api: the key is a user id and token name, and the manage endpoint names users by username."""
 
-    def token_ids(self, key: str) -> list[str]:
+    def token_ids(self, subject: str, key: str) -> list[str]:
         user_id, _, token_name = key.partition(":")
-        if not user_id.isdigit() or not token_name:
-            return []
+        ascii_id(subject, user_id)
+        if not token_name:
+            raise MalformedSubject(f"subject {subject!r} has no token name after the user id")
         query = select(_tokens.c.id).where(_tokens.c.user_id == int(user_id), _tokens.c.name == token_name)
         with self.engine.connect() as connection:
             return [str(token_id) for token_id in connection.scalars(query.order_by(_tokens.c.id))]

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from detector.decisions import Decision
+
+logger = logging.getLogger(__name__)
+
+
+class MalformedSubject(ValueError):
+    """A decision's subject belongs to this gateway but its id cannot name a token or user."""
+
+
+def ascii_id(subject: str, text: str) -> str:
+    """Return ``text`` when it is a whole number in ASCII digits; raise MalformedSubject naming ``subject``."""
+    if not (text.isascii() and text.isdigit()):
+        raise MalformedSubject(f"subject {subject!r}: {text!r} is not an id in the digits 0-9, so it names no target")
+    return text
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -50,15 +64,25 @@ class Adapter(Protocol):
         """Put back the value the target had before the change."""
 
 
-def wanted_targets(adapter: Adapter, decisions: list[Decision]) -> dict[Target, Wanted]:
-    """Return every target the decisions in force want changed, the strictest value first."""
+def wanted_targets(adapter: Adapter, decisions: list[Decision]) -> tuple[dict[Target, Wanted], list[str]]:
+    """Return every target the decisions in force want changed (the strictest value first), and malformed subjects.
+
+    A decision whose subject is malformed is skipped with a warning naming it; the others are enforced.
+    """
     wanted: dict[Target, Wanted] = {}
+    malformed: list[str] = []
     for decision in sorted(decisions, key=lambda decision: decision.id):
         if decision.simulated:
             continue
-        for target, value in adapter.targets(decision):
+        try:
+            targets = adapter.targets(decision)
+        except MalformedSubject as error:
+            logger.warning("gateway %s: decision %s skipped: %s", adapter.name, decision.id, error)
+            malformed.append(decision.subject)
+            continue
+        for target, value in targets:
             entry = wanted.setdefault(target, Wanted(value=value))
             if value is not None and (entry.value is None or value < entry.value):
                 entry.value = value
             entry.decision_ids.append(decision.id)
-    return wanted
+    return wanted, malformed

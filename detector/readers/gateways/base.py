@@ -38,8 +38,8 @@ class LogReader(Protocol):
     source: str
     settings: Any
 
-    def read_after(self, cursor: Cursor, *, limit: int, settled_before: float) -> LogBatch:
-        """Map up to ``limit`` rows after ``cursor`` written before ``settled_before`` (epoch s)."""
+    def read_after(self, cursor: Cursor, *, limit: int, settled_before: float, now: float | None = None) -> LogBatch:
+        """Map up to ``limit`` rows after ``cursor`` written before ``settled_before`` (epoch s); ``now`` is the clock."""
 
     def read_before(self, cursor: Cursor, since: float) -> LogBatch:
         """Map the rows up to ``cursor`` written from ``since`` on."""

@@ -1,4 +1,4 @@
-"""LiteLLM's ``LiteLLM_SpendLogs`` table as events, read after a (startTime, request_id) cursor.
+"""LiteLLM's ``LiteLLM_SpendLogs`` table as events, read after an (endTime, request_id) cursor.
 
 Column layout from LiteLLM's ``litellm/proxy/schema.prisma`` (model
 ``LiteLLM_SpendLogs``, as shipped in litellm 1.110.2): ``api_key`` holds the
@@ -8,9 +8,12 @@ Prisma stores ``DateTime`` as ``timestamp(3)`` without a time zone, in UTC.
 Only the named fields of the JSON columns are read, never the stored
 messages or response.
 
-The proxy writes spend logs in batches, so rows newer than ``settle_seconds``
-are left for the next read: a row committed late with an earlier startTime
-than the cursor would otherwise be skipped.
+The proxy writes a spend-log row when the request ends, and in batches, so
+the cursor and the settle wait go by ``endTime`` (``startTime`` where it is
+empty), not by ``startTime``: a request that ran for ten minutes is written
+ten minutes after it started, and a startTime cursor would have passed it.
+Rows that ended in the last ``settle_seconds`` are left for the next read,
+since a batch can commit a row after rows that ended later.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, literal, select, tuple_
+from sqlalchemy import Engine, func, literal, select, tuple_
 
 from detector.events import IMAGE_ENDPOINTS
 from detector.readers.base import ReaderError
@@ -60,15 +63,14 @@ class LiteLLMReader:
         for label, json_column, path in JSON_FIELDS:
             if json_column in columns:
                 selected.append(columns[json_column][path].astext.label(label))
-        self.selected = selected
+        self.selected = [*selected, self._ended().label("written")]
 
-    def read_after(self, cursor: Cursor, *, limit: int, settled_before: float) -> LogBatch:
-        """Map up to ``limit`` rows after ``cursor`` that started before ``settled_before`` (epoch s)."""
-        start, key = self.table.c.startTime, self.table.c.request_id
-        query = select(*self.selected).where(start <= self._time(settled_before)).order_by(start, key).limit(limit)
+    def read_after(self, cursor: Cursor, *, limit: int, settled_before: float, now: float | None = None) -> LogBatch:
+        """Map up to ``limit`` rows after ``cursor`` that ended before ``settled_before`` (epoch s)."""
+        ended, key = self._ended(), self.table.c.request_id
+        query = select(*self.selected).where(ended <= self._time(settled_before)).order_by(ended, key).limit(limit)
         if cursor.last_time is not None:
-            last = tuple_(literal(self._time(cursor.last_time.timestamp())), literal(cursor.last_key or ""))
-            query = query.where(tuple_(start, key) > last)
+            query = query.where(tuple_(ended, key) > self._position(cursor))
         with self.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
 
@@ -76,7 +78,7 @@ class LiteLLMReader:
         batch = collect(LogBatch(), self.source, numbered, self.to_record)
         if rows:
             last_row = rows[-1]
-            batch.cursor = Cursor(last_time=datetime.fromtimestamp(_epoch(last_row["startTime"]), UTC),
+            batch.cursor = Cursor(last_time=datetime.fromtimestamp(_epoch(last_row["written"]), UTC),
                                   last_key=last_row["request_id"], rows_read=cursor.rows_read + len(rows))
         else:
             batch.cursor = cursor
@@ -86,9 +88,9 @@ class LiteLLMReader:
         """Map the rows already read (up to ``cursor``) that started from ``since`` on."""
         if cursor.last_time is None:
             return LogBatch(cursor=cursor)
-        start, key = self.table.c.startTime, self.table.c.request_id
-        last = tuple_(literal(self._time(cursor.last_time.timestamp())), literal(cursor.last_key or ""))
-        query = select(*self.selected).where(start >= self._time(since), tuple_(start, key) <= last).order_by(start, key)
+        start, ended, key = self.table.c.startTime, self._ended(), self.table.c.request_id
+        query = (select(*self.selected).where(start >= self._time(since), tuple_(ended, key) <= self._position(cursor))
+                 .order_by(ended, key))
         with self.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         return collect(LogBatch(cursor=cursor), self.source, enumerate(rows, 1), self.to_record)
@@ -121,6 +123,13 @@ class LiteLLMReader:
             "latency_ms": float(duration) if duration is not None else max(ended - started, 0.0) * 1000,
             "stream": (row.get("stream") or "").lower() == "true",
         }
+
+    def _ended(self):
+        """Return the time the proxy wrote a row: its endTime, else its startTime."""
+        return func.coalesce(self.table.c.endTime, self.table.c.startTime)
+
+    def _position(self, cursor: Cursor):
+        return tuple_(literal(self._time(cursor.last_time.timestamp())), literal(cursor.last_key or ""))
 
     def _time(self, epoch: float) -> datetime:
         moment = datetime.fromtimestamp(epoch, UTC)

@@ -31,6 +31,9 @@ class NewApiReader(LogsTableReader):
     def to_record(self, row: Any) -> Mapped:
         if row["type"] not in (CONSUME, ERROR):
             return None
+        problem = self.unusable(row)
+        if problem:
+            return problem
         token_id = whole_number(row.get("token_id"))
         if token_id <= 0:
             return ("key_id", f"token_id is {token_id}: the row names no token, so it has no key")

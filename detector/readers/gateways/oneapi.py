@@ -40,7 +40,7 @@ class OneApiReader(LogsTableReader):
 
     def prepare(self, rows: list[Any]) -> None:
         """Look up the group of every user in ``rows`` not looked up yet."""
-        wanted = sorted({row["user_id"] for row in rows} - self.groups.keys())
+        wanted = sorted({row["user_id"] for row in rows if row["user_id"] is not None} - self.groups.keys())
         if not wanted:
             return
         users = table("users", column("id"), column("group"))
@@ -57,6 +57,9 @@ class OneApiReader(LogsTableReader):
     def to_record(self, row: Any) -> Mapped:
         if row["type"] != CONSUME:
             return None
+        problem = self.unusable(row)
+        if problem:
+            return problem
         token_name = row["token_name"] or ""
         if not token_name:
             return ("key_id", "token_name is empty: the row names no token, so it has no key")

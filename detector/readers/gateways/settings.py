@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.plans import ConfigError
+from detector.readers.gateways.checks import GATEWAY_KEYS, check_enforce, known_keys, plan_names, positive_number
 
 KINDS = ("newapi", "oneapi", "litellm")
 
@@ -98,19 +99,22 @@ def _gateway(source: Path, name: str, table: Any) -> GatewaySettings:
     kind = table.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{where}: kind = {kind!r}; use one of {', '.join(KINDS)}")
-    plans = table.get("plans", {})
-    if not isinstance(plans, dict) or not all(isinstance(value, str) for value in plans.values()):
-        raise ConfigError(f"{where}.plans must map gateway groups to plan names, e.g. vip = \"coding\"")
+    known_keys(where, table, GATEWAY_KEYS)
+
     enforce = table.get("enforce", {})
     if not isinstance(enforce, dict):
         raise ConfigError(f"{where}.enforce must be a table")
+    database_url = table.get("database_url")
+    if database_url is not None and not (isinstance(database_url, str) and database_url):
+        raise ConfigError(f"{where}: database_url = {database_url!r} is not a database URL; "
+                          'e.g. database_url = "mysql+pymysql://reader@127.0.0.1/new-api"')
     settings = GatewaySettings(
         name=name,
         kind=kind,
-        database_url=table.get("database_url"),
-        quota_per_usd=float(table.get("quota_per_usd", DEFAULT_QUOTA_PER_USD)),
-        credits_per_usd=float(table.get("credits_per_usd", 1.0)),
-        plans=dict(plans),
+        database_url=database_url,
+        quota_per_usd=positive_number(where, "quota_per_usd", table.get("quota_per_usd", DEFAULT_QUOTA_PER_USD)),
+        credits_per_usd=positive_number(where, "credits_per_usd", table.get("credits_per_usd", 1.0)),
+        plans=plan_names(where, table.get("plans", {})),
         default_endpoint=str(table.get("default_endpoint", DEFAULT_ENDPOINT)),
         enforce=dict(enforce),
     )
@@ -120,10 +124,10 @@ def _gateway(source: Path, name: str, table: Any) -> GatewaySettings:
 def _checked(where: str, settings: GatewaySettings) -> GatewaySettings:
     if not settings.name or ":" in settings.name:
         raise ConfigError(f"{where}: gateway name {settings.name!r} must be non-empty and contain no ':'")
-    if not settings.quota_per_usd > 0:
-        raise ConfigError(f"{where}: quota_per_usd must be above 0, got {settings.quota_per_usd!r}")
-    if not settings.credits_per_usd > 0:
-        raise ConfigError(f"{where}: credits_per_usd must be above 0, got {settings.credits_per_usd!r}")
+    positive_number(where, "quota_per_usd", settings.quota_per_usd)
+    positive_number(where, "credits_per_usd", settings.credits_per_usd)
+    plan_names(where, settings.plans)
     if not settings.default_endpoint.startswith("/"):
         raise ConfigError(f"{where}: default_endpoint must be a path such as /v1/chat/completions")
+    check_enforce(where, settings.kind, settings.enforce)
     return settings
