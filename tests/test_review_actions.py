@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from detector.review.actions import StaffActions
 from detector.review.audit import AuditLog
 from detector.review.cases import CaseFilter, CaseQueue
-from detector.review.errors import PublishError, ReviewError
+from detector.review.errors import ConflictError, PublishError, ReviewError
 from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
 from detector.store.models import DecisionRow, LabelRow
@@ -202,7 +202,7 @@ def test_resolved_case_rejects_second_action(store, queue, actions):
     case_id = queue.list()[0].id
     actions.dismiss(case_id, staff="alice", comment="fine")
 
-    with pytest.raises(ReviewError, match=f"case {case_id} is already resolved"):
+    with pytest.raises(ConflictError, match=f"case {case_id} was already resolved by alice at .* UTC \\(dismissed\\)"):
         actions.suspend(case_id, staff="bob", duration=timedelta(hours=1), comment="changed my mind")
 
 

@@ -10,7 +10,7 @@ from detector.cli import main
 from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
-from tests.review_support import PASSWORD, policy_decision
+from tests.review_support import PASSWORD, add_staff, policy_decision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def run(sqlite_url, redis_prefix):
     runner = CliRunner()
+    add_staff(open_store(sqlite_url).engine, "carol", "reviewer")
 
     def invoke(*arguments, stdin=None):
         acting = {"add", "delete", "resolve", "open", "note", "remove"}

@@ -81,6 +81,20 @@ class StaffDirectory:
         with Session(self.engine) as session:
             return [_member(row) for row in session.scalars(select(StaffRow).order_by(StaffRow.name))]
 
+    def acting_member(self, name: str) -> StaffMember:
+        """Return the enabled reviewer or admin called ``name``, the one a command acts as; raise otherwise."""
+        with Session(self.engine) as session:
+            row = session.scalar(select(StaffRow).where(StaffRow.name == name))
+        shown = repr(name[:64]) + ("…" if len(name) > 64 else "")
+        if row is None or row.disabled_at is not None:
+            raise NotFoundError(
+                f"staff member {shown} not found or disabled; pass --staff with the name of a reviewer or admin, "
+                f"or create one first with 'fairuse staff add NAME --role reviewer'"
+            )
+        if row.role not in ("reviewer", "admin"):
+            raise ReviewError(f"staff member {shown} is a {row.role} and may not act; pass --staff with a reviewer or admin")
+        return _member(row)
+
     def authenticate(self, name: str, password: str) -> StaffMember | None:
         """Return the member whose name and password match, else None. Rehashes outdated hashes."""
         with Session(self.engine) as session, session.begin():
