@@ -309,7 +309,7 @@ def _claim_open_cases(session: Session, case_ids: list[int], now: datetime) -> N
     The conditional update is the transaction's first statement, so two staff
     members acting on one case at once queue on the row (PostgreSQL, MariaDB)
     or on the database (SQLite), and the later one finds the case resolved.
-    Cases are claimed in id order, so two bulk actions cannot deadlock.
+    Cases are claimed in id order, so two bulk actions take their case locks in the same order.
     """
     problems = []
     for case_id in sorted(case_ids):

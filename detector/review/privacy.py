@@ -83,7 +83,7 @@ def _mask_with_prefix(token: str, key: bytes) -> str:
 
 
 def _is_wide_network(token: str) -> bool:
-    """Whether ``token`` is a network written exactly, no narrower than the masked network, so it names no host."""
+    """Tell whether ``token`` is an exact network no narrower than the masked network, which names no host."""
     try:
         network = ipaddress.ip_network(token, strict=True)
     except ValueError:
