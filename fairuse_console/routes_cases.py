@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import FormData
 
-from detector.review.cases import SORT_KEYS, CaseFilter
+from detector.review.cases import SORT_KEYS, CaseFilter, shown_id
 from detector.review.errors import ReviewError
 from detector.review.staff import StaffSession
 from fairuse_console.charts import activity_charts
@@ -119,7 +119,7 @@ def _case_id(value: object) -> int:
     try:
         return int(str(value))
     except ValueError:
-        raise ReviewError(f"invalid case id {value!r}; expected a number") from None
+        raise ReviewError(f"invalid case id {shown_id(str(value))}; expected a number") from None
 
 
 def _case_filter(params) -> CaseFilter:

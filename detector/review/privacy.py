@@ -99,8 +99,8 @@ def _mask_dotted(token: str, key: bytes) -> str:
     pieces: list[str] = []
     end = len(parts)
     while end >= 4:
-        window = ".".join(parts[end - 4:end])
-        if network_of(window) == "":
+        window = _dotted_quad(parts[end - 4:end])
+        if window is None:
             pieces.insert(0, parts[end - 1])
             end -= 1
             continue
@@ -109,6 +109,17 @@ def _mask_dotted(token: str, key: bytes) -> str:
         pieces.insert(0, _mask_with_prefix(window, key))
         end -= 4
     return ".".join(parts[:end] + pieces) + tail
+
+
+def _dotted_quad(parts: list[str]) -> str | None:
+    """Return four numbers as an IPv4 address, reading leading zeros as decimal, or None when one is out of range.
+
+    ``ipaddress`` rejects "198.51.100.025", but other software reads it as an
+    address, so the mask treats it as 198.51.100.25.
+    """
+    if any(len(part) > 3 or int(part) > 255 for part in parts):
+        return None
+    return ".".join(str(int(part)) for part in parts)
 
 
 def mask_values(value: Any, key: bytes) -> Any:
