@@ -15,7 +15,7 @@ from detector.review.actions import StaffActions
 from detector.review.activity import ActivityLog
 from detector.review.audit import AuditLog
 from detector.review.cases import CaseQueue
-from detector.review.errors import NotFoundError, PublishError, ReviewError
+from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError
 from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
@@ -84,6 +84,8 @@ def _add_error_pages(app: FastAPI) -> None:
         status = 400
         if isinstance(error, NotFoundError):
             status = 404
+        elif isinstance(error, ConflictError):
+            status = 409
         elif isinstance(error, PublishError):
             status = 503
         return render(request, "error.html", {"message": str(error)}, status_code=status)

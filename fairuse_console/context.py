@@ -16,7 +16,7 @@ from detector.policy import parse_duration
 from detector.review.actions import StaffActions
 from detector.review.activity import ActivityLog
 from detector.review.audit import AuditLog
-from detector.review.cases import CaseQueue
+from detector.review.cases import CaseQueue, shown_id
 from detector.review.errors import ReviewError
 from detector.review.staff import StaffDirectory
 from detector.store.allowlist import StaffAllowlist
@@ -103,4 +103,4 @@ def int_field(form: FormData, name: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ReviewError(f"invalid {name} {text!r}; give a whole number") from None
+        raise ReviewError(f"invalid {name} {shown_id(text)}; give a whole number") from None

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import FormData
 
-from detector.review.cases import SORT_KEYS, CaseFilter
+from detector.review.cases import SORT_KEYS, CaseFilter, shown_id
 from detector.review.errors import ReviewError
 from detector.review.staff import StaffSession
 from fairuse_console.charts import activity_charts
@@ -31,6 +31,7 @@ def queue_page(request: Request, session: StaffSession = Depends(current_session
     return render(request, "queue.html", {
         "cases": console.queue.list(case_filter), "case_filter": case_filter, "reasons": reasons, "plans": plans,
         "sort_keys": list(SORT_KEYS), "bulk_actions": BULK_ACTIONS, "done": params.get("done", ""),
+        "count": params.get("count", ""),
     })
 
 
@@ -47,16 +48,21 @@ def open_case(request: Request, form: FormData = Depends(checked_form), session:
 
 @router.post("/cases/bulk")
 def bulk_action(request: Request, form: FormData = Depends(checked_form), session: StaffSession = Depends(acting_session)):
-    """Apply one action to every ticked case; each case is audited on its own."""
+    """Apply one action to every ticked case, all or none; each case is audited on its own."""
     action = text_field(form, "action")
     if action not in BULK_ACTIONS:
         raise ReviewError(f"invalid bulk action {action!r}; expected one of {', '.join(BULK_ACTIONS)}")
     case_ids = [_case_id(value) for value in form.getlist("case_id")]
     if not case_ids:
         raise ReviewError("no case ticked; tick the cases to act on")
-    for case_id in case_ids:
-        _apply(request, action, case_id, form, session)
-    return RedirectResponse(f"/?done=bulk-{action}", status_code=303)
+    resolved = console_of(request).actions.resolve_cases(
+        case_ids, action, staff=session.member.name, comment=text_field(form, "comment"),
+        duration=duration_field(form) if action != "dismiss" else None,
+        limit_rpm=int_field(form, "limit_rpm") if action == "throttle" else None,
+        scope=text_field(form, "scope", required=False) or "all",
+    )
+    logger.info("staff %s: bulk %s on cases %s", session.member.name, action, resolved)
+    return RedirectResponse(f"/?done=bulk-{action}&count={len(resolved)}", status_code=303)
 
 
 @router.get("/cases/{case_id}")
@@ -113,7 +119,7 @@ def _case_id(value: object) -> int:
     try:
         return int(str(value))
     except ValueError:
-        raise ReviewError(f"invalid case id {value!r}; expected a number") from None
+        raise ReviewError(f"invalid case id {shown_id(str(value))}; expected a number") from None
 
 
 def _case_filter(params) -> CaseFilter:

@@ -1,5 +1,6 @@
 """Every console route over HTTP: logins, roles, CSRF, actions reaching Redis, masking and language."""
 
+import threading
 from datetime import timedelta
 from html import unescape
 
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from detector.review.actions import StaffActions
 from detector.review.cases import CaseQueue
-from detector.review.privacy import mask_address
+from detector.review.privacy import mask_address, mask_text
 from detector.store.models import DecisionRow, LabelRow
 from detector.store.review_models import AllowlistRow, AuditRow, CaseRow, NoteRow, StaffRow
 from fairuse_console import create_app
@@ -323,6 +324,109 @@ def test_bulk_dismiss(client, store):
     assert client.post("/cases/bulk", data={"csrf_token": token, "action": "dismiss", "comment": "x"}).status_code == 400
 
 
+def test_second_action_on_a_case_gets_409(client, store):
+    token = log_in(client, "rita")
+
+    first = client.post("/cases/1/suspend", data={"csrf_token": token, "duration": "6h", "comment": "resold"},
+                        follow_redirects=False)
+    second = client.post("/cases/1/throttle", data={"csrf_token": token, "limit_rpm": "5", "duration": "1h",
+                                                    "comment": "slow"})
+
+    assert first.status_code == 303
+    assert second.status_code == 409
+    assert "case 1 was already resolved by rita at" in unescape(second.text)
+    assert _count(store, LabelRow) == 1
+
+
+def test_parallel_console_actions_resolve_once(app, store):
+    clients = [TestClient(app) for _ in range(4)]
+    tokens = [log_in(client, "rita") for client in clients]
+    start = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def suspend(client: TestClient, token: str) -> None:
+        start.wait()
+        response = client.post("/cases/1/suspend", data={"csrf_token": token, "duration": "6h", "comment": "resold"},
+                               follow_redirects=False)
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=suspend, args=pair) for pair in zip(clients, tokens)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(statuses) == [303, 409, 409, 409]
+    assert _count(store, LabelRow) == 1
+    with Session(store.engine) as session:
+        assert session.scalar(select(func.count()).select_from(AuditRow).where(AuditRow.action == "suspend")) == 1
+
+
+def test_bulk_refuses_every_case_when_one_is_resolved(client, store):
+    token = log_in(client, "rita")
+    client.post("/cases/2/dismiss", data={"csrf_token": token, "comment": "fine"})
+
+    response = client.post("/cases/bulk", data={"csrf_token": token, "action": "dismiss", "case_id": ["1", "2", "3"],
+                                                "comment": "batch"})
+
+    assert response.status_code == 409
+    assert "case 2 was already resolved by rita at" in unescape(response.text)
+    assert "nothing was changed" in response.text
+    assert _case(store, 1).status == "open"
+    assert _case(store, 3).status == "open"
+    assert _count(store, LabelRow) == 1
+
+
+def test_bulk_counts_repeated_cases_once_and_says_so(client, store):
+    token = log_in(client, "rita")
+
+    response = client.post("/cases/bulk", data={"csrf_token": token, "action": "suspend", "case_id": ["1", "1", "3"],
+                                                "duration": "1h", "comment": "resold"}, follow_redirects=False)
+
+    assert response.status_code == 303
+    assert response.headers["location"] == "/?done=bulk-suspend&count=2"
+    assert _count(store, LabelRow) == 2
+    page = client.get(response.headers["location"]).text
+    assert "Bulk action carried out on 2 cases." in page
+    assert "All or none: every ticked case is checked first." in page
+
+
+def test_forms_store_ip_subjects_canonically(client, store):
+    token = log_in(client, "rita")
+
+    opened = client.post("/cases", data={"csrf_token": token, "subject_type": "ip", "subject": "2001:DB8:0:0:0:0:0:99",
+                                         "comment": "ticket"}, follow_redirects=False)
+    client.post("/allowlist", data={"csrf_token": token, "subject_type": "ip", "subject": "::ffff:198.51.100.7",
+                                    "duration": "7d", "comment": "office"})
+    bad_case = client.post("/cases", data={"csrf_token": token, "subject_type": "ip", "subject": "not-an-ip",
+                                           "comment": "x"})
+    bad_entry = client.post("/allowlist", data={"csrf_token": token, "subject_type": "ip", "subject": "not-an-ip",
+                                                "duration": "7d", "comment": "x"})
+
+    assert opened.headers["location"] == "/cases/4?done=open"
+    assert _case(store, 4).subject == "2001:db8::99"
+    with Session(store.engine) as session:
+        assert "198.51.100.7" in session.scalars(select(AllowlistRow.subject)).all()
+    for refused in (bad_case, bad_entry):
+        assert refused.status_code == 400
+        assert "invalid ip subject 'not-an-ip'; give an IPv4 or IPv6 address" in unescape(refused.text)
+
+
+@pytest.mark.parametrize("limit", ["0", "1000001", "99999999999999999999"])
+def test_throttle_limit_out_of_range(client, store, limit):
+    token = log_in(client, "rita")
+
+    single = client.post("/cases/1/throttle", data={"csrf_token": token, "limit_rpm": limit, "duration": "1h",
+                                                    "comment": "x"})
+    bulk = client.post("/cases/bulk", data={"csrf_token": token, "action": "throttle", "case_id": ["1"],
+                                            "limit_rpm": limit, "duration": "1h", "comment": "x"})
+
+    for response in (single, bulk):
+        assert response.status_code == 400
+        assert "from 1 to 1,000,000" in unescape(response.text)
+    assert _case(store, 1).status == "open"
+
+
 def test_open_case_by_hand(client, store):
     token = log_in(client, "rita")
 
@@ -389,6 +493,54 @@ def test_viewer_sees_network_and_pseudonym_only(client, app):
     assert ADDRESS not in case
     assert masked in queue
     assert "203.0.113.0/24 ~" in case
+
+
+# Each spelling the mask once missed, and the full address it must hide.
+SPELLINGS = {
+    "host 198.51.100.23/32": "198.51.100.23",
+    "net 2001:db8:1::77/128": "2001:db8:1::77",
+    "seen from 198.51.100.24.": "198.51.100.24",
+    "then 2001:db8::1.": "2001:db8::1",
+    "build v1.198.51.100.26": "198.51.100.26",
+    "mapped ::FFFF:198.51.100.27, ok": "198.51.100.27",
+    "zero-padded 198.51.100.028": "198.51.100.028",
+}
+LEAKY = " ".join(SPELLINGS)
+
+
+@pytest.mark.parametrize("text", SPELLINGS)
+def test_mask_hides_every_spelling(text):
+    masked = mask_text(text, b"k")
+
+    assert SPELLINGS[text] not in masked.lower()
+    assert "/24 ~" in masked or "/48 ~" in masked
+
+
+def test_mask_keeps_networks_that_name_no_host():
+    assert mask_text("blocks 198.51.100.0/24 and 2001:db8::/32, not 12:30:45 or 1.2.3", b"k") == (
+        "blocks 198.51.100.0/24 and 2001:db8::/32, not 12:30:45 or 1.2.3"
+    )
+
+
+def test_viewer_sees_no_full_address_on_any_page(client, store, redis_client, redis_prefix):
+    token = log_in(client, "rita")
+    client.post("/cases/1/notes", data={"csrf_token": token, "body": LEAKY})
+    client.post("/cases/2/dismiss", data={"csrf_token": token, "comment": LEAKY})
+    client.post("/allowlist", data={"csrf_token": token, "subject_type": "key", "subject": "key-z", "duration": "7d",
+                                    "comment": LEAKY})
+    client.post("/cases", data={"csrf_token": token, "subject_type": "account", "subject": "acct-v1.198.51.100.26",
+                                "comment": LEAKY})
+    StaffActions(store.engine, DecisionPublisher(redis_client, prefix=redis_prefix)).add_decision(
+        "key", "key-a", "review", staff="rita", duration=timedelta(hours=1), comment=LEAKY,
+    )
+    client.post("/logout", data={"csrf_token": token})
+    log_in(client, "vera")
+
+    for path in ("/", "/?status=all", "/cases/1", "/cases/2", "/cases/4", "/allowlist", "/allowlist?all=1", "/audit"):
+        page = unescape(client.get(path).text).lower()
+        for address in SPELLINGS.values():
+            assert address not in page, (path, address)
+    assert "198.51.100.0/24 ~" in client.get("/cases/1").text
 
 
 def test_reviewer_sees_full_address(client):

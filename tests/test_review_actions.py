@@ -1,5 +1,6 @@
 """Staff actions on every store backend: cases, decisions in Redis, labels and audit records."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,11 +11,11 @@ from sqlalchemy.orm import Session
 from detector.review.actions import StaffActions
 from detector.review.audit import AuditLog
 from detector.review.cases import CaseFilter, CaseQueue
-from detector.review.errors import PublishError, ReviewError
+from detector.review.errors import ConflictError, PublishError, ReviewError
 from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
 from detector.store.models import DecisionRow, LabelRow
-from detector.store.review_models import CaseRow
+from detector.store.review_models import AuditRow, CaseRow
 from fairuse_gateway import DecisionClient
 from tests.review_support import policy_decision
 from workers.publish import DecisionPublisher
@@ -202,7 +203,7 @@ def test_resolved_case_rejects_second_action(store, queue, actions):
     case_id = queue.list()[0].id
     actions.dismiss(case_id, staff="alice", comment="fine")
 
-    with pytest.raises(ReviewError, match=f"case {case_id} is already resolved"):
+    with pytest.raises(ConflictError, match=f"case {case_id} was already resolved by alice at .* UTC \\(dismissed\\)"):
         actions.suspend(case_id, staff="bob", duration=timedelta(hours=1), comment="changed my mind")
 
 
@@ -259,3 +260,144 @@ def test_queue_sorts_by_reason(store, queue):
     ascending = queue.list(CaseFilter(sort="reason", descending=False))
 
     assert [case.subject for case in ascending] == ["key-b", "key-a"]
+
+
+# Concurrent and bulk actions ----------------------------------------------------
+
+
+def _staff_decisions(store, subject: str) -> list[DecisionRow]:
+    with Session(store.engine) as session:
+        return list(session.scalars(
+            select(DecisionRow).where(DecisionRow.subject == subject, DecisionRow.origin.like("staff:%"))
+        ))
+
+
+def _audit_actions(store, *actions: str) -> list[AuditRow]:
+    with Session(store.engine) as session:
+        return list(session.scalars(select(AuditRow).where(AuditRow.action.in_(actions))))
+
+
+def test_parallel_actions_resolve_a_case_once(store, queue, actions):
+    store.save_decisions([policy_decision("key-race")])
+    queue.sync()
+    case_id = queue.list()[0].id
+    start = threading.Barrier(8)
+    outcomes: list[object] = []
+
+    def act(number: int) -> None:
+        start.wait()
+        try:
+            if number % 2:
+                actions.suspend(case_id, staff=f"s{number}", duration=timedelta(hours=1), comment=f"race {number}")
+            else:
+                actions.throttle(case_id, staff=f"s{number}", limit_rpm=5, duration=timedelta(hours=1),
+                                 comment=f"race {number}")
+            outcomes.append("resolved")
+        except ReviewError as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=act, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count("resolved") == 1, outcomes
+    refused = [outcome for outcome in outcomes if outcome != "resolved"]
+    assert all(isinstance(error, ConflictError) for error in refused), refused
+    winner = queue.get(case_id).resolved_by
+    assert all(f"case {case_id} was already resolved by {winner} at " in str(error) for error in refused)
+    assert len(_staff_decisions(store, "key-race")) == 1
+    assert len(_labels(store)) == 1
+    assert len(_audit_actions(store, "suspend", "throttle")) == 1
+
+
+def test_bulk_resolve_is_all_or_none(store, queue, actions):
+    store.save_decisions([policy_decision(f"key-{name}", ident=f"r-{name}") for name in "abc"])
+    queue.sync()
+    first, resolved, last = (case.id for case in queue.list(CaseFilter(sort="age", descending=False)))
+    actions.dismiss(resolved, staff="alice", comment="fine")
+
+    with pytest.raises(ConflictError) as refused:
+        actions.resolve_cases([first, resolved, last, 999], "dismiss", staff="bob", comment="batch")
+
+    message = str(refused.value)
+    assert f"case {resolved} was already resolved by alice" in message
+    assert "case 999 not found" in message
+    assert "nothing was changed" in message
+    assert queue.get(first).status == "open"
+    assert queue.get(last).status == "open"
+    assert len(_labels(store)) == 1
+
+
+def test_bulk_resolve_counts_repeated_ids_once(store, queue, actions, gateway):
+    store.save_decisions([policy_decision(f"key-{name}", ident=f"r-{name}") for name in "ab"])
+    queue.sync()
+    first, second = (case.id for case in queue.list())
+
+    done = actions.resolve_cases([first, first, second, first], "suspend", staff="bob", comment="resold",
+                                 duration=timedelta(hours=2))
+
+    assert done == [first, second]
+    assert len(_labels(store)) == 2
+    assert len(_audit_actions(store, "suspend")) == 2
+    assert gateway.check(key_id="key-a").action == "suspend"
+    assert gateway.check(key_id="key-b").action == "suspend"
+
+
+# Subjects and limits staff type ---------------------------------------------------
+
+
+def test_ip_subjects_stored_in_the_spelling_gateways_check(store, actions, gateway):
+    decision = actions.add_decision("ip", "2001:DB8:0:0:0:0:0:99", "suspend", staff="a", duration=timedelta(hours=1),
+                                    comment="abuse")
+    case = actions.open_case("ip", "::FFFF:198.51.100.8", staff="a", comment="ticket")
+    entry = actions.add_allowlist("ip", "2001:DB8::5", staff="a", duration=timedelta(days=1), comment="office")
+
+    assert decision.subject == "2001:db8::99"
+    assert gateway.check(ip="2001:DB8:0:0:0:0:0:99").action == "suspend"
+    assert gateway.check(ip="2001:db8::99").action == "suspend"
+    assert case.subject == "198.51.100.8"
+    assert entry.subject == "2001:db8::5"
+    assert StaffAllowlist(store.engine).active_among([("ip", "2001:db8::5")]) == {("ip", "2001:db8::5")}
+
+
+@pytest.mark.parametrize("call", ["add_decision", "open_case", "add_allowlist"])
+def test_non_address_ip_subject_rejected(actions, call):
+    arguments = {
+        "add_decision": dict(action="suspend", duration=timedelta(hours=1), comment="x"),
+        "open_case": dict(comment="x"),
+        "add_allowlist": dict(duration=timedelta(days=1), comment="x"),
+    }[call]
+    action = arguments.pop("action", None)
+    subject = ("ip", "not-an-ip", action) if action else ("ip", "not-an-ip")
+
+    with pytest.raises(ReviewError, match="invalid ip subject 'not-an-ip'; give an IPv4 or IPv6 address"):
+        getattr(actions, call)(*subject, staff="a", **arguments)
+
+
+def test_control_characters_and_long_ids_rejected_readably(actions):
+    with pytest.raises(ReviewError, match=r"character 2 is the control character U\+0001"):
+        actions.add_decision("key", "a\x01b", "suspend", staff="a", duration=timedelta(hours=1), comment="x")
+    with pytest.raises(ReviewError, match="control character U\\+200B"):
+        actions.open_case("account", "acct\u200b7", staff="a", comment="x")
+
+    with pytest.raises(ReviewError) as too_long:
+        actions.add_decision("key", "k" * 5000, "suspend", staff="a", duration=timedelta(hours=1), comment="x")
+
+    assert "(5000 characters)" in str(too_long.value)
+    assert len(str(too_long.value)) < 300
+
+
+@pytest.mark.parametrize("limit", [0, 1_000_001, 2**63 - 1, 99999999999999999999])
+def test_throttle_limit_out_of_range_rejected(store, queue, actions, limit):
+    store.save_decisions([policy_decision("key-a")])
+    queue.sync()
+
+    with pytest.raises(ReviewError, match="from 1 to 1,000,000"):
+        actions.throttle(queue.list()[0].id, staff="a", limit_rpm=limit, duration=timedelta(hours=1), comment="x")
+    with pytest.raises(ReviewError, match="from 1 to 1,000,000"):
+        actions.add_decision("key", "key-b", "throttle", staff="a", duration=timedelta(hours=1), comment="x",
+                             limit_rpm=limit)
+
+    assert queue.list()[0].status == "open"

@@ -10,7 +10,7 @@ from detector.cli import main
 from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
-from tests.review_support import PASSWORD, policy_decision
+from tests.review_support import PASSWORD, add_staff, policy_decision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def run(sqlite_url, redis_prefix):
     runner = CliRunner()
+    add_staff(open_store(sqlite_url).engine, "carol", "reviewer")
 
     def invoke(*arguments, stdin=None):
         acting = {"add", "delete", "resolve", "open", "note", "remove"}
@@ -148,6 +149,76 @@ def test_audit_command(run):
     assert as_json[0]["reason"] == "fraud"
     assert as_json[0]["after"]["in_force"][0]["action"] == "suspend"
     assert run("audit", "--staff", "nobody").output == ""
+
+
+def test_resolve_refuses_whole_bulk_naming_each_resolved_case(run, sqlite_url):
+    open_store(sqlite_url).save_decisions([policy_decision(f"key-{name}", ident=f"r{name}") for name in "abc"])
+    run("review", "list")
+    run("review", "resolve", "2", "--action", "dismiss", "--comment", "fine")
+
+    refused = run("review", "resolve", "1", "2", "3", "--action", "dismiss", "--comment", "batch")
+    repeated = run("review", "resolve", "1", "1", "3", "--action", "dismiss", "--comment", "batch")
+
+    assert refused.exit_code == 2
+    assert "case 2 was already resolved by carol at" in refused.output
+    assert "nothing was changed" in refused.output
+    assert repeated.exit_code == 0, repeated.output
+    assert repeated.output.splitlines() == ["case 1 resolved: dismiss", "case 3 resolved: dismiss"]
+
+
+def test_limit_beyond_range_is_a_clear_error(run, sqlite_url):
+    for limit in ("99999999999999999999", str(2**63 - 1), "1000001"):
+        result = run("decisions", "add", "key", "key-9", "--action", "throttle", "--limit-rpm", limit,
+                     "--duration", "1h", "--comment", "x")
+
+        assert result.exit_code == 2, result.output
+        assert "1<=x<=1000000" in result.output
+        assert "Traceback" not in result.output
+    assert run("decisions", "list").output == ""
+
+
+def test_ip_subject_canonical_and_checked(run, gateway):
+    added = run("decisions", "add", "ip", "2001:DB8:0:0:0:0:0:99", "--action", "suspend", "--duration", "1h",
+                "--comment", "abuse")
+    wrong = run("decisions", "add", "ip", "not-an-ip", "--action", "suspend", "--duration", "1h", "--comment", "x")
+    allowlisted = run("allowlist", "add", "ip", "::ffff:198.51.100.7", "--duration", "1d", "--comment", "office")
+
+    assert added.exit_code == 0, added.output
+    assert "ip:2001:db8::99 until" in added.output
+    assert gateway.check(ip="2001:DB8:0:0:0:0:0:99").action == "suspend"
+    assert "ip:2001:db8::99" in run("decisions", "list", "--subject", "2001:db8:0::99").output
+    assert wrong.exit_code == 2
+    assert "invalid ip subject 'not-an-ip'" in wrong.output
+    assert "ip:198.51.100.7 until" in allowlisted.output
+
+
+def test_control_character_and_long_subject(run):
+    control = run("decisions", "add", "key", "a\x01b", "--action", "suspend", "--duration", "1h", "--comment", "x")
+    long = run("decisions", "add", "key", "k" * 5000, "--action", "suspend", "--duration", "1h", "--comment", "x")
+
+    assert control.exit_code == 2
+    assert "control character U+0001" in control.output
+    assert long.exit_code == 2
+    assert "(5000 characters)" in long.output
+    assert len(long.output) < 300
+    assert run("decisions", "list").output == ""
+
+
+def test_acting_staff_must_be_a_reviewer_or_admin(sqlite_url, redis_prefix):
+    add_staff(open_store(sqlite_url).engine, "vic", "viewer")
+    runner = CliRunner()
+    command = ["decisions", "add", "key", "key-9", "--action", "suspend", "--duration", "1h", "--comment", "x",
+               "--db", sqlite_url, "--prefix", redis_prefix]
+
+    unknown = runner.invoke(main, command, env={"FAIRUSE_STAFF": "nobody<script>"})
+    viewer = runner.invoke(main, [*command, "--staff", "vic"])
+
+    assert unknown.exit_code == 2
+    assert "staff member 'nobody<script>' not found" in unknown.output
+    assert "fairuse staff add" in unknown.output
+    assert viewer.exit_code == 2
+    assert "'vic' is a viewer and may not act" in viewer.output
+    assert runner.invoke(main, ["decisions", "list", "--db", sqlite_url]).output == ""
 
 
 @pytest.mark.slow

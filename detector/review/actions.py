@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from detector.decisions import LIFTED, SCOPES, Decision
-from detector.review.cases import check_subject, link_decision, new_case, open_case_for
-from detector.review.errors import NotFoundError, PublishError, ReviewError
+from detector.review.cases import link_decision, new_case, open_case_for, shown_id, staff_subject
+from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError
 from detector.review.records import decision_from_row, decision_row
 from detector.store.models import DecisionRow, LabelRow
 from detector.store.review_models import AllowlistRow, AuditRow, CaseDecisionRow, CaseRow, NoteRow
@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 MIN_DURATION = timedelta(minutes=1)
 MAX_DURATION = timedelta(days=3650)
 ENFORCING = ("throttle", "suspend")
+MAX_LIMIT_RPM = 1_000_000
+RESOLVING = ("suspend", "throttle", "dismiss", "allowlist")
+# A step resolves one claimed case inside the action's transaction.
+Step = Callable[[Session, datetime, "_Changes", CaseRow], Any]
 
 
 @dataclass(slots=True)
@@ -61,11 +65,11 @@ class StaffActions:
 
     def open_case(self, subject_type: str, subject: str, *, staff: str, comment: str) -> CaseRow:
         """Open a case by hand; a subject with an open case keeps that one."""
-        check_subject(subject_type, subject)
+        subject = staff_subject(subject_type, subject)
         with self._transaction() as (session, now, _changes):
             case = open_case_for(session, subject_type, subject)
             if case is not None:
-                raise ReviewError(f"{subject_type} {subject!r} already has open case {case.id}; act on that one")
+                raise ReviewError(f"{subject_type} {shown_id(subject)} already has open case {case.id}; act on that one")
             before = _state(session, subject_type, subject, now)
             case = new_case(session, subject_type, subject, opened_by=f"staff:{staff}", now=now)
             _audit(session, now, staff, "open_case", case, comment, before)
@@ -73,44 +77,40 @@ class StaffActions:
 
     def suspend(self, case_id: int, *, staff: str, duration: timedelta, comment: str) -> Decision:
         """Confirm the case as abuse and suspend its subject for ``duration``."""
-        return self._enforce(case_id, "suspend", staff=staff, duration=duration, comment=comment)
+        step = self._step("suspend", staff=staff, comment=comment, duration=duration)
+        return self._resolve_all([case_id], step)[0]
 
     def throttle(
         self, case_id: int, *, staff: str, limit_rpm: int, duration: timedelta, comment: str, scope: str = "all"
     ) -> Decision:
         """Confirm the case as abuse and throttle its subject to ``limit_rpm`` requests per minute."""
-        if isinstance(limit_rpm, bool) or not isinstance(limit_rpm, int) or limit_rpm < 1:
-            raise ReviewError(f"invalid limit {limit_rpm!r}; give a whole number of requests per minute, at least 1")
-        if scope not in SCOPES:
-            raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
-        return self._enforce(case_id, "throttle", staff=staff, duration=duration, comment=comment,
-                             limit_rpm=limit_rpm, scope=scope)
+        step = self._step("throttle", staff=staff, comment=comment, duration=duration, limit_rpm=limit_rpm, scope=scope)
+        return self._resolve_all([case_id], step)[0]
 
     def dismiss(self, case_id: int, *, staff: str, comment: str) -> list[Decision]:
         """Close the case as a false positive and lift its subject's throttles and suspensions; return those lifted."""
-        _require_comment(comment)
-        with self._transaction() as (session, now, changes):
-            case = _open_case(session, case_id)
-            before = _state(session, case.subject_type, case.subject, now)
-            changes.lifted = _lift_enforcing(session, case.subject_type, case.subject, now)
-            _label(session, case, "benign", staff, comment, now)
-            _resolve(case, "dismissed", staff, now)
-            _audit(session, now, staff, "dismiss", case, comment, before)
-            return changes.lifted
+        return self._resolve_all([case_id], self._step("dismiss", staff=staff, comment=comment))[0]
 
     def allowlist_case(self, case_id: int, *, staff: str, duration: timedelta, comment: str) -> AllowlistRow:
         """Close the case as a false positive and allowlist its subject for ``duration``."""
-        _require_comment(comment)
-        _check_duration(duration)
-        with self._transaction() as (session, now, changes):
-            case = _open_case(session, case_id)
-            before = _state(session, case.subject_type, case.subject, now)
-            entry = _allowlist(session, case.subject_type, case.subject, staff, comment, now, duration)
-            changes.lifted = _lift_enforcing(session, case.subject_type, case.subject, now)
-            _label(session, case, "benign", staff, comment, now)
-            _resolve(case, "allowlisted", staff, now)
-            _audit(session, now, staff, "allowlist", case, comment, before)
-            return entry
+        step = self._step("allowlist", staff=staff, comment=comment, duration=duration)
+        return self._resolve_all([case_id], step)[0]
+
+    def resolve_cases(
+        self, case_ids: Sequence[int], action: str, *, staff: str, comment: str, duration: timedelta | None = None,
+        limit_rpm: int | None = None, scope: str = "all",
+    ) -> list[int]:
+        """Resolve every case in ``case_ids`` with one action, all or none; return the distinct ids resolved.
+
+        Every case is checked first. When any of them is unknown or already
+        resolved, nothing is changed and the error names each such case.
+        """
+        ids = list(dict.fromkeys(case_ids))
+        if not ids:
+            raise ReviewError("no case given; name the cases to resolve")
+        step = self._step(action, staff=staff, comment=comment, duration=duration, limit_rpm=limit_rpm, scope=scope)
+        self._resolve_all(ids, step)
+        return ids
 
     def add_note(self, case_id: int, *, staff: str, body: str) -> NoteRow:
         """Add a note to a case, open or resolved."""
@@ -132,11 +132,11 @@ class StaffActions:
         limit_rpm: int | None = None, scope: str = "all",
     ) -> Decision:
         """Store and publish a staff decision on any subject; it joins the subject's open case if there is one."""
-        check_subject(subject_type, subject)
+        subject = staff_subject(subject_type, subject)
         if action not in ("review", "throttle", "suspend"):
             raise ReviewError(f"invalid action {action!r}; expected review, throttle or suspend")
-        if action == "throttle" and (not isinstance(limit_rpm, int) or limit_rpm < 1):
-            raise ReviewError(f"a throttle needs --limit-rpm, a whole number of at least 1; got {limit_rpm!r}")
+        if action == "throttle":
+            _check_limit(limit_rpm)
         if scope not in SCOPES:
             raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
         _require_comment(comment)
@@ -178,7 +178,7 @@ class StaffActions:
         self, subject_type: str, subject: str, *, staff: str, duration: timedelta, comment: str
     ) -> AllowlistRow:
         """Allowlist a subject for ``duration`` and lift its throttles and suspensions."""
-        check_subject(subject_type, subject)
+        subject = staff_subject(subject_type, subject)
         _require_comment(comment)
         _check_duration(duration)
         with self._transaction() as (session, now, changes):
@@ -205,22 +205,38 @@ class StaffActions:
 
     # Steps shared by the actions -------------------------------------------------
 
-    def _enforce(self, case_id: int, action: str, *, staff: str, duration: timedelta, comment: str,
-                 limit_rpm: int | None = None, scope: str = "all") -> Decision:
+    def _step(self, action: str, *, staff: str, comment: str, duration: timedelta | None = None,
+              limit_rpm: int | None = None, scope: str = "all") -> Step:
+        """Check an action's arguments and return the step that applies it to one case."""
+        if action not in RESOLVING:
+            raise ReviewError(f"invalid action {action!r}; expected one of {', '.join(RESOLVING)}")
         _require_comment(comment)
-        _check_duration(duration)
+        if action != "dismiss":
+            if duration is None:
+                raise ReviewError(f"{action} needs a duration, like 6h or 30d")
+            _check_duration(duration)
+        if action == "throttle":
+            _check_limit(limit_rpm)
+            if scope not in SCOPES:
+                raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
+
+        def enforce(session: Session, now: datetime, changes: _Changes, case: CaseRow) -> Decision:
+            return _enforce(session, now, changes, case, action, staff=staff, comment=comment, duration=duration,
+                            limit_rpm=limit_rpm if action == "throttle" else None, scope=scope)
+
+        def dismiss(session: Session, now: datetime, changes: _Changes, case: CaseRow) -> list[Decision]:
+            return _dismiss(session, now, changes, case, staff=staff, comment=comment)
+
+        def allowlist(session: Session, now: datetime, changes: _Changes, case: CaseRow) -> AllowlistRow:
+            return _allowlist_case(session, now, changes, case, staff=staff, comment=comment, duration=duration)
+
+        return {"dismiss": dismiss, "allowlist": allowlist}.get(action, enforce)
+
+    def _resolve_all(self, case_ids: list[int], step: Step) -> list[Any]:
+        """Claim every case, then resolve each with ``step``, in one transaction."""
         with self._transaction() as (session, now, changes):
-            case = _open_case(session, case_id)
-            before = _state(session, case.subject_type, case.subject, now)
-            decision = _staff_decision(case.subject_type, case.subject, action, staff, comment, now, duration, case,
-                                       limit_rpm=limit_rpm, scope=scope)
-            session.add(decision_row(decision))
-            link_decision(session, case, decision, now)
-            changes.new.append(decision)
-            _label(session, case, "abuse", staff, comment, now)
-            _resolve(case, "suspended" if action == "suspend" else "throttled", staff, now)
-            _audit(session, now, staff, action, case, comment, before, decision=decision)
-            return decision
+            _claim_open_cases(session, case_ids, now)
+            return [step(session, now, changes, session.get(CaseRow, case_id)) for case_id in case_ids]
 
     @contextmanager
     def _transaction(self) -> Iterator[tuple[Session, datetime, _Changes]]:
@@ -265,6 +281,16 @@ def _require_comment(comment: str) -> None:
         raise ReviewError("missing comment; say why, it is kept in the audit record")
 
 
+def _check_limit(limit_rpm: object) -> None:
+    if limit_rpm is None:
+        raise ReviewError(f"a throttle needs --limit-rpm, a whole number of requests per minute from 1 to {MAX_LIMIT_RPM:,}")
+    if isinstance(limit_rpm, bool) or not isinstance(limit_rpm, int) or not 1 <= limit_rpm <= MAX_LIMIT_RPM:
+        raise ReviewError(
+            f"invalid limit {shown_id(str(limit_rpm))}; give a whole number of requests per minute "
+            f"from 1 to {MAX_LIMIT_RPM:,}"
+        )
+
+
 def _check_duration(duration: timedelta) -> None:
     if not MIN_DURATION <= duration <= MAX_DURATION:
         raise ReviewError(f"invalid duration {duration}; give between 1 minute and 10 years, like '6h' or '7d'")
@@ -277,11 +303,73 @@ def _case(session: Session, case_id: int) -> CaseRow:
     return case
 
 
-def _open_case(session: Session, case_id: int) -> CaseRow:
-    case = _case(session, case_id)
-    if case.status != "open":
-        raise ReviewError(f"case {case_id} is already {case.status} ({case.resolution}); open a new case to act again")
-    return case
+def _claim_open_cases(session: Session, case_ids: list[int], now: datetime) -> None:
+    """Take the row lock of every case that is still open, or raise naming each case that is not.
+
+    The conditional update is the transaction's first statement, so two staff
+    members acting on one case at once queue on the row (PostgreSQL, MariaDB)
+    or on the database (SQLite), and the later one finds the case resolved.
+    Cases are claimed in id order, so two bulk actions take their case locks in the same order.
+    """
+    problems = []
+    for case_id in sorted(case_ids):
+        claimed = session.execute(
+            update(CaseRow).where(CaseRow.id == case_id, CaseRow.status == "open").values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:
+            problems.append(case_id)
+    if not problems:
+        return
+    found = {case_id: session.get(CaseRow, case_id) for case_id in problems}
+    reasons = [_why_not_open(case_id, found[case_id]) for case_id in problems]
+    message = "; ".join(reasons) + ("; nothing was changed" if len(case_ids) > 1 else "")
+    if all(case is None for case in found.values()):
+        raise NotFoundError(f"{message}. List cases with 'fairuse review list'")
+    raise ConflictError(f"{message}. Open a new case to act again")
+
+
+def _why_not_open(case_id: int, case: CaseRow | None) -> str:
+    if case is None:
+        return f"case {case_id} not found"
+    resolved_at = case.resolved_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if case.resolved_at else "an unknown time"
+    return f"case {case_id} was already resolved by {case.resolved_by or 'unknown'} at {resolved_at} ({case.resolution})"
+
+
+def _enforce(session: Session, now: datetime, changes: _Changes, case: CaseRow, action: str, *, staff: str,
+             comment: str, duration: timedelta, limit_rpm: int | None, scope: str) -> Decision:
+    before = _state(session, case.subject_type, case.subject, now)
+    decision = _staff_decision(case.subject_type, case.subject, action, staff, comment, now, duration, case,
+                               limit_rpm=limit_rpm, scope=scope)
+    session.add(decision_row(decision))
+    link_decision(session, case, decision, now)
+    changes.new.append(decision)
+    _label(session, case, "abuse", staff, comment, now)
+    _resolve(case, "suspended" if action == "suspend" else "throttled", staff, now)
+    _audit(session, now, staff, action, case, comment, before, decision=decision)
+    return decision
+
+
+def _dismiss(session: Session, now: datetime, changes: _Changes, case: CaseRow, *, staff: str,
+             comment: str) -> list[Decision]:
+    before = _state(session, case.subject_type, case.subject, now)
+    lifted = _lift_enforcing(session, case.subject_type, case.subject, now)
+    changes.lifted.extend(lifted)
+    _label(session, case, "benign", staff, comment, now)
+    _resolve(case, "dismissed", staff, now)
+    _audit(session, now, staff, "dismiss", case, comment, before)
+    return lifted
+
+
+def _allowlist_case(session: Session, now: datetime, changes: _Changes, case: CaseRow, *, staff: str,
+                    comment: str, duration: timedelta) -> AllowlistRow:
+    before = _state(session, case.subject_type, case.subject, now)
+    entry = _allowlist(session, case.subject_type, case.subject, staff, comment, now, duration)
+    changes.lifted.extend(_lift_enforcing(session, case.subject_type, case.subject, now))
+    _label(session, case, "benign", staff, comment, now)
+    _resolve(case, "allowlisted", staff, now)
+    _audit(session, now, staff, "allowlist", case, comment, before)
+    return entry
 
 
 def _case_of_decision(session: Session, decision_id: str) -> CaseRow | None:

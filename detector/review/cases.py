@@ -12,6 +12,7 @@ RQ jobs) shows up without a hook in each of them.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from detector.decisions import SUBJECT_TYPES, Decision
+from detector.readers.checks import normalize_ip
 from detector.review.errors import NotFoundError, ReviewError
 from detector.store.models import DecisionRow, LabelRow
 from detector.review.records import decision_from_row
@@ -28,6 +30,9 @@ from detector.store.review_models import CASE_STATUSES, AuditRow, AllowlistRow, 
 logger = logging.getLogger(__name__)
 
 RECENT = timedelta(days=7)
+MAX_SUBJECT_LENGTH = 512
+# Longer ids are cut in messages, so an error stays one readable line.
+SHOWN_LENGTH = 80
 # Sort keys and their columns; "reason" sorts by the reason codes, in Python (see ``CaseQueue.list``).
 SORT_KEYS = {
     "score": CaseRow.score,
@@ -173,11 +178,48 @@ class CaseQueue:
 def check_subject(subject_type: str, subject: str) -> None:
     """Raise ``ReviewError`` unless the pair names a subject decisions can be made on."""
     if subject_type not in SUBJECT_TYPES:
-        raise ReviewError(f"invalid subject type {subject_type!r}; expected one of {', '.join(SUBJECT_TYPES)}")
-    if not subject or len(subject) > 512 or subject != subject.strip():
+        raise ReviewError(f"invalid subject type {shown_id(subject_type)}; expected one of {', '.join(SUBJECT_TYPES)}")
+    if not subject or len(subject) > MAX_SUBJECT_LENGTH or subject != subject.strip():
         raise ReviewError(
-            f"invalid subject {subject!r}; give the {subject_type} id, 1 to 512 characters without surrounding spaces"
+            f"invalid subject {shown_id(subject)}; give the {subject_type} id, "
+            f"1 to {MAX_SUBJECT_LENGTH} characters without surrounding spaces"
         )
+
+
+def staff_subject(subject_type: str, subject: str) -> str:
+    """Check a subject a staff member typed and return it as decisions store it.
+
+    An ``ip`` subject must be an address and comes back in the spelling
+    gateways look up: IPv4-mapped IPv6 as IPv4, IPv6 compressed in lower case.
+    """
+    check_subject(subject_type, subject)
+    for position, character in enumerate(subject):
+        if unicodedata.category(character) in ("Cc", "Cf"):
+            raise ReviewError(
+                f"invalid subject {shown_id(subject)}: character {position + 1} is the control character "
+                f"U+{ord(character):04X}; give the {subject_type} id without control characters"
+            )
+    if subject_type != "ip":
+        return subject
+    canonical = normalize_ip(subject)
+    if canonical is None:
+        raise ReviewError(
+            f"invalid ip subject {shown_id(subject)}; give an IPv4 or IPv6 address, like 203.0.113.7 or 2001:db8::7"
+        )
+    return canonical
+
+
+def shown_id(text: str) -> str:
+    """Return ``text`` quoted for a message, cut to ``SHOWN_LENGTH`` characters with its full length after.
+
+    >>> shown_id("key-1")
+    "'key-1'"
+    >>> shown_id("k" * 100)[-23:]
+    "kkkk'… (100 characters)"
+    """
+    if len(text) <= SHOWN_LENGTH:
+        return repr(text)
+    return f"{text[:SHOWN_LENGTH]!r}… ({len(text)} characters)"
 
 
 def open_case_for(session: Session, subject_type: str, subject: str) -> CaseRow | None:

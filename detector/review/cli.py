@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import click
 
 from detector.decisions import SCOPES, SUBJECT_TYPES
+from detector.review.actions import MAX_LIMIT_RPM
 from detector.review.errors import ReviewError
 from detector.store.review_models import CASE_STATUSES, ROLES
 
@@ -31,7 +32,7 @@ def _database_option(command):
 def _acting_options(command):
     """Add the options of commands that change decisions: the database, Redis and the staff name."""
     command = click.option("--staff", default=lambda: os.environ.get("FAIRUSE_STAFF") or getpass.getuser(),
-                           show_default="$FAIRUSE_STAFF or the login name", help="Staff name kept in the audit record.")(command)
+                           show_default="$FAIRUSE_STAFF or the login name", help="Staff name kept in the audit record; a reviewer or admin from 'fairuse staff add'.")(command)
     command = click.option("--prefix", default=lambda: os.environ.get("FAIRUSE_PREFIX", "fairuse"),
                            show_default="fairuse or $FAIRUSE_PREFIX", help="Redis key prefix decisions are published under.")(command)
     command = click.option("--redis", "redis_url", default=DEFAULT_REDIS, show_default=True,
@@ -69,14 +70,18 @@ def _engine(database_url):
     return open_store(database_url).engine
 
 
-def _actions(database_url, redis_url, prefix):
+def _actions(database_url, redis_url, prefix, staff):
+    """Return the staff actions on the store, after checking that ``staff`` names a reviewer or admin."""
     import redis
 
     from detector.review.actions import StaffActions
+    from detector.review.staff import StaffDirectory
     from workers.publish import DecisionPublisher
 
+    engine = _engine(database_url)
+    StaffDirectory(engine).acting_member(staff)
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return StaffActions(_engine(database_url), DecisionPublisher(client, prefix=prefix))
+    return StaffActions(engine, DecisionPublisher(client, prefix=prefix))
 
 
 def _when(moment: datetime | None) -> str:
@@ -101,13 +106,14 @@ def decisions_list(subject, active, limit, database_url) -> None:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
+    from detector.readers.checks import normalize_ip
     from detector.review.records import decision_from_row
     from detector.store.models import DecisionRow
 
     now = datetime.now(UTC)
     query = select(DecisionRow).order_by(DecisionRow.detected_at.desc(), DecisionRow.id).limit(limit)
     if subject:
-        query = query.where(DecisionRow.subject == subject)
+        query = query.where(DecisionRow.subject == (normalize_ip(subject) or subject))
     if active:
         query = query.where(DecisionRow.simulated.is_(False), DecisionRow.detected_at <= now, DecisionRow.expires_at > now)
     with Session(_engine(database_url)) as session:
@@ -128,17 +134,17 @@ def decisions_list(subject, active, limit, database_url) -> None:
 @click.argument("subject")
 @click.option("--action", required=True, type=click.Choice(["suspend", "throttle", "review"]), help="Action gateways enforce; review only queues the subject for staff.")
 @click.option("--duration", required=True, callback=_duration, help="How long, like 30m, 6h, 7d or 2w.")
-@click.option("--limit-rpm", type=click.IntRange(1), help="Requests per minute a throttle allows.")
+@click.option("--limit-rpm", type=click.IntRange(1, MAX_LIMIT_RPM), help="Requests per minute a throttle allows.")
 @click.option("--scope", type=click.Choice(SCOPES), default="all", show_default=True, help="Endpoints a throttle covers.")
 @click.option("--comment", required=True, help="Why; kept in the decision and the audit record.")
 @_acting_options
 @_reporting_errors
 def decisions_add(subject_type, subject, action, duration, limit_rpm, scope, comment, database_url, redis_url, prefix, staff) -> None:
     """Add a staff decision on SUBJECT_TYPE SUBJECT and publish it at once."""
-    decision = _actions(database_url, redis_url, prefix).add_decision(
+    decision = _actions(database_url, redis_url, prefix, staff).add_decision(
         subject_type, subject, action, staff=staff, duration=duration, comment=comment, limit_rpm=limit_rpm, scope=scope,
     )
-    click.echo(f"decision {decision.id}: {action} {subject_type}:{subject} until {_when(decision.expires_at)}")
+    click.echo(f"decision {decision.id}: {action} {subject_type}:{decision.subject} until {_when(decision.expires_at)}")
 
 
 @decisions.command("delete")
@@ -148,7 +154,7 @@ def decisions_add(subject_type, subject, action, duration, limit_rpm, scope, com
 @_reporting_errors
 def decisions_delete(decision_id, comment, database_url, redis_url, prefix, staff) -> None:
     """Lift DECISION_ID: it ends now and gateways stop enforcing it. The record stays."""
-    lifted = _actions(database_url, redis_url, prefix).lift(decision_id, staff=staff, comment=comment)
+    lifted = _actions(database_url, redis_url, prefix, staff).lift(decision_id, staff=staff, comment=comment)
     click.echo(f"decision {lifted.id} lifted: {lifted.action} {lifted.subject_type}:{lifted.subject}")
 
 
@@ -227,8 +233,8 @@ def review_show(case_id, database_url) -> None:
 @_reporting_errors
 def review_open(subject_type, subject, comment, database_url, redis_url, prefix, staff) -> None:
     """Open a case on SUBJECT_TYPE SUBJECT by hand."""
-    case = _actions(database_url, redis_url, prefix).open_case(subject_type, subject, staff=staff, comment=comment)
-    click.echo(f"case {case.id} opened on {subject_type}:{subject}")
+    case = _actions(database_url, redis_url, prefix, staff).open_case(subject_type, subject, staff=staff, comment=comment)
+    click.echo(f"case {case.id} opened on {subject_type}:{case.subject}")
 
 
 @review.command("resolve")
@@ -236,27 +242,25 @@ def review_open(subject_type, subject, comment, database_url, redis_url, prefix,
 @click.option("--action", required=True, type=click.Choice(["suspend", "throttle", "dismiss", "allowlist"]),
               help="suspend or throttle confirm abuse; dismiss and allowlist mark a false positive.")
 @click.option("--duration", callback=_duration, help="For suspend, throttle and allowlist: how long, like 6h or 30d.")
-@click.option("--limit-rpm", type=click.IntRange(1), help="For throttle: requests per minute allowed.")
+@click.option("--limit-rpm", type=click.IntRange(1, MAX_LIMIT_RPM), help="For throttle: requests per minute allowed.")
 @click.option("--scope", type=click.Choice(SCOPES), default="all", show_default=True, help="For throttle: endpoints covered.")
 @click.option("--comment", required=True, help="Why; kept in the verdict and the audit record.")
 @_acting_options
 @_reporting_errors
 def review_resolve(case_ids, action, duration, limit_rpm, scope, comment, database_url, redis_url, prefix, staff) -> None:
-    """Resolve one or more cases with the same action; each is audited on its own."""
+    """Resolve one or more cases with the same action, all or none; each is audited on its own.
+
+    Every case is checked first: when one is unknown or already resolved, no
+    case is changed and the error names each such case. Repeated ids count once.
+    """
     if action != "dismiss" and duration is None:
         raise ReviewError(f"--action {action} needs --duration, like 6h or 30d")
     if action == "throttle" and limit_rpm is None:
         raise ReviewError("--action throttle needs --limit-rpm, the requests per minute allowed")
-    actions = _actions(database_url, redis_url, prefix)
-    for case_id in case_ids:
-        if action == "suspend":
-            actions.suspend(case_id, staff=staff, duration=duration, comment=comment)
-        elif action == "throttle":
-            actions.throttle(case_id, staff=staff, limit_rpm=limit_rpm, duration=duration, comment=comment, scope=scope)
-        elif action == "dismiss":
-            actions.dismiss(case_id, staff=staff, comment=comment)
-        else:
-            actions.allowlist_case(case_id, staff=staff, duration=duration, comment=comment)
+    resolved = _actions(database_url, redis_url, prefix, staff).resolve_cases(
+        case_ids, action, staff=staff, comment=comment, duration=duration, limit_rpm=limit_rpm, scope=scope,
+    )
+    for case_id in resolved:
         click.echo(f"case {case_id} resolved: {action}")
 
 
@@ -267,7 +271,7 @@ def review_resolve(case_ids, action, duration, limit_rpm, scope, comment, databa
 @_reporting_errors
 def review_note(case_id, text, database_url, redis_url, prefix, staff) -> None:
     """Add a note to CASE_ID."""
-    _actions(database_url, redis_url, prefix).add_note(case_id, staff=staff, body=text)
+    _actions(database_url, redis_url, prefix, staff).add_note(case_id, staff=staff, body=text)
     click.echo(f"note added to case {case_id}")
 
 
@@ -288,10 +292,10 @@ def allowlist() -> None:
 @_reporting_errors
 def allowlist_add(subject_type, subject, duration, comment, database_url, redis_url, prefix, staff) -> None:
     """Allowlist SUBJECT_TYPE SUBJECT and lift its throttles and suspensions."""
-    entry = _actions(database_url, redis_url, prefix).add_allowlist(
+    entry = _actions(database_url, redis_url, prefix, staff).add_allowlist(
         subject_type, subject, staff=staff, duration=duration, comment=comment,
     )
-    click.echo(f"allowlist entry {entry.id}: {subject_type}:{subject} until {_when(entry.expires_at)}")
+    click.echo(f"allowlist entry {entry.id}: {subject_type}:{entry.subject} until {_when(entry.expires_at)}")
 
 
 @allowlist.command("remove")
@@ -301,7 +305,7 @@ def allowlist_add(subject_type, subject, duration, comment, database_url, redis_
 @_reporting_errors
 def allowlist_remove(entry_id, comment, database_url, redis_url, prefix, staff) -> None:
     """End allowlist entry ENTRY_ID now."""
-    entry = _actions(database_url, redis_url, prefix).remove_allowlist(entry_id, staff=staff, comment=comment)
+    entry = _actions(database_url, redis_url, prefix, staff).remove_allowlist(entry_id, staff=staff, comment=comment)
     click.echo(f"allowlist entry {entry.id} removed: {entry.subject_type}:{entry.subject}")
 
 

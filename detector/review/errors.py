@@ -11,3 +11,7 @@ class NotFoundError(ReviewError):
 
 class PublishError(ReviewError):
     """Raised when Redis did not take a staff action; nothing was stored then."""
+
+
+class ConflictError(ReviewError):
+    """Raised when another staff member changed the same case first, such as a case already resolved."""

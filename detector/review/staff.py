@@ -14,6 +14,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from detector.review.cases import shown_id
 from detector.review.errors import NotFoundError, ReviewError
 from detector.store.review_models import ROLES, ConsoleSettingRow, StaffRow, StaffSessionRow
 
@@ -80,6 +81,19 @@ class StaffDirectory:
     def members(self) -> list[StaffMember]:
         with Session(self.engine) as session:
             return [_member(row) for row in session.scalars(select(StaffRow).order_by(StaffRow.name))]
+
+    def acting_member(self, name: str) -> StaffMember:
+        """Return the enabled reviewer or admin called ``name``, the one a command acts as; raise otherwise."""
+        with Session(self.engine) as session:
+            row = session.scalar(select(StaffRow).where(StaffRow.name == name))
+        if row is None or row.disabled_at is not None:
+            raise NotFoundError(
+                f"staff member {shown_id(name)} not found or disabled; pass --staff with the name of a reviewer or admin, "
+                f"or create one first with 'fairuse staff add NAME --role reviewer'"
+            )
+        if row.role not in ("reviewer", "admin"):
+            raise ReviewError(f"staff member {shown_id(name)} is a {row.role} and may not act; pass --staff with a reviewer or admin")
+        return _member(row)
 
     def authenticate(self, name: str, password: str) -> StaffMember | None:
         """Return the member whose name and password match, else None. Rehashes outdated hashes."""
