@@ -1,9 +1,9 @@
 """The gateway-log front door: rows read after a cursor, then scored into the store or sent to the stream.
 
-``import_once`` reads every settled row after the stored cursor in batches,
-validates the mapped records as every reader does (bad rows become rejects
-with their place, never an error), hands the valid events to a sink and only
-then moves the cursor. So a rerun reads only new rows, and a crash between a
+``import_once`` reads every settled row after the stored cursor in batches
+and validates the mapped records as every reader does. Bad rows become
+rejects with their place, never an error. The valid events go to a sink, and
+only then does the cursor move. So a rerun reads only new rows, and a crash between a
 sink and the cursor resends some events, which both sinks drop as duplicates
 of their ``request_id``.
 """

@@ -206,7 +206,7 @@ def test_simulated_run_kept_out_of_real_output(traffic, tmp_path):
         (("simulate", "/proc/nowhere"), "error: /proc/nowhere"),
     ],
 )
-def test_fixable_mistakes_end_with_one_line_not_a_traceback(arguments, message, tmp_path, monkeypatch):
+def test_cli_error_is_one_line(arguments, message, tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRUSE_DATABASE_URL", f"sqlite:///{tmp_path / 'fairuse.db'}")
 
     result = CliRunner().invoke(main, list(arguments))
@@ -216,7 +216,7 @@ def test_fixable_mistakes_end_with_one_line_not_a_traceback(arguments, message, 
     assert "Traceback" not in result.output
 
 
-def test_evaluate_refuses_a_file_that_is_no_labels_file(tmp_path):
+def test_evaluate_rejects_other_csv(tmp_path):
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
 

@@ -109,7 +109,7 @@ def test_new_key_far_over_budget_scores_for_suspension(plans, policy):
     assert "suspend" in [decision.action for decision in decisions]
 
 
-def test_new_key_three_times_over_budget_is_not_suspended(plans, policy):
+def test_new_key_triple_budget_not_suspended(plans, policy):
     heavy = events("heavy", T0 + np.arange(120) * 30, cost=0.05)
 
     decisions = decide(_findings(plans, heavy), policy).decisions

@@ -442,7 +442,7 @@ def test_oneapi_suspension_of_unknown_token_reported(oneapi, store, caplog):
 
 @pytest.fixture
 def faulty(gateway):
-    """The new-api stand-in behind a switch: "garbage" answers admin calls with an HTML 200, "refuse" rejects them."""
+    """The new-api stand-in behind a switch: "garbage" replies to admin calls with an HTML 200, "refuse" rejects them."""
     mode = {"now": "ok"}
     app = newapi_app(gateway["engine"], gateway["tables"])
 

@@ -109,7 +109,7 @@ def test_feed_lists_decision_committed_just_after_a_pull(setup):
     assert [decision.subject for decision in new] == ["late"]
 
 
-def test_feed_does_not_repeat_decisions_older_than_the_overlap(setup):
+def test_feed_skips_decisions_before_overlap(setup):
     _, _, store, _ = setup
     store.save_decisions([_decision("throttle", subject="old")])
 
@@ -119,7 +119,7 @@ def test_feed_does_not_repeat_decisions_older_than_the_overlap(setup):
     assert new == []
 
 
-def test_decision_from_a_gateway_clock_ahead_applies_once_stored(setup):
+def test_future_decision_applies_once_stored(setup):
     client, headers, store, publisher = setup
     now = datetime.now(UTC)
     ahead = replace(_decision("suspend", subject="ahead"), detected_at=now + timedelta(seconds=120))

@@ -248,7 +248,7 @@ def test_suspension_cap_counts_suspensions_of_earlier_runs(tmp_path):
     assert outcome.capped == 1
 
 
-def test_harder_throttle_during_a_flood_is_not_a_repeat_offence(policy):
+def test_flood_escalation_not_repeat_offence(policy):
     light = _finding(reason="automation", score=60.0, impact=3.0, at=T0)
     heavy = _finding(reason="automation", score=60.0, impact=12.0, at=T0 + 300)
 

@@ -100,7 +100,7 @@ def test_second_sharer_abroad_found_within_minutes(plans):
     assert findings[0].evidence["countries_same_day"] == 2
 
 
-def test_phone_and_laptop_in_one_country_is_not_sharing(plans):
+def test_phone_and_laptop_not_sharing(plans):
     # One person in Germany takes turns between a phone on three carrier /24s
     # and a laptop on the home line, every few minutes, all day.
     times = T0 + 8 * HOUR + np.arange(120) * 240.0

@@ -1,4 +1,4 @@
-"""The hourly cap on automatic suspensions holds across runs into one store."""
+"""The hourly cap on automatic suspensions applies across runs into one store."""
 
 from collections import Counter
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Iterable
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from detector.decisions import ACTIONS, SCOPES, SUBJECT_TYPES
 from detector.plans import ConfigError, _read_toml
+from detector.readers.checks import normalize_ip
 
 REASONS = ("abnormal_cost", "key_sharing", "automation", "image_quota", "anomaly")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -111,7 +111,14 @@ def load_policy(path: str | Path | None = None) -> Policy:
                 f"{source}: allowlist.subjects: invalid entry {entry!r}; write TYPE:ID with TYPE one of {SUBJECT_TYPES}"
             )
         if kind == "ip":
-            subject = _canonical_address(subject, f"{source}: allowlist.subjects: {entry!r}")
+            # Spelled as the readers spell addresses (IPv4-mapped IPv6 as IPv4), so entries match.
+            canonical = normalize_ip(subject)
+            if canonical is None:
+                raise ConfigError(
+                    f"{source}: allowlist.subjects: {entry!r}: not an IPv4 or IPv6 address; "
+                    "write ip:ADDRESS, e.g. ip:198.51.100.7"
+                )
+            subject = canonical
         entries.append(f"{kind}:{subject}")
 
     cap = settings.get("max_auto_suspensions_per_hour", 20)
@@ -131,16 +138,6 @@ def load_policy(path: str | Path | None = None) -> Policy:
         allowlist=frozenset(entries),
     )
 
-
-def _canonical_address(text: str, where: str) -> str:
-    """Return an address as the readers spell it (IPv4-mapped IPv6 as IPv4), so allowlist entries match."""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise ConfigError(f"{where}: not an IPv4 or IPv6 address; write ip:ADDRESS, e.g. ip:198.51.100.7") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 def _parse_rule(source: str, index: int, entry: dict) -> Rule:

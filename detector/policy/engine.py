@@ -40,7 +40,7 @@ def decide(
     subject already has a decision that covers it: in force at the finding's
     time, with the same or a stronger action, on the same scope or on all
     endpoints. So scoring the same input twice creates no new decisions. ``prior`` must hold
-    the stored decisions of the subjects involved. ``suspensions`` holds the
+    the stored decisions of the subjects involved. ``suspensions`` contains the
     stored suspensions of every subject in the hours of ``findings``, so the
     hourly suspension cap counts those of earlier runs and other workers.
     """

@@ -225,8 +225,8 @@ def canonical_ips(strings: pa.Array) -> tuple[pa.Array, np.ndarray]:
 def check_ip(column: RawColumn) -> Checked:
     """Check the client address and store it in ipaddress's canonical spelling.
 
-    ``""`` is valid and means the gateway did not record the address (new-api
-    records it only for users who turn IP logging on); detectors that compare
+    ``""`` is valid and means the gateway did not record the address: new-api
+    records it only for users who turn IP logging on. Detectors that compare
     networks treat such requests as having no network.
     """
     strings, errors = text_values(column)

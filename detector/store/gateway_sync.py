@@ -2,7 +2,7 @@
 
 ``GatewayCursorRow`` remembers how far each import (and each enforcer's read
 of the decisions change stream) got, so a rerun reads only new rows.
-``GatewayEnforcementRow`` holds what an enforcer changed inside a gateway and
+``GatewayEnforcementRow`` records what an enforcer changed inside a gateway and
 the value it found there before, so the change can be undone.
 ``GatewayCallRow`` records every admin API call, dry runs included.
 """

@@ -5,7 +5,7 @@ the gateway's own request and response shapes, on top of the gateway's own
 tables (``tests/gateways/tables.py``). It adds one relay endpoint,
 ``POST /v1/chat/completions``, that only checks the caller's key the way the
 gateway does, so a test can see a disabled key refused. ``fail_next`` makes
-the next calls answer 503.
+the next calls return 503.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def _secret(settings: GatewaySettings, where: str) -> str:
     name_field = _SECRET_ENV[settings.kind]
     variable = settings.enforce.get(name_field)
     if not variable:
-        raise ConfigError(f"{where}: {name_field} is missing; name the environment variable that holds the admin secret")
+        raise ConfigError(f"{where}: {name_field} is missing; name the environment variable that contains the admin secret")
     secret = os.environ.get(str(variable))
     if not secret:
         raise ConfigError(f"{where}: environment variable {variable} is not set; export the gateway's admin secret there")

@@ -160,8 +160,8 @@ class Enforcer:
             self._record(target, want, RELEASED, dict(row.previous), str(error))
             report.undone += 1
             return
-        # NOTE: the gateway keeps one status, so a target that staff also disabled by hand
-        # after this enforcer did is enabled again here; only an earlier manual change is kept.
+        # NOTE: the gateway keeps one status per target. A target that staff also disabled
+        # by hand after this enforcer did is enabled again here; only an earlier manual change is kept.
         if not self.adapter.still_applied(target, current, row.value):
             self._record(target, want, RELEASED, dict(row.previous), "changed in the gateway since; left as it is")
             report.unchanged += 1

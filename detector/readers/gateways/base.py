@@ -1,4 +1,4 @@
-"""What every gateway log reader returns, and the reflection of a gateway's table."""
+"""The result of every gateway log reader, and the reflection of a gateway's table."""
 
 from __future__ import annotations
 

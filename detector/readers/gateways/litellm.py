@@ -1,7 +1,7 @@
 """LiteLLM's ``LiteLLM_SpendLogs`` table as events, read after an (endTime, request_id) cursor.
 
 Column layout from LiteLLM's ``litellm/proxy/schema.prisma`` (model
-``LiteLLM_SpendLogs``, as shipped in litellm 1.110.2): ``api_key`` holds the
+``LiteLLM_SpendLogs``, as shipped in litellm 1.110.2): ``api_key`` contains the
 SHA-256 of the virtual key, never the key; ``status`` is ``success`` or
 ``failure``, with the HTTP code in ``metadata.error_information.error_code``.
 Prisma stores ``DateTime`` as ``timestamp(3)`` without a time zone, in UTC.

@@ -2,7 +2,7 @@
 
 Column layout from QuantumNous/new-api ``model/log.go`` (the ``Log`` struct;
 read at commit 00423442): ``type`` 2 is a consumed request and 5 a failed
-one, whose ``other`` JSON holds ``status_code``; newer versions also store
+one, whose ``other`` JSON contains ``status_code``; newer versions also store
 ``request_path`` there. ``ip`` stays empty unless the user turned on IP
 logging in their settings.
 """
