@@ -118,7 +118,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
 
     store.save_findings(result.findings)
     new = store.save_decisions(result.decisions)
-    ActivityLog(store.engine).record(result.prepared, _flagged(result.findings))
+    ActivityLog(store.engine).record(result.prepared, result.acted_on())
     warnings.extend(run_shadow(read.frame, store, model=model, plans=plans, policy=policy, now=started))
     decisions = _decisions_for_input(store, read, result, simulated)
     result.subjects["actions"] = _actions_by_subject(result.subjects, decisions)
@@ -204,10 +204,6 @@ def _decisions_for_input(
     for decision in result.decisions:
         chosen.setdefault(decision.id, decision)
     return sorted(chosen.values(), key=lambda decision: (decision.detected_at, decision.id))
-
-
-def _flagged(findings: Sequence[Finding]) -> set[tuple[str, str]]:
-    return {(finding.subject_type, finding.subject) for finding in findings}
 
 
 def _actions_by_subject(subjects: pd.DataFrame, decisions: list[Decision]) -> list[list[str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -37,10 +37,16 @@ class ScoringResult:
     subjects: pd.DataFrame
     outcome: PolicyOutcome
     prepared: PreparedEvents
+    # Stored decisions of the subjects with findings, as the policy saw them.
+    prior: list[Decision] = field(default_factory=list)
 
     @property
     def decisions(self) -> list[Decision]:
         return self.outcome.decisions
+
+    def acted_on(self) -> set[tuple[str, str]]:
+        """Return the subjects with a decision from this pass or a stored one."""
+        return {(decision.subject_type, decision.subject) for decision in [*self.prior, *self.outcome.decisions]}
 
 
 def default_detectors(model: AnomalyModel | None = None) -> list[Detector]:
@@ -95,7 +101,7 @@ def score_events(
     subjects["evidence_gaps"] = [gaps.get(code, []) for code in subjects["code"]]
     subjects = subjects.drop(columns="code")
     outcome.warnings.extend(gap_warnings(gaps))
-    return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared)
+    return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared, prior=existing)
 
 
 def _hours_spanned(findings: Sequence[Finding]) -> tuple[datetime, datetime]:

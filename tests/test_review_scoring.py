@@ -63,16 +63,20 @@ def test_hourly_activity_counts(plans):
     assert rows["hour"].iloc[0] == datetime.fromtimestamp(T0, UTC)
 
 
-def test_batch_keeps_activity_of_flagged_subjects_only(tmp_path, sqlite_url):
+def test_batch_keeps_activity_of_subjects_acted_on_only(tmp_path, sqlite_url):
     source = tmp_path / "events.jsonl"
-    _stolen_key_traffic().drop(columns=["subject_type"]).to_json(source, orient="records", lines=True)
+    cron = events("cron", T0 + np.arange(5 * 24) * HOUR, cost=0.01)
+    frame(_stolen_key_traffic(), cron).drop(columns=["subject_type"]).to_json(source, orient="records", lines=True)
 
-    run_batch(BatchOptions(paths=[source], database_url=sqlite_url, use_model=False))
+    report = run_batch(BatchOptions(paths=[source], database_url=sqlite_url, use_model=False))
 
     engine = open_store(sqlite_url).engine
     with Session(engine) as session:
         subjects = set(session.scalars(select(ActivityRow.subject).distinct()))
         hours = session.scalar(select(func.count()).select_from(ActivityRow))
+    # The hourly cron job is found as automation but not acted on, so it has no chart.
+    assert "cron" in {finding.subject for finding in report.result.findings}
+    assert "cron" not in {decision.subject for decision in report.decisions}
     assert subjects == {"victim"}
     assert hours == 5 * 24 + 2
     series = ActivityLog(engine).series("key", "victim")

@@ -82,6 +82,29 @@ def test_stream_keeps_hourly_activity(consumer, store, redis_client):
     assert requests == 900
 
 
+def test_stream_writes_earlier_hours_of_a_subject_first_acted_on(consumer, store, redis_client):
+    # Two quiet hours, scored on their own without a decision, then a flood that is throttled.
+    for number in range(12):
+        event = record(number, key="key-1", ts=T0 + 60 + number * 600.0)
+        redis_client.xadd(consumer.settings.stream, {"event": orjson.dumps(event)})
+    while consumer.process_once().entries:
+        pass
+    assert not store.all_decisions()
+
+    for number in range(900):
+        event = record(100 + number, key="key-1", ts=T0 + 2 * 3600 + number * 4.0)
+        redis_client.xadd(consumer.settings.stream, {"event": orjson.dumps(event)})
+    while consumer.process_once().entries:
+        pass
+
+    with Session(store.engine) as session:
+        hours = session.scalar(select(func.count()).select_from(ActivityRow).where(ActivityRow.subject == "key-1"))
+        requests = session.scalar(select(func.sum(ActivityRow.requests)))
+    assert store.all_decisions()
+    assert hours == 3
+    assert requests == 912
+
+
 def test_lift_reported_to_http_gateways(store, actions, redis_prefix):
     api_key = GatewayRegistry(store.engine).add("edge-1")
     client = TestClient(create_app(store, DecisionClient(prefix=redis_prefix, cache_seconds=0.0)))

@@ -31,7 +31,7 @@ import sqlalchemy.exc
 from detector.detectors import Detector
 from detector.model_switch import ModelSwitch
 from detector.shadow import prior_without_shadow
-from detector.pipeline import score_events
+from detector.pipeline import ScoringResult, score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
 from detector.readers import read_json_lines
@@ -221,8 +221,7 @@ class StreamConsumer:
         outcome.findings = len(result.findings)
         outcome.decisions = self.store.save_decisions(result.decisions)
         ActivityLog(self.store.engine).record(
-            result.prepared, {(finding.subject_type, finding.subject) for finding in result.findings},
-            since=float(fresh["ts"].min()),
+            result.prepared, result.acted_on(), since=float(fresh["ts"].min()), newly=_first_acted_on(result)
         )
         self.publisher.publish(result.decisions)
         shadow = self.models.shadow() if self.models else None
@@ -271,6 +270,12 @@ class StreamConsumer:
         )
         entries = response[1] if response else []
         return [entry for entry in entries if entry[1] is not None]
+
+
+def _first_acted_on(result: ScoringResult) -> set[tuple[str, str]]:
+    """Return the subjects with a new decision and no stored one: their earlier hours are not stored yet."""
+    stored = {(decision.subject_type, decision.subject) for decision in result.prior}
+    return {(decision.subject_type, decision.subject) for decision in result.decisions} - stored
 
 
 __all__ = ["BatchOutcome", "EVENT_FIELD", "StreamConsumer", "StreamSettings"]

@@ -16,6 +16,7 @@ from detector.readers.base import RawBatch, ReaderError, ReadResult
 from detector.readers.csv_reader import read_csv
 from detector.readers.jsonl import parse_json_lines, read_jsonl
 from detector.readers.parquet import read_parquet
+from detector.readers.prefetch import prefetched
 from detector.readers.sniff import FORMAT_CHOICES, FORMATS, resolve_format
 from detector.readers.source import InputFile
 from detector.readers.validate import frame_from_columns, validate_batch
@@ -70,7 +71,7 @@ class EventCollector:
         """Validate every batch a reader yields for one file and keep the results."""
         rejects: list[Reject] = []
         secrets_replaced: Counter[str] = Counter()
-        for item in items:
+        for item in prefetched(items):
             if isinstance(item, Reject):
                 rejects.append(item)
                 self.records += 1
