@@ -285,7 +285,7 @@ def _check_reject_share(read: ReadResult, options: BatchOptions, rejects_path: P
     where = f"; see {rejects_path}" if rejects_path else ""
     if valid == 0:
         names = ", ".join(str(path) for path in options.paths)
-        first = f" First reject: {read.rejects[0].format()}" if read.rejects else ""
+        first = f" First reject: {read.rejects[0].format()}." if read.rejects else ""
         hint = (
             " Check that the files hold events in the format of docs/events.md, or name it with --format."
             if read.rejects

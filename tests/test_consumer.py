@@ -84,6 +84,20 @@ def test_malformed_entries_dead_lettered_not_blocking(make_consumer, redis_clien
     assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
 
 
+def test_oversized_entry_dead_lettered(make_consumer, redis_client, monkeypatch):
+    monkeypatch.setattr("workers.consumer.MAX_LINE_BYTES", 4096)
+    consumer = make_consumer()
+    _append(redis_client, consumer.settings.stream, [_event(1, user_agent="x" * 5000), _event(2)])
+
+    outcome = consumer.process_once()
+
+    assert outcome.events == 1
+    assert outcome.dead == 1
+    reasons = [fields[b"reason"].decode() for _, fields in redis_client.xrange(consumer.settings.dead_letter)]
+    assert len(reasons) == 1
+    assert "is longer than the limit of 4,096 bytes" in reasons[0]
+
+
 def test_unacknowledged_entries_claimed_by_next_worker(make_consumer, redis_client, redis_prefix):
     first = make_consumer(consumer="worker-a")
     _append(redis_client, first.settings.stream, [_event(number) for number in range(50)])

@@ -35,6 +35,7 @@ from detector.pipeline import ScoringResult, score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
 from detector.readers import read_json_lines
+from detector.readers.source import MAX_LINE_BYTES
 from detector.review.activity import ActivityLog
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
@@ -238,6 +239,10 @@ class StreamConsumer:
             raw = fields.get(EVENT_FIELD)
             if not raw or not raw.strip():
                 dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: missing or empty 'event' field"))
+                continue
+            if len(raw) > MAX_LINE_BYTES:
+                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: 'event' field of {len(raw):,} bytes "
+                                       f"is longer than the limit of {MAX_LINE_BYTES:,} bytes; an event is a few hundred bytes"))
                 continue
             lines.append(raw)
             line_ids.append(entry_id)

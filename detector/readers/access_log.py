@@ -50,9 +50,7 @@ def read_access_log(input_file: InputFile) -> Iterator[RawBatch | Reject]:
     for block in blocks:
         yield from parse_access_lines(block.data, block.first_line, input_file.name, id_prefix)
 
-    gzip_reject = blocks.gzip_error_reject()
-    if gzip_reject is not None:
-        yield gzip_reject
+    yield from blocks.end_rejects()
 
 
 def request_id_prefix(name: str) -> str:

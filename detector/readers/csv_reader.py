@@ -40,9 +40,7 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
             newlines = None
         yield from parse_csv_lines(data, first_line, header, input_file.name, newlines)
 
-    gzip_reject = blocks.gzip_error_reject()
-    if gzip_reject is not None:
-        yield gzip_reject
+    yield from blocks.end_rejects()
 
 
 def split_header(data: bytes, first_line: int, source: str) -> tuple[list[str] | None, bytes, int]:

@@ -42,9 +42,7 @@ def read_jsonl(input_file: InputFile) -> Iterator[RawBatch | Reject]:
     for block in blocks:
         yield from parse_json_lines(block.data, block.first_line, input_file.name, block.newlines)
 
-    gzip_reject = blocks.gzip_error_reject()
-    if gzip_reject is not None:
-        yield gzip_reject
+    yield from blocks.end_rejects()
 
 
 def parse_json_lines(
