@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
@@ -12,6 +12,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from detector.plans import ConfigError
+from fairuse_console.login_limit import LoginLimiter
 from detector.policy import parse_duration
 from detector.review.actions import StaffActions
 from detector.review.activity import ActivityLog
@@ -37,6 +38,7 @@ class Console:
     activity: ActivityLog
     pseudonym_key: bytes
     templates: Jinja2Templates
+    logins: LoginLimiter = field(default_factory=LoginLimiter)
 
 
 def make_templates() -> Jinja2Templates:

@@ -41,10 +41,19 @@ async def login(request: Request):
         return _login_form(request, error="csrf", status_code=403)
     console = console_of(request)
     name = text_field(form, "name", required=False)
+    address = request.client.host if request.client else ""
+    wait = console.logins.retry_after(name, address)
+    if wait:
+        logger.warning("console login for staff name %r from %s refused: too many failed logins, %d s left",
+                       name[:64], address, wait)
+        return _login_form(request, error="locked", status_code=429, retry_after=wait)
+
     member = console.directory.authenticate(name, str(form.get("password") or ""))
     if member is None:
-        logger.warning("failed console login for staff name %r", name[:64])
+        console.logins.failed(name, address)
+        logger.warning("failed console login for staff name %r from %s", name[:64], address)
         return _login_form(request, error="credentials", status_code=401)
+    console.logins.succeeded(name)
     token, _csrf = console.directory.start_session(member)
     logger.info("staff %s logged in", member.name)
     response = RedirectResponse(local_path(form.get("next")), status_code=303)
@@ -115,10 +124,13 @@ def staff_add(request: Request, form: FormData = Depends(checked_form), session:
     return RedirectResponse("/staff?done=add", status_code=303)
 
 
-def _login_form(request: Request, *, error: str, status_code: int):
+def _login_form(request: Request, *, error: str, status_code: int, retry_after: int = 0):
     token = new_login_token()
     response = render(request, "login.html", {
         "login_token": token, "error": error, "next": local_path(request.query_params.get("next")),
+        "retry_minutes": (retry_after + 59) // 60,
     }, status_code=status_code)
     set_cookie(response, request, LOGIN_CSRF_COOKIE, token, max_age=3600)
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
     return response

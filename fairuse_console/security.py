@@ -7,8 +7,8 @@ constant time. The login form, which has no session yet, uses a
 double-submit cookie instead. Cookies are HttpOnly and SameSite=Strict, and
 Secure when the console is reached over HTTPS.
 
-NOTE: failed logins are logged but not rate-limited here. Serve the console
-to others only through a proxy that limits login attempts.
+Failed logins are logged and limited per staff name and per client address
+(``fairuse_console.login_limit``).
 """
 
 from __future__ import annotations
