@@ -16,14 +16,15 @@ from workers.http_api import create_app
 from workers.publish import DecisionPublisher
 
 
-def _decision(action="suspend", *, subject="key-1", seconds=3600.0, ident=None, created=None):
+def _decision(action="suspend", *, subject="key-1", seconds=3600.0, ident=None, created=None, scope="all",
+              limit_rpm=30):
     now = datetime.now(UTC)
     return Decision(
         id=ident or f"{action}-{subject}-{seconds}", subject_type="key", subject=subject, action=action,
         reasons=["automation"], score=80.0, evidence={"automation": {"load_vs_plan": 5.0}},
         detected_at=now - timedelta(seconds=5), created_at=created or now,
         expires_at=now + timedelta(seconds=seconds), origin="automation/1+policy/default-1",
-        limit_rpm=30 if action == "throttle" else None,
+        limit_rpm=limit_rpm if action == "throttle" else None, scope=scope,
     )
 
 
@@ -82,6 +83,46 @@ def test_startup_snapshot_lists_each_subject_once(setup):
     assert sorted(subjects) == [("key", "key-1"), ("key", "key-2")]
     assert {item["subject"]: item["action"] for item in body["new"]} == {"key-1": "suspend", "key-2": "review"}
     assert body["deleted"] == []
+
+
+def test_snapshot_carries_stricter_image_throttle(setup):
+    client, headers, store, _ = setup
+    images = _decision("throttle", ident="images-2rpm", scope="images", limit_rpm=2)
+    store.save_decisions([_decision("throttle", ident="all-30rpm", seconds=7200), images,
+                          _decision("throttle", subject="key-2", ident="only-all")])
+
+    body = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+
+    by_subject = {item["subject"]: item for item in body["new"]}
+    assert len(body["new"]) == 2
+    assert by_subject["key-1"]["id"] == "all-30rpm"
+    assert by_subject["key-1"]["images"]["id"] == "images-2rpm"
+    assert by_subject["key-1"]["images"]["limit_rpm"] == 2
+    assert by_subject["key-2"]["images"] is None
+
+
+def test_looser_image_throttle_not_attached(setup):
+    client, headers, store, _ = setup
+    store.save_decisions([_decision("throttle", ident="all-5rpm", limit_rpm=5),
+                          _decision("throttle", ident="images-20rpm", scope="images", limit_rpm=20)])
+
+    body = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+
+    assert [item["id"] for item in body["new"]] == ["all-5rpm"]
+    assert body["new"][0]["images"] is None
+
+
+def test_change_carries_stricter_image_throttle(setup):
+    client, headers, store, _ = setup
+    store.save_decisions([_decision("throttle", ident="images-2rpm", scope="images", limit_rpm=2)])
+    client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers)
+    time.sleep(0.01)
+    store.save_decisions([_decision("throttle", ident="all-30rpm", created=datetime.now(UTC))])
+
+    body = client.get("/v1/decisions/stream", headers=headers).json()
+
+    item = next(item for item in body["new"] if item["id"] == "all-30rpm")
+    assert item["images"]["id"] == "images-2rpm"
 
 
 def test_stream_returns_only_changes_after_startup(setup):

@@ -44,8 +44,23 @@ class VerdictOut(BaseModel):
     fail_open: bool = False
 
 
+class ImageDecisionOut(BaseModel):
+    """A decision stricter than the subject's main one, for image endpoints only."""
+
+    id: str
+    action: str
+    limit_rpm: int | None
+    reasons: list[str]
+    expires_at: datetime
+
+
 class DecisionOut(BaseModel):
-    """One enforced decision, without its evidence."""
+    """One enforced decision, without its evidence.
+
+    ``images`` is set when the subject also has an image-only decision that
+    limits image requests more than this one does, such as a tighter
+    image-only throttle beside a throttle of all endpoints.
+    """
 
     id: str
     subject_type: str
@@ -57,6 +72,7 @@ class DecisionOut(BaseModel):
     score: float
     detected_at: datetime
     expires_at: datetime
+    images: ImageDecisionOut | None = None
 
 
 class StreamOut(BaseModel):
@@ -107,31 +123,58 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
         """Return new and deleted decisions since this gateway's previous pull."""
         now = datetime.now(UTC)
         if startup or caller.last_pull_at is None:
-            new, deleted = _strongest_per_subject(store.active_decisions(now)), []
+            in_force = store.active_decisions(now)
+            new, deleted = _strongest_per_subject(in_force), []
         else:
-            new, deleted = store.changes_between(caller.last_pull_at, now)
-            new = _with_survivors(store, new, deleted, now)
+            changed, deleted = store.changes_between(caller.last_pull_at, now)
+            in_force = _in_force_of(store, changed + deleted, now)
+            new = _strongest_per_subject(changed + _of_subjects(in_force, deleted))
         registry.mark_pulled(caller.name, now)
-        return StreamOut(new=[_out(decision) for decision in new], deleted=[_out(decision) for decision in deleted])
+        image_limits = _image_overrides(new, in_force)
+        return StreamOut(
+            new=[_out(decision, image_limits.get(decision.id)) for decision in new],
+            deleted=[_out(decision) for decision in deleted],
+        )
 
     return app
 
 
-def _with_survivors(store: DecisionStore, new: list[Decision], deleted: list[Decision], now: datetime) -> list[Decision]:
-    """Add, for each subject that lost a decision, the strongest decision it still has.
+def _in_force_of(store: DecisionStore, decisions: list[Decision], now: datetime) -> list[Decision]:
+    """Return the enforced decisions in force of the subjects of ``decisions``.
 
-    A gateway that drops a subject on "deleted" would otherwise lift a longer,
-    weaker decision that overlapped the one that ended.
+    For a subject that lost a decision, the strongest of these goes out in
+    ``new`` again: a gateway that drops a subject on "deleted" would otherwise
+    lift a longer, weaker decision that overlapped the one that ended.
     """
-    touched = {(decision.subject_type, decision.subject) for decision in deleted}
-    if not touched:
-        return _strongest_per_subject(new)
-    remaining = [
-        decision
-        for decision in store.decisions_for(touched)
-        if not decision.simulated and decision.in_force_at(now)
-    ]
-    return _strongest_per_subject(new + remaining)
+    subjects = {(decision.subject_type, decision.subject) for decision in decisions}
+    if not subjects:
+        return []
+    return [decision for decision in store.decisions_for(subjects) if not decision.simulated and decision.in_force_at(now)]
+
+
+def _of_subjects(decisions: list[Decision], subjects_of: list[Decision]) -> list[Decision]:
+    """Return the decisions whose subject is the subject of one of ``subjects_of``."""
+    subjects = {(decision.subject_type, decision.subject) for decision in subjects_of}
+    return [decision for decision in decisions if (decision.subject_type, decision.subject) in subjects]
+
+
+def _image_overrides(chosen: list[Decision], in_force: list[Decision]) -> dict[str, Decision]:
+    """Return, by id of a chosen decision, the subject's image-only decision that is stricter for image requests."""
+    chosen_by_subject = {(decision.subject_type, decision.subject): decision for decision in chosen}
+    overrides: dict[str, Decision] = {}
+    for decision in in_force:
+        main = chosen_by_subject.get((decision.subject_type, decision.subject))
+        if main is None or decision.scope != "images" or main.scope == "images":
+            continue
+        current = overrides.get(main.id, main)
+        if _image_strength(decision) > _image_strength(current):
+            overrides[main.id] = decision
+    return overrides
+
+
+def _image_strength(decision: Decision) -> tuple[int, int, datetime]:
+    """Order decisions by how much they limit an image request; scope no longer matters there."""
+    return (ACTION_RANK[decision.action], -(decision.limit_rpm or 0), decision.expires_at)
 
 
 def _strongest_per_subject(decisions: list[Decision]) -> list[Decision]:
@@ -149,9 +192,15 @@ def _strength(decision: Decision) -> tuple[int, bool, int, datetime]:
     return (ACTION_RANK[decision.action], decision.scope == "all", -(decision.limit_rpm or 0), decision.expires_at)
 
 
-def _out(decision: Decision) -> DecisionOut:
+def _out(decision: Decision, images: Decision | None = None) -> DecisionOut:
+    image_out = None
+    if images is not None:
+        image_out = ImageDecisionOut(
+            id=images.id, action=images.action, limit_rpm=images.limit_rpm, reasons=images.reasons,
+            expires_at=images.expires_at,
+        )
     return DecisionOut(
         id=decision.id, subject_type=decision.subject_type, subject=decision.subject, action=decision.action,
         scope=decision.scope, limit_rpm=decision.limit_rpm, reasons=decision.reasons, score=decision.score,
-        detected_at=decision.detected_at, expires_at=decision.expires_at,
+        detected_at=decision.detected_at, expires_at=decision.expires_at, images=image_out,
     )
