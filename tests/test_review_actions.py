@@ -312,6 +312,49 @@ def test_parallel_actions_resolve_a_case_once(store, queue, actions):
     assert len(_audit_actions(store, "suspend", "throttle")) == 1
 
 
+def test_parallel_hand_opens_make_one_case(store, queue, actions):
+    start = threading.Barrier(8)
+    outcomes: list[object] = []
+
+    def open_case(number: int) -> None:
+        start.wait()
+        try:
+            outcomes.append(actions.open_case("key", "key-twice", staff=f"s{number}", comment=f"ticket {number}").id)
+        except ReviewError as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=open_case, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    opened = [outcome for outcome in outcomes if isinstance(outcome, int)]
+    refused = [outcome for outcome in outcomes if not isinstance(outcome, int)]
+    assert len(opened) == 1, outcomes
+    assert all("already has open case" in str(error) for error in refused), refused
+    assert [case.id for case in queue.list()] == opened
+
+
+def test_sync_links_review_to_hand_opened_case(store, queue, actions):
+    case = actions.open_case("key", "key-hand", staff="alice", comment="customer complaint")
+    store.save_decisions([policy_decision("key-hand")])
+
+    queue.sync()
+
+    assert [listed.id for listed in queue.list()] == [case.id]
+
+
+def test_subject_reopens_after_resolution(store, queue, actions):
+    first = actions.open_case("key", "key-again", staff="alice", comment="first look")
+    actions.dismiss(first.id, staff="alice", comment="fine")
+
+    second = actions.open_case("key", "key-again", staff="alice", comment="second look")
+
+    assert second.id != first.id
+    assert [case.id for case in queue.list()] == [second.id]
+
+
 def test_bulk_resolve_is_all_or_none(store, queue, actions):
     store.save_decisions([policy_decision(f"key-{name}", ident=f"r-{name}") for name in "abc"])
     queue.sync()

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from detector.decisions import LIFTED, SCOPES, Decision
@@ -66,14 +67,22 @@ class StaffActions:
     def open_case(self, subject_type: str, subject: str, *, staff: str, comment: str) -> CaseRow:
         """Open a case by hand; a subject with an open case keeps that one."""
         subject = staff_subject(subject_type, subject)
-        with self._transaction() as (session, now, _changes):
-            case = open_case_for(session, subject_type, subject)
-            if case is not None:
-                raise ReviewError(f"{subject_type} {shown_id(subject)} already has open case {case.id}; act on that one")
-            before = _state(session, subject_type, subject, now)
-            case = new_case(session, subject_type, subject, opened_by=f"staff:{staff}", now=now)
-            _audit(session, now, staff, "open_case", case, comment, before)
-            return case
+        try:
+            with self._transaction() as (session, now, _changes):
+                case = open_case_for(session, subject_type, subject)
+                if case is not None:
+                    raise ConflictError(_already_open(subject_type, subject, case.id))
+                before = _state(session, subject_type, subject, now)
+                case = new_case(session, subject_type, subject, opened_by=f"staff:{staff}", now=now)
+                _audit(session, now, staff, "open_case", case, comment, before)
+                return case
+        except IntegrityError as error:
+            # Another process opened a case on this subject between the check and the insert.
+            with Session(self.engine) as session:
+                case = open_case_for(session, subject_type, subject)
+            logger.info("opening a case on %s %s raced with another; keeping case %s", subject_type, shown_id(subject),
+                        case.id if case else None)
+            raise ConflictError(_already_open(subject_type, subject, case.id if case else "")) from error
 
     def suspend(self, case_id: int, *, staff: str, duration: timedelta, comment: str) -> Decision:
         """Confirm the case as abuse and suspend its subject for ``duration``."""
@@ -428,8 +437,13 @@ def _label(session: Session, case: CaseRow, verdict: str, staff: str, comment: s
     ))
 
 
+def _already_open(subject_type: str, subject: str, case_id: int | str) -> str:
+    return f"{subject_type} {shown_id(subject)} already has open case {case_id}; act on that one"
+
+
 def _resolve(case: CaseRow, resolution: str, staff: str, now: datetime) -> None:
     case.status = "resolved"
+    case.open_subject = None
     case.resolution = resolution
     case.resolved_by = staff
     case.resolved_at = now

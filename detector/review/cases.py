@@ -11,6 +11,7 @@ RQ jobs) shows up without a hook in each of them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import unicodedata
 from dataclasses import dataclass, field
@@ -236,10 +237,16 @@ def new_case(session: Session, subject_type: str, subject: str, *, opened_by: st
     case = CaseRow(
         subject_type=subject_type, subject=subject, account_id="", plan="", status="open", score=0.0, reasons=[],
         opened_by=opened_by, opened_at=now, updated_at=now, resolution="", resolved_by="",
+        open_subject=open_slot(subject_type, subject),
     )
     session.add(case)
     session.flush()
     return case
+
+
+def open_slot(subject_type: str, subject: str) -> str:
+    """Return the value of ``cases.open_subject`` that an open case of this subject holds."""
+    return hashlib.sha256(f"{subject_type}\x00{subject}".encode()).hexdigest()
 
 
 def link_decision(session: Session, case: CaseRow, decision: Decision, now: datetime) -> None:

@@ -42,10 +42,14 @@ class CaseRow(Base):
     resolution: Mapped[str] = mapped_column(String(32), default="")
     resolved_by: Mapped[str] = mapped_column(String(128), default="")
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # SHA-256 of the subject while the case is open, NULL once resolved. Its
+    # unique index lets only one open case per subject exist, across processes.
+    open_subject: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
 
     __table_args__ = (
         Index("ix_cases_status_score", "status", "score"),
         Index("ix_cases_subject", "subject_type", "subject"),
+        Index("ux_cases_open_subject", "open_subject", unique=True),
     )
 
 
