@@ -8,6 +8,9 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from detector.decisions import Decision
+from detector.model_registry import load_model
+from detector.shadow import is_shadow
+from detector.store.model_assignments import SHADOW, ModelAssignments
 from detector.readers import validate_records
 from detector.store import open_store
 from workers.jobs import consume_stream, republish_decisions, rescore_quiet_keys
@@ -88,3 +91,46 @@ def test_rescore_job_scores_quiet_key_days(environment, redis_client, monkeypatc
     assert job.return_value()["findings"] >= 1
     stored = open_store(database).all_decisions()
     assert all(decision.subject == "key-1" for decision in stored)
+
+
+# Reviews every model finding, so the shadow's decisions show that it ran.
+ANY_ANOMALY_POLICY = """
+[policy]
+name = "any-anomaly"
+version = "1"
+
+[[rules]]
+name = "review model findings"
+reason = "anomaly"
+min_score = 0
+min_impact = 0
+action = "review"
+duration = "1d"
+"""
+
+
+def test_rescore_job_runs_shadow_model(environment, redis_client, monkeypatch):
+    prefix, database = environment
+    monkeypatch.delenv("FAIRUSE_NO_MODEL")
+    store = open_store(database)
+    ModelAssignments(store.engine).record(SHADOW, load_model().version, policy_name="any-anomaly.toml",
+                                          policy_toml=ANY_ANOMALY_POLICY)
+    start = time.time() - 2 * 86400
+    frame, rejects = validate_records([_event(number, start) for number in range(3000)], "test")
+    assert rejects == []
+    EventWindows(redis_client, prefix=prefix).extend(frame)
+    queue = Queue(f"{prefix}-queue", connection=redis_client)
+
+    job = queue.enqueue(rescore_quiet_keys)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+
+    job.refresh()
+    assert job.is_finished, job.latest_result()
+    assert job.return_value()["shadow_decisions"] >= 1
+    stored = store.all_decisions()
+    shadowed = [decision for decision in stored if is_shadow(decision)]
+    assert shadowed
+    assert all(decision.simulated for decision in shadowed)
+    published = redis_client.get(f"{prefix}:decision:key:key-1")
+    published_ids = {entry["id"] for entry in orjson.loads(published)["active"]} if published else set()
+    assert not published_ids & {decision.id for decision in shadowed}

@@ -9,6 +9,7 @@ Redis connection of the worker that runs it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -16,9 +17,10 @@ import time
 
 from rq import get_current_job
 
-from detector.model_registry import ModelError
-from detector.model_switch import ModelSwitch, load_active_model
-from detector.shadow import prior_without_shadow
+from detector.model_registry import ModelError, default_models_dir
+from detector.model_switch import ModelSwitch, load_active_model, shadow_from
+from detector.shadow import Shadow, prior_without_shadow
+from detector.store.model_assignments import SHADOW, ModelAssignments
 from detector.detectors import AnomalyDetector
 from detector.pipeline import score_events
 from detector.plans import load_plans
@@ -75,36 +77,60 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
     """Score every stored window's closed days with the anomaly model, as of now.
 
     The stream scores a key's finished day only when the key sends again; this
-    job covers keys that went quiet.
+    job covers keys that went quiet. A shadow with an anomaly model scores the
+    same days beside it and stores its decisions as simulated.
     """
     job = get_current_job()
     connection = job.connection
     prefix = os.environ.get("FAIRUSE_PREFIX", "fairuse")
     store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
+    plans, policy = load_plans(), load_policy()
     model = _model(store)
-    if model is None:
-        return {"subjects": 0, "findings": 0, "decisions": 0}
+    now = time.time()
+    shadow = _quiet_key_shadow(store, model, policy, now)
+    totals = {"subjects": 0, "findings": 0, "decisions": 0, "shadow_decisions": 0}
+    if model is None and shadow is None:
+        return totals
 
     windows = EventWindows(connection, prefix=prefix)
     publisher = DecisionPublisher(connection, prefix=prefix)
-    detector = AnomalyDetector(model, as_of=time.time())
-    totals = {"subjects": 0, "findings": 0, "decisions": 0}
+    detectors = [AnomalyDetector(model, as_of=now)] if model else []
     for subjects in _window_subjects(connection, prefix, batch_size):
-        history = windows.load(subjects, time.time())
+        history = windows.load(subjects, now)
         if history.empty:
             continue
-        result = score_events(
-            history.sort_values("ts", kind="stable").reset_index(drop=True),
-            plans=load_plans(), policy=load_policy(), detectors=[detector], prior=prior_without_shadow(store),
-            suspensions=store.suspensions_between, allowlisted=StaffAllowlist(store.engine).active_among,
-        )
-        store.save_findings(result.findings)
-        totals["decisions"] += store.save_decisions(result.decisions)
-        publisher.publish(result.decisions)
+        history = history.sort_values("ts", kind="stable").reset_index(drop=True)
         totals["subjects"] += len(subjects)
-        totals["findings"] += len(result.findings)
+        if detectors:
+            result = score_events(
+                history, plans=plans, policy=policy, detectors=detectors, prior=prior_without_shadow(store),
+                suspensions=store.suspensions_between, allowlisted=StaffAllowlist(store.engine).active_among,
+            )
+            store.save_findings(result.findings)
+            totals["decisions"] += store.save_decisions(result.decisions)
+            publisher.publish(result.decisions)
+            totals["findings"] += len(result.findings)
+        if shadow is not None:
+            totals["shadow_decisions"] += len(shadow.score(history, plans=plans, store=store))
     logger.info("job %s re-scored %s", job.id, totals)
     return totals
+
+
+def _quiet_key_shadow(store, model, policy, now: float) -> Shadow | None:
+    """Return the registry's shadow reduced to its anomaly detector as of ``now``, or None without one."""
+    try:
+        shadow = shadow_from(
+            ModelAssignments(store.engine).current(SHADOW), active=model, policy=policy, models_dir=default_models_dir()
+        )
+    except (ModelError, ValueError) as error:
+        logger.warning("shadow not run on quiet keys: %s", error)
+        return None
+    if shadow is None:
+        return None
+    anomaly = [
+        dataclasses.replace(detector, as_of=now) for detector in shadow.detectors if isinstance(detector, AnomalyDetector)
+    ]
+    return dataclasses.replace(shadow, detectors=anomaly) if anomaly else None
 
 
 def _window_subjects(connection, prefix: str, batch_size: int):
