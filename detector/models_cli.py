@@ -219,8 +219,8 @@ def models_compare(since, database_url) -> None:
     store = open_store(database_url)
     runs = [item for item in ModelAssignments(store.engine).history(limit=100) if item.role == SHADOW and item.is_set]
     started_at = runs[0].created_at if runs else None
-    # NOTE: reads every stored decision; a store with millions of them needs a query bounded by time.
-    diffs = compare_with_enforced(store.all_decisions(), span.total_seconds(), started_at)
+    recent = store.recent_decisions(span, created_since=started_at)
+    diffs = compare_with_enforced(recent, span.total_seconds(), started_at)
     if not diffs:
         stdout.print("no shadow decisions stored yet; start one with `fairuse models shadow`")
         return

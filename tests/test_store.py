@@ -78,3 +78,14 @@ def test_open_twice_migrates_once(sqlite_url):
     store = open_store(sqlite_url)
 
     assert store.all_decisions() == []
+
+
+def test_recent_decisions_bounded_by_newest(database_url, policy):
+    store = open_store(database_url)
+    findings = [_finding("key-old", T0), _finding("key-mid", T0 + 6 * 24 * HOUR), _finding("key-new", T0 + 7 * 24 * HOUR)]
+    store.save_decisions(decide(findings, policy, now=NOW).decisions)
+
+    recent = store.recent_decisions(timedelta(days=2))
+
+    assert {decision.subject for decision in recent} == {"key-mid", "key-new"}
+    assert store.recent_decisions(timedelta(days=2), created_since=datetime.now(UTC) + timedelta(hours=1)) == []

@@ -8,7 +8,7 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Insert, or_, select, tuple_
+from sqlalchemy import Engine, Insert, func, or_, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -108,6 +108,24 @@ class DecisionStore:
             new = [_to_decision(row) for row in session.scalars(created)]
             gone = [_to_decision(row) for row in session.scalars(expired)]
         return new, gone
+
+    def recent_decisions(self, span: timedelta, created_since: datetime | None = None) -> list[Decision]:
+        """Return the decisions detected within ``span`` before the newest one, oldest first.
+
+        With ``created_since``, only decisions stored from then on, and the
+        newest is taken among those.
+        """
+        filters = [DecisionRow.created_at >= created_since] if created_since is not None else []
+        with Session(self.engine) as session:
+            newest = session.scalar(select(func.max(DecisionRow.detected_at)).where(*filters))
+            if newest is None:
+                return []
+            query = (
+                select(DecisionRow)
+                .where(*filters, DecisionRow.detected_at >= newest - span)
+                .order_by(DecisionRow.detected_at, DecisionRow.id)
+            )
+            return [_to_decision(row) for row in session.scalars(query)]
 
     def all_decisions(self) -> list[Decision]:
         """Return every stored decision, oldest detection first."""
