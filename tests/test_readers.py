@@ -1317,3 +1317,24 @@ def test_read_json_lines_numbers_items():
 
     assert list(result.frame["request_id"]) == [make_record(1)["request_id"], make_record(2)["request_id"]]
     assert [(reject.line, reject.field) for reject in result.rejects] == [(2, "-"), (4, "-")]
+
+
+@pytest.mark.parametrize(
+    ("ts", "epoch"),
+    [
+        ("2016-12-31T23:59:60Z", 1483228800.0),
+        ("2016-12-31T23:59:60.25Z", 1483228800.25),
+        ("2017-01-01T00:59:60+01:00", 1483228800.0),
+    ],
+)
+def test_leap_second_read_as_next_second(ts, epoch):
+    frame, rejects = validate_records([make_record(1, ts=ts), make_record(2)], "stream")
+
+    assert rejects == []
+    assert frame.loc[frame["request_id"] == "req-00001", "ts"].item() == epoch
+
+
+def test_second_61_rejected():
+    _, rejects = validate_records([make_record(1, ts="2016-12-31T23:59:61Z")], "stream")
+
+    assert [reject.field for reject in rejects] == ["ts"]

@@ -20,6 +20,9 @@ TIME_WITH_OFFSET_PATTERN = (
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
 )
 TIME_WITHOUT_OFFSET_PATTERN = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
+# The hour and minute of a time whose seconds are 60 (a leap second).
+LEAP_SECOND_PATTERN = r"([Tt ]\d{2}:\d{2}):60(?=[.Zz+-]|$)"
+LEAP_SECOND_TEST = r"[Tt ]\d{2}:\d{2}:60(?:[.Zz+-]|$)"
 SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 UNIX_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
@@ -118,11 +121,20 @@ def _parse_time_strings_one_by_one(strings: pa.Array, absent: np.ndarray) -> tup
 
 
 def _parse_dates(texts: pd.Series) -> np.ndarray:
-    """Return ISO 8601 date-times as epoch seconds, NaN where invalid. Naive ones count as UTC."""
+    """Return ISO 8601 date-times as epoch seconds, NaN where invalid. Naive ones count as UTC.
+
+    RFC 3339 allows a leap second, ``23:59:60``. Epoch seconds have none, so it
+    is read as the second after ``:59``, the first second of the next minute,
+    as POSIX time counts it.
+    """
     if texts.empty:
         return np.empty(0)
+    leap = texts.str.contains(LEAP_SECOND_TEST, regex=True).to_numpy(dtype=bool)
+    if leap.any():
+        texts = texts.str.replace(LEAP_SECOND_PATTERN, r"\1:59", regex=True)
     parsed = pd.to_datetime(texts.str.upper(), format="ISO8601", utc=True, errors="coerce")
-    return ((parsed - UNIX_EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+    seconds = ((parsed - UNIX_EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+    return seconds + leap
 
 
 def _arrow_timestamps(stamps: pa.Array) -> tuple[np.ndarray, np.ndarray]:
