@@ -460,6 +460,17 @@ def test_absurd_year_rejected(ts):
     assert rejects[0].reason.startswith("outside the years 2000-2100")
 
 
+@pytest.mark.parametrize(
+    ("ts", "hint"),
+    [(1795428000000, "not milliseconds"), ("1795428000000", "not milliseconds"),
+     ("9999-01-01T00:00:00Z", "check the gateway's clock"), ("1990-01-01T00:00:00+08:00", "check the gateway's clock")],
+)
+def test_out_of_range_hint_fits_style(ts, hint):
+    _, rejects = validate_records([make_record(1, ts=ts), make_record(2)], "stream")
+
+    assert hint in rejects[0].reason
+
+
 @pytest.mark.parametrize("ts", [1795428000, 1795428000.0, "1795428000", "1795428000.0"])
 def test_epoch_seconds_accepted(tmp_path, json_parser, ts):
     frame = read_one(write_jsonl(tmp_path / "events.jsonl", [make_record(1, ts=ts)])).frame

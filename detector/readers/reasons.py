@@ -33,6 +33,7 @@ class Problem(IntEnum):
     NOT_IP = 16
     NOT_COUNTRY = 17
     NOT_HASH = 18
+    EPOCH_OUT_OF_RANGE = 19
 
 
 REASONS: dict[Problem, str] = {
@@ -49,7 +50,8 @@ REASONS: dict[Problem, str] = {
     Problem.NOT_STATUS: "not an HTTP status code (100-599)",
     Problem.NOT_TIME: "not an RFC 3339 time or epoch seconds",
     Problem.NO_OFFSET: "time has no UTC offset (add Z or +hh:mm)",
-    Problem.YEAR_OUT_OF_RANGE: "outside the years 2000-2100 (epoch seconds, not milliseconds)",
+    Problem.YEAR_OUT_OF_RANGE: "outside the years 2000-2100 (check the gateway's clock)",
+    Problem.EPOCH_OUT_OF_RANGE: "outside the years 2000-2100 (epoch seconds, not milliseconds)",
     Problem.NOT_BOOLEAN: "not a boolean (true/false or 0/1)",
     Problem.NOT_IP: "not an IPv4 or IPv6 address",
     Problem.NOT_COUNTRY: "not an ISO 3166-1 alpha-2 country code",

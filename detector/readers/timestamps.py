@@ -19,6 +19,7 @@ END_EPOCH = 4_133_980_800.0  # 2101-01-01T00:00:00Z, the first second after 2100
 TIME_WITH_OFFSET_PATTERN = (
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
 )
+EPOCH_PATTERN = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 TIME_WITHOUT_OFFSET_PATTERN = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
 # The hour and minute of a time whose seconds are 60 (a leap second).
 LEAP_SECOND_PATTERN = r"([Tt ]\d{2}:\d{2}):60(?=[.Zz+-]|$)"
@@ -46,8 +47,23 @@ def check_ts(column: RawColumn) -> Checked:
         scatter(epochs, part.rows, seconds)
         scatter(errors, part.rows, problems)
 
-    flag(errors, (epochs < EARLIEST_EPOCH) | (epochs >= END_EPOCH), Problem.YEAR_OUT_OF_RANGE)
+    out_of_range = (epochs < EARLIEST_EPOCH) | (epochs >= END_EPOCH)
+    if out_of_range.any():
+        numeric = _numeric_rows(column)
+        flag(errors, out_of_range & numeric, Problem.EPOCH_OUT_OF_RANGE)
+        flag(errors, out_of_range & ~numeric, Problem.YEAR_OUT_OF_RANGE)
     return Checked(epochs, errors)
+
+
+def _numeric_rows(column: RawColumn) -> np.ndarray:
+    """Return a mask of the rows whose ts was given as epoch seconds, as a number or a numeric string."""
+    numeric = np.zeros(column.length, dtype=bool)
+    for part in column.parts:
+        if part.kind is Kind.NUMBER:
+            scatter(numeric, part.rows, True)
+        elif part.kind is Kind.STRING:
+            scatter(numeric, part.rows, true_mask(pc.match_substring_regex(part.values, EPOCH_PATTERN)))
+    return numeric
 
 
 def parse_time_strings(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
