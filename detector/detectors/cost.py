@@ -40,8 +40,8 @@ class AbnormalCostDetector:
 
     Two windows are tested at every request. The *rolling hour* compares the
     spend of the trailing hour with the key's active hours (hours with any
-    spend) in the seven UTC days before the request's day, so spend that
-    grows a little every day moves its own baseline along. The *short
+    spend) in the seven UTC days before the request's day. Spend that grows a
+    little every day therefore moves its own baseline along. The *short
     window* compares the spend of the trailing ``short_window`` seconds with
     the key's active bins of that length over the same days, where a bin
     counts the highest rolling spend inside it. A stolen key that spends a few

@@ -50,7 +50,7 @@ class KeySharingDetector:
     and a laptop on wifi as often as two people, so they are not enough by
     themselves. But such a person uses both devices from their first days,
     while a friend's device turns up on a new network with a new user agent
-    when the sharing starts, so the new device is seen within a minute of it.
+    when the sharing starts, so the new device is usually seen within minutes.
     Sharers rarely use the key in the same minutes, so the concurrent test
     seldom sees them early.
 
