@@ -11,6 +11,8 @@ onset (the first abusive request) at which:
   has two components (two clients in separate places, two requests each);
 - ``two_countries``: two of those components first have no country in common;
 - ``three_devices``: the graph first has three components;
+- ``new_device``: a new device first joins beside an established one, with
+  the shipped ``new_device_age`` and ``established_age``;
 - ``finding`` and ``decision``: the first ``key_sharing`` finding and decision.
 
 Keys that never reach a column count as missing there; the count is printed.
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from detector.detectors import KeySharingDetector
 from detector.detectors.device_graph import rolling_components
 from detector.evaluate import read_labels
 from detector.pipeline import default_detectors, score_events
@@ -32,6 +35,7 @@ from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.readers import read_events
 from detector.simulate import simulate_traffic
+from detector.thresholds import load_thresholds
 
 SHARING_KINDS = ("resold_key", "shared_key")
 DAY = 86400.0
@@ -55,7 +59,7 @@ def main() -> None:
     if args.per_key:
         print(table.to_string(index=False), end="\n\n")
 
-    columns = ["two_devices", "two_countries", "three_devices", "finding", "decision"]
+    columns = ["two_devices", "two_countries", "three_devices", "new_device", "finding", "decision"]
     medians = table.groupby("kind")[columns].median().round(1)
     reached = table.groupby("kind")[columns].count()
     print(f"fairuse simulate --keys {args.keys} --days {args.days} --seed {args.seed}: "
@@ -69,7 +73,11 @@ def _latency_table(result, labels) -> pd.DataFrame:
     prepared = result.prepared
     names = prepared.subjects["subject"].tolist()
     code_of = {name: code for code, name in enumerate(names)}
-    growth = rolling_components(prepared.events, window=DAY, requests=2, country_window=DAY)
+    shipped = KeySharingDetector(**load_thresholds()["key_sharing"])
+    growth = rolling_components(
+        prepared.events, window=DAY, requests=2, country_window=DAY,
+        new_device_age=shipped.new_device_age, established_age=shipped.established_age,
+    )
     findings = _first_times((f.subject, f.detected_at) for f in result.findings if f.reason == "key_sharing")
     decisions = _first_times(
         (d.subject, d.detected_at.timestamp()) for d in result.decisions if "key_sharing" in d.reasons
@@ -88,6 +96,7 @@ def _latency_table(result, labels) -> pd.DataFrame:
                 "two_devices": _minutes(mine["ts"][mine["components"] >= 2], onset),
                 "two_countries": _minutes(mine["ts"][mine["country_components"] >= 2], onset),
                 "three_devices": _minutes(mine["ts"][mine["components"] >= 3], onset),
+                "new_device": _minutes(mine["ts"][mine["new_device"] > 0], onset),
                 "finding": _minutes(pd.Series([findings.get(label.key_id, np.nan)]), onset),
                 "decision": _minutes(pd.Series([decisions.get(label.key_id, np.nan)]), onset),
             }

@@ -49,7 +49,7 @@ def test_backtest_events_lists_changes(history, candidate_policy, sqlite_url):
     assert gone["subjects"] >= 1
     assert new["subjects"] >= 1
     assert all(example.startswith("key:") for example in gone["examples"] + new["examples"])
-    assert json.loads(result.output)["candidate"].endswith("policy/candidate-1")
+    assert "policy/candidate-" in json.loads(result.output)["candidate"]
 
 
 def test_backtest_stored_findings(history, candidate_policy, sqlite_url):

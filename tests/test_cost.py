@@ -25,12 +25,12 @@ def test_mad_zero_spike_finite(plans):
     with np.errstate(all="raise"):
         findings = _findings(plans, quiet, spike)
 
-    assert len(findings) == 1
-    finding = findings[0]
-    assert finding.reason == "abnormal_cost"
-    assert finding.evidence["baseline_mad"] == 0
-    assert np.isfinite(finding.evidence["robust_z"])
-    assert finding.evidence["ratio_to_baseline"] >= 8
+    assert findings
+    for finding in findings:
+        assert finding.reason == "abnormal_cost"
+        assert finding.evidence["baseline_mad"] == 0
+        assert np.isfinite(finding.evidence["robust_z"])
+        assert finding.evidence["ratio_to_baseline"] >= 8
 
 
 def test_stolen_key_spike_detected_at_crossing(plans):
@@ -95,6 +95,9 @@ def test_evidence_names_window_and_thresholds(plans):
 
     assert "rolling 1h" in evidence["window"]
     assert evidence["thresholds"]["min_ratio"] == 8.0
+    assert evidence["thresholds"]["short_window_s"] == 600.0
+    assert evidence["kind"] == "rolling_hour"
+    assert evidence["window_s"] == 3600.0
     assert evidence["hourly_budget"] == 2.0
 
 
@@ -116,3 +119,83 @@ def test_new_key_triple_budget_not_suspended(plans, policy):
 
     assert decisions
     assert "suspend" not in [decision.action for decision in decisions]
+
+
+def _office_weeks(key, cost_per_request, days=6, session_requests=8, **kwargs):
+    """Sessions of ``session_requests`` requests a minute apart, at 10:00 and 15:00 UTC every day."""
+    times = [
+        T0 + day * DAY + hour * HOUR + minute * 60
+        for day in range(days)
+        for hour in (10, 15)
+        for minute in range(session_requests)
+    ]
+    return events(key, times, cost=cost_per_request, **kwargs)
+
+
+def test_short_window_catches_theft_early(plans, policy):
+    # A light user (0.002 a request), then a thief at 4x the hourly budget: 0.4 credits every 3 minutes.
+    history = _office_weeks("victim", 0.002)
+    stolen_start = T0 + 6 * DAY + 3 * HOUR
+    stolen = events("victim", stolen_start + np.arange(40) * 180, cost=0.4, ip="203.0.113.9", country="US")
+
+    findings = sorted(_findings(plans, history, stolen), key=lambda finding: finding.detected_at)
+    decisions = decide(findings, policy).decisions
+
+    assert findings
+    first = findings[0]
+    assert first.evidence["kind"] == "short_window"
+    assert first.detected_at >= stolen_start
+    # The rolling hour needs half the hourly budget (1.0): the third request at 6 minutes.
+    # The short window needs 1.5x the budget's rate over 10 minutes (0.5): the second, at 3 minutes.
+    assert first.detected_at - stolen_start <= 3 * 60
+    assert first.evidence["spend_short_window"] == pytest.approx(0.8)
+    assert first.impact == pytest.approx(2.4)
+    assert decisions[0].action == "review"
+    assert decisions[0].rule == "cost spike within minutes"
+    assert decisions[0].detected_at.timestamp() == first.detected_at
+
+
+def test_short_window_keeps_hour_escalations(plans, policy):
+    # The short window's early findings must not hide the rolling hour's, which enforce.
+    history = _office_weeks("victim", 0.002)
+    stolen_start = T0 + 6 * DAY + 3 * HOUR
+    stolen = events("victim", stolen_start + np.arange(40) * 180, cost=0.4, ip="203.0.113.9", country="US")
+
+    findings = _findings(plans, history, stolen)
+    decisions = decide(findings, policy).decisions
+    hour_findings = [finding for finding in findings if finding.evidence["kind"] == "rolling_hour"]
+    suspensions = [decision for decision in decisions if decision.action == "suspend"]
+
+    assert hour_findings
+    assert min(finding.detected_at for finding in hour_findings) - stolen_start <= 6 * 60
+    assert suspensions
+    # Four credits, twice the hourly budget, are spent after 30 minutes.
+    assert suspensions[0].detected_at.timestamp() - stolen_start <= 30 * 60
+
+
+def test_short_window_leaves_usual_bursts(plans):
+    # The same 8-minute sessions every day, each spending 3x the budget's rate: usual for this key.
+    history = _office_weeks("bursty", 0.2, days=7)
+
+    findings = _findings(plans, history)
+
+    assert [finding for finding in findings if finding.evidence["kind"] == "short_window"] == []
+
+
+def test_short_window_needs_budget_rate(plans):
+    # 20x the key's tiny usual sessions, but spent at half the hourly budget's rate: not a theft.
+    history = _office_weeks("tiny", 0.001)
+    burst = events("tiny", T0 + 6 * DAY + 3 * HOUR + np.arange(10) * 60, cost=0.0167)
+
+    findings = _findings(plans, history, burst)
+
+    assert [finding for finding in findings if finding.evidence["kind"] == "short_window"] == []
+
+
+def test_short_window_needs_history(plans):
+    # A brand-new key spending 3x the budget's rate for ten minutes has no baseline to spike from.
+    fresh = events("fresh", T0 + np.arange(10) * 60, cost=0.1)
+
+    findings = _findings(plans, fresh)
+
+    assert findings == []

@@ -195,7 +195,7 @@ def test_reasons_merge_within_window(policy):
 @pytest.mark.parametrize(
     ("replace_from", "replace_to", "message"),
     [
-        ('action = "suspend"', 'action = "ban"', r"rules\[0\]\.action: expected one of"),
+        ('action = "suspend"', 'action = "ban"', r"rules\[1\]\.action: expected one of"),
         ('duration = "6h"', 'duration = "six hours"', r"invalid duration 'six hours'"),
         ("limit_rpm = 10", "limit_rpm = 0", r"limit_rpm: a throttle needs"),
         ("subjects = []", 'subjects = ["user:1"]', r"allowlist.subjects: invalid entry 'user:1'"),

@@ -137,3 +137,77 @@ def test_ci_runners_in_one_country_are_not_sharing(plans):
     ]
 
     assert _findings(plans, laptop, *runs) == []
+
+
+def _sessions(key, days, hours, ip, user_agent, requests=6):
+    """One session a day at each of ``hours`` (UTC), ``requests`` requests a minute apart."""
+    times = [T0 + day * DAY + hour * HOUR + minute * 60.0 for day in days for hour in hours for minute in range(requests)]
+    return events(key, times, ip=ip, user_agent=user_agent)
+
+
+def _new_device_findings(findings):
+    return [finding for finding in findings if finding.evidence["new_device"] == 1]
+
+
+def test_friend_new_device_found_within_minutes(plans):
+    # The owner has used the key from home for three days; on day 3 at 15:00 a friend
+    # in the same country starts using it from their own line and client.
+    owner = _sessions("shared", range(5), (9, 13, 20), "198.51.100.7", "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0")
+    friend = _sessions("shared", range(3, 5), (15,), "203.0.113.40", "Mozilla/5.0 (Macintosh) Safari/605.1.15")
+    onset = T0 + 3 * DAY + 15 * HOUR
+
+    findings = _findings(plans, owner, friend)
+    found = _new_device_findings(findings)
+
+    assert found
+    assert found[0].detected_at >= onset
+    assert found[0].detected_at - onset <= 2 * 60
+    assert found[0].evidence["device_components"] == 2
+    assert found[0].impact == 2
+
+
+def test_phone_and_laptop_taking_turns_no_new_device(plans):
+    # One person takes turns every session between a phone on mobile data and a
+    # laptop at home, from the first day on; each device keeps its own network and client.
+    phone_hours, laptop_hours = (8, 12, 18), (10, 15, 21)
+    phone = [
+        events("person", T0 + day * DAY + hour * HOUR + np.arange(5) * 60.0,
+               ip=f"100.64.{(day * 3 + index) % 4}.{day * 10 + index + 2}", user_agent="ChatApp/4.2 (iPhone; iOS 18.1)")
+        for day in range(5) for index, hour in enumerate(phone_hours)
+    ]
+    laptop = _sessions("person", range(5), laptop_hours, "198.51.100.7", "Mozilla/5.0 (X11; Linux) Firefox/133.0")
+
+    findings = _findings(plans, *phone, laptop)
+
+    assert _new_device_findings(findings) == []
+    assert findings == []
+
+
+def test_new_device_needs_an_established_one(plans):
+    # Two devices on two lines in one country, both used from the key's first hours: no new device.
+    first = _sessions("young", range(3), (9, 14), "198.51.100.7", "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0")
+    second = _sessions("young", range(3), (11, 19), "203.0.113.40", "Mozilla/5.0 (Macintosh) Safari/605.1.15")
+
+    assert _new_device_findings(_findings(plans, first, second)) == []
+
+
+def test_known_client_on_new_network_not_new_device(plans):
+    # The owner's laptop at a café, and a new browser on the known home line, are the owner's devices.
+    home = _sessions("owner", range(4), (9, 20), "198.51.100.7", "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0")
+    cafe = _sessions("owner", (3,), (14,), "203.0.113.40", "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0")
+    new_browser = _sessions("owner", (3,), (16,), "198.51.100.7", "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0")
+
+    assert _new_device_findings(_findings(plans, home, cafe, new_browser)) == []
+
+
+def test_late_first_use_of_own_device_is_new_device(plans):
+    # Known limit: a person's phone used for the first time on day 3, on mobile data,
+    # cannot be told from a friend's device; policy only reviews it.
+    laptop = _sessions("late", range(4), (9, 20), "198.51.100.7", "Mozilla/5.0 (X11; Linux) Firefox/133.0")
+    phone = _sessions("late", (3,), (12,), "100.64.3.9", "ChatApp/4.2 (iPhone; iOS 18.1)")
+
+    found = _new_device_findings(_findings(plans, laptop, phone))
+
+    assert found
+    assert found[0].score <= 75
+    assert found[0].impact == 2

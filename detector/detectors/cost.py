@@ -15,23 +15,58 @@ DAY = 86400.0
 # Consistency constant that turns a MAD into a standard deviation for normal data.
 MAD_TO_SIGMA = 1.4826
 
+_EVIDENCE = {
+    "kind": "kind",
+    "window_s": "window_s",
+    "spend_window": "spend_window",
+    "spend_short_window": "spend_short",
+    "spend_1h": "spend_1h",
+    "spend_24h": "spend_24h",
+    "baseline_median": "median",
+    "baseline_mad": "mad",
+    "baseline_hours": "history_hours",
+    "robust_z": "z",
+    "ratio_to_baseline": "ratio",
+    "baseline_busy_window": "busy",
+    "ratio_to_busy_window": "peak_ratio",
+    "hourly_budget": "hourly_budget",
+    "daily_budget": "daily_budget",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class AbnormalCostDetector:
-    """Flag rolling-hour spend far above the key's baseline, and spend over the plan's budget.
+    """Flag spend far above the key's own baseline, and spend over the plan's budget.
 
-    The baseline of a day is the median and MAD of the key's active hours
-    (hours with any spend) in the seven days before it, so spend that grows a
-    little every day moves its own baseline along. A spike needs all of:
-    ``min_ratio`` times the baseline median, ``min_z`` robust standard deviations
-    above it, ``min_peak_ratio`` times the key's own busy-hour spend (the 95th
-    percentile of its active hours), and at least ``min_budget_share`` of the
-    plan's hourly budget. Human use is bursty, so the median alone would call
-    every busy afternoon a spike; the busy-hour test keeps those out.
-    Keys with fewer than ``min_history_hours`` active hours have no baseline yet
-    and are held to the plan's budgets only. The scale never falls below
-    ``scale_floor_share`` of the median or ``budget_floor_share`` of the hourly
-    budget, so a key whose MAD is 0 does not divide by zero or flag on a cent.
+    Two windows are tested at every request. The *rolling hour* compares the
+    spend of the trailing hour with the key's active hours (hours with any
+    spend) in the seven UTC days before the request's day. Spend that grows a
+    little every day therefore moves its own baseline along. The *short
+    window* compares the spend of the trailing ``short_window`` seconds with
+    the key's active bins of that length over the same days, where a bin
+    counts the highest rolling spend inside it. A stolen key that spends a few
+    times the hourly budget reaches the rolling hour's floors only after 5 to
+    15 minutes, and the short window's within a few.
+
+    A spike in either window needs all of: ``min_ratio`` times the baseline
+    median, ``min_z`` robust standard deviations above it, and
+    ``min_peak_ratio`` times the key's own busy window (the ``peak_quantile``
+    of its active bins). Human use is bursty, so the median alone would call
+    every busy afternoon a spike; the busy-window test keeps those out. The
+    rolling hour also needs at least ``min_budget_share`` of the plan's
+    hourly budget. The short window needs a spend rate of at least
+    ``min_short_rate_share`` times the hourly budget's rate, and its impact
+    is that rate as a share of the hourly budget, so a key spending at three
+    times the budget's rate has impact 3 before the hour has passed. The
+    evidence ``kind`` (``rolling_hour`` or ``short_window``) tells policy
+    which window a finding comes from.
+
+    Keys with fewer than ``min_history_hours`` active hours have no baseline
+    yet and are held to the plan's budgets only. The median never falls below
+    ``median_floor_share`` of the budget for the window's length, and the
+    scale never below ``scale_floor_share`` of the median or
+    ``budget_floor_share`` of that budget, so a key whose MAD is 0 does not
+    divide by zero or flag on a cent.
     """
 
     min_ratio: float = 8.0
@@ -43,8 +78,10 @@ class AbnormalCostDetector:
     median_floor_share: float = 0.05
     scale_floor_share: float = 0.25
     budget_floor_share: float = 0.02
+    short_window: float = 600.0
+    min_short_rate_share: float = 1.5
     reason: str = "abnormal_cost"
-    version: str = "1"
+    version: str = "2"
 
     def detect(self, prepared: PreparedEvents) -> list[Finding]:
         events = prepared.events
@@ -53,67 +90,88 @@ class AbnormalCostDetector:
 
         everything = np.ones(len(events), dtype=bool)
         cost = events["cost"].to_numpy()
+        spend_short = prepared.sum_in_window(cost, self.short_window, everything)
         spend_1h = prepared.sum_in_window(cost, HOUR, everything)
         spend_24h = prepared.sum_in_window(cost, DAY, everything)
 
-        baseline = self._baseline_per_event(events)
         subject = events["subject"].to_numpy()
         hourly_budget = prepared.subjects["hourly_budget"].to_numpy()[subject]
         daily_budget = prepared.subjects["daily_budget"].to_numpy()[subject]
 
-        scored = self._score_events(spend_1h, spend_24h, baseline, hourly_budget, daily_budget)
+        hour_baseline = self._baseline_per_event(events, HOUR)
+        short_baseline = self._baseline_per_event(events, self.short_window, spend_short)
+        history_hours = hour_baseline["history_hours"].to_numpy()
+        scored = pd.concat(
+            [
+                self._score_rolling_hour(spend_1h, spend_24h, hour_baseline, hourly_budget, daily_budget),
+                self._score_short_window(
+                    spend_short, spend_1h, spend_24h, short_baseline, history_hours, hourly_budget, daily_budget
+                ),
+            ],
+            ignore_index=True,
+        ).sort_values("row", kind="stable")
+        flagged = scored["row"].to_numpy()
+        for name, values in (
+            ("spend_short", spend_short), ("spend_1h", spend_1h), ("spend_24h", spend_24h),
+            ("history_hours", history_hours), ("hourly_budget", hourly_budget), ("daily_budget", daily_budget),
+        ):
+            scored[name] = values[flagged]
+
         rows = self._escalations_per_subject_hour(events, scored)
         return findings_from_rows(
             prepared,
             rows,
             reason=self.reason,
             origin=f"{self.reason}/{self.version}",
-            evidence_columns={
-                "spend_1h": "spend_1h",
-                "spend_24h": "spend_24h",
-                "baseline_median": "median",
-                "baseline_mad": "mad",
-                "baseline_hours": "history_hours",
-                "robust_z": "z",
-                "ratio_to_baseline": "ratio",
-                "baseline_busy_hour": "busy_hour",
-                "ratio_to_busy_hour": "peak_ratio",
-                "hourly_budget": "hourly_budget",
-                "daily_budget": "daily_budget",
-            },
-            window="rolling 1h and 24h spend; baseline from active hours of the previous 7 days",
+            evidence_columns=_EVIDENCE,
+            window=(
+                f"rolling 1h and {self.short_window / 60:g} min spend (window_s), each against the key's active "
+                "windows of that length in the previous 7 days; rolling 24h spend"
+            ),
             thresholds={
                 "min_ratio": self.min_ratio,
                 "min_z": self.min_z,
                 "min_peak_ratio": self.min_peak_ratio,
                 "min_budget_share": self.min_budget_share,
                 "min_history_hours": self.min_history_hours,
+                "short_window_s": self.short_window,
+                "min_short_rate_share": self.min_short_rate_share,
             },
         )
 
-    def _baseline_per_event(self, events: pd.DataFrame) -> pd.DataFrame:
-        """Return median, MAD, busy hour and history size of each event's subject for its day."""
-        subject = events["subject"].to_numpy()
-        hour = (events["ts"].to_numpy() // HOUR).astype(np.int64)
-        day = hour // 24
+    def _baseline_per_event(
+        self, events: pd.DataFrame, bin_seconds: float = HOUR, rolling: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        """Return median, MAD, busy bin and history size of each event's subject for its day.
 
-        # Hourly spend per subject from the sorted events: one row per (subject, hour) run.
+        The statistics are over the subject's active clock bins of ``bin_seconds``
+        (bins with any spend) in the seven UTC days before the event's day. A
+        bin's value is its spend, or with ``rolling`` (a rolling spend per
+        event) the highest rolling spend at an event inside the bin.
+        """
+        subject = events["subject"].to_numpy()
+        ts = events["ts"].to_numpy()
+        time_bin = (ts // bin_seconds).astype(np.int64)
+        day = (ts // DAY).astype(np.int64)
+
+        # Spend per subject and bin from the sorted events: one row per (subject, bin) run.
         run_start = np.ones(len(events), dtype=bool)
-        run_start[1:] = (subject[1:] != subject[:-1]) | (hour[1:] != hour[:-1])
+        run_start[1:] = (subject[1:] != subject[:-1]) | (time_bin[1:] != time_bin[:-1])
         starts = np.flatnonzero(run_start)
-        hourly = pd.DataFrame(
+        binned = pd.DataFrame(
             {
                 "subject": subject[starts],
-                "hour": hour[starts],
+                "day": day[starts],
                 "cost": np.add.reduceat(events["cost"].to_numpy(), starts) if len(starts) else [],
             }
         )
-        hourly = hourly[hourly["cost"] > 0]
-        hourly["day"] = hourly["hour"] // 24
+        if rolling is not None and len(starts):
+            binned["cost"] = np.maximum.reduceat(rolling, starts)
+        binned = binned[binned["cost"] > 0]
 
         first_day = int(day.min()) if len(day) else 0
         days = np.unique(day)
-        per_day = [self._baseline_for_day(hourly, int(value)) for value in days]
+        per_day = [self._baseline_for_day(binned, int(value)) for value in days]
         baselines = pd.concat(per_day, ignore_index=True) if per_day else pd.DataFrame()
 
         # Gather by a dense (subject, day) index instead of merging per event.
@@ -137,8 +195,8 @@ class AbnormalCostDetector:
         merged["history_hours"] = history
         return merged
 
-    def _baseline_for_day(self, hourly: pd.DataFrame, day: int) -> pd.DataFrame:
-        history = hourly[(hourly["day"] >= day - 7) & (hourly["day"] < day)]
+    def _baseline_for_day(self, binned: pd.DataFrame, day: int) -> pd.DataFrame:
+        history = binned[(binned["day"] >= day - 7) & (binned["day"] < day)]
         grouped = history.groupby("subject")["cost"]
         median = grouped.median()
         peak = grouped.quantile(self.peak_quantile)
@@ -155,7 +213,35 @@ class AbnormalCostDetector:
             }
         )
 
-    def _score_events(
+    def _spike_measures(self, spend: np.ndarray, baseline: pd.DataFrame, budget: np.ndarray) -> dict[str, np.ndarray]:
+        """Return the robust measures of ``spend`` against ``baseline``, with floors from ``budget`` (the window's)."""
+        median = np.maximum(baseline["median"].fillna(0).to_numpy(), self.median_floor_share * budget)
+        mad = baseline["mad"].fillna(0).to_numpy()
+        scale = np.maximum.reduce(
+            [MAD_TO_SIGMA * mad, self.scale_floor_share * median, self.budget_floor_share * budget]
+        )
+        ratio = spend / median
+        busy = np.maximum(baseline["peak"].fillna(0).to_numpy(), median)
+        return {
+            "median": median,
+            "mad": mad,
+            "z": (spend - median) / scale,
+            "ratio": ratio,
+            "busy": busy,
+            "peak_ratio": spend / busy,
+            # A spike scores by its ratio to the baseline (8x -> 50, 16x -> 75, 32x -> 100).
+            "spike_score": np.clip(25 * np.log2(np.maximum(ratio, 1)) - 25, 0, 100),
+        }
+
+    def _is_spike(self, measures: dict[str, np.ndarray], history_hours: np.ndarray) -> np.ndarray:
+        return (
+            (history_hours >= self.min_history_hours)
+            & (measures["ratio"] >= self.min_ratio)
+            & (measures["z"] >= self.min_z)
+            & (measures["peak_ratio"] >= self.min_peak_ratio)
+        )
+
+    def _score_rolling_hour(
         self,
         spend_1h: np.ndarray,
         spend_24h: np.ndarray,
@@ -163,27 +249,11 @@ class AbnormalCostDetector:
         hourly_budget: np.ndarray,
         daily_budget: np.ndarray,
     ) -> pd.DataFrame:
+        """Score every event's rolling hour as a spike or as spend over budget; return the flagged events."""
+        measures = self._spike_measures(spend_1h, baseline, hourly_budget)
         has_history = baseline["history_hours"].to_numpy() >= self.min_history_hours
-        median = np.maximum(
-            baseline["median"].fillna(0).to_numpy(), self.median_floor_share * hourly_budget
-        )
-        scale = np.maximum.reduce(
-            [
-                MAD_TO_SIGMA * baseline["mad"].fillna(0).to_numpy(),
-                self.scale_floor_share * median,
-                self.budget_floor_share * hourly_budget,
-            ]
-        )
-        z = (spend_1h - median) / scale
-        ratio = spend_1h / median
-        peak = np.maximum(baseline["peak"].fillna(0).to_numpy(), median)
-        peak_ratio = spend_1h / peak
-        spike = (
-            has_history
-            & (ratio >= self.min_ratio)
-            & (z >= self.min_z)
-            & (peak_ratio >= self.min_peak_ratio)
-            & (spend_1h >= self.min_budget_share * hourly_budget)
+        spike = self._is_spike(measures, baseline["history_hours"].to_numpy()) & (
+            spend_1h >= self.min_budget_share * hourly_budget
         )
 
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -193,50 +263,82 @@ class AbnormalCostDetector:
             )
         over_budget = impact >= 1.0
 
-        # A spike scores by its ratio to the baseline (8x -> 50, 16x -> 75, 32x -> 100).
         # Spend over budget without a spike tops out at 70: heavy use, not a stolen key.
         # A key with no baseline yet has no spike test, so its budget score goes on
         # rising (10x the budget -> 75, 100x -> 100): a dormant key that suddenly
         # spends a hundred times its plan's budget looks exactly like a stolen one.
-        spike_score = np.clip(25 * np.log2(np.maximum(ratio, 1)) - 25, 0, 100)
         budget_score = np.clip(50 + 20 * (impact - 1), 50, 70)
         with np.errstate(divide="ignore"):
             unknown_key_score = np.clip(50 + 25 * np.log10(np.maximum(impact, 1)), 50, 100)
         budget_score = np.where(has_history, budget_score, np.maximum(budget_score, unknown_key_score))
-        score = np.maximum(np.where(spike, spike_score, 0), np.where(over_budget, budget_score, 0))
+        score = np.maximum(np.where(spike, measures["spike_score"], 0), np.where(over_budget, budget_score, 0))
+        return _flagged_rows(spike | over_budget, "rolling_hour", HOUR, spend_1h, score, impact, measures)
 
-        # Only flagged events go on; a full-length frame would double peak memory.
-        flagged = np.flatnonzero(spike | over_budget)
-        columns = {
-            "score": score,
-            "impact": impact,
-            "spend_1h": spend_1h,
-            "spend_24h": spend_24h,
-            "median": median,
-            "mad": baseline["mad"].fillna(0).to_numpy(),
-            "history_hours": baseline["history_hours"].to_numpy(),
-            "z": z,
-            "ratio": ratio,
-            "busy_hour": peak,
-            "peak_ratio": peak_ratio,
-            "hourly_budget": hourly_budget,
-            "daily_budget": daily_budget,
-        }
-        scored = pd.DataFrame({name: np.asarray(values)[flagged] for name, values in columns.items()})
-        scored["row"] = flagged
-        return scored
+    def _score_short_window(
+        self,
+        spend_short: np.ndarray,
+        spend_1h: np.ndarray,
+        spend_24h: np.ndarray,
+        baseline: pd.DataFrame,
+        history_hours: np.ndarray,
+        hourly_budget: np.ndarray,
+        daily_budget: np.ndarray,
+    ) -> pd.DataFrame:
+        """Score every event's short window as a spike only; return the flagged events."""
+        window_budget = hourly_budget * (self.short_window / HOUR)
+        measures = self._spike_measures(spend_short, baseline, window_budget)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate_share = np.where(window_budget > 0, spend_short / window_budget, 0.0)
+            impact = np.maximum.reduce(
+                [
+                    rate_share,
+                    np.where(hourly_budget > 0, spend_1h / hourly_budget, 0.0),
+                    np.where(daily_budget > 0, spend_24h / daily_budget, 0.0),
+                ]
+            )
+        spike = self._is_spike(measures, history_hours) & (rate_share >= self.min_short_rate_share)
+        return _flagged_rows(
+            spike, "short_window", self.short_window, spend_short, measures["spike_score"], impact, measures
+        )
 
     def _escalations_per_subject_hour(self, events: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
-        """Keep, per subject and clock hour, the first flagged event and each escalation after it."""
+        """Keep, per subject, clock hour and window, the first flagged event and each escalation after it.
+
+        Each window escalates on its own, so the short window's early findings
+        never hide a later rolling-hour finding that policy enforces.
+        """
         flagged = scored["row"].to_numpy()
         rows = scored.copy()
         rows["subject"] = events["subject"].to_numpy()[flagged]
         rows["ts"] = events["ts"].to_numpy()[flagged]
         rows["hour"] = (rows["ts"] // HOUR).astype(np.int64)
 
-        rows = escalations(rows, ["subject", "hour"])
-        rows["peak_spend_1h"] = rows["spend_1h"]
+        rows = escalations(rows, ["subject", "hour", "kind"])
         rows["detected_at"] = rows["ts"]
-        rows["window_start"] = rows["ts"] - HOUR
+        rows["window_start"] = rows["ts"] - rows["window_s"]
         rows["window_end"] = rows["ts"]
         return rows
+
+
+def _flagged_rows(
+    flagged: np.ndarray,
+    kind: str,
+    window: float,
+    spend: np.ndarray,
+    score: np.ndarray,
+    impact: np.ndarray,
+    measures: dict[str, np.ndarray],
+) -> pd.DataFrame:
+    """Return one row per flagged event; a full-length frame would double peak memory."""
+    rows = np.flatnonzero(flagged)
+    columns = {
+        "score": score,
+        "impact": impact,
+        "spend_window": spend,
+        **{name: measures[name] for name in ("median", "mad", "z", "ratio", "busy", "peak_ratio")},
+    }
+    frame = pd.DataFrame({name: np.asarray(values)[rows] for name, values in columns.items()})
+    frame["kind"] = kind
+    frame["window_s"] = window
+    frame["row"] = rows
+    return frame

@@ -43,9 +43,16 @@ class KeySharingDetector:
     their own networks are three. A *devices* finding needs
     ``min_components`` components with at least ``min_component_requests``
     requests each, or two components with no country in common within
-    ``country_window``. Two components in one country are one person with a
-    phone on mobile data and a laptop on wifi as often as two people, so they
-    are not enough.
+    ``country_window``, or a *new device*: a component whose networks and
+    user agents the key first used less than ``new_device_age`` seconds ago,
+    beside a component first used at least ``established_age`` seconds ago.
+    Two components in one country are one person with a phone on mobile data
+    and a laptop on wifi as often as two people, so they are not enough by
+    themselves. But such a person uses both devices from their first days,
+    while a friend's device turns up on a new network with a new user agent
+    when the sharing starts, so the new device is usually seen within minutes.
+    Sharers rarely use the key in the same minutes, so the concurrent test
+    seldom sees them early.
 
     A third test catches people in different countries who share one user
     agent: a *countries* finding needs ``min_country_days`` UTC days within
@@ -57,8 +64,11 @@ class KeySharingDetector:
     (office desktop, home laptop, phone on mobile data) also makes three
     components, and a traveller who uses one device at home and another
     abroad, or a developer whose CI runs in a cloud region abroad, makes two
-    components in separate countries. The shipped policy sends few-person
-    sharing to review only.
+    components in separate countries. A person's own device used for the
+    first time after ``established_age`` on a network the key has not seen
+    (a new phone on mobile data, a CI pipeline set up later, a second
+    browser on a re-leased home line) is a new device. The shipped policy
+    sends few-person sharing to review only.
 
     TODO: the CI case needs to know which networks belong to cloud providers
     (their published address ranges); the events carry no such field yet.
@@ -75,6 +85,8 @@ class KeySharingDetector:
     country_window: float = DAY
     min_network_span: float = 300.0
     min_country_days: int = 2
+    new_device_age: float = 3600.0
+    established_age: float = 1.5 * DAY
     resale_networks: int = 8
     reason: str = "key_sharing"
     version: str = "1"
@@ -116,6 +128,7 @@ class KeySharingDetector:
                 "concurrent_networks": "networks",
                 "concurrent_switches_24h": "switches_24h",
                 "device_components": "components",
+                "new_device": "new_device",
                 "countries_same_day": "countries",
                 "impossible_trips_24h": "impossible_trips_24h",
                 "networks_24h": "networks_24h",
@@ -134,6 +147,8 @@ class KeySharingDetector:
                 "country_window_s": self.country_window,
                 "min_network_span_s": self.min_network_span,
                 "min_country_days": self.min_country_days,
+                "new_device_age_s": self.new_device_age,
+                "established_age_s": self.established_age,
                 "resale_networks": self.resale_networks,
             },
         )
@@ -166,6 +181,7 @@ class KeySharingDetector:
                 "switches_24h": rows["switches_24h"].to_numpy(),
                 "components": 0,
                 "countries": 0,
+                "new_device": 0,
                 "impossible_trips_24h": rows["impossible_trips_24h"].to_numpy(),
                 "kind": "concurrent",
             }
@@ -173,11 +189,13 @@ class KeySharingDetector:
 
     def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         growth = rolling_components(
-            prepared.events, self.device_window, self.min_component_requests, self.country_window
+            prepared.events, self.device_window, self.min_component_requests, self.country_window,
+            self.new_device_age, self.established_age,
         )
         many_devices = growth["components"] >= self.min_components
         separate_countries = growth["country_components"] >= 2
-        growth = growth[(many_devices | separate_countries).to_numpy()]
+        new_device = growth["new_device"] > 0
+        growth = growth[(many_devices | separate_countries | new_device).to_numpy()]
         if growth.empty:
             return _EMPTY_ROWS.copy()
 
@@ -191,6 +209,7 @@ class KeySharingDetector:
                 "switches_24h": 0,
                 "components": growth["components"].to_numpy(),
                 "countries": growth["country_components"].to_numpy(),
+                "new_device": growth["new_device"].to_numpy(),
                 "impossible_trips_24h": 0,
                 "kind": "devices",
             }
@@ -217,6 +236,7 @@ class KeySharingDetector:
                 "switches_24h": 0,
                 "components": 0,
                 "countries": 2,
+                "new_device": 0,
                 "impossible_trips_24h": 0,
                 "kind": "countries",
             }
@@ -297,6 +317,7 @@ _EMPTY_ROWS = pd.DataFrame(
         "switches_24h": pd.Series(dtype="int64"),
         "components": pd.Series(dtype="int64"),
         "countries": pd.Series(dtype="int64"),
+        "new_device": pd.Series(dtype="int64"),
         "impossible_trips_24h": pd.Series(dtype="int64"),
         "kind": pd.Series(dtype="object"),
     }
