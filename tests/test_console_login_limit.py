@@ -3,6 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from detector.store import open_store
 from fairuse_console import create_app
 from fairuse_console.login_limit import LoginLimiter
 from tests.review_support import PASSWORD, add_staff, csrf_token
@@ -66,6 +67,24 @@ def test_failures_from_one_address_lock_other_names(client):
         _log_in(client, name, "wrong password!")
 
     assert _log_in(client, "adam", PASSWORD).status_code == 429
+
+
+@pytest.mark.parametrize("variant", ["RITA", "rit\u00e1", "r\u00cdta"])
+def test_name_variants_share_lockout_on_mariadb(mariadb_url, redis_client, redis_prefix, clock, variant):
+    # MariaDB compares names ignoring case and accents, so each variant finds the account "rita".
+    store = open_store(mariadb_url)
+    add_staff(store.engine, "rita", "reviewer")
+    limiter = LoginLimiter(max_failures=3, window=900, clock=clock)
+    app = create_app(engine=store.engine, publisher=DecisionPublisher(redis_client, prefix=redis_prefix),
+                     logins=limiter)
+    for _ in range(3):
+        limiter.failed("rita", "198.51.100.7")
+
+    with TestClient(app) as client:
+        status = _log_in(client, variant, PASSWORD).status_code
+    store.engine.dispose()
+
+    assert status in (401, 429)
 
 
 def test_name_lookup_ignores_case(client):

@@ -125,6 +125,48 @@ def test_change_carries_stricter_image_throttle(setup):
     assert item["images"]["id"] == "images-2rpm"
 
 
+def test_image_suspension_keeps_throttle_of_all_endpoints(setup):
+    client, headers, store, _ = setup
+    store.save_decisions([_decision("throttle", ident="all-30rpm", limit_rpm=30),
+                          _decision("suspend", ident="images-suspended", scope="images")])
+
+    body = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+
+    assert [item["id"] for item in body["new"]] == ["all-30rpm"]
+    assert body["new"][0]["images"]["id"] == "images-suspended"
+    assert body["new"][0]["images"]["action"] == "suspend"
+
+
+def test_image_suspension_listed_over_review(setup):
+    client, headers, store, _ = setup
+    store.save_decisions([_decision("review", ident="all-review"),
+                          _decision("suspend", ident="images-suspended", scope="images")])
+
+    body = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+
+    assert [item["id"] for item in body["new"]] == ["images-suspended"]
+
+
+def test_looser_change_sends_what_snapshot_sends(setup):
+    client, headers, store, _ = setup
+    # Stored before the feed's look-back, so the next pull does not list it as a change.
+    earlier = datetime.now(UTC) - FEED_OVERLAP - timedelta(minutes=1)
+    store.save_decisions([replace(_decision("throttle", ident="all-5rpm", limit_rpm=5), detected_at=earlier)],
+                         stored_at=earlier)
+    client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers)
+    time.sleep(0.01)
+    store.save_decisions([_decision("throttle", ident="images-20rpm", scope="images", limit_rpm=20,
+                                    created=datetime.now(UTC))])
+
+    change = client.get("/v1/decisions/stream", headers=headers).json()
+    snapshot = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+
+    # A gateway that keeps one entry per subject must not swap the 5 rpm throttle of all endpoints
+    # for a looser one of image endpoints only.
+    assert [item["id"] for item in change["new"]] == ["all-5rpm"]
+    assert change["new"] == snapshot["new"]
+
+
 def test_stream_returns_only_changes_after_startup(setup):
     client, headers, store, _ = setup
     store.save_decisions([_decision("suspend")])

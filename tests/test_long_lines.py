@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from detector.readers import read_events
+from detector.readers.base import ReaderError
 from detector.readers import source as source_module
 from detector.readers.source import BLOCK_SIZE
 from tests.test_readers import make_record, write_csv
@@ -84,3 +85,16 @@ def test_long_csv_line_rejected(tmp_path):
     assert sorted(result.frame["request_id"]) == ["req-00001", "req-00003"]
     # Line 1 is the header.
     assert [reject.line for reject in result.rejects] == [3]
+
+
+@pytest.mark.parametrize("name", ["events.csv", "events.csv.gz"])
+def test_long_csv_header_raises(tmp_path, name):
+    path = write_csv(tmp_path / "plain.csv", [make_record(1), make_record(2), make_record(3)])
+    header, rest = path.read_bytes().split(b"\r\n", 1)
+    content = header + b"," + b"h" * (2 * MAX_LINE_BYTES) + b"\r\n" + rest
+    target = tmp_path / name
+    target.write_bytes(gzip.compress(content, compresslevel=1) if name.endswith(".gz") else content)
+
+    # Without the header, the first record would be read as the header.
+    with pytest.raises(ReaderError, match=r"events\.csv(\.gz)?:1: the CSV header line is 2,097,"):
+        read_events([target], format="csv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
@@ -43,3 +44,27 @@ def test_stopping_early_ends_the_producer():
     assert threading.active_count() == before
     # One item queued and at most one being produced when the caller stopped.
     assert len(produced) <= 6
+
+
+def test_interrupt_does_not_wait_for_stalled_producer():
+    resumed = threading.Event()
+
+    def stalls():
+        yield 1
+        resumed.wait()  # like a pipe whose writer sends nothing more
+        yield 2
+
+    items = prefetched(stalls())
+    assert next(items) == 1
+    interrupt = threading.Timer(0.2, signal.pthread_kill, (threading.get_ident(), signal.SIGINT))
+    # Lets a drain that waits for the producer finish, so this test fails instead of hanging.
+    watchdog = threading.Timer(10.0, resumed.set)
+    interrupt.start()
+    watchdog.start()
+
+    with pytest.raises(KeyboardInterrupt):
+        next(items)
+
+    assert not resumed.is_set()
+    watchdog.cancel()
+    resumed.set()

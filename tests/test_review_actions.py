@@ -355,6 +355,20 @@ def test_subject_reopens_after_resolution(store, queue, actions):
     assert [case.id for case in queue.list()] == [second.id]
 
 
+def test_subjects_differing_in_case_get_own_cases(store, queue, actions):
+    # MariaDB compares text ignoring case by default, but "Key-Case" and "key-case" are two API keys.
+    lower = actions.open_case("key", "key-case", staff="alice", comment="first key")
+    upper = actions.open_case("key", "Key-Case", staff="alice", comment="second key")
+    store.save_decisions([policy_decision("KEY-CASE")])
+
+    queue.sync()
+
+    cases = {case.subject: case.id for case in queue.list()}
+    assert cases["key-case"] == lower.id
+    assert cases["Key-Case"] == upper.id
+    assert set(cases) == {"key-case", "Key-Case", "KEY-CASE"}
+
+
 def test_bulk_resolve_is_all_or_none(store, queue, actions):
     store.save_decisions([policy_decision(f"key-{name}", ident=f"r-{name}") for name in "abc"])
     queue.sync()

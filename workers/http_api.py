@@ -128,7 +128,7 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
         else:
             changed, deleted = store.changes_between(caller.last_pull_at, now)
             in_force = _in_force_of(store, changed + deleted, now)
-            new = _strongest_per_subject(changed + _of_subjects(in_force, deleted))
+            new = _strongest_per_subject(changed + in_force)
         registry.mark_pulled(caller.name, now)
         image_limits = _image_overrides(new, in_force)
         return StreamOut(
@@ -142,20 +142,16 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
 def _in_force_of(store: DecisionStore, decisions: list[Decision], now: datetime) -> list[Decision]:
     """Return the enforced decisions in force of the subjects of ``decisions``.
 
-    For a subject that lost a decision, the strongest of these goes out in
-    ``new`` again: a gateway that drops a subject on "deleted" would otherwise
-    lift a longer, weaker decision that overlapped the one that ended.
+    For each subject that gained or lost a decision, the strongest of these
+    goes out in ``new``, as in the startup snapshot. A gateway that keeps one
+    entry per subject would otherwise take a new, looser decision in place of
+    a stricter one, or drop a subject on "deleted" and so lift a longer,
+    weaker decision that overlapped the one that ended.
     """
     subjects = {(decision.subject_type, decision.subject) for decision in decisions}
     if not subjects:
         return []
     return [decision for decision in store.decisions_for(subjects) if not decision.simulated and decision.in_force_at(now)]
-
-
-def _of_subjects(decisions: list[Decision], subjects_of: list[Decision]) -> list[Decision]:
-    """Return the decisions whose subject is the subject of one of ``subjects_of``."""
-    subjects = {(decision.subject_type, decision.subject) for decision in subjects_of}
-    return [decision for decision in decisions if (decision.subject_type, decision.subject) in subjects]
 
 
 def _image_overrides(chosen: list[Decision], in_force: list[Decision]) -> dict[str, Decision]:
@@ -187,9 +183,13 @@ def _strongest_per_subject(decisions: list[Decision]) -> list[Decision]:
     return sorted(best.values(), key=lambda decision: (decision.subject_type, decision.subject))
 
 
-def _strength(decision: Decision) -> tuple[int, bool, int, datetime]:
-    # A lower throttle limit is stronger; a longer decision wins a tie.
-    return (ACTION_RANK[decision.action], decision.scope == "all", -(decision.limit_rpm or 0), decision.expires_at)
+def _strength(decision: Decision) -> tuple[bool, int, bool, int, datetime]:
+    # A throttle or suspension of all endpoints comes first, so a stricter image-only decision goes
+    # out beside it in ``images`` instead of hiding it. A lower throttle limit is stronger; a longer
+    # decision wins a tie.
+    limits_all = decision.scope == "all" and decision.action != "review"
+    return (limits_all, ACTION_RANK[decision.action], decision.scope == "all", -(decision.limit_rpm or 0),
+            decision.expires_at)
 
 
 def _out(decision: Decision, images: Decision | None = None) -> DecisionOut:

@@ -19,6 +19,7 @@ import pyarrow.csv as pcsv
 from detector.events import Reject
 from detector.readers.base import INPUT_FIELDS, RawBatch, ReaderError
 from detector.readers.columns import RawColumn
+from detector.readers import source as source_module
 from detector.readers.source import InputFile, LineBlocks, index_lines, non_blank_line_numbers
 from detector.readers.validate import batch_from_records
 
@@ -35,12 +36,26 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
         data, first_line, newlines = block.data, block.first_line, block.newlines
         if header is None:
             header, data, first_line = split_header(data, first_line, input_file.name)
+            _check_header_read(blocks, first_line if header is not None else blocks.next_line, input_file.name)
             if header is None:
                 continue
             newlines = None
         yield from parse_csv_lines(data, first_line, header, input_file.name, newlines)
 
     yield from blocks.end_rejects()
+
+
+def _check_header_read(blocks: LineBlocks, data_start: int, source: str) -> None:
+    """Raise ReaderError when a line before ``data_start``, the header, was too long to read.
+
+    The line after it would otherwise be taken for the header.
+    """
+    for line, length in blocks.long_lines:
+        if line < data_start:
+            raise ReaderError(
+                f"{source}:{line}: the CSV header line is {length:,} bytes, longer than the limit of "
+                f"{source_module.MAX_LINE_BYTES:,} bytes; check that this is a CSV event file"
+            )
 
 
 def split_header(data: bytes, first_line: int, source: str) -> tuple[list[str] | None, bytes, int]:

@@ -37,6 +37,7 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
 
     producer = threading.Thread(target=produce, name="fairuse-reader", daemon=True)
     producer.start()
+    interrupted = False
     try:
         while True:
             item, error = handoff.get()
@@ -45,9 +46,15 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             if item is _DONE:
                 return
             yield item
+    except KeyboardInterrupt:
+        # The producer may be blocked reading a pipe that sends nothing more, so
+        # Ctrl-C does not wait for it. It is a daemon thread and ends with the process.
+        interrupted = True
+        raise
     finally:
         stop.set()
-        _drain(handoff, producer)
+        if not interrupted:
+            _drain(handoff, producer)
 
 
 def _drain(handoff: queue.Queue, producer: threading.Thread) -> None:

@@ -224,12 +224,13 @@ def shown_id(text: str) -> str:
 
 
 def open_case_for(session: Session, subject_type: str, subject: str) -> CaseRow | None:
-    return session.scalar(
+    cases = session.scalars(
         select(CaseRow)
         .where(CaseRow.subject_type == subject_type, CaseRow.subject == subject, CaseRow.status == "open")
         .order_by(CaseRow.id)
-        .limit(1)
     )
+    # MariaDB compares text case-insensitively by default; keep exact matches only.
+    return next((case for case in cases if case.subject == subject), None)
 
 
 def new_case(session: Session, subject_type: str, subject: str, *, opened_by: str, now: datetime) -> CaseRow:

@@ -96,9 +96,16 @@ class StaffDirectory:
         return _member(row)
 
     def authenticate(self, name: str, password: str) -> StaffMember | None:
-        """Return the member whose name and password match, else None. Rehashes outdated hashes."""
+        """Return the member whose name and password match, else None. Rehashes outdated hashes.
+
+        MariaDB's collation ignores case and accents ("RITÁ" finds "rita"). The
+        login limit counts failures per name ignoring case only, so a spelling
+        that differs in more than case would escape it and is treated as unknown.
+        """
         with Session(self.engine) as session, session.begin():
             row = session.scalar(select(StaffRow).where(StaffRow.name == name))
+            if row is not None and row.name.casefold() != name.casefold():
+                row = None
             if row is None or row.disabled_at is not None:
                 _verify(_DUMMY_HASH, password)
                 return None
