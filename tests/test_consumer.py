@@ -11,7 +11,7 @@ from detector.pipeline import default_detectors
 from detector.store import open_store
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
-from workers.window import EventWindows
+from workers.window import EventWindows, decode_chunks
 from tests.factories import T0, events, frame, record
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def test_unacknowledged_entries_claimed_by_next_worker(make_consumer, redis_clie
     assert outcome.claimed is True
     assert outcome.events == 50
     assert redis_client.xpending(first.settings.stream, "workers")["pending"] == 0
-    assert redis_client.zcard(f"{redis_prefix}:window:key:key-1") == 50
+    assert EventWindows(redis_client, prefix=redis_prefix).count("key", "key-1") == 50
 
 
 def test_redelivered_events_counted_once(make_consumer, redis_client, redis_prefix):
@@ -111,7 +111,7 @@ def test_redelivered_events_counted_once(make_consumer, redis_client, redis_pref
     _append(redis_client, consumer.settings.stream, records)
     _drain(consumer)
 
-    assert redis_client.zcard(f"{redis_prefix}:window:key:key-1") == 300
+    assert EventWindows(redis_client, prefix=redis_prefix).count("key", "key-1") == 300
     assert {decision.id for decision in make_consumer.store.all_decisions()} == decisions
 
 
@@ -132,8 +132,8 @@ def test_window_trims_events_older_than_a_week(make_consumer, redis_client, redi
 
     _drain(consumer)
 
-    members = redis_client.zrange(f"{redis_prefix}:window:key:key-1", 0, -1)
-    assert [orjson.loads(member)["request_id"] for member in members] == ["late"]
+    stored = decode_chunks(redis_client.zrange(f"{redis_prefix}:window:key:key-1", 0, -1))
+    assert stored["request_id"].to_pylist() == ["late"]
 
 
 def test_stream_and_batch_make_same_decisions(make_consumer, redis_client, tmp_path):
