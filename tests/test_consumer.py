@@ -197,3 +197,31 @@ def test_window_keeps_ids_that_look_like_times(redis_client, redis_prefix):
 
     assert list(loaded["key_id"]) == ["2026-11-23T10:00:00"] * 2
     assert sorted(loaded["request_id"]) == ["1795392000", "2026-11-23T10:00:00"]
+
+
+def test_window_reads_members_of_json_format(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    older = frame(events("key-1", [T0, T0 + 60]))
+    members = older.to_json(orient="records", lines=True, double_precision=15).encode().splitlines()
+    redis_client.zadd(windows.key("key", "key-1"), dict(zip(members, older["ts"])))
+
+    windows.extend(frame(events("key-1", [T0 + 120])))
+    loaded = windows.load([("key", "key-1")], T0 + 120)
+
+    assert list(loaded.sort_values("ts")["ts"]) == [T0, T0 + 60, T0 + 120]
+    assert set(loaded["request_id"]) >= set(older["request_id"])
+
+
+def test_window_compacts_chunks_keeping_newest(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=3, max_events=8)
+    batches = [frame(events("key-1", [T0 + 10 * batch + second for second in range(3)])) for batch in range(4)]
+    for batch in batches:
+        windows.extend(batch)
+    windows.extend(batches[3])  # a redelivered batch stores its requests again
+
+    key = windows.key("key", "key-1")
+    newest = [request for batch in batches for request in batch["request_id"]][-8:]
+    assert redis_client.zcard(key) <= 3
+    assert 0 < redis_client.ttl(key) <= 8 * 86400
+    assert windows.count("key", "key-1") == 8
+    assert sorted(windows.load([("key", "key-1")], T0 + 40)["request_id"]) == sorted(newest)

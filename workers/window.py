@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import redis
 
 from detector.events import COLUMNS, empty_frame
@@ -37,6 +38,7 @@ WEEK = 7 * 86400
 # The canonical types, so an id such as "2026-11-23T10:00:00" stays a string.
 _ARROW_TYPES = {"str": pa.large_string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_()}
 SCHEMA = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in COLUMNS.items()])
+_LEGACY_OPTIONS = pajson.ParseOptions(explicit_schema=SCHEMA)
 
 
 def decode_chunks(chunks: Iterable[bytes]) -> pa.Table:
@@ -45,7 +47,18 @@ def decode_chunks(chunks: Iterable[bytes]) -> pa.Table:
 
 
 def _decode(chunk: bytes) -> pa.RecordBatch:
+    if chunk[:1] == b"{":
+        return _decode_event_json(chunk)
     return pa.ipc.read_record_batch(pa.py_buffer(chunk), SCHEMA)
+
+
+def _decode_event_json(member: bytes) -> pa.RecordBatch:
+    """Read a member of the earlier format, one event as a JSON object, so windows survive an upgrade.
+
+    Such members are dropped with their window's oldest chunks or merged by compaction.
+    """
+    table = pajson.read_json(pa.py_buffer(member), parse_options=_LEGACY_OPTIONS)
+    return _one_batch(table.select(list(COLUMNS)).cast(SCHEMA))
 
 
 def _one_batch(table: pa.Table) -> pa.RecordBatch:
