@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--rate", type=int, default=2_000, help="Background events per second in the latency test.")
     parser.add_argument("--history-days", type=int, default=0, help="Days of history stored before the timed events.")
-    parser.add_argument("--batch-size", type=int, default=10_000, help="The workers' --batch-size.")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="Maximum entries per micro-batch of each worker (its --batch-size).")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--only", choices=["throughput"], help="Run only this part.")
     args = parser.parse_args()
