@@ -225,3 +225,20 @@ def test_window_compacts_chunks_keeping_newest(redis_client, redis_prefix):
     assert 0 < redis_client.ttl(key) <= 8 * 86400
     assert windows.count("key", "key-1") == 8
     assert sorted(windows.load([("key", "key-1")], T0 + 40)["request_id"]) == sorted(newest)
+
+
+def test_own_pending_entry_deleted_is_dead_lettered(make_consumer, redis_client):
+    consumer = make_consumer(consumer="worker-a")
+    _append(redis_client, consumer.settings.stream, [_event(number) for number in range(3)])
+    redis_client.xreadgroup("workers", "worker-a", {consumer.settings.stream: ">"}, count=10)
+    deleted = redis_client.xrange(consumer.settings.stream, count=1)[0][0]
+    redis_client.xdel(consumer.settings.stream, deleted)
+    # As after a failed batch: the consumer reads its own unacknowledged entries first.
+    consumer._retry_own_pending = True
+
+    outcome = consumer.process_once()
+
+    assert outcome.entries == 3
+    assert outcome.events == 2
+    assert outcome.dead == 1
+    assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
