@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Benchmark the stream path against a real local Redis.
 
-    .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--redis redis://127.0.0.1:6379/0]
+    .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
+        [--batch-size 10000] [--redis redis://127.0.0.1:6379/0] [--only throughput]
 
 Measures, each under its own key prefix (removed afterwards):
 
 - worker throughput: events/s for one worker draining a stream of simulated
-  events, and for two ``fairuse worker`` processes sharing it;
+  events, and for two ``fairuse worker`` processes sharing it. By default the
+  events are the first ones of a simulated week, so the subjects' windows are
+  short. With ``--history-days N`` the first N simulated days are scored and
+  stored beforehand, as a worker would have left them (windows in Redis,
+  findings and decisions in the store), and the events that follow are
+  streamed, so every batch reads and scores N days of history;
 - decision lookup latency (p50/p99) through Redis (``DecisionClient`` without
   cache) and through the client's one-second cache;
 - append-to-decision latency: bots start sending while background traffic
@@ -31,9 +37,10 @@ import orjson
 import redis
 
 from detector.decisions import Decision
-from detector.pipeline import default_detectors
+from detector.pipeline import default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
+from detector.readers import read_json_lines
 from detector.simulate import simulate_traffic
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
@@ -41,21 +48,30 @@ from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher, subject_key
 from workers.window import EventWindows
 
+SIMULATION_START = datetime(2026, 11, 23, tzinfo=UTC)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--rate", type=int, default=2_000, help="Background events per second in the latency test.")
+    parser.add_argument("--history-days", type=int, default=0, help="Days of history stored before the timed events.")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="Maximum entries per micro-batch of each worker (its --batch-size).")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--only", choices=["throughput"], help="Run only this part.")
     args = parser.parse_args()
     client = redis.Redis.from_url(args.redis)
 
     with tempfile.TemporaryDirectory() as folder:
-        lines = simulated_lines(Path(folder), args.keys, args.events)
-        single = throughput(client, args.redis, lines, Path(folder), workers=1)
-        double = throughput(client, args.redis, lines, Path(folder), workers=2)
-        print(f"worker throughput: 1 worker {single:,.0f} events/s, 2 workers {double:,.0f} events/s ({len(lines):,} events)")
+        history, lines = simulated_lines(Path(folder), args.keys, args.events, args.history_days)
+        runs = [throughput(client, args.redis, lines, Path(folder), count, history, args.batch_size) for count in (1, 2)]
+        print(
+            f"worker throughput: 1 worker {runs[0]:,.0f} events/s, 2 workers {runs[1]:,.0f} events/s "
+            f"({len(lines):,} events, {len(history):,} events of history, batches of {args.batch_size:,})"
+        )
+        if args.only == "throughput":
+            return
 
         direct, cached = lookup_latency(client, args.redis)
         print(f"lookup through Redis: p50 {direct[0]:.0f} µs, p99 {direct[1]:.0f} µs")
@@ -70,11 +86,40 @@ def main() -> None:
             print("append to decision: no decision appeared")
 
 
-def simulated_lines(folder: Path, keys: int, events: int) -> list[bytes]:
-    traffic = simulate_traffic(folder / "traffic", keys=keys, days=7, seed=21)
+def simulated_lines(folder: Path, keys: int, events: int, history_days: int) -> tuple[list[bytes], list[bytes]]:
+    """Return the history lines (the first ``history_days`` days) and up to ``events`` lines after them."""
+    # Two more days than the history leave at least a day of events to stream.
+    traffic = simulate_traffic(
+        folder / "traffic", keys=keys, days=history_days + 2 if history_days else 7, seed=21, start=SIMULATION_START
+    )
+    boundary = SIMULATION_START.timestamp() + history_days * 86400
+    history: list[bytes] = []
+    lines: list[bytes] = []
     with traffic.events_path.open("rb") as handle:
-        lines = [line.strip() for _, line in zip(range(events), handle)]
-    return lines
+        for line in handle:
+            if history_days and _event_time(line) < boundary:
+                history.append(line.strip())
+                continue
+            lines.append(line.strip())
+            if len(lines) == events:
+                break
+    return history, lines
+
+
+def _event_time(line: bytes) -> float:
+    return datetime.fromisoformat(orjson.loads(line)["ts"]).timestamp()
+
+
+def preload(client: redis.Redis, prefix: str, database: str, history: list[bytes]) -> None:
+    """Score ``history`` and store what a worker would have stored: findings, decisions and windows."""
+    read = read_json_lines(history, "history")
+    store = open_store(database)
+    result = score_events(
+        read.frame, plans=load_plans(), policy=load_policy(), detectors=default_detectors(), prior=store.decisions_for
+    )
+    store.save_findings(result.findings)
+    store.save_decisions(result.decisions)
+    EventWindows(client, prefix=prefix).extend(read.frame)
 
 
 def append(client: redis.Redis, stream: str, lines: list[bytes]) -> None:
@@ -85,7 +130,16 @@ def append(client: redis.Redis, stream: str, lines: list[bytes]) -> None:
         pipeline.execute()
 
 
-def throughput(client: redis.Redis, url: str, lines: list[bytes], folder: Path, workers: int, timeout: float = 600) -> float:
+def throughput(
+    client: redis.Redis,
+    url: str,
+    lines: list[bytes],
+    folder: Path,
+    workers: int,
+    history: list[bytes],
+    batch_size: int,
+    timeout: float = 600,
+) -> float:
     """Return events/s from the first append until the workers have acknowledged every entry.
 
     The workers are started first and timed from three seconds after the first
@@ -95,8 +149,11 @@ def throughput(client: redis.Redis, url: str, lines: list[bytes], folder: Path, 
     stream = f"{prefix}:events"
     database = f"sqlite:///{folder}/{prefix}.db"
     open_store(database)
+    if history:
+        preload(client, prefix, database, history)
     command = [
         sys.executable, "-m", "detector.cli", "worker", "--db", database, "--redis", url, "--prefix", prefix, "--no-model",
+        "--batch-size", str(batch_size),
     ]
     processes = [subprocess.Popen(command, stderr=subprocess.DEVNULL) for _ in range(workers)]
     try:

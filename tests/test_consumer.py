@@ -11,7 +11,7 @@ from detector.pipeline import default_detectors
 from detector.store import open_store
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
-from workers.window import EventWindows
+from workers.window import EventWindows, decode_chunks
 from tests.factories import T0, events, frame, record
 
 pytestmark = pytest.mark.slow
@@ -111,7 +111,7 @@ def test_unacknowledged_entries_claimed_by_next_worker(make_consumer, redis_clie
     assert outcome.claimed is True
     assert outcome.events == 50
     assert redis_client.xpending(first.settings.stream, "workers")["pending"] == 0
-    assert redis_client.zcard(f"{redis_prefix}:window:key:key-1") == 50
+    assert EventWindows(redis_client, prefix=redis_prefix).count("key", "key-1") == 50
 
 
 def test_redelivered_events_counted_once(make_consumer, redis_client, redis_prefix):
@@ -125,7 +125,7 @@ def test_redelivered_events_counted_once(make_consumer, redis_client, redis_pref
     _append(redis_client, consumer.settings.stream, records)
     _drain(consumer)
 
-    assert redis_client.zcard(f"{redis_prefix}:window:key:key-1") == 300
+    assert EventWindows(redis_client, prefix=redis_prefix).count("key", "key-1") == 300
     assert {decision.id for decision in make_consumer.store.all_decisions()} == decisions
 
 
@@ -146,8 +146,8 @@ def test_window_trims_events_older_than_a_week(make_consumer, redis_client, redi
 
     _drain(consumer)
 
-    members = redis_client.zrange(f"{redis_prefix}:window:key:key-1", 0, -1)
-    assert [orjson.loads(member)["request_id"] for member in members] == ["late"]
+    stored = decode_chunks(redis_client.zrange(f"{redis_prefix}:window:key:key-1", 0, -1))
+    assert stored["request_id"].to_pylist() == ["late"]
 
 
 def test_stream_and_batch_make_same_decisions(make_consumer, redis_client, tmp_path):
@@ -211,3 +211,48 @@ def test_window_keeps_ids_that_look_like_times(redis_client, redis_prefix):
 
     assert list(loaded["key_id"]) == ["2026-11-23T10:00:00"] * 2
     assert sorted(loaded["request_id"]) == ["1795392000", "2026-11-23T10:00:00"]
+
+
+def test_window_reads_members_of_json_format(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    older = frame(events("key-1", [T0, T0 + 60]))
+    members = older.to_json(orient="records", lines=True, double_precision=15).encode().splitlines()
+    redis_client.zadd(windows.key("key", "key-1"), dict(zip(members, older["ts"])))
+
+    windows.extend(frame(events("key-1", [T0 + 120])))
+    loaded = windows.load([("key", "key-1")], T0 + 120)
+
+    assert list(loaded.sort_values("ts")["ts"]) == [T0, T0 + 60, T0 + 120]
+    assert set(loaded["request_id"]) >= set(older["request_id"])
+
+
+def test_window_compacts_chunks_keeping_newest(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=3, max_events=8)
+    batches = [frame(events("key-1", [T0 + 10 * batch + second for second in range(3)])) for batch in range(4)]
+    for batch in batches:
+        windows.extend(batch)
+    windows.extend(batches[3])  # a redelivered batch stores its requests again
+
+    key = windows.key("key", "key-1")
+    newest = [request for batch in batches for request in batch["request_id"]][-8:]
+    assert redis_client.zcard(key) <= 3
+    assert 0 < redis_client.ttl(key) <= 8 * 86400
+    assert windows.count("key", "key-1") == 8
+    assert sorted(windows.load([("key", "key-1")], T0 + 40)["request_id"]) == sorted(newest)
+
+
+def test_own_pending_entry_deleted_is_dead_lettered(make_consumer, redis_client):
+    consumer = make_consumer(consumer="worker-a")
+    _append(redis_client, consumer.settings.stream, [_event(number) for number in range(3)])
+    redis_client.xreadgroup("workers", "worker-a", {consumer.settings.stream: ">"}, count=10)
+    deleted = redis_client.xrange(consumer.settings.stream, count=1)[0][0]
+    redis_client.xdel(consumer.settings.stream, deleted)
+    # As after a failed batch: the consumer reads its own unacknowledged entries first.
+    consumer._retry_own_pending = True
+
+    outcome = consumer.process_once()
+
+    assert outcome.entries == 3
+    assert outcome.events == 2
+    assert outcome.dead == 1
+    assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0

@@ -70,7 +70,7 @@ def test_worker_rides_out_redis_restart(tmp_path, sqlite_url, plans, policy):
     try:
         for number in range(100):
             client.xadd("fairuse:events", {"event": orjson.dumps(_event(number))})
-        assert wait_until(lambda: client.zcard("fairuse:window:key:key-1") == 100, 30)
+        assert wait_until(lambda: EventWindows(client).count("key", "key-1") == 100, 30)
         assert client.exists(subject_key("fairuse", "key", "key-9"))
 
         server.kill()
@@ -81,7 +81,7 @@ def test_worker_rides_out_redis_restart(tmp_path, sqlite_url, plans, policy):
         assert wait_until(lambda: client.exists(subject_key("fairuse", "key", "key-9")), 30)
         for number in range(100, 150):
             client.xadd("fairuse:events", {"event": orjson.dumps(_event(number))})
-        assert wait_until(lambda: client.zcard("fairuse:window:key:key-1") == 50, 30)
+        assert wait_until(lambda: EventWindows(client).count("key", "key-1") == 50, 30)
     finally:
         stop.set()
         thread.join(timeout=10)

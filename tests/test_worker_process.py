@@ -10,6 +10,7 @@ import pytest
 
 from detector.store import open_store
 from tests.factories import T0, record, wait_until
+from workers.window import EventWindows
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,7 @@ def _events(count):
 
 def test_killed_worker_loses_and_doubles_nothing(redis_client, redis_prefix, sqlite_url):
     stream = f"{redis_prefix}:events"
+    windows = EventWindows(redis_client, prefix=redis_prefix)
     pipeline = redis_client.pipeline(transaction=False)
     for event in _events(6000):
         pipeline.xadd(stream, {"event": orjson.dumps(event)})
@@ -39,13 +41,13 @@ def test_killed_worker_loses_and_doubles_nothing(redis_client, redis_prefix, sql
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     assert started, first.stderr.read().decode()
-    processed = sum(redis_client.zcard(f"{redis_prefix}:window:key:key-{index}") for index in range(5))
+    processed = sum(windows.count("key", f"key-{index}") for index in range(5))
     assert processed < 6000, "the first worker finished before it was killed; nothing was tested"
 
     second = _worker(redis_prefix, sqlite_url)
     try:
         done = wait_until(
-            lambda: sum(redis_client.zcard(f"{redis_prefix}:window:key:key-{index}") for index in range(5)) == 6000
+            lambda: sum(windows.count("key", f"key-{index}") for index in range(5)) == 6000
             and redis_client.xpending(stream, "fairuse-workers")["pending"] == 0,
             120,
         )
@@ -54,7 +56,7 @@ def test_killed_worker_loses_and_doubles_nothing(redis_client, redis_prefix, sql
         second.wait(timeout=30)
 
     assert done
-    assert [redis_client.zcard(f"{redis_prefix}:window:key:key-{index}") for index in range(5)] == [1200] * 5
+    assert [windows.count("key", f"key-{index}") for index in range(5)] == [1200] * 5
     decisions = open_store(sqlite_url).all_decisions()
     assert len({decision.id for decision in decisions}) == len(decisions)
     assert second.returncode == 0

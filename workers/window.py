@@ -1,20 +1,37 @@
 """Per-subject event windows in Redis, shared by every stream worker.
 
 Each subject's recent events live in a sorted set,
-``{prefix}:window:{subject_type}:{subject}``, scored by event time, one member
-per request (the canonical event as one JSON line, so storing a request twice
-keeps one member). Every write trims events older than ``window_seconds`` before the
-newest event, caps the set at ``max_events`` members and sets the key to
-expire ``window_seconds`` plus a day after the write, so no window outlives its
-data.
+``{prefix}:window:{subject_type}:{subject}``. A member is a *chunk*: the
+subject's events of one micro-batch as one Arrow IPC record batch, scored by
+the time of its newest event. Chunks have the columns and types of
+``detector.events.COLUMNS`` and carry no schema. With one member per subject
+and batch, instead of one JSON member per event, a batch writes a few hundred
+Redis arguments and the next batch decodes columns instead of JSON.
+
+Every write drops chunks whose newest event is older than ``window_seconds``
+before the subject's newest event and sets the key to expire
+``window_seconds`` plus a day after the write, so no window outlives its data.
+A subject with more than ``max_chunks`` chunks is compacted into one chunk of
+at most ``max_events`` events, the newest ones.
+
+Reads return each ``request_id`` once: a redelivered batch may store a chunk
+whose requests are already stored, and the copies are dropped on reading and
+on compaction. Events older than the window inside a chunk that is still kept
+are dropped on reading too.
+
+Windows written by earlier versions, one JSON member per event, are read as
+well. Earlier versions cannot read chunks, so old and new workers must not
+share a stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 import redis
 
@@ -22,12 +39,40 @@ from detector.events import COLUMNS, empty_frame
 
 WEEK = 7 * 86400
 
-# Members are read back with the canonical types, so Arrow never takes an id
-# such as "2026-11-23T10:00:00" for a timestamp and respells it.
-_ARROW_TYPES = {"str": pa.string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_()}
-_PARSE_OPTIONS = pajson.ParseOptions(
-    explicit_schema=pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in COLUMNS.items()])
-)
+# The canonical types, so an id such as "2026-11-23T10:00:00" stays a string.
+_ARROW_TYPES = {"str": pa.large_string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_()}
+SCHEMA = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in COLUMNS.items()])
+_LEGACY_OPTIONS = pajson.ParseOptions(explicit_schema=SCHEMA)
+
+
+def decode_chunks(chunks: Iterable[bytes]) -> pa.Table:
+    """Read stored chunks back into one table."""
+    return pa.Table.from_batches([_decode(chunk) for chunk in chunks], schema=SCHEMA)
+
+
+def _decode(chunk: bytes) -> pa.RecordBatch:
+    if chunk[:1] == b"{":
+        return _decode_event_json(chunk)
+    return pa.ipc.read_record_batch(pa.py_buffer(chunk), SCHEMA)
+
+
+def _decode_event_json(member: bytes) -> pa.RecordBatch:
+    """Read a member of the earlier format, one event as a JSON object, so windows survive an upgrade.
+
+    Such members are dropped with their window's oldest chunks or merged by compaction.
+    """
+    table = pajson.read_json(pa.py_buffer(member), parse_options=_LEGACY_OPTIONS)
+    return _one_batch(table.select(list(COLUMNS)).cast(SCHEMA))
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=SCHEMA)
+
+
+def _encode_table(table: pa.Table) -> bytes:
+    """Serialise ``table`` as one Arrow IPC record batch message without the schema."""
+    return _one_batch(table).serialize().to_pybytes()
 
 
 class EventWindows:
@@ -40,46 +85,139 @@ class EventWindows:
         prefix: str = "fairuse",
         window_seconds: int = WEEK,
         max_events: int = 20_000,
+        max_chunks: int = 32,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.window_seconds = window_seconds
         self.max_events = max_events
+        self.max_chunks = max_chunks
 
     def key(self, subject_type: str, subject: str) -> str:
         return f"{self.prefix}:window:{subject_type}:{subject}"
 
     def load(self, subjects: Iterable[tuple[str, str]], newest: float) -> pd.DataFrame:
-        """Return the stored events of ``subjects`` from the window ending at ``newest``."""
-        subjects = list(subjects)
+        """Return the stored events of ``subjects`` from the window ending at ``newest``, each request once."""
+        oldest = newest - self.window_seconds
         pipeline = self.client.pipeline(transaction=False)
         for subject_type, subject in subjects:
-            pipeline.zrangebyscore(self.key(subject_type, subject), newest - self.window_seconds, "+inf")
-        members = [member for result in pipeline.execute() for member in result]
-        if not members:
+            pipeline.zrangebyscore(self.key(subject_type, subject), oldest, "+inf")
+        batches = [[_decode(chunk) for chunk in result] for result in pipeline.execute()]
+        if not any(batches):
             return empty_frame()
-        table = pajson.read_json(pa.py_buffer(b"\n".join(members)), parse_options=_PARSE_OPTIONS)
-        return table.to_pandas().reindex(columns=list(COLUMNS)).astype(COLUMNS)
+
+        frame = _to_frame(pa.Table.from_batches([batch for chunks in batches for batch in chunks], schema=SCHEMA))
+        recent = frame["ts"].to_numpy() >= oldest
+        if not recent.all():
+            frame = frame[recent]
+        frame = drop_repeated_requests(frame)
+        # Chunk sizes bound each subject's events from above, so the cap is checked only where it may apply.
+        if max((sum(batch.num_rows for batch in chunks) for chunks in batches), default=0) > self.max_events:
+            frame = self._newest_per_subject(frame)
+        return frame.reset_index(drop=True)
+
+    def count(self, subject_type: str, subject: str) -> int:
+        """Return how many distinct requests the subject's window holds, whatever their age."""
+        chunks = self.client.zrange(self.key(subject_type, subject), 0, -1)
+        if not chunks:
+            return 0
+        return len(pc.unique(decode_chunks(chunks)["request_id"]))
 
     def extend(self, frame: pd.DataFrame) -> None:
-        """Add ``frame``'s events to their subjects' windows, trim them and refresh their expiry."""
+        """Add ``frame``'s events to their subjects' windows as one chunk each, trim them and refresh their expiry."""
         if frame.empty:
             return
-        pipeline = self.client.pipeline(transaction=True)
         ttl = self.window_seconds + 86400
-        # One member per request: the same row always serialises to the same bytes,
-        # so storing a redelivered request again keeps a single member.
-        members = frame[list(COLUMNS)].to_json(orient="records", lines=True, double_precision=15).encode().splitlines()
-        keys = [self.key(kind, subject) for kind, subject in zip(frame["subject_type"], frame["key_id"])]
-        by_key: dict[str, dict[bytes, float]] = {}
-        for key, member, ts in zip(keys, members, frame["ts"].to_numpy().tolist()):
-            by_key.setdefault(key, {})[member] = ts
-
-        for key, members in by_key.items():
-            newest = max(members.values())
-            pipeline.zadd(key, members)
+        pipeline = self.client.pipeline(transaction=True)
+        keys = []
+        for subject_type, subject, chunk, newest in self._chunks_by_subject(frame):
+            key = self.key(subject_type, subject)
+            keys.append(key)
+            pipeline.zadd(key, {chunk: newest})
             pipeline.zremrangebyscore(key, "-inf", f"({newest - self.window_seconds}")
-            pipeline.zremrangebyrank(key, 0, -self.max_events - 1)
+            pipeline.expire(key, ttl)
+            pipeline.zcard(key)
+        sizes = pipeline.execute()[3::4]
+
+        crowded = [key for key, size in zip(keys, sizes) if size > self.max_chunks]
+        if crowded:
+            self._compact(crowded, ttl)
+
+    def _chunks_by_subject(self, frame: pd.DataFrame) -> list[tuple[str, str, bytes, float]]:
+        """Return (subject_type, subject, chunk, newest event time) for each subject in ``frame``."""
+        subject = frame.groupby(["subject_type", "key_id"], sort=False).ngroup().to_numpy()
+        ts = frame["ts"].to_numpy()
+        newest = np.full(subject.max() + 1, -np.inf)
+        np.maximum.at(newest, subject, ts)
+
+        # Events already older than the window are scored with this batch but never stored.
+        in_window = np.flatnonzero(ts >= newest[subject] - self.window_seconds)
+        order = in_window[np.argsort(subject[in_window], kind="stable")]
+        rows = _one_batch(pa.Table.from_pandas(frame[list(COLUMNS)].take(order), schema=SCHEMA, preserve_index=False))
+
+        starts = np.flatnonzero(np.diff(subject[order], prepend=-1))
+        ends = np.append(starts[1:], len(order))
+        firsts = order[starts]
+        return [
+            (subject_type, name, rows.slice(start, end - start).serialize().to_pybytes(), latest)
+            for subject_type, name, start, end, latest in zip(
+                frame["subject_type"].to_numpy()[firsts].tolist(),
+                frame["key_id"].to_numpy()[firsts].tolist(),
+                starts.tolist(),
+                ends.tolist(),
+                newest[subject[firsts]].tolist(),
+            )
+        ]
+
+    def _compact(self, keys: list[str], ttl: int) -> None:
+        """Replace the chunks of each key by one chunk of its newest ``max_events`` distinct events.
+
+        Only the chunks read here are removed, in one transaction with the
+        merged chunk's write, so chunks another worker adds meanwhile stay.
+        """
+        pipeline = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipeline.zrange(key, 0, -1)
+        stored = pipeline.execute()
+
+        pipeline = self.client.pipeline(transaction=True)
+        for key, chunks in zip(keys, stored):
+            if not chunks:
+                continue
+            table = decode_chunks(chunks)
+            newest = pc.max(table["ts"]).as_py()
+            table = table.filter(pc.greater_equal(table["ts"], newest - self.window_seconds))
+            table = _distinct_newest(table, self.max_events)
+            pipeline.zrem(key, *chunks)
+            pipeline.zadd(key, {_encode_table(table): newest})
             pipeline.expire(key, ttl)
         pipeline.execute()
 
+    def _newest_per_subject(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Keep at most ``max_events`` newest events per subject."""
+        ranked = frame.sort_values("ts", kind="stable")
+        newest = ranked.groupby(["subject_type", "key_id"], sort=False).cumcount(ascending=False) < self.max_events
+        return ranked[newest.to_numpy()].reset_index(drop=True)
+
+
+def drop_repeated_requests(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the first row of each ``request_id``; return ``frame`` itself when no id repeats.
+
+    Same result as ``drop_duplicates("request_id")``, which copies every
+    column even when nothing repeats: 34 against 10 ms on 134,000 events
+    (pandas 3.1).
+    """
+    repeated = frame["request_id"].duplicated().to_numpy()
+    return frame[~repeated] if repeated.any() else frame
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas().reindex(columns=list(COLUMNS)).astype(COLUMNS)
+
+
+def _distinct_newest(table: pa.Table, limit: int) -> pa.Table:
+    """Return ``table`` with each request once, keeping its ``limit`` newest events in time order."""
+    repeated = pd.Series(table["request_id"].to_numpy(zero_copy_only=False)).duplicated().to_numpy()
+    table = table.filter(pa.array(~repeated))
+    order = np.argsort(table["ts"].to_numpy(), kind="stable")
+    return table.take(order[-limit:])
