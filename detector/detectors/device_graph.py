@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 
 import numpy as np
@@ -39,7 +40,7 @@ def rolling_components(
 
     ``new_device`` is 1 when the joining edge's component is a *new device*:
     every network and user agent in it was first used by the subject less
-    than ``new_device_age`` seconds ago, while another component holds one
+    than ``new_device_age`` seconds ago, while another component contains one
     first used at least ``established_age`` seconds ago. A device the
     subject already had, on a new network or with a new user agent, shares
     a node with its old edges and is not new.
@@ -50,47 +51,118 @@ def rolling_components(
         known_events.groupby(["subject", "net"], sort=False)["ts"].transform("min").to_numpy(),
         known_events.groupby(["subject", "ua"], sort=False)["ts"].transform("min").to_numpy(),
     )
-    columns = [known_events[name].to_numpy().tolist() for name in ("subject", "ts", "net", "ua", "country")]
-    columns.append(first_use.tolist())
+    edges = _EdgeHistory.build(known_events, first_use)
+    ts = known_events["ts"].to_numpy()
+    subject = known_events["subject"].to_numpy()
 
     rows = []
-    current = None
-    history: dict[tuple[int, int], list[float]] = defaultdict(list)
-    countries: dict[tuple[int, int], int] = {}
-    # First use of each edge's network or user agent, whichever is older.
-    first_uses: dict[tuple[int, int], float] = {}
-    for subject, ts, net, ua, country, first_use in zip(*columns):
-        if subject != current:
-            current = subject
-            history.clear()
-            countries.clear()
-            first_uses.clear()
-
-        edge = (net, ua)
-        times = history[edge]
-        was_active = len(times) >= requests and times[-requests] > ts - window
-        times.append(ts)
-        countries[edge] = country
-        first_uses[edge] = first_use
-        if was_active or len(times) < requests or times[-requests] <= ts - window:
-            continue
-
-        active = [key for key, seen in history.items() if len(seen) >= requests and seen[-requests] > ts - window]
-        components, _, first_use_by_network = _components(active, countries, first_uses)
-        recent = [key for key in active if history[key][-requests] > ts - country_window]
-        _, country_components, _ = _components(recent, countries, first_uses)
-        joined = first_use_by_network[net]
+    for position in _joins(edges, ts, window, requests).tolist():
+        now = float(ts[position])
+        active, countries, first_uses, recent = edges.state_at(position, now, window, requests, country_window)
+        components, country_components, first_use_by_network = _components(active, countries, first_uses)
+        if len(recent) < len(active):
+            # recent is a subset of active, so the same length means the same edges.
+            _, country_components, _ = _components(recent, countries, first_uses)
+        joined = first_use_by_network[edges.edge_at(position)[0]]
         # Another component is one whose oldest first use differs from the joining one's.
-        new_device = joined > ts - new_device_age and any(
-            other <= ts - established_age for other in first_use_by_network.values() if other < joined
+        new_device = joined > now - new_device_age and any(
+            other <= now - established_age for other in first_use_by_network.values() if other < joined
         )
-        rows.append((subject, ts, components, country_components, int(new_device)))
+        rows.append((int(subject[position]), now, components, country_components, int(new_device)))
 
     frame = pd.DataFrame(rows, columns=list(GROWTH_COLUMNS))
     return frame.astype(
         {"subject": np.int64, "ts": np.float64, "components": np.int64, "country_components": np.int64,
          "new_device": np.int64}
     )
+
+
+class _EdgeHistory:
+    """The requests of each (subject, network, user agent) edge, for looking up a subject's edges at a position.
+
+    Positions are row numbers in the events sorted by subject and time. An
+    edge's requests up to a position are those of its rows at or before it.
+    """
+
+    def __init__(self, codes: np.ndarray, order: np.ndarray, group_starts: np.ndarray, columns: dict) -> None:
+        self.codes = codes
+        # Rows grouped by edge, each group in time order, and where each group starts.
+        self.order = order
+        self.group_starts = group_starts
+        self._positions = [order[start:end].tolist() for start, end in _spans(group_starts, len(order))]
+        self._times = [columns["ts"][order[start:end]].tolist() for start, end in _spans(group_starts, len(order))]
+        self._countries = [columns["country"][order[start:end]].tolist() for start, end in _spans(group_starts, len(order))]
+        first = order[group_starts]
+        self._keys = list(zip(columns["net"][first].tolist(), columns["ua"][first].tolist()))
+        self._first_uses = columns["first_use"][first].tolist()
+        # The edge groups of each subject: subjects come in order, and so do their groups.
+        subjects = columns["subject"][first]
+        bounds = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1], True]) if len(subjects) else []
+        self._subject_groups = {int(subjects[low]): range(low, high) for low, high in zip(bounds[:-1], bounds[1:])}
+        self._subject = columns["subject"]
+
+    @classmethod
+    def build(cls, events: pd.DataFrame, first_use: np.ndarray) -> "_EdgeHistory":
+        columns = {name: events[name].to_numpy() for name in ("subject", "ts", "net", "ua", "country")}
+        columns["first_use"] = first_use
+        codes = events.groupby(["subject", "net", "ua"], sort=True).ngroup().to_numpy()
+        order = np.lexsort((np.arange(len(codes)), codes))
+        sorted_codes = codes[order]
+        group_starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(codes) else codes[:0]
+        return cls(codes, order, group_starts, columns)
+
+    def edge_at(self, position: int) -> tuple[int, int]:
+        return self._keys[self.codes[position]]
+
+    def state_at(self, position: int, now: float, window: float, requests: int, country_window: float):
+        """Return the subject's active edges at ``position``, their countries and first uses, and the recent ones."""
+        active, recent = [], []
+        countries: dict[tuple[int, int], int] = {}
+        first_uses: dict[tuple[int, int], float] = {}
+        for group in self._subject_groups[int(self._subject[position])]:
+            seen = bisect.bisect_right(self._positions[group], position)
+            if seen < requests:
+                continue
+            nth_latest = self._times[group][seen - requests]
+            if nth_latest <= now - window:
+                continue
+            key = self._keys[group]
+            active.append(key)
+            countries[key] = self._countries[group][seen - 1]
+            first_uses[key] = self._first_uses[group]
+            if nth_latest > now - country_window:
+                recent.append(key)
+        return active, countries, first_uses, recent
+
+
+def _spans(starts: np.ndarray, length: int):
+    ends = np.append(starts[1:], length)
+    return zip(starts.tolist(), ends.tolist())
+
+
+def _joins(edges: _EdgeHistory, ts: np.ndarray, window: float, requests: int) -> np.ndarray:
+    """Return, in order, the positions at which an edge reaches ``requests`` requests in the trailing ``window``.
+
+    The edge is active after a request when its ``requests``-th latest
+    request is inside the window, and was active before it when the one
+    before that was. A join is a request that makes an inactive edge active.
+    """
+    order, starts = edges.order, edges.group_starts
+    if not len(order):
+        return order
+    times = ts[order]
+    group_index = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))
+    rank = np.arange(len(order)) - starts[group_index]
+    active_now = _nth_latest_inside(times, rank, requests - 1, window)
+    was_active = _nth_latest_inside(times, rank, requests, window)
+    return np.sort(order[active_now & ~was_active])
+
+
+def _nth_latest_inside(times: np.ndarray, rank: np.ndarray, back: int, window: float) -> np.ndarray:
+    """Return whether the request ``back`` places earlier in the same edge lies inside the window of each request."""
+    has_earlier = rank >= back
+    earlier = np.where(has_earlier, np.arange(len(times)) - back, 0)
+    return has_earlier & (times[earlier] > times - window)
 
 
 def _components(

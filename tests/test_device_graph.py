@@ -1,0 +1,83 @@
+"""The device graph's join search against a plain per-request loop, on random request sequences."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.detectors.device_graph import GROWTH_COLUMNS, _components, rolling_components
+
+
+def _reference(events: pd.DataFrame, window, requests, country_window, new_device_age, established_age):
+    """Walk the requests one by one, keeping every edge's request times: the definition, without shortcuts."""
+    known = events[(events["net"] >= 0) & (events["ua"] >= 0)]
+    first_use = np.minimum(
+        known.groupby(["subject", "net"])["ts"].transform("min").to_numpy(),
+        known.groupby(["subject", "ua"])["ts"].transform("min").to_numpy(),
+    )
+    rows, history, countries, first_uses, current = [], defaultdict(list), {}, {}, None
+    columns = [known[name].tolist() for name in ("subject", "ts", "net", "ua", "country")]
+    for subject, ts, net, ua, country, first in zip(*columns, first_use.tolist()):
+        if subject != current:
+            current = subject
+            history.clear()
+            countries.clear()
+            first_uses.clear()
+        times = history[(net, ua)]
+        was_active = len(times) >= requests and times[-requests] > ts - window
+        times.append(ts)
+        countries[(net, ua)] = country
+        first_uses[(net, ua)] = first
+        if was_active or len(times) < requests or times[-requests] <= ts - window:
+            continue
+        active = [key for key, seen in history.items() if len(seen) >= requests and seen[-requests] > ts - window]
+        recent = [key for key in active if history[key][-requests] > ts - country_window]
+        components, _, by_network = _components(active, countries, first_uses)
+        _, country_components, _ = _components(recent, countries, first_uses)
+        joined = by_network[net]
+        new_device = joined > ts - new_device_age and any(
+            other <= ts - established_age for other in by_network.values() if other < joined
+        )
+        rows.append((subject, ts, components, country_components, int(new_device)))
+    return pd.DataFrame(rows, columns=list(GROWTH_COLUMNS)).astype(
+        {"subject": np.int64, "ts": np.float64, "components": np.int64, "country_components": np.int64,
+         "new_device": np.int64}
+    )
+
+
+requests_strategy = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # subject
+        st.integers(0, 400),  # minutes apart from the previous request
+        st.integers(-1, 3),  # network code, -1 unknown
+        st.integers(-1, 2),  # user agent code
+        st.integers(-1, 2),  # country code
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests_strategy, st.integers(1, 3), st.sampled_from([3600.0, 6 * 3600.0]))
+def test_matches_request_by_request_loop(drawn, requests, country_window):
+    subjects, gaps, nets, agents, countries = map(np.array, zip(*drawn))
+    events = pd.DataFrame({
+        "subject": subjects, "ts": 1.8e9 + np.cumsum(gaps) * 60.0, "net": nets, "ua": agents, "country": countries,
+    }).sort_values(["subject", "ts"], kind="stable").reset_index(drop=True)
+    options = (6 * 3600.0, requests, country_window, 3600.0, 4 * 3600.0)
+
+    expected = _reference(events, *options)
+    found = rolling_components(events, *options)
+
+    pd.testing.assert_frame_equal(found.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_no_known_requests_gives_no_rows():
+    events = pd.DataFrame({"subject": [0, 0], "ts": [1.0, 2.0], "net": [-1, -1], "ua": [0, 1], "country": [0, 0]})
+
+    assert rolling_components(events, 3600.0, 1, 3600.0).empty
