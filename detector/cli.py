@@ -139,6 +139,10 @@ def simulate(out_dir, keys, days, seed, compress) -> None:
     result = simulate_traffic(out_dir, keys=keys, days=days, seed=seed, compress=compress)
     stdout.print(f"{result.events:,} events for {result.keys:,} keys: {result.events_path}")
     stdout.print(f"labels: {result.labels_path}")
+    stdout.print(
+        f"hosting networks: {result.hosting_path} (score with FAIRUSE_HOSTING_NETWORKS={result.hosting_path} "
+        "to leave the simulated cloud servers out of key sharing)"
+    )
 
 
 @main.command()

@@ -6,6 +6,7 @@ has detection or policy logic of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ import pandas as pd
 
 from detector.decisions import Decision
 from detector.detectors import Detector, Finding
+from detector.detectors import KeySharingDetector
 from detector.features import PreparedEvents, prepare_events
+from detector.features.hosting import hosting_from_environment
 from detector.model_registry import AnomalyModel
 from detector.plans import PlanCatalogue
 from detector.policy import Policy, PolicyOutcome, decide
@@ -53,12 +56,20 @@ def default_detectors(model: AnomalyModel | None = None) -> list[Detector]:
     """Return the shipped detectors; the anomaly detector only when a model is given.
 
     Thresholds come from the shipped ``thresholds.toml``, overridden by those
-    the model was trained and evaluated with.
+    the model was trained and evaluated with. Key sharing leaves out the
+    hosting networks of the file ``FAIRUSE_HOSTING_NETWORKS`` names, if any.
     """
     thresholds = load_thresholds()
     if model is not None:
         thresholds = merged(thresholds, model.thresholds)
-    return build_detectors(thresholds, model)
+    detectors = build_detectors(thresholds, model)
+    hosting = hosting_from_environment()
+    if hosting is None:
+        return detectors
+    return [
+        dataclasses.replace(detector, hosting=hosting) if isinstance(detector, KeySharingDetector) else detector
+        for detector in detectors
+    ]
 
 
 def score_events(

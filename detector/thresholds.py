@@ -23,7 +23,7 @@ DETECTOR_CLASSES: dict[str, type] = {
     "automation": AutomationDetector,
     "anomaly": AnomalyDetector,
 }
-_NOT_THRESHOLDS = {"reason", "version", "model", "as_of"}
+_NOT_THRESHOLDS = {"reason", "version", "model", "as_of", "hosting"}
 
 Thresholds = dict[str, dict[str, float | int]]
 

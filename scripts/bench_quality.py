@@ -15,6 +15,7 @@ side with the goals, and exits 1 when a goal is missed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ from detector.plans import load_plans
 from detector.policy import load_policy
 from detector.readers import read_events
 from detector.retrain import TrainOptions, run_training
+from detector.features.hosting import ENVIRONMENT_VARIABLE
 from detector.simulate import simulate_traffic
 from detector.thresholds import check_thresholds, merged
 
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--active", help="Active model version (default: the shipped default).")
     parser.add_argument("--candidate", help="Candidate version in models/ (default: train one).")
     parser.add_argument("--thresholds", type=Path, help="Thresholds TOML put over the candidate's own.")
+    parser.add_argument("--no-hosting", action="store_true",
+                        help="Score without the simulated cloud ranges (FAIRUSE_HOSTING_NETWORKS unset).")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="fairuse-bench-") as folder:
@@ -64,6 +68,11 @@ def main() -> None:
                 metadata={**candidate.metadata, "thresholds": merged(candidate.thresholds, overrides)},
             )
         simulation = simulate_traffic(folder / "week", keys=args.keys, days=args.days, seed=args.seed)
+        if args.no_hosting:
+            os.environ.pop(ENVIRONMENT_VARIABLE, None)
+        else:
+            # As an operator with the cloud providers' published ranges runs it.
+            os.environ[ENVIRONMENT_VARIABLE] = str(simulation.hosting_path)
         frame = read_events([simulation.events_path]).frame
         print(f"evaluation week: fairuse simulate --keys {args.keys} --days {args.days} --seed {args.seed} "
               f"({len(frame):,} events)\n")

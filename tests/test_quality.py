@@ -6,6 +6,7 @@ import pytest
 
 from detector.batch import BatchOptions, run_batch, write_outputs
 from detector.evaluate import evaluate, read_labels
+from detector.features.hosting import ENVIRONMENT_VARIABLE
 from detector.simulate import simulate_traffic
 
 pytestmark = pytest.mark.slow
@@ -16,7 +17,10 @@ def scored(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quality")
     traffic = simulate_traffic(folder, keys=500, days=7, seed=1)
     options = BatchOptions(paths=[traffic.events_path], database_url=f"sqlite:///{folder}/q.db")
-    batch = run_batch(options)
+    with pytest.MonkeyPatch.context() as patch:
+        # As docs/quality.md scores: with the simulated cloud providers' ranges.
+        patch.setenv(ENVIRONMENT_VARIABLE, str(traffic.hosting_path))
+        batch = run_batch(options)
     decisions = folder / "decisions.jsonl"
     write_outputs(decisions, batch)
     return traffic, decisions
@@ -66,3 +70,11 @@ def test_phone_and_laptop_reviewed_only_for_late_device(scored):
     assert keys
     assert [finding for finding in sharing if finding["evidence"]["new_device"] != 1] == []
     assert len({finding["subject"] for finding in sharing}) <= len(keys) // 10
+
+
+def test_ci_developers_not_reviewed_with_hosting_ranges(report):
+    # Their runners call from the simulated cloud providers, whose ranges the run was given.
+    row = next(row for row in report.to_dict()["benign"] if row["kind"] == "ci_developer")
+
+    assert row["keys"] > 0
+    assert row["review_only_keys"] == 0

@@ -10,6 +10,7 @@ import pandas as pd
 from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.detectors.device_graph import rolling_components
 from detector.features import PreparedEvents, address_gaps
+from detector.features.hosting import HostingNetworks
 
 DAY = 86400.0
 
@@ -87,6 +88,8 @@ class KeySharingDetector:
     min_country_days: int = 2
     new_device_age: float = 3600.0
     established_age: float = 1.5 * DAY
+    # Networks of cloud and server providers, left out of the device graph (detector.features.hosting).
+    hosting: HostingNetworks | None = None
     resale_networks: int = 8
     reason: str = "key_sharing"
     version: str = "1"
@@ -189,7 +192,7 @@ class KeySharingDetector:
 
     def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         growth = rolling_components(
-            prepared.events, self.device_window, self.min_component_requests, self.country_window,
+            self._without_hosting(prepared), self.device_window, self.min_component_requests, self.country_window,
             self.new_device_age, self.established_age,
         )
         many_devices = growth["components"] >= self.min_components
@@ -214,6 +217,20 @@ class KeySharingDetector:
                 "kind": "devices",
             }
         )
+
+    def _without_hosting(self, prepared: PreparedEvents) -> pd.DataFrame:
+        """Return the events with the networks of hosting providers marked unknown, so servers make no device."""
+        events = prepared.events
+        if not self.hosting:
+            return events
+        hosted = self.hosting.mask(prepared.networks)
+        net = events["net"].to_numpy()
+        from_server = (net >= 0) & hosted[np.maximum(net, 0)] if len(hosted) else np.zeros(len(net), dtype=bool)
+        if not from_server.any():
+            return events
+        events = events.copy()
+        events["net"] = np.where(from_server, -1, net)
+        return events
 
     def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         settled = _settled_networks(prepared.events, self.min_network_span)

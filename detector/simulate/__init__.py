@@ -17,6 +17,7 @@ import numpy as np
 
 from detector.plans import Plan, load_plans
 from detector.simulate import abuse, benign, devices, output
+from detector.simulate.network import CLOUD, NETWORKS
 from detector.simulate.population import KIND_BY_NAME, KeyProfile, build_population
 from detector.simulate.timing import DAY
 from detector.simulate.traffic import Columns, KeyContext, KeyTraffic, assemble_key, concat_columns
@@ -60,6 +61,8 @@ class SimulationResult:
     events: int
     keys: int
     kinds: dict[str, int] = field(default_factory=dict)
+    # The simulated cloud providers' ranges, for FAIRUSE_HOSTING_NETWORKS.
+    hosting_path: Path | None = None
 
 
 def simulate_traffic(
@@ -92,6 +95,8 @@ def simulate_traffic(
     key_fields = [{"account_id": p.account_id, "key_id": p.key_id, "plan": p.plan} for p in profiles]
     output.write_events(events_path, columns, key_index, key_fields, f"sim-{seed}-", compress)
     output.write_labels(labels_path, [_label_row(profile, key.onset) for profile, key in zip(profiles, traffic)])
+    hosting_path = out_dir / "hosting-networks.txt"
+    output.write_hosting_networks(hosting_path, cloud_networks())
 
     return SimulationResult(
         events_path=events_path,
@@ -99,7 +104,18 @@ def simulate_traffic(
         events=int(key_index.size),
         keys=keys,
         kinds=dict(Counter(profile.kind for profile in profiles)),
+        hosting_path=hosting_path,
     )
+
+
+def cloud_networks() -> list[tuple[str, str]]:
+    """Return the IPv4 and IPv6 prefixes of every simulated cloud provider network."""
+    return [
+        (provider.ipv4_prefix, provider.ipv6_prefix)
+        for (_, kind), providers in sorted(NETWORKS.items())
+        if kind == CLOUD
+        for provider in providers
+    ]
 
 
 def _validate(keys: int, days: int, seed: int, start: datetime) -> None:

@@ -156,3 +156,15 @@ def write_labels(path: Path, rows: list[dict[str, str]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=LABEL_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_hosting_networks(path: Path, networks: list[tuple[str, str]]) -> None:
+    """Write the simulated cloud providers' ranges, one CIDR per line, as an operator writes published ones.
+
+    ``networks`` holds (IPv4 /16 prefix such as "52.14", IPv6 /32 prefix such as "2a0f:1c3") pairs.
+    """
+    lines = ["# Address ranges of the simulated cloud providers: the FAIRUSE_HOSTING_NETWORKS file."]
+    for ipv4, ipv6 in networks:
+        lines.append(f"{ipv4}.0.0/16")
+        lines.append(f"{ipv6}::/32")
+    path.write_text("\n".join(lines) + "\n", "utf-8")
