@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from detector.decisions import Decision
 from detector.detectors import Finding
+from detector.features.hosting import hosting_from_environment
 from detector.model_registry import ModelError, default_models_dir, load_model
 from detector.model_switch import load_active_model, shadow_from
 from detector.shadow import prior_without_shadow, without_shadow
@@ -82,6 +83,8 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     started = datetime.now(UTC)
     plans = load_plans(options.plans)
     policy = load_policy(options.policy)
+    # Checked before reading, as plans and policy are; detectors load it again from the cache.
+    hosting_from_environment()
 
     _check_output_paths(options)
     read = read_events(options.paths, format=options.format, progress=progress)

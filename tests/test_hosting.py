@@ -78,3 +78,20 @@ def test_environment_file_reaches_key_sharing(tmp_path, monkeypatch):
 
     assert sharing.hosting is not None
     assert sharing.hosting.contains("192.0.5.0/24")
+
+
+def test_score_stops_on_bad_ranges_file(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from detector.cli import main
+
+    ranges = tmp_path / "hosting.txt"
+    ranges.write_text("192.0.2.0/24\nnot-a-net\n")
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(ranges))
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"request_id": "r1"}\n')
+
+    result = CliRunner().invoke(main, ["score", str(events), "--db", f"sqlite:///{tmp_path}/f.db"])
+
+    assert result.exit_code == 2
+    assert f"{ranges}:2: not an IPv4 or IPv6 network: 'not-a-net'" in result.output
