@@ -44,7 +44,7 @@ async def login(request: Request):
     address = request.client.host if request.client else ""
     wait = console.logins.retry_after(name, address)
     if wait:
-        logger.warning("console login for staff name %r from %s refused: too many failed logins, %d s left",
+        logger.warning("console login for staff name %r from %s rejected: too many failed logins, retry in %d s",
                        name[:64], address, wait)
         return _login_form(request, error="locked", status_code=429, retry_after=wait)
 

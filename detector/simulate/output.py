@@ -161,7 +161,7 @@ def write_labels(path: Path, rows: list[dict[str, str]]) -> None:
 def write_hosting_networks(path: Path, networks: list[tuple[str, str]]) -> None:
     """Write the simulated cloud providers' ranges, one CIDR per line, as an operator writes published ones.
 
-    ``networks`` holds (IPv4 /16 prefix such as "52.14", IPv6 /32 prefix such as "2a0f:1c3") pairs.
+    ``networks`` contains (IPv4 /16 prefix such as "52.14", IPv6 /32 prefix such as "2a0f:1c3") pairs.
     """
     lines = ["# Address ranges of the simulated cloud providers: the FAIRUSE_HOSTING_NETWORKS file."]
     for ipv4, ipv6 in networks:
