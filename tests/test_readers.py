@@ -1349,3 +1349,33 @@ def test_second_61_rejected():
     _, rejects = validate_records([make_record(1, ts="2016-12-31T23:59:61Z")], "stream")
 
     assert [reject.field for reject in rejects] == ["ts"]
+
+
+def test_access_log_with_cut_first_line_detected(tmp_path):
+    lines = gzip.decompress(REAL_ACCESS_LOG.read_bytes()).splitlines()[:20]
+    path = tmp_path / "access.log"
+    path.write_bytes(lines[0][37:] + b"\n" + b"\n".join(lines[1:]) + b"\n")
+
+    result = read_events([path])
+
+    assert [reject.line for reject in result.rejects] == [1]
+    assert len(result.frame) == 19
+
+
+def test_json_lines_with_cut_first_line_detected(tmp_path):
+    path = tmp_path / "events.txt"
+    records = [json.dumps(make_record(number)) for number in range(5)]
+    path.write_text(records[0][20:] + "\n" + "\n".join(records[1:]) + "\n")
+
+    result = read_events([path])
+
+    assert [reject.line for reject in result.rejects] == [1]
+    assert len(result.frame) == 4
+
+
+def test_mixed_lines_after_cut_line_not_guessed(tmp_path):
+    path = tmp_path / "events.txt"
+    path.write_text('ut": 3}\n{"a": 1}\n127.0.0.1 - - [23/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "x"\n')
+
+    with pytest.raises(ReaderError, match="cannot tell the format"):
+        read_events([path])

@@ -20,6 +20,8 @@ EXTENSIONS = {
     ".pq": "parquet",
 }
 PARQUET_MAGIC = b"PAR1"
+# Lines after a first line that fits no format, which then decide the format.
+SNIFF_LINES = 6
 # Start of an Apache/nginx access-log line: client, ident, user, [time] and the quoted request.
 ACCESS_LOG_START = re.compile(rb'^\S+ \S+ \S+ \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] "')
 
@@ -56,26 +58,44 @@ def format_from_name(name: str) -> str | None:
 
 
 def format_from_content(head: bytes) -> str | None:
-    """Return the format that the first bytes of a file look like, or None."""
+    """Return the format that the first bytes of a file look like, or None.
+
+    A log copied from the middle of a file can start with the end of a line.
+    When the first line fits no format, the next complete lines decide, if
+    they all look like JSON objects or all like access-log lines; the cut
+    line is then rejected like any other bad line.
+    """
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
 
-    line = first_non_blank_line(head.removeprefix(b"\xef\xbb\xbf"))
+    lines = non_blank_lines(head.removeprefix(b"\xef\xbb\xbf"))
+    if not lines:
+        return None
+    first = lines[0]
+    if b"," in first and "request_id" in csv_header(first):
+        return "csv"
+    found = line_format(first)
+    if found is not None:
+        return found
+    later = {line_format(line) for line in lines[1:SNIFF_LINES]}
+    return later.pop() if len(later) == 1 else None
+
+
+def line_format(line: bytes) -> str | None:
+    """Return "jsonl" or "combined" when one line looks like that format, else None."""
     if line.startswith(b"{"):
         return "jsonl"
     if ACCESS_LOG_START.match(line):
         return "combined"
-    if b"," in line and "request_id" in csv_header(line):
-        return "csv"
     return None
 
 
-def first_non_blank_line(head: bytes) -> bytes:
-    """Return the first line of head that is not blank, without surrounding whitespace."""
-    for line in head.split(b"\n"):
-        if line.strip():
-            return line.strip()
-    return b""
+def non_blank_lines(head: bytes) -> list[bytes]:
+    """Return the lines of head that are not blank, stripped, leaving out a last line the head may have cut."""
+    pieces = head.split(b"\n")
+    if not head.endswith(b"\n") and len(pieces) > 1:
+        pieces = pieces[:-1]
+    return [piece.strip() for piece in pieces if piece.strip()]
 
 
 def csv_header(line: bytes) -> list[str]:
