@@ -61,8 +61,8 @@ def format_from_content(head: bytes) -> str | None:
     """Return the format that the first bytes of a file look like, or None.
 
     A log copied from the middle of a file can start with the end of a line.
-    When the first line fits no format, the next complete lines decide, if
-    they all look like JSON objects or all like access-log lines; the cut
+    So when the first line fits no format, the next complete lines decide,
+    if they all look like JSON objects or all like access-log lines. The cut
     line is then rejected like any other bad line.
     """
     if head.startswith(PARQUET_MAGIC):
