@@ -228,9 +228,10 @@ class KeySharingDetector:
         from_server = (net >= 0) & hosted[np.maximum(net, 0)] if len(hosted) else np.zeros(len(net), dtype=bool)
         if not from_server.any():
             return events
-        events = events.copy()
-        events["net"] = np.where(from_server, -1, net)
-        return events
+        # Only the columns the device graph reads, so a million events are not copied whole.
+        graph = events[["subject", "ts", "ua", "country"]].copy()
+        graph["net"] = np.where(from_server, -1, net)
+        return graph
 
     def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         settled = _settled_networks(prepared.events, self.min_network_span)
