@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from detector.detectors import Detector
 from detector.model_registry import AnomalyModel, ModelError, default_models_dir, default_version, load_model
 from detector.pipeline import default_detectors
+from detector.plans import ConfigError
 from detector.policy import Policy, load_policy
 from detector.shadow import Shadow
 from detector.store import DecisionStore
@@ -119,6 +120,7 @@ class ModelSwitch:
         self._shadow: Shadow | None = None
         self._shadow_key: tuple | None = None
         self._rejected: set[str] = set()
+        self._config_error: str | None = None
         self._checked_at: float | None = None
         if use_model:
             self._start_model()
@@ -173,12 +175,21 @@ class ModelSwitch:
                 logger.error("model %s rejected, keeping %s: %s", version, self.version, error)
                 self._rejected.add(version)
             return
+        try:
+            detectors = default_detectors(model)
+        except ConfigError as error:
+            # A configuration file changed under the running worker, so the switch is retried at the next refresh.
+            if str(error) != self._config_error:
+                logger.error("model %s not switched to, keeping %s: %s", version, self.version, error)
+                self._config_error = str(error)
+            return
+        self._config_error = None
         logger.info("model %s active (was %s)", version, self.version)
-        self._use(model)
+        self._use(model, detectors)
 
-    def _use(self, model: AnomalyModel) -> None:
+    def _use(self, model: AnomalyModel, detectors: list[Detector] | None = None) -> None:
+        self._detectors = detectors if detectors is not None else default_detectors(model)
         self.model = model
-        self._detectors = default_detectors(model)
         self._shadow_key = None
 
     def _update_shadow(self, assignment: Assignment | None) -> None:

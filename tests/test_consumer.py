@@ -1,5 +1,6 @@
 """The stream consumer against real Redis: dead letters, redelivery, idempotency, window expiry."""
 
+import logging
 import threading
 
 import orjson
@@ -239,6 +240,25 @@ def test_window_compacts_chunks_keeping_newest(redis_client, redis_prefix):
     assert 0 < redis_client.ttl(key) <= 8 * 86400
     assert windows.count("key", "key-1") == 8
     assert sorted(windows.load([("key", "key-1")], T0 + 40)["request_id"]) == sorted(newest)
+
+
+def test_window_skips_unreadable_members(redis_client, redis_prefix, caplog):
+    windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=3)
+    windows.extend(frame(events("key-1", [T0, T0 + 60])))
+    key = windows.key("key", "key-1")
+    stored = redis_client.zrange(key, 0, -1)[0]
+    unreadable = [b"\x00garbage\xff", stored[: len(stored) // 2], b"{not json", b""]
+    redis_client.zadd(key, {member: T0 + 60 for member in unreadable})
+
+    with caplog.at_level(logging.WARNING, logger="workers.window"):
+        loaded = windows.load([("key", "key-1")], T0 + 120)
+        windows.extend(frame(events("key-1", [T0 + 120])))
+
+    assert sorted(loaded["ts"]) == [T0, T0 + 60]
+    assert caplog.text.count("skipping an unreadable member") >= len(unreadable)
+    assert redis_client.zcard(key) == 1
+    assert 0 < redis_client.ttl(key)
+    assert sorted(windows.load([("key", "key-1")], T0 + 120)["ts"]) == [T0, T0 + 60, T0 + 120]
 
 
 def test_own_pending_entry_deleted_is_dead_lettered(make_consumer, redis_client):

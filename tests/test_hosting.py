@@ -95,3 +95,20 @@ def test_score_stops_on_bad_ranges_file(tmp_path, monkeypatch):
 
     assert result.exit_code == 2
     assert f"{ranges}:2: not an IPv4 or IPv6 network: 'not-a-net'" in result.output
+
+
+def test_range_narrower_than_network_matches():
+    # Events are grouped by /24 and /48, and a provider's range can be narrower than that.
+    narrow = HostingNetworks.from_lines(["192.0.2.64/28", "2001:db8:1234:ff00::/56"], "narrow")
+
+    assert narrow.contains("192.0.2.0/24")
+    assert narrow.contains("2001:db8:1234::/48")
+    assert not narrow.contains("192.0.3.0/24")
+    assert not narrow.contains("2001:db8:1235::/48")
+    assert not narrow.contains("192.0.2.0/26")
+
+
+def test_server_in_narrow_range_makes_no_device(plans):
+    narrow = HostingNetworks.from_lines([f"192.0.{run}.8/29" for run in range(6)], "narrow")
+
+    assert KeySharingDetector(hosting=narrow).detect(prepare_events(_ci_developer(), plans)) == []

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shutil
 import time
 
@@ -105,6 +106,33 @@ def test_switch_keeps_model_when_new_artifact_corrupt(sqlite_url, models_dir, po
 
     (models_dir / "iforest-v2.skops").write_bytes(good)
     assert switch.detectors()[-1].version == "v2"
+
+
+def test_switch_keeps_model_when_hosting_file_broken(sqlite_url, models_dir, policy, caplog, tmp_path, monkeypatch):
+    hosting = tmp_path / "hosting.txt"
+    hosting.write_text("192.0.2.0/24\n")
+    monkeypatch.setenv("FAIRUSE_HOSTING_NETWORKS", str(hosting))
+    store = open_store(sqlite_url)
+    assignments = ModelAssignments(store.engine)
+    assignments.record(ACTIVE, "v1")
+    switch = ModelSwitch(store, policy=policy, models_dir=models_dir, refresh_seconds=0)
+
+    # An operator saves a typo into the ranges file while the worker runs, then activates v2.
+    hosting.write_text("192.0.2.0/24\nnot-a-net\n")
+    os.utime(hosting, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assignments.record(ACTIVE, "v2")
+    with caplog.at_level(logging.ERROR, logger="detector.model_switch"):
+        detectors = switch.detectors()
+
+    assert switch.version == "v1"
+    assert detectors[-1].version == "v1"
+    assert "model v2 not switched to, keeping v1" in caplog.text
+    assert "not-a-net" in caplog.text
+
+    hosting.write_text("192.0.2.0/24\n")
+    os.utime(hosting, ns=(time.time_ns() + 2 * 10**9, time.time_ns() + 2 * 10**9))
+    assert switch.detectors()[-1].version == "v2"
+    assert switch.version == "v2"
 
 
 def test_switch_waits_for_refresh_interval(sqlite_url, models_dir, policy):

@@ -26,6 +26,7 @@ share a stream.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -36,6 +37,8 @@ import pyarrow.json as pajson
 import redis
 
 from detector.events import COLUMNS, empty_frame
+
+logger = logging.getLogger(__name__)
 
 WEEK = 7 * 86400
 
@@ -48,6 +51,22 @@ _LEGACY_OPTIONS = pajson.ParseOptions(explicit_schema=SCHEMA)
 def decode_chunks(chunks: Iterable[bytes]) -> pa.Table:
     """Read stored chunks back into one table."""
     return pa.Table.from_batches([_decode(chunk) for chunk in chunks], schema=SCHEMA)
+
+
+def _readable_batches(key: str, chunks: list[bytes]) -> list[pa.RecordBatch]:
+    """Decode the chunks of ``key``, skipping with a warning those that are not readable.
+
+    A member that no version wrote, or one with other columns, must not stop
+    every worker that reads the subject. Compaction, or the trim once it is
+    older than the window, removes it.
+    """
+    batches = []
+    for chunk in chunks:
+        try:
+            batches.append(_decode(chunk))
+        except (pa.ArrowException, EOFError) as error:
+            logger.warning("window %s: skipping an unreadable member of %d bytes: %s", key, len(chunk), error)
+    return batches
 
 
 def _decode(chunk: bytes) -> pa.RecordBatch:
@@ -99,10 +118,11 @@ class EventWindows:
     def load(self, subjects: Iterable[tuple[str, str]], newest: float) -> pd.DataFrame:
         """Return the stored events of ``subjects`` from the window ending at ``newest``, each request once."""
         oldest = newest - self.window_seconds
+        keys = [self.key(subject_type, subject) for subject_type, subject in subjects]
         pipeline = self.client.pipeline(transaction=False)
-        for subject_type, subject in subjects:
-            pipeline.zrangebyscore(self.key(subject_type, subject), oldest, "+inf")
-        batches = [[_decode(chunk) for chunk in result] for result in pipeline.execute()]
+        for key in keys:
+            pipeline.zrangebyscore(key, oldest, "+inf")
+        batches = [_readable_batches(key, result) for key, result in zip(keys, pipeline.execute())]
         if not any(batches):
             return empty_frame()
 
@@ -184,11 +204,13 @@ class EventWindows:
         for key, chunks in zip(keys, stored):
             if not chunks:
                 continue
-            table = decode_chunks(chunks)
+            table = pa.Table.from_batches(_readable_batches(key, chunks), schema=SCHEMA)
+            pipeline.zrem(key, *chunks)
+            if not table.num_rows:
+                continue
             newest = pc.max(table["ts"]).as_py()
             table = table.filter(pc.greater_equal(table["ts"], newest - self.window_seconds))
             table = _distinct_newest(table, self.max_events)
-            pipeline.zrem(key, *chunks)
             pipeline.zadd(key, {_encode_table(table): newest})
             pipeline.expire(key, ttl)
         pipeline.execute()

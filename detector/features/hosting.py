@@ -71,16 +71,22 @@ class HostingNetworks:
         return sum(len(starts) for _, starts, _ in self.ranges)
 
     def contains(self, network: str) -> bool:
-        """Return whether the first address of ``network`` (a CIDR or an address) lies in a hosting range."""
+        """Return whether ``network`` (a CIDR or an address) overlaps a hosting range.
+
+        Events are grouped into /24 and /48 networks, and a provider's range
+        can be narrower than that, so a range inside the network counts as
+        well as one around it.
+        """
         try:
-            address = ipaddress.ip_network(network, strict=False).network_address
+            parsed = ipaddress.ip_network(network, strict=False)
         except ValueError:
             return False
-        value = int(address)
+        first, last = int(parsed.network_address), int(parsed.broadcast_address)
         for version, starts, ends in self.ranges:
-            if version == address.version:
-                index = bisect.bisect_right(starts, value) - 1
-                return index >= 0 and value <= ends[index]
+            if version == parsed.version:
+                # The merged ranges are disjoint, so only the last one starting at or before ``last`` can overlap.
+                index = bisect.bisect_right(starts, last) - 1
+                return index >= 0 and ends[index] >= first
         return False
 
     def mask(self, networks: Sequence[str]) -> np.ndarray:
