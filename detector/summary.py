@@ -56,6 +56,8 @@ def _decision_table(report: BatchReport) -> Table:
         table.add_row("action", action, f"{count:,}")
     for reason, count in sorted(report.decisions_by("reasons").items()):
         table.add_row("reason", reason, f"{count:,}")
+    if not report.decisions:
+        table.add_row("-", "no decisions on this input", "0")
     return table
 
 
