@@ -162,8 +162,8 @@ def run_shadow(
 ) -> tuple[list[str], str | None]:
     """Score ``frame`` with the registry's shadow, if one runs.
 
-    Returns warnings for the summary and a line saying which shadow stored how many
-    simulated decisions, or None when no shadow runs.
+    Returns warnings for the summary and a line naming the shadow with the number
+    of simulated decisions it made on this input, or None when no shadow runs.
     """
     try:
         shadow = shadow_from(

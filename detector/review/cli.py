@@ -183,7 +183,7 @@ def review_list(status, reason, plan, min_score, min_age_hours, sort, asc, limit
     """List cases; review decisions not yet in a case open one first.
 
     Prints one tab-separated line per case, without a header: case id, subject,
-    plan, score, reason codes, status, and when and by whom it was opened.
+    plan, score, reason codes, status, and the time and origin of its opening.
     """
     from detector.review.cases import CaseFilter, CaseQueue
 
