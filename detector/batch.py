@@ -67,6 +67,7 @@ class BatchReport:
     outputs: dict[str, Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     model_version: str | None = None
+    shadow: str | None = None
     simulated: bool = False
     database: str = ""
 
@@ -122,7 +123,8 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     store.save_findings(result.findings)
     new = store.save_decisions(result.decisions)
     ActivityLog(store.engine).record(result.prepared, result.acted_on())
-    warnings.extend(run_shadow(read.frame, store, model=model, plans=plans, policy=policy, now=started))
+    shadow_warnings, shadow_summary = run_shadow(read.frame, store, model=model, plans=plans, policy=policy, now=started)
+    warnings.extend(shadow_warnings)
     decisions = _decisions_for_input(store, read, result, simulated)
     result.subjects["actions"] = _actions_by_subject(result.subjects, decisions)
     store.record_run(
@@ -146,6 +148,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
         rejects_path=rejects_path,
         warnings=warnings,
         model_version=model.version if model else None,
+        shadow=shadow_summary,
         simulated=simulated,
         database=store.engine.url.render_as_string(hide_password=True),
     )
@@ -154,19 +157,25 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     return report
 
 
-def run_shadow(frame: pd.DataFrame, store: DecisionStore, *, model, plans, policy, now: datetime) -> list[str]:
-    """Score ``frame`` with the registry's shadow, if one runs; return warnings for the summary."""
+def run_shadow(
+    frame: pd.DataFrame, store: DecisionStore, *, model, plans, policy, now: datetime
+) -> tuple[list[str], str | None]:
+    """Score ``frame`` with the registry's shadow, if one runs.
+
+    Returns warnings for the summary and a line naming the shadow with the number
+    of simulated decisions it made on this input, or None when no shadow runs.
+    """
     try:
         shadow = shadow_from(
             ModelAssignments(store.engine).current(SHADOW), active=model, policy=policy, models_dir=default_models_dir()
         )
     except (ModelError, ValueError) as error:
-        return [f"shadow not run: {error}"]
+        return [f"shadow not run: {error}"], None
     if shadow is None:
-        return []
+        return [], None
     decisions = shadow.score(frame, plans=plans, store=store, now=now)
     logger.info("shadow %s stored %d simulated decisions", shadow.label, len(decisions))
-    return []
+    return [], f"{shadow.label}: {len(decisions):,} simulated decisions on this input"
 
 
 def write_outputs(out: Path, report: BatchReport) -> dict[str, Path]:

@@ -190,7 +190,7 @@ def gateways_add(name, database_url) -> None:
 
 
 @gateways.command("list")
-@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+@click.option("--db", "database_url", help="SQLAlchemy database URL (default: $FAIRUSE_DATABASE_URL or sqlite:///fairuse.db).")
 def gateways_list(database_url) -> None:
     """List gateways with their creation, revocation and last pull times."""
     from detector.store import open_store
@@ -204,7 +204,7 @@ def gateways_list(database_url) -> None:
 
 @gateways.command("revoke")
 @click.argument("name")
-@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+@click.option("--db", "database_url", help="SQLAlchemy database URL (default: $FAIRUSE_DATABASE_URL or sqlite:///fairuse.db).")
 def gateways_revoke(name, database_url) -> None:
     """Revoke gateway NAME's API key."""
     from detector.store import open_store
@@ -221,7 +221,7 @@ def gateways_revoke(name, database_url) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="TCP port to listen on.")
-@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+@click.option("--db", "database_url", help="SQLAlchemy database URL (default: $FAIRUSE_DATABASE_URL or sqlite:///fairuse.db).")
 @click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis holding published decisions.")
 @click.option("--prefix", default=lambda: os.environ.get("FAIRUSE_PREFIX", "fairuse"), show_default="fairuse or $FAIRUSE_PREFIX",
               help="Redis key prefix the workers publish decisions under.")
@@ -238,7 +238,7 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 
 
 @main.command()
-@click.option("--db", "database_url", help="SQLAlchemy database URL.")
+@click.option("--db", "database_url", help="SQLAlchemy database URL (default: $FAIRUSE_DATABASE_URL or sqlite:///fairuse.db).")
 @click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis with the event stream.")
 @click.option("--prefix", default=lambda: os.environ.get("FAIRUSE_PREFIX", "fairuse"), show_default="fairuse or $FAIRUSE_PREFIX",
               help="Redis key prefix: events are read from PREFIX:events, decisions written under PREFIX:decision:.")

@@ -41,6 +41,8 @@ def _counts(report: BatchReport) -> Table:
     table.add_row("decisions on this input", f"{len(report.decisions):,}")
     table.add_row("decisions stored by this run", f"{report.new_decisions:,}")
     table.add_row("anomaly model", report.model_version or "none")
+    if report.shadow:
+        table.add_row("shadow", printable(report.shadow))
     table.add_row("database", printable(report.database))
     return table
 
@@ -54,6 +56,8 @@ def _decision_table(report: BatchReport) -> Table:
         table.add_row("action", action, f"{count:,}")
     for reason, count in sorted(report.decisions_by("reasons").items()):
         table.add_row("reason", reason, f"{count:,}")
+    if not report.decisions:
+        table.add_row("-", "no decisions on this input", "0")
     return table
 
 

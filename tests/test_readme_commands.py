@@ -43,3 +43,4 @@ def test_real_traffic_command_finds_automation(tmp_path, monkeypatch):
     findings = (tmp_path / "out" / "real.findings.jsonl").read_text()
     assert findings.count('"reason":"automation"') >= 10
     assert (tmp_path / "out" / "real.jsonl").read_text() == ""
+    assert "no decisions on this input" in result.output

@@ -124,12 +124,21 @@ def test_batch_runs_shadow_and_compares(tmp_path, sqlite_url):
     assert shadowed
     assert all(decision.simulated for decision in shadowed)
     assert not any(is_shadow(decision) for decision in report.decisions)
+    assert report.shadow == f"no-model+strict-9: {len(shadowed):,} simulated decisions on this input"
 
     diffs = compare_with_enforced(stored, 7 * 86400)
     assert list(diffs) == ["no-model+strict-9"]
     diff = diffs["no-model+strict-9"]
     assert any(group.action == "suspend" and group.reason == "automation" for group in diff.new)
     assert all(group.examples for group in diff.new)
+
+
+def test_batch_without_shadow_reports_none(tmp_path, sqlite_url):
+    simulation, _ = small_history(tmp_path / "sim", keys=20, days=1, seed=6)
+
+    report = run_batch(BatchOptions(paths=[simulation.events_path], database_url=sqlite_url, use_model=False))
+
+    assert report.shadow is None
 
 
 def test_simulate_run_ignores_shadow_decisions(tmp_path, sqlite_url):

@@ -180,7 +180,11 @@ def review() -> None:
 @_database_option
 @_reporting_errors
 def review_list(status, reason, plan, min_score, min_age_hours, sort, asc, limit, database_url) -> None:
-    """List cases; review decisions not yet in a case open one first."""
+    """List cases; review decisions not yet in a case open one first.
+
+    Prints one tab-separated line per case, without a header: case id, subject,
+    plan, score, reason codes, status, and the time and origin of its opening.
+    """
     from detector.review.cases import CaseFilter, CaseQueue
 
     queue = CaseQueue(_engine(database_url))
