@@ -82,3 +82,28 @@ def test_constant_cadence_is_regular_not_nan(plans):
 
     assert findings
     assert findings[0].evidence["iat_cv"] == 0
+
+
+def test_fast_bot_with_new_prompts_found(plans, policy):
+    # Five requests a second, jittered, each with its own prompt and a tiny cost:
+    # no regular cadence above 2 s, no repeated prompt, no parallel waves.
+    rng = np.random.default_rng(8)
+    times = np.sort(T0 + np.cumsum(rng.uniform(0.1, 0.3, 3000)))
+    bot = events("cheap-bot", times, cost=0.0001, prompt_hash=[f"p{number}" for number in range(3000)])
+
+    result = score_events(frame(bot), plans=plans, policy=policy, detectors=[AutomationDetector()])
+
+    loads = [item for item in result.findings if item.evidence["kind"] == "load"]
+    assert loads
+    assert loads[0].evidence["requests_10m"] >= 600
+    assert loads[0].detected_at - T0 <= 10 * 60
+    assert "throttle" in {decision.action for decision in result.decisions}
+
+
+def test_busy_person_below_fast_pace_not_found(plans):
+    # 400 requests in 10 minutes at uneven gaps with new prompts: over the plan, but no machine signal.
+    rng = np.random.default_rng(9)
+    times = np.sort(T0 + rng.uniform(0, 600, 400))
+    person = events("busy", times, prompt_hash=[f"p{number}" for number in range(400)])
+
+    assert [item for item in _findings(plans, person) if item.evidence["kind"] == "load"] == []

@@ -30,7 +30,11 @@ class AutomationDetector:
     - one ``prompt_hash`` in at least ``min_repeat_share`` of requests;
     - ``min_parallel`` requests started within one second, at least
       ``min_parallel_waves`` times in the window. A browser opening one page
-      fetches its assets in parallel once, and a flood does it again and again.
+      fetches its assets in parallel once, and a flood does it again and again;
+    - a pace no person keeps up: at least ``min_fast_requests`` requests in the
+      window (600, one a second for ten minutes), whatever their timing and
+      prompts. A script that sends one request at a time, each with a new
+      prompt and too quickly for the regular-cadence test, is found by this.
 
     *Pattern*: over the whole input, requests collapsed into bursts (gaps under
     ``burst_gap`` seconds) that arrive on a clock (robust CV of the gaps under
@@ -47,12 +51,13 @@ class AutomationDetector:
     min_repeat_share: float = 0.5
     min_parallel: int = 8
     min_parallel_waves: int = 3
+    min_fast_requests: int = 600
     burst_gap: float = 10.0
     min_bursts: int = 12
     min_active_hours: int = 18
     min_hour_entropy: float = 0.85
     reason: str = "automation"
-    version: str = "1"
+    version: str = "2"
 
     def detect(self, prepared: PreparedEvents) -> list[Finding]:
         if prepared.events.empty:
@@ -67,6 +72,7 @@ class AutomationDetector:
             "min_repeat_share": self.min_repeat_share,
             "min_parallel": self.min_parallel,
             "min_parallel_waves": self.min_parallel_waves,
+            "min_fast_requests": self.min_fast_requests,
             "min_bursts": self.min_bursts,
             "min_active_hours": self.min_active_hours,
             "min_hour_entropy": self.min_hour_entropy,
@@ -121,11 +127,12 @@ class AutomationDetector:
         rows["regular"] = (rows["cv"] <= self.max_regular_cv) & (rows["mean_gap"] >= self.min_regular_period)
         rows["repeated"] = rows["repeat_share"] >= self.min_repeat_share
         rows["parallel_burst"] = rows["parallel_waves"] >= self.min_parallel_waves
-        rows = rows[rows["regular"] | rows["repeated"] | rows["parallel_burst"]]
+        rows["fast_pace"] = rows["requests"] >= self.min_fast_requests
+        rows = rows[rows["regular"] | rows["repeated"] | rows["parallel_burst"] | rows["fast_pace"]]
         if rows.empty:
             return []
 
-        signals = rows[["regular", "repeated", "parallel_burst"]].sum(axis=1)
+        signals = rows[["regular", "repeated", "parallel_burst", "fast_pace"]].sum(axis=1)
         rows["score"] = np.clip(45 + 15 * signals + 10 * np.log2(rows["load"]), 0, 100)
         rows["impact"] = rows["load"]
         rows["bucket"] = (rows["ts"] // WINDOW).astype(np.int64)
