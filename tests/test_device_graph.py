@@ -81,3 +81,20 @@ def test_no_known_requests_gives_no_rows():
     events = pd.DataFrame({"subject": [0, 0], "ts": [1.0, 2.0], "net": [-1, -1], "ua": [0, 1], "country": [0, 0]})
 
     assert rolling_components(events, 3600.0, 1, 3600.0).empty
+
+
+def test_subject_with_thousands_of_edges_left_out():
+    # A key rotating through 1,500 proxy networks, two requests each, and an ordinary key.
+    count = 1500
+    flood = pd.DataFrame({
+        "subject": 0, "ts": 1.8e9 + np.arange(2 * count) * 5.0, "net": np.repeat(np.arange(count), 2),
+        "ua": 0, "country": 0,
+    })
+    person = pd.DataFrame({"subject": 1, "ts": 1.8e9 + np.arange(4) * 60.0, "net": [0, 0, 1, 1], "ua": [0, 0, 1, 1],
+                           "country": [0, 0, 1, 1]})
+    events = pd.concat([flood, person], ignore_index=True)
+
+    rows = rolling_components(events, 86400.0, 2, 86400.0)
+
+    assert set(rows["subject"]) == {1}
+    assert rows["country_components"].max() == 2

@@ -8,6 +8,8 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+# Distinct (network, user agent) edges above which a subject is left out of the graph.
+MAX_SUBJECT_EDGES = 1000
 GROWTH_COLUMNS = ("subject", "ts", "components", "country_components", "new_device")
 
 
@@ -44,9 +46,14 @@ def rolling_components(
     first used at least ``established_age`` seconds ago. A device the
     subject already had, on a new network or with a new user agent, shares
     a node with its old edges and is not new.
+
+    Subjects with more than ``MAX_SUBJECT_EDGES`` distinct edges in the input
+    are left out: each join looks at all of a subject's edges, so a key
+    rotating through thousands of proxy networks would take minutes, and
+    such a key is already found by the concurrent-networks test.
     """
     known = (events["net"].to_numpy() >= 0) & (events["ua"].to_numpy() >= 0)
-    known_events = events[known]
+    known_events = _without_edge_floods(events[known])
     first_use = np.minimum(
         known_events.groupby(["subject", "net"], sort=False)["ts"].transform("min").to_numpy(),
         known_events.groupby(["subject", "ua"], sort=False)["ts"].transform("min").to_numpy(),
@@ -75,6 +82,16 @@ def rolling_components(
         {"subject": np.int64, "ts": np.float64, "components": np.int64, "country_components": np.int64,
          "new_device": np.int64}
     )
+
+
+def _without_edge_floods(events: pd.DataFrame) -> pd.DataFrame:
+    """Return ``events`` without the subjects that have more than ``MAX_SUBJECT_EDGES`` distinct edges."""
+    edges = events[["subject", "net", "ua"]].drop_duplicates()
+    per_subject = edges["subject"].value_counts()
+    flooded = per_subject.index[per_subject > MAX_SUBJECT_EDGES]
+    if not len(flooded):
+        return events
+    return events[~events["subject"].isin(flooded).to_numpy()]
 
 
 class _EdgeHistory:
