@@ -49,8 +49,8 @@ def rolling_components(
 
     Subjects with more than ``MAX_SUBJECT_EDGES`` distinct edges in the input
     are left out: each join looks at all of a subject's edges, so a key
-    rotating through thousands of proxy networks would take minutes, and
-    such a key is already found by the concurrent-networks test.
+    rotating through thousands of proxy networks would take minutes. Such a
+    key is left to the other sharing tests and detectors.
     """
     known = (events["net"].to_numpy() >= 0) & (events["ua"].to_numpy() >= 0)
     known_events = _without_edge_floods(events[known])
