@@ -199,3 +199,25 @@ def test_short_window_needs_history(plans):
     findings = _findings(plans, fresh)
 
     assert findings == []
+
+
+def test_zero_budget_plan_scores_without_warnings(tmp_path):
+    import warnings
+
+    from detector.detectors import AbnormalCostDetector
+    from detector.features import prepare_events
+    from detector.plans import load_plans
+    from tests.factories import HOUR, T0, events, frame
+
+    plans_file = tmp_path / "plans.toml"
+    plans_file.write_text(
+        '[plans.default]\nkind = "text"\nweekly_images = 10\nhourly_budget = 0.0\ndaily_budget = 0.0\nexpected_rph = 120\n'
+    )
+    traffic = frame(events("free", T0 + np.arange(200) * 60.0, cost=0.0),
+                    events("paying", T0 + np.arange(200) * 60.0 + 1, cost=0.5))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        findings = AbnormalCostDetector().detect(prepare_events(traffic, load_plans(plans_file)))
+
+    assert {finding.subject for finding in findings} <= {"paying"}

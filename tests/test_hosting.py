@@ -112,3 +112,12 @@ def test_server_in_narrow_range_makes_no_device(plans):
     narrow = HostingNetworks.from_lines([f"192.0.{run}.8/29" for run in range(6)], "narrow")
 
     assert KeySharingDetector(hosting=narrow).detect(prepare_events(_ci_developer(), plans)) == []
+
+
+def test_whole_address_space_warns(caplog):
+    with caplog.at_level("WARNING"):
+        ranges = HostingNetworks.from_lines(["0.0.0.0/0", "203.0.113.0/24"], "hosting.txt")
+
+    assert ranges.contains("198.51.100.0/24")
+    assert "hosting.txt:1: 0.0.0.0/0 covers all of the address space" in caplog.text
+    assert "203.0.113.0/24" not in caplog.text

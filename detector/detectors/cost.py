@@ -220,15 +220,19 @@ class AbnormalCostDetector:
         scale = np.maximum.reduce(
             [MAD_TO_SIGMA * mad, self.scale_floor_share * median, self.budget_floor_share * budget]
         )
-        ratio = spend / median
         busy = np.maximum(baseline["peak"].fillna(0).to_numpy(), median)
+        # A plan may set its budget to 0, and a key without history then has a median of 0.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = spend / median
+            z = (spend - median) / scale
+            peak_ratio = spend / busy
         return {
             "median": median,
             "mad": mad,
-            "z": (spend - median) / scale,
+            "z": z,
             "ratio": ratio,
             "busy": busy,
-            "peak_ratio": spend / busy,
+            "peak_ratio": peak_ratio,
             # A spike scores by its ratio to the baseline (8x -> 50, 16x -> 75, 32x -> 100).
             "spike_score": np.clip(25 * np.log2(np.maximum(ratio, 1)) - 25, 0, 100),
         }

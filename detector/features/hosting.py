@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ import numpy as np
 from detector.plans import ConfigError
 
 ENVIRONMENT_VARIABLE = "FAIRUSE_HOSTING_NETWORKS"
+# A range with a shorter prefix than these (a /7 is 1/128 of IPv4) is far wider
+# than a provider range is expected to be, so it is more likely a mistake and is warned about.
+BROADEST_PREFIX = {4: 8, 6: 16}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,11 @@ class HostingNetworks:
                     f"{source}:{number}: not an IPv4 or IPv6 network: {text[:80]!r}; "
                     "write one CIDR per line, such as 203.0.113.0/24 or 2001:db8::/32"
                 ) from None
+            if network.prefixlen < BROADEST_PREFIX[network.version]:
+                logger.warning(
+                    "%s:%d: %s covers %s of the address space, so key sharing ignores most devices; "
+                    "check that the line is a provider range", source, number, network, _share(network),
+                )
             ranges[network.version].append((int(network.network_address), int(network.broadcast_address)))
         merged = {version: _merge(found) for version, found in ranges.items()}
         return cls(
@@ -92,6 +103,10 @@ class HostingNetworks:
     def mask(self, networks: Sequence[str]) -> np.ndarray:
         """Return, for each network string (empty when unknown), whether it is a hosting network."""
         return np.array([bool(network) and self.contains(network) for network in networks], dtype=bool)
+
+
+def _share(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    return f"1/{2 ** network.prefixlen:,}" if network.prefixlen else "all"
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
