@@ -72,10 +72,8 @@ def test_republish_job_restores_keys(environment, redis_client):
     assert redis_client.exists(f"{prefix}:decision:key:key-7")
 
 
-def test_rescore_job_scores_quiet_key_days(environment, redis_client, monkeypatch):
-    prefix, database = environment
-    monkeypatch.delenv("FAIRUSE_NO_MODEL")
-    # Two days ago, one key flooded with one prompt and never came back.
+def _rescore_quiet_flood(redis_client, prefix):
+    """Store a window in which, two days ago, one key flooded with one prompt and never came back; rescore it."""
     start = time.time() - 2 * 86400
     frame, rejects = validate_records([_event(number, start) for number in range(3000)], "test")
     assert rejects == []
@@ -84,8 +82,16 @@ def test_rescore_job_scores_quiet_key_days(environment, redis_client, monkeypatc
 
     job = queue.enqueue(rescore_quiet_keys)
     SimpleWorker([queue], connection=redis_client).work(burst=True)
-
     job.refresh()
+    return job
+
+
+def test_rescore_job_scores_quiet_key_days(environment, redis_client, monkeypatch):
+    prefix, database = environment
+    monkeypatch.delenv("FAIRUSE_NO_MODEL")
+
+    job = _rescore_quiet_flood(redis_client, prefix)
+
     assert job.is_finished, job.latest_result()
     assert job.return_value()["subjects"] == 1
     assert job.return_value()["findings"] >= 1
@@ -115,16 +121,9 @@ def test_rescore_job_runs_shadow_model(environment, redis_client, monkeypatch):
     store = open_store(database)
     ModelAssignments(store.engine).record(SHADOW, load_model().version, policy_name="any-anomaly.toml",
                                           policy_toml=ANY_ANOMALY_POLICY)
-    start = time.time() - 2 * 86400
-    frame, rejects = validate_records([_event(number, start) for number in range(3000)], "test")
-    assert rejects == []
-    EventWindows(redis_client, prefix=prefix).extend(frame)
-    queue = Queue(f"{prefix}-queue", connection=redis_client)
 
-    job = queue.enqueue(rescore_quiet_keys)
-    SimpleWorker([queue], connection=redis_client).work(burst=True)
+    job = _rescore_quiet_flood(redis_client, prefix)
 
-    job.refresh()
     assert job.is_finished, job.latest_result()
     assert job.return_value()["shadow_decisions"] >= 1
     stored = store.all_decisions()

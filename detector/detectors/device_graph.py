@@ -106,9 +106,10 @@ class _EdgeHistory:
         # Rows grouped by edge, each group in time order, and where each group starts.
         self.order = order
         self.group_starts = group_starts
-        self._positions = [order[start:end].tolist() for start, end in _spans(group_starts, len(order))]
-        self._times = [columns["ts"][order[start:end]].tolist() for start, end in _spans(group_starts, len(order))]
-        self._countries = [columns["country"][order[start:end]].tolist() for start, end in _spans(group_starts, len(order))]
+        cuts = group_starts[1:]
+        self._positions = [group.tolist() for group in np.split(order, cuts)]
+        self._times = [group.tolist() for group in np.split(columns["ts"][order], cuts)]
+        self._countries = [group.tolist() for group in np.split(columns["country"][order], cuts)]
         first = order[group_starts]
         self._keys = list(zip(columns["net"][first].tolist(), columns["ua"][first].tolist()))
         self._first_uses = columns["first_use"][first].tolist()
@@ -150,11 +151,6 @@ class _EdgeHistory:
             if nth_latest > now - country_window:
                 recent.append(key)
         return active, countries, first_uses, recent
-
-
-def _spans(starts: np.ndarray, length: int):
-    ends = np.append(starts[1:], length)
-    return zip(starts.tolist(), ends.tolist())
 
 
 def _joins(edges: _EdgeHistory, ts: np.ndarray, window: float, requests: int) -> np.ndarray:
