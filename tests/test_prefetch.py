@@ -14,7 +14,7 @@ def test_items_come_in_order():
     assert list(prefetched(iter(range(1000)), depth=2)) == list(range(1000))
 
 
-def test_producer_error_is_raised_after_the_items_before_it():
+def test_producer_error_raised_in_order():
     def failing():
         yield 1
         yield 2

@@ -61,7 +61,7 @@ def test_sharing_lookalike_not_acted_on(report, kind):
 def test_phone_and_laptop_reviewed_only_for_late_device(scored):
     # One person's phone and laptop never make concurrent switches, three devices or two
     # countries. Only a device first used days after the other one is a new device, which
-    # cannot be told from a friend's (a documented limit of the key_sharing detector).
+    # looks the same as a friend's (a documented limit of the key_sharing detector).
     traffic, decisions = scored
     keys = {label.key_id for label in read_labels(traffic.labels_path).values() if label.kind == "phone_and_laptop"}
     findings = [json.loads(line) for line in decisions.with_name("decisions.findings.jsonl").read_text().splitlines()]

@@ -330,9 +330,9 @@ def test_parallel_hand_opens_make_one_case(store, queue, actions):
         thread.join()
 
     opened = [outcome for outcome in outcomes if isinstance(outcome, int)]
-    refused = [outcome for outcome in outcomes if not isinstance(outcome, int)]
+    rejected = [outcome for outcome in outcomes if not isinstance(outcome, int)]
     assert len(opened) == 1, outcomes
-    assert all("already has open case" in str(error) for error in refused), refused
+    assert all("already has open case" in str(error) for error in rejected), rejected
     assert [case.id for case in queue.list()] == opened
 
 

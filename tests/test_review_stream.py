@@ -82,7 +82,7 @@ def test_stream_keeps_hourly_activity(consumer, store, redis_client):
     assert requests == 900
 
 
-def test_stream_writes_earlier_hours_of_a_subject_first_acted_on(consumer, store, redis_client):
+def test_first_decision_writes_earlier_hours(consumer, store, redis_client):
     # Two quiet hours, scored on their own without a decision, then a flood that is throttled.
     for number in range(12):
         event = record(number, key="key-1", ts=T0 + 60 + number * 600.0)

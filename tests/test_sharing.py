@@ -150,7 +150,7 @@ def _new_device_findings(findings):
 
 
 def test_friend_new_device_found_within_minutes(plans):
-    # The owner has used the key from home for three days; on day 3 at 15:00 a friend
+    # The owner has used the key from home for three days. On day 3 at 15:00 a friend
     # in the same country starts using it from their own line and client.
     owner = _sessions("shared", range(5), (9, 13, 20), "198.51.100.7", "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0")
     friend = _sessions("shared", range(3, 5), (15,), "203.0.113.40", "Mozilla/5.0 (Macintosh) Safari/605.1.15")
@@ -168,7 +168,7 @@ def test_friend_new_device_found_within_minutes(plans):
 
 def test_phone_and_laptop_taking_turns_no_new_device(plans):
     # One person takes turns every session between a phone on mobile data and a
-    # laptop at home, from the first day on; each device keeps its own network and client.
+    # laptop at home, from the first day on. Each device keeps its own network and client.
     phone_hours, laptop_hours = (8, 12, 18), (10, 15, 21)
     phone = [
         events("person", T0 + day * DAY + hour * HOUR + np.arange(5) * 60.0,
@@ -200,9 +200,9 @@ def test_known_client_on_new_network_not_new_device(plans):
     assert _new_device_findings(_findings(plans, home, cafe, new_browser)) == []
 
 
-def test_late_first_use_of_own_device_is_new_device(plans):
+def test_own_late_device_is_new_device(plans):
     # Known limit: a person's phone used for the first time on day 3, on mobile data,
-    # cannot be told from a friend's device; policy only reviews it.
+    # looks the same as a friend's device, so policy only reviews it.
     laptop = _sessions("late", range(4), (9, 20), "198.51.100.7", "Mozilla/5.0 (X11; Linux) Firefox/133.0")
     phone = _sessions("late", (3,), (12,), "100.64.3.9", "ChatApp/4.2 (iPhone; iOS 18.1)")
 

@@ -55,11 +55,11 @@ class AbnormalCostDetector:
     every busy afternoon a spike; the busy-window test keeps those out. The
     rolling hour also needs at least ``min_budget_share`` of the plan's
     hourly budget. The short window needs a spend rate of at least
-    ``min_short_rate_share`` times the hourly budget's rate, and its impact
-    is that rate as a share of the hourly budget, so a key spending at three
-    times the budget's rate has impact 3 before the hour has passed. The
-    evidence ``kind`` (``rolling_hour`` or ``short_window``) tells policy
-    which window a finding comes from.
+    ``min_short_rate_share`` times the hourly budget's rate. Its impact is
+    that rate as a share of the hourly budget, so a key spending at three
+    times the budget's rate has impact 3 before the hour has passed. Policy
+    selects findings of one window by their evidence ``kind``
+    (``rolling_hour`` or ``short_window``).
 
     Keys with fewer than ``min_history_hours`` active hours have no baseline
     yet and are held to the plan's budgets only. The median never falls below
