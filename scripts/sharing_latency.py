@@ -12,7 +12,7 @@ onset (the first abusive request) at which:
 - ``two_countries``: two of those components first have no country in common;
 - ``three_devices``: the graph first has three components;
 - ``new_device``: a new device first joins beside an established one, with
-  the shipped ``new_device_age`` and ``established_age``;
+  the shipped ``new_device_age``, ``established_age`` and ``established_window``;
 - ``finding`` and ``decision``: the first ``key_sharing`` finding and decision.
 
 Keys that never reach a column count as missing there; the count is printed.
@@ -77,6 +77,7 @@ def _latency_table(result, labels) -> pd.DataFrame:
     growth = rolling_components(
         prepared.events, window=DAY, requests=2, country_window=DAY,
         new_device_age=shipped.new_device_age, established_age=shipped.established_age,
+        established_window=shipped.established_window,
     )
     findings = _first_times((f.subject, f.detected_at) for f in result.findings if f.reason == "key_sharing")
     decisions = _first_times(

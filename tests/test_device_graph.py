@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from detector.detectors.device_graph import GROWTH_COLUMNS, _components, rolling_components
 
 
-def _reference(events: pd.DataFrame, window, requests, country_window, new_device_age, established_age):
+def _reference(
+    events: pd.DataFrame, window, requests, country_window, new_device_age, established_age, established_window=0.0
+):
     """Walk the requests one by one, keeping every edge's request times: the definition, without shortcuts."""
     known = events[(events["net"] >= 0) & (events["ua"] >= 0)]
     first_use = np.minimum(
@@ -39,8 +41,12 @@ def _reference(events: pd.DataFrame, window, requests, country_window, new_devic
         components, _, by_network = _components(active, countries, first_uses)
         _, country_components, _ = _components(recent, countries, first_uses)
         joined = by_network[net]
+        lookback = max(window, established_window)
+        in_use = [
+            first_uses[key] for key, seen in history.items() if len(seen) >= requests and seen[-requests] > ts - lookback
+        ]
         new_device = joined > ts - new_device_age and any(
-            other <= ts - established_age for other in by_network.values() if other < joined
+            other <= ts - established_age for other in in_use if other < joined
         )
         rows.append((subject, ts, components, country_components, int(new_device)))
     return pd.DataFrame(rows, columns=list(GROWTH_COLUMNS)).astype(
@@ -63,13 +69,13 @@ requests_strategy = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(requests_strategy, st.integers(1, 3), st.sampled_from([3600.0, 6 * 3600.0]))
-def test_matches_request_by_request_loop(drawn, requests, country_window):
+@given(requests_strategy, st.integers(1, 3), st.sampled_from([3600.0, 6 * 3600.0]), st.sampled_from([0.0, 12 * 3600.0]))
+def test_matches_request_by_request_loop(drawn, requests, country_window, established_window):
     subjects, gaps, nets, agents, countries = map(np.array, zip(*drawn))
     events = pd.DataFrame({
         "subject": subjects, "ts": 1.8e9 + np.cumsum(gaps) * 60.0, "net": nets, "ua": agents, "country": countries,
     }).sort_values(["subject", "ts"], kind="stable").reset_index(drop=True)
-    options = (6 * 3600.0, requests, country_window, 3600.0, 4 * 3600.0)
+    options = (6 * 3600.0, requests, country_window, 3600.0, 4 * 3600.0, established_window)
 
     expected = _reference(events, *options)
     found = rolling_components(events, *options)

@@ -200,6 +200,39 @@ def test_known_client_on_new_network_not_new_device(plans):
     assert _new_device_findings(_findings(plans, home, cafe, new_browser)) == []
 
 
+def test_friend_after_idle_owner_is_new(plans):
+    # The owner used the key on days 0 to 2, skipped day 3, and a friend starts on day 4:
+    # the owner's device is outside the 24-hour graph but still the key's established one.
+    owner = _sessions("idle", range(3), (9, 20), "198.51.100.7", "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0")
+    friend = _sessions("idle", (4,), (15,), "203.0.113.40", "Mozilla/5.0 (Macintosh) Safari/605.1.15")
+    onset = T0 + 4 * DAY + 15 * HOUR
+
+    found = _new_device_findings(_findings(plans, owner, friend))
+
+    assert found
+    assert found[0].detected_at - onset <= 2 * 60
+    assert found[0].evidence["device_components"] == 1
+    assert found[0].impact == 2
+
+
+def test_device_after_long_break_not_new(plans):
+    # A person back after four idle days on a new laptop and network: the old device is
+    # no longer in use, so the new one replaces it rather than joining it.
+    old = _sessions("break", range(2), (9, 20), "198.51.100.7", "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0")
+    new = _sessions("break", (6,), (10, 16), "203.0.113.40", "Mozilla/5.0 (Macintosh) Safari/605.1.15")
+
+    assert _new_device_findings(_findings(plans, old, new)) == []
+
+
+def test_phone_laptop_idle_day_not_new(plans):
+    # One person's phone and laptop, both used from the first day, then a day off:
+    # neither device is new when it comes back.
+    phone = _sessions("person", (0, 1, 3, 4), (8, 18), "100.64.3.9", "ChatApp/4.2 (iPhone; iOS 18.1)")
+    laptop = _sessions("person", (0, 1, 3, 4), (10, 15), "198.51.100.7", "Mozilla/5.0 (X11; Linux) Firefox/133.0")
+
+    assert _findings(plans, phone, laptop) == []
+
+
 def test_own_late_device_is_new_device(plans):
     # Known limit: a person's phone used for the first time on day 3, on mobile data,
     # looks the same as a friend's device, so policy only reviews it.

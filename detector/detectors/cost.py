@@ -74,7 +74,7 @@ class AbnormalCostDetector:
     min_peak_ratio: float = 3.0
     peak_quantile: float = 0.95
     min_budget_share: float = 0.5
-    min_history_hours: int = 6
+    min_history_hours: int = 4
     median_floor_share: float = 0.05
     scale_floor_share: float = 0.25
     budget_floor_share: float = 0.02

@@ -20,6 +20,7 @@ def rolling_components(
     country_window: float,
     new_device_age: float = 0.0,
     established_age: float = np.inf,
+    established_window: float = 0.0,
 ) -> pd.DataFrame:
     """Return, at each moment a subject's device graph gains an edge, its components over the trailing ``window``.
 
@@ -42,10 +43,14 @@ def rolling_components(
 
     ``new_device`` is 1 when the joining edge's component is a *new device*:
     every network and user agent in it was first used by the subject less
-    than ``new_device_age`` seconds ago, while another component contains one
-    first used at least ``established_age`` seconds ago. A device the
-    subject already had, on a new network or with a new user agent, shares
-    a node with its old edges and is not new.
+    than ``new_device_age`` seconds ago, while an edge first used at least
+    ``established_age`` seconds ago is still in use: it has ``requests``
+    requests in the trailing ``window``, or in the trailing
+    ``established_window`` when that is longer. Such an edge is older than
+    every edge of the joining component, so it is another device, even when
+    it was idle for the last ``window`` and is not in the graph. A device
+    the subject already had, on a new network or with a new user agent,
+    shares a node with its old edges and is not new.
 
     Subjects with more than ``MAX_SUBJECT_EDGES`` distinct edges in the input
     are left out: each join looks at all of a subject's edges, so a key
@@ -62,19 +67,20 @@ def rolling_components(
     ts = known_events["ts"].to_numpy()
     subject = known_events["subject"].to_numpy()
 
+    lookback = max(window, established_window)
     rows = []
     for position in _joins(edges, ts, window, requests).tolist():
         now = float(ts[position])
-        active, countries, first_uses, recent = edges.state_at(position, now, window, requests, country_window)
+        active, countries, first_uses, recent, oldest = edges.state_at(
+            position, now, window, requests, country_window, lookback
+        )
         components, country_components, first_use_by_network = _components(active, countries, first_uses)
         if len(recent) < len(active):
             # recent is a subset of active, so the same length means the same edges.
             _, country_components, _ = _components(recent, countries, first_uses)
         joined = first_use_by_network[edges.edge_at(position)[0]]
-        # Another component is one whose oldest first use differs from the joining one's.
-        new_device = joined > now - new_device_age and any(
-            other <= now - established_age for other in first_use_by_network.values() if other < joined
-        )
+        # An edge first used before every edge of the joining component is another device.
+        new_device = joined > now - new_device_age and oldest < joined and oldest <= now - established_age
         rows.append((int(subject[position]), now, components, country_components, int(new_device)))
 
     frame = pd.DataFrame(rows, columns=list(GROWTH_COLUMNS))
@@ -132,9 +138,11 @@ class _EdgeHistory:
     def edge_at(self, position: int) -> tuple[int, int]:
         return self._keys[self.codes[position]]
 
-    def state_at(self, position: int, now: float, window: float, requests: int, country_window: float):
-        """Return the subject's active edges at ``position``, their countries and first uses, and the recent ones."""
+    def state_at(self, position: int, now: float, window: float, requests: int, country_window: float, lookback: float):
+        """Return the subject's active edges at ``position``, their countries and first uses, the recent ones, and
+        the oldest first use of an edge active over the trailing ``lookback`` (at least ``window``)."""
         active, recent = [], []
+        oldest = np.inf
         countries: dict[tuple[int, int], int] = {}
         first_uses: dict[tuple[int, int], float] = {}
         for group in self._subject_groups[int(self._subject[position])]:
@@ -142,6 +150,9 @@ class _EdgeHistory:
             if seen < requests:
                 continue
             nth_latest = self._times[group][seen - requests]
+            if nth_latest <= now - lookback:
+                continue
+            oldest = min(oldest, self._first_uses[group])
             if nth_latest <= now - window:
                 continue
             key = self._keys[group]
@@ -150,7 +161,7 @@ class _EdgeHistory:
             first_uses[key] = self._first_uses[group]
             if nth_latest > now - country_window:
                 recent.append(key)
-        return active, countries, first_uses, recent
+        return active, countries, first_uses, recent, oldest
 
 
 def _joins(edges: _EdgeHistory, ts: np.ndarray, window: float, requests: int) -> np.ndarray:

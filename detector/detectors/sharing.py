@@ -46,14 +46,19 @@ class KeySharingDetector:
     requests each, or two components with no country in common within
     ``country_window``, or a *new device*: a component whose networks and
     user agents the key first used less than ``new_device_age`` seconds ago,
-    beside a component first used at least ``established_age`` seconds ago.
-    Two components in one country are one person with a phone on mobile data
-    and a laptop on wifi as often as two people, so they are not enough by
-    themselves. But such a person uses both devices from their first days,
-    while a friend's device turns up on a new network with a new user agent
-    when the sharing starts, so the new device is usually seen within minutes.
-    Sharers rarely use the key in the same minutes, so the concurrent test
-    seldom sees them early.
+    beside a device first used at least ``established_age`` seconds ago and
+    still in use within ``established_window``. Two components in one
+    country are one person with a phone on mobile data and a laptop on wifi
+    as often as two people, so they are not enough by themselves. But such a
+    person uses both devices from their first day, while a friend's device
+    turns up on a new network with a new user agent when the sharing starts,
+    so the new device is usually seen within minutes. The established
+    device may have been idle for the whole ``device_window``: an owner who
+    skipped a day still has the key, and a device the key has never seen is
+    as new after that day as during it. A new device therefore counts as two
+    users even when it is the only component in the window. Sharers rarely
+    use the key in the same minutes, so the concurrent test seldom sees them
+    early.
 
     A third test catches people in different countries who share one user
     agent: a *countries* finding needs ``min_country_days`` UTC days within
@@ -67,9 +72,11 @@ class KeySharingDetector:
     abroad, or a developer whose CI runs in a cloud region abroad, makes two
     components in separate countries. A person's own device used for the
     first time after ``established_age`` on a network the key has not seen
-    (a new phone on mobile data, a CI pipeline set up later, a second
-    browser on a re-leased home line) is a new device. The shipped policy
-    sends few-person sharing to review only.
+    (a phone first used a day after the laptop, a new phone on mobile data,
+    a CI pipeline set up later, a second browser on a re-leased home line,
+    a replacement laptop on a new network within ``established_window`` of
+    the old one's last use) is a new device. The shipped policy sends
+    few-person sharing to review only.
 
     TODO: the CI case needs to know which networks belong to cloud providers
     (their published address ranges); the events carry no such field yet.
@@ -87,7 +94,8 @@ class KeySharingDetector:
     min_network_span: float = 300.0
     min_country_days: int = 2
     new_device_age: float = 3600.0
-    established_age: float = 1.5 * DAY
+    established_age: float = DAY
+    established_window: float = 3 * DAY
     # Networks of cloud and server providers, left out of the device graph (detector.features.hosting).
     hosting: HostingNetworks | None = None
     resale_networks: int = 8
@@ -110,7 +118,8 @@ class KeySharingDetector:
             return []
 
         rows = rows.sort_values("detected_at", kind="stable").reset_index(drop=True)
-        users = np.maximum.reduce([rows["networks"], rows["components"], rows["countries"]])
+        # A new device is a second user even when the established one was idle for the whole device window.
+        users = np.maximum.reduce([rows["networks"], rows["components"], rows["countries"], 2 * rows["new_device"]])
         rows["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
         rows["score"] += np.where(rows["impossible_trips_24h"] > 0, 10, 0)
         rows["score"] = rows["score"].clip(upper=100)
@@ -152,6 +161,7 @@ class KeySharingDetector:
                 "min_country_days": self.min_country_days,
                 "new_device_age_s": self.new_device_age,
                 "established_age_s": self.established_age,
+                "established_window_s": self.established_window,
                 "resale_networks": self.resale_networks,
             },
         )
@@ -193,7 +203,7 @@ class KeySharingDetector:
     def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         growth = rolling_components(
             self._without_hosting(prepared), self.device_window, self.min_component_requests, self.country_window,
-            self.new_device_age, self.established_age,
+            self.new_device_age, self.established_age, self.established_window,
         )
         many_devices = growth["components"] >= self.min_components
         separate_countries = growth["country_components"] >= 2
