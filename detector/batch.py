@@ -55,7 +55,9 @@ class BatchOptions:
     use_model: bool = True
     simulate: bool = False
     # Processes the detectors run in; inputs below pipeline.MIN_EVENTS_TO_FORK events use one.
-    processes: int = 2
+    # NOTE: two processes raised the summed peak memory from about 940 to 1,110 MB per
+    # million events, and were slower on a fully loaded machine, so one is the default.
+    processes: int = 1
 
 
 @dataclass(slots=True)
