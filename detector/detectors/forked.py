@@ -22,13 +22,13 @@ from detector.features import PreparedEvents
 
 logger = logging.getLogger(__name__)
 
-# Seconds each detector took on 1,015,041 simulated events (scripts/bench_score.py's
+# CPU seconds each detector took on 1,015,041 simulated events (scripts/bench_score.py's
 # file, one process, a 2-core VM). Only the proportions matter; unknown reasons count 1.0.
 DETECTOR_COST = {
-    "key_sharing": 1.35,
-    "abnormal_cost": 0.88,
-    "automation": 0.79,
-    "anomaly": 0.32,
+    "key_sharing": 1.2,
+    "abnormal_cost": 0.65,
+    "automation": 0.78,
+    "anomaly": 0.33,
     "image_quota": 0.02,
 }
 
@@ -48,6 +48,10 @@ def can_fork() -> bool:
     """Return True when this process can fork safely: ``os.fork`` exists and no other Python thread runs.
 
     A thread alive at fork time may hold a lock that the child then waits on forever.
+
+    NOTE: threads started outside Python, such as Arrow's and OpenBLAS's pools,
+    are not counted. Forking after Arrow has read the events worked in the
+    tests and benchmarks, but no lock of those pools was checked.
     """
     return hasattr(os, "fork") and threading.active_count() == 1
 
@@ -136,8 +140,8 @@ def _collect(child: _Child, detectors: Sequence[Detector]) -> dict[int, list[Fin
     child.pid = 0
     if not data:
         raise DetectorProcessError(
-            f"the child process running {names} ended without a result ({_describe_status(status)}); "
-            "it may have run out of memory; score in one process with `fairuse score --processes 1`"
+            f"the child process running {names} ended without a result ({_describe_status(status)}). "
+            "It may have run out of memory: score in one process with `fairuse score --processes 1`"
         )
     findings, error = pickle.loads(data)
     if error is not None:
