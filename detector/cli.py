@@ -92,8 +92,11 @@ def _finite_ratio(value: float) -> float:
 @click.option("--model", "model_version", help="IsolationForest version in models/ (default: the active one, see `fairuse models list`).")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")
 @click.option("--simulate", is_flag=True, help="Store decisions as simulated: reported, never enforced.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes the detectors run in, forked, on inputs of 200,000 events or more; "
+                   "2 is faster on an idle 2-core machine but takes about 20% more memory.")
 def score(paths, input_format, plans, policy, database_url, out, rejects, max_reject_ratio,
-          model_version, no_model, simulate) -> None:
+          model_version, no_model, simulate, processes) -> None:
     """Score gateway request logs and write moderation decisions."""
     from detector.batch import BatchError, BatchOptions, run_batch
     from detector.model_registry import ModelError
@@ -104,15 +107,23 @@ def score(paths, input_format, plans, policy, database_url, out, rejects, max_re
     options = BatchOptions(
         paths=paths, format=input_format, plans=plans, policy=policy, database_url=database_url,
         out=out, rejects=rejects, max_reject_ratio=max_reject_ratio, model_version=model_version,
-        use_model=not no_model, simulate=simulate,
+        use_model=not no_model, simulate=simulate, processes=processes,
     )
     total = sum(path.stat().st_size for path in paths if path.is_file())
+    # Refreshed by the read callback, not by a thread of its own: the detectors fork only
+    # when no other thread runs.
     progress = Progress(TextColumn("reading"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                        TimeElapsedColumn(), console=stderr, transient=True, disable=total < 8 << 20)
+                        TimeElapsedColumn(), console=stderr, transient=True, disable=total < 8 << 20,
+                        auto_refresh=False)
+
+    def advance(done: int) -> None:
+        progress.advance(task, done)
+        progress.refresh()
+
     try:
         with progress:
             task = progress.add_task("read", total=total or None)
-            report = run_batch(options, progress=lambda done: progress.advance(task, done))
+            report = run_batch(options, progress=advance)
     except (BatchError, ReaderError, ConfigError, ModelError) as error:
         stderr.print(Text("error: ", style="red") + printable(error), highlight=False)
         sys.exit(2)

@@ -20,13 +20,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import skops.io as sio
-from sklearn.ensemble import IsolationForest
 
 from detector.features.keyday import KEYDAY_FEATURES
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ def load_model(models_dir: Path | None = None, version: str | None = None) -> An
 
     metadata = read_metadata(models_dir, version)
     _check_artifact(model_path, metadata)
+    # Imported here: skops with scikit-learn and SciPy take about a second to import,
+    # which commands that never load a model should not pay.
+    import skops.io as sio
+
     try:
         trusted = sio.get_untrusted_types(file=model_path)
         estimator = sio.load(model_path, trusted=trusted if _only_sklearn(trusted) else None)
@@ -181,6 +186,8 @@ def save_model(
     models_dir.mkdir(parents=True, exist_ok=True)
     version = metadata["version"]
     model_path = models_dir / f"{_PREFIX}{version}.skops"
+    import skops.io as sio
+
     sio.dump(estimator, model_path)
 
     metadata = {**metadata, "sha256": _sha256(model_path), "format": "skops"}

@@ -2,7 +2,7 @@
 """Benchmark batch scoring against a plain JSON-lines parse of the same file.
 
     .venv/bin/python scripts/bench_score.py [--keys 2200] [--days 7] [--seed 11] [--repeat 3]
-    .venv/bin/python scripts/bench_score.py --events path/to/events.jsonl
+    .venv/bin/python scripts/bench_score.py --events path/to/events.jsonl [--processes 2]
 
 It writes (or takes) a simulated events file of at least a million events and
 times, alternating, in fresh subprocesses:
@@ -15,17 +15,24 @@ times, alternating, in fresh subprocesses:
 Each phase runs in its own process so its peak RSS is its own. The report is
 the median of ``--repeat`` rounds, and the ratio of scoring's events/s to the
 faster parse.
+
+With ``--processes 2`` scoring forks its detectors into a second process,
+whose memory the scoring process's peak RSS leaves out. The script then also
+samples the summed PSS of the scoring process and its children every 50 ms
+and reports its peak. PSS counts pages shared after the fork once.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PHASES = ("parse-orjson", "parse-pyarrow", "score")
@@ -38,11 +45,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=1, help="Processes the detectors run in (default 1).")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.phase:
-        print(json.dumps(run_phase(args.phase, args.events)))
+        print(json.dumps(run_phase(args.phase, args.events, args.processes)))
         return
 
     with tempfile.TemporaryDirectory() as folder:
@@ -50,7 +58,7 @@ def main() -> None:
         results = {phase: [] for phase in PHASES}
         for _ in range(args.repeat):
             for phase in PHASES:
-                results[phase].append(run_in_subprocess(phase, events))
+                results[phase].append(run_in_subprocess(phase, events, args.processes))
         report(events, results)
 
 
@@ -61,22 +69,49 @@ def simulate(folder: Path, args: argparse.Namespace) -> Path:
     return result.events_path
 
 
-def run_in_subprocess(phase: str, events: Path) -> dict:
-    command = [sys.executable, __file__, "--phase", phase, "--events", str(events)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+def run_in_subprocess(phase: str, events: Path, processes: int = 1) -> dict:
+    command = [sys.executable, __file__, "--phase", phase, "--events", str(events), "--processes", str(processes)]
+    if processes == 1 or phase != "score":
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        return json.loads(output.strip().splitlines()[-1])
+
+    with tempfile.TemporaryFile("w+") as output:
+        child = subprocess.Popen(command, stdout=output, text=True)
+        peak_pss = 0.0
+        while child.poll() is None:
+            peak_pss = max(peak_pss, summed_pss_mb(child.pid))
+            time.sleep(0.05)
+        if child.returncode:
+            raise subprocess.CalledProcessError(child.returncode, command)
+        output.seek(0)
+        result = json.loads(output.read().strip().splitlines()[-1])
+    return {**result, "peak_pss_mb": peak_pss}
 
 
-def run_phase(phase: str, events: Path) -> dict:
-    import time
+def summed_pss_mb(pid: int) -> float:
+    """Return the PSS of ``pid`` and its descendants in MB, from /proc (Linux only)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+            with open(f"/proc/{current}/smaps_rollup") as rollup:
+                total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024
+        except (OSError, StopIteration):
+            continue
+    return total
 
+
+def run_phase(phase: str, events: Path, processes: int = 1) -> dict:
     started = time.perf_counter()
     if phase == "parse-orjson":
         count = parse_with_orjson(events)
     elif phase == "parse-pyarrow":
         count = parse_with_pyarrow(events)
     else:
-        count = score(events)
+        count = score(events, processes)
     seconds = time.perf_counter() - started
     return {"events": count, "seconds": seconds, "peak_mb": peak_resident_mb()}
 
@@ -111,13 +146,13 @@ def parse_with_pyarrow(events: Path) -> int:
     return pajson.read_json(events).num_rows
 
 
-def score(events: Path) -> int:
+def score(events: Path, processes: int = 1) -> int:
     from detector.batch import BatchOptions, run_batch
     from detector.runtime import configure_process
 
     configure_process()  # as the fairuse command does
     with tempfile.TemporaryDirectory() as folder:
-        options = BatchOptions(paths=[events], database_url=f"sqlite:///{folder}/bench.db")
+        options = BatchOptions(paths=[events], database_url=f"sqlite:///{folder}/bench.db", processes=processes)
         report = run_batch(options)
     return len(report.read.frame)
 
@@ -143,6 +178,9 @@ def report(events: Path, results: dict[str, list[dict]]) -> None:
         print(f"score / {baseline}: {score_rate / medians[baseline]['events_per_s']:.2f}")
     per_million = medians["score"]["peak_mb"] / (medians["score"]["events"] / 1e6)
     print(f"score peak memory per million events: {per_million:.0f} MB")
+    if "peak_pss_mb" in results["score"][0]:
+        summed = max(run["peak_pss_mb"] for run in results["score"]) / (medians["score"]["events"] / 1e6)
+        print(f"score summed PSS of all its processes per million events: {summed:.0f} MB")
 
 
 if __name__ == "__main__":

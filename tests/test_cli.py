@@ -50,6 +50,35 @@ def test_score_writes_decisions_findings_subjects(traffic, tmp_path):
     assert _lines(out.with_name("decisions.findings.jsonl"))
 
 
+def test_score_with_two_processes_same_output(traffic, tmp_path, monkeypatch):
+    from detector import pipeline
+
+    forked_runs = []
+    detect_in_processes = pipeline.detect_in_processes
+
+    def recording(*arguments, **options):
+        forked_runs.append(options)
+        return detect_in_processes(*arguments, **options)
+
+    monkeypatch.setattr(pipeline, "MIN_EVENTS_TO_FORK", 1)
+    monkeypatch.setattr(pipeline, "detect_in_processes", recording)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+
+    first = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/one.db", "--out", one)
+    assert forked_runs == []
+    second = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/two.db", "--out", two, "--processes", "2")
+
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 0, second.output
+    assert len(forked_runs) == 1
+    for name in ("one.findings.jsonl", "one.subjects.jsonl"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / name.replace("one", "two")).read_bytes()
+    without_created = [
+        [{**decision, "created_at": None} for decision in _lines(path)] for path in (one, two)
+    ]
+    assert without_created[0] == without_created[1]
+
+
 def test_score_twice_adds_no_decisions(traffic, tmp_path):
     database = f"sqlite:///{tmp_path}/f.db"
     first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"

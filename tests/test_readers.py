@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 from detector.events import COLUMNS, MAX_TEXT_LENGTH
 from detector.readers import ReaderError, ReadResult, read_events, read_json_lines, validate_records
 from detector.readers import jsonl as jsonl_module
+from detector.readers.api_keys import may_contain_secret
+from detector.readers.checks import only_hash_characters
 from detector.readers import source as source_module
 
 REAL_ACCESS_LOG = Path(__file__).resolve().parent / "data" / "real" / "apache_combined_2015.log.gz"
@@ -409,6 +411,36 @@ def test_secrets_hashed_in_every_text_field(tmp_path, json_parser):
     assert result.rejects == []
     assert secret not in result.frame.to_json()
     assert any("plan values looked like API key secrets" in warning for warning in result.warnings)
+
+
+@pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string()])
+def test_secret_prefilter_never_misses(arrow_type):
+    values = ["plain", None, "", "xsk-", "s", "k-", "Bearer sk-proj-" + "A1b2" * 8, "task-0123456789abcdef0"]
+    strings = pa.array(values, type=arrow_type)
+
+    for start in range(len(values)):
+        for stop in range(start, len(values) + 1):
+            piece = strings.slice(start, stop - start)
+            exact = any(value is not None and "sk-" in value for value in values[start:stop])
+            assert may_contain_secret(piece) or not exact, (start, stop)
+    assert not may_contain_secret(pa.array(["plain", None, "mask_1"], type=arrow_type))
+    assert may_contain_secret(pa.array(["Bearer sk-1"], type=arrow_type))
+
+
+def test_prompt_hash_shortcut_matches_pattern():
+    hashes = ["39a9f358b11b", "", "abc=", "QUJD+/_:.-", "no space", "tab\there", "é", "a" * 129]
+    records = [make_record(number, prompt_hash=value) for number, value in enumerate(hashes, 1)]
+
+    clean, clean_rejects = validate_records(records[:4], "stream")
+    mixed, mixed_rejects = validate_records(records, "stream")
+
+    assert clean_rejects == []
+    assert list(clean["prompt_hash"]) == hashes[:4]
+    assert [(reject.line, reject.field) for reject in mixed_rejects] == [(number, "prompt_hash") for number in (5, 6, 7, 8)]
+    assert only_hash_characters(pa.array(hashes[:4]))
+    assert not only_hash_characters(pa.array(hashes))
+    _, long_rejects = validate_records([make_record(1, prompt_hash="a" * 129)], "stream")
+    assert [reject.field for reject in long_rejects] == ["prompt_hash"]
 
 
 def test_text_at_max_length_accepted():

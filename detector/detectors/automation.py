@@ -93,35 +93,40 @@ class AutomationDetector:
         busy = count >= level
         if not busy.any():
             return []
-        start = np.arange(len(events)) - count + 1
+        # Only busy events can be flagged, so every measure is taken at busy events only.
+        positions = np.flatnonzero(busy)
+        start = positions - count[positions] + 1
 
         parallel = prepared.count_in_window(1.0)
-        waves = _trailing_sum((parallel == self.min_parallel).astype(np.int64), start)
+        waves = _trailing_sum((parallel == self.min_parallel).astype(np.int64), start, positions)
         # Only subjects with a busy window can be flagged, so only their prompts are counted.
         busy_subjects = np.isin(subject, np.unique(subject[busy]))
         prompts = np.where(busy_subjects, events["prompt"].to_numpy(), -1)
-        same_prompt = _trailing_same_value_count(prepared, prompts, WINDOW)
+        same_prompt = _trailing_same_value_count(prepared, prompts, WINDOW)[positions]
+        del busy_subjects, prompts
 
+        count = count[positions]
         gaps = np.maximum(count - 1, 1)
-        mean_gap = (ts - ts[start]) / gaps
+        mean_gap = (ts[positions] - ts[start]) / gaps
         # Gaps between requests inside the window: the gap into its first request is outside.
         squares = np.nan_to_num(events["iat"].to_numpy(), nan=0.0) ** 2
-        square_sum = _trailing_sum(squares, np.minimum(start + 1, np.arange(len(events)) + 1))
+        square_sum = _trailing_sum(squares, np.minimum(start + 1, positions + 1), positions)
+        del squares
         variance = np.maximum(square_sum / gaps - mean_gap**2, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             cv = np.where(mean_gap > 0, np.sqrt(variance) / mean_gap, np.inf)
 
         rows = pd.DataFrame(
             {
-                "subject": subject[busy],
-                "ts": ts[busy],
-                "requests": count[busy],
-                "load": count[busy] / per_window[busy],
-                "cv": cv[busy],
-                "mean_gap": mean_gap[busy],
-                "repeat_share": same_prompt[busy] / count[busy],
-                "max_parallel": parallel[busy],
-                "parallel_waves": waves[busy],
+                "subject": subject[positions],
+                "ts": ts[positions],
+                "requests": count,
+                "load": count / per_window[positions],
+                "cv": cv,
+                "mean_gap": mean_gap,
+                "repeat_share": same_prompt / count,
+                "max_parallel": parallel[positions],
+                "parallel_waves": waves,
             }
         )
         rows["regular"] = (rows["cv"] <= self.max_regular_cv) & (rows["mean_gap"] >= self.min_regular_period)
@@ -269,10 +274,10 @@ class AutomationDetector:
         return chosen.groupby([chosen["subject"], hour]).size()
 
 
-def _trailing_sum(values: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Sum ``values`` over each event's trailing window, given the window's first index."""
+def _trailing_sum(values: np.ndarray, start: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Sum ``values`` over the trailing window of the events at ``positions``, given each window's first index."""
     totals = np.concatenate(([0], np.cumsum(values)))
-    return totals[np.arange(1, len(values) + 1)] - totals[start]
+    return totals[positions + 1] - totals[start]
 
 
 def _trailing_same_value_count(prepared: PreparedEvents, values: np.ndarray, seconds: float) -> np.ndarray:

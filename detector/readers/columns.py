@@ -173,3 +173,22 @@ def null_mask(values: pa.Array) -> np.ndarray:
 def true_mask(condition: pa.Array) -> np.ndarray:
     """Return an Arrow boolean array as numpy, with nulls counted as False."""
     return pc.fill_null(condition, False).to_numpy(zero_copy_only=False)
+
+
+def character_data(strings: pa.Array) -> memoryview | None:
+    """Return the bytes of all values of a string array, one after the other, without copying.
+
+    Returns None for other types, such as string views, whose values are not
+    stored in one span.
+    """
+    large = pa.types.is_large_string(strings.type)
+    if not (large or pa.types.is_string(strings.type)):
+        return None
+    _, offsets_buffer, data = strings.buffers()
+    if len(strings) == 0 or data is None:
+        return memoryview(b"")
+    width = 8 if large else 4
+    offsets = np.frombuffer(
+        offsets_buffer, dtype=np.int64 if large else np.int32, count=len(strings) + 1, offset=strings.offset * width
+    )
+    return memoryview(data)[int(offsets[0]) : int(offsets[-1])]

