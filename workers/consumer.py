@@ -55,7 +55,7 @@ class StreamSettings:
     group: str = "fairuse-workers"
     dead_letter: str = "fairuse:events:dead"
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    batch_size: int = 10_000
+    batch_size: int = 50_000
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
 
