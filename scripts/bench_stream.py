@@ -97,7 +97,9 @@ def print_throughput(client: redis.Redis, args: argparse.Namespace, folder: Path
 
 def print_latency(client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes]) -> None:
     history_end = SIMULATION_START.timestamp() + args.history_days * 86400
-    latencies = append_to_decision(client, args.redis, folder, args.rate, history, history_end, args.warmup, args.batch_size)
+    latencies, sent_rate = append_to_decision(
+        client, args.redis, folder, args.rate, history, history_end, args.warmup, args.batch_size
+    )
     if not latencies:
         print("append to decision: no decision appeared")
         return
@@ -105,6 +107,7 @@ def print_latency(client: redis.Redis, args: argparse.Namespace, folder: Path, h
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
     print(
         f"append to decision: p50 {p50:.2f} s, p95 {p95:.2f} s over {len(latencies)} bots at {args.rate:,} events/s "
+        f"(sent {sent_rate:,.0f}/s) "
         f"after {args.warmup:g} s of warm-up ({len(history):,} events of history)"
     )
 
@@ -262,9 +265,10 @@ def append_to_decision(
     warmup: float,
     batch_size: int,
     bots: int = 10,
-) -> list[float]:
-    """Return the seconds from each bot's crossing request to its decision in Redis, once all bots have one.
+) -> tuple[list[float], float]:
+    """Return the seconds from each bot's crossing request to its decision in Redis, and the rate actually sent.
 
+    The latencies are returned once all bots have a decision.
     One ``fairuse worker`` process consumes the stream, as in the throughput test.
     The bots start after ``warmup`` seconds of background traffic, so a worker that falls behind the rate shows it.
     """
@@ -277,7 +281,8 @@ def append_to_decision(
     processes = start_workers(client, url, database, prefix, 1, batch_size)
     latencies: list[float] = []
     try:
-        bots_start = time.time() + warmup
+        started = time.time()
+        bots_start = started + warmup
         deadline = bots_start + 60
         sent = 0
         while time.time() < deadline and len(latencies) < bots:
@@ -296,7 +301,7 @@ def append_to_decision(
     finally:
         stop_workers(processes)
         cleanup(client, prefix)
-    return latencies
+    return latencies, sent / (time.time() - started)
 
 
 def _decision_latencies(client: redis.Redis, prefix: str, bots: int) -> list[float]:
