@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--rate", type=int, default=2_000, help="Background events per second in the latency test.")
     parser.add_argument(
-        "--warmup", type=float, default=10.0, help="Seconds of background traffic before the bots start in the latency test."
+        "--warmup", type=float, default=10.0,
+        help="Seconds of background traffic before the bots start in the latency test.",
     )
     parser.add_argument("--history-days", type=int, default=0, help="Days of history stored before the timed events.")
     parser.add_argument(
@@ -87,7 +88,9 @@ def main() -> None:
             print_latency(client, args, Path(folder), history)
 
 
-def print_throughput(client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lines: list[bytes]) -> None:
+def print_throughput(
+    client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lines: list[bytes]
+) -> None:
     runs = [throughput(client, args.redis, lines, folder, count, history, args.batch_size) for count in (1, 2)]
     print(
         f"worker throughput: 1 worker {runs[0]:,.0f} events/s, 2 workers {runs[1]:,.0f} events/s "

@@ -125,7 +125,7 @@ class EventWindows:
         max_chunks: int = 32,
         cache_bytes: int = 256 * 2**20,
     ) -> None:
-        """``cache_bytes`` bounds the stored chunk bytes this instance keeps decoded in memory; 0 turns the cache off."""
+        """``cache_bytes`` bounds the chunk bytes this instance keeps decoded in memory; 0 turns the cache off."""
         self.client = client
         self.prefix = prefix
         self.window_seconds = window_seconds

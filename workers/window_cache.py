@@ -63,7 +63,10 @@ class WindowCache:
         return window
 
     def put(self, key: str, token: bytes | None, chunks: list[CachedChunk]) -> None:
-        """Cache the chunks of ``key`` read under ``token``; without a token the window cannot be checked, so it is not kept."""
+        """Cache the chunks of ``key`` read under ``token``.
+
+        Without a token the copy could never be checked against Redis, so it is not kept.
+        """
         self.discard(key)
         if token is None:
             return
