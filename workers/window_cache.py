@@ -3,9 +3,9 @@
 Every write to a window in Redis (``workers.window.EventWindows``) also
 replaces the subject's *token*, a random value under
 ``{prefix}:window-token:{subject_type}:{subject}``, in the same transaction.
-A cached window is used only while its token is still the one in Redis, so a
-chunk another worker added, a compaction, an expiry or a Redis that lost its
-data all make the next read fetch the window again. After its own write, a
+A cached window is used only while its token is still the one in Redis.
+So after a chunk from another worker, a compaction, an expiry or a Redis that
+lost its data, the next read fetches the window again. After its own write, a
 worker updates its copy in place when the token it replaced is the one it had
 cached: nobody else wrote in between, so the copy plus the new chunk is what
 Redis holds.
