@@ -320,3 +320,13 @@ def test_window_cache_reads_as_redis(redis_client, redis_prefix):
             assert all(cached.cache.get(key, token) is not None for key, token in zip(keys, tokens))
         assert cached.load(subjects, newest).equals(uncached.load(subjects, newest))
     assert len(cached.load(subjects, T0 + 8 * 86400 + 62)) == 6
+
+
+def test_window_load_keeps_repeats_on_request(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    batch = frame(events("key-1", [T0, T0 + 60]))
+    windows.extend(batch)
+    windows.extend(frame(batch, events("key-1", [T0 + 120])))  # a redelivered batch with one new request
+
+    assert len(windows.load([("key", "key-1")], T0 + 120)) == 3
+    assert len(windows.load([("key", "key-1")], T0 + 120, distinct=False)) == 5

@@ -216,7 +216,8 @@ class StreamConsumer:
 
     def _score(self, fresh: pd.DataFrame, outcome: BatchOutcome) -> None:
         subjects = set(zip(fresh["subject_type"], fresh["key_id"]))
-        history = self.windows.load(subjects, float(fresh["ts"].max()))
+        # Repeated requests are dropped once, from the history and the batch together.
+        history = self.windows.load(subjects, float(fresh["ts"].max()), distinct=False)
         combined = pd.concat([history, fresh], ignore_index=True)
         combined = drop_repeated_requests(combined)
         combined = combined.sort_values("ts", kind="stable").reset_index(drop=True)

@@ -140,8 +140,13 @@ class EventWindows:
         """Return the key of the token that changes with every write to the window ``key``."""
         return f"{self.prefix}:window-token:{key.removeprefix(f'{self.prefix}:window:')}"
 
-    def load(self, subjects: Iterable[tuple[str, str]], newest: float) -> pd.DataFrame:
-        """Return the stored events of ``subjects`` from the window ending at ``newest``, each request once."""
+    def load(self, subjects: Iterable[tuple[str, str]], newest: float, *, distinct: bool = True) -> pd.DataFrame:
+        """Return the stored events of ``subjects`` from the window ending at ``newest``, each request once.
+
+        With ``distinct=False`` a request may appear more than once, first where
+        ``drop_repeated_requests`` keeps it, for a caller that drops repeats
+        after adding its own events.
+        """
         oldest = newest - self.window_seconds
         keys = [self.key(subject_type, subject) for subject_type, subject in subjects]
         windows = self._windows(keys)
@@ -153,9 +158,11 @@ class EventWindows:
         recent = frame["ts"].to_numpy() >= oldest
         if not recent.all():
             frame = frame[recent]
-        frame = drop_repeated_requests(frame)
         # Chunk sizes bound each subject's events from above, so the cap is checked only where it may apply.
-        if max((sum(batch.num_rows for batch in chunks) for chunks in batches), default=0) > self.max_events:
+        capped = max((sum(batch.num_rows for batch in chunks) for chunks in batches), default=0) > self.max_events
+        if distinct or capped:
+            frame = drop_repeated_requests(frame)
+        if capped:
             frame = self._newest_per_subject(frame)
         return frame.reset_index(drop=True)
 
