@@ -253,7 +253,7 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis with the event stream.")
 @click.option("--prefix", default=lambda: os.environ.get("FAIRUSE_PREFIX", "fairuse"), show_default="fairuse or $FAIRUSE_PREFIX",
               help="Redis key prefix: events are read from PREFIX:events, decisions written under PREFIX:decision:.")
-@click.option("--batch-size", default=10_000, show_default=True, type=click.IntRange(1), help="Maximum entries per micro-batch; a batch takes what is waiting, up to this.")
+@click.option("--batch-size", default=50_000, show_default=True, type=click.IntRange(1), help="Maximum entries per micro-batch; a batch takes what is waiting, up to this.")
 @click.option("--claim-idle-ms", default=60_000, show_default=True, type=click.IntRange(0),
               help="Take over entries another worker left unacknowledged for this many milliseconds.")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector.")

@@ -2,7 +2,8 @@
 """Benchmark the stream path against a real local Redis.
 
     .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
-        [--batch-size 10000] [--redis redis://127.0.0.1:6379/0] [--only throughput]
+        [--batch-size 50000] [--rate 2000] [--warmup 10] [--redis redis://127.0.0.1:6379/0]
+        [--only throughput|lookup|latency]
 
 Measures, each under its own key prefix (removed afterwards):
 
@@ -18,6 +19,9 @@ Measures, each under its own key prefix (removed afterwards):
 - append-to-decision latency: bots start sending while background traffic
   runs at ``--rate`` events/s. It is the time from the request that crossed
   the threshold (its ``detected_at``) to the decision being readable in Redis.
+  The background comes from 2,000 keys. With ``--history-days N`` the
+  simulated keys' first N days are moved to end now, renamed to background
+  keys and stored first, so every batch reads N days of windows.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pandas as pd
 import redis
 
 from detector.decisions import Decision
@@ -44,11 +48,13 @@ from detector.readers import read_json_lines
 from detector.simulate import simulate_traffic
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
-from workers.consumer import StreamConsumer, StreamSettings
+from workers.consumer import StreamSettings
 from workers.publish import DecisionPublisher, subject_key
 from workers.window import EventWindows
 
 SIMULATION_START = datetime(2026, 11, 23, tzinfo=UTC)
+# Keys that send the latency test's background traffic.
+BACKGROUND_KEYS = 2000
 
 
 def main() -> None:
@@ -56,34 +62,57 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--rate", type=int, default=2_000, help="Background events per second in the latency test.")
+    parser.add_argument(
+        "--warmup", type=float, default=10.0,
+        help="Seconds of background traffic before the bots start in the latency test.",
+    )
     parser.add_argument("--history-days", type=int, default=0, help="Days of history stored before the timed events.")
-    parser.add_argument("--batch-size", type=int, default=10_000, help="Maximum entries per micro-batch of each worker (its --batch-size).")
+    parser.add_argument(
+        "--batch-size", type=int, default=StreamSettings().batch_size,
+        help="Maximum entries per micro-batch of each worker (its --batch-size).",
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--only", choices=["throughput"], help="Run only this part.")
+    parser.add_argument("--only", choices=["throughput", "lookup", "latency"], help="Run only this part.")
     args = parser.parse_args()
     client = redis.Redis.from_url(args.redis)
 
     with tempfile.TemporaryDirectory() as folder:
         history, lines = simulated_lines(Path(folder), args.keys, args.events, args.history_days)
-        runs = [throughput(client, args.redis, lines, Path(folder), count, history, args.batch_size) for count in (1, 2)]
-        print(
-            f"worker throughput: 1 worker {runs[0]:,.0f} events/s, 2 workers {runs[1]:,.0f} events/s "
-            f"({len(lines):,} events, {len(history):,} events of history, batches of {args.batch_size:,})"
-        )
-        if args.only == "throughput":
-            return
+        if args.only in (None, "throughput"):
+            print_throughput(client, args, Path(folder), history, lines)
+        if args.only in (None, "lookup"):
+            direct, cached = lookup_latency(client, args.redis)
+            print(f"lookup through Redis: p50 {direct[0]:.0f} µs, p99 {direct[1]:.0f} µs")
+            print(f"lookup through cache: p50 {cached[0]:.1f} µs, p99 {cached[1]:.1f} µs")
+        if args.only in (None, "latency"):
+            print_latency(client, args, Path(folder), history)
 
-        direct, cached = lookup_latency(client, args.redis)
-        print(f"lookup through Redis: p50 {direct[0]:.0f} µs, p99 {direct[1]:.0f} µs")
-        print(f"lookup through cache: p50 {cached[0]:.1f} µs, p99 {cached[1]:.1f} µs")
 
-        latencies = append_to_decision(client, Path(folder), args.rate)
-        if latencies:
-            p50 = statistics.median(latencies)
-            p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
-            print(f"append to decision: p50 {p50:.2f} s, p95 {p95:.2f} s over {len(latencies)} bots at {args.rate:,} events/s")
-        else:
-            print("append to decision: no decision appeared")
+def print_throughput(
+    client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lines: list[bytes]
+) -> None:
+    runs = [throughput(client, args.redis, lines, folder, count, history, args.batch_size) for count in (1, 2)]
+    print(
+        f"worker throughput: 1 worker {runs[0]:,.0f} events/s, 2 workers {runs[1]:,.0f} events/s "
+        f"({len(lines):,} events, {len(history):,} events of history, batches of {args.batch_size:,})"
+    )
+
+
+def print_latency(client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes]) -> None:
+    history_end = SIMULATION_START.timestamp() + args.history_days * 86400
+    latencies, sent_rate = append_to_decision(
+        client, args.redis, folder, args.rate, history, history_end, args.warmup, args.batch_size
+    )
+    if not latencies:
+        print("append to decision: no decision appeared")
+        return
+    p50 = statistics.median(latencies)
+    p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
+    print(
+        f"append to decision: p50 {p50:.2f} s, p95 {p95:.2f} s over {len(latencies)} bots at {args.rate:,} events/s "
+        f"(sent {sent_rate:,.0f}/s) "
+        f"after {args.warmup:g} s of warm-up ({len(history):,} events of history)"
+    )
 
 
 def simulated_lines(folder: Path, keys: int, events: int, history_days: int) -> tuple[list[bytes], list[bytes]]:
@@ -110,16 +139,15 @@ def _event_time(line: bytes) -> float:
     return datetime.fromisoformat(orjson.loads(line)["ts"]).timestamp()
 
 
-def preload(client: redis.Redis, prefix: str, database: str, history: list[bytes]) -> None:
-    """Score ``history`` and store what a worker would have stored: findings, decisions and windows."""
-    read = read_json_lines(history, "history")
+def preload(client: redis.Redis, prefix: str, database: str, frame: pd.DataFrame) -> None:
+    """Score the events of ``frame`` and store what a worker would have stored: findings, decisions and windows."""
     store = open_store(database)
     result = score_events(
-        read.frame, plans=load_plans(), policy=load_policy(), detectors=default_detectors(), prior=store.decisions_for
+        frame, plans=load_plans(), policy=load_policy(), detectors=default_detectors(), prior=store.decisions_for
     )
     store.save_findings(result.findings)
     store.save_decisions(result.decisions)
-    EventWindows(client, prefix=prefix).extend(read.frame)
+    EventWindows(client, prefix=prefix).extend(frame)
 
 
 def append(client: redis.Redis, stream: str, lines: list[bytes]) -> None:
@@ -150,22 +178,9 @@ def throughput(
     database = f"sqlite:///{folder}/{prefix}.db"
     open_store(database)
     if history:
-        preload(client, prefix, database, history)
-    command = [
-        sys.executable, "-m", "detector.cli", "worker", "--db", database, "--redis", url, "--prefix", prefix, "--no-model",
-        "--batch-size", str(batch_size),
-    ]
-    processes = [subprocess.Popen(command, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        preload(client, prefix, database, read_json_lines(history, "history").frame)
+    processes = start_workers(client, url, database, prefix, workers, batch_size)
     try:
-        ready = time.perf_counter()
-        while not client.exists(stream):
-            if time.perf_counter() - ready > 120:
-                raise SystemExit("workers did not start within 120 s")
-            time.sleep(0.05)
-        # Redis registers a consumer only when it first receives entries, so give
-        # every worker a moment to finish starting after the first one made the group.
-        time.sleep(3.0)
-
         started = time.perf_counter()
         append(client, stream, lines)
         while True:
@@ -177,11 +192,36 @@ def throughput(
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait()
+        stop_workers(processes)
         cleanup(client, prefix)
     return len(lines) / elapsed
+
+
+def start_workers(
+    client: redis.Redis, url: str, database: str, prefix: str, count: int, batch_size: int
+) -> list[subprocess.Popen]:
+    """Start ``count`` ``fairuse worker`` processes without the anomaly model; return once they can take entries."""
+    command = [
+        sys.executable, "-m", "detector.cli", "worker", "--db", database, "--redis", url, "--prefix", prefix, "--no-model",
+        "--batch-size", str(batch_size),
+    ]
+    processes = [subprocess.Popen(command, stderr=subprocess.DEVNULL) for _ in range(count)]
+    ready = time.perf_counter()
+    while not client.exists(f"{prefix}:events"):
+        if time.perf_counter() - ready > 120:
+            stop_workers(processes)
+            raise SystemExit("workers did not start within 120 s")
+        time.sleep(0.05)
+    # Redis registers a consumer only when it first receives entries, so give
+    # every worker a moment to finish starting after the first one made the group.
+    time.sleep(3.0)
+    return processes
+
+
+def stop_workers(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+        process.wait()
 
 
 def lookup_latency(client: redis.Redis, url: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -218,39 +258,53 @@ def _time_checks(checker: DecisionClient, warm: bool = False, rounds: int = 5000
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
 
 
-def append_to_decision(client: redis.Redis, folder: Path, rate: int, bots: int = 10) -> list[float]:
+def append_to_decision(
+    client: redis.Redis,
+    url: str,
+    folder: Path,
+    rate: int,
+    history: list[bytes],
+    history_end: float,
+    warmup: float,
+    batch_size: int,
+    bots: int = 10,
+) -> tuple[list[float], float]:
+    """Return the seconds from each bot's crossing request to its decision in Redis, and the rate actually sent.
+
+    The latencies are returned once all bots have a decision.
+    One ``fairuse worker`` process consumes the stream, as in the throughput test.
+    The bots start after ``warmup`` seconds of background traffic, so a worker that falls behind the rate shows it.
+    """
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    stream = f"{prefix}:events"
     database = f"sqlite:///{folder}/{prefix}.db"
-    consumer = StreamConsumer(
-        client, open_store(database), plans=load_plans(), policy=load_policy(), detectors=default_detectors(),
-        windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
-        settings=StreamSettings(stream=f"{prefix}:events", dead_letter=f"{prefix}:dead", block_ms=50),
-    )
-    stop = threading.Event()
-    worker = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    worker.start()
+    open_store(database)
+    if history:
+        preload(client, prefix, database, _background_history(history, time.time() - history_end))
+    processes = start_workers(client, url, database, prefix, 1, batch_size)
     latencies: list[float] = []
     try:
-        deadline = time.time() + 60
+        started = time.time()
+        bots_start = started + warmup
+        deadline = bots_start + 60
         sent = 0
         while time.time() < deadline and len(latencies) < bots:
             tick = time.time()
             pipeline = client.pipeline(transaction=False)
             for _ in range(rate // 10):
-                pipeline.xadd(consumer.settings.stream, {"event": orjson.dumps(_event(f"bg-{sent % 2000}", tick, sent))})
+                pipeline.xadd(stream, {"event": orjson.dumps(_event(f"bg-{sent % BACKGROUND_KEYS}", tick, sent))})
                 sent += 1
-            for bot in range(bots):
+            for bot in range(bots if tick >= bots_start else 0):
                 for _ in range(10):  # 100 requests/s per bot: far above any plan's rate
-                    pipeline.xadd(consumer.settings.stream, {"event": orjson.dumps(_event(f"bot-{bot}", tick, sent, prompt="loop"))})
+                    pipeline.xadd(stream, {"event": orjson.dumps(_event(f"bot-{bot}", tick, sent, prompt="loop"))})
                     sent += 1
             pipeline.execute()
             latencies = _decision_latencies(client, prefix, bots)
             time.sleep(max(0.0, 0.1 - (time.time() - tick)))
     finally:
-        stop.set()
-        worker.join(timeout=30)
+        stop_workers(processes)
         cleanup(client, prefix)
-    return latencies
+    return latencies, sent / (time.time() - started)
 
 
 def _decision_latencies(client: redis.Redis, prefix: str, bots: int) -> list[float]:
@@ -262,6 +316,22 @@ def _decision_latencies(client: redis.Redis, prefix: str, bots: int) -> list[flo
             entry = orjson.loads(raw)["active"][0]
             found.append(max(now - entry["detected_ms"] / 1000, 0.0))
     return found if len(found) == bots else []
+
+
+def _background_history(history: list[bytes], shift: float) -> pd.DataFrame:
+    """Return the simulated history moved by ``shift`` seconds, its keys renamed to background keys.
+
+    Replaying the simulated keys' own events at 10,000 events/s would squeeze
+    days of their traffic into seconds and make every key an abuser, so the
+    background stays synthetic and only takes over the history.
+    """
+    frame = read_json_lines(history, "history").frame
+    frame["ts"] += shift
+    keys = sorted(frame["key_id"].unique())
+    if len(keys) > BACKGROUND_KEYS:
+        raise SystemExit(f"--keys must be at most {BACKGROUND_KEYS:,} for the latency test with history")
+    frame["key_id"] = frame["key_id"].map({key: f"bg-{index}" for index, key in enumerate(keys)})
+    return frame
 
 
 def _event(key: str, ts: float, number: int, prompt: str = "") -> dict:

@@ -137,8 +137,10 @@ def test_windows_always_expire(make_consumer, redis_client, redis_prefix):
     _drain(consumer)
 
     keys = list(redis_client.scan_iter(match=f"{redis_prefix}:window:*"))
+    tokens = list(redis_client.scan_iter(match=f"{redis_prefix}:window-token:*"))
     assert len(keys) == 7
-    assert all(0 < redis_client.ttl(key) <= 8 * 86400 for key in keys)
+    assert len(tokens) == 7
+    assert all(0 < redis_client.ttl(key) <= 8 * 86400 for key in keys + tokens)
 
 
 def test_window_trims_events_older_than_a_week(make_consumer, redis_client, redis_prefix):
@@ -276,3 +278,55 @@ def test_own_pending_entry_deleted_is_dead_lettered(make_consumer, redis_client)
     assert outcome.events == 2
     assert outcome.dead == 1
     assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
+
+
+def test_window_cache_sees_other_writers(redis_client, redis_prefix):
+    mine = EventWindows(redis_client, prefix=redis_prefix, max_chunks=3)
+    other = EventWindows(redis_client, prefix=redis_prefix, max_chunks=3)
+    subjects = [("key", "key-1")]
+    key = mine.key("key", "key-1")
+    mine.extend(frame(events("key-1", [T0, T0 + 60])))
+    assert len(mine.load(subjects, T0 + 60)) == 2
+
+    # Another worker writes between this worker's read and its own write.
+    other.extend(frame(events("key-1", [T0 + 120])))
+    mine.extend(frame(events("key-1", [T0 + 180])))
+    assert sorted(mine.load(subjects, T0 + 180)["ts"]) == [T0, T0 + 60, T0 + 120, T0 + 180]
+
+    other.extend(frame(events("key-1", [T0 + 240])))  # a fourth chunk: the window is compacted into one
+    assert redis_client.zcard(key) == 1
+    assert sorted(mine.load(subjects, T0 + 240)["ts"]) == [T0, T0 + 60, T0 + 120, T0 + 180, T0 + 240]
+
+    redis_client.delete(key, mine.token_key(key))  # Redis lost its data
+    assert mine.load(subjects, T0 + 240).empty
+
+
+def test_window_cache_reads_as_redis(redis_client, redis_prefix):
+    cached = EventWindows(redis_client, prefix=redis_prefix)
+    uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
+    subjects = [("key", "key-1"), ("key", "key-2")]
+    keys = [cached.key(*subject) for subject in subjects]
+    # Out-of-order batches, equal chunk scores, a redelivered batch and events falling out of the week.
+    starts = [T0, T0 + 3600, T0 + 600, T0 + 3600, T0 + 8 * 86400, T0 + 8 * 86400 + 60]
+    batches = [frame(events("key-1", [start, start + 1]), events("key-2", [start + 2])) for start in starts]
+    batches.insert(3, batches[2])
+
+    for index, batch in enumerate(batches):
+        cached.load(subjects, float(batch["ts"].max()))
+        cached.extend(batch)
+        newest = float(batch["ts"].max())
+        tokens = [redis_client.get(cached.token_key(key)) for key in keys]
+        if index:  # the first write finds no cached copy to update
+            assert all(cached.cache.get(key, token) is not None for key, token in zip(keys, tokens))
+        assert cached.load(subjects, newest).equals(uncached.load(subjects, newest))
+    assert len(cached.load(subjects, T0 + 8 * 86400 + 62)) == 6
+
+
+def test_window_load_keeps_repeats_on_request(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    batch = frame(events("key-1", [T0, T0 + 60]))
+    windows.extend(batch)
+    windows.extend(frame(batch, events("key-1", [T0 + 120])))  # a redelivered batch with one new request
+
+    assert len(windows.load([("key", "key-1")], T0 + 120)) == 3
+    assert len(windows.load([("key", "key-1")], T0 + 120, distinct=False)) == 5

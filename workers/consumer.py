@@ -55,7 +55,7 @@ class StreamSettings:
     group: str = "fairuse-workers"
     dead_letter: str = "fairuse:events:dead"
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    batch_size: int = 10_000
+    batch_size: int = 50_000
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
 
@@ -216,7 +216,8 @@ class StreamConsumer:
 
     def _score(self, fresh: pd.DataFrame, outcome: BatchOutcome) -> None:
         subjects = set(zip(fresh["subject_type"], fresh["key_id"]))
-        history = self.windows.load(subjects, float(fresh["ts"].max()))
+        # Repeated requests are dropped once, from the history and the batch together.
+        history = self.windows.load(subjects, float(fresh["ts"].max()), distinct=False)
         combined = pd.concat([history, fresh], ignore_index=True)
         combined = drop_repeated_requests(combined)
         combined = combined.sort_values("ts", kind="stable").reset_index(drop=True)

@@ -92,7 +92,8 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
     if model is None and shadow is None:
         return totals
 
-    windows = EventWindows(connection, prefix=prefix)
+    # Each window is read once, so keeping them decoded would only hold memory.
+    windows = EventWindows(connection, prefix=prefix, cache_bytes=0)
     publisher = DecisionPublisher(connection, prefix=prefix)
     detectors = [AnomalyDetector(model, as_of=now)] if model else []
     for subjects in _window_subjects(connection, prefix, batch_size):

@@ -19,14 +19,22 @@ whose requests are already stored, and the copies are dropped on reading and
 on compaction. Events older than the window inside a chunk that is still kept
 are dropped on reading too.
 
+Every write also replaces the subject's token,
+``{prefix}:window-token:{subject_type}:{subject}``, which expires with the
+window. A worker keeps the windows it read or wrote decoded in memory
+(``workers.window_cache``) and uses its copy while the token in Redis is the
+one it saw, so a batch fetches and decodes only the windows that another
+worker, a compaction or an expiry changed.
+
 Windows written by earlier versions, one JSON member per event, are read as
-well. Earlier versions cannot read chunks, so old and new workers must not
-share a stream.
+well. Earlier versions cannot read chunks, and those before the token do not
+replace it, so old and new workers must not share a stream.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -37,6 +45,7 @@ import pyarrow.json as pajson
 import redis
 
 from detector.events import COLUMNS, empty_frame
+from workers.window_cache import CachedChunk, WindowCache
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +76,15 @@ def _readable_batches(key: str, chunks: list[bytes]) -> list[pa.RecordBatch]:
         except (pa.ArrowException, EOFError) as error:
             logger.warning("window %s: skipping an unreadable member of %d bytes: %s", key, len(chunk), error)
     return batches
+
+
+def _readable_chunks(key: str, members: list[tuple[bytes, float]]) -> list[CachedChunk]:
+    """Decode the (member, score) pairs of ``key``, skipping unreadable members as ``_readable_batches`` does."""
+    chunks = []
+    for member, score in members:
+        for batch in _readable_batches(key, [member]):
+            chunks.append(CachedChunk(float(score), member, batch))
+    return chunks
 
 
 def _decode(chunk: bytes) -> pa.RecordBatch:
@@ -105,24 +123,34 @@ class EventWindows:
         window_seconds: int = WEEK,
         max_events: int = 20_000,
         max_chunks: int = 32,
+        cache_bytes: int = 256 * 2**20,
     ) -> None:
+        """``cache_bytes`` bounds the chunk bytes this instance keeps decoded in memory; 0 turns the cache off."""
         self.client = client
         self.prefix = prefix
         self.window_seconds = window_seconds
         self.max_events = max_events
         self.max_chunks = max_chunks
+        self.cache = WindowCache(cache_bytes)
 
     def key(self, subject_type: str, subject: str) -> str:
         return f"{self.prefix}:window:{subject_type}:{subject}"
 
-    def load(self, subjects: Iterable[tuple[str, str]], newest: float) -> pd.DataFrame:
-        """Return the stored events of ``subjects`` from the window ending at ``newest``, each request once."""
+    def token_key(self, key: str) -> str:
+        """Return the key of the token that changes with every write to the window ``key``."""
+        return f"{self.prefix}:window-token:{key.removeprefix(f'{self.prefix}:window:')}"
+
+    def load(self, subjects: Iterable[tuple[str, str]], newest: float, *, distinct: bool = True) -> pd.DataFrame:
+        """Return the stored events of ``subjects`` from the window ending at ``newest``, each request once.
+
+        With ``distinct=False`` a request may appear more than once, first where
+        ``drop_repeated_requests`` keeps it, for a caller that drops repeats
+        after adding its own events.
+        """
         oldest = newest - self.window_seconds
         keys = [self.key(subject_type, subject) for subject_type, subject in subjects]
-        pipeline = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipeline.zrangebyscore(key, oldest, "+inf")
-        batches = [_readable_batches(key, result) for key, result in zip(keys, pipeline.execute())]
+        windows = self._windows(keys)
+        batches = [[chunk.batch for chunk in window if chunk.score >= oldest] for window in windows]
         if not any(batches):
             return empty_frame()
 
@@ -130,11 +158,36 @@ class EventWindows:
         recent = frame["ts"].to_numpy() >= oldest
         if not recent.all():
             frame = frame[recent]
-        frame = drop_repeated_requests(frame)
         # Chunk sizes bound each subject's events from above, so the cap is checked only where it may apply.
-        if max((sum(batch.num_rows for batch in chunks) for chunks in batches), default=0) > self.max_events:
+        capped = max((sum(batch.num_rows for batch in chunks) for chunks in batches), default=0) > self.max_events
+        if distinct or capped:
+            frame = drop_repeated_requests(frame)
+        if capped:
             frame = self._newest_per_subject(frame)
         return frame.reset_index(drop=True)
+
+    def _windows(self, keys: list[str]) -> list[list[CachedChunk]]:
+        """Return the readable chunks of each key in Redis order, from the cache where its token still matches."""
+        pipeline = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipeline.get(self.token_key(key))
+        tokens = pipeline.execute()
+        cached = [self.cache.get(key, token) for key, token in zip(keys, tokens)]
+        missing = [key for key, window in zip(keys, cached) if window is None]
+        if not missing:
+            return [window.chunks for window in cached]
+
+        # The token and the chunks are read in one transaction, so the token never describes other chunks.
+        pipeline = self.client.pipeline(transaction=True)
+        for key in missing:
+            pipeline.get(self.token_key(key))
+            pipeline.zrange(key, 0, -1, withscores=True)
+        replies = pipeline.execute()
+        fetched = {}
+        for key, token, members in zip(missing, replies[0::2], replies[1::2]):
+            fetched[key] = _readable_chunks(key, members)
+            self.cache.put(key, token, fetched[key])
+        return [window.chunks if window is not None else fetched[key] for key, window in zip(keys, cached)]
 
     def count(self, subject_type: str, subject: str) -> int:
         """Return how many distinct requests the subject's window holds, whatever their age."""
@@ -149,16 +202,22 @@ class EventWindows:
             return
         ttl = self.window_seconds + 86400
         pipeline = self.client.pipeline(transaction=True)
-        keys = []
+        written = []
         for subject_type, subject, chunk, newest in self._chunks_by_subject(frame):
             key = self.key(subject_type, subject)
-            keys.append(key)
+            token = os.urandom(16)
+            written.append((key, token, CachedChunk(newest, chunk, _decode(chunk))))
             pipeline.zadd(key, {chunk: newest})
             pipeline.zremrangebyscore(key, "-inf", f"({newest - self.window_seconds}")
             pipeline.expire(key, ttl)
             pipeline.zcard(key)
-        sizes = pipeline.execute()[3::4]
+            pipeline.set(self.token_key(key), token, ex=ttl, get=True)
+        replies = pipeline.execute()
+        sizes, replaced = replies[3::5], replies[4::5]
+        for (key, token, chunk), previous in zip(written, replaced):
+            self.cache.add_chunk(key, previous, token, chunk, chunk.score - self.window_seconds)
 
+        keys = [key for key, _, _ in written]
         crowded = [key for key, size in zip(keys, sizes) if size > self.max_chunks]
         if crowded:
             self._compact(crowded, ttl)
@@ -213,6 +272,9 @@ class EventWindows:
             table = _distinct_newest(table, self.max_events)
             pipeline.zadd(key, {_encode_table(table): newest})
             pipeline.expire(key, ttl)
+        for key in keys:
+            pipeline.set(self.token_key(key), os.urandom(16), ex=ttl)
+            self.cache.discard(key)
         pipeline.execute()
 
     def _newest_per_subject(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,110 @@
+"""A worker's in-process copy of the decoded Redis windows it read or wrote last.
+
+Every write to a window in Redis (``workers.window.EventWindows``) also
+replaces the subject's *token*, a random value under
+``{prefix}:window-token:{subject_type}:{subject}``, in the same transaction.
+A cached window is used only while its token is still the one in Redis.
+So after a chunk from another worker, a compaction, an expiry or a Redis that
+lost its data, the next read fetches the window again. After its own write, a
+worker updates its copy in place when the token it replaced is the one it had
+cached: nobody else wrote in between, so the copy plus the new chunk is what
+Redis holds.
+
+Chunks are kept in Redis's order, by score and then by member bytes, so a
+read from the cache returns the same events in the same order as a read
+from Redis.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+@dataclass(slots=True)
+class CachedChunk:
+    """One window member: its score (newest event time), its bytes and its decoded rows."""
+
+    score: float
+    member: bytes
+    batch: pa.RecordBatch
+
+
+@dataclass(slots=True)
+class CachedWindow:
+    """The readable chunks of one subject's window as of ``token``, in Redis order."""
+
+    token: bytes
+    chunks: list[CachedChunk] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(len(chunk.member) for chunk in self.chunks)
+
+
+class WindowCache:
+    """Decoded windows by Redis key, least recently used first out beyond ``max_bytes`` of chunks."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._windows: OrderedDict[str, CachedWindow] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._total = 0
+
+    def get(self, key: str, token: bytes | None) -> CachedWindow | None:
+        """Return the cached window of ``key`` if ``token`` is still the one it was cached under."""
+        window = self._windows.get(key)
+        if window is None or token is None or window.token != token:
+            return None
+        self._windows.move_to_end(key)
+        return window
+
+    def put(self, key: str, token: bytes | None, chunks: list[CachedChunk]) -> None:
+        """Cache the chunks of ``key`` read under ``token``.
+
+        Without a token the copy could never be checked against Redis, so it is not kept.
+        """
+        self.discard(key)
+        if token is None:
+            return
+        self._store(key, CachedWindow(token, chunks))
+
+    def add_chunk(self, key: str, replaced: bytes | None, token: bytes, chunk: CachedChunk, oldest: float) -> None:
+        """Apply this worker's own write to the cached copy, or drop the copy if another write came between.
+
+        ``replaced`` is the token the write replaced and ``oldest`` the score
+        below which the write trimmed chunks.
+        """
+        window = self._windows.get(key)
+        if window is None or replaced is None or window.token != replaced:
+            self.discard(key)
+            return
+
+        chunks = [kept for kept in window.chunks if kept.score >= oldest and kept.member != chunk.member]
+        if chunk.score >= oldest:
+            positions = [(kept.score, kept.member) for kept in chunks]
+            chunks.insert(bisect.bisect_left(positions, (chunk.score, chunk.member)), chunk)
+        self.discard(key)
+        self._store(key, CachedWindow(token, chunks))
+
+    def discard(self, key: str) -> None:
+        window = self._windows.pop(key, None)
+        if window is not None:
+            self._total -= self._sizes.pop(key)
+
+    def _store(self, key: str, window: CachedWindow) -> None:
+        size = window.size
+        if size > self.max_bytes:
+            return
+        self._windows[key] = window
+        self._sizes[key] = size
+        self._total += size
+        while self._total > self.max_bytes:
+            evicted, _ = self._windows.popitem(last=False)
+            self._total -= self._sizes.pop(evicted)
+
+    def __len__(self) -> int:
+        return len(self._windows)
