@@ -148,20 +148,7 @@ def evaluate(labels_path: str | Path, decisions_path: str | Path) -> EvaluationR
     missing a field or has an invalid value.
     """
     labels = read_labels(Path(labels_path))
-    keys_of_account: dict[str, list[str]] = defaultdict(list)
-    for label in labels.values():
-        keys_of_account[label.account_id].append(label.key_id)
-
-    by_key: dict[str, list[KeyDecision]] = defaultdict(list)
-    decisions = 0
-    ignored = 0
-    for record in read_decisions(Path(decisions_path)):
-        decisions += 1
-        keys = _keys_covered(record, labels, keys_of_account)
-        if not keys:
-            ignored += 1
-        for key_id in keys:
-            by_key[key_id].append(KeyDecision(record["action"], frozenset(record["reasons"]), record["detected_at"]))
+    by_key, decisions, ignored = _decisions_by_key(labels, Path(decisions_path))
 
     abuse_labels = defaultdict(list)
     benign_labels = defaultdict(list)
@@ -177,6 +164,48 @@ def evaluate(labels_path: str | Path, decisions_path: str | Path) -> EvaluationR
         review_only_keys=sum(result.review_only_keys for result in benign),
     )
     return EvaluationReport(abuse, benign, total, decisions, ignored)
+
+
+def detection_delays(labels_path: str | Path, decisions_path: str | Path) -> dict[str, list[float | None]]:
+    """Return, per abuse kind, each key's seconds from onset to its first catching decision (None if never caught)."""
+    labels = read_labels(Path(labels_path))
+    by_key, _, _ = _decisions_by_key(labels, Path(decisions_path))
+    delays: dict[str, list[float | None]] = defaultdict(list)
+    for label in labels.values():
+        if label.is_abuse:
+            delays[label.kind].append(_delay(label, by_key.get(label.key_id, [])))
+    return dict(delays)
+
+
+def _decisions_by_key(labels: dict[str, Label], path: Path) -> tuple[dict[str, list[KeyDecision]], int, int]:
+    """Return the decisions that apply to each labelled key, the decisions read and those tied to no key."""
+    keys_of_account: dict[str, list[str]] = defaultdict(list)
+    for label in labels.values():
+        keys_of_account[label.account_id].append(label.key_id)
+
+    by_key: dict[str, list[KeyDecision]] = defaultdict(list)
+    decisions = 0
+    ignored = 0
+    for record in read_decisions(path):
+        decisions += 1
+        keys = _keys_covered(record, labels, keys_of_account)
+        if not keys:
+            ignored += 1
+        for key_id in keys:
+            by_key[key_id].append(KeyDecision(record["action"], frozenset(record["reasons"]), record["detected_at"]))
+    return by_key, decisions, ignored
+
+
+def _delay(label: Label, decisions: list[KeyDecision]) -> float | None:
+    """Return seconds from the label's onset to the first decision with its expected reason, or None."""
+    assert label.onset is not None, "read_labels requires an onset on every abuse row"
+    matching = [
+        decision.detected_at
+        for decision in decisions
+        if decision.detected_at >= label.onset - ONSET_TOLERANCE and label.expected_reason in decision.reasons
+    ]
+    # A detection inside the tolerance, before the onset, counts as immediate.
+    return max(min(matching) - label.onset, 0.0) if matching else None
 
 
 def _keys_covered(record: dict, labels: dict[str, Label], keys_of_account: dict[str, list[str]]) -> list[str]:
@@ -197,18 +226,15 @@ def _score_abuse_kind(kind: str, labels: list[Label], by_key: dict[str, list[Key
         assert label.onset is not None, "read_labels requires an onset on every abuse row"
         onset = label.onset
         decisions = by_key.get(label.key_id, [])
-        in_time = [decision for decision in decisions if decision.detected_at >= onset - ONSET_TOLERANCE]
-        matching = [decision for decision in in_time if label.expected_reason in decision.reasons]
-
-        caught_any += bool(in_time)
+        caught_any += any(decision.detected_at >= onset - ONSET_TOLERANCE for decision in decisions)
         early += any(
             decision.action in ENFORCING_ACTIONS and decision.detected_at < onset - ONSET_TOLERANCE
             for decision in decisions
         )
-        if matching:
+        delay = _delay(label, decisions)
+        if delay is not None:
             caught += 1
-            # A detection inside the tolerance, before the onset, counts as immediate.
-            delays.append(max(min(decision.detected_at for decision in matching) - onset, 0.0))
+            delays.append(delay)
 
     return AbuseKindResult(
         kind=kind,

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from rich.console import Console
 
-from detector.evaluate import evaluate, render_report
+from detector.evaluate import detection_delays, evaluate, render_report
 
 LABELS = """key_id,account_id,plan,kind,is_abuse,expected_reason,onset
 key-1,acct-1,text,bot,1,automation,2026-11-24T10:00:00.000Z
@@ -139,6 +139,16 @@ def test_benign_totals(report):
 def test_overall_recall_is_lowest_kind(report):
     assert report.abuse_recall == 0.5
     assert report.pooled_abuse_recall == 0.75
+
+
+def test_detection_delays_per_key(tmp_path):
+    labels, decisions = write_files(tmp_path, LABELS, DECISIONS)
+    delays = detection_delays(labels, decisions)
+
+    assert delays["bot"] == [600.0, None]
+    assert delays["resold_key"] == [1800.0]
+    assert delays["cost_spike"] == [0.0]
+    assert "normal" not in delays
 
 
 def test_ip_and_unknown_decisions_ignored(report):
