@@ -296,9 +296,10 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     consumer.run(stop)
 
 
-from detector.gateway_commands import enforce_command, import_command  # noqa: E402 - registered after main exists
+from detector.gateway_commands import enforce_command, import_command, push_command  # noqa: E402 - registered after main exists
 
 main.add_command(import_command)
+main.add_command(push_command)
 main.add_command(enforce_command)
 
 from detector.models_cli import COMMANDS as MODEL_COMMANDS  # noqa: E402 - registered after the core commands

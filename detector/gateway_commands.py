@@ -1,4 +1,4 @@
-"""``fairuse import`` and ``fairuse enforce``: the gateway integrations on the command line."""
+"""``fairuse import``, ``fairuse push`` and ``fairuse enforce``: the gateway integrations on the command line."""
 
 from __future__ import annotations
 
@@ -145,6 +145,43 @@ def _write_rejects(path: Path, rejects) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.writelines(reject.format() + "\n" for reject in rejects)
     stderr.print(f"{len(rejects)} rejected rows appended to {path}", highlight=False)
+
+
+PUSH_CHUNK = 10_000
+
+
+@click.command("push")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "input_format", type=click.Choice(["jsonl", "csv", "parquet"]),
+              help="Input format (default: from the extension or content).")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis of the event stream.")
+@click.option("--prefix", default=_PREFIX_DEFAULT, show_default="fairuse or $FAIRUSE_PREFIX", help="Redis key prefix of the stream.")
+@click.option("--rejects", type=click.Path(path_type=Path), default=Path("fairuse-rejects.txt"), show_default=True,
+              help="File the rejected records are appended to.")
+def push_command(paths, input_format, redis_url, prefix, rejects) -> None:
+    """Append event files to the stream the workers consume, as a gateway would: to try or replay the stream path."""
+    import redis as redis_library
+
+    from detector.gateway_import import ImportReport, StreamSink
+    from detector.readers import ReaderError, read_events
+
+    try:
+        read = read_events(paths, format=input_format)
+    except ReaderError as error:
+        _fail(error)
+    _write_rejects(rejects, read.rejects)
+    if read.frame.empty:
+        _fail(f"no valid events in {', '.join(map(str, paths))}; see {rejects}")
+
+    sink = StreamSink(redis_library.Redis.from_url(redis_url), f"{prefix}:events")
+    try:
+        for start in range(0, len(read.frame), PUSH_CHUNK):
+            sink.send(read.frame.iloc[start:start + PUSH_CHUNK], read.frame.iloc[:0], ImportReport())
+    except redis_library.RedisError as error:
+        _fail(f"{redis_url}: {error}; {start:,} of {len(read.frame):,} events were appended before it failed. "
+              "Pushing the file again is safe: workers drop request_ids already in their windows")
+    click.echo(f"{len(read.frame):,} events appended to {prefix}:events, {len(read.rejects):,} rejected, "
+               f"{read.duplicates:,} repeated request_ids left out")
 
 
 @click.command("enforce")

@@ -170,6 +170,49 @@ def test_stream_and_batch_make_same_decisions(make_consumer, redis_client, tmp_p
     assert streamed == {decision.id for decision in batch.decisions}
 
 
+def test_pushed_file_scores_as_batch(make_consumer, redis_client, redis_prefix, tmp_path):
+    from click.testing import CliRunner
+
+    from detector.batch import BatchOptions, run_batch
+    from detector.cli import main
+    from detector.simulate import simulate_traffic
+    from tests.conftest import REDIS_URL
+
+    traffic = simulate_traffic(tmp_path / "traffic", keys=60, days=2, seed=4)
+    batch = run_batch(BatchOptions(paths=[traffic.events_path], database_url=f"sqlite:///{tmp_path}/batch.db"))
+    consumer = make_consumer(batch_size=400)
+    arguments = ["push", str(traffic.events_path), "--redis", REDIS_URL, "--prefix", redis_prefix,
+                 "--rejects", str(tmp_path / "rejects.txt")]
+
+    pushed = CliRunner().invoke(main, arguments)
+    _drain(consumer)
+
+    assert pushed.exit_code == 0, pushed.output
+    assert f"{len(batch.read.frame):,} events appended to {redis_prefix}:events" in pushed.output
+    assert redis_client.xlen(consumer.settings.stream) == len(batch.read.frame)
+    streamed = {decision.id for decision in make_consumer.store.all_decisions()}
+    assert batch.decisions
+    assert streamed == {decision.id for decision in batch.decisions}
+
+
+def test_push_without_valid_events_fails(redis_client, redis_prefix, tmp_path):
+    from click.testing import CliRunner
+
+    from detector.cli import main
+    from tests.conftest import REDIS_URL
+
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"request_id": "r1", "ts": "2026-13-01T00:00:00Z"}\n')
+    arguments = ["push", str(events), "--redis", REDIS_URL, "--prefix", redis_prefix, "--rejects", str(tmp_path / "r.txt")]
+
+    pushed = CliRunner().invoke(main, arguments)
+
+    assert pushed.exit_code == 2
+    assert "no valid events" in pushed.output
+    assert (tmp_path / "r.txt").read_text().startswith(f"{events}:1:")
+    assert redis_client.exists(f"{redis_prefix}:events") == 0
+
+
 class _StoreDownTwice:
     """The real store, except that its first two writes fail as a lost database connection does."""
 
