@@ -9,7 +9,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.detectors.device_graph import GROWTH_COLUMNS, _components, rolling_components
+from detector.detectors.device_graph import GROWTH_COLUMNS, rolling_components
 
 
 def _reference(
@@ -38,8 +38,8 @@ def _reference(
             continue
         active = [key for key, seen in history.items() if len(seen) >= requests and seen[-requests] > ts - window]
         recent = [key for key in active if history[key][-requests] > ts - country_window]
-        components, _, by_network = _components(active, countries, first_uses)
-        _, country_components, _ = _components(recent, countries, first_uses)
+        components, _, by_network = _reference_components(active, countries, first_uses)
+        _, country_components, _ = _reference_components(recent, countries, first_uses)
         joined = by_network[net]
         lookback = max(window, established_window)
         in_use = [
@@ -53,6 +53,48 @@ def _reference(
         {"subject": np.int64, "ts": np.float64, "components": np.int64, "country_components": np.int64,
          "new_device": np.int64}
     )
+
+
+def _reference_components(
+    edges: list[tuple[int, int]], countries: dict[tuple[int, int], int], first_uses: dict[tuple[int, int], float]
+) -> tuple[int, int, dict[int, float]]:
+    """Return the number of components of ``edges``, 2 if two of them have no country in common (else 0 or 1),
+    and by network the oldest first use of any edge in the network's component.
+
+    The union-find of ``rolling_components`` before it was tuned for speed, kept as the oracle's definition.
+    """
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def root(node):
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for net, ua in edges:
+        left, right = ("net", net), ("ua", ua)
+        parent.setdefault(left, left)
+        parent.setdefault(right, right)
+        left_root, right_root = root(left), root(right)
+        if left_root != right_root:
+            parent[left_root] = right_root
+
+    places: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for edge in edges:
+        if countries[edge] >= 0:
+            places[root(("net", edge[0]))].add(countries[edge])
+    oldest: dict[tuple[str, int], float] = {}
+    for edge in edges:
+        node = root(("net", edge[0]))
+        oldest[node] = min(oldest.get(node, np.inf), first_uses[edge])
+    first_use_by_network = {edge[0]: oldest[root(("net", edge[0]))] for edge in edges}
+
+    components = sum(1 for node in parent if parent[node] == node)
+    country_sets = list(places.values())
+    disjoint = any(
+        not (first & second) for index, first in enumerate(country_sets) for second in country_sets[index + 1 :]
+    )
+    return components, 2 if disjoint else min(len(country_sets), 1), first_use_by_network
 
 
 requests_strategy = st.lists(
