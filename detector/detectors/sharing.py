@@ -245,7 +245,7 @@ class KeySharingDetector:
 
     def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
         settled = _settled_networks(prepared.events, self.min_network_span)
-        places = _activations(prepared.events[settled], ["country"], self.min_component_requests)
+        places = _activations(prepared.events, settled, "country", self.min_component_requests)
         if places.empty:
             return _EMPTY_ROWS.copy()
 
@@ -352,22 +352,38 @@ _EMPTY_ROWS = pd.DataFrame(
 )
 
 
-def _activations(events: pd.DataFrame, columns: list[str], requests: int) -> pd.DataFrame:
-    """Return, per subject, UTC day and value of ``columns``, the time of its ``requests``-th request.
+def _activations(events: pd.DataFrame, rows: np.ndarray, column: str, requests: int) -> pd.DataFrame:
+    """Return, per subject, UTC day and value of ``column``, the time of its ``requests``-th request among ``rows``.
 
     Values with a negative code (unknown) are left out. Rows are in time order.
     """
-    known = np.logical_and.reduce([events[column].to_numpy() >= 0 for column in columns])
-    frame = pd.DataFrame(
-        {
-            "subject": events["subject"].to_numpy()[known],
-            "day": (events["ts"].to_numpy()[known] // DAY).astype(np.int64),
-            "ts": events["ts"].to_numpy()[known],
-            **{column: events[column].to_numpy()[known] for column in columns},
-        }
-    )
-    count = frame.groupby(["subject", "day", *columns], sort=False).cumcount() + 1
-    return frame[count.to_numpy() == requests].sort_values("ts", kind="stable")
+    values = events[column].to_numpy()
+    chosen = rows & (values >= 0)
+    subject = events["subject"].to_numpy()[chosen]
+    ts = events["ts"].to_numpy()[chosen]
+    day = (ts // DAY).astype(np.int64)
+    values = values[chosen]
+
+    nth = _running_count(subject, day, values) == requests
+    frame = pd.DataFrame({"subject": subject[nth], "day": day[nth], "ts": ts[nth], column: values[nth]})
+    return frame.sort_values("ts", kind="stable")
+
+
+def _running_count(subject: np.ndarray, day: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Number each request within its (subject, day, value), from 1, for requests sorted by subject and time."""
+    new_run = np.ones(len(subject), dtype=bool)
+    new_run[1:] = (subject[1:] != subject[:-1]) | (day[1:] != day[:-1])
+    width = int(values.max()) + 1 if len(values) else 1
+    keys = (np.cumsum(new_run) - 1) * width + values
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    group_start = np.ones(len(keys), dtype=bool)
+    group_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    starts = np.flatnonzero(group_start)
+    rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
+    count = np.empty(len(keys), dtype=np.int64)
+    count[order] = rank + 1
+    return count
 
 
 def _settled_networks(events: pd.DataFrame, seconds: float) -> np.ndarray:
