@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector.detectors import device_graph
 from detector.detectors.device_graph import GROWTH_COLUMNS, rolling_components
 
 
@@ -121,6 +123,22 @@ def test_matches_request_by_request_loop(drawn, requests, country_window, establ
 
     expected = _reference(events, *options)
     found = rolling_components(events, *options)
+
+    pd.testing.assert_frame_equal(found.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(requests_strategy, st.integers(1, 3))
+def test_joins_in_small_chunks_match_loop(drawn, chunk):
+    subjects, gaps, nets, agents, countries = map(np.array, zip(*drawn))
+    events = pd.DataFrame({
+        "subject": subjects, "ts": 1.8e9 + np.cumsum(gaps) * 60.0, "net": nets, "ua": agents, "country": countries,
+    }).sort_values(["subject", "ts"], kind="stable").reset_index(drop=True)
+    options = (6 * 3600.0, 1, 3600.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
+
+    expected = _reference(events, *options)
+    with mock.patch.object(device_graph, "_JOINS_PER_CHUNK", chunk):
+        found = rolling_components(events, *options)
 
     pd.testing.assert_frame_equal(found.reset_index(drop=True), expected.reset_index(drop=True))
 

@@ -12,6 +12,9 @@ MAX_SUBJECT_EDGES = 1000
 GROWTH_COLUMNS = ("subject", "ts", "components", "country_components", "new_device")
 # Joins looked up at once: each pairs with every edge of its subject, so this bounds the memory of a lookup.
 _JOINS_PER_CHUNK = 4096
+_EMPTY_GROWTH = pd.DataFrame(
+    {name: pd.Series(dtype=np.float64 if name == "ts" else np.int64) for name in GROWTH_COLUMNS}
+)
 
 
 def rolling_components(
@@ -69,14 +72,14 @@ def rolling_components(
     subject = known_events["subject"].to_numpy()
 
     lookback = max(window, established_window)
-    rows = []
+    chunks = [_EMPTY_GROWTH]
     joins = _joins(edges, ts, window, requests)
     for chunk in range(0, len(joins), _JOINS_PER_CHUNK):
         positions = joins[chunk : chunk + _JOINS_PER_CHUNK]
         states = edges.states_at(positions, ts[positions], window, requests, country_window, lookback)
-        rows.extend(_growth_rows(states, subject[positions], ts[positions], new_device_age, established_age))
+        chunks.append(_growth_rows(states, subject[positions], ts[positions], new_device_age, established_age))
 
-    frame = pd.DataFrame(rows, columns=list(GROWTH_COLUMNS))
+    frame = pd.concat(chunks, ignore_index=True)
     return frame.astype(
         {"subject": np.int64, "ts": np.float64, "components": np.int64, "country_components": np.int64,
          "new_device": np.int64}
@@ -84,25 +87,26 @@ def rolling_components(
 
 
 def _growth_rows(states: "_EdgeStates", subjects: np.ndarray, times: np.ndarray, new_device_age: float,
-                 established_age: float) -> list[tuple]:
+                 established_age: float) -> pd.DataFrame:
     """Return a ``GROWTH_COLUMNS`` row for each join of ``states``."""
-    rows = []
-    bounds = states.bounds.tolist()
-    nets, agents, countries = states.net.tolist(), states.ua.tolist(), states.country.tolist()
-    first_uses, recent = states.first_use.tolist(), states.recent.tolist()
-    joined_nets, oldest_in_use = states.joined_net.tolist(), states.oldest.tolist()
-    for join, (now, subject) in enumerate(zip(times.tolist(), subjects.tolist())):
-        low, high = bounds[join], bounds[join + 1]
-        active = _Graph(nets[low:high], agents[low:high], countries[low:high], first_uses[low:high])
-        components, country_components = active.components(), active.country_components()
-        if not all(recent[low:high]):
-            country_components = active.subgraph(recent[low:high]).country_components()
-        joined = active.oldest_first_use(joined_nets[join])
-        oldest = oldest_in_use[join]
-        # An edge first used before every edge of the joining component is another device.
-        new_device = joined > now - new_device_age and oldest < joined and oldest <= now - established_age
-        rows.append((subject, now, components, country_components, int(new_device)))
-    return rows
+    joins = len(subjects)
+    join = np.repeat(np.arange(joins), np.diff(states.bounds))
+    graph = _JoinGraphs(join, states.net, states.ua)
+    country_graph = graph if states.recent.all() else _JoinGraphs(
+        join[states.recent], states.net[states.recent], states.ua[states.recent]
+    )
+    country_components = country_graph.country_components(states.country[states.recent], joins)
+    joined = graph.oldest_first_use(states.first_use, states.joined_net)
+    oldest = states.oldest
+    # An edge first used before every edge of the joining component is another device.
+    new_device = (joined > times - new_device_age) & (oldest < joined) & (oldest <= times - established_age)
+    return pd.DataFrame({
+        "subject": subjects.astype(np.int64),
+        "ts": times.astype(np.float64),
+        "components": graph.components(joins),
+        "country_components": country_components,
+        "new_device": new_device.astype(np.int64),
+    })
 
 
 def _without_edge_floods(events: pd.DataFrame) -> pd.DataFrame:
@@ -237,54 +241,61 @@ def _nth_latest_inside(times: np.ndarray, rank: np.ndarray, back: int, window: f
     return has_earlier & (times[earlier] > times - window)
 
 
-class _Graph:
-    """The network–user-agent graph of a subject's edges, with each edge's country and first use.
+class _JoinGraphs:
+    """The network–user-agent graphs of many joins at once, with each edge labelled by its component.
 
-    Nodes are integers: network ``n`` is ``n`` and user agent ``u`` is ``-1 - u``.
+    Each join's graph has its own nodes, numbered in (join, node) order. A
+    component's label is its smallest node number, found by propagating
+    minimum labels along the edges and then jumping to the label's label,
+    until nothing changes.
     """
 
-    def __init__(self, nets: list[int], agents: list[int], countries: list[int], first_uses: list[float]) -> None:
-        self._edges = (nets, agents, countries, first_uses)
-        parent: dict[int, int] = {}
-        for net, ua in zip(nets, agents):
-            left, right = self._root(parent, net), self._root(parent, -1 - ua)
-            if left != right:
-                parent[left] = right
-        self._parent = parent
-        self._roots = [self._root(parent, net) for net in nets]
+    def __init__(self, join: np.ndarray, nets: np.ndarray, agents: np.ndarray) -> None:
+        # Networks take the even and user agents the odd node keys within a join.
+        keys = np.concatenate([(join << 32) | (nets << 1), (join << 32) | (agents << 1) | 1])
+        self._nodes, inverse = np.unique(keys, return_inverse=True)
+        left, right = inverse[: len(nets)], inverse[len(nets) :]
+        label = np.arange(len(self._nodes))
+        while True:
+            edge_label = np.minimum(label[left], label[right])
+            lowered = label.copy()
+            np.minimum.at(lowered, left, edge_label)
+            np.minimum.at(lowered, right, edge_label)
+            lowered = lowered[lowered]
+            if np.array_equal(lowered, label):
+                break
+            label = lowered
+        self._label = label
+        self.edge_labels = label[left]
 
-    @staticmethod
-    def _root(parent: dict[int, int], node: int) -> int:
-        """Return the root of ``node``, adding it as its own root when new.
+    def components(self, joins: int) -> np.ndarray:
+        """Count the components of each join's graph."""
+        roots = self._nodes[self._label == np.arange(len(self._label))]
+        return np.bincount(roots >> 32, minlength=joins)
 
-        Each node passed on the way is pointed at its grandparent (path splitting).
-        """
-        up = parent.setdefault(node, node)
-        while up != node:
-            parent[node] = parent[up]
-            node, up = up, parent[up]
-        return node
+    def country_components(self, countries: np.ndarray, joins: int) -> np.ndarray:
+        """Return per join 2 if two components have no country in common, else 1 if one has a known country, else 0."""
+        known = countries >= 0
+        # (component, country) pairs, sorted by component, and components sorted by join.
+        places = np.unique(np.stack([self.edge_labels[known], countries[known]]), axis=1)
+        labels, starts = np.unique(places[0], return_index=True)
+        label_joins = self._nodes[labels] >> 32
+        with_country = np.bincount(label_joins, minlength=joins)
+        result = np.minimum(with_country, 1)
+        ends = np.append(starts[1:], places.shape[1])
+        for join in np.flatnonzero(with_country >= 2).tolist():
+            own = range(np.searchsorted(label_joins, join), np.searchsorted(label_joins, join, side="right"))
+            country_sets = [set(places[1, starts[index] : ends[index]].tolist()) for index in own]
+            result[join] = 2 if _any_disjoint(country_sets) else 1
+        return result
 
-    def subgraph(self, kept: list[bool]) -> "_Graph":
-        columns = ([value for value, keep in zip(column, kept) if keep] for column in self._edges)
-        return _Graph(*columns)
+    def oldest_first_use(self, first_uses: np.ndarray, joined_nets: np.ndarray) -> np.ndarray:
+        """Return per join the oldest first use of any edge in the component of the network ``joined_nets`` names."""
+        oldest = np.full(len(self._nodes), np.inf)
+        np.minimum.at(oldest, self.edge_labels, first_uses)
+        node = np.searchsorted(self._nodes, (np.arange(len(joined_nets)) << 32) | (joined_nets << 1))
+        return oldest[self._label[node]]
 
-    def components(self) -> int:
-        return sum(1 for node, up in self._parent.items() if node == up)
 
-    def country_components(self) -> int:
-        """Return 2 if two components have no country in common, else 1 if one has a known country, else 0."""
-        places: dict[int, set[int]] = {}
-        for root, country in zip(self._roots, self._edges[2]):
-            if country >= 0:
-                places.setdefault(root, set()).add(country)
-        country_sets = list(places.values())
-        disjoint = any(
-            not (first & second) for index, first in enumerate(country_sets) for second in country_sets[index + 1 :]
-        )
-        return 2 if disjoint else min(len(country_sets), 1)
-
-    def oldest_first_use(self, net: int) -> float:
-        """Return the oldest first use of any edge in the component of network ``net``."""
-        root = self._root(self._parent, net)
-        return min(first for edge_root, first in zip(self._roots, self._edges[3]) if edge_root == root)
+def _any_disjoint(sets: list[set[int]]) -> bool:
+    return any(not (first & second) for index, first in enumerate(sets) for second in sets[index + 1 :])
