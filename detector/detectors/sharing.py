@@ -107,11 +107,12 @@ class KeySharingDetector:
         if events.empty:
             return []
 
+        settled = _settled_networks(events, self.min_network_span)
         rows = pd.concat(
             [
-                self._concurrent_findings(prepared),
+                self._concurrent_findings(prepared, settled),
                 self._device_findings(prepared),
-                self._country_findings(prepared),
+                self._country_findings(prepared, settled),
             ]
         )
         if rows.empty:
@@ -176,8 +177,8 @@ class KeySharingDetector:
         """
         return address_gaps(prepared, "network evidence")
 
-    def _concurrent_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        signals = self._switch_signals(prepared.events)
+    def _concurrent_findings(self, prepared: PreparedEvents, settled: np.ndarray) -> pd.DataFrame:
+        signals = self._switch_signals(prepared.events, settled)
         concurrent = signals["concurrent"].to_numpy()
         if not concurrent.any():
             return _EMPTY_ROWS.copy()
@@ -243,8 +244,7 @@ class KeySharingDetector:
         graph["net"] = np.where(from_server, -1, net)
         return graph
 
-    def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        settled = _settled_networks(prepared.events, self.min_network_span)
+    def _country_findings(self, prepared: PreparedEvents, settled: np.ndarray) -> pd.DataFrame:
         places = _activations(prepared.events, settled, "country", self.min_component_requests)
         if places.empty:
             return _EMPTY_ROWS.copy()
@@ -270,7 +270,8 @@ class KeySharingDetector:
             }
         )
 
-    def _switch_signals(self, events: pd.DataFrame) -> pd.DataFrame:
+    def _switch_signals(self, events: pd.DataFrame, settled: np.ndarray) -> pd.DataFrame:
+        """Mark concurrent switches and impossible trips; ``settled`` marks requests on settled networks."""
         subject = events["subject"].to_numpy()
         net = events["net"].to_numpy()
         ts = events["ts"].to_numpy()
@@ -282,7 +283,6 @@ class KeySharingDetector:
         previous_country = np.where(same_subject, np.roll(events["country"].to_numpy(), 1), -1)
 
         last_on_net = events.groupby(["subject", "net"], sort=False)["ts"].shift(1).to_numpy()
-        settled = _settled_networks(events, self.min_network_span)
         previous_settled = np.where(same_subject, np.roll(settled, 1), False)
         switched = same_subject & (net >= 0) & (previous_net >= 0) & (net != previous_net) & settled & previous_settled
         concurrent = (

@@ -104,7 +104,7 @@ def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
 
 def _subject_codes(frame: pd.DataFrame) -> np.ndarray:
     """Code each (subject_type, key_id) pair; a key and an address never share a code."""
-    key_codes = pd.factorize(frame["key_id"])[0].astype(np.int64)
+    key_codes = pd.factorize(frame["key_id"])[0].astype(np.int64, copy=False)
     is_address = (frame["subject_type"] == "ip").to_numpy(dtype=bool)
     return pd.factorize(key_codes * 2 + is_address)[0].astype(np.int64)
 
@@ -116,7 +116,7 @@ def _codes_with_blank(values: pd.Series) -> np.ndarray:
     blank = np.flatnonzero(uniques == "")
     if len(blank):
         codes = np.where(codes == blank[0], -1, codes)
-    return codes.astype(np.int64)
+    return codes.astype(np.int64, copy=False)
 
 
 def _image_mask(endpoints: pd.Series) -> np.ndarray:
