@@ -92,14 +92,16 @@ def _growth_rows(states: "_EdgeStates", subjects: np.ndarray, times: np.ndarray,
     joins = len(subjects)
     join = np.repeat(np.arange(joins), np.diff(states.bounds))
     graph = _JoinGraphs(join, states.net, states.ua)
-    country_graph = graph if states.recent.all() else _JoinGraphs(
-        join[states.recent], states.net[states.recent], states.ua[states.recent]
-    )
-    country_components = country_graph.country_components(states.country[states.recent], joins)
+
+    recent = states.recent
+    country_graph = graph if recent.all() else _JoinGraphs(join[recent], states.net[recent], states.ua[recent])
+    country_components = country_graph.country_components(states.country[recent], joins)
+
     joined = graph.oldest_first_use(states.first_use, states.joined_net)
     oldest = states.oldest
     # An edge first used before every edge of the joining component is another device.
     new_device = (joined > times - new_device_age) & (oldest < joined) & (oldest <= times - established_age)
+
     return pd.DataFrame({
         "subject": subjects.astype(np.int64),
         "ts": times.astype(np.float64),
