@@ -33,8 +33,9 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     """Return one row per (subject, day) with ``KEYDAY_FEATURES`` and window bounds.
 
     Events are sorted by subject and time, so each (subject, day) is one run of
-    rows. Sums are ``reduceat`` over the runs, and distinct counts come from
-    hashing (run, value) pairs, with no full-frame group-by.
+    rows. Sums are ``reduceat`` over the runs, and distinct and most-frequent
+    counts come from (run, value) pairs (``detector.features.runs``), with no
+    full-frame group-by.
     """
     events = prepared.events
     if events.empty:
