@@ -11,6 +11,7 @@ from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.detectors.device_graph import rolling_components
 from detector.features import PreparedEvents, address_gaps
 from detector.features.hosting import HostingNetworks
+from detector.features.runs import run_numbers, run_starts
 
 DAY = 86400.0
 
@@ -371,15 +372,10 @@ def _activations(events: pd.DataFrame, rows: np.ndarray, column: str, requests: 
 
 def _running_count(subject: np.ndarray, day: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Number each request within its (subject, day, value), from 1, for requests sorted by subject and time."""
-    new_run = np.ones(len(subject), dtype=bool)
-    new_run[1:] = (subject[1:] != subject[:-1]) | (day[1:] != day[:-1])
     width = int(values.max()) + 1 if len(values) else 1
-    keys = (np.cumsum(new_run) - 1) * width + values
+    keys = run_numbers(run_starts(subject, day), len(subject)) * width + values
     order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    group_start = np.ones(len(keys), dtype=bool)
-    group_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    starts = np.flatnonzero(group_start)
+    starts = run_starts(keys[order])
     rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
     count = np.empty(len(keys), dtype=np.int64)
     count[order] = rank + 1

@@ -77,13 +77,14 @@ def hourly_activity(
     # Events are sorted by subject and time, so each (subject, hour) is one run, in sorted order.
     starts = run_starts(subject, hour)
     run = run_numbers(starts, len(subject))
+    cost = pd.Series(events["cost"].to_numpy(dtype=np.float64)[chosen])
     ua = events["ua"].to_numpy()[chosen]
     rows = pd.DataFrame({
         "subject": subject[starts],
         "hour": hour[starts],
         "requests": np.diff(np.append(starts, len(subject))),
         # A pandas group sum (compensated summation), so the stored costs stay as they were.
-        "cost": pd.Series(events["cost"].to_numpy(dtype=np.float64)[chosen]).groupby(run, sort=False).sum().to_numpy(),
+        "cost": cost.groupby(run, sort=False).sum().to_numpy(),
         "networks": distinct_per_run(run, events["net"].to_numpy()[chosen], len(starts)),
         "countries": distinct_per_run(run, events["country"].to_numpy()[chosen], len(starts)),
         # An unknown user agent (-1) counts as one more user agent.
