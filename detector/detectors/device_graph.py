@@ -10,7 +10,7 @@ import pandas as pd
 # Distinct (network, user agent) edges above which a subject is left out of the graph.
 MAX_SUBJECT_EDGES = 1000
 GROWTH_COLUMNS = ("subject", "ts", "components", "country_components", "new_device")
-# Joins looked up at once. Each pairs with every edge of its subject, so a lookup holds at most
+# Joins looked up at once. Each pairs with every edge of its subject, so a lookup contains at most
 # _JOINS_PER_CHUNK * MAX_SUBJECT_EDGES pairs: on subjects with 1,000 edges each, peak memory was
 # 47 MB above that of the per-join loop this replaced.
 _JOINS_PER_CHUNK = 1024
