@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.detectors.device_graph import GROWTH_COLUMNS, _components, rolling_components
+from detector.detectors import device_graph
+from detector.detectors.device_graph import GROWTH_COLUMNS, rolling_components
 
 
 def _reference(
@@ -38,8 +40,8 @@ def _reference(
             continue
         active = [key for key, seen in history.items() if len(seen) >= requests and seen[-requests] > ts - window]
         recent = [key for key in active if history[key][-requests] > ts - country_window]
-        components, _, by_network = _components(active, countries, first_uses)
-        _, country_components, _ = _components(recent, countries, first_uses)
+        components, _, by_network = _reference_components(active, countries, first_uses)
+        _, country_components, _ = _reference_components(recent, countries, first_uses)
         joined = by_network[net]
         lookback = max(window, established_window)
         in_use = [
@@ -53,6 +55,48 @@ def _reference(
         {"subject": np.int64, "ts": np.float64, "components": np.int64, "country_components": np.int64,
          "new_device": np.int64}
     )
+
+
+def _reference_components(
+    edges: list[tuple[int, int]], countries: dict[tuple[int, int], int], first_uses: dict[tuple[int, int], float]
+) -> tuple[int, int, dict[int, float]]:
+    """Return the number of components of ``edges``, 2 if two of them have no country in common (else 0 or 1),
+    and by network the oldest first use of any edge in the network's component.
+
+    The union-find of ``rolling_components`` before it was tuned for speed, kept as the oracle's definition.
+    """
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def root(node):
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for net, ua in edges:
+        left, right = ("net", net), ("ua", ua)
+        parent.setdefault(left, left)
+        parent.setdefault(right, right)
+        left_root, right_root = root(left), root(right)
+        if left_root != right_root:
+            parent[left_root] = right_root
+
+    places: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for edge in edges:
+        if countries[edge] >= 0:
+            places[root(("net", edge[0]))].add(countries[edge])
+    oldest: dict[tuple[str, int], float] = {}
+    for edge in edges:
+        node = root(("net", edge[0]))
+        oldest[node] = min(oldest.get(node, np.inf), first_uses[edge])
+    first_use_by_network = {edge[0]: oldest[root(("net", edge[0]))] for edge in edges}
+
+    components = sum(1 for node in parent if parent[node] == node)
+    country_sets = list(places.values())
+    disjoint = any(
+        not (first & second) for index, first in enumerate(country_sets) for second in country_sets[index + 1 :]
+    )
+    return components, 2 if disjoint else min(len(country_sets), 1), first_use_by_network
 
 
 requests_strategy = st.lists(
@@ -79,6 +123,22 @@ def test_matches_request_by_request_loop(drawn, requests, country_window, establ
 
     expected = _reference(events, *options)
     found = rolling_components(events, *options)
+
+    pd.testing.assert_frame_equal(found.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(requests_strategy, st.integers(1, 3))
+def test_joins_in_small_chunks_match_loop(drawn, chunk):
+    subjects, gaps, nets, agents, countries = map(np.array, zip(*drawn))
+    events = pd.DataFrame({
+        "subject": subjects, "ts": 1.8e9 + np.cumsum(gaps) * 60.0, "net": nets, "ua": agents, "country": countries,
+    }).sort_values(["subject", "ts"], kind="stable").reset_index(drop=True)
+    options = (6 * 3600.0, 1, 3600.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
+
+    expected = _reference(events, *options)
+    with mock.patch.object(device_graph, "_JOINS_PER_CHUNK", chunk):
+        found = rolling_components(events, *options)
 
     pd.testing.assert_frame_equal(found.reset_index(drop=True), expected.reset_index(drop=True))
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.features import PreparedEvents
+from detector.features.runs import max_count_per_run, run_numbers, run_starts
 
 WINDOW = 600.0
 HOUR = 3600.0
@@ -232,13 +233,15 @@ class AutomationDetector:
         deviation = (bursts["gap"] - bursts["subject"].map(median_gap)).abs()
         mad_gap = deviation.groupby(bursts["subject"]).median()
 
-        hours = bursts.groupby(["subject", "hour_of_day"]).size().unstack(fill_value=0)
-        shares = hours.to_numpy() / hours.to_numpy().sum(axis=1, keepdims=True)
+        # Bursts are sorted by subject, so each subject is one run, in the order of the groups.
+        subject = bursts["subject"].to_numpy()
+        starts = run_starts(subject)
+        run = run_numbers(starts, len(subject))
+        hours = _hour_of_day_counts(run, bursts["hour_of_day"].to_numpy(), len(starts))
+        shares = hours / hours.sum(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             entropy = -np.nansum(np.where(shares > 0, shares * np.log2(shares), 0), axis=1)
-
-        prompts = bursts[bursts["prompt"] >= 0]
-        top_prompt = prompts.groupby(["subject", "prompt"]).size().groupby(level=0).max()
+        top_prompt = max_count_per_run(run, bursts["prompt"].to_numpy(), len(starts))
 
         table = pd.DataFrame(
             {
@@ -249,9 +252,9 @@ class AutomationDetector:
                 "window_end": grouped["ts"].max(),
             }
         )
-        table["active_hours"] = pd.Series((hours.to_numpy() > 0).sum(axis=1), index=hours.index)
-        table["entropy"] = pd.Series(entropy / np.log2(24), index=hours.index)
-        table["repeat_share"] = top_prompt.reindex(table.index).fillna(0) / table["bursts"]
+        table["active_hours"] = (hours > 0).sum(axis=1)
+        table["entropy"] = entropy / np.log2(24)
+        table["repeat_share"] = top_prompt / table["bursts"]
         with np.errstate(divide="ignore", invalid="ignore"):
             table["cv"] = np.where(
                 table["median_gap"] > 0, MAD_TO_SIGMA * table["mad_gap"] / table["median_gap"], np.inf
@@ -272,6 +275,16 @@ class AutomationDetector:
         chosen = events[events["subject"].isin(subjects)]
         hour = (chosen["ts"] // HOUR).astype(np.int64)
         return chosen.groupby([chosen["subject"], hour]).size()
+
+
+def _hour_of_day_counts(run: np.ndarray, hour_of_day: np.ndarray, runs: int) -> np.ndarray:
+    """Count bursts per subject run and hour of day, keeping only the hours some subject was active in.
+
+    Hours in which no subject was active are left out, as a group-by leaves them out, so the entropy sums
+    add the same terms in the same order and round the same way.
+    """
+    counts = np.bincount(run * 24 + hour_of_day, minlength=runs * 24).reshape(runs, 24)
+    return counts[:, counts.sum(axis=0) > 0]
 
 
 def _trailing_sum(values: np.ndarray, start: np.ndarray, positions: np.ndarray) -> np.ndarray:

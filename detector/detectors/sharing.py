@@ -11,6 +11,7 @@ from detector.detectors.base import Finding, escalations, findings_from_rows
 from detector.detectors.device_graph import rolling_components
 from detector.features import PreparedEvents, address_gaps
 from detector.features.hosting import HostingNetworks
+from detector.features.runs import run_numbers, run_starts
 
 DAY = 86400.0
 
@@ -107,11 +108,12 @@ class KeySharingDetector:
         if events.empty:
             return []
 
+        settled = _settled_networks(events, self.min_network_span)
         rows = pd.concat(
             [
-                self._concurrent_findings(prepared),
+                self._concurrent_findings(prepared, settled),
                 self._device_findings(prepared),
-                self._country_findings(prepared),
+                self._country_findings(prepared, settled),
             ]
         )
         if rows.empty:
@@ -176,8 +178,8 @@ class KeySharingDetector:
         """
         return address_gaps(prepared, "network evidence")
 
-    def _concurrent_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        signals = self._switch_signals(prepared.events)
+    def _concurrent_findings(self, prepared: PreparedEvents, settled: np.ndarray) -> pd.DataFrame:
+        signals = self._switch_signals(prepared.events, settled)
         concurrent = signals["concurrent"].to_numpy()
         if not concurrent.any():
             return _EMPTY_ROWS.copy()
@@ -243,9 +245,8 @@ class KeySharingDetector:
         graph["net"] = np.where(from_server, -1, net)
         return graph
 
-    def _country_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
-        settled = _settled_networks(prepared.events, self.min_network_span)
-        places = _activations(prepared.events[settled], ["country"], self.min_component_requests)
+    def _country_findings(self, prepared: PreparedEvents, settled: np.ndarray) -> pd.DataFrame:
+        places = _activations(prepared.events, settled, "country", self.min_component_requests)
         if places.empty:
             return _EMPTY_ROWS.copy()
 
@@ -270,7 +271,8 @@ class KeySharingDetector:
             }
         )
 
-    def _switch_signals(self, events: pd.DataFrame) -> pd.DataFrame:
+    def _switch_signals(self, events: pd.DataFrame, settled: np.ndarray) -> pd.DataFrame:
+        """Mark concurrent switches and impossible trips; ``settled`` marks requests on settled networks."""
         subject = events["subject"].to_numpy()
         net = events["net"].to_numpy()
         ts = events["ts"].to_numpy()
@@ -282,7 +284,6 @@ class KeySharingDetector:
         previous_country = np.where(same_subject, np.roll(events["country"].to_numpy(), 1), -1)
 
         last_on_net = events.groupby(["subject", "net"], sort=False)["ts"].shift(1).to_numpy()
-        settled = _settled_networks(events, self.min_network_span)
         previous_settled = np.where(same_subject, np.roll(settled, 1), False)
         switched = same_subject & (net >= 0) & (previous_net >= 0) & (net != previous_net) & settled & previous_settled
         concurrent = (
@@ -352,22 +353,33 @@ _EMPTY_ROWS = pd.DataFrame(
 )
 
 
-def _activations(events: pd.DataFrame, columns: list[str], requests: int) -> pd.DataFrame:
-    """Return, per subject, UTC day and value of ``columns``, the time of its ``requests``-th request.
+def _activations(events: pd.DataFrame, rows: np.ndarray, column: str, requests: int) -> pd.DataFrame:
+    """Return, per subject, UTC day and value of ``column``, the time of its ``requests``-th request among ``rows``.
 
     Values with a negative code (unknown) are left out. Rows are in time order.
     """
-    known = np.logical_and.reduce([events[column].to_numpy() >= 0 for column in columns])
-    frame = pd.DataFrame(
-        {
-            "subject": events["subject"].to_numpy()[known],
-            "day": (events["ts"].to_numpy()[known] // DAY).astype(np.int64),
-            "ts": events["ts"].to_numpy()[known],
-            **{column: events[column].to_numpy()[known] for column in columns},
-        }
-    )
-    count = frame.groupby(["subject", "day", *columns], sort=False).cumcount() + 1
-    return frame[count.to_numpy() == requests].sort_values("ts", kind="stable")
+    values = events[column].to_numpy()
+    chosen = rows & (values >= 0)
+    subject = events["subject"].to_numpy()[chosen]
+    ts = events["ts"].to_numpy()[chosen]
+    day = (ts // DAY).astype(np.int64)
+    values = values[chosen]
+
+    nth = _running_count(subject, day, values) == requests
+    frame = pd.DataFrame({"subject": subject[nth], "day": day[nth], "ts": ts[nth], column: values[nth]})
+    return frame.sort_values("ts", kind="stable")
+
+
+def _running_count(subject: np.ndarray, day: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Number each request within its (subject, day, value), from 1, for requests sorted by subject and time."""
+    width = int(values.max()) + 1 if len(values) else 1
+    keys = run_numbers(run_starts(subject, day), len(subject)) * width + values
+    order = np.argsort(keys, kind="stable")
+    starts = run_starts(keys[order])
+    rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
+    count = np.empty(len(keys), dtype=np.int64)
+    count[order] = rank + 1
+    return count
 
 
 def _settled_networks(events: pd.DataFrame, seconds: float) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from detector.features.prepare import PreparedEvents
+from detector.features.runs import distinct_per_run, max_count_per_run, run_numbers, run_starts
 
 DAY = 86400.0
 
@@ -32,8 +33,9 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     """Return one row per (subject, day) with ``KEYDAY_FEATURES`` and window bounds.
 
     Events are sorted by subject and time, so each (subject, day) is one run of
-    rows. Sums are ``reduceat`` over the runs, and distinct counts come from
-    hashing (run, value) pairs, with no full-frame group-by.
+    rows. Sums are ``reduceat`` over the runs, and distinct and most-frequent
+    counts come from (run, value) pairs (``detector.features.runs``), with no
+    full-frame group-by.
     """
     events = prepared.events
     if events.empty:
@@ -42,10 +44,8 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     ts = events["ts"].to_numpy()
     subject = events["subject"].to_numpy()
     day = (ts // DAY).astype(np.int64)
-    starts = _run_starts(subject, day)
-    run_start = np.zeros(len(ts), dtype=np.int64)
-    run_start[starts] = 1
-    run = np.cumsum(run_start) - 1
+    starts = run_starts(subject, day)
+    run = run_numbers(starts, len(ts))
     ends = np.append(starts[1:], len(ts)) - 1
 
     rows = pd.DataFrame(
@@ -63,12 +63,12 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
             "window_end": ts[ends],
         }
     )
-    rows["networks"] = _distinct_per_run(run, events["net"].to_numpy(), len(starts))
-    rows["user_agents"] = _distinct_per_run(run, events["ua"].to_numpy(), len(starts))
-    rows["countries"] = _distinct_per_run(run, events["country"].to_numpy(), len(starts))
-    rows["active_hours"] = _distinct_per_run(run, (ts // 3600).astype(np.int64), len(starts))
-    rows["peak_10m"] = _max_count_per_run(run, (ts // 600).astype(np.int64), len(starts))
-    rows["top_prompt"] = _max_count_per_run(run, events["prompt"].to_numpy(), len(starts))
+    rows["networks"] = distinct_per_run(run, events["net"].to_numpy(), len(starts))
+    rows["user_agents"] = distinct_per_run(run, events["ua"].to_numpy(), len(starts))
+    rows["countries"] = distinct_per_run(run, events["country"].to_numpy(), len(starts))
+    rows["active_hours"] = distinct_per_run(run, (ts // 3600).astype(np.int64), len(starts))
+    rows["peak_10m"] = max_count_per_run(run, (ts // 600).astype(np.int64), len(starts))
+    rows["top_prompt"] = max_count_per_run(run, events["prompt"].to_numpy(), len(starts))
 
     subjects = prepared.subjects
     daily_budget = subjects["daily_budget"].to_numpy()[rows["subject"].to_numpy()]
@@ -84,32 +84,3 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     rows["cost_vs_budget"] = rows["cost"] / np.maximum(daily_budget, 1e-9)
     rows["requests_vs_expected"] = rows["requests"] / np.maximum(expected, 1.0)
     return rows
-
-
-def _run_starts(subject: np.ndarray, day: np.ndarray) -> np.ndarray:
-    start = np.ones(len(subject), dtype=bool)
-    start[1:] = (subject[1:] != subject[:-1]) | (day[1:] != day[:-1])
-    return np.flatnonzero(start)
-
-
-def _pairs(run: np.ndarray, values: np.ndarray) -> tuple[pd.Series, int]:
-    """Return (run, value) pairs packed into one int64 per event; negative values are dropped."""
-    known = values >= 0
-    width = int(values.max()) + 1 if known.any() else 1
-    return pd.Series(run[known] * width + values[known]), width
-
-
-def _distinct_per_run(run: np.ndarray, values: np.ndarray, runs: int) -> np.ndarray:
-    """Count distinct non-negative ``values`` in each run."""
-    pairs, width = _pairs(run, values)
-    unique = pd.unique(pairs.to_numpy())
-    return np.bincount(unique // width, minlength=runs)
-
-
-def _max_count_per_run(run: np.ndarray, values: np.ndarray, runs: int) -> np.ndarray:
-    """Return, per run, how often its most frequent non-negative value occurs (0 if none)."""
-    pairs, width = _pairs(run, values)
-    counts = pairs.value_counts(sort=False)
-    best = np.zeros(runs, dtype=np.int64)
-    np.maximum.at(best, counts.index.to_numpy() // width, counts.to_numpy())
-    return best

@@ -88,7 +88,8 @@ def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
     }
     for name in _NUMERIC:
         columns[name] = frame[name].to_numpy()[order]
-    events = pd.DataFrame(columns)
+    # Every column is a fresh array, so the frame can own them without a copy.
+    events = pd.DataFrame(columns, copy=False)
 
     subject = events["subject"].to_numpy()
     first = np.ones(len(events), dtype=bool)
@@ -103,7 +104,7 @@ def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
 
 def _subject_codes(frame: pd.DataFrame) -> np.ndarray:
     """Code each (subject_type, key_id) pair; a key and an address never share a code."""
-    key_codes = pd.factorize(frame["key_id"])[0].astype(np.int64)
+    key_codes = pd.factorize(frame["key_id"])[0].astype(np.int64, copy=False)
     is_address = (frame["subject_type"] == "ip").to_numpy(dtype=bool)
     return pd.factorize(key_codes * 2 + is_address)[0].astype(np.int64)
 
@@ -111,10 +112,11 @@ def _subject_codes(frame: pd.DataFrame) -> np.ndarray:
 def _codes_with_blank(values: pd.Series) -> np.ndarray:
     """Factorise ``values`` with "" mapped to -1 so a missing value never counts as distinct."""
     codes, uniques = pd.factorize(values)
-    blank = np.flatnonzero(np.asarray(uniques, dtype=object) == "")
+    # Compared in the uniques' own string dtype: a Python object per unique would cost more than the factorise.
+    blank = np.flatnonzero(uniques == "")
     if len(blank):
         codes = np.where(codes == blank[0], -1, codes)
-    return codes.astype(np.int64)
+    return codes.astype(np.int64, copy=False)
 
 
 def _image_mask(endpoints: pd.Series) -> np.ndarray:

@@ -27,6 +27,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from detector.features import PreparedEvents
+from detector.features.runs import distinct_per_run, run_numbers, run_starts
 from detector.store.review_models import ActivityRow, CaseRow
 
 RETENTION = timedelta(days=30)
@@ -65,44 +66,58 @@ def hourly_activity(
     With ``since`` (epoch seconds), only the clock hours from the one holding
     ``since`` on, except for the subjects in ``whole``, which get every hour.
     """
-    table = prepared.subjects
-    codes = _codes(prepared, subjects)
-    events = prepared.events[prepared.events["subject"].isin(codes)]
-    if since is not None:
-        recent = events["ts"].to_numpy() >= since // 3600 * 3600
-        events = events[recent | events["subject"].isin(_codes(prepared, whole)).to_numpy()]
-    if events.empty:
+    chosen = _chosen_rows(prepared, subjects, since, whole)
+    if not chosen.any():
         return pd.DataFrame(columns=["subject_type", "subject", "hour", "requests", "cost", "networks",
                                      "countries", "user_agents", "gaps"])
 
-    frame = pd.DataFrame({
-        "subject": events["subject"].to_numpy(),
-        "hour": (events["ts"].to_numpy() // 3600).astype(np.int64),
-        "cost": events["cost"].to_numpy(dtype=np.float64),
-        "net": events["net"].where(events["net"] >= 0),
-        "country": events["country"].where(events["country"] >= 0),
-        "ua": events["ua"].to_numpy(),
-        "gap_bin": np.digitize(events["iat"].to_numpy(), GAP_EDGES),
-        "has_gap": events["iat"].notna().to_numpy(),
+    events = prepared.events
+    subject = events["subject"].to_numpy()[chosen]
+    hour = (events["ts"].to_numpy()[chosen] // 3600).astype(np.int64)
+    # Events are sorted by subject and time, so each (subject, hour) is one run, in sorted order.
+    starts = run_starts(subject, hour)
+    run = run_numbers(starts, len(subject))
+    cost = pd.Series(events["cost"].to_numpy(dtype=np.float64)[chosen])
+    ua = events["ua"].to_numpy()[chosen]
+    rows = pd.DataFrame({
+        "subject": subject[starts],
+        "hour": hour[starts],
+        "requests": np.diff(np.append(starts, len(subject))),
+        # A pandas group sum (compensated summation), so the stored costs stay as they were.
+        "cost": cost.groupby(run, sort=False).sum().to_numpy(),
+        "networks": distinct_per_run(run, events["net"].to_numpy()[chosen], len(starts)),
+        "countries": distinct_per_run(run, events["country"].to_numpy()[chosen], len(starts)),
+        # An unknown user agent (-1) counts as one more user agent.
+        "user_agents": distinct_per_run(run, ua - ua.min(initial=0), len(starts)),
     })
-    grouped = frame.groupby(["subject", "hour"], sort=True)
-    rows = grouped.agg(
-        requests=("cost", "size"), cost=("cost", "sum"), networks=("net", "nunique"),
-        countries=("country", "nunique"), user_agents=("ua", "nunique"),
-    )
-    # Row i of ``rows`` is group i of ``ngroup``, both sorted by (subject, hour).
-    group = grouped.ngroup().to_numpy()
-    gaps = np.zeros((len(rows), len(GAP_LABELS)), dtype=np.int64)
-    has_gap = frame["has_gap"].to_numpy()
-    np.add.at(gaps, (group[has_gap], frame["gap_bin"].to_numpy()[has_gap]), 1)
+    rows["gaps"] = _gap_histograms(events["iat"].to_numpy()[chosen], run, len(starts)).tolist()
 
-    rows = rows.reset_index()
-    rows["gaps"] = gaps.tolist()
+    table = prepared.subjects
     rows["subject_type"] = table["subject_type"].to_numpy()[rows["subject"]]
     # PostgreSQL text cannot contain NUL, so identifiers are stored as the decision store stores them.
     rows["subject"] = [str(name).replace("\x00", "\ufffd") for name in table["subject"].to_numpy()[rows["subject"]]]
     rows["hour"] = [datetime.fromtimestamp(hour * 3600, UTC) for hour in rows["hour"]]
     return rows
+
+
+def _chosen_rows(
+    prepared: PreparedEvents, subjects: Iterable[tuple[str, str]], since: float | None,
+    whole: Iterable[tuple[str, str]],
+) -> np.ndarray:
+    """Mark the events of ``subjects``, from the hour holding ``since`` on except for the subjects in ``whole``."""
+    subject = prepared.events["subject"].to_numpy()
+    chosen = np.isin(subject, _codes(prepared, subjects))
+    if since is not None:
+        recent = prepared.events["ts"].to_numpy() >= since // 3600 * 3600
+        chosen &= recent | np.isin(subject, _codes(prepared, whole))
+    return chosen
+
+
+def _gap_histograms(iat: np.ndarray, run: np.ndarray, runs: int) -> np.ndarray:
+    """Return per run the counts of gaps in each ``GAP_LABELS`` bin; a subject's first request has no gap."""
+    has_gap = ~np.isnan(iat)
+    cells = run[has_gap] * len(GAP_LABELS) + np.digitize(iat[has_gap], GAP_EDGES)
+    return np.bincount(cells, minlength=runs * len(GAP_LABELS)).reshape(runs, len(GAP_LABELS))
 
 
 def _codes(prepared: PreparedEvents, subjects: Iterable[tuple[str, str]]) -> list[int]:
