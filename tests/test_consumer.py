@@ -317,9 +317,30 @@ def test_window_cache_reads_as_redis(redis_client, redis_prefix):
         newest = float(batch["ts"].max())
         tokens = [redis_client.get(cached.token_key(key)) for key in keys]
         if index:  # the first write finds no cached copy to update
-            assert all(cached.cache.get(key, token) is not None for key, token in zip(keys, tokens))
+            sizes = [redis_client.zcard(key) for key in keys]
+            assert all(cached.cache.get(key, token, size) is not None for key, token, size in zip(keys, tokens, sizes))
         assert cached.load(subjects, newest).equals(uncached.load(subjects, newest))
     assert len(cached.load(subjects, T0 + 8 * 86400 + 62)) == 6
+
+
+def test_window_cache_sees_evicted_window(redis_client, redis_prefix):
+    cached = EventWindows(redis_client, prefix=redis_prefix)
+    uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
+    subjects = [("key", "key-1")]
+    key = cached.key("key", "key-1")
+    cached.extend(frame(events("key-1", [T0, T0 + 60])))
+    assert len(cached.load(subjects, T0 + 60)) == 2
+
+    # Redis under maxmemory-policy allkeys-lru may evict the window and keep its token.
+    redis_client.delete(key)
+    assert cached.load(subjects, T0 + 60).empty
+
+    # Evicted again before this worker's next write, which then finds its own token.
+    cached.extend(frame(events("key-1", [T0 + 120])))
+    redis_client.delete(key)
+    cached.extend(frame(events("key-1", [T0 + 180])))
+    assert cached.load(subjects, T0 + 180).equals(uncached.load(subjects, T0 + 180))
+    assert len(cached.load(subjects, T0 + 180)) == 1
 
 
 def test_window_load_keeps_repeats_on_request(redis_client, redis_prefix):
