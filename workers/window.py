@@ -22,9 +22,9 @@ are dropped on reading too.
 Every write also replaces the subject's token,
 ``{prefix}:window-token:{subject_type}:{subject}``, which expires with the
 window. A worker keeps the windows it read or wrote decoded in memory
-(``workers.window_cache``) and uses its copy while the token in Redis is the
-one it saw, so a batch fetches and decodes only the windows that another
-worker, a compaction or an expiry changed.
+(``workers.window_cache``) and uses its copy while the token in Redis and the
+window's member count are the ones it saw, so a batch fetches and decodes only
+the windows that another worker, a compaction, an expiry or an eviction changed.
 
 Windows written by earlier versions, one JSON member per event, are read as
 well. Earlier versions cannot read chunks, and those before the token do not
