@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 
 import orjson
 import sqlalchemy.exc
@@ -261,6 +262,38 @@ def test_window_skips_unreadable_members(redis_client, redis_prefix, caplog):
     assert redis_client.zcard(key) == 1
     assert 0 < redis_client.ttl(key)
     assert sorted(windows.load([("key", "key-1")], T0 + 120)["ts"]) == [T0, T0 + 60, T0 + 120]
+
+
+def _wait_until(condition, deadline_s=60.0):
+    """Poll ``condition`` until it is true or ``deadline_s`` passes; return its last value."""
+    give_up = time.monotonic() + deadline_s
+    while not (result := condition()) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    return result
+
+
+def test_stream_deleted_while_blocked_keeps_running(make_consumer, redis_client, redis_prefix):
+    consumer = make_consumer(block_ms=30_000)
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    try:
+        blocked = lambda: any(  # noqa: E731
+            entry.get("cmd") == "xreadgroup" and "b" in entry.get("flags", "") for entry in redis_client.client_list()
+        )
+        assert _wait_until(blocked)
+
+        # FLUSHALL, or a DEL of the stream, unblocks XREADGROUP with an UNBLOCKED error (Redis 7).
+        redis_client.delete(consumer.settings.stream)
+        _append(redis_client, consumer.settings.stream, [_event(number) for number in range(5)])
+        windows = EventWindows(redis_client, prefix=redis_prefix)
+        assert _wait_until(lambda: not worker.is_alive() or windows.count("key", "key-1") == 5)
+        assert worker.is_alive()
+    finally:
+        stop.set()
+        redis_client.delete(consumer.settings.stream)  # ends the worker's next wait at once
+        worker.join()
+    assert windows.count("key", "key-1") == 5
 
 
 def test_own_pending_entry_deleted_is_dead_lettered(make_consumer, redis_client):
