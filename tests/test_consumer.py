@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 
 import orjson
 import sqlalchemy.exc
@@ -306,6 +307,38 @@ def test_window_skips_unreadable_members(redis_client, redis_prefix, caplog):
     assert sorted(windows.load([("key", "key-1")], T0 + 120)["ts"]) == [T0, T0 + 60, T0 + 120]
 
 
+def _wait_until(condition, deadline_s=60.0):
+    """Poll ``condition`` until it is true or ``deadline_s`` passes; return its last value."""
+    give_up = time.monotonic() + deadline_s
+    while not (result := condition()) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    return result
+
+
+def test_stream_deleted_while_blocked_keeps_running(make_consumer, redis_client, redis_prefix):
+    consumer = make_consumer(block_ms=30_000)
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    try:
+        blocked = lambda: any(  # noqa: E731
+            entry.get("cmd") == "xreadgroup" and "b" in entry.get("flags", "") for entry in redis_client.client_list()
+        )
+        assert _wait_until(blocked)
+
+        # FLUSHALL, or a DEL of the stream, unblocks XREADGROUP with an UNBLOCKED error (Redis 7).
+        redis_client.delete(consumer.settings.stream)
+        _append(redis_client, consumer.settings.stream, [_event(number) for number in range(5)])
+        windows = EventWindows(redis_client, prefix=redis_prefix)
+        assert _wait_until(lambda: not worker.is_alive() or windows.count("key", "key-1") == 5)
+        assert worker.is_alive()
+    finally:
+        stop.set()
+        redis_client.delete(consumer.settings.stream)  # ends the worker's next wait at once
+        worker.join()
+    assert windows.count("key", "key-1") == 5
+
+
 def test_own_pending_entry_deleted_is_dead_lettered(make_consumer, redis_client):
     consumer = make_consumer(consumer="worker-a")
     _append(redis_client, consumer.settings.stream, [_event(number) for number in range(3)])
@@ -360,9 +393,30 @@ def test_window_cache_reads_as_redis(redis_client, redis_prefix):
         newest = float(batch["ts"].max())
         tokens = [redis_client.get(cached.token_key(key)) for key in keys]
         if index:  # the first write finds no cached copy to update
-            assert all(cached.cache.get(key, token) is not None for key, token in zip(keys, tokens))
+            sizes = [redis_client.zcard(key) for key in keys]
+            assert all(cached.cache.get(key, token, size) is not None for key, token, size in zip(keys, tokens, sizes))
         assert cached.load(subjects, newest).equals(uncached.load(subjects, newest))
     assert len(cached.load(subjects, T0 + 8 * 86400 + 62)) == 6
+
+
+def test_window_cache_sees_evicted_window(redis_client, redis_prefix):
+    cached = EventWindows(redis_client, prefix=redis_prefix)
+    uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
+    subjects = [("key", "key-1")]
+    key = cached.key("key", "key-1")
+    cached.extend(frame(events("key-1", [T0, T0 + 60])))
+    assert len(cached.load(subjects, T0 + 60)) == 2
+
+    # Redis under maxmemory-policy allkeys-lru may evict the window and keep its token.
+    redis_client.delete(key)
+    assert cached.load(subjects, T0 + 60).empty
+
+    # Evicted again before this worker's next write, which then finds its own token.
+    cached.extend(frame(events("key-1", [T0 + 120])))
+    redis_client.delete(key)
+    cached.extend(frame(events("key-1", [T0 + 180])))
+    assert cached.load(subjects, T0 + 180).equals(uncached.load(subjects, T0 + 180))
+    assert len(cached.load(subjects, T0 + 180)) == 1
 
 
 def test_window_load_keeps_repeats_on_request(redis_client, redis_prefix):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import signal
 import threading
 from dataclasses import dataclass
 
@@ -10,7 +12,15 @@ import pytest
 
 from detector import pipeline
 from detector.detectors import AbnormalCostDetector, Finding, ImageQuotaDetector
-from detector.detectors.forked import DETECTOR_COST, DetectorProcessError, can_fork, detect_in_processes, split_by_cost
+from detector.detectors.forked import (
+    DETECTOR_COST,
+    DetectorProcessError,
+    _Child,
+    _collect,
+    can_fork,
+    detect_in_processes,
+    split_by_cost,
+)
 from detector.features import PreparedEvents, prepare_events
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors, run_detectors, score_events
@@ -51,10 +61,26 @@ class DyingDetector:
         os._exit(3)
 
 
+@dataclass(frozen=True, slots=True)
+class UnpicklableDetector:
+    """Return a finding whose evidence holds a function defined inside ``detect``, which pickle rejects."""
+
+    reason: str = "unpicklable"
+    version: str = "1"
+
+    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+        def local_function() -> None:
+            pass
+
+        return [
+            Finding("key", "k", "a", "text", self.reason, 50.0, 1.0, 0.0, 0.0, 0.0, "u/1", {"f": local_function})
+        ]
+
+
 @pytest.fixture(autouse=True)
 def cheap_test_detectors(monkeypatch):
     """Make the test detectors cheaper than AbnormalCostDetector, so they form the child's group."""
-    for reason in ("pid", "failing", "dying"):
+    for reason in ("pid", "failing", "dying", "unpicklable"):
         monkeypatch.setitem(DETECTOR_COST, reason, 0.1)
 
 
@@ -101,6 +127,30 @@ def test_dying_child_raises_in_parent(simulated, plans):
 
     with pytest.raises(DetectorProcessError, match="running dying ended without a result \\(exit status 3\\)"):
         detect_in_processes(detectors, prepared, processes=2)
+
+
+def test_unpicklable_finding_raises_in_parent(simulated, plans):
+    prepared = prepare_events(simulated.head(100), plans)
+    detectors = [AbnormalCostDetector(), UnpicklableDetector()]
+
+    with pytest.raises(DetectorProcessError, match=r"(?s)detector unpicklable failed in a child process.*local_function"):
+        detect_in_processes(detectors, prepared, processes=2)
+
+
+def test_child_killed_while_writing_raises():
+    findings = {0: [Finding("key", "k", "a", "text", "pid", 50.0, 1.0, 0.0, 0.0, 0.0, "pid/1", {"pad": "x" * 4096})]}
+    payload = pickle.dumps((findings, None), protocol=pickle.HIGHEST_PROTOCOL)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        os.write(write_fd, payload[: len(payload) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(1)  # not reached: SIGKILL cannot be caught
+    os.close(write_fd)
+
+    with pytest.raises(DetectorProcessError, match=f"running pid ended without a result \\(killed by signal {int(signal.SIGKILL)}\\)"):
+        _collect(_Child(pid, read_fd, [0]), [PidDetector()])
 
 
 def test_small_input_stays_in_process(simulated, plans):

@@ -139,11 +139,12 @@ class StreamConsumer:
                 delay = min(delay * 2, 30.0)
                 continue
             except redis.ResponseError as error:
-                if "NOGROUP" not in str(error):
+                # NOGROUP: the client reconnected by itself to a Redis that lost its data. UNBLOCKED: the
+                # stream was deleted (FLUSHALL, DEL) while this worker waited in XREADGROUP (Redis 7).
+                if not str(error).startswith(("NOGROUP", "UNBLOCKED")):
                     raise
-                # The client reconnected by itself to a Redis that lost its data.
                 connected = False
-                logger.warning("consumer %s: consumer group missing, Redis lost its data: %s", self.settings.consumer, error)
+                logger.warning("consumer %s: stream or consumer group missing, Redis lost its data: %s", self.settings.consumer, error)
                 continue
             except sqlalchemy.exc.DBAPIError as error:
                 # Nothing was acknowledged: the batch is read again once the database is back.

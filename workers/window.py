@@ -22,9 +22,9 @@ are dropped on reading too.
 Every write also replaces the subject's token,
 ``{prefix}:window-token:{subject_type}:{subject}``, which expires with the
 window. A worker keeps the windows it read or wrote decoded in memory
-(``workers.window_cache``) and uses its copy while the token in Redis is the
-one it saw, so a batch fetches and decodes only the windows that another
-worker, a compaction or an expiry changed.
+(``workers.window_cache``) and uses its copy while the token in Redis and the
+window's member count are the ones it saw, so a batch fetches and decodes only
+the windows that another worker, a compaction, an expiry or an eviction changed.
 
 Windows written by earlier versions, one JSON member per event, are read as
 well. Earlier versions cannot read chunks, and those before the token do not
@@ -171,8 +171,9 @@ class EventWindows:
         pipeline = self.client.pipeline(transaction=False)
         for key in keys:
             pipeline.get(self.token_key(key))
-        tokens = pipeline.execute()
-        cached = [self.cache.get(key, token) for key, token in zip(keys, tokens)]
+            pipeline.zcard(key)
+        replies = pipeline.execute()
+        cached = [self.cache.get(key, token, members) for key, token, members in zip(keys, replies[0::2], replies[1::2])]
         missing = [key for key, window in zip(keys, cached) if window is None]
         if not missing:
             return [window.chunks for window in cached]
@@ -186,7 +187,7 @@ class EventWindows:
         fetched = {}
         for key, token, members in zip(missing, replies[0::2], replies[1::2]):
             fetched[key] = _readable_chunks(key, members)
-            self.cache.put(key, token, fetched[key])
+            self.cache.put(key, token, len(members), fetched[key])
         return [window.chunks if window is not None else fetched[key] for key, window in zip(keys, cached)]
 
     def count(self, subject_type: str, subject: str) -> int:
@@ -207,15 +208,16 @@ class EventWindows:
             key = self.key(subject_type, subject)
             token = os.urandom(16)
             written.append((key, token, CachedChunk(newest, chunk, _decode(chunk))))
+            pipeline.zcard(key)
             pipeline.zadd(key, {chunk: newest})
             pipeline.zremrangebyscore(key, "-inf", f"({newest - self.window_seconds}")
             pipeline.expire(key, ttl)
             pipeline.zcard(key)
             pipeline.set(self.token_key(key), token, ex=ttl, get=True)
         replies = pipeline.execute()
-        sizes, replaced = replies[3::5], replies[4::5]
-        for (key, token, chunk), previous in zip(written, replaced):
-            self.cache.add_chunk(key, previous, token, chunk, chunk.score - self.window_seconds)
+        sizes_before, sizes, replaced = replies[0::6], replies[4::6], replies[5::6]
+        for (key, token, chunk), previous, size_before, size in zip(written, replaced, sizes_before, sizes):
+            self.cache.add_chunk(key, previous, size_before, token, size, chunk, chunk.score - self.window_seconds)
 
         keys = [key for key, _, _ in written]
         crowded = [key for key, size in zip(keys, sizes) if size > self.max_chunks]

@@ -3,12 +3,14 @@
 Every write to a window in Redis (``workers.window.EventWindows``) also
 replaces the subject's *token*, a random value under
 ``{prefix}:window-token:{subject_type}:{subject}``, in the same transaction.
-A cached window is used only while its token is still the one in Redis.
-So after a chunk from another worker, a compaction, an expiry or a Redis that
-lost its data, the next read fetches the window again. After its own write, a
-worker updates its copy in place when the token it replaced is the one it had
-cached: nobody else wrote in between, so the copy plus the new chunk is what
-Redis holds.
+A cached window is used only while its token is still the one in Redis and
+the window still has as many members as the copy was made from. So after a
+chunk from another worker, a compaction, an expiry, a Redis that lost its
+data or one that evicted the window but not its token (``maxmemory-policy``),
+the next read fetches the window again. After its own write, a worker
+updates its copy in place when the token it replaced and the member count it
+found are the ones it had cached: nobody else wrote in between, so the copy
+plus the new chunk is what Redis holds.
 
 Chunks are kept in Redis's order, by score and then by member bytes, so a
 read from the cache returns the same events in the same order as a read
@@ -38,6 +40,8 @@ class CachedWindow:
     """The readable chunks of one subject's window as of ``token``, in Redis order."""
 
     token: bytes
+    # Members of the window in Redis, readable or not, when the copy was made.
+    members: int
     chunks: list[CachedChunk] = field(default_factory=list)
 
     @property
@@ -54,32 +58,42 @@ class WindowCache:
         self._sizes: dict[str, int] = {}
         self._total = 0
 
-    def get(self, key: str, token: bytes | None) -> CachedWindow | None:
-        """Return the cached window of ``key`` if ``token`` is still the one it was cached under."""
+    def get(self, key: str, token: bytes | None, members: int) -> CachedWindow | None:
+        """Return the cached window of ``key`` if ``token`` and the member count are still those it was cached under."""
         window = self._windows.get(key)
-        if window is None or token is None or window.token != token:
+        if window is None or token is None or window.token != token or window.members != members:
             return None
         self._windows.move_to_end(key)
         return window
 
-    def put(self, key: str, token: bytes | None, chunks: list[CachedChunk]) -> None:
-        """Cache the chunks of ``key`` read under ``token``.
+    def put(self, key: str, token: bytes | None, members: int, chunks: list[CachedChunk]) -> None:
+        """Cache the chunks of ``key`` read under ``token`` from a window of ``members`` members.
 
         Without a token the copy could never be checked against Redis, so it is not kept.
         """
         self.discard(key)
         if token is None:
             return
-        self._store(key, CachedWindow(token, chunks))
+        self._store(key, CachedWindow(token, members, chunks))
 
-    def add_chunk(self, key: str, replaced: bytes | None, token: bytes, chunk: CachedChunk, oldest: float) -> None:
+    def add_chunk(
+        self,
+        key: str,
+        replaced: bytes | None,
+        members_before: int,
+        token: bytes,
+        members: int,
+        chunk: CachedChunk,
+        oldest: float,
+    ) -> None:
         """Apply this worker's own write to the cached copy, or drop the copy if another write came between.
 
-        ``replaced`` is the token the write replaced and ``oldest`` the score
-        below which the write trimmed chunks.
+        ``replaced`` and ``members_before`` are the token and the window's
+        member count that the write found, ``members`` the count after it and
+        ``oldest`` the score below which the write trimmed chunks.
         """
         window = self._windows.get(key)
-        if window is None or replaced is None or window.token != replaced:
+        if window is None or replaced is None or window.token != replaced or window.members != members_before:
             self.discard(key)
             return
 
@@ -88,7 +102,7 @@ class WindowCache:
             positions = [(kept.score, kept.member) for kept in chunks]
             chunks.insert(bisect.bisect_left(positions, (chunk.score, chunk.member)), chunk)
         self.discard(key)
-        self._store(key, CachedWindow(token, chunks))
+        self._store(key, CachedWindow(token, members, chunks))
 
     def discard(self, key: str) -> None:
         window = self._windows.pop(key, None)

@@ -117,12 +117,14 @@ def _run_child(detectors: Sequence[Detector], prepared: PreparedEvents, position
     status = 0
     try:
         try:
-            payload = ({position: detectors[position].detect(prepared) for position in positions}, None)
+            findings = {position: detectors[position].detect(prepared) for position in positions}
+            # Pickled before writing, so a finding that cannot be pickled is reported like a failed detector.
+            payload = pickle.dumps((findings, None), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException:  # noqa: BLE001 - every failure is sent to the parent
-            payload = (None, traceback.format_exc())
+            payload = pickle.dumps((None, traceback.format_exc()), protocol=pickle.HIGHEST_PROTOCOL)
             status = 1
         with os.fdopen(write_fd, "wb") as pipe:
-            pickle.dump(payload, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+            pipe.write(payload)
     except BaseException:  # noqa: BLE001 - the parent sees the exit status
         status = 2
     finally:
@@ -130,7 +132,7 @@ def _run_child(detectors: Sequence[Detector], prepared: PreparedEvents, position
 
 
 def _collect(child: _Child, detectors: Sequence[Detector]) -> dict[int, list[Finding]]:
-    """Read one child's findings; raise ``DetectorProcessError`` when it failed or sent nothing."""
+    """Read one child's findings. Raise ``DetectorProcessError`` when it failed or sent no complete result."""
     names = ", ".join(detectors[position].reason for position in child.positions)
     with os.fdopen(child.read_fd, "rb") as pipe:
         child.read_fd = -1
@@ -138,7 +140,9 @@ def _collect(child: _Child, detectors: Sequence[Detector]) -> dict[int, list[Fin
     pid = child.pid
     _, status = os.waitpid(pid, 0)
     child.pid = 0
-    if not data:
+    # Exit status 0 or 1 follows a complete write. A child killed while writing leaves
+    # truncated data, which is reported like no data.
+    if not data or not _wrote_result(status):
         raise DetectorProcessError(
             f"the child process running {names} ended without a result ({_describe_status(status)}). "
             "It may have run out of memory: score in one process with `fairuse score --processes 1`"
@@ -163,6 +167,10 @@ def _reap(child: _Child) -> None:
             pass
         os.waitpid(child.pid, 0)
         child.pid = 0
+
+
+def _wrote_result(status: int) -> bool:
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1)
 
 
 def _describe_status(status: int) -> str:
