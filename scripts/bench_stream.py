@@ -16,9 +16,11 @@ Measures, each under its own key prefix (removed afterwards):
   streamed, so every batch reads and scores N days of history;
 - decision lookup latency (p50/p99) through Redis (``DecisionClient`` without
   cache) and through the client's one-second cache;
-- append-to-decision latency: bots start sending while background traffic
-  runs at ``--rate`` events/s. It is the time from the request that crossed
-  the threshold (its ``detected_at``) to the decision being readable in Redis.
+- append-to-decision latency: 20 bots start sending, one a second, while
+  background traffic fills the rest of ``--rate`` events/s. It is the time
+  from the request that crossed the threshold (its ``detected_at``) to the
+  decision being readable in Redis, so the bots' decisions come from many
+  micro-batches.
   The background comes from 2,000 keys. With ``--history-days N`` the
   simulated keys' first N days are moved to end now, renamed to background
   keys and stored first, so every batch reads N days of windows.
@@ -267,13 +269,16 @@ def append_to_decision(
     history_end: float,
     warmup: float,
     batch_size: int,
-    bots: int = 10,
+    bots: int = 20,
+    stagger: float = 1.0,
 ) -> tuple[list[float], float]:
     """Return the seconds from each bot's crossing request to its decision in Redis, and the rate actually sent.
 
     The latencies are returned once all bots have a decision.
     One ``fairuse worker`` process consumes the stream, as in the throughput test.
     The bots start after ``warmup`` seconds of background traffic, so a worker that falls behind the rate shows it.
+    They start ``stagger`` seconds apart, so their decisions come from many batches, not one.
+    Each bot's latency is taken when its decision is first seen (polled every 0.1 s).
     """
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     stream = f"{prefix}:events"
@@ -282,40 +287,45 @@ def append_to_decision(
     if history:
         preload(client, prefix, database, _background_history(history, time.time() - history_end))
     processes = start_workers(client, url, database, prefix, 1, batch_size)
-    latencies: list[float] = []
+    latencies: dict[int, float] = {}
     try:
         started = time.time()
         bots_start = started + warmup
-        deadline = bots_start + 60
+        deadline = bots_start + bots * stagger + 60
         sent = 0
         while time.time() < deadline and len(latencies) < bots:
             tick = time.time()
             pipeline = client.pipeline(transaction=False)
-            for _ in range(rate // 10):
+            started_bots = min(bots, max(0, int((tick - bots_start) // stagger) + 1))
+            # The bots' requests are part of --rate, so the total stays at the rate asked for.
+            for _ in range(max(rate // 10 - 10 * started_bots, 0)):
                 pipeline.xadd(stream, {"event": orjson.dumps(_event(f"bg-{sent % BACKGROUND_KEYS}", tick, sent))})
                 sent += 1
-            for bot in range(bots if tick >= bots_start else 0):
+            for bot in range(started_bots):
                 for _ in range(10):  # 100 requests/s per bot: far above any plan's rate
                     pipeline.xadd(stream, {"event": orjson.dumps(_event(f"bot-{bot}", tick, sent, prompt="loop"))})
                     sent += 1
             pipeline.execute()
-            latencies = _decision_latencies(client, prefix, bots)
+            latencies.update(_new_decision_latencies(client, prefix, range(started_bots), latencies))
             time.sleep(max(0.0, 0.1 - (time.time() - tick)))
     finally:
         stop_workers(processes)
         cleanup(client, prefix)
-    return latencies, sent / (time.time() - started)
+    return (list(latencies.values()) if len(latencies) == bots else []), sent / (time.time() - started)
 
 
-def _decision_latencies(client: redis.Redis, prefix: str, bots: int) -> list[float]:
-    found = []
+def _new_decision_latencies(client: redis.Redis, prefix: str, bots: range, seen: dict[int, float]) -> dict[int, float]:
+    """Return, for bots whose decision is readable now and was not seen before, the seconds since it was detected."""
+    found = {}
     now = time.time()
-    for bot in range(bots):
+    for bot in bots:
+        if bot in seen:
+            continue
         raw = client.get(subject_key(prefix, "key", f"bot-{bot}"))
         if raw:
             entry = orjson.loads(raw)["active"][0]
-            found.append(max(now - entry["detected_ms"] / 1000, 0.0))
-    return found if len(found) == bots else []
+            found[bot] = max(now - entry["detected_ms"] / 1000, 0.0)
+    return found
 
 
 def _background_history(history: list[bytes], shift: float) -> pd.DataFrame:

@@ -231,10 +231,11 @@ class StreamConsumer:
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
         outcome.decisions = self.store.save_decisions(result.decisions)
+        # Stored decisions reach the gateway first; the case charts' activity can wait.
+        self.publisher.publish(result.decisions)
         ActivityLog(self.store.engine).record(
             result.prepared, result.acted_on(), since=float(fresh["ts"].min()), newly=_first_acted_on(result)
         )
-        self.publisher.publish(result.decisions)
         shadow = self.models.shadow() if self.models else None
         if shadow is not None:
             shadow.score(combined, plans=self.plans, store=self.store)
