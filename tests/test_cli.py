@@ -62,11 +62,11 @@ def test_score_with_two_processes_same_output(traffic, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "MIN_EVENTS_TO_FORK", 1)
     monkeypatch.setattr(pipeline, "detect_in_processes", recording)
-    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    single_out, forked_out = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
 
-    first = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/one.db", "--out", one)
+    first = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/one.db", "--out", single_out)
     assert forked_runs == []
-    second = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/two.db", "--out", two, "--processes", "2")
+    second = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/two.db", "--out", forked_out, "--processes", "2")
 
     assert first.exit_code == 0, first.output
     assert second.exit_code == 0, second.output
@@ -74,7 +74,7 @@ def test_score_with_two_processes_same_output(traffic, tmp_path, monkeypatch):
     for name in ("one.findings.jsonl", "one.subjects.jsonl"):
         assert (tmp_path / name).read_bytes() == (tmp_path / name.replace("one", "two")).read_bytes()
     without_created = [
-        [{**decision, "created_at": None} for decision in _lines(path)] for path in (one, two)
+        [{**decision, "created_at": None} for decision in _lines(path)] for path in (single_out, forked_out)
     ]
     assert without_created[0] == without_created[1]
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is not 
 
 @dataclass(frozen=True, slots=True)
 class PidDetector:
-    """Return one finding whose evidence holds the id of the process that ran ``detect``."""
+    """A detector whose one finding carries, in its evidence, the id of the process that ran ``detect``."""
 
     reason: str = "pid"
     version: str = "1"
@@ -63,7 +63,7 @@ class DyingDetector:
 
 @dataclass(frozen=True, slots=True)
 class UnpicklableDetector:
-    """Return a finding whose evidence holds a function defined inside ``detect``, which pickle rejects."""
+    """A detector whose finding carries, in its evidence, a function defined inside ``detect``, which pickle rejects."""
 
     reason: str = "unpicklable"
     version: str = "1"

@@ -9,8 +9,8 @@ chunk from another worker, a compaction, an expiry, a Redis that lost its
 data or one that evicted the window but not its token (``maxmemory-policy``),
 the next read fetches the window again. After its own write, a worker
 updates its copy in place when the token it replaced and the member count it
-found are the ones it had cached: nobody else wrote in between, so the copy
-plus the new chunk is what Redis holds.
+found are the ones it had cached. Then no other write came in between, so
+the copy plus the new chunk is what Redis contains.
 
 Chunks are kept in Redis's order, by score and then by member bytes, so a
 read from the cache returns the same events in the same order as a read

@@ -58,7 +58,7 @@ class KeySharingDetector:
     skipped a day still has the key, and a device the key has never seen is
     as new after that day as during it. A new device therefore counts as two
     users even when it is the only component in the window. Sharers rarely
-    use the key in the same minutes, so the concurrent test seldom sees them
+    use the key in the same minutes, so the concurrent test seldom finds them
     early.
 
     A third test catches people in different countries who share one user
