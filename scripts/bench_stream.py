@@ -7,8 +7,13 @@
 
 Measures, each under its own key prefix (removed afterwards):
 
-- worker throughput: events/s for one worker draining a stream of simulated
-  events, and for two ``fairuse worker`` processes sharing it. By default the
+- worker throughput: events/s for one worker taking a stream of simulated
+  events, and for two ``fairuse worker`` processes sharing it, measured two
+  ways. *Live*: timed from the first append, while this script appends
+  (about 85,000 entries/s from one Python process), so the workers take the
+  entries in several batches as they arrive. *Backlog*: the workers are
+  paused (SIGSTOP) while every entry is appended, and timed from their
+  resumption (SIGCONT), so they drain a backlog as after an outage. By default the
   events are the first ones of a simulated week, so the subjects' windows are
   short. With ``--history-days N`` the first N simulated days are scored and
   stored beforehand, as a worker would have left them (windows in Redis,
@@ -29,6 +34,7 @@ Measures, each under its own key prefix (removed afterwards):
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import subprocess
 import sys
@@ -93,11 +99,16 @@ def main() -> None:
 def print_throughput(
     client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lines: list[bytes]
 ) -> None:
-    runs = [throughput(client, args.redis, lines, folder, count, history, args.batch_size) for count in (1, 2)]
-    print(
-        f"worker throughput: 1 worker {runs[0]:,.0f} events/s, 2 workers {runs[1]:,.0f} events/s "
-        f"({len(lines):,} events, {len(history):,} events of history, batches of {args.batch_size:,})"
-    )
+    for backlog in (False, True):
+        runs = [
+            throughput(client, args.redis, lines, folder, count, history, args.batch_size, backlog=backlog)
+            for count in (1, 2)
+        ]
+        print(
+            f"worker throughput, {'backlog' if backlog else 'live'}: 1 worker {runs[0]:,.0f} events/s, "
+            f"2 workers {runs[1]:,.0f} events/s ({len(lines):,} events, {len(history):,} events of history, "
+            f"batches of {args.batch_size:,})"
+        )
 
 
 def print_latency(client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes]) -> None:
@@ -169,11 +180,14 @@ def throughput(
     history: list[bytes],
     batch_size: int,
     timeout: float = 600,
+    backlog: bool = False,
 ) -> float:
     """Return events/s from the first append until the workers have acknowledged every entry.
 
     The workers are started first and timed from three seconds after the first
     of them created the consumer group, so Python start-up is not counted.
+    With ``backlog``, the workers are paused while every entry is appended and
+    timed from their resumption instead.
     """
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     stream = f"{prefix}:events"
@@ -183,8 +197,13 @@ def throughput(
         preload(client, prefix, database, read_json_lines(history, "history").frame)
     processes = start_workers(client, url, database, prefix, workers, batch_size)
     try:
+        if backlog:
+            signal_workers(processes, signal.SIGSTOP)
+            append(client, stream, lines)
+            signal_workers(processes, signal.SIGCONT)
         started = time.perf_counter()
-        append(client, stream, lines)
+        if not backlog:
+            append(client, stream, lines)
         while True:
             info = client.xinfo_groups(stream)
             if info[0]["lag"] == 0 and info[0]["pending"] == 0 and info[0]["entries-read"] == len(lines):
@@ -218,6 +237,11 @@ def start_workers(
     # every worker a moment to finish starting after the first one made the group.
     time.sleep(3.0)
     return processes
+
+
+def signal_workers(processes: list[subprocess.Popen], number: int) -> None:
+    for process in processes:
+        process.send_signal(number)
 
 
 def stop_workers(processes: list[subprocess.Popen]) -> None:

