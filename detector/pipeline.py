@@ -18,6 +18,7 @@ import pandas as pd
 from detector.decisions import Decision
 from detector.detectors import Detector, Finding
 from detector.detectors import KeySharingDetector
+from detector.detectors.base import detect_since
 from detector.detectors.forked import can_fork, detect_in_processes
 from detector.features import PreparedEvents, prepare_events
 from detector.features.hosting import hosting_from_environment
@@ -90,6 +91,7 @@ def score_events(
     now: datetime | None = None,
     simulated: bool | None = None,
     processes: int = 1,
+    since: float | None = None,
 ) -> ScoringResult:
     """Run every detector over ``frame``, score subjects, and apply ``policy``.
 
@@ -101,11 +103,23 @@ def score_events(
     policy's simulation setting. With ``processes`` above 1, detectors run in
     that many processes when the input has at least ``MIN_EVENTS_TO_FORK``
     events and the process can fork (see ``detect_in_processes``).
+
+    With ``since`` (epoch seconds), the events before it are context only,
+    already scored by an earlier pass: a stream worker passes its batch's
+    earliest event time. Detectors then build findings from ``since`` minus
+    the policy's ``merge_window`` on, because the policy merges a subject's
+    findings of that span into each decision's reasons and evidence.
+    Findings that measure the whole input (automation patterns, anomalous
+    days) still come whole. The findings from ``since`` on and the decisions
+    are those of a pass without ``since``, given the decisions of the
+    earlier passes in ``prior``. The subject table's risk scores and reasons
+    then cover only the findings of this pass.
     """
     prepared = prepare_events(frame, plans)
 
+    findings_from = None if since is None else since - policy.merge_window.total_seconds()
     findings: list[Finding] = []
-    for detector, found in zip(detectors, run_detectors(detectors, prepared, processes)):
+    for detector, found in zip(detectors, run_detectors(detectors, prepared, processes, findings_from)):
         logger.debug("detector %s found %d", detector.reason, len(found))
         findings.extend(found)
 
@@ -123,11 +137,16 @@ def score_events(
     return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared, prior=existing)
 
 
-def run_detectors(detectors: Sequence[Detector], prepared: PreparedEvents, processes: int = 1) -> list[list[Finding]]:
-    """Return each detector's findings in detector order, from forked processes when that pays."""
+def run_detectors(
+    detectors: Sequence[Detector], prepared: PreparedEvents, processes: int = 1, since: float | None = None
+) -> list[list[Finding]]:
+    """Return each detector's findings in detector order, from forked processes when that pays.
+
+    ``since`` goes to each detector (see ``detect_since``).
+    """
     if processes > 1 and len(detectors) > 1 and len(prepared.events) >= MIN_EVENTS_TO_FORK and can_fork():
-        return detect_in_processes(detectors, prepared, processes)
-    return [detector.detect(prepared) for detector in detectors]
+        return detect_in_processes(detectors, prepared, processes, since)
+    return [detect_since(detector, prepared, since) for detector in detectors]
 
 
 def _hours_spanned(findings: Sequence[Finding]) -> tuple[datetime, datetime]:

@@ -34,9 +34,13 @@ class Shadow:
     policy: Policy
 
     def score(
-        self, frame: pd.DataFrame, *, plans: PlanCatalogue, store: DecisionStore, now: datetime | None = None
+        self, frame: pd.DataFrame, *, plans: PlanCatalogue, store: DecisionStore, now: datetime | None = None,
+        since: float | None = None,
     ) -> list[Decision]:
-        """Score ``frame`` with the candidate, store its decisions as simulated and return the new ones."""
+        """Score ``frame`` with the candidate, store its decisions as simulated and return the new ones.
+
+        ``since`` is passed to ``score_events``.
+        """
         if frame.empty:
             return []
         result = score_events(
@@ -47,6 +51,7 @@ class Shadow:
             prior=lambda subjects: shadow_decisions(store.decisions_for(subjects)),
             now=now,
             simulated=True,
+            since=since,
         )
         decisions = [as_shadow(decision, self.label) for decision in result.decisions]
         store.save_decisions(decisions)
@@ -109,3 +114,8 @@ def without_shadow(decisions: Iterable[Decision]) -> list[Decision]:
 def prior_without_shadow(store: DecisionStore):
     """Return a ``prior`` lookup for ``score_events`` that leaves shadow decisions out."""
     return lambda subjects: without_shadow(store.decisions_for(subjects))
+
+
+def decided_without_shadow(store: DecisionStore, subjects: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Return those of ``subjects`` with a stored decision that is not a shadow decision."""
+    return store.subjects_with_decisions(subjects, ignored_simulated_origin=SHADOW_PREFIX)

@@ -89,3 +89,16 @@ def test_recent_decisions_bounded_by_newest(database_url, policy):
 
     assert {decision.subject for decision in recent} == {"key-mid", "key-new"}
     assert store.recent_decisions(timedelta(days=2), created_since=datetime.now(UTC) + timedelta(hours=1)) == []
+
+
+def test_subjects_with_decisions_skip_shadow(database_url, policy):
+    from detector.shadow import as_shadow, decided_without_shadow
+
+    store = open_store(database_url)
+    decisions = decide([_finding("key-1"), _finding("key-2")], policy, now=NOW).decisions
+    store.save_decisions([decisions[0], as_shadow(decisions[1], "candidate")])
+
+    subjects = [("key", "key-1"), ("key", "key-2"), ("key", "KEY-1"), ("key", "key-3")]
+
+    assert store.subjects_with_decisions(subjects) == {("key", "key-1"), ("key", "key-2")}
+    assert decided_without_shadow(store, subjects) == {("key", "key-1")}

@@ -3,9 +3,13 @@
 Entries are read through a consumer group in micro-batches. For the subjects
 in a batch, their stored windows (``workers.window``) and the new events are
 scored together by ``detector.pipeline.score_events``, the same code the batch
-command runs. Findings and decisions are committed to the SQL store, decisions
-are published to Redis, the windows are extended, and only then are the
-entries acknowledged. A worker that dies before the acknowledgement leaves its
+command runs. It is given the batch's earliest event time as ``since``, so
+the stored events serve as context and findings are built from that time on
+(and over the policy's merge window before it). The findings before it were
+built and decided by earlier batches. A late event moves ``since`` back, so
+every finding after it is evaluated again. Findings and decisions are
+committed to the SQL store, decisions are published to Redis, the windows
+are extended, and only then are the entries acknowledged. A worker that dies before the acknowledgement leaves its
 entries pending; ``process_once`` claims entries idle longer than
 ``claim_idle_ms`` first, so another worker finishes them. Every step is
 idempotent on ``request_id`` and on decision ids, so a redelivered entry is
@@ -30,7 +34,7 @@ import sqlalchemy.exc
 
 from detector.detectors import Detector
 from detector.model_switch import ModelSwitch
-from detector.shadow import prior_without_shadow
+from detector.shadow import decided_without_shadow, prior_without_shadow
 from detector.pipeline import ScoringResult, score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
@@ -217,6 +221,7 @@ class StreamConsumer:
 
     def _score(self, fresh: pd.DataFrame, outcome: BatchOutcome) -> None:
         subjects = _subjects(fresh)
+        since = float(fresh["ts"].min())
         # Repeated requests are dropped once, from the history and the batch together.
         history = self.windows.load(subjects, float(fresh["ts"].max()), distinct=False)
         combined = pd.concat([history, fresh], ignore_index=True)
@@ -227,18 +232,20 @@ class StreamConsumer:
         result = score_events(
             combined, plans=self.plans, policy=self.policy, detectors=detectors, prior=prior_without_shadow(self.store),
             suspensions=self.store.suspensions_between, allowlisted=StaffAllowlist(self.store.engine).active_among,
+            since=since,
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
         outcome.decisions = self.store.save_decisions(result.decisions)
         # Stored decisions reach the gateway first; the case charts' activity can wait.
         self.publisher.publish(result.decisions)
-        ActivityLog(self.store.engine).record(
-            result.prepared, result.acted_on(), since=float(fresh["ts"].min()), newly=_first_acted_on(result)
-        )
+        # ``result.prior`` contains the stored decisions of the subjects with findings in this pass only.
+        acted_on = result.acted_on()
+        acted_on |= decided_without_shadow(self.store, subjects - acted_on)
+        ActivityLog(self.store.engine).record(result.prepared, acted_on, since=since, newly=_first_acted_on(result))
         shadow = self.models.shadow() if self.models else None
         if shadow is not None:
-            shadow.score(combined, plans=self.plans, store=self.store)
+            shadow.score(combined, plans=self.plans, store=self.store, since=since)
         self.windows.extend(fresh)
 
     def _payloads(self, entries) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:
@@ -288,7 +295,7 @@ class StreamConsumer:
         return [entry for entry in entries if entry[1] is not None]
 
 
-def _subjects(frame: pd.DataFrame) -> list[tuple[str, str]]:
+def _subjects(frame: pd.DataFrame) -> set[tuple[str, str]]:
     """Return the distinct (subject_type, key_id) pairs of ``frame``.
 
     The pairs are found before any string becomes a Python object: iterating
@@ -296,7 +303,7 @@ def _subjects(frame: pd.DataFrame) -> list[tuple[str, str]]:
     0.1 s of the batch's 0.65 s.
     """
     pairs = frame[["subject_type", "key_id"]].drop_duplicates()
-    return list(zip(pairs["subject_type"].tolist(), pairs["key_id"].tolist()))
+    return set(zip(pairs["subject_type"].tolist(), pairs["key_id"].tolist()))
 
 
 def _first_acted_on(result: ScoringResult) -> set[tuple[str, str]]:

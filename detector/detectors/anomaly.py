@@ -23,6 +23,11 @@ class AnomalyDetector:
     day's last request. So a batch never scores its input's last day, a stream
     scores a day once a later event of the same subject arrives, and the
     scheduled re-scoring job (``as_of`` = now) scores the days of quiet keys.
+
+    ``detect`` takes no ``since`` (see ``Detector``), because a day's
+    features cover the whole day and the newest event of the input decides
+    which days are closed. Every pass therefore scores every closed day of
+    its input.
     """
 
     model: AnomalyModel

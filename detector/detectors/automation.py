@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import Finding, escalations, findings_from_rows
+from detector.detectors.base import Finding, at_or_after, escalations, findings_from_rows, from_period_start
 from detector.features import PreparedEvents
 from detector.features.runs import max_count_per_run, run_numbers, run_starts
 
@@ -60,10 +60,14 @@ class AutomationDetector:
     reason: str = "automation"
     version: str = "2"
 
-    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+    def detect(self, prepared: PreparedEvents, since: float | None = None) -> list[Finding]:
+        """Return the findings, or with ``since`` the load findings detected from ``since`` on (see ``Detector``).
+
+        A pattern finding measures the whole input, so ``since`` leaves it as it is.
+        """
         if prepared.events.empty:
             return []
-        return self._detect_load(prepared) + self._detect_pattern(prepared)
+        return self._detect_load(prepared, since) + self._detect_pattern(prepared)
 
     def _thresholds(self) -> dict[str, float]:
         return {
@@ -81,7 +85,7 @@ class AutomationDetector:
 
     # Load: 10-minute buckets ------------------------------------------------
 
-    def _detect_load(self, prepared: PreparedEvents) -> list[Finding]:
+    def _detect_load(self, prepared: PreparedEvents, since: float | None) -> list[Finding]:
         events = prepared.events
         subject = events["subject"].to_numpy()
         ts = events["ts"].to_numpy()
@@ -92,6 +96,10 @@ class AutomationDetector:
         # Every measure below covers the trailing 10 minutes up to and including each request.
         count = prepared.count_in_window(WINDOW)
         busy = count >= level
+        # Findings escalate per 10-minute bucket, so the bucket holding ``since`` is tested from its start.
+        recent = from_period_start(ts, since, WINDOW)
+        if recent is not None:
+            busy &= recent
         if not busy.any():
             return []
         # Only busy events can be flagged, so every measure is taken at busy events only.
@@ -100,8 +108,9 @@ class AutomationDetector:
 
         parallel = prepared.count_in_window(1.0)
         waves = _trailing_sum((parallel == self.min_parallel).astype(np.int64), start, positions)
-        # Only subjects with a busy window can be flagged, so only their prompts are counted.
-        busy_subjects = np.isin(subject, np.unique(subject[busy]))
+        # Only subjects with a busy window can be flagged, so only their prompts are counted, and only from
+        # the start of the first busy event's trailing window (with a second of margin).
+        busy_subjects = np.isin(subject, np.unique(subject[busy])) & (ts >= ts[positions].min() - WINDOW - 1.0)
         prompts = np.where(busy_subjects, events["prompt"].to_numpy(), -1)
         same_prompt = _trailing_same_value_count(prepared, prompts, WINDOW)[positions]
         del busy_subjects, prompts
@@ -147,6 +156,7 @@ class AutomationDetector:
         rows["detected_at"] = rows["ts"]
         rows["window_start"] = rows["ts"] - WINDOW
         rows["window_end"] = rows["ts"]
+        rows = at_or_after(rows, since)
 
         return findings_from_rows(
             prepared,

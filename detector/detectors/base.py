@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,12 +39,49 @@ class Finding:
 
 
 class Detector(Protocol):
-    """A stateless pass over prepared events that returns findings for one reason code."""
+    """A stateless pass over prepared events that returns findings for one reason code.
+
+    ``detect`` may take a keyword ``since`` (epoch seconds, or None). With it,
+    the detector returns the same findings with ``detected_at >= since`` as
+    without it, and may leave out those before ``since``. Earlier events are
+    still read as context. Findings that depend on the whole input, not only
+    on events up to them, come back as they do without ``since``.
+    """
 
     reason: str
     version: str
 
     def detect(self, prepared: PreparedEvents) -> list[Finding]: ...
+
+
+def detect_since(detector: Detector, prepared: PreparedEvents, since: float | None) -> list[Finding]:
+    """Run ``detector`` on ``prepared``, passing ``since`` only when it is set.
+
+    A detector whose ``detect`` takes no ``since`` still works: without
+    ``since`` every finding is returned, which includes those at or after it.
+    """
+    if since is None or "since" not in inspect.signature(detector.detect).parameters:
+        return detector.detect(prepared)
+    return detector.detect(prepared, since=since)  # type: ignore[call-arg]
+
+
+def from_period_start(ts: np.ndarray, since: float | None, period: float) -> np.ndarray | None:
+    """Mark the rows at or after the start of the ``period``-second clock period holding ``since``, or return None without ``since``.
+
+    A detector escalates findings per subject and period (``escalations``), so
+    it needs the rows from the period's start to find the same escalations
+    from ``since`` on.
+    """
+    if since is None:
+        return None
+    return ts >= since // period * period
+
+
+def at_or_after(rows: pd.DataFrame, since: float | None) -> pd.DataFrame:
+    """Keep the rows detected at or after ``since``, or all rows without ``since``."""
+    if since is None:
+        return rows
+    return rows[(rows["detected_at"] >= since).to_numpy()]
 
 
 def findings_from_rows(

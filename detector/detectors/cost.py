@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import Finding, escalations, findings_from_rows
+from detector.detectors.base import Finding, at_or_after, escalations, findings_from_rows, from_period_start
 from detector.features import PreparedEvents
 
 HOUR = 3600.0
@@ -83,7 +83,14 @@ class AbnormalCostDetector:
     reason: str = "abnormal_cost"
     version: str = "2"
 
-    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+    def detect(self, prepared: PreparedEvents, since: float | None = None) -> list[Finding]:
+        """Return the findings, or with ``since`` those detected from ``since`` on (see ``Detector``).
+
+        Findings escalate per clock hour, so with ``since`` the requests from
+        the start of the hour holding it are tested. Each test reads only the
+        requests up to the one tested and the baseline of the days before, so
+        the earlier requests are context.
+        """
         events = prepared.events
         if events.empty:
             return []
@@ -108,13 +115,19 @@ class AbnormalCostDetector:
             window_budget = hourly_budget * (self.short_window / HOUR)
             rate_share = np.where(window_budget > 0, spend_short / window_budget, 0.0)
         # A rolling-hour spike needs min_budget_share of the hourly budget; over budget needs impact 1.
-        hour_candidates = np.flatnonzero((spend_1h >= self.min_budget_share * hourly_budget) | (impact_1h >= 1.0))
-        short_candidates = np.flatnonzero(rate_share >= self.min_short_rate_share)
-        del impact_1h, window_budget, rate_share
+        hour_flagged = (spend_1h >= self.min_budget_share * hourly_budget) | (impact_1h >= 1.0)
+        short_flagged = rate_share >= self.min_short_rate_share
+        recent = from_period_start(events["ts"].to_numpy(), since, HOUR)
+        if recent is not None:
+            hour_flagged &= recent
+            short_flagged &= recent
+        hour_candidates = np.flatnonzero(hour_flagged)
+        short_candidates = np.flatnonzero(short_flagged)
+        del impact_1h, window_budget, rate_share, hour_flagged, short_flagged
 
         # The hour baseline also gives the short window its history size.
         hour_positions = np.union1d(hour_candidates, short_candidates)
-        hour_baseline = self._baseline_per_event(events, HOUR, positions=hour_positions)
+        hour_baseline = self._baseline_per_event(events, HOUR, hour_positions)
         history_hours = hour_baseline["history_hours"].to_numpy()
         at_hour_candidates = np.searchsorted(hour_positions, hour_candidates)
         rolling_hour = self._score_rolling_hour(
@@ -127,7 +140,7 @@ class AbnormalCostDetector:
         rolling_hour["row"] = hour_candidates[rolling_hour["row"].to_numpy()]
         del hour_baseline
 
-        short_baseline = self._baseline_per_event(events, self.short_window, spend_short, positions=short_candidates)
+        short_baseline = self._baseline_per_event(events, self.short_window, short_candidates, spend_short)
         short_window = self._score_short_window(
             spend_short[short_candidates],
             spend_1h[short_candidates],
@@ -149,7 +162,7 @@ class AbnormalCostDetector:
         ):
             scored[name] = values[flagged]
 
-        rows = self._escalations_per_subject_hour(events, scored)
+        rows = at_or_after(self._escalations_per_subject_hour(events, scored), since)
         return findings_from_rows(
             prepared,
             rows,
@@ -174,52 +187,37 @@ class AbnormalCostDetector:
     def _baseline_per_event(
         self,
         events: pd.DataFrame,
-        bin_seconds: float = HOUR,
+        bin_seconds: float,
+        positions: np.ndarray,
         rolling: np.ndarray | None = None,
-        positions: np.ndarray | None = None,
     ) -> pd.DataFrame:
-        """Return median, MAD, busy bin and history size of each event's subject for its day.
+        """Return median, MAD, busy bin and history size of the subject of each event at ``positions``, for its day.
 
         The statistics are over the subject's active clock bins of ``bin_seconds``
         (bins with any spend) in the seven UTC days before the event's day. A
         bin's value is its spend, or with ``rolling`` (a rolling spend per
-        event) the highest rolling spend at an event inside the bin. With
-        ``positions`` (event indexes), one row per position instead of per event.
+        event) the highest rolling spend at an event inside the bin. Only the
+        subjects and days of ``positions`` get a baseline, because each
+        subject's statistics depend on its own events alone.
         """
-        subject = events["subject"].to_numpy()
-        ts = events["ts"].to_numpy()
-        time_bin = (ts // bin_seconds).astype(np.int64)
-        day = (ts // DAY).astype(np.int64)
+        subject_at = events["subject"].to_numpy()[positions]
+        day_at = (events["ts"].to_numpy()[positions] // DAY).astype(np.int64)
+        # Events are sorted by subject, so keeping whole subjects keeps each (subject, bin) one run.
+        involved = np.isin(events["subject"].to_numpy(), np.unique(subject_at))
+        binned = self._bins(events, involved, bin_seconds, rolling)
 
-        # Spend per subject and bin from the sorted events: one row per (subject, bin) run.
-        run_start = np.ones(len(events), dtype=bool)
-        run_start[1:] = (subject[1:] != subject[:-1]) | (time_bin[1:] != time_bin[:-1])
-        starts = np.flatnonzero(run_start)
-        binned = pd.DataFrame(
-            {
-                "subject": subject[starts],
-                "day": day[starts],
-                "cost": np.add.reduceat(events["cost"].to_numpy(), starts) if len(starts) else [],
-            }
-        )
-        if rolling is not None and len(starts):
-            binned["cost"] = np.maximum.reduceat(rolling, starts)
-        binned = binned[binned["cost"] > 0]
-
-        first_day = int(day.min()) if len(day) else 0
-        days = np.unique(day)
+        days = np.unique(day_at)
         per_day = [self._baseline_for_day(binned, int(value)) for value in days]
         baselines = pd.concat(per_day, ignore_index=True) if per_day else pd.DataFrame()
 
         # Gather by a dense (subject, day) index instead of merging per event.
+        first_day = int(days.min()) if len(days) else 0
         width = int(days.max()) - first_day + 1 if len(days) else 1
-        lookup = np.full((int(subject.max()) + 1 if len(subject) else 0) * width, -1, dtype=np.int64)
+        lookup = np.full((int(subject_at.max()) + 1 if len(subject_at) else 0) * width, -1, dtype=np.int64)
         if len(baselines):
             slots = baselines["subject"].to_numpy() * width + (baselines["day"].to_numpy() - first_day)
             lookup[slots] = np.arange(len(baselines))
-        if positions is None:
-            positions = np.arange(len(events))
-        slots = subject[positions] * width + (day[positions] - first_day)
+        slots = subject_at * width + (day_at - first_day)
         rows = lookup[slots] if len(slots) else np.array([], dtype=np.int64)
         found = rows >= 0
 
@@ -234,6 +232,26 @@ class AbnormalCostDetector:
             history[found] = baselines["history_hours"].to_numpy()[rows[found]]
         merged["history_hours"] = history
         return merged
+
+    @staticmethod
+    def _bins(events: pd.DataFrame, involved: np.ndarray, bin_seconds: float, rolling: np.ndarray | None) -> pd.DataFrame:
+        """Return the spend (or highest ``rolling`` spend) of each active (subject, clock bin) of the ``involved`` events."""
+        subject = events["subject"].to_numpy()[involved]
+        ts = events["ts"].to_numpy()[involved]
+        time_bin = (ts // bin_seconds).astype(np.int64)
+        run_start = np.ones(len(subject), dtype=bool)
+        run_start[1:] = (subject[1:] != subject[:-1]) | (time_bin[1:] != time_bin[:-1])
+        starts = np.flatnonzero(run_start)
+        binned = pd.DataFrame(
+            {
+                "subject": subject[starts],
+                "day": (ts[starts] // DAY).astype(np.int64),
+                "cost": np.add.reduceat(events["cost"].to_numpy()[involved], starts) if len(starts) else [],
+            }
+        )
+        if rolling is not None and len(starts):
+            binned["cost"] = np.maximum.reduceat(rolling[involved], starts)
+        return binned[binned["cost"] > 0]
 
     def _baseline_for_day(self, binned: pd.DataFrame, day: int) -> pd.DataFrame:
         history = binned[(binned["day"] >= day - 7) & (binned["day"] < day)]

@@ -27,6 +27,8 @@ def rolling_components(
     new_device_age: float = 0.0,
     established_age: float = np.inf,
     established_window: float = 0.0,
+    *,
+    since: float | None = None,
 ) -> pd.DataFrame:
     """Return, at each moment a subject's device graph gains an edge, its components over the trailing ``window``.
 
@@ -62,6 +64,11 @@ def rolling_components(
     are left out: each join looks at all of a subject's edges, so a key
     rotating through thousands of proxy networks would take minutes. Such a
     key is left to the other sharing tests and detectors.
+
+    With ``since`` (epoch seconds), only the moments from ``since`` on are
+    returned. Each row reads the events up to its moment, so those rows are
+    the same as without ``since``, except that the subjects left out are
+    still those with too many edges in the whole input.
     """
     known = (events["net"].to_numpy() >= 0) & (events["ua"].to_numpy() >= 0)
     known_events = _without_edge_floods(events[known])
@@ -76,6 +83,8 @@ def rolling_components(
     lookback = max(window, established_window)
     chunks = [_EMPTY_GROWTH]
     joins = _joins(edges, ts, window, requests)
+    if since is not None:
+        joins = joins[ts[joins] >= since]
     for chunk in range(0, len(joins), _JOINS_PER_CHUNK):
         positions = joins[chunk : chunk + _JOINS_PER_CHUNK]
         states = edges.states_at(positions, ts[positions], window, requests, country_window, lookback)

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from detector.detectors.base import Detector, Finding
+from detector.detectors.base import Detector, Finding, detect_since
 from detector.features import PreparedEvents
 
 logger = logging.getLogger(__name__)
@@ -75,23 +75,24 @@ def split_by_cost(detectors: Sequence[Detector], processes: int) -> list[list[in
 
 
 def detect_in_processes(
-    detectors: Sequence[Detector], prepared: PreparedEvents, processes: int = 2
+    detectors: Sequence[Detector], prepared: PreparedEvents, processes: int = 2, since: float | None = None
 ) -> list[list[Finding]]:
     """Return each detector's findings, in detector order, computed over ``processes`` processes.
 
     The parent runs the first group of ``split_by_cost`` and forks one child
     per other group. A detector that raises in a child, or a child that dies,
     raises ``DetectorProcessError`` here with the child's traceback or exit
-    status. The caller checks ``can_fork`` first.
+    status. The caller checks ``can_fork`` first. ``since`` goes to every
+    detector (see ``detect_since``).
     """
     groups = split_by_cost(detectors, processes)
     children: list[_Child] = []
     results: dict[int, list[Finding]] = {}
     try:
         for group in groups[1:]:
-            children.append(_fork_child(detectors, prepared, group))
+            children.append(_fork_child(detectors, prepared, group, since))
         for position in groups[0]:
-            results[position] = detectors[position].detect(prepared)
+            results[position] = detect_since(detectors[position], prepared, since)
         for child in children:
             results.update(_collect(child, detectors))
     finally:
@@ -100,17 +101,21 @@ def detect_in_processes(
     return [results[position] for position in range(len(detectors))]
 
 
-def _fork_child(detectors: Sequence[Detector], prepared: PreparedEvents, positions: list[int]) -> _Child:
+def _fork_child(
+    detectors: Sequence[Detector], prepared: PreparedEvents, positions: list[int], since: float | None
+) -> _Child:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child never returns from here
         os.close(read_fd)
-        _run_child(detectors, prepared, positions, write_fd)
+        _run_child(detectors, prepared, positions, since, write_fd)
     os.close(write_fd)
     return _Child(pid, read_fd, positions)
 
 
-def _run_child(detectors: Sequence[Detector], prepared: PreparedEvents, positions: list[int], write_fd: int) -> None:
+def _run_child(
+    detectors: Sequence[Detector], prepared: PreparedEvents, positions: list[int], since: float | None, write_fd: int
+) -> None:
     """Run the detectors at ``positions`` and write ``(findings by position, error text)`` to ``write_fd``.
 
     The child ends with ``os._exit``, so it never runs the parent's exit
@@ -119,7 +124,7 @@ def _run_child(detectors: Sequence[Detector], prepared: PreparedEvents, position
     status = 0
     try:
         try:
-            findings = {position: detectors[position].detect(prepared) for position in positions}
+            findings = {position: detect_since(detectors[position], prepared, since) for position in positions}
             # Pickled before writing, so a finding that cannot be pickled is reported like a failed detector.
             payload = pickle.dumps((findings, None), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException:  # noqa: BLE001 - every failure is sent to the parent

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import Finding, escalations, findings_from_rows
+from detector.detectors.base import Finding, at_or_after, escalations, findings_from_rows, from_period_start
 from detector.features import PreparedEvents
 
 DAY = 86400.0
@@ -26,7 +26,8 @@ class ImageQuotaDetector:
     reason: str = "image_quota"
     version: str = "1"
 
-    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+    def detect(self, prepared: PreparedEvents, since: float | None = None) -> list[Finding]:
+        """Return the findings, or with ``since`` those detected from ``since`` on (see ``Detector``)."""
         events = prepared.events
         subjects = prepared.subjects
         if events.empty:
@@ -42,6 +43,9 @@ class ImageQuotaDetector:
         rolling = prepared.sum_in_window(images.astype(np.float64), WEEK, mask)
         window = subjects["weekly_images"].to_numpy()[subject[mask]].astype(np.float64)
         over = rolling > window
+        recent = from_period_start(events["ts"].to_numpy()[mask], since, DAY)
+        if recent is not None:
+            over &= recent
         if not over.any():
             return []
 
@@ -62,6 +66,7 @@ class ImageQuotaDetector:
         first["detected_at"] = first["ts"]
         first["window_start"] = first["ts"] - WEEK
         first["window_end"] = first["ts"]
+        first = at_or_after(first, since)
 
         return findings_from_rows(
             prepared,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import Finding, escalations, findings_from_rows
+from detector.detectors.base import Finding, at_or_after, escalations, findings_from_rows, from_period_start
 from detector.detectors.device_graph import rolling_components
 from detector.features import PreparedEvents, address_gaps
 from detector.features.hosting import HostingNetworks
@@ -103,19 +103,32 @@ class KeySharingDetector:
     reason: str = "key_sharing"
     version: str = "1"
 
-    def detect(self, prepared: PreparedEvents) -> list[Finding]:
+    def detect(self, prepared: PreparedEvents, since: float | None = None) -> list[Finding]:
+        """Return the findings, or with ``since`` those detected from ``since`` on (see ``Detector``).
+
+        Findings escalate per subject and UTC day, so with ``since`` the day
+        holding it is evaluated from its start. Earlier events still count:
+        each network's first use, the networks that took part in switches and
+        the country days reach back over the whole input. The subjects left
+        out of the device graph for having too many edges are counted over
+        the whole input too, with or without ``since``.
+        """
         events = prepared.events
         if events.empty:
             return []
 
         settled = _settled_networks(events, self.min_network_span)
+        day_start = None if since is None else since // DAY * DAY
         rows = pd.concat(
             [
                 self._concurrent_findings(prepared, settled),
-                self._device_findings(prepared),
+                self._device_findings(prepared, day_start),
                 self._country_findings(prepared, settled),
             ]
         )
+        recent = from_period_start(rows["detected_at"].to_numpy(), since, DAY)
+        if recent is not None:
+            rows = rows[recent]
         if rows.empty:
             return []
 
@@ -127,7 +140,8 @@ class KeySharingDetector:
         rows["score"] = rows["score"].clip(upper=100)
         rows["impact"] = users.astype(float)
 
-        first = escalations(rows, ["subject", "day"]).reset_index(drop=True)
+        first = escalations(rows, ["subject", "day"])
+        first = at_or_after(first, since).reset_index(drop=True)
         first["window_start"] = first["detected_at"] - DAY
         spread = _spread_so_far(prepared, first["subject"].to_numpy(), first["detected_at"].to_numpy())
         first = pd.concat([first, spread], axis=1)
@@ -202,10 +216,10 @@ class KeySharingDetector:
             }
         )
 
-    def _device_findings(self, prepared: PreparedEvents) -> pd.DataFrame:
+    def _device_findings(self, prepared: PreparedEvents, since: float | None) -> pd.DataFrame:
         growth = rolling_components(
             self._without_hosting(prepared), self.device_window, self.min_component_requests, self.country_window,
-            self.new_device_age, self.established_age, self.established_window,
+            self.new_device_age, self.established_age, self.established_window, since=since,
         )
         many_devices = growth["components"] >= self.min_components
         separate_countries = growth["country_components"] >= 2
@@ -417,7 +431,11 @@ def _count_at(
 def _spread_so_far(prepared: PreparedEvents, subjects: np.ndarray, times: np.ndarray) -> pd.DataFrame:
     """Distinct networks, countries and user agents of each subject from UTC midnight up to each time."""
     events = prepared.events
-    involved = np.flatnonzero(np.isin(events["subject"].to_numpy(), np.unique(subjects)))
+    # The counts restart at each UTC midnight, so the days before the earliest time are not read.
+    first_day_start = times.min() // DAY * DAY if len(times) else 0.0
+    involved = np.flatnonzero(
+        np.isin(events["subject"].to_numpy(), np.unique(subjects)) & (events["ts"].to_numpy() >= first_day_start)
+    )
     subject = events["subject"].to_numpy()[involved]
     day = (events["ts"].to_numpy()[involved] // DAY).astype(np.int64)
     keys = prepared.composite_time[involved]

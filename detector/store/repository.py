@@ -8,7 +8,7 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Insert, func, or_, select, tuple_
+from sqlalchemy import Engine, Insert, and_, func, or_, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -60,6 +60,30 @@ class DecisionStore:
                     tuple_(DecisionRow.subject_type, DecisionRow.subject).in_(chunk)
                 )
                 found.extend(_to_decision(row) for row in session.scalars(query))
+        return found
+
+    def subjects_with_decisions(
+        self, subjects: Iterable[tuple[str, str]], *, ignored_simulated_origin: str | None = None
+    ) -> set[tuple[str, str]]:
+        """Return those of the given (subject_type, subject) pairs that have a stored decision.
+
+        Simulated decisions whose origin starts with ``ignored_simulated_origin``
+        do not count (shadow decisions, see ``detector.shadow``).
+        """
+        stored_as = {(kind, name.replace("\x00", "\ufffd")): (kind, name) for kind, name in subjects}
+        pairs = sorted(stored_as)
+        found: set[tuple[str, str]] = set()
+        with Session(self.engine) as session:
+            for start in range(0, len(pairs), _CHUNK):
+                query = select(DecisionRow.subject_type, DecisionRow.subject).distinct().where(
+                    tuple_(DecisionRow.subject_type, DecisionRow.subject).in_(pairs[start : start + _CHUNK])
+                )
+                if ignored_simulated_origin is not None:
+                    query = query.where(
+                        ~and_(DecisionRow.simulated, DecisionRow.origin.startswith(ignored_simulated_origin))
+                    )
+                # MariaDB compares text case-insensitively by default; keep exact matches only.
+                found.update(stored_as[tuple(pair)] for pair in session.execute(query) if tuple(pair) in stored_as)
         return found
 
     def suspensions_between(self, start: datetime, end: datetime) -> list[Decision]:
