@@ -1,12 +1,12 @@
-"""EventWindows against real Redis: expiry of every key it writes, script reloads and the window's lower edge."""
+"""EventWindows against real Redis: expiry of every key it writes, script reloads and the window's start."""
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from detector.events import COLUMNS
+from workers import window
 from workers.window import EventWindows, decode_chunks
-from workers.window_cache import CachedChunk
 from tests.factories import DAY, T0, events, frame
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,8 @@ def _assert_all_expire(redis_client, prefix):
         assert 0 < redis_client.ttl(key) <= TTL, key
 
 
-def test_extend_sets_ttl_on_every_key(redis_client, redis_prefix):
+def test_extend_sets_ttl_on_every_key(redis_client, redis_prefix, monkeypatch):
+    monkeypatch.setattr(window, "SCRIPT_SUBJECTS", 2)
     windows = EventWindows(redis_client, prefix=redis_prefix)
     # Keys left without a TTL, as another tool or a lost EXPIRE would leave them.
     redis_client.zadd(windows.key("key", "key-1"), {b"{}": T0})
@@ -48,17 +49,22 @@ def test_compaction_sets_ttl_on_every_key(redis_client, redis_prefix):
     _assert_all_expire(redis_client, redis_prefix)
 
 
-def test_extend_returns_token_to_cache(redis_client, redis_prefix):
+def test_extend_updates_cache_across_script_calls(redis_client, redis_prefix, monkeypatch):
+    monkeypatch.setattr(window, "SCRIPT_SUBJECTS", 2)
     windows = EventWindows(redis_client, prefix=redis_prefix)
-    subjects = [("key", "key-1"), ("key", "key-2")]
-    windows.extend(frame(events("key-1", [T0]), events("key-2", [T0])))
+    names = ("key-1", "key-2", "key-3", "key-4", "key-5")
+    subjects = [("key", name) for name in names]
+    windows.extend(frame(*[events(name, [T0]) for name in names]))
     windows.load(subjects, T0)
 
-    windows.extend(frame(events("key-1", [T0 + 60])))
+    windows.extend(frame(*[events(name, [T0 + 60] * number) for number, name in enumerate(names[1:], start=1)]))
 
-    key = windows.key("key", "key-1")
-    token = redis_client.get(windows.token_key(key))
-    assert windows.cache.get(key, token, 2) is not None
+    for number, name in enumerate(names):
+        key = windows.key("key", name)
+        token = redis_client.get(windows.token_key(key))
+        members = 2 if number else 1
+        assert windows.cache.get(key, token, members) is not None, name
+        assert sum(chunk.batch.num_rows for chunk in windows.cache.get(key, token, members).chunks) == number + 1, name
 
 
 def test_scripts_reloaded_after_noscript(redis_client, redis_prefix):
@@ -72,39 +78,11 @@ def test_scripts_reloaded_after_noscript(redis_client, redis_prefix):
     assert len(windows.load([("key", "key-1")], T0 + 60)) == 2
 
 
-def test_written_chunk_order_matches_rows(redis_client, redis_prefix):
-    windows = EventWindows(redis_client, prefix=redis_prefix)
-    names = ("key-1", "key-2", "key-3", "key-4")
-    subjects = [("key", name) for name in names]
-    windows.extend(frame(*[events(name, [T0 - 100]) for name in names]))
-    windows.load(subjects, T0)
-    batch = _unsorted(
-        events("key-1", [T0 + 30, T0 + 10, T0 + 20]),
-        events("key-2", [T0 + 5, T0 + 6]),
-        events("key-3", [T0 + 7]),
-        events("key-4", [T0 + 9, T0 + 9]),
-    )
-
-    windows.extend(batch)
-
-    for name in names:
-        key = windows.key("key", name)
-        stored = redis_client.zrange(key, 0, -1, withscores=True)
-        cached = windows.cache._windows[key].chunks
-        assert len(cached) == len(stored) == 2, name
-        for chunk, (member, score) in zip(cached, stored):
-            read = CachedChunk.of(score, member, decode_chunks([member]).to_batches()[0])
-            assert (chunk.oldest, chunk.ordered) == (read.oldest, read.ordered), name
-    newest_chunks = [windows.cache._windows[windows.key("key", name)].chunks[-1] for name in names]
-    assert [chunk.ordered for chunk in newest_chunks] == [False, True, True, True]
-    assert [chunk.oldest for chunk in newest_chunks] == [T0 + 10, T0 + 5, T0 + 7, T0 + 9]
-
-
-def test_load_cuts_chunks_at_window_start(redis_client, redis_prefix):
+def test_load_drops_events_before_window_start(redis_client, redis_prefix):
     windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=2)
     uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
     subjects = [("key", "key-1")]
-    # Compaction leaves one chunk in time order; the next chunk is out of order and crosses the start too.
+    # Both chunks cross the window's start: the compacted one in time order, the newer one out of order.
     windows.extend(frame(events("key-1", [T0, T0 + 100])))
     windows.extend(frame(events("key-1", [T0 + 200])))
     windows.extend(frame(events("key-1", [T0 + 300])))
@@ -120,4 +98,5 @@ def test_load_cuts_chunks_at_window_start(redis_client, redis_prefix):
     assert loaded["ts"].tolist() == [T0 + 200, T0 + 300, T0 + 250, T0 + 400]
     assert loaded.equals(expected)
     assert loaded.equals(uncached.load(subjects, newest, distinct=False))
+    assert windows.load(subjects, T0 + 400, distinct=False).equals(stored.to_pandas())
     assert windows.load(subjects, T0 + 8 * DAY + 500).empty

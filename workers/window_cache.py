@@ -20,7 +20,6 @@ from Redis.
 from __future__ import annotations
 
 import bisect
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -34,18 +33,6 @@ class CachedChunk:
     score: float
     member: bytes
     batch: pa.RecordBatch
-    # Time of the oldest event (NaN if an event has no time) and whether the rows are in time order (never
-    # with a NaN time), so that a read can keep a chunk whole or slice it instead of filtering every row.
-    oldest: float
-    ordered: bool
-
-    @classmethod
-    def of(cls, score: float, member: bytes, batch: pa.RecordBatch) -> CachedChunk:
-        """Build the chunk of ``batch``, reading its oldest event time and its order from the rows."""
-        times = batch.column("ts").to_numpy(zero_copy_only=False)
-        oldest = float(times.min()) if len(times) else math.inf
-        ordered = not math.isnan(oldest) and bool((times[1:] >= times[:-1]).all())
-        return cls(score, member, batch, oldest, ordered)
 
 
 @dataclass(slots=True)
