@@ -69,7 +69,7 @@ def test_extend_updates_cache_across_script_calls(redis_client, redis_prefix, mo
 
 def test_scripts_reloaded_after_noscript(redis_client, redis_prefix):
     windows = EventWindows(redis_client, prefix=redis_prefix)
-    # An unknown SHA answers NOSCRIPT, as after a Redis restart, without flushing the shared server's scripts.
+    # Redis returns NOSCRIPT for an unknown SHA, as after a restart, so no test flushes the shared server's scripts.
     windows._extend_script.sha = "0" * 40
     windows._state_script.sha = "0" * 40
 

@@ -14,6 +14,14 @@ before the subject's newest event and sets the key to expire
 A subject with more than ``max_chunks`` chunks is compacted into one chunk of
 at most ``max_events`` events, the newest ones.
 
+A batch's writes, and the token checks before a read, are Lua scripts
+(``EVALSHA``) that each handle up to ``SCRIPT_SUBJECTS`` subjects. Redis
+runs a script atomically, so each subject's write is atomic, but a batch's
+writes are not. A batch that fails between two calls is not acknowledged
+and is delivered again, and the requests it stored twice are dropped on
+reading. Scripts replaced pipelines of single commands, whose encoding and
+replies took most of the window time in redis-py.
+
 Reads return each ``request_id`` once: a redelivered batch may store a chunk
 whose requests are already stored, and the copies are dropped on reading and
 on compaction. Events older than the window inside a chunk that is still kept
@@ -56,12 +64,13 @@ _ARROW_TYPES = {"str": pa.large_string(), "float64": pa.float64(), "int64": pa.i
 SCHEMA = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in COLUMNS.items()])
 _LEGACY_OPTIONS = pajson.ParseOptions(explicit_schema=SCHEMA)
 
-# Subjects per script call. Redis runs nothing else while a script runs, and writing 500 subjects' chunks of
-# 9 events took 10 ms (Redis 7.0 on a shared 2-core machine), so a gateway's lookup waits about that long at most.
+# Subjects per script call. Redis runs nothing else while a script runs, so a gateway's lookup may wait for
+# one call: writing 500 subjects' chunks of 9 events took 10 ms (Redis 7.0 on a shared 2-core machine).
 SCRIPT_SUBJECTS = 500
 
 # Add one chunk to each subject's window, trim the window, refresh its expiry and replace its token:
 # the six commands per subject of the MULTI this replaces. Every key written gets its TTL in the same call.
+# SET with GET needs Redis 6.2.
 # KEYS: window key and token key of each subject, in pairs. ARGV[1]: TTL in seconds, then per subject:
 # chunk, score, exclusive lower score bound of the chunks kept ("(..."), new token.
 # Returns per subject: member count before the write, member count after it, replaced token or nil.
@@ -195,7 +204,8 @@ class EventWindows:
         table = pa.Table.from_batches([batch for chunks in batches for batch in chunks], schema=SCHEMA)
         recent = table["ts"].to_numpy() >= oldest
         if recent.all():
-            # A column of thousands of chunks made the merge, dedup and sort after loading about 2.5x slower.
+            # The merge, dedup and sort after loading took 0.56 instead of 0.21 s when each column had
+            # 16,498 chunks (355,381 events) instead of one.
             frame = _to_frame(table.combine_chunks())
         else:
             # Selecting rows copies each column into one chunk as well.
@@ -251,8 +261,7 @@ class EventWindows:
             key = self.key(subject_type, subject)
             written.append((key, os.urandom(16), CachedChunk(newest, chunk, _decode(chunk))))
 
-        # Each subject's write is atomic, but the batch is not: a batch that fails halfway is redelivered,
-        # and its requests stored twice are dropped on reading, as after a write whose acknowledgement was lost.
+        # Atomic per subject, not per batch (see the module docstring).
         replies = []
         for group in _groups(written):
             arguments: list = [ttl]
