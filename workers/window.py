@@ -14,6 +14,14 @@ before the subject's newest event and sets the key to expire
 A subject with more than ``max_chunks`` chunks is compacted into one chunk of
 at most ``max_events`` events, the newest ones.
 
+A batch's writes, and the token checks before a read, are Lua scripts
+(``EVALSHA``) that each handle up to ``SCRIPT_SUBJECTS`` subjects. Redis
+runs a script atomically, so each subject's write is atomic, but a batch's
+writes are not. A batch that fails between two calls is not acknowledged
+and is delivered again, and the requests it stored twice are dropped on
+reading. Scripts replaced pipelines of single commands, whose encoding and
+replies took most of the window time in redis-py.
+
 Reads return each ``request_id`` once: a redelivered batch may store a chunk
 whose requests are already stored, and the copies are dropped on reading and
 on compaction. Events older than the window inside a chunk that is still kept
@@ -55,6 +63,43 @@ WEEK = 7 * 86400
 _ARROW_TYPES = {"str": pa.large_string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_()}
 SCHEMA = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in COLUMNS.items()])
 _LEGACY_OPTIONS = pajson.ParseOptions(explicit_schema=SCHEMA)
+
+# Subjects per script call. Redis runs nothing else while a script runs, so a gateway's lookup may wait for
+# one call: writing 500 subjects' chunks of 9 events took 10 ms (Redis 7.0 on a shared 2-core machine).
+SCRIPT_SUBJECTS = 500
+
+# Add one chunk to each subject's window, trim the window, refresh its expiry and replace its token:
+# the six commands per subject of the MULTI this replaces. Every key written gets its TTL in the same call.
+# SET with GET needs Redis 6.2.
+# KEYS: window key and token key of each subject, in pairs. ARGV[1]: TTL in seconds, then per subject:
+# chunk, score, exclusive lower score bound of the chunks kept ("(..."), new token.
+# Returns per subject: member count before the write, member count after it, replaced token or nil.
+_EXTEND_SCRIPT = """
+local ttl = ARGV[1]
+local replies = {}
+for i = 1, #KEYS, 2 do
+  local window, token, arg = KEYS[i], KEYS[i + 1], 2 * i
+  local before = redis.call('ZCARD', window)
+  redis.call('ZADD', window, ARGV[arg + 1], ARGV[arg])
+  redis.call('ZREMRANGEBYSCORE', window, '-inf', ARGV[arg + 2])
+  redis.call('EXPIRE', window, ttl)
+  replies[#replies + 1] = before
+  replies[#replies + 1] = redis.call('ZCARD', window)
+  replies[#replies + 1] = redis.call('SET', token, ARGV[arg + 3], 'EX', ttl, 'GET')
+end
+return replies
+"""
+
+# Read the token and member count of each window at one point in time.
+# KEYS: window key and token key of each subject, in pairs. Returns per subject: token or nil, member count.
+_STATE_SCRIPT = """
+local replies = {}
+for i = 1, #KEYS, 2 do
+  replies[i] = redis.call('GET', KEYS[i + 1])
+  replies[i + 1] = redis.call('ZCARD', KEYS[i])
+end
+return replies
+"""
 
 
 def decode_chunks(chunks: Iterable[bytes]) -> pa.Table:
@@ -132,6 +177,8 @@ class EventWindows:
         self.max_events = max_events
         self.max_chunks = max_chunks
         self.cache = WindowCache(cache_bytes)
+        self._extend_script = client.register_script(_EXTEND_SCRIPT)
+        self._state_script = client.register_script(_STATE_SCRIPT)
 
     def key(self, subject_type: str, subject: str) -> str:
         return f"{self.prefix}:window:{subject_type}:{subject}"
@@ -154,10 +201,15 @@ class EventWindows:
         if not any(batches):
             return empty_frame()
 
-        frame = _to_frame(pa.Table.from_batches([batch for chunks in batches for batch in chunks], schema=SCHEMA))
-        recent = frame["ts"].to_numpy() >= oldest
-        if not recent.all():
-            frame = frame[recent]
+        table = pa.Table.from_batches([batch for chunks in batches for batch in chunks], schema=SCHEMA)
+        recent = table["ts"].to_numpy() >= oldest
+        if recent.all():
+            # The merge, dedup and sort after loading took 0.56 instead of 0.21 s when each column had
+            # 16,498 chunks (355,381 events) instead of one.
+            frame = _to_frame(table.combine_chunks())
+        else:
+            # Selecting rows copies each column into one chunk as well.
+            frame = _to_frame(table)[recent]
         # Chunk sizes bound each subject's events from above, so the cap is checked only where it may apply.
         capped = max((sum(batch.num_rows for batch in chunks) for chunks in batches), default=0) > self.max_events
         if distinct or capped:
@@ -168,11 +220,9 @@ class EventWindows:
 
     def _windows(self, keys: list[str]) -> list[list[CachedChunk]]:
         """Return the readable chunks of each key in Redis order, from the cache where its token still matches."""
-        pipeline = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipeline.get(self.token_key(key))
-            pipeline.zcard(key)
-        replies = pipeline.execute()
+        replies = []
+        for group in _groups(keys):
+            replies += self._state_script(keys=self._key_pairs(group))
         cached = [self.cache.get(key, token, members) for key, token, members in zip(keys, replies[0::2], replies[1::2])]
         missing = [key for key, window in zip(keys, cached) if window is None]
         if not missing:
@@ -190,6 +240,10 @@ class EventWindows:
             self.cache.put(key, token, len(members), fetched[key])
         return [window.chunks if window is not None else fetched[key] for key, window in zip(keys, cached)]
 
+    def _key_pairs(self, keys: list[str]) -> list[str]:
+        """Return each window key followed by its token key, the KEYS of the window scripts."""
+        return [name for key in keys for name in (key, self.token_key(key))]
+
     def count(self, subject_type: str, subject: str) -> int:
         """Return how many distinct requests the subject's window holds, whatever their age."""
         chunks = self.client.zrange(self.key(subject_type, subject), 0, -1)
@@ -202,20 +256,19 @@ class EventWindows:
         if frame.empty:
             return
         ttl = self.window_seconds + 86400
-        pipeline = self.client.pipeline(transaction=True)
         written = []
         for subject_type, subject, chunk, newest in self._chunks_by_subject(frame):
             key = self.key(subject_type, subject)
-            token = os.urandom(16)
-            written.append((key, token, CachedChunk(newest, chunk, _decode(chunk))))
-            pipeline.zcard(key)
-            pipeline.zadd(key, {chunk: newest})
-            pipeline.zremrangebyscore(key, "-inf", f"({newest - self.window_seconds}")
-            pipeline.expire(key, ttl)
-            pipeline.zcard(key)
-            pipeline.set(self.token_key(key), token, ex=ttl, get=True)
-        replies = pipeline.execute()
-        sizes_before, sizes, replaced = replies[0::6], replies[4::6], replies[5::6]
+            written.append((key, os.urandom(16), CachedChunk(newest, chunk, _decode(chunk))))
+
+        # Atomic per subject, not per batch (see the module docstring).
+        replies = []
+        for group in _groups(written):
+            arguments: list = [ttl]
+            for _, token, chunk in group:
+                arguments += [chunk.member, chunk.score, f"({chunk.score - self.window_seconds}", token]
+            replies += self._extend_script(keys=self._key_pairs([key for key, _, _ in group]), args=arguments)
+        sizes_before, sizes, replaced = replies[0::3], replies[1::3], replies[2::3]
         for (key, token, chunk), previous, size_before, size in zip(written, replaced, sizes_before, sizes):
             self.cache.add_chunk(key, previous, size_before, token, size, chunk, chunk.score - self.window_seconds)
 
@@ -286,6 +339,11 @@ class EventWindows:
         return ranked[newest.to_numpy()].reset_index(drop=True)
 
 
+def _groups(items: list) -> list[list]:
+    """Split ``items`` into lists of at most ``SCRIPT_SUBJECTS``, one per script call."""
+    return [items[start : start + SCRIPT_SUBJECTS] for start in range(0, len(items), SCRIPT_SUBJECTS)]
+
+
 def drop_repeated_requests(frame: pd.DataFrame) -> pd.DataFrame:
     """Keep the first row of each ``request_id``; return ``frame`` itself when no id repeats.
 
@@ -298,7 +356,16 @@ def drop_repeated_requests(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _to_frame(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas().reindex(columns=list(COLUMNS)).astype(COLUMNS)
+    """Convert ``table`` to a frame of ``COLUMNS``, converting columns only where ``to_pandas`` chose other types.
+
+    With pandas 3.1 and pyarrow 26, ``to_pandas`` already returns those
+    types, and converting them again took about as long as ``to_pandas`` itself
+    (2.5 against 2.8 ms for 200,000 events).
+    """
+    frame = table.to_pandas()
+    if list(frame.columns) == list(COLUMNS) and all(frame[name].dtype == dtype for name, dtype in COLUMNS.items()):
+        return frame
+    return frame.reindex(columns=list(COLUMNS)).astype(COLUMNS)
 
 
 def _distinct_newest(table: pa.Table, limit: int) -> pa.Table:

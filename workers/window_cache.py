@@ -2,7 +2,7 @@
 
 Every write to a window in Redis (``workers.window.EventWindows``) also
 replaces the subject's *token*, a random value under
-``{prefix}:window-token:{subject_type}:{subject}``, in the same transaction.
+``{prefix}:window-token:{subject_type}:{subject}``, in the same atomic script call.
 A cached window is used only while its token is still the one in Redis and
 the window still has as many members as the copy was made from. So after a
 chunk from another worker, a compaction, an expiry, a Redis that lost its

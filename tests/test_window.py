@@ -1,0 +1,102 @@
+"""EventWindows against real Redis: expiry of every key it writes, script reloads and the window's start."""
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from detector.events import COLUMNS
+from workers import window
+from workers.window import EventWindows, decode_chunks
+from tests.factories import DAY, T0, events, frame
+
+pytestmark = pytest.mark.slow
+
+TTL = 7 * 86400 + 86400
+
+
+def _unsorted(*parts: pd.DataFrame) -> pd.DataFrame:
+    """Concatenate parts in the order given, as a batch arrives, without sorting by time."""
+    return pd.concat(parts, ignore_index=True).astype(COLUMNS)
+
+
+def _assert_all_expire(redis_client, prefix):
+    keys = list(redis_client.scan_iter(match=f"{prefix}:window*"))
+    assert keys
+    for key in keys:
+        assert 0 < redis_client.ttl(key) <= TTL, key
+
+
+def test_extend_sets_ttl_on_every_key(redis_client, redis_prefix, monkeypatch):
+    monkeypatch.setattr(window, "SCRIPT_SUBJECTS", 2)
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    # Keys left without a TTL, as another tool or a lost EXPIRE would leave them.
+    redis_client.zadd(windows.key("key", "key-1"), {b"{}": T0})
+    redis_client.set(windows.token_key(windows.key("key", "key-2")), b"old")
+
+    windows.extend(frame(*[events(f"key-{number}", [T0 + number, T0 + 60]) for number in range(5)]))
+
+    assert len(list(redis_client.scan_iter(match=f"{redis_prefix}:window:*"))) == 5
+    assert len(list(redis_client.scan_iter(match=f"{redis_prefix}:window-token:*"))) == 5
+    _assert_all_expire(redis_client, redis_prefix)
+
+
+def test_compaction_sets_ttl_on_every_key(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=2)
+    for start in (T0, T0 + 60, T0 + 120):
+        windows.extend(frame(events("key-1", [start]), events("key-2", [start + 1])))
+
+    assert redis_client.zcard(windows.key("key", "key-1")) == 1
+    _assert_all_expire(redis_client, redis_prefix)
+
+
+def test_extend_updates_cache_across_script_calls(redis_client, redis_prefix, monkeypatch):
+    monkeypatch.setattr(window, "SCRIPT_SUBJECTS", 2)
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    names = ("key-1", "key-2", "key-3", "key-4", "key-5")
+    subjects = [("key", name) for name in names]
+    windows.extend(frame(*[events(name, [T0]) for name in names]))
+    windows.load(subjects, T0)
+
+    windows.extend(frame(*[events(name, [T0 + 60] * number) for number, name in enumerate(names[1:], start=1)]))
+
+    for number, name in enumerate(names):
+        key = windows.key("key", name)
+        token = redis_client.get(windows.token_key(key))
+        members = 2 if number else 1
+        assert windows.cache.get(key, token, members) is not None, name
+        assert sum(chunk.batch.num_rows for chunk in windows.cache.get(key, token, members).chunks) == number + 1, name
+
+
+def test_scripts_reloaded_after_noscript(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    # Redis returns NOSCRIPT for an unknown SHA, as after a restart, so no test flushes the shared server's scripts.
+    windows._extend_script.sha = "0" * 40
+    windows._state_script.sha = "0" * 40
+
+    windows.extend(frame(events("key-1", [T0, T0 + 60])))
+
+    assert len(windows.load([("key", "key-1")], T0 + 60)) == 2
+
+
+def test_load_drops_events_before_window_start(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=2)
+    uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
+    subjects = [("key", "key-1")]
+    # Both chunks cross the window's start: the compacted one in time order, the newer one out of order.
+    windows.extend(frame(events("key-1", [T0, T0 + 100])))
+    windows.extend(frame(events("key-1", [T0 + 200])))
+    windows.extend(frame(events("key-1", [T0 + 300])))
+    windows.load(subjects, T0 + 300)
+    windows.extend(_unsorted(events("key-1", [T0 + 250, T0 + 50, T0 + 400])))
+    assert redis_client.zcard(windows.key("key", "key-1")) == 2
+    newest = T0 + 7 * DAY + 150
+
+    loaded = windows.load(subjects, newest, distinct=False)
+
+    stored = decode_chunks(redis_client.zrange(windows.key("key", "key-1"), 0, -1))
+    expected = stored.filter(pa.compute.greater_equal(stored["ts"], newest - 7 * DAY)).to_pandas()
+    assert loaded["ts"].tolist() == [T0 + 200, T0 + 300, T0 + 250, T0 + 400]
+    assert loaded.equals(expected)
+    assert loaded.equals(uncached.load(subjects, newest, distinct=False))
+    assert windows.load(subjects, T0 + 400, distinct=False).equals(stored.to_pandas())
+    assert windows.load(subjects, T0 + 8 * DAY + 500).empty
