@@ -107,21 +107,3 @@ def test_busy_person_below_fast_pace_not_found(plans):
     person = events("busy", times, prompt_hash=[f"p{number}" for number in range(400)])
 
     assert [item for item in _findings(plans, person) if item.evidence["kind"] == "load"] == []
-
-
-def test_prompt_codes_follow_prepared_rows(plans):
-    # Two subjects interleaved in time, so prepared rows are not in input order.
-    first = events("a", T0 + np.array([0.0, 20.0, 40.0]), prompt_hash=["x1", "", "x1"])
-    second = events("b", T0 + np.array([10.0, 30.0]), prompt_hash=["x1", "y2"])
-    prepared = prepare_events(frame(first, second), plans)
-    names = prepared.subjects["subject"].to_numpy()[prepared.events["subject"].to_numpy()]
-
-    codes = prepared.prompt_codes()
-    subset = prepared.prompt_codes(np.flatnonzero(names == "b"))
-
-    assert list(names) == ["a", "a", "a", "b", "b"]
-    assert codes[1] == -1
-    assert codes[0] == codes[2] == codes[3]
-    assert codes[4] not in (-1, codes[0])
-    assert subset[0] != subset[1]
-    assert len(subset) == 2

@@ -111,8 +111,7 @@ class AutomationDetector:
         # Only subjects with a busy window can be flagged, so only their prompts are counted, and only from
         # the start of the first busy event's trailing window (with a second of margin).
         busy_subjects = np.isin(subject, np.unique(subject[busy])) & (ts >= ts[positions].min() - WINDOW - 1.0)
-        prompts = np.full(len(events), -1, dtype=np.int64)
-        prompts[busy_subjects] = prepared.prompt_codes(np.flatnonzero(busy_subjects))
+        prompts = np.where(busy_subjects, events["prompt"].to_numpy(), -1)
         same_prompt = _trailing_same_value_count(prepared, prompts, WINDOW)[positions]
         del busy_subjects, prompts
 
@@ -188,7 +187,7 @@ class AutomationDetector:
             {
                 "subject": events["subject"].to_numpy()[starts_burst],
                 "ts": events["ts"].to_numpy()[starts_burst],
-                "row": np.flatnonzero(starts_burst),
+                "prompt": events["prompt"].to_numpy()[starts_burst],
             }
         )
         counts = bursts.groupby("subject").size()
@@ -196,7 +195,6 @@ class AutomationDetector:
         bursts = bursts[bursts["subject"].isin(enough)]
         if bursts.empty:
             return []
-        bursts["prompt"] = prepared.prompt_codes(bursts["row"].to_numpy())
 
         bursts["gap"] = bursts.groupby("subject")["ts"].diff()
         bursts["hour_of_day"] = ((bursts["ts"] % DAY) // HOUR).astype(np.int64)

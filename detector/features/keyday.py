@@ -68,7 +68,7 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     rows["countries"] = distinct_per_run(run, events["country"].to_numpy(), len(starts))
     rows["active_hours"] = distinct_per_run(run, (ts // 3600).astype(np.int64), len(starts))
     rows["peak_10m"] = max_count_per_run(run, (ts // 600).astype(np.int64), len(starts))
-    rows["top_prompt"] = max_count_per_run(run, prepared.prompt_codes(), len(starts))
+    rows["top_prompt"] = max_count_per_run(run, events["prompt"].to_numpy(), len(starts))
 
     subjects = prepared.subjects
     daily_budget = subjects["daily_budget"].to_numpy()[rows["subject"].to_numpy()]

@@ -25,35 +25,17 @@ class PreparedEvents:
     - ``subject``: code into ``subjects``;
     - ``ts``, ``ts_ms``, and ``iat`` (seconds since the subject's previous
       request, NaN for its first);
-    - ``net``, ``ua`` and ``country``: codes, -1 when unknown or absent;
+    - ``net``, ``ua``, ``country`` and ``prompt``: codes, -1 when unknown or absent;
     - ``is_image`` and the numeric contract fields.
 
     ``subjects`` has one row per subject code:
     ``subject_type``, ``subject``, ``account_id``, ``plan`` (of the last
     request) and the plan's entitlements.
-
-    Prompt hashes are coded on demand by ``prompt_codes``, for the rows a
-    detector asks for: most events never need theirs, and coding a week of
-    mostly distinct hashes took a third of preparing them.
     """
 
     events: pd.DataFrame
     subjects: pd.DataFrame
     networks: list[str]
-    # The prompt hashes in input order, and the input row of each prepared row.
-    prompt_hashes: pd.Series | None = None
-    input_rows: np.ndarray | None = None
-
-    def prompt_codes(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Return a code per prompt hash of the given rows (all rows by default), -1 where it is blank.
-
-        Equal hashes get equal codes within one call; codes of different calls are unrelated.
-        """
-        if self.prompt_hashes is None or self.input_rows is None:
-            length = len(self.events) if rows is None else len(rows)
-            return np.full(length, -1, dtype=np.int64)
-        chosen = self.input_rows if rows is None else self.input_rows[rows]
-        return _codes_with_blank(self.prompt_hashes.take(chosen))
 
     @property
     def composite_time(self) -> np.ndarray:
@@ -101,6 +83,7 @@ def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
         "net": net[order],
         "ua": pd.factorize(frame["user_agent"])[0][order],
         "country": _codes_with_blank(frame["country"])[order],
+        "prompt": _codes_with_blank(frame["prompt_hash"])[order],
         "is_image": _image_mask(frame["endpoint"])[order] | (frame["images"].to_numpy()[order] > 0),
     }
     for name in _NUMERIC:
@@ -116,7 +99,7 @@ def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
     events["iat"] = iat
 
     subjects = _subject_table(frame, events, order, np.flatnonzero(first), plans)
-    return PreparedEvents(events, subjects, networks, prompt_hashes=frame["prompt_hash"], input_rows=order)
+    return PreparedEvents(events, subjects, networks)
 
 
 def _subject_codes(frame: pd.DataFrame) -> np.ndarray:
