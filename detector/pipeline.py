@@ -113,9 +113,12 @@ def score_events(
     days) still come whole. The findings from ``since`` on and the decisions
     are those of a pass without ``since``, given the decisions of the
     earlier passes in ``prior``. The subject table's risk scores and reasons
-    then cover only the findings of this pass.
+    then cover only the findings of this pass. When a subject's plan changed
+    from ``since`` on, ``since`` is ignored (see ``plan_changed_since``).
     """
     prepared = prepare_events(frame, plans)
+    if since is not None and plan_changed_since(prepared, frame["plan"], since):
+        since = None
 
     findings_from = None if since is None else since - policy.merge_window.total_seconds()
     findings: list[Finding] = []
@@ -135,6 +138,25 @@ def score_events(
     subjects = subjects.drop(columns="code")
     outcome.warnings.extend(gap_warnings(gaps))
     return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared, prior=existing)
+
+
+def plan_changed_since(prepared: PreparedEvents, plan: pd.Series, since: float) -> bool:
+    """Return whether a subject's last request has another plan than its last request before ``since``.
+
+    ``plan`` is the plan column of the frame ``prepared`` was made from.
+    Detectors measure all of a subject's events against the plan of its last
+    request, so a new plan can change findings before ``since`` that earlier
+    passes built under the old plan.
+    """
+    earlier = np.flatnonzero(prepared.events["ts"].to_numpy() < since)
+    if not len(earlier) or prepared.input_rows is None:
+        return False
+    # Events are sorted by subject and time, so each subject's last earlier event ends its run.
+    subject = prepared.events["subject"].to_numpy()[earlier]
+    last = np.append(subject[1:] != subject[:-1], True)
+    before = plan.take(prepared.input_rows[earlier[last]]).to_numpy()
+    latest = prepared.subjects["plan"].to_numpy()[subject[last]]
+    return bool((before != latest).any())
 
 
 def run_detectors(

@@ -4,6 +4,7 @@ import logging
 import threading
 import time
 
+import numpy as np
 import orjson
 import sqlalchemy.exc
 import pytest
@@ -14,7 +15,7 @@ from detector.store import open_store
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows, decode_chunks
-from tests.factories import T0, events, frame, record
+from tests.factories import DAY, HOUR, T0, events, frame, record
 
 pytestmark = pytest.mark.slow
 
@@ -169,6 +170,27 @@ def test_stream_and_batch_make_same_decisions(make_consumer, redis_client, tmp_p
     streamed = {decision.id for decision in make_consumer.store.all_decisions()}
     assert batch.decisions
     assert streamed == {decision.id for decision in batch.decisions}
+
+
+def test_plan_change_scores_earlier_events_again(make_consumer, redis_client, plans, policy):
+    """Detectors read every event under the plan of the subject's last request, so a new plan can flag earlier events."""
+    from detector.pipeline import score_events
+
+    rng = np.random.default_rng(1)
+    days = [T0 + day * DAY + 9 * HOUR + rng.uniform(0, 8 * HOUR, 30) for day in range(2)]
+    images = events("key-1", np.sort(np.concatenate(days)), plan="image-basic", images=1,
+                    endpoint="/v1/images/generations")
+    downgraded = events("key-1", T0 + 2 * DAY + 10 * HOUR + np.arange(5) * 60.0, plan="text")
+    batch = score_events(frame(images, downgraded), plans=plans, policy=policy,
+                         detectors=default_detectors(load_model()))
+    consumer = make_consumer()
+
+    for part in (images, downgraded):
+        _append(redis_client, consumer.settings.stream, part.to_dict("records"))
+        _drain(consumer)
+
+    assert batch.decisions
+    assert {decision.id for decision in make_consumer.store.all_decisions()} == {decision.id for decision in batch.decisions}
 
 
 def test_pushed_file_scores_as_batch(make_consumer, redis_client, redis_prefix, tmp_path):

@@ -7,7 +7,9 @@ command runs. It is given the batch's earliest event time as ``since``, so
 the stored events serve as context and findings are built from that time on
 (and over the policy's merge window before it). The findings before it were
 built and decided by earlier batches. A late event moves ``since`` back, so
-every finding after it is evaluated again. Findings and decisions are
+every finding after it is evaluated again. A batch in which a subject
+changes plan is scored over its whole input (see
+``detector.pipeline.plan_changed_since``). Findings and decisions are
 committed to the SQL store, decisions are published to Redis, the windows
 are extended, and only then are the entries acknowledged. A worker that dies before the acknowledgement leaves its
 entries pending; ``process_once`` claims entries idle longer than
