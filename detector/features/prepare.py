@@ -36,6 +36,8 @@ class PreparedEvents:
     events: pd.DataFrame
     subjects: pd.DataFrame
     networks: list[str]
+    # The row of the input frame that each prepared row came from.
+    input_rows: np.ndarray | None = None
 
     @property
     def composite_time(self) -> np.ndarray:
@@ -99,7 +101,7 @@ def prepare_events(frame: pd.DataFrame, plans: PlanCatalogue) -> PreparedEvents:
     events["iat"] = iat
 
     subjects = _subject_table(frame, events, order, np.flatnonzero(first), plans)
-    return PreparedEvents(events, subjects, networks)
+    return PreparedEvents(events, subjects, networks, input_rows=order)
 
 
 def _subject_codes(frame: pd.DataFrame) -> np.ndarray:
