@@ -72,6 +72,9 @@ def decision_id(
     simulated: bool,
 ) -> str:
     """Return a stable id, so scoring the same input twice yields the same decisions."""
+    # NOTE: the throttle limit is not part of the key. A stricter throttle found at the same millisecond as a
+    # stored one gets the stored one's id and is dropped on insert. Adding the limit would change every
+    # stored throttle's id, so re-scoring an old input would store its throttles twice.
     key = "|".join(
         [subject_type, subject, action, scope, f"{detected_at.timestamp():.3f}", origin, str(simulated)]
     )
