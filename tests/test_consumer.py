@@ -449,3 +449,16 @@ def test_window_load_keeps_repeats_on_request(redis_client, redis_prefix):
 
     assert len(windows.load([("key", "key-1")], T0 + 120)) == 3
     assert len(windows.load([("key", "key-1")], T0 + 120, distinct=False)) == 5
+
+
+def test_stray_window_key_does_not_stop_stream(make_consumer, redis_client, redis_prefix):
+    consumer = make_consumer(batch_size=200)
+    window_key = f"{redis_prefix}:window:key:key-1"
+    redis_client.set(window_key, b"not a window")
+    _append(redis_client, consumer.settings.stream, [_event(number) for number in range(50)])
+
+    events = _drain(consumer)
+
+    assert events == 50
+    assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
+    assert redis_client.type(window_key) == b"zset"

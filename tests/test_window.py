@@ -100,3 +100,31 @@ def test_load_drops_events_before_window_start(redis_client, redis_prefix):
     assert loaded.equals(uncached.load(subjects, newest, distinct=False))
     assert windows.load(subjects, T0 + 400, distinct=False).equals(stored.to_pandas())
     assert windows.load(subjects, T0 + 8 * DAY + 500).empty
+
+
+def test_stray_window_key_read_as_empty(redis_client, redis_prefix, caplog):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    windows.extend(frame(events("key-1", [T0, T0 + 60]), events("key-2", [T0 + 30])))
+    # Another tool wrote a string where the window of key-1 belongs.
+    redis_client.delete(windows.key("key", "key-1"))
+    redis_client.set(windows.key("key", "key-1"), b"not a window")
+
+    loaded = windows.load([("key", "key-1"), ("key", "key-2")], T0 + 120)
+
+    assert list(loaded["key_id"]) == ["key-2"]
+    assert "another type" in caplog.text
+
+
+def test_extend_replaces_stray_keys(redis_client, redis_prefix, caplog):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    redis_client.set(windows.key("key", "key-1"), b"not a window")
+    redis_client.hset(windows.token_key(windows.key("key", "key-2")), "field", "value")
+
+    windows.extend(frame(events("key-1", [T0]), events("key-2", [T0 + 10])))
+    loaded = windows.load([("key", "key-1"), ("key", "key-2")], T0 + 60)
+
+    assert redis_client.type(windows.key("key", "key-1")) == b"zset"
+    assert redis_client.type(windows.token_key(windows.key("key", "key-2"))) == b"string"
+    assert sorted(loaded["key_id"]) == ["key-1", "key-2"]
+    assert "deleted window or token keys of another type" in caplog.text
+    _assert_all_expire(redis_client, redis_prefix)

@@ -34,6 +34,10 @@ window. A worker keeps the windows it read or wrote decoded in memory
 window's member count are the ones it saw, so a batch fetches and decodes only
 the windows that another worker, a compaction, an expiry or an eviction changed.
 
+A window or token key of another type, as another tool may leave, is read as
+an empty window, and the subject's next write deletes it, each with a
+warning. Otherwise every delivery of the batch would fail on it.
+
 Windows written by earlier versions, one JSON member per event, are read as
 well. Earlier versions cannot read chunks, and those before the token do not
 replace it, so old and new workers must not share a stream.
@@ -53,7 +57,7 @@ import pyarrow.json as pajson
 import redis
 
 from detector.events import COLUMNS, empty_frame
-from workers.window_cache import CachedChunk, WindowCache
+from workers.window_cache import CachedChunk, CachedWindow, WindowCache
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,9 @@ _ARROW_TYPES = {"str": pa.large_string(), "float64": pa.float64(), "int64": pa.i
 SCHEMA = pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in COLUMNS.items()])
 _LEGACY_OPTIONS = pajson.ParseOptions(explicit_schema=SCHEMA)
 
+# An empty window, returned when a window key or its token key has another type.
+_EMPTY = CachedWindow(token=b"", members=0)
+
 # Subjects per script call. Redis runs nothing else while a script runs, so a gateway's lookup may wait for
 # one call: writing 500 subjects' chunks of 9 events took 10 ms (Redis 7.0 on a shared 2-core machine).
 SCRIPT_SUBJECTS = 500
@@ -73,12 +80,25 @@ SCRIPT_SUBJECTS = 500
 # SET with GET needs Redis 6.2.
 # KEYS: window key and token key of each subject, in pairs. ARGV[1]: TTL in seconds, then per subject:
 # chunk, score, exclusive lower score bound of the chunks kept ("(..."), new token.
-# Returns per subject: member count before the write, member count after it, replaced token or nil.
+# Returns per subject: member count before the write, member count after it, replaced token or nil, and
+# 1 when a window or token key of another type was deleted first, else 0. Such a key would otherwise fail
+# every delivery of the batch, so one stray key would stop the stream.
 _EXTEND_SCRIPT = """
 local ttl = ARGV[1]
 local replies = {}
 for i = 1, #KEYS, 2 do
   local window, token, arg = KEYS[i], KEYS[i + 1], 2 * i
+  local repaired = 0
+  local window_type = redis.call('TYPE', window)['ok']
+  if window_type ~= 'zset' and window_type ~= 'none' then
+    redis.call('DEL', window)
+    repaired = 1
+  end
+  local token_type = redis.call('TYPE', token)['ok']
+  if token_type ~= 'string' and token_type ~= 'none' then
+    redis.call('DEL', token)
+    repaired = 1
+  end
   local before = redis.call('ZCARD', window)
   redis.call('ZADD', window, ARGV[arg + 1], ARGV[arg])
   redis.call('ZREMRANGEBYSCORE', window, '-inf', ARGV[arg + 2])
@@ -86,17 +106,27 @@ for i = 1, #KEYS, 2 do
   replies[#replies + 1] = before
   replies[#replies + 1] = redis.call('ZCARD', window)
   replies[#replies + 1] = redis.call('SET', token, ARGV[arg + 3], 'EX', ttl, 'GET')
+  replies[#replies + 1] = repaired
 end
 return replies
 """
 
 # Read the token and member count of each window at one point in time.
 # KEYS: window key and token key of each subject, in pairs. Returns per subject: token or nil, member count.
+# The count is -1 when the window or its token key has another type: the window is then read as empty, and
+# the next write of the subject deletes the stray key.
 _STATE_SCRIPT = """
 local replies = {}
 for i = 1, #KEYS, 2 do
-  replies[i] = redis.call('GET', KEYS[i + 1])
-  replies[i + 1] = redis.call('ZCARD', KEYS[i])
+  local window_type = redis.call('TYPE', KEYS[i])['ok']
+  local token_type = redis.call('TYPE', KEYS[i + 1])['ok']
+  if (window_type ~= 'zset' and window_type ~= 'none') or (token_type ~= 'string' and token_type ~= 'none') then
+    replies[i] = false
+    replies[i + 1] = -1
+  else
+    replies[i] = redis.call('GET', KEYS[i + 1])
+    replies[i + 1] = redis.call('ZCARD', KEYS[i])
+  end
 end
 return replies
 """
@@ -223,7 +253,13 @@ class EventWindows:
         replies = []
         for group in _groups(keys):
             replies += self._state_script(keys=self._key_pairs(group))
-        cached = [self.cache.get(key, token, members) for key, token, members in zip(keys, replies[0::2], replies[1::2])]
+        stray = {key for key, members in zip(keys, replies[1::2]) if members == -1}
+        if stray:
+            logger.warning("windows read as empty, their key or token key has another type: %s", ", ".join(sorted(stray)))
+        cached = [
+            _EMPTY if key in stray else self.cache.get(key, token, members)
+            for key, token, members in zip(keys, replies[0::2], replies[1::2])
+        ]
         missing = [key for key, window in zip(keys, cached) if window is None]
         if not missing:
             return [window.chunks for window in cached]
@@ -268,11 +304,14 @@ class EventWindows:
             for _, token, chunk in group:
                 arguments += [chunk.member, chunk.score, f"({chunk.score - self.window_seconds}", token]
             replies += self._extend_script(keys=self._key_pairs([key for key, _, _ in group]), args=arguments)
-        sizes_before, sizes, replaced = replies[0::3], replies[1::3], replies[2::3]
+        sizes_before, sizes, replaced, repaired = replies[0::4], replies[1::4], replies[2::4], replies[3::4]
         for (key, token, chunk), previous, size_before, size in zip(written, replaced, sizes_before, sizes):
             self.cache.add_chunk(key, previous, size_before, token, size, chunk, chunk.score - self.window_seconds)
 
         keys = [key for key, _, _ in written]
+        stray = [key for key, flag in zip(keys, repaired) if flag]
+        if stray:
+            logger.warning("deleted window or token keys of another type before writing: %s", ", ".join(stray))
         crowded = [key for key, size in zip(keys, sizes) if size > self.max_chunks]
         if crowded:
             self._compact(crowded, ttl)
