@@ -23,11 +23,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, bindparam, delete, insert, select, tuple_
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from detector.features import PreparedEvents
 from detector.features.runs import distinct_per_run, run_numbers, run_starts
+from detector.store.repository import subjects_with_rows
 from detector.store.review_models import ActivityRow, CaseRow
 
 RETENTION = timedelta(days=30)
@@ -182,18 +183,8 @@ class ActivityLog:
         return _to_series(found, hours)
 
     def _under_review(self, present: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        stored_as = {(kind, name.replace("\x00", "\ufffd")): (kind, name) for kind, name in present}
-        pairs = sorted(stored_as)
-        found: set[tuple[str, str]] = set()
         with Session(self.engine) as session:
-            for start in range(0, len(pairs), _CHUNK):
-                query = select(CaseRow.subject_type, CaseRow.subject).where(
-                    CaseRow.status == "open",
-                    tuple_(CaseRow.subject_type, CaseRow.subject).in_(pairs[start : start + _CHUNK]),
-                )
-                # MariaDB compares text case-insensitively by default; keep exact matches only.
-                found.update(stored_as[tuple(pair)] for pair in session.execute(query) if tuple(pair) in stored_as)
-        return found
+            return subjects_with_rows(session, CaseRow, present, CaseRow.status == "open")
 
     def _replace(self, rows: pd.DataFrame) -> None:
         spans = rows.groupby(["subject_type", "subject"])["hour"].agg(["min", "max"]).reset_index()

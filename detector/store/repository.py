@@ -70,21 +70,11 @@ class DecisionStore:
         Simulated decisions whose origin starts with ``ignored_simulated_origin``
         do not count (shadow decisions, see ``detector.shadow``).
         """
-        stored_as = {(kind, name.replace("\x00", "\ufffd")): (kind, name) for kind, name in subjects}
-        pairs = sorted(stored_as)
-        found: set[tuple[str, str]] = set()
+        conditions = []
+        if ignored_simulated_origin is not None:
+            conditions.append(~and_(DecisionRow.simulated, DecisionRow.origin.startswith(ignored_simulated_origin)))
         with Session(self.engine) as session:
-            for start in range(0, len(pairs), _CHUNK):
-                query = select(DecisionRow.subject_type, DecisionRow.subject).distinct().where(
-                    tuple_(DecisionRow.subject_type, DecisionRow.subject).in_(pairs[start : start + _CHUNK])
-                )
-                if ignored_simulated_origin is not None:
-                    query = query.where(
-                        ~and_(DecisionRow.simulated, DecisionRow.origin.startswith(ignored_simulated_origin))
-                    )
-                # MariaDB compares text case-insensitively by default; keep exact matches only.
-                found.update(stored_as[tuple(pair)] for pair in session.execute(query) if tuple(pair) in stored_as)
-        return found
+            return subjects_with_rows(session, DecisionRow, subjects, *conditions)
 
     def suspensions_between(self, start: datetime, end: datetime) -> list[Decision]:
         """Return the suspensions of every subject detected in [start, end), simulated ones included."""
@@ -218,6 +208,26 @@ def _without_nul(values: dict[str, Any]) -> dict[str, Any]:
 def _decision_values(decision: Decision) -> dict[str, Any]:
     # A shallow copy: ``asdict`` would deep-copy every evidence dict for nothing.
     return _without_nul({name: getattr(decision, name) for name in _DECISION_FIELDS})
+
+
+def subjects_with_rows(
+    session: Session, table: Any, subjects: Iterable[tuple[str, str]], *conditions: Any
+) -> set[tuple[str, str]]:
+    """Return those of the (subject_type, subject) pairs with a row in ``table`` that meets ``conditions``.
+
+    ``table`` is a mapped class with ``subject_type`` and ``subject`` columns.
+    Names are looked up as they are stored, with NUL replaced by U+FFFD.
+    """
+    stored_as = {(kind, name.replace("\x00", "\ufffd")): (kind, name) for kind, name in subjects}
+    pairs = sorted(stored_as)
+    found: set[tuple[str, str]] = set()
+    for start in range(0, len(pairs), _CHUNK):
+        query = select(table.subject_type, table.subject).distinct().where(
+            tuple_(table.subject_type, table.subject).in_(pairs[start : start + _CHUNK]), *conditions
+        )
+        # MariaDB compares text case-insensitively by default, so only exact matches are kept.
+        found.update(stored_as[tuple(pair)] for pair in session.execute(query) if tuple(pair) in stored_as)
+    return found
 
 
 def _to_decision(row: DecisionRow) -> Decision:
