@@ -108,8 +108,8 @@ def _assert_same_decisions(traffic, plans, policy, detectors, every, since: floa
     earlier = [decision for decision in every.decisions if decision.detected_at.timestamp() < since]
 
     def prior(subjects):
-        wanted = set(subjects)
-        return [decision for decision in earlier if (decision.subject_type, decision.subject) in wanted]
+        requested = set(subjects)
+        return [decision for decision in earlier if (decision.subject_type, decision.subject) in requested]
 
     def suspensions(start, end):
         return [decision for decision in earlier if decision.action == "suspend" and start <= decision.detected_at < end]

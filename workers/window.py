@@ -255,7 +255,10 @@ class EventWindows:
             replies += self._state_script(keys=self._key_pairs(group))
         stray = {key for key, members in zip(keys, replies[1::2]) if members == -1}
         if stray:
-            logger.warning("windows read as empty, their key or token key has another type: %s", ", ".join(sorted(stray)))
+            logger.warning(
+                "windows read as empty because their key or token key has another type, "
+                "to be deleted by the next write: %s", ", ".join(sorted(stray)),
+            )
         cached = [
             _EMPTY if key in stray else self.cache.get(key, token, members)
             for key, token, members in zip(keys, replies[0::2], replies[1::2])

@@ -36,7 +36,8 @@ def network_of(address: str) -> str:
     return str(ipaddress.ip_network(f"{parsed}/{prefix}", strict=False))
 
 
-# A stream worker sees the same addresses in every batch, and parsing them again took a tenth of preparing one.
+# A stream worker parses the same addresses in every batch, which took about a fifth of preparing a batch
+# (pyinstrument, 20,000-event batches over a stored week).
 _cached_network_of = functools.lru_cache(maxsize=1 << 16)(network_of)
 
 _DOTTED_IPV4 = r"^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$"
