@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
         [--batch-size 50000] [--rate 2000] [--warmup 10] [--redis redis://127.0.0.1:6379/0]
-        [--only throughput|lookup|latency]
+        [--only throughput|lookup|latency] [--worker-log FILE]
 
 Measures, each under its own key prefix (removed afterwards):
 
@@ -29,6 +29,9 @@ Measures, each under its own key prefix (removed afterwards):
   The background comes from 2,000 keys. With ``--history-days N`` the
   simulated keys' first N days are moved to end now, renamed to background
   keys and stored first, so every batch reads N days of windows.
+
+With ``--worker-log FILE`` the workers run with ``-v`` and append their log
+to FILE, one line per micro-batch, so batch sizes can be read beside the figures.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ from workers.publish import DecisionPublisher, subject_key
 from workers.window import EventWindows
 
 SIMULATION_START = datetime(2026, 11, 23, tzinfo=UTC)
+# The file the workers append their log to, or None to discard it (--worker-log).
+WORKER_LOG: Path | None = None
 # Keys that send the latency test's background traffic.
 BACKGROUND_KEYS = 2000
 
@@ -81,7 +86,10 @@ def main() -> None:
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--only", choices=["throughput", "lookup", "latency"], help="Run only this part.")
+    parser.add_argument("--worker-log", type=Path, help="Append the workers' log (with -v) to this file.")
     args = parser.parse_args()
+    global WORKER_LOG
+    WORKER_LOG = args.worker_log
     client = redis.Redis.from_url(args.redis)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -223,10 +231,11 @@ def start_workers(
 ) -> list[subprocess.Popen]:
     """Start ``count`` ``fairuse worker`` processes without the anomaly model; return once they can take entries."""
     command = [
-        sys.executable, "-m", "detector.cli", "worker", "--db", database, "--redis", url, "--prefix", prefix, "--no-model",
-        "--batch-size", str(batch_size),
+        sys.executable, "-m", "detector.cli", *(["-v"] if WORKER_LOG else []), "worker", "--db", database, "--redis", url,
+        "--prefix", prefix, "--no-model", "--batch-size", str(batch_size),
     ]
-    processes = [subprocess.Popen(command, stderr=subprocess.DEVNULL) for _ in range(count)]
+    log = WORKER_LOG.open("ab") if WORKER_LOG else subprocess.DEVNULL
+    processes = [subprocess.Popen(command, stderr=log) for _ in range(count)]
     ready = time.perf_counter()
     while not client.exists(f"{prefix}:events"):
         if time.perf_counter() - ready > 120:
