@@ -9,9 +9,9 @@ import pandas as pd
 
 from detector.detectors.base import Finding, at_or_after, escalations, findings_from_rows, from_period_start
 from detector.features import PreparedEvents
+from detector.detectors.automation_load import WINDOW, load_rows
 from detector.features.runs import max_count_per_run, run_numbers, run_starts
 
-WINDOW = 600.0
 HOUR = 3600.0
 DAY = 86400.0
 MAD_TO_SIGMA = 1.4826
@@ -89,75 +89,28 @@ class AutomationDetector:
         events = prepared.events
         subject = events["subject"].to_numpy()
         ts = events["ts"].to_numpy()
-        expected = prepared.subjects["expected_rph"].to_numpy()[subject]
-        per_window = np.maximum(expected * WINDOW / HOUR, 1.0)
-        level = np.maximum(np.ceil(self.min_load * per_window), self.min_bucket_events)
-
-        # Every measure below covers the trailing 10 minutes up to and including each request.
-        count = prepared.count_in_window(WINDOW)
-        busy = count >= level
         # Findings escalate per 10-minute bucket, so the bucket holding ``since`` is tested from its start.
         recent = from_period_start(ts, since, WINDOW)
-        if recent is not None:
-            busy &= recent
-        if not busy.any():
-            return []
-        # Only busy events can be flagged, so every measure is taken at busy events only.
-        positions = np.flatnonzero(busy)
-        start = positions - count[positions] + 1
-
-        parallel = prepared.count_in_window(1.0)
-        waves = _trailing_sum((parallel == self.min_parallel).astype(np.int64), start, positions)
-        # Only subjects with a busy window can be flagged, so only their prompts are counted, and only from
-        # the start of the first busy event's trailing window (with a second of margin).
-        busy_subjects = np.isin(subject, np.unique(subject[busy])) & (ts >= ts[positions].min() - WINDOW - 1.0)
-        prompts = np.where(busy_subjects, events["prompt"].to_numpy(), -1)
-        same_prompt = _trailing_same_value_count(prepared, prompts, WINDOW)[positions]
-        del busy_subjects, prompts
-
-        count = count[positions]
-        gaps = np.maximum(count - 1, 1)
-        mean_gap = (ts[positions] - ts[start]) / gaps
-        # Gaps between requests inside the window: the gap into its first request is outside.
-        squares = np.nan_to_num(events["iat"].to_numpy(), nan=0.0) ** 2
-        square_sum = _trailing_sum(squares, np.minimum(start + 1, positions + 1), positions)
-        del squares
-        variance = np.maximum(square_sum / gaps - mean_gap**2, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cv = np.where(mean_gap > 0, np.sqrt(variance) / mean_gap, np.inf)
-
-        rows = pd.DataFrame(
-            {
-                "subject": subject[positions],
-                "ts": ts[positions],
-                "requests": count,
-                "load": count / per_window[positions],
-                "cv": cv,
-                "mean_gap": mean_gap,
-                "repeat_share": same_prompt / count,
-                "max_parallel": parallel[positions],
-                "parallel_waves": waves,
-            }
+        rows = load_rows(
+            self,
+            subject=subject,
+            ts=ts,
+            ts_ms=events["ts_ms"].to_numpy(),
+            prompt=events["prompt"].to_numpy(),
+            expected_rph=prepared.subjects["expected_rph"].to_numpy()[subject],
+            candidates=recent,
         )
-        rows["regular"] = (rows["cv"] <= self.max_regular_cv) & (rows["mean_gap"] >= self.min_regular_period)
-        rows["repeated"] = rows["repeat_share"] >= self.min_repeat_share
-        rows["parallel_burst"] = rows["parallel_waves"] >= self.min_parallel_waves
-        rows["fast_pace"] = rows["requests"] >= self.min_fast_requests
-        rows = rows[rows["regular"] | rows["repeated"] | rows["parallel_burst"] | rows["fast_pace"]]
         if rows.empty:
             return []
-
-        signals = rows[["regular", "repeated", "parallel_burst", "fast_pace"]].sum(axis=1)
-        rows["score"] = np.clip(45 + 15 * signals + 10 * np.log2(rows["load"]), 0, 100)
-        rows["impact"] = rows["load"]
-        rows["bucket"] = (rows["ts"] // WINDOW).astype(np.int64)
         rows = escalations(rows, ["subject", "bucket"]).copy()
+        return self.load_findings(prepared, at_or_after(rows, since))
+
+    def load_findings(self, prepared: PreparedEvents, rows: pd.DataFrame) -> list[Finding]:
+        """Build load findings from the escalation rows of ``load_rows``, whose ``subject`` codes index ``prepared.subjects``."""
+        rows = rows.copy()
         rows["kind"] = "load"
-        rows["detected_at"] = rows["ts"]
         rows["window_start"] = rows["ts"] - WINDOW
         rows["window_end"] = rows["ts"]
-        rows = at_or_after(rows, since)
-
         return findings_from_rows(
             prepared,
             rows,
@@ -295,31 +248,3 @@ def _hour_of_day_counts(run: np.ndarray, hour_of_day: np.ndarray, runs: int) -> 
     """
     counts = np.bincount(run * 24 + hour_of_day, minlength=runs * 24).reshape(runs, 24)
     return counts[:, counts.sum(axis=0) > 0]
-
-
-def _trailing_sum(values: np.ndarray, start: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Sum ``values`` over the trailing window of the events at ``positions``, given each window's first index."""
-    totals = np.concatenate(([0], np.cumsum(values)))
-    return totals[positions + 1] - totals[start]
-
-
-def _trailing_same_value_count(prepared: PreparedEvents, values: np.ndarray, seconds: float) -> np.ndarray:
-    """Count, at each event, the subject's events with the same value in the trailing window.
-
-    Events whose value is negative (unknown) count 0.
-    """
-    events = prepared.events
-    counts = np.zeros(len(events), dtype=np.int64)
-    known = np.flatnonzero(values >= 0)
-    if not len(known):
-        return counts
-
-    pairs = pd.DataFrame({"subject": events["subject"].to_numpy()[known], "value": values[known]})
-    group = pairs.groupby(["subject", "value"], sort=False).ngroup().to_numpy().astype(np.int64)
-    ts_ms = events["ts_ms"].to_numpy()[known]
-    relative = ts_ms - ts_ms.min()
-    order = np.lexsort((relative, group))
-    keys = (group[order] << 41) | relative[order]
-    starts = np.searchsorted(keys, keys - int(seconds * 1000), side="right")
-    counts[known[order]] = np.arange(len(keys)) - starts + 1
-    return counts

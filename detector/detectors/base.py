@@ -162,16 +162,30 @@ def escalations(rows: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     """
     if rows.empty:
         return rows
-    score_step = (rows["score"].to_numpy() // 10).astype(np.int64)
-    impact = np.maximum(rows["impact"].to_numpy(dtype=np.float64), 1e-9)
-    impact_step = np.floor(np.log2(impact) * 2).astype(np.int64)
-
+    score_step, impact_step = escalation_steps(rows)
+    best_score, best_impact = best_steps(rows, group, score_step, impact_step)
     keys = [rows[name] for name in group]
-    best_score = pd.Series(score_step, index=rows.index).groupby(keys, sort=False).cummax()
-    best_impact = pd.Series(impact_step, index=rows.index).groupby(keys, sort=False).cummax()
     previous_score = best_score.groupby(keys, sort=False).shift(1)
     previous_impact = best_impact.groupby(keys, sort=False).shift(1)
 
     first = previous_score.isna()
     grew = (best_score > previous_score) | (best_impact > previous_impact)
     return rows[(first | grew).to_numpy()]
+
+
+def escalation_steps(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's score step (10 points) and impact step (half an octave), as ``escalations`` counts them."""
+    score_step = (rows["score"].to_numpy() // 10).astype(np.int64)
+    impact = np.maximum(rows["impact"].to_numpy(dtype=np.float64), 1e-9)
+    impact_step = np.floor(np.log2(impact) * 2).astype(np.int64)
+    return score_step, impact_step
+
+
+def best_steps(
+    rows: pd.DataFrame, group: list[str], score_step: np.ndarray, impact_step: np.ndarray
+) -> tuple[pd.Series, pd.Series]:
+    """Return the highest score and impact step of each row's group up to and including the row."""
+    keys = [rows[name] for name in group]
+    best_score = pd.Series(score_step, index=rows.index).groupby(keys, sort=False).cummax()
+    best_impact = pd.Series(impact_step, index=rows.index).groupby(keys, sort=False).cummax()
+    return best_score, best_impact

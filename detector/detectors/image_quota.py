@@ -49,28 +49,23 @@ class ImageQuotaDetector:
         if not over.any():
             return []
 
-        rows = pd.DataFrame(
-            {
-                "subject": subject[mask][over],
-                "ts": events["ts"].to_numpy()[mask][over],
-                "images_7d": rolling[over],
-                "weekly_images": window[over],
-            }
+        rows = quota_rows(
+            subject=subject[mask][over],
+            ts=events["ts"].to_numpy()[mask][over],
+            images_7d=rolling[over],
+            weekly_images=window[over],
         )
-        rows["day"] = (rows["ts"] // DAY).astype(np.int64)
-        allowance = np.maximum(rows["weekly_images"], 1.0)
-        rows["impact"] = rows["images_7d"] / allowance
-        rows["score"] = np.clip(50 + 50 * (rows["images_7d"] - allowance) / allowance, 0, 100)
+        first = at_or_after(escalations(rows, ["subject", "day"]), since)
+        return self.quota_findings(prepared, first)
 
-        first = escalations(rows, ["subject", "day"]).copy()
-        first["detected_at"] = first["ts"]
-        first["window_start"] = first["ts"] - WEEK
-        first["window_end"] = first["ts"]
-        first = at_or_after(first, since)
-
+    def quota_findings(self, prepared: PreparedEvents, rows: pd.DataFrame) -> list[Finding]:
+        """Build findings from the escalation rows of ``quota_rows``, whose ``subject`` codes index ``prepared.subjects``."""
+        rows = rows.copy()
+        rows["window_start"] = rows["ts"] - WEEK
+        rows["window_end"] = rows["ts"]
         return findings_from_rows(
             prepared,
-            first,
+            rows,
             reason=self.reason,
             origin=f"{self.reason}/{self.version}",
             evidence_columns={
@@ -80,3 +75,14 @@ class ImageQuotaDetector:
             window="rolling 7 days",
             thresholds={"images_over": "the plan's weekly_images"},
         )
+
+
+def quota_rows(*, subject: np.ndarray, ts: np.ndarray, images_7d: np.ndarray, weekly_images: np.ndarray) -> pd.DataFrame:
+    """Return the rows of image requests over the weekly window, with their UTC ``day``, score, impact and ``detected_at``."""
+    rows = pd.DataFrame({"subject": subject, "ts": ts, "images_7d": images_7d, "weekly_images": weekly_images})
+    rows["day"] = (rows["ts"] // DAY).astype(np.int64)
+    rows["detected_at"] = rows["ts"]
+    allowance = np.maximum(rows["weekly_images"], 1.0)
+    rows["impact"] = rows["images_7d"] / allowance
+    rows["score"] = np.clip(50 + 50 * (rows["images_7d"] - allowance) / allowance, 0, 100)
+    return rows

@@ -42,7 +42,7 @@ class PreparedEvents:
     @property
     def composite_time(self) -> np.ndarray:
         """Return (subject << 41 | ms since epoch), increasing over the sorted events."""
-        return (self.events["subject"].to_numpy() << _TIME_BITS) | self.events["ts_ms"].to_numpy()
+        return composite_time(self.events["subject"].to_numpy(), self.events["ts_ms"].to_numpy())
 
     def count_in_window(self, seconds: float, mask: np.ndarray | None = None) -> np.ndarray:
         """Count, at each event, the subject's events in the trailing ``seconds`` (itself included).
@@ -52,15 +52,29 @@ class PreparedEvents:
         keys = self.composite_time
         if mask is not None:
             keys = keys[mask]
-        starts = np.searchsorted(keys, keys - int(seconds * 1000), side="right")
-        return np.arange(len(keys)) - starts + 1
+        return trailing_count(keys, seconds)
 
     def sum_in_window(self, values: np.ndarray, seconds: float, mask: np.ndarray) -> np.ndarray:
         """Sum ``values`` over each masked event's trailing window of the same subject."""
-        keys = self.composite_time[mask]
-        totals = np.concatenate(([0.0], np.cumsum(values[mask], dtype=np.float64)))
-        starts = np.searchsorted(keys, keys - int(seconds * 1000), side="right")
-        return totals[1:] - totals[starts]
+        return trailing_sum(self.composite_time[mask], values[mask], seconds)
+
+
+def composite_time(subject: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+    """Return (subject << 41 | ms since epoch), which increases over events sorted by subject then time."""
+    return (subject << _TIME_BITS) | ts_ms
+
+
+def trailing_count(keys: np.ndarray, seconds: float) -> np.ndarray:
+    """Count, at each composite time in ``keys``, the keys of the same subject in the trailing ``seconds`` (itself included)."""
+    starts = np.searchsorted(keys, keys - int(seconds * 1000), side="right")
+    return np.arange(len(keys)) - starts + 1
+
+
+def trailing_sum(keys: np.ndarray, values: np.ndarray, seconds: float) -> np.ndarray:
+    """Sum ``values`` over each composite time's trailing ``seconds`` of the same subject, in float64."""
+    totals = np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
+    starts = np.searchsorted(keys, keys - int(seconds * 1000), side="right")
+    return totals[1:] - totals[starts]
 
 
 _NUMERIC = ("cost", "images", "prompt_tokens", "completion_tokens", "status", "latency_ms")

@@ -1,0 +1,11 @@
+"""Per-subject detector state, updated from new events only (see docs/streaming-state.md).
+
+Not yet used by the stream worker or the batch command.
+"""
+
+from detector.state.automation_load import AutomationLoadState
+from detector.state.chunk import Chunk, ChunkFindings
+from detector.state.image_quota import ImageQuotaState
+from detector.state.table import SubjectStates
+
+__all__ = ["AutomationLoadState", "Chunk", "ChunkFindings", "ImageQuotaState", "SubjectStates"]

@@ -1,0 +1,161 @@
+"""Per-subject state of one detector: fixed-size values per subject and carried rows per subject."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SubjectKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class TakenState:
+    """The state of the subjects of one chunk, aligned with the keys passed to ``SubjectStates.take``.
+
+    ``values`` has one row per key, with each column's default for a subject
+    without state (``known`` false). ``rows`` holds the subjects' carried rows in
+    stored order, with ``owner``: the position of the row's subject in the keys.
+    """
+
+    known: np.ndarray
+    values: pd.DataFrame
+    rows: pd.DataFrame
+
+
+class SubjectStates:
+    """State of one detector for many subjects, keyed by (subject_type, subject), as numbers only.
+
+    Each subject has one value per column of ``values`` and any number of rows
+    with the columns of ``rows``. Rows live in shared column arrays, each
+    subject's rows one contiguous segment, so ``take`` and ``put`` gather and
+    append whole segments with numpy over all subjects of a chunk. ``put``
+    appends a subject's new segment and abandons the old one; the arrays are
+    compacted once abandoned rows outnumber live ones, so a chunk costs time in
+    proportion to its subjects' rows, amortised, never to untouched subjects.
+    Per subject, the values and rows form one small table each, which is what
+    a store would write per subject (for example as Arrow IPC).
+    """
+
+    def __init__(self, *, values: dict[str, tuple[str, object]], rows: dict[str, str]) -> None:
+        """``values`` maps each per-subject column to its dtype and default, ``rows`` each row column to its dtype."""
+        self._defaults = {name: default for name, (_, default) in values.items()}
+        self._value_dtypes = {name: np.dtype(dtype) for name, (dtype, _) in values.items()}
+        self._row_dtypes = {name: np.dtype(dtype) for name, dtype in rows.items()}
+        self._slots: dict[SubjectKey, int] = {}
+        self._values = {name: np.empty(0, dtype) for name, dtype in self._value_dtypes.items()}
+        self._start = np.empty(0, np.int64)
+        self._length = np.empty(0, np.int64)
+        self._rows = {name: np.empty(0, dtype) for name, dtype in self._row_dtypes.items()}
+        self._used = 0
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @property
+    def live_rows(self) -> int:
+        """Rows held for all subjects, without abandoned ones."""
+        return int(self._length[: len(self._slots)].sum())
+
+    def nbytes(self) -> int:
+        """Return the bytes of live values and rows, without keys or spare capacity."""
+        subjects = len(self._slots)
+        value_bytes = sum(dtype.itemsize for dtype in self._value_dtypes.values()) + 16  # + segment start and length
+        row_bytes = sum(dtype.itemsize for dtype in self._row_dtypes.values())
+        return subjects * value_bytes + self.live_rows * row_bytes
+
+    def take(self, keys: Sequence[SubjectKey]) -> TakenState:
+        """Return the state of ``keys``; subjects without state get defaults and no rows."""
+        slots = np.fromiter((self._slots.get(key, -1) for key in keys), np.int64, count=len(keys))
+        known = slots >= 0
+        values = pd.DataFrame(
+            {
+                name: np.where(known, self._values[name][np.maximum(slots, 0)] if len(self._slots) else 0, default)
+                .astype(self._value_dtypes[name])
+                for name, default in self._defaults.items()
+            }
+        )
+        lengths = np.where(known, self._length[np.maximum(slots, 0)] if len(self._slots) else 0, 0)
+        index = _segment_index(np.where(known, self._start[np.maximum(slots, 0)] if len(self._slots) else 0, 0), lengths)
+        rows = pd.DataFrame({name: column[index] for name, column in self._rows.items()})
+        rows.insert(0, "owner", np.repeat(np.arange(len(keys)), lengths))
+        return TakenState(known=known, values=values, rows=rows)
+
+    def put(self, keys: Sequence[SubjectKey], values: pd.DataFrame, rows: pd.DataFrame) -> None:
+        """Replace the state of ``keys`` with ``values`` (one row per key) and ``rows`` (sorted by ``owner``)."""
+        owner = rows["owner"].to_numpy()
+        if len(owner) > 1 and bool(np.any(owner[1:] < owner[:-1])):
+            raise ValueError("rows must be sorted by owner, the position of their subject in keys")
+        slots = self._slots_for(keys)
+        for name in self._values:
+            self._values[name][slots] = values[name].to_numpy()
+
+        self._abandon(slots)
+        lengths = np.bincount(owner, minlength=len(keys)).astype(np.int64)
+        self._reserve(len(owner))
+        for name, column in self._rows.items():
+            column[self._used : self._used + len(owner)] = rows[name].to_numpy()
+        self._start[slots] = self._used + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        self._length[slots] = lengths
+        self._used += len(owner)
+
+    def _slots_for(self, keys: Sequence[SubjectKey]) -> np.ndarray:
+        """Return each key's slot, adding slots for new subjects."""
+        slots = np.empty(len(keys), np.int64)
+        for position, key in enumerate(keys):
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = len(self._slots)
+            slots[position] = slot
+        if len(self._slots) > len(self._start):
+            self._grow_slots(len(self._slots))
+        return slots
+
+    def _grow_slots(self, needed: int) -> None:
+        capacity = max(needed, 2 * len(self._start), 16)
+        for name, column in self._values.items():
+            self._values[name] = _resized(column, capacity)
+        self._start = _resized(self._start, capacity)
+        self._length = _resized(self._length, capacity)
+
+    def _abandon(self, slots: np.ndarray) -> None:
+        self._length[slots] = 0
+
+    def _reserve(self, extra: int) -> None:
+        """Make room for ``extra`` rows after the used ones, compacting first when abandoned rows outnumber live ones."""
+        live = self.live_rows
+        if self._used - live > max(live, 1024):
+            self._compact()
+        needed = self._used + extra
+        capacity = len(next(iter(self._rows.values()))) if self._rows else 0
+        if needed > capacity:
+            capacity = max(needed, 2 * capacity, 1024)
+            for name, column in self._rows.items():
+                self._rows[name] = _resized(column, capacity)
+
+    def _compact(self) -> None:
+        """Move every subject's segment to the front, in slot order, dropping abandoned rows."""
+        subjects = len(self._slots)
+        lengths = self._length[:subjects]
+        index = _segment_index(self._start[:subjects], lengths)
+        for name, column in self._rows.items():
+            column[: len(index)] = column[index]
+        self._start[:subjects] = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        self._used = len(index)
+
+
+def _segment_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Return the row positions of the segments given by ``starts`` and ``lengths``, segment after segment."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    return np.repeat(starts - offsets, lengths) + np.arange(total)
+
+
+def _resized(column: np.ndarray, capacity: int) -> np.ndarray:
+    grown = np.zeros(capacity, column.dtype)
+    grown[: len(column)] = column[: min(len(column), capacity)]
+    return grown

@@ -1,0 +1,280 @@
+"""Incremental detectors over chunks of a time-sorted input give the batch detector's findings on the whole input.
+
+Each chunk is prepared alone, as a stream batch would be. A detector plugs in
+as a ``Case``: how to build its state, which batch findings it must match, and
+which findings it returns after the last chunk (for findings that measure the
+whole input).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.detectors import AutomationDetector, Finding, ImageQuotaDetector
+from detector.features import prepare_events
+from detector.readers import read_events
+from detector.simulate import simulate_traffic
+from detector.state import AutomationLoadState, Chunk, ImageQuotaState
+from tests.factories import DAY, T0, events, frame
+
+IMAGE = "/v1/images/generations"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One incremental detector and the part of the batch detector's findings it must reproduce."""
+
+    name: str
+    make_state: Callable[[], object]
+    batch: Callable[[pd.DataFrame, object], list[Finding]]
+    finish: Callable[[object], list[Finding]] | None = None
+
+
+def _load_only(findings: list[Finding]) -> list[Finding]:
+    return [finding for finding in findings if finding.evidence.get("kind") == "load"]
+
+
+CASES = [
+    Case(
+        "image_quota",
+        lambda: ImageQuotaState(ImageQuotaDetector()),
+        lambda whole, plans: ImageQuotaDetector().detect(prepare_events(whole, plans)),
+    ),
+    Case(
+        "automation_load",
+        lambda: AutomationLoadState(AutomationDetector()),
+        lambda whole, plans: _load_only(AutomationDetector().detect(prepare_events(whole, plans))),
+    ),
+]
+
+
+@dataclass(slots=True)
+class ChunkedRun:
+    findings: list[Finding]
+    inexact: pd.DataFrame
+
+
+def run_in_chunks(case: Case, whole: pd.DataFrame, cuts: Sequence[int], plans) -> ChunkedRun:
+    """Feed ``whole`` to a fresh state in chunks ending before each row index in ``cuts``."""
+    state = case.make_state()
+    bounds = [0, *sorted(set(int(cut) for cut in cuts if 0 < cut < len(whole))), len(whole)]
+    findings: list[Finding] = []
+    inexact = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        result = state.update(Chunk(whole.iloc[start:end].reset_index(drop=True), plans))
+        findings.extend(result.findings)
+        inexact.append(result.inexact)
+    if case.finish is not None:
+        findings.extend(case.finish(state))
+    return ChunkedRun(findings, pd.concat(inexact, ignore_index=True))
+
+
+def comparable(finding: Finding) -> tuple:
+    """Return the fields that must match; the account and plan names are those of the chunk's last request."""
+    return (
+        finding.subject_type,
+        finding.subject,
+        finding.reason,
+        finding.detected_at,
+        finding.score,
+        finding.impact,
+        finding.window_start,
+        finding.window_end,
+        json.dumps(finding.evidence, sort_keys=True),
+    )
+
+
+def assert_chunk_invariant(case: Case, whole: pd.DataFrame, cuts: Sequence[int], plans) -> list[Finding]:
+    expected = sorted(map(comparable, case.batch(whole, plans)))
+    run = run_in_chunks(case, whole, cuts, plans)
+
+    assert run.inexact.empty, f"{case.name}: unexpected inexact subjects {run.inexact.to_dict('records')}"
+    assert sorted(map(comparable, run.findings)) == expected, f"{case.name} with cuts {list(cuts)}"
+    return run.findings
+
+
+def rows_at(whole: pd.DataFrame, times: Sequence[float]) -> list[int]:
+    """Return the row indices at which chunks start for each time: the first row at or after it."""
+    return [int(np.searchsorted(whole["ts"].to_numpy(), time, side="left")) for time in times]
+
+
+# Simulated traffic ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory) -> pd.DataFrame:
+    folder = tmp_path_factory.mktemp("chunks")
+    simulation = simulate_traffic(folder, keys=80, days=3, seed=5)
+    return read_events([simulation.events_path]).frame
+
+
+@pytest.fixture(scope="module")
+def batch_findings(traffic, plans) -> dict[str, list[Finding]]:
+    return {case.name: case.batch(traffic, plans) for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_simulated_traffic_has_findings(case, batch_findings):
+    assert len(batch_findings[case.name]) >= 5
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_one_chunk_equals_batch(case, traffic, plans):
+    assert_chunk_invariant(case, traffic, [], plans)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@settings(max_examples=6, deadline=None)
+@given(shares=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=40))
+def test_random_splits_equal_batch(case, traffic, plans, shares):
+    assert_chunk_invariant(case, traffic, [int(share * len(traffic)) for share in shares], plans)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_split_inside_ten_minute_buckets(case, traffic, plans):
+    ts = traffic["ts"].to_numpy()
+    buckets = np.arange(ts.min() // 600 * 600, ts.max(), 600.0)
+
+    assert_chunk_invariant(case, traffic, rows_at(traffic, buckets + 299.5), plans)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_split_right_after_each_finding(case, traffic, plans, batch_findings):
+    """Cut after every finding, so each escalation step is tested against steps carried from the chunk before."""
+    times = [finding.detected_at for finding in batch_findings[case.name]]
+    after = [int(np.searchsorted(traffic["ts"].to_numpy(), time, side="right")) for time in times]
+
+    assert_chunk_invariant(case, traffic, after, plans)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_split_at_utc_midnights(case, traffic, plans):
+    ts = traffic["ts"].to_numpy()
+    midnights = np.arange(ts.min() // DAY * DAY + DAY, ts.max(), DAY)
+
+    assert_chunk_invariant(case, traffic, rows_at(traffic, midnights), plans)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_five_minute_chunks(case, traffic, plans):
+    ts = traffic["ts"].to_numpy()
+
+    assert_chunk_invariant(case, traffic, rows_at(traffic, np.arange(ts.min(), ts.max(), 300.0)), plans)
+
+
+# Hand-made cases ---------------------------------------------------------
+
+
+def _bot(key: str, start: float, seconds: int, *, prompt: str = "same", plan: str = "text") -> pd.DataFrame:
+    return events(key, start + np.arange(seconds) * 1.0, prompt_hash=prompt, plan=plan)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_split_between_events_of_one_millisecond(case, plans):
+    stamp = T0 + 3 * 600 + 0.123
+    burst = events("burst", np.full(30, stamp), images=1, endpoint=IMAGE, prompt_hash="same")
+    whole = frame(_bot("burst", T0 + 1500, 60), burst, _bot("burst", stamp + 1, 120))
+    inside = [int(np.searchsorted(whole["ts"].to_numpy(), stamp)) + offset for offset in (1, 7, 29)]
+
+    findings = assert_chunk_invariant(case, whole, inside, plans)
+    assert findings
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_subject_first_seen_in_later_chunk(case, plans):
+    early = _bot("early", T0, 900)
+    late = events("late", T0 + 450 + np.arange(600) * 0.9, images=1, endpoint=IMAGE, prompt_hash="loop")
+    whole = frame(early, late)
+    first_late = int(np.flatnonzero(whole["key_id"].to_numpy() == "late")[0])
+
+    findings = assert_chunk_invariant(case, whole, [first_late, first_late + 1, first_late + 300], plans)
+    assert {finding.subject for finding in findings} == {"early", "late"} or case.name == "image_quota"
+
+
+def test_image_quota_across_utc_midnight(plans):
+    times = T0 + DAY - 6 * 3600 + np.arange(24) * 1800.0
+    whole = frame(events("night", times, images=1, endpoint=IMAGE))
+    midnight = rows_at(whole, [T0 + DAY])
+
+    findings = assert_chunk_invariant(CASES[0], whole, midnight, plans)
+    days = {int(finding.detected_at // DAY) for finding in findings}
+    assert days == {int(T0 // DAY), int(T0 // DAY) + 1}
+
+
+def test_image_quota_window_exactly_reached(plans):
+    """Ten images on a ten-image plan stay within it across chunks, the eleventh goes over."""
+    exact = frame(events("exact", T0 + np.arange(10) * 3600.0, images=1, endpoint=IMAGE))
+    over = frame(events("over", T0 + np.arange(11) * 3600.0, images=1, endpoint=IMAGE))
+
+    assert assert_chunk_invariant(CASES[0], exact, range(1, 10), plans) == []
+    findings = assert_chunk_invariant(CASES[0], over, range(1, 11), plans)
+    assert [finding.evidence["images_7d"] for finding in findings] == [11]
+
+
+def test_image_quota_week_rolls_over_chunks(plans):
+    first_week = T0 + np.arange(10) * 3600.0
+    next_week = T0 + 7 * DAY + 5 * 3600.0 + np.arange(10) * 3600.0
+    whole = frame(events("weekly", np.concatenate([first_week, next_week]), images=1, endpoint=IMAGE))
+
+    assert assert_chunk_invariant(CASES[0], whole, range(1, 20), plans) == []
+
+
+def test_load_escalation_across_chunks(plans):
+    """A bot speeding up inside one bucket escalates once per step, whichever chunk the step falls in."""
+    slow = T0 + np.arange(200) * 2.0
+    fast = slow[-1] + 0.25 + np.arange(1200) * 0.25
+    whole = frame(events("speeding", np.concatenate([slow, fast]), prompt_hash="same"))
+    cuts = range(50, len(whole), 97)
+
+    findings = assert_chunk_invariant(CASES[1], whole, cuts, plans)
+    assert len(findings) >= 3
+
+
+# Where exactness is impossible ------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_late_event_is_reported(case, plans):
+    bot = events("bot", T0 + np.arange(900) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
+    other = events("other", T0 + np.arange(900) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
+    first = frame(bot.iloc[:600], other.iloc[:600])
+    late = frame(bot.iloc[[100]], other.iloc[600:])
+
+    state = case.make_state()
+    state.update(Chunk(first, plans))
+    result = state.update(Chunk(late, plans))
+
+    assert result.inexact.to_dict("records") == [{"subject_type": "key", "subject": "bot", "why": "late_event"}]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_plan_change_is_reported(case, plans):
+    before = events("switcher", T0 + np.arange(600) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
+    after = events("switcher", T0 + 600 + np.arange(300) * 1.0, plan="image-pro", images=1, endpoint=IMAGE)
+    steady = events("steady", T0 + np.arange(900) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
+    whole = frame(before, after, steady)
+    cut = rows_at(whole, [T0 + 600])
+
+    run = run_in_chunks(case, whole, cut, plans)
+
+    assert run.inexact.to_dict("records") == [{"subject_type": "key", "subject": "switcher", "why": "plan_changed"}]
+    expected = [comparable(f) for f in case.batch(whole, plans) if f.subject == "steady"]
+    assert sorted(comparable(f) for f in run.findings if f.subject == "steady") == sorted(expected)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_plan_change_inside_one_chunk_is_exact(case, plans):
+    """Only the plan of the last request counts, so a change within one chunk before any state is not reported."""
+    before = events("switcher", T0 + np.arange(600) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
+    after = events("switcher", T0 + 600 + np.arange(300) * 1.0, plan="coding", images=1, endpoint=IMAGE)
+    whole = frame(before, after)
+
+    assert_chunk_invariant(case, whole, rows_at(whole, [T0 + 700]), plans)
