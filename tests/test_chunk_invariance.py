@@ -22,7 +22,7 @@ from detector.detectors import AutomationDetector, Finding, ImageQuotaDetector
 from detector.features import prepare_events
 from detector.readers import read_events
 from detector.simulate import simulate_traffic
-from detector.state import AutomationLoadState, Chunk, ImageQuotaState
+from detector.state import AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
 from tests.factories import DAY, T0, events, frame
 
 IMAGE = "/v1/images/generations"
@@ -38,8 +38,8 @@ class Case:
     finish: Callable[[object], list[Finding]] | None = None
 
 
-def _load_only(findings: list[Finding]) -> list[Finding]:
-    return [finding for finding in findings if finding.evidence.get("kind") == "load"]
+def _of_kind(kind: str, findings: list[Finding]) -> list[Finding]:
+    return [finding for finding in findings if finding.evidence.get("kind") == kind]
 
 
 CASES = [
@@ -51,9 +51,17 @@ CASES = [
     Case(
         "automation_load",
         lambda: AutomationLoadState(AutomationDetector()),
-        lambda whole, plans: _load_only(AutomationDetector().detect(prepare_events(whole, plans))),
+        lambda whole, plans: _of_kind("load", AutomationDetector().detect(prepare_events(whole, plans))),
+    ),
+    Case(
+        "automation_pattern",
+        lambda: AutomationPatternState(AutomationDetector()),
+        lambda whole, plans: _of_kind("pattern", AutomationDetector().detect(prepare_events(whole, plans))),
+        finish=lambda state: state.pattern_findings(),
     ),
 ]
+# The detectors that build findings event by event, so that each chunk returns its own.
+EVENT_CASES = CASES[:2]
 
 
 @dataclass(slots=True)
@@ -177,7 +185,7 @@ def _bot(key: str, start: float, seconds: int, *, prompt: str = "same", plan: st
     return events(key, start + np.arange(seconds) * 1.0, prompt_hash=prompt, plan=plan)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("case", EVENT_CASES, ids=lambda case: case.name)
 def test_split_between_events_of_one_millisecond(case, plans):
     stamp = T0 + 3 * 600 + 0.123
     burst = events("burst", np.full(30, stamp), images=1, endpoint=IMAGE, prompt_hash="same")
@@ -188,7 +196,7 @@ def test_split_between_events_of_one_millisecond(case, plans):
     assert findings
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("case", EVENT_CASES, ids=lambda case: case.name)
 def test_subject_first_seen_in_later_chunk(case, plans):
     early = _bot("early", T0, 900)
     late = events("late", T0 + 450 + np.arange(600) * 0.9, images=1, endpoint=IMAGE, prompt_hash="loop")
@@ -241,7 +249,7 @@ def test_load_escalation_across_chunks(plans):
 # Where exactness is impossible ------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("case", EVENT_CASES, ids=lambda case: case.name)
 def test_late_event_is_reported(case, plans):
     bot = events("bot", T0 + np.arange(900) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
     other = events("other", T0 + np.arange(900) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
@@ -255,7 +263,7 @@ def test_late_event_is_reported(case, plans):
     assert result.inexact.to_dict("records") == [{"subject_type": "key", "subject": "bot", "why": "late_event"}]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("case", EVENT_CASES, ids=lambda case: case.name)
 def test_plan_change_is_reported(case, plans):
     before = events("switcher", T0 + np.arange(600) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
     after = events("switcher", T0 + 600 + np.arange(300) * 1.0, plan="image-pro", images=1, endpoint=IMAGE)
@@ -270,7 +278,7 @@ def test_plan_change_is_reported(case, plans):
     assert sorted(comparable(f) for f in run.findings if f.subject == "steady") == sorted(expected)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("case", EVENT_CASES, ids=lambda case: case.name)
 def test_plan_change_inside_one_chunk_is_exact(case, plans):
     """Only the plan of the last request counts, so a change within one chunk before any state is not reported."""
     before = events("switcher", T0 + np.arange(600) * 1.0, images=1, endpoint=IMAGE, prompt_hash="same")
@@ -278,3 +286,61 @@ def test_plan_change_inside_one_chunk_is_exact(case, plans):
     whole = frame(before, after)
 
     assert_chunk_invariant(case, whole, rows_at(whole, [T0 + 700]), plans)
+
+
+# Pattern state ------------------------------------------------------------
+
+
+def _hourly_job(key: str, hours: int, *, plan: str = "text") -> pd.DataFrame:
+    """Return a job that sends three requests at the top of every hour."""
+    starts = T0 + np.arange(hours) * 3600.0
+    return events(key, np.sort(np.concatenate([starts, starts + 1, starts + 2])), plan=plan, prompt_hash="cron")
+
+
+def test_pattern_plan_change_stays_exact(plans):
+    """The rebuild reads each subject's latest plan, as the batch does, so a plan change is not reported."""
+    whole = frame(_hourly_job("cron", 30), _hourly_job("cron", 30, plan="coding").assign(ts=lambda rows: rows["ts"] + 30 * 3600.0))
+    case = CASES[2]
+
+    run = run_in_chunks(case, whole, rows_at(whole, [T0 + 30 * 3600.0]), plans)
+
+    assert run.inexact.empty
+    assert sorted(map(comparable, run.findings)) == sorted(map(comparable, case.batch(whole, plans)))
+    assert run.findings[0].plan == "coding"
+
+
+def test_pattern_late_event_is_reported(plans):
+    whole = frame(_hourly_job("cron", 30), _hourly_job("steady", 30))
+    state = AutomationPatternState(AutomationDetector())
+    state.update(Chunk(whole.iloc[:100].reset_index(drop=True), plans))
+
+    result = state.update(Chunk(whole.iloc[[10, *range(100, len(whole))]].reset_index(drop=True), plans))
+
+    assert result.findings == []
+    assert result.inexact.to_dict("records") == [{"subject_type": "key", "subject": whole["key_id"][10], "why": "late_event"}]
+
+
+def test_pattern_retention_drops_old_bursts_and_hours(plans):
+    whole = frame(_hourly_job("cron", 10 * 24))
+    state = AutomationPatternState(AutomationDetector(), retention=7 * DAY)
+    for start in range(0, len(whole), 500):
+        state.update(Chunk(whole.iloc[start : start + 500].reset_index(drop=True), plans))
+
+    kept = state.bursts.take([("key", "cron")]).rows
+    hours = state.hours.take([("key", "cron")]).rows
+    last = whole["ts"].max()
+
+    assert kept["ts"].min() > last - 7 * DAY
+    assert len(kept) == 7 * 24
+    assert hours["hour"].min() * 3600.0 + 3600.0 > last - 7 * DAY
+    assert hours["requests"].sum() == 3 * len(hours)
+
+
+def test_pattern_without_retention_keeps_everything(plans):
+    whole = frame(_hourly_job("cron", 10 * 24))
+    state = AutomationPatternState(AutomationDetector())
+    for start in range(0, len(whole), 500):
+        state.update(Chunk(whole.iloc[start : start + 500].reset_index(drop=True), plans))
+
+    assert len(state.bursts.take([("key", "cron")]).rows) == 10 * 24
+    assert state.pattern_findings()

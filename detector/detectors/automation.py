@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +144,20 @@ class AutomationDetector:
                 "prompt": events["prompt"].to_numpy()[starts_burst],
             }
         )
+        return self.pattern_findings(prepared, bursts, lambda subjects: self._hourly_requests(events, subjects))
+
+    def pattern_findings(
+        self,
+        prepared: PreparedEvents,
+        bursts: pd.DataFrame,
+        hourly_requests: Callable[[pd.Index], pd.Series],
+    ) -> list[Finding]:
+        """Build pattern findings from burst starts, sorted by subject then time.
+
+        ``bursts`` has ``subject`` (a code into ``prepared.subjects``), ``ts`` and
+        ``prompt`` (a code per distinct prompt, -1 unknown). ``hourly_requests``
+        returns requests per (subject, clock hour) for the given subject codes.
+        """
         counts = bursts.groupby("subject").size()
         enough = counts[counts >= self.min_bursts].index
         bursts = bursts[bursts["subject"].isin(enough)]
@@ -156,7 +171,7 @@ class AutomationDetector:
         if table.empty:
             return []
 
-        hourly = self._hourly_requests(events, table.index)
+        hourly = hourly_requests(table.index)
         expected = prepared.subjects["expected_rph"].to_numpy()[table.index.to_numpy()]
         table["peak_rph"] = hourly.groupby(level=0).max().reindex(table.index).to_numpy()
         table["mean_rph"] = hourly.groupby(level=0).mean().reindex(table.index).to_numpy()
