@@ -331,9 +331,9 @@ def test_pattern_retention_drops_old_bursts_and_hours(plans):
     last = whole["ts"].max()
 
     assert kept["ts"].min() > last - 7 * DAY
-    assert len(kept) == 7 * 24
+    assert len(kept["ts"]) == 7 * 24
     assert hours["hour"].min() * 3600.0 + 3600.0 > last - 7 * DAY
-    assert hours["requests"].sum() == 3 * len(hours)
+    assert hours["requests"].tolist() == [3] * len(hours["hour"])
 
 
 def test_pattern_without_retention_keeps_everything(plans):
@@ -342,5 +342,5 @@ def test_pattern_without_retention_keeps_everything(plans):
     for start in range(0, len(whole), 500):
         state.update(Chunk(whole.iloc[start : start + 500].reset_index(drop=True), plans))
 
-    assert len(state.bursts.take([("key", "cron")]).rows) == 10 * 24
+    assert len(state.bursts.take([("key", "cron")]).rows["ts"]) == 10 * 24
     assert state.pattern_findings()

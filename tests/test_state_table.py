@@ -1,7 +1,6 @@
 """SubjectStates: per-subject values and rows taken and put back by chunk."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from detector.state import SubjectStates
@@ -12,7 +11,7 @@ def _states() -> SubjectStates:
 
 
 def _put(states: SubjectStates, keys, last_ms, owners, ts) -> None:
-    states.put(keys, pd.DataFrame({"last_ms": last_ms}), pd.DataFrame({"owner": owners, "ts": ts}))
+    states.put(keys, {"last_ms": np.asarray(last_ms)}, {"owner": np.asarray(owners), "ts": np.asarray(ts, dtype=np.float64)})
 
 
 def test_take_unknown_subjects_gives_defaults():
@@ -20,7 +19,8 @@ def test_take_unknown_subjects_gives_defaults():
 
     assert taken.known.tolist() == [False, False]
     assert taken.values["last_ms"].tolist() == [-1, -1]
-    assert taken.rows.empty
+    assert len(taken.rows["owner"]) == 0
+    assert len(taken.rows["ts"]) == 0
 
 
 def test_put_then_take_in_other_order():

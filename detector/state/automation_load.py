@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-
 from detector.detectors.automation import AutomationDetector
 from detector.detectors.automation_load import WINDOW, load_rows
 from detector.state.carried import CarriedRowsState
-from detector.state.chunk import UNKNOWN_PROMPT, Chunk
+from detector.state.chunk import Chunk, prompt_codes
 from detector.state.escalation import escalations_after
+from detector.state.table import Columns
 
 # The current 10-minute bucket starts up to 10 minutes before a new request, and that bucket's
 # first request looks 10 minutes further back, so 20 minutes of requests let the bucket be rebuilt.
@@ -31,26 +29,20 @@ class AutomationLoadState(CarriedRowsState):
     retention = RETENTION
     row_columns = {"ts": "float64", "prompt": "uint64"}
 
-    def new_rows(self, chunk: Chunk) -> pd.DataFrame:
-        events = chunk.prepared.events
-        return pd.DataFrame({"owner": events["subject"].to_numpy(), "ts": events["ts"].to_numpy(), "prompt": chunk.prompt_hash})
+    def new_rows(self, chunk: Chunk) -> Columns:
+        return {"owner": chunk.subject, "ts": chunk.ts, "prompt": chunk.prompt_hash}
 
-    def findings(self, chunk: Chunk, rows: pd.DataFrame, carried: pd.DataFrame) -> tuple[list, pd.DataFrame]:
-        owner = rows["owner"].to_numpy()
-        prompt = rows["prompt"].to_numpy()
-        codes = pd.factorize(prompt)[0].astype(np.int64)
-        codes[prompt == UNKNOWN_PROMPT] = -1
+    def findings(self, chunk: Chunk, rows: Columns, carried: Columns) -> tuple[list, Columns]:
+        owner = rows["owner"]
         scored = load_rows(
             self.detector,
             subject=owner,
-            ts=rows["ts"].to_numpy(),
-            ts_ms=rows["ts_ms"].to_numpy(),
-            prompt=codes,
+            ts=rows["ts"],
+            ts_ms=rows["ts_ms"],
+            prompt=prompt_codes(rows["prompt"]),
             expected_rph=chunk.prepared.subjects["expected_rph"].to_numpy()[owner],
-            candidates=rows["is_new"].to_numpy(),
+            candidates=rows["is_new"],
         )
-        if scored.empty:
-            return [], carried
         first, escalation = escalations_after(scored, "bucket", carried)
         found = self.detector.load_findings(chunk.prepared, first) if len(first) else []
         return found, escalation

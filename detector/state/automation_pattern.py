@@ -8,7 +8,7 @@ import pandas as pd
 from detector.detectors.automation import HOUR, AutomationDetector
 from detector.features import PreparedEvents
 from detector.features.runs import run_starts
-from detector.state.chunk import UNKNOWN_PROMPT, Chunk, ChunkFindings, inexact_subjects, kept_after, with_carried
+from detector.state.chunk import Chunk, ChunkFindings, inexact_subjects, kept_after, prompt_codes, with_carried
 from detector.state.table import SubjectKey, SubjectStates
 
 
@@ -48,29 +48,23 @@ class AutomationPatternState:
         """Add ``chunk``'s burst starts and hourly requests to the state; return no findings, and the late subjects."""
         taken = self.bursts.take(chunk.keys)
         inexact = inexact_subjects(chunk, taken)
-        inexact = inexact[inexact["why"] == "late_event"].reset_index(drop=True)
-        events = chunk.prepared.events
-        subject = events["subject"].to_numpy()
-        ts = events["ts"].to_numpy()
+        if len(inexact):
+            inexact = inexact[inexact["why"] == "late_event"].reset_index(drop=True)
 
         # The gap into a subject's first request of the chunk is from its last carried request.
-        iat = events["iat"].to_numpy().copy()
-        first = run_starts(subject)
-        iat[first] = ts[first] - taken.values["last_ts"].to_numpy()
+        iat = chunk.prepared.events["iat"].to_numpy().copy()
+        iat[chunk.first_rows] = chunk.ts[chunk.first_rows] - taken.values["last_ts"]
         starts_burst = ~(iat <= self.detector.burst_gap)  # NaN (a subject's first request) starts a burst too
-        new = pd.DataFrame({"owner": subject[starts_burst], "ts": ts[starts_burst], "prompt": chunk.prompt_hash[starts_burst]})
+        new = {"owner": chunk.subject[starts_burst], "ts": chunk.ts[starts_burst], "prompt": chunk.prompt_hash[starts_burst]}
         bursts = with_carried(taken.rows, new)
 
-        last_ms = np.maximum(chunk.last_ms, taken.values["last_ms"].to_numpy())
-        ends = np.append(first[1:], len(events)) - 1
-        values = pd.DataFrame(
-            {
-                "last_ms": last_ms,
-                "last_ts": np.fmax(ts[ends], taken.values["last_ts"].to_numpy()),
-                "plan": chunk.plan_hash,
-                "expected_rph": chunk.prepared.subjects["expected_rph"].to_numpy(),
-            }
-        )
+        last_ms = np.maximum(chunk.last_ms, taken.values["last_ms"])
+        values = {
+            "last_ms": last_ms,
+            "last_ts": np.fmax(chunk.ts[chunk.last_rows], taken.values["last_ts"]),
+            "plan": chunk.plan_hash,
+            "expected_rph": chunk.prepared.subjects["expected_rph"].to_numpy(),
+        }
         self.bursts.put(chunk.keys, values, kept_after(bursts, last_ms, self.retention))
         self._add_hours(chunk, last_ms)
 
@@ -81,20 +75,22 @@ class AutomationPatternState:
     def _add_hours(self, chunk: Chunk, last_ms: np.ndarray) -> None:
         """Add the chunk's requests per (subject, clock hour) to the carried counts."""
         taken = self.hours.take(chunk.keys)
-        events = chunk.prepared.events
-        subject = events["subject"].to_numpy()
-        hour = (events["ts"].to_numpy() // HOUR).astype(np.int64)
-        starts = run_starts(subject, hour)
-        new = pd.DataFrame(
-            {"owner": subject[starts], "hour": hour[starts], "requests": np.diff(np.append(starts, len(events)))}
-        )
-        hours = pd.concat([taken.rows, new], ignore_index=True).groupby(["owner", "hour"], as_index=False).sum()
+        hour = (chunk.ts // HOUR).astype(np.int64)
+        owner = np.concatenate((taken.rows["owner"], chunk.subject))
+        hour = np.concatenate((taken.rows["hour"], hour))
+        requests = np.concatenate((taken.rows["requests"], np.ones(len(chunk.subject), np.int64)))
+
+        order = np.lexsort((hour, owner))
+        owner, hour, requests = owner[order], hour[order], requests[order]
+        starts = run_starts(owner, hour)
+        hours = {"owner": owner[starts], "hour": hour[starts], "requests": np.add.reduceat(requests, starts)}
         if self.retention is not None:
             # An hour is kept while any part of it is within the retention. NOTE: its whole count is kept, so the
             # oldest hour counts requests from before the retention.
-            cutoff = last_ms[hours["owner"].to_numpy()] - int(self.retention * 1000)
-            hours = hours[(hours["hour"].to_numpy() + 1) * int(HOUR * 1000) > cutoff]
-        self.hours.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), hours)
+            cutoff = last_ms[hours["owner"]] - int(self.retention * 1000)
+            keep = (hours["hour"] + 1) * int(HOUR * 1000) > cutoff
+            hours = {name: column[keep] for name, column in hours.items()}
+        self.hours.put(chunk.keys, {}, hours)
 
     def pattern_findings(self) -> list:
         """Rebuild the pattern findings of every subject in the state."""
@@ -102,22 +98,20 @@ class AutomationPatternState:
         if not keys:
             return []
         taken = self.bursts.take(keys)
-        hours = self.hours.take(keys).rows
+        hours = pd.DataFrame(self.hours.take(keys).rows)
         subjects = pd.DataFrame(
             {
                 "subject_type": [key[0] for key in keys],
                 "subject": [key[1] for key in keys],
                 "account_id": [self.names[key][0] for key in keys],
                 "plan": [self.names[key][1] for key in keys],
-                "expected_rph": taken.values["expected_rph"].to_numpy(),
+                "expected_rph": taken.values["expected_rph"],
             }
         )
         prepared = PreparedEvents(events=pd.DataFrame(), subjects=subjects, networks=[])
 
-        prompt = taken.rows["prompt"].to_numpy()
-        codes = pd.factorize(prompt)[0].astype(np.int64)
-        codes[prompt == UNKNOWN_PROMPT] = -1
-        bursts = pd.DataFrame({"subject": taken.rows["owner"].to_numpy(), "ts": taken.rows["ts"].to_numpy(), "prompt": codes})
+        rows = taken.rows
+        bursts = pd.DataFrame({"subject": rows["owner"], "ts": rows["ts"], "prompt": prompt_codes(rows["prompt"])})
 
         def hourly_requests(chosen: pd.Index) -> pd.Series:
             rows = hours[hours["owner"].isin(chosen)]

@@ -5,11 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
-import pandas as pd
 
 from detector.state.chunk import Chunk, ChunkFindings, inexact_subjects, kept_after, with_carried
 from detector.state.escalation import ESCALATION_VALUES
-from detector.state.table import SubjectStates
+from detector.state.table import Columns, SubjectStates
 
 # Per-subject values every such state keeps: the last event time, for late events, and a hash of the plan.
 SUBJECT_VALUES: dict[str, tuple[str, object]] = {"last_ms": ("int64", -1), "plan": ("uint64", 0)}
@@ -37,17 +36,17 @@ class CarriedRowsState(ABC):
         rows = with_carried(taken.rows, self.new_rows(chunk))
 
         found, escalation = self.findings(chunk, rows, taken.values)
-        last_ms = np.maximum(chunk.last_ms, taken.values["last_ms"].to_numpy())
-        values = escalation.assign(last_ms=last_ms, plan=chunk.plan_hash)
+        last_ms = np.maximum(chunk.last_ms, taken.values["last_ms"])
+        values = {**escalation, "last_ms": last_ms, "plan": chunk.plan_hash}
         self.states.put(chunk.keys, values, kept_after(rows, last_ms, self.retention))
         return ChunkFindings(findings=found, inexact=inexact)
 
     @abstractmethod
-    def new_rows(self, chunk: Chunk) -> pd.DataFrame:
+    def new_rows(self, chunk: Chunk) -> Columns:
         """Return the rows ``chunk`` adds: ``owner`` (the subject code), ``ts`` and the row columns."""
 
     @abstractmethod
-    def findings(self, chunk: Chunk, rows: pd.DataFrame, carried: pd.DataFrame) -> tuple[list, pd.DataFrame]:
+    def findings(self, chunk: Chunk, rows: Columns, carried: Columns) -> tuple[list, Columns]:
         """Return the findings among the new rows of ``rows`` and the escalation values to carry on.
 
         ``rows`` holds carried and new rows sorted by owner then time, with

@@ -11,10 +11,13 @@ import pandas as pd
 from detector.features import PreparedEvents, prepare_events
 from detector.features.runs import run_starts
 from detector.plans import PlanCatalogue
-from detector.state.table import SubjectKey, TakenState
+from detector.state.table import Columns, SubjectKey, TakenState
 
 # A prompt hash of 0 stands for a request without one.
 UNKNOWN_PROMPT = np.uint64(0)
+
+# The ``inexact`` frame of a chunk without such subjects, shared so that a chunk builds no frame; do not modify it.
+NO_SUBJECTS = pd.DataFrame({"subject_type": pd.Series(dtype=object), "subject": pd.Series(dtype=object), "why": pd.Series(dtype=object)})
 
 
 @dataclass(slots=True)
@@ -35,43 +38,51 @@ class Chunk:
     """A frame of new events, prepared alone, with the per-subject values the incremental detectors share.
 
     Subject codes of ``prepared`` index ``keys``, so a subject's position in
-    the state taken for this chunk is its code.
+    the state taken for this chunk is its code. The arrays follow the prepared
+    events (sorted by subject then time).
     """
 
     def __init__(self, frame: pd.DataFrame, plans: PlanCatalogue) -> None:
         self.frame = frame
         self.prepared: PreparedEvents = prepare_events(frame, plans)
         subjects = self.prepared.subjects
+        events = self.prepared.events
         self.keys: list[SubjectKey] = list(zip(subjects["subject_type"].tolist(), subjects["subject"].tolist()))
+        self.subject = events["subject"].to_numpy()
+        self.ts = events["ts"].to_numpy()
+        self.ts_ms = events["ts_ms"].to_numpy()
+        # Each subject's first and last row in the prepared events.
+        self.first_rows = run_starts(self.subject) if len(events) else np.empty(0, np.int64)
+        self.last_rows = np.append(self.first_rows[1:], len(events)) - 1
 
     @cached_property
     def plan_hash(self) -> np.ndarray:
         """A stable 64-bit hash of each subject's plan (that of its last request in the chunk)."""
         return pd.util.hash_array(self.prepared.subjects["plan"].to_numpy(dtype=object))
 
-    @cached_property
+    @property
     def first_ms(self) -> np.ndarray:
         """Each subject's first event time in the chunk, in epoch milliseconds."""
-        return self.prepared.events["ts_ms"].to_numpy()[run_starts(self.prepared.events["subject"].to_numpy())]
+        return self.ts_ms[self.first_rows]
 
-    @cached_property
+    @property
     def last_ms(self) -> np.ndarray:
         """Each subject's last event time in the chunk, in epoch milliseconds."""
-        ends = np.append(run_starts(self.prepared.events["subject"].to_numpy())[1:], len(self.prepared.events)) - 1
-        return self.prepared.events["ts_ms"].to_numpy()[ends]
+        return self.ts_ms[self.last_rows]
 
     @cached_property
     def prompt_hash(self) -> np.ndarray:
         """A stable 64-bit hash of each prepared event's ``prompt_hash``, ``UNKNOWN_PROMPT`` where it is blank.
 
         Prompt codes from ``prepare_events`` number the prompts of one frame
-        only, so state carries this hash instead.
+        only, so state carries this hash instead. The codes number the
+        distinct values in order of first appearance, as ``pd.unique`` lists them.
         """
         uniques = pd.unique(self.frame["prompt_hash"].to_numpy(dtype=object))
-        hashed = pd.util.hash_array(uniques.astype(object)) if len(uniques) else np.empty(0, np.uint64)
+        hashed = pd.util.hash_array(uniques.astype(object)) if len(uniques) else np.zeros(1, np.uint64)
         hashed[uniques == ""] = UNKNOWN_PROMPT
         codes = self.prepared.events["prompt"].to_numpy()
-        return np.where(codes >= 0, hashed[np.maximum(codes, 0)] if len(hashed) else UNKNOWN_PROMPT, UNKNOWN_PROMPT)
+        return np.where(codes >= 0, hashed[np.maximum(codes, 0)], UNKNOWN_PROMPT)
 
 
 def inexact_subjects(chunk: Chunk, taken: TakenState) -> pd.DataFrame:
@@ -83,10 +94,11 @@ def inexact_subjects(chunk: Chunk, taken: TakenState) -> pd.DataFrame:
       the carried one. A batch pass measures all of a subject's events against
       its latest plan, so earlier findings were measured against another.
     """
-    values = taken.values
-    late = taken.known & (chunk.first_ms < values["last_ms"].to_numpy())
-    changed = taken.known & (chunk.plan_hash != values["plan"].to_numpy())
+    late = taken.known & (chunk.first_ms < taken.values["last_ms"])
+    changed = taken.known & (chunk.plan_hash != taken.values["plan"])
     flagged = np.flatnonzero(late | changed)
+    if not len(flagged):
+        return NO_SUBJECTS
     subjects = chunk.prepared.subjects
     return pd.DataFrame(
         {
@@ -97,23 +109,31 @@ def inexact_subjects(chunk: Chunk, taken: TakenState) -> pd.DataFrame:
     )
 
 
-def with_carried(carried: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+def with_carried(carried: Columns, new: Columns) -> Columns:
     """Return carried and new rows (each with ``owner`` and ``ts``) sorted by owner then time, with ``is_new`` and ``ts_ms``.
 
     At equal times carried rows come first, as they arrived first. A late new
     row is sorted among the carried ones.
     """
-    both = pd.concat([carried.assign(is_new=False), new.assign(is_new=True)], ignore_index=True)
-    ts_ms = np.round(both["ts"].to_numpy() * 1000).astype(np.int64)
-    order = np.lexsort((ts_ms, both["owner"].to_numpy()))
-    both = both.take(order).reset_index(drop=True)
+    both = {name: np.concatenate((carried[name], new[name])) for name in carried}
+    both["is_new"] = np.arange(len(both["owner"])) >= len(carried["owner"])
+    ts_ms = np.round(both["ts"] * 1000).astype(np.int64)
+    order = np.lexsort((ts_ms, both["owner"]))
+    both = {name: column[order] for name, column in both.items()}
     both["ts_ms"] = ts_ms[order]
     return both
 
 
-def kept_after(rows: pd.DataFrame, last_ms: np.ndarray, retention: float | None) -> pd.DataFrame:
+def kept_after(rows: Columns, last_ms: np.ndarray, retention: float | None) -> Columns:
     """Keep the rows a later event of the same subject can still see: newer than the owner's last event minus ``retention`` seconds."""
     if retention is None:
         return rows
-    cutoff = last_ms[rows["owner"].to_numpy()] - int(retention * 1000)
-    return rows[rows["ts_ms"].to_numpy() > cutoff]
+    keep = rows["ts_ms"] > last_ms[rows["owner"]] - int(retention * 1000)
+    return {name: column[keep] for name, column in rows.items()}
+
+
+def prompt_codes(hashes: np.ndarray) -> np.ndarray:
+    """Number the distinct prompt hashes from 0, with -1 for ``UNKNOWN_PROMPT``, as the detectors read prompts."""
+    codes = pd.factorize(hashes)[0].astype(np.int64)
+    codes[hashes == UNKNOWN_PROMPT] = -1
+    return codes

@@ -7,6 +7,7 @@ import pandas as pd
 
 from detector.detectors.base import best_steps, escalation_steps
 from detector.features.runs import run_starts
+from detector.state.table import Columns
 
 # Per-subject state columns of the current period's escalation: the period number and its best steps so far.
 ESCALATION_VALUES: dict[str, tuple[str, object]] = {
@@ -16,21 +17,21 @@ ESCALATION_VALUES: dict[str, tuple[str, object]] = {
 }
 
 
-def escalations_after(rows: pd.DataFrame, period: str, carried: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def escalations_after(rows: pd.DataFrame, period: str, carried: Columns) -> tuple[pd.DataFrame, Columns]:
     """Keep the escalation rows of ``rows`` given the steps carried from earlier chunks, and return the steps to carry on.
 
     ``rows`` are sorted by ``subject`` (the code that indexes ``carried``) then
     time. A subject's carried steps count for rows of the same ``period`` only.
-    The second frame has one row per code in ``carried``: the period and best
-    steps of its last row, or the carried ones when it has no rows.
+    The returned columns have one entry per code in ``carried``: the period and
+    best steps of its last row, or the carried ones when it has no rows.
     """
-    carry_on = carried[list(ESCALATION_VALUES)].copy()
+    carry_on = unchanged_steps(carried)
     if rows.empty:
         return rows, carry_on
     subject = rows["subject"].to_numpy()
-    same = carried["period"].to_numpy()[subject] == rows[period].to_numpy()
-    carried_score = np.where(same, carried["best_score"].to_numpy()[subject], np.nan)
-    carried_impact = np.where(same, carried["best_impact"].to_numpy()[subject], np.nan)
+    same = carried["period"][subject] == rows[period].to_numpy()
+    carried_score = np.where(same, carried["best_score"][subject], np.nan)
+    carried_impact = np.where(same, carried["best_impact"][subject], np.nan)
 
     group = ["subject", period]
     score_step, impact_step = escalation_steps(rows)
@@ -50,7 +51,12 @@ def escalations_after(rows: pd.DataFrame, period: str, carried: pd.DataFrame) ->
     kept = rows[first | grew]
 
     last = np.append(subject[1:] != subject[:-1], True)
-    carry_on.loc[subject[last], "period"] = rows[period].to_numpy()[last]
-    carry_on.loc[subject[last], "best_score"] = best_score[last].astype(np.int64)
-    carry_on.loc[subject[last], "best_impact"] = best_impact[last].astype(np.int64)
+    carry_on["period"][subject[last]] = rows[period].to_numpy()[last]
+    carry_on["best_score"][subject[last]] = best_score[last]
+    carry_on["best_impact"][subject[last]] = best_impact[last]
     return kept, carry_on
+
+
+def unchanged_steps(carried: Columns) -> Columns:
+    """Return a copy of the carried escalation values, for a chunk that escalated nothing."""
+    return {name: carried[name].copy() for name in ESCALATION_VALUES}

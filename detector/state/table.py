@@ -6,23 +6,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 SubjectKey = tuple[str, str]
+# Named numpy columns of equal length: plain arrays, because a chunk of a few events would spend most
+# of its time building DataFrames.
+Columns = dict[str, np.ndarray]
 
 
 @dataclass(slots=True)
 class TakenState:
     """The state of the subjects of one chunk, aligned with the keys passed to ``SubjectStates.take``.
 
-    ``values`` has one row per key, with each column's default for a subject
-    without state (``known`` false). ``rows`` holds the subjects' carried rows in
-    stored order, with ``owner``: the position of the row's subject in the keys.
+    ``values`` has one entry per key in each column, the column's default for a
+    subject without state (``known`` false). ``rows`` holds the subjects' carried
+    rows in stored order, with ``owner``: the position of the row's subject in the keys.
     """
 
     known: np.ndarray
-    values: pd.DataFrame
-    rows: pd.DataFrame
+    values: Columns
+    rows: Columns
 
 
 class SubjectStates:
@@ -70,33 +72,33 @@ class SubjectStates:
         """Return the state of ``keys``; subjects without state get defaults and no rows."""
         slots = np.fromiter((self._slots.get(key, -1) for key in keys), np.int64, count=len(keys))
         known = slots >= 0
-        values = pd.DataFrame(
-            {
-                name: np.where(known, self._values[name][np.maximum(slots, 0)] if len(self._slots) else 0, default)
-                .astype(self._value_dtypes[name])
-                for name, default in self._defaults.items()
-            }
-        )
-        lengths = np.where(known, self._length[np.maximum(slots, 0)] if len(self._slots) else 0, 0)
-        index = _segment_index(np.where(known, self._start[np.maximum(slots, 0)] if len(self._slots) else 0, 0), lengths)
-        rows = pd.DataFrame({name: column[index] for name, column in self._rows.items()})
-        rows.insert(0, "owner", np.repeat(np.arange(len(keys)), lengths))
+        slot = np.where(known, slots, 0)
+        if not len(self._start):
+            self._grow_slots(1)
+        values = {
+            name: np.where(known, self._values[name][slot], default).astype(self._value_dtypes[name])
+            for name, default in self._defaults.items()
+        }
+        lengths = np.where(known, self._length[slot], 0)
+        index = _segment_index(self._start[slot], lengths)
+        rows = {"owner": np.repeat(np.arange(len(keys)), lengths)}
+        rows.update((name, column[index]) for name, column in self._rows.items())
         return TakenState(known=known, values=values, rows=rows)
 
-    def put(self, keys: Sequence[SubjectKey], values: pd.DataFrame, rows: pd.DataFrame) -> None:
-        """Replace the state of ``keys`` with ``values`` (one row per key) and ``rows`` (sorted by ``owner``)."""
-        owner = rows["owner"].to_numpy()
+    def put(self, keys: Sequence[SubjectKey], values: Columns, rows: Columns) -> None:
+        """Replace the state of ``keys`` with ``values`` (one entry per key) and ``rows`` (sorted by ``owner``)."""
+        owner = rows["owner"]
         if len(owner) > 1 and bool(np.any(owner[1:] < owner[:-1])):
             raise ValueError("rows must be sorted by owner, the position of their subject in keys")
         slots = self._slots_for(keys)
         for name in self._values:
-            self._values[name][slots] = values[name].to_numpy()
+            self._values[name][slots] = values[name]
 
         self._abandon(slots)
         lengths = np.bincount(owner, minlength=len(keys)).astype(np.int64)
         self._reserve(len(owner))
         for name, column in self._rows.items():
-            column[self._used : self._used + len(owner)] = rows[name].to_numpy()
+            column[self._used : self._used + len(owner)] = rows[name]
         self._start[slots] = self._used + np.concatenate(([0], np.cumsum(lengths)[:-1]))
         self._length[slots] = lengths
         self._used += len(owner)

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Benchmark per-subject state against today's stream path for image_quota and automation.
+
+    .venv/bin/python scripts/bench_state.py [--keys 500] [--days 7] [--seed 3] [--chunk-seconds 60]
+    .venv/bin/python scripts/bench_state.py --events path/to/events.jsonl
+
+A simulated input (or ``--events``) is read once and streamed in chunks of
+``--chunk-seconds`` of event time. Per chunk, in the same process, it times:
+
+- ``state``: prepare the chunk alone and update the image_quota, automation
+  load and automation pattern states (``detector.state``);
+- ``window``: what the stream worker does today for the same two detectors:
+  prepare the touched subjects' trailing 7 days plus the chunk, and run
+  ``detect`` with ``since`` at the chunk's first event. Selecting the window
+  rows from memory is not timed; the worker reads them from Redis.
+
+It reports both totals, their ratio, the rebuild of the pattern findings
+after the last chunk (timed apart: the state path returns pattern findings
+only on a rebuild), the state bytes per subject at the end, and a check
+that both paths found the same number of image_quota and load findings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detector.detectors import AutomationDetector, ImageQuotaDetector
+from detector.detectors.base import detect_since
+from detector.features import prepare_events
+from detector.plans import load_plans
+from detector.readers import read_events
+from detector.simulate import simulate_traffic
+from detector.state import AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
+
+WEEK = 7 * 86400.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=Path, help="An events JSON-lines file (default: simulate one).")
+    parser.add_argument("--keys", type=int, default=500, help="Simulated keys (default 500).")
+    parser.add_argument("--days", type=int, default=7, help="Simulated days (default 7).")
+    parser.add_argument("--seed", type=int, default=3, help="Simulation seed (default 3).")
+    parser.add_argument("--chunk-seconds", type=float, default=60.0, help="Event time per chunk, in seconds (default 60).")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = args.events or simulate_traffic(Path(folder), keys=args.keys, days=args.days, seed=args.seed).events_path
+        frame = read_events([path]).frame
+    report(run(frame, args.chunk_seconds))
+
+
+def run(frame: pd.DataFrame, chunk_seconds: float) -> dict[str, float]:
+    """Stream ``frame`` through both paths and return the totals and counts."""
+    plans = load_plans()
+    image_quota, automation = ImageQuotaDetector(), AutomationDetector()
+    states = [ImageQuotaState(image_quota), AutomationLoadState(automation)]
+    pattern = AutomationPatternState(automation, retention=WEEK)
+    windows = SubjectRows(frame)
+
+    ts = frame["ts"].to_numpy()
+    edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + chunk_seconds, chunk_seconds), side="left")
+    totals = {"state": 0.0, "window": 0.0, "state_findings": 0, "window_findings": 0, "chunks": 0}
+    for start, end in zip(edges[:-1], edges[1:]):
+        if start == end:
+            continue
+        chunk_frame = frame.iloc[start:end].reset_index(drop=True)
+
+        began = time.perf_counter()
+        chunk = Chunk(chunk_frame, plans)
+        found = [state.update(chunk).findings for state in states]
+        pattern.update(chunk)
+        totals["state"] += time.perf_counter() - began
+
+        window = windows.before(chunk_frame, float(ts[start]))
+        began = time.perf_counter()
+        prepared = prepare_events(pd.concat([window, chunk_frame], ignore_index=True), plans)
+        since = float(ts[start])
+        seen = [detect_since(image_quota, prepared, since), detect_since(automation, prepared, since)]
+        totals["window"] += time.perf_counter() - began
+
+        totals["state_findings"] += sum(len(findings) for findings in found)
+        totals["window_findings"] += len(seen[0]) + sum(1 for f in seen[1] if f.evidence["kind"] == "load")
+        totals["chunks"] += 1
+
+    began = time.perf_counter()
+    totals["pattern_findings"] = len(pattern.pattern_findings())
+    totals["pattern_rebuild"] = time.perf_counter() - began
+    totals["events"] = len(frame)
+    totals["subjects"] = len(pattern.names)
+    totals["bytes"] = {type(state).__name__: state.states.nbytes() for state in states}
+    totals["bytes"]["AutomationPatternState"] = pattern.bursts.nbytes() + pattern.hours.nbytes()
+    return totals
+
+
+class SubjectRows:
+    """Row positions of each subject in a time-sorted frame, to cut its trailing window quickly."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.ts = frame["ts"].to_numpy()
+        keys = frame["subject_type"].astype(str) + "\x1f" + frame["key_id"].astype(str)
+        codes, uniques = pd.factorize(keys)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        self.rows = {key: order[bounds[i] : bounds[i + 1]] for i, key in enumerate(uniques)}
+
+    def before(self, chunk: pd.DataFrame, start: float) -> pd.DataFrame:
+        """Return the rows of the chunk's subjects in the 7 days before ``start``, in time order."""
+        keys = (chunk["subject_type"].astype(str) + "\x1f" + chunk["key_id"].astype(str)).unique()
+        parts = []
+        for key in keys:
+            rows = self.rows[key]
+            ts = self.ts[rows]
+            parts.append(rows[np.searchsorted(ts, start - WEEK, side="left") : np.searchsorted(ts, start, side="left")])
+        return self.frame.iloc[np.sort(np.concatenate(parts))]
+
+
+def report(totals: dict) -> None:
+    subjects = max(totals["subjects"], 1)
+    print(f"events {totals['events']:,} in {totals['chunks']:,} chunks, {totals['subjects']:,} subjects")
+    print(f"state path (prepare chunk, update image_quota + automation load + pattern): {totals['state']:.2f} s")
+    print(f"window path (prepare 7-day windows + chunk, detect with since):            {totals['window']:.2f} s")
+    print(f"ratio window / state: {totals['window'] / totals['state']:.1f}")
+    print(f"pattern rebuild over all subjects after the last chunk: {totals['pattern_rebuild']:.3f} s, {totals['pattern_findings']} findings")
+    print(f"image_quota + load findings: state {totals['state_findings']:,}, window {totals['window_findings']:,}")
+    for name, size in totals["bytes"].items():
+        print(f"state bytes per subject, {name}: {size / subjects:,.0f}")
+
+
+if __name__ == "__main__":
+    main()
