@@ -64,38 +64,39 @@ def load_rows(
 
     count = count[positions]
     cv, mean_gap = _gap_cv(subject, ts_ms, start, positions, count)
-    rows = pd.DataFrame(
+    load = count / per_window[positions]
+    repeat_share = same_prompt / count
+    signals = {
+        "regular": (cv <= detector.max_regular_cv) & (mean_gap >= detector.min_regular_period),
+        "repeated": repeat_share >= detector.min_repeat_share,
+        "parallel_burst": waves >= detector.min_parallel_waves,
+        "fast_pace": count >= detector.min_fast_requests,
+    }
+    # Columns are filtered as arrays and the frame is built once, because a stream chunk has few rows and
+    # each pandas column operation costs about as much as the arithmetic.
+    keep = signals["regular"] | signals["repeated"] | signals["parallel_burst"] | signals["fast_pace"]
+    if not keep.any():
+        return pd.DataFrame()
+    signal_count = sum(signal[keep].astype(np.int64) for signal in signals.values())
+    ts_kept = ts[positions][keep]
+    return pd.DataFrame(
         {
-            "subject": subject[positions],
-            "ts": ts[positions],
-            "requests": count,
-            "load": count / per_window[positions],
-            "cv": cv,
-            "mean_gap": mean_gap,
-            "repeat_share": same_prompt / count,
-            "max_parallel": parallel[positions],
-            "parallel_waves": waves,
+            "subject": subject[positions][keep],
+            "ts": ts_kept,
+            "requests": count[keep],
+            "load": load[keep],
+            "cv": cv[keep],
+            "mean_gap": mean_gap[keep],
+            "repeat_share": repeat_share[keep],
+            "max_parallel": parallel[positions][keep],
+            "parallel_waves": waves[keep],
+            **{name: signal[keep] for name, signal in signals.items()},
+            "score": np.clip(45 + 15 * signal_count + 10 * np.log2(load[keep]), 0, 100),
+            "impact": load[keep],
+            "bucket": (ts_kept // WINDOW).astype(np.int64),
+            "detected_at": ts_kept,
         }
     )
-    return _scored(detector, rows)
-
-
-def _scored(detector: AutomationDetector, rows: pd.DataFrame) -> pd.DataFrame:
-    """Keep the rows with a machine signal and give them a score, an impact and a bucket."""
-    rows["regular"] = (rows["cv"] <= detector.max_regular_cv) & (rows["mean_gap"] >= detector.min_regular_period)
-    rows["repeated"] = rows["repeat_share"] >= detector.min_repeat_share
-    rows["parallel_burst"] = rows["parallel_waves"] >= detector.min_parallel_waves
-    rows["fast_pace"] = rows["requests"] >= detector.min_fast_requests
-    rows = rows[rows["regular"] | rows["repeated"] | rows["parallel_burst"] | rows["fast_pace"]].copy()
-    if rows.empty:
-        return rows
-
-    signals = rows[["regular", "repeated", "parallel_burst", "fast_pace"]].sum(axis=1)
-    rows["score"] = np.clip(45 + 15 * signals + 10 * np.log2(rows["load"]), 0, 100)
-    rows["impact"] = rows["load"]
-    rows["bucket"] = (rows["ts"] // WINDOW).astype(np.int64)
-    rows["detected_at"] = rows["ts"]
-    return rows
 
 
 def _gap_cv(

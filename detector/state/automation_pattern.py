@@ -18,8 +18,9 @@ class AutomationPatternState:
     Per subject: burst starts (time and prompt hash, see ``Chunk.prompt_hash``),
     requests per clock hour, the last request's time, and the account, plan
     and expected rate of the latest request. With ``retention`` None every
-    burst and hour is kept, as the batch command's whole input; with seconds,
-    those older than the subject's last request minus ``retention`` are dropped.
+    burst and hour is kept, as in the batch command's whole input. With
+    seconds, those older than the subject's last request minus ``retention``
+    are dropped.
 
     ``update`` returns no findings. ``pattern_findings`` rebuilds them over all
     subjects, and after the last chunk of a time-sorted input, with ``retention``

@@ -18,7 +18,7 @@ class CarriedRowsState(ABC):
     """Per-subject rows of the last ``retention`` seconds, updated chunk by chunk.
 
     A subclass names its row columns and builds the findings from carried and
-    new rows together; this class takes and puts the state and trims it.
+    new rows together. This class takes the state, trims it and puts it back.
     """
 
     retention: float
@@ -49,6 +49,6 @@ class CarriedRowsState(ABC):
     def findings(self, chunk: Chunk, rows: Columns, carried: Columns) -> tuple[list, Columns]:
         """Return the findings among the new rows of ``rows`` and the escalation values to carry on.
 
-        ``rows`` holds carried and new rows sorted by owner then time, with
-        ``is_new`` and ``ts_ms``; ``carried`` holds the values taken for the chunk's subjects.
+        ``rows`` contains carried and new rows sorted by owner then time, with
+        ``is_new`` and ``ts_ms``. ``carried`` contains the values taken for the chunk's subjects.
         """

@@ -27,7 +27,8 @@ class ChunkFindings:
     ``inexact`` has one row per such subject: ``subject_type``, ``subject`` and
     ``why`` (``late_event`` or ``plan_changed``). Their findings, in this chunk
     and before it, may differ from a batch pass over the whole input, so the
-    caller re-scores them from stored raw events.
+    caller re-scores them from stored raw events. A finding's ``account_id``
+    and ``plan`` are those of the subject's last request in its chunk.
     """
 
     findings: list
@@ -72,17 +73,18 @@ class Chunk:
 
     @cached_property
     def prompt_hash(self) -> np.ndarray:
-        """A stable 64-bit hash of each prepared event's ``prompt_hash``, ``UNKNOWN_PROMPT`` where it is blank.
+        """A stable 64-bit hash of each prepared event's ``prompt_hash``, ``UNKNOWN_PROMPT`` where it is blank or missing.
 
         Prompt codes from ``prepare_events`` number the prompts of one frame
-        only, so state carries this hash instead. The codes number the
-        distinct values in order of first appearance, as ``pd.unique`` lists them.
+        only, so state carries this hash instead. ``pd.util.hash_array`` uses a
+        fixed key, so a hash is the same in every process.
         """
-        uniques = pd.unique(self.frame["prompt_hash"].to_numpy(dtype=object))
-        hashed = pd.util.hash_array(uniques.astype(object)) if len(uniques) else np.zeros(1, np.uint64)
-        hashed[uniques == ""] = UNKNOWN_PROMPT
-        codes = self.prepared.events["prompt"].to_numpy()
-        return np.where(codes >= 0, hashed[np.maximum(codes, 0)], UNKNOWN_PROMPT)
+        codes, uniques = pd.factorize(self.frame["prompt_hash"])
+        hashed = np.append(pd.util.hash_array(np.asarray(uniques, dtype=object)), UNKNOWN_PROMPT)
+        hashed[:-1][np.asarray(uniques, dtype=object) == ""] = UNKNOWN_PROMPT
+        # Code -1 (a missing value) picks the UNKNOWN_PROMPT appended last.
+        per_row = hashed[codes]
+        return per_row[self.prepared.input_rows] if self.prepared.input_rows is not None else per_row
 
 
 def inexact_subjects(chunk: Chunk, taken: TakenState) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from detector.detectors.base import best_steps, escalation_steps
+from detector.detectors.base import escalation_steps
 from detector.features.runs import run_starts
 from detector.state.table import Columns
 
@@ -33,14 +33,11 @@ def escalations_after(rows: pd.DataFrame, period: str, carried: Columns) -> tupl
     carried_score = np.where(same, carried["best_score"][subject], np.nan)
     carried_impact = np.where(same, carried["best_impact"][subject], np.nan)
 
-    group = ["subject", period]
-    score_step, impact_step = escalation_steps(rows)
-    best_score, best_impact = best_steps(rows, group, score_step, impact_step)
-    best_score = np.fmax(best_score.to_numpy(dtype=np.float64), carried_score)
-    best_impact = np.fmax(best_impact.to_numpy(dtype=np.float64), carried_impact)
-
     # Each (subject, period) group is one run of rows, so the row before within the group is the row before.
     starts = run_starts(subject, rows[period].to_numpy())
+    score_step, impact_step = escalation_steps(rows)
+    best_score = np.fmax(_running_max(score_step, starts), carried_score)
+    best_impact = np.fmax(_running_max(impact_step, starts), carried_impact)
     previous_score = np.concatenate(([np.nan], best_score[:-1]))
     previous_impact = np.concatenate(([np.nan], best_impact[:-1]))
     previous_score[starts] = carried_score[starts]
@@ -60,3 +57,18 @@ def escalations_after(rows: pd.DataFrame, period: str, carried: Columns) -> tupl
 def unchanged_steps(carried: Columns) -> Columns:
     """Return a copy of the carried escalation values, for a chunk that escalated nothing."""
     return {name: carried[name].copy() for name in ESCALATION_VALUES}
+
+
+def _running_max(steps: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Return the running maximum of integer ``steps`` within each run, given the rows where runs start, as floats.
+
+    Each run is lifted above all earlier ones by an offset larger than any
+    range of steps, so one running maximum over all rows restarts at each run.
+    """
+    run = np.zeros(len(steps), np.int64)
+    run[starts[1:]] = 1
+    run = np.cumsum(run)
+    low = int(steps.min()) if len(steps) else 0
+    offset = (int(steps.max()) - low + 1) if len(steps) else 1
+    lifted = (steps - low) + run * offset
+    return (np.maximum.accumulate(lifted) - run * offset + low).astype(np.float64)

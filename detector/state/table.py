@@ -18,7 +18,7 @@ class TakenState:
     """The state of the subjects of one chunk, aligned with the keys passed to ``SubjectStates.take``.
 
     ``values`` has one entry per key in each column, the column's default for a
-    subject without state (``known`` false). ``rows`` holds the subjects' carried
+    subject without state (``known`` false). ``rows`` contains the subjects' carried
     rows in stored order, with ``owner``: the position of the row's subject in the keys.
     """
 
@@ -34,9 +34,10 @@ class SubjectStates:
     with the columns of ``rows``. Rows live in shared column arrays, each
     subject's rows one contiguous segment, so ``take`` and ``put`` gather and
     append whole segments with numpy over all subjects of a chunk. ``put``
-    appends a subject's new segment and abandons the old one; the arrays are
-    compacted once abandoned rows outnumber live ones, so a chunk costs time in
-    proportion to its subjects' rows, amortised, never to untouched subjects.
+    appends a subject's new segment and abandons the old one. The arrays are
+    compacted once abandoned rows outnumber live ones. A chunk therefore costs
+    time in proportion to its subjects' rows (amortised), never to untouched
+    subjects, except for the occasional doubling of the arrays' capacity.
     Per subject, the values and rows form one small table each, which is what
     a store would write per subject (for example as Arrow IPC).
     """
@@ -52,14 +53,15 @@ class SubjectStates:
         self._length = np.empty(0, np.int64)
         self._rows = {name: np.empty(0, dtype) for name, dtype in self._row_dtypes.items()}
         self._used = 0
+        self._live = 0
 
     def __len__(self) -> int:
         return len(self._slots)
 
     @property
     def live_rows(self) -> int:
-        """Rows held for all subjects, without abandoned ones."""
-        return int(self._length[: len(self._slots)].sum())
+        """Rows kept for all subjects, without abandoned ones."""
+        return self._live
 
     def nbytes(self) -> int:
         """Return the bytes of live values and rows, without keys or spare capacity."""
@@ -102,6 +104,7 @@ class SubjectStates:
         self._start[slots] = self._used + np.concatenate(([0], np.cumsum(lengths)[:-1]))
         self._length[slots] = lengths
         self._used += len(owner)
+        self._live += len(owner)
 
     def _slots_for(self, keys: Sequence[SubjectKey]) -> np.ndarray:
         """Return each key's slot, adding slots for new subjects."""
@@ -123,6 +126,7 @@ class SubjectStates:
         self._length = _resized(self._length, capacity)
 
     def _abandon(self, slots: np.ndarray) -> None:
+        self._live -= int(self._length[slots].sum())
         self._length[slots] = 0
 
     def _reserve(self, extra: int) -> None:
