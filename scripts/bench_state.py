@@ -68,30 +68,29 @@ def run(frame: pd.DataFrame, chunk_seconds: float) -> dict[str, float]:
     ts = frame["ts"].to_numpy()
     edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + chunk_seconds, chunk_seconds), side="left")
     totals = {"state": 0.0, "state_prepare": 0.0, "window": 0.0, "state_findings": 0, "window_findings": 0, "chunks": 0}
+    # Per day of the input: [state seconds, window seconds, chunks], to show which path grows as windows fill.
+    per_day: dict[int, list[float]] = {}
     for start, end in zip(edges[:-1], edges[1:]):
         if start == end:
             continue
         chunk_frame = frame.iloc[start:end].reset_index(drop=True)
 
-        began = time.perf_counter()
-        chunk = Chunk(chunk_frame, plans)
-        prepared_at = time.perf_counter()
-        found = [state.update(chunk).findings for state in states]
-        pattern.update(chunk)
-        totals["state"] += time.perf_counter() - began
-        totals["state_prepare"] += prepared_at - began
-
+        state_seconds, prepare_seconds, state_found = time_state(chunk_frame, plans, [*states, pattern])
         window = windows.before(chunk_frame, float(ts[start]))
-        began = time.perf_counter()
-        prepared = prepare_events(pd.concat([window, chunk_frame], ignore_index=True), plans)
-        since = float(ts[start])
-        seen = [detect_since(image_quota, prepared, since), detect_since(automation, prepared, since)]
-        totals["window"] += time.perf_counter() - began
+        window_seconds, window_found = time_window(window, chunk_frame, float(ts[start]), plans, image_quota, automation)
 
-        totals["state_findings"] += sum(len(findings) for findings in found)
-        totals["window_findings"] += len(seen[0]) + sum(1 for f in seen[1] if f.evidence["kind"] == "load")
+        totals["state"] += state_seconds
+        totals["state_prepare"] += prepare_seconds
+        totals["window"] += window_seconds
+        day = per_day.setdefault(int((ts[start] - ts[0]) // 86400), [0.0, 0.0, 0])
+        day[0] += state_seconds
+        day[1] += window_seconds
+        day[2] += 1
+        totals["state_findings"] += state_found
+        totals["window_findings"] += window_found
         totals["chunks"] += 1
 
+    totals["per_day"] = per_day
     began = time.perf_counter()
     totals["pattern_findings"] = len(pattern.pattern_findings())
     totals["pattern_rebuild"] = time.perf_counter() - began
@@ -100,6 +99,24 @@ def run(frame: pd.DataFrame, chunk_seconds: float) -> dict[str, float]:
     totals["bytes"] = {type(state).__name__: state.states.nbytes() for state in states}
     totals["bytes"]["AutomationPatternState"] = pattern.bursts.nbytes() + pattern.hours.nbytes()
     return totals
+
+
+def time_state(chunk_frame: pd.DataFrame, plans, states: list) -> tuple[float, float, int]:
+    """Prepare the chunk and update every state; return the seconds, the seconds of the prepare step and the findings."""
+    began = time.perf_counter()
+    chunk = Chunk(chunk_frame, plans)
+    prepared_at = time.perf_counter()
+    found = sum(len(state.update(chunk).findings) for state in states)
+    return time.perf_counter() - began, prepared_at - began, found
+
+
+def time_window(window: pd.DataFrame, chunk_frame: pd.DataFrame, since: float, plans, image_quota, automation) -> tuple[float, int]:
+    """Prepare window and chunk together and detect from ``since``; return the seconds and the image_quota and load findings."""
+    began = time.perf_counter()
+    prepared = prepare_events(pd.concat([window, chunk_frame], ignore_index=True), plans)
+    quota = detect_since(image_quota, prepared, since)
+    load = [finding for finding in detect_since(automation, prepared, since) if finding.evidence["kind"] == "load"]
+    return time.perf_counter() - began, len(quota) + len(load)
 
 
 class SubjectRows:
@@ -134,6 +151,8 @@ def report(totals: dict) -> None:
     print(f"ratio window / state: {totals['window'] / totals['state']:.1f}")
     print(f"pattern rebuild over all subjects after the last chunk: {totals['pattern_rebuild']:.3f} s, {totals['pattern_findings']} findings")
     print(f"image_quota + load findings: state {totals['state_findings']:,}, window {totals['window_findings']:,}")
+    for day, (state, window, chunks) in sorted(totals["per_day"].items()):
+        print(f"day {day + 1}: ms per chunk, state {1000 * state / chunks:.1f}, window {1000 * window / chunks:.1f}")
     for name, size in totals["bytes"].items():
         print(f"state bytes per subject, {name}: {size / subjects:,.0f}")
 
