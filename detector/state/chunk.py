@@ -120,7 +120,12 @@ def with_carried(carried: Columns, new: Columns) -> Columns:
     both = {name: np.concatenate((carried[name], new[name])) for name in carried}
     both["is_new"] = np.arange(len(both["owner"])) >= len(carried["owner"])
     ts_ms = np.round(both["ts"] * 1000).astype(np.int64)
-    order = np.lexsort((ts_ms, both["owner"]))
+    # Carried and new rows are each sorted by owner then time, so a stable sort by owner merges the two runs
+    # in linear time. Only a late row needs the full sort.
+    order = np.argsort(both["owner"], kind="stable")
+    owner, sorted_ms = both["owner"][order], ts_ms[order]
+    if bool(np.any((owner[1:] == owner[:-1]) & (sorted_ms[1:] < sorted_ms[:-1]))):
+        order = np.lexsort((ts_ms, both["owner"]))
     both = {name: column[order] for name, column in both.items()}
     both["ts_ms"] = ts_ms[order]
     return both
