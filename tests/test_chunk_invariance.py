@@ -18,14 +18,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.detectors import AutomationDetector, Finding, ImageQuotaDetector
+from detector.detectors import AnomalyDetector, AutomationDetector, Finding, ImageQuotaDetector
 from detector.features import prepare_events
+from detector.features.keyday import keyday_counts
+from detector.model_registry import load_model
 from detector.readers import read_events
 from detector.simulate import simulate_traffic
-from detector.state import AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
+from detector.state.anomaly import HOUR, NETWORK, PROMPT
+from detector.state import AnomalyDayState, AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
 from tests.factories import DAY, T0, events, frame
 
 IMAGE = "/v1/images/generations"
+SHIPPED_MODEL = load_model()
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,12 @@ CASES = [
         lambda: AutomationPatternState(AutomationDetector()),
         lambda whole, plans: _of_kind("pattern", AutomationDetector().detect(prepare_events(whole, plans))),
         finish=lambda state: state.pattern_findings(),
+    ),
+    Case(
+        "anomaly",
+        lambda: AnomalyDayState(AnomalyDetector(SHIPPED_MODEL)),
+        lambda whole, plans: AnomalyDetector(SHIPPED_MODEL).detect(prepare_events(whole, plans)),
+        finish=lambda state: state.close_days(state.newest),
     ),
 ]
 # The detectors that build findings event by event, so that each chunk returns its own.
@@ -344,3 +354,65 @@ def test_pattern_without_retention_keeps_everything(plans):
 
     assert len(state.bursts.take([("key", "cron")]).rows) == 10 * 24
     assert state.pattern_findings()
+
+
+# Anomaly state -------------------------------------------------------------
+
+
+def _busy_day(key: str, day: int, **fields) -> pd.DataFrame:
+    """Return a day of requests that the shipped model isolates: a key sending every 20 seconds with one prompt."""
+    return events(key, T0 + day * DAY + np.arange(4000) * 20.0, prompt_hash="same", cost=0.5, **fields)
+
+
+def test_anomaly_quiet_key_day_waits_for_close_days(plans):
+    quiet = _busy_day("quiet", 0)
+    later = events("other", T0 + DAY + 3600 + np.arange(5) * 60.0)
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+
+    assert state.update(Chunk(frame(quiet), plans)).findings == []
+    # The other key's request closes the quiet key's day, but the quiet key has no event in that chunk.
+    assert state.update(Chunk(frame(later), plans)).findings == []
+    closed = state.close_days(state.newest)
+
+    expected = AnomalyDetector(SHIPPED_MODEL).detect(prepare_events(frame(quiet, later), plans))
+    assert [finding.subject for finding in closed] == ["quiet"]
+    assert sorted(map(comparable, closed)) == sorted(map(comparable, expected))
+    assert state.close_days(state.newest) == []
+
+
+def test_anomaly_closed_day_leaves_state(plans):
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+    state.update(Chunk(frame(_busy_day("busy", 0)), plans))
+    open_rows = len(state.days.take([("key", "busy")]).rows)
+
+    state.update(Chunk(frame(events("busy", [T0 + DAY + 60.0])), plans))
+    taken = state.days.take([("key", "busy")])
+
+    times = T0 + np.arange(4000) * 20.0
+    hours, buckets = len(np.unique(times // 3600)), len(np.unique(times // 600))
+    # One network, user agent, country and prompt, and the day's hours and 10-minute buckets.
+    assert open_rows == 4 + hours + buckets
+    assert taken.values["day"].tolist() == [int(T0 // DAY) + 1]
+    assert taken.values["requests"].tolist() == [1]
+    # The new day's network, user agent, country, hour and bucket; its request has no prompt.
+    assert len(taken.rows) == 5
+
+
+def test_anomaly_day_split_across_chunks_counts_distinct_once(plans):
+    """Networks, prompts and buckets seen in both parts of a day count once, as in one pass."""
+    day = events("split", T0 + np.arange(600) * 60.0, ip=["198.51.100.7", "203.0.113.9"] * 300, prompt_hash="same")
+    whole = frame(day, events("closer", [T0 + DAY + 1.0]))
+
+    run = run_in_chunks(CASES[3], whole, range(50, 600, 50), plans)
+    rows = keyday_counts(prepare_events(whole, plans))
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+    for start in range(0, 600, 50):
+        state.update(Chunk(whole.iloc[start : start + 50].reset_index(drop=True), plans))
+    carried = state.days.take([("key", "split")])
+
+    assert run.inexact.empty
+    assert carried.values["requests"].tolist() == [600]
+    kinds = carried.rows["kind"].to_numpy()
+    assert int((kinds == NETWORK).sum()) == int(rows.loc[rows["requests"] == 600, "networks"].iloc[0]) == 2
+    assert int(carried.rows.loc[kinds == HOUR, "count"].max()) == 60
+    assert carried.rows.loc[kinds == PROMPT, "count"].tolist() == [600]
