@@ -22,6 +22,7 @@ from detector.detectors import AnomalyDetector, AutomationDetector, Finding, Ima
 from detector.detectors.device_graph import MAX_SUBJECT_EDGES
 from detector.detectors.sharing import KeySharingDetector
 from detector.features import prepare_events
+from detector.features.hosting import HostingNetworks
 from detector.features.keyday import keyday_counts
 from detector.model_registry import load_model
 from detector.readers import read_events
@@ -500,6 +501,25 @@ def test_sharing_new_device_across_chunks(plans):
 
     findings = assert_chunk_invariant(SHARING, whole, range(40, len(whole)), plans)
     assert [finding.evidence["new_device"] for finding in findings] == [1]
+
+
+def test_sharing_hosting_networks_make_no_device(plans):
+    """A CI runner on a cloud network is left out of the device graph, chunk by chunk as in one pass."""
+    hosting = HostingNetworks.from_lines(["192.0.2.0/24"], "cloud")
+    home = events("ci", T0 + np.arange(3 * 24) * 3600.0, ip="198.51.100.7", user_agent="laptop")
+    runner = events("ci", T0 + 2 * DAY + 30.0 + np.arange(40) * 90.0, ip="192.0.2.10", user_agent="runner")
+    phone = events("ci", T0 + 2 * DAY + 60.0 + np.arange(5) * 120.0, ip="203.0.113.9", user_agent="phone")
+    whole = frame(home, runner, phone)
+    case = Case(
+        "key_sharing with hosting",
+        lambda: KeySharingState(KeySharingDetector(hosting=hosting)),
+        lambda whole, plans: KeySharingDetector(hosting=hosting).detect(prepare_events(whole, plans)),
+    )
+
+    findings = assert_chunk_invariant(case, whole, range(60, len(whole), 3), plans)
+    without_hosting = KeySharingDetector().detect(prepare_events(whole, plans))
+    assert max(finding.evidence["device_components"] for finding in findings) == 2
+    assert max(finding.evidence["device_components"] for finding in without_hosting) == 3
 
 
 def test_sharing_late_event_is_reported(plans):

@@ -172,6 +172,7 @@ class KeySharingState:
         group, first_ts, carried = events.networks
         switched_before = carried[carried["switched"].to_numpy()].rename(columns={"owner": "subject"})
         rows["networks"] = distinct_networks_so_far(rows, switched_before)
+        # NOTE: the batch also counts trips later in the switch's millisecond; those in the next chunk are missed here.
         rows["impossible_trips_24h"] = count_marked(trip_keys, keys[concurrent], DAY)
 
         self._carry_marks(chunk, events, switch_keys, trip_keys)
@@ -267,6 +268,8 @@ class KeySharingState:
         carried = self.spread.take(chunk.keys).rows
         carried_day = events.carried["day"].to_numpy()[carried["owner"].to_numpy()]
         times = first["detected_at"].to_numpy()
+        # NOTE: like the batch, this counts up to the end of each detecting request's millisecond, but only
+        # within this chunk, so a value first seen in the next chunk at that millisecond is not counted.
         positions = np.searchsorted(events.keys, composite_time(first["subject"].to_numpy().astype(np.int64), np.round(times * 1000).astype(np.int64)), side="right") - 1
 
         counts, kept = {}, []
