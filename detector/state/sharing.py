@@ -168,15 +168,17 @@ class KeySharingState:
                 "ua_differs": events.previous_ua[concurrent] != events.ua[concurrent],
             }
         )
-        rows["switches_24h"] = trailing_count(switch_keys, DAY)[switch_new]
         group, first_ts, carried = events.networks
+        self._carry_marks(chunk, events, switch_keys, trip_keys)
+        self._carry_networks(chunk, events, group, first_ts, carried, rows)
+        if rows.empty:
+            return concurrent_frame(rows.assign(networks=0, switches_24h=0, impossible_trips_24h=0))
+
+        rows["switches_24h"] = trailing_count(switch_keys, DAY)[switch_new]
         switched_before = carried[carried["switched"].to_numpy()].rename(columns={"owner": "subject"})
         rows["networks"] = distinct_networks_so_far(rows, switched_before)
         # NOTE: the batch also counts trips later in the switch's millisecond; those in the next chunk are missed here.
         rows["impossible_trips_24h"] = count_marked(trip_keys, keys[concurrent], DAY)
-
-        self._carry_marks(chunk, events, switch_keys, trip_keys)
-        self._carry_networks(chunk, events, group, first_ts, carried, rows)
         return concurrent_frame(rows[detector.qualifies(rows).to_numpy()])
 
     def _carry_marks(self, chunk: Chunk, events: "_ChunkEvents", switch_keys: np.ndarray, trip_keys: np.ndarray) -> None:
@@ -210,14 +212,8 @@ class KeySharingState:
         switched[group[: len(carried)]] = carried["switched"].to_numpy()
 
         table = pd.DataFrame({"owner": owner, "net": net, "first_ts": first_ts, "last_ts": last_ts, "switched": switched})
-        took_part = pd.DataFrame(
-            {
-                "owner": np.concatenate([rows["subject"].to_numpy(), rows["subject"].to_numpy()]),
-                "net": np.concatenate([rows["previous_net"].to_numpy(), rows["net"].to_numpy()]),
-            }
-        ).drop_duplicates()
-        marked = table.merge(took_part, on=["owner", "net"], how="left", indicator=True)["_merge"] == "both"
-        table["switched"] = table["switched"].to_numpy() | marked.to_numpy()
+        if not rows.empty:
+            table["switched"] = switched | _took_part(table, rows)
         if self.retention is not None:
             table = table[table["last_ts"].to_numpy() * 1000 > events.last_ms[table["owner"].to_numpy()] - self.retention * 1000]
         self.networks.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), table.sort_values("owner", kind="stable"))
@@ -239,8 +235,22 @@ class KeySharingState:
         )
         # Carried rows come first within their owner, so a running sum continues the day's carried count.
         counts = counts.take(np.argsort(counts["owner"].to_numpy(), kind="stable")).reset_index(drop=True)
-        running = counts.groupby(["owner", "day", "country"], sort=False)["requests"].cumsum().to_numpy()
-        active = counts[running >= requests].drop_duplicates(["owner", "day", "country"])
+        group = counts.groupby(["owner", "day", "country"], sort=False).ngroup().to_numpy()
+        running = _running_sums(group, counts["requests"].to_numpy())
+
+        firsts = np.unique(group, return_index=True)[1] if len(group) else np.empty(0, np.int64)
+        totals = counts.iloc[firsts].assign(requests=np.bincount(group, weights=counts["requests"].to_numpy()).astype(np.int64))
+        today = totals[totals["day"].to_numpy() == events.last_day[totals["owner"].to_numpy()]]
+        self.country_requests.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), today.sort_values("owner", kind="stable"))
+
+        is_new = np.isfinite(counts["ts"].to_numpy())
+        if not (is_new & (running == requests)).any():
+            return country_frame(np.empty(0, np.int64), np.empty(0, np.float64))
+        return self._crossing_days(chunk, events, counts[running >= requests])
+
+    def _crossing_days(self, chunk: Chunk, events: "_ChunkEvents", active: pd.DataFrame) -> pd.DataFrame:
+        """Return the countries finding rows among ``active`` (a subject's country rows at or past the request count)."""
+        active = active.drop_duplicates(["owner", "day", "country"])
         rank = active.groupby(["owner", "day"], sort=False).cumcount().to_numpy() + 1
         second = active[(rank == 2) & np.isfinite(active["ts"].to_numpy())]
 
@@ -254,9 +264,6 @@ class KeySharingState:
         ).sort_values(["subject", "day"], kind="stable")
         crossing = days[self.detector.crossing_days(days) & np.isfinite(days["ts"].to_numpy())]
 
-        totals = counts.groupby(["owner", "day", "country"], sort=False, as_index=False)["requests"].sum()
-        today = totals[totals["day"].to_numpy() == events.last_day[totals["owner"].to_numpy()]]
-        self.country_requests.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), today.sort_values("owner", kind="stable"))
         recent = days[days["day"].to_numpy() > events.last_day[days["subject"].to_numpy()] - 7]
         self.country_days.put(
             chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), recent.rename(columns={"subject": "owner"})[["owner", "day"]]
@@ -270,25 +277,29 @@ class KeySharingState:
         times = first["detected_at"].to_numpy()
         # NOTE: like the batch, this counts up to the end of each detecting request's millisecond, but only
         # within this chunk, so a value first seen in the next chunk at that millisecond is not counted.
-        positions = np.searchsorted(events.keys, composite_time(first["subject"].to_numpy().astype(np.int64), np.round(times * 1000).astype(np.int64)), side="right") - 1
+        targets = composite_time(first["subject"].to_numpy().astype(np.int64), np.round(times * 1000).astype(np.int64))
+        positions = np.searchsorted(events.keys, targets, side="right") - 1
 
-        counts, kept = {}, []
-        for kind, (name, column) in enumerate(SPREAD_COLUMNS.items()):
-            old = carried[carried["kind"].to_numpy() == kind]
-            values = np.concatenate([old["value"].to_numpy(), getattr(events, column)])
-            subject = np.concatenate([old["owner"].to_numpy(), events.subject])
-            day = np.concatenate([carried_day[carried["kind"].to_numpy() == kind], events.day])
-            order = np.argsort(subject, kind="stable")
-            running = np.empty(len(order), np.int64)
-            running[order] = running_distinct(subject[order], day[order], values[order], values[order] != UNKNOWN)
-            counts[name] = running[len(old) :][positions]
+        columns = list(SPREAD_COLUMNS.values())
+        size = len(events.ts)
+        kind = np.concatenate([carried["kind"].to_numpy(), np.repeat(np.arange(len(columns)), size)])
+        values = np.concatenate([carried["value"].to_numpy(), *(getattr(events, column) for column in columns)])
+        subject = np.concatenate([carried["owner"].to_numpy(), np.tile(events.subject, len(columns))])
+        day = np.concatenate([carried_day, np.tile(events.day, len(columns))])
 
-            today = (day == events.last_day[subject]) & (values != UNKNOWN)
-            distinct = pd.DataFrame({"owner": subject[today], "kind": kind, "value": values[today]}).drop_duplicates()
-            kept.append(distinct)
-        rows = pd.concat(kept, ignore_index=True).sort_values("owner", kind="stable")
-        self.spread.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), rows)
-        return pd.DataFrame(counts)
+        today = (day == events.last_day[subject]) & (values != UNKNOWN)
+        rows = pd.DataFrame({"owner": subject[today], "kind": kind[today], "value": values[today]}).drop_duplicates()
+        self.spread.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), rows.sort_values("owner", kind="stable"))
+        if first.empty:
+            return pd.DataFrame({name: np.empty(0, np.int64) for name in SPREAD_COLUMNS})
+
+        # Carried values come first within their subject, then the chunk's events in time order, for each kind.
+        order = np.argsort(subject, kind="stable")
+        running = np.empty(len(order), np.int64)
+        day_kind = day * len(columns) + kind
+        running[order] = running_distinct(subject[order], day_kind[order], values[order], values[order] != UNKNOWN)
+        new = running[len(carried) :].reshape(len(columns), size)
+        return pd.DataFrame({name: new[index][positions] for index, name in enumerate(SPREAD_COLUMNS)})
 
 
 class _ChunkEvents:
@@ -333,6 +344,29 @@ def _hashes(codes: np.ndarray, texts, *, blank_known: bool = False) -> np.ndarra
     if not blank_known:
         hashed[texts == ""] = UNKNOWN
     return np.where(codes >= 0, hashed[np.maximum(codes, 0)] if len(hashed) else UNKNOWN, UNKNOWN)
+
+
+def _running_sums(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Sum ``values`` within each group up to each row, in row order."""
+    order = np.argsort(group, kind="stable")
+    totals = np.cumsum(values[order])
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]]) if len(group) else np.empty(0, np.int64)
+    before = np.repeat(totals[starts] - values[order][starts], np.diff(np.append(starts, len(group))))
+    running = np.empty(len(group), values.dtype)
+    running[order] = totals - before
+    return running
+
+
+def _took_part(table: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """Mark the networks of ``table`` (``owner``, ``net``) that take part in the concurrent switches ``rows``."""
+    took_part = pd.DataFrame(
+        {
+            "owner": np.concatenate([rows["subject"].to_numpy(), rows["subject"].to_numpy()]),
+            "net": np.concatenate([rows["previous_net"].to_numpy(), rows["net"].to_numpy()]),
+        }
+    ).drop_duplicates()
+    marked = table.merge(took_part, on=["owner", "net"], how="left", indicator=True)["_merge"] == "both"
+    return marked.to_numpy()
 
 
 def _merged_keys(carried: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
