@@ -111,7 +111,13 @@ class KeySharingState:
         return ChunkFindings(findings=found, inexact=pd.concat([inexact, flooded], ignore_index=True))
 
     def _settled(self, chunk: Chunk, events: "_ChunkEvents") -> np.ndarray:
-        """Mark the requests on settled networks; set ``events.last_on_net`` and carry the networks on."""
+        """Mark the requests on settled networks.
+
+        Also sets ``events.last_on_net`` (the time of the subject's previous
+        request on the same network) and ``events.networks``: each request's
+        (subject, network) group, carried rows first, the groups' first uses
+        and the carried network rows.
+        """
         carried = self.networks.take(chunk.keys).rows
         pairs = pd.DataFrame(
             {
@@ -328,7 +334,9 @@ class _ChunkEvents:
         self.previous_net = self.previous(self.net, carried["previous_net"].to_numpy())
         self.previous_ua = self.previous(self.ua, carried["previous_ua"].to_numpy())
         self.previous_country = self.previous(self.country, carried["previous_country"].to_numpy())
+        # Set by ``KeySharingState._settled``.
         self.last_on_net = np.empty(0)
+        self.networks: tuple[np.ndarray, np.ndarray, pd.DataFrame] | None = None
 
     def previous(self, values: np.ndarray, carried: np.ndarray) -> np.ndarray:
         """Return the value of each event's previous request: within the chunk, or carried for a subject's first."""
