@@ -18,14 +18,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.detectors import AutomationDetector, Finding, ImageQuotaDetector
+from detector.detectors import AnomalyDetector, AutomationDetector, Finding, ImageQuotaDetector
+from detector.detectors.device_graph import MAX_SUBJECT_EDGES
+from detector.detectors.sharing import KeySharingDetector
 from detector.features import prepare_events
+from detector.features.hosting import HostingNetworks
+from detector.features.keyday import keyday_counts
+from detector.model_registry import load_model
 from detector.readers import read_events
 from detector.simulate import simulate_traffic
-from detector.state import AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
+from detector.state.anomaly import HOUR, NETWORK, PROMPT
+from detector.state import AnomalyDayState, AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
+from detector.state.sharing import KeySharingState
 from tests.factories import DAY, T0, events, frame
 
 IMAGE = "/v1/images/generations"
+SHIPPED_MODEL = load_model()
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,17 @@ CASES = [
         lambda: AutomationPatternState(AutomationDetector()),
         lambda whole, plans: _of_kind("pattern", AutomationDetector().detect(prepare_events(whole, plans))),
         finish=lambda state: state.pattern_findings(),
+    ),
+    Case(
+        "anomaly",
+        lambda: AnomalyDayState(AnomalyDetector(SHIPPED_MODEL)),
+        lambda whole, plans: AnomalyDetector(SHIPPED_MODEL).detect(prepare_events(whole, plans)),
+        finish=lambda state: state.close_days(state.newest),
+    ),
+    Case(
+        "key_sharing",
+        lambda: KeySharingState(KeySharingDetector()),
+        lambda whole, plans: KeySharingDetector().detect(prepare_events(whole, plans)),
     ),
 ]
 # The detectors that build findings event by event, so that each chunk returns its own.
@@ -344,3 +363,209 @@ def test_pattern_without_retention_keeps_everything(plans):
 
     assert len(state.bursts.take([("key", "cron")]).rows["ts"]) == 10 * 24
     assert state.pattern_findings()
+
+
+# Anomaly state -------------------------------------------------------------
+
+
+def _busy_day(key: str, day: int, **fields) -> pd.DataFrame:
+    """Return a day of requests that the shipped model isolates: a key sending every 20 seconds with one prompt."""
+    return events(key, T0 + day * DAY + np.arange(4000) * 20.0, prompt_hash="same", cost=0.5, **fields)
+
+
+def test_anomaly_quiet_key_day_waits_for_close_days(plans):
+    quiet = _busy_day("quiet", 0)
+    later = events("other", T0 + DAY + 3600 + np.arange(5) * 60.0)
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+
+    assert state.update(Chunk(frame(quiet), plans)).findings == []
+    # The other key's request closes the quiet key's day, but the quiet key has no event in that chunk.
+    assert state.update(Chunk(frame(later), plans)).findings == []
+    closed = state.close_days(state.newest)
+
+    expected = AnomalyDetector(SHIPPED_MODEL).detect(prepare_events(frame(quiet, later), plans))
+    assert [finding.subject for finding in closed] == ["quiet"]
+    assert sorted(map(comparable, closed)) == sorted(map(comparable, expected))
+    assert state.close_days(state.newest) == []
+
+
+def test_anomaly_closed_day_leaves_state(plans):
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+    state.update(Chunk(frame(_busy_day("busy", 0)), plans))
+    open_rows = len(state.days.take([("key", "busy")]).rows)
+
+    state.update(Chunk(frame(events("busy", [T0 + DAY + 60.0])), plans))
+    taken = state.days.take([("key", "busy")])
+
+    times = T0 + np.arange(4000) * 20.0
+    hours, buckets = len(np.unique(times // 3600)), len(np.unique(times // 600))
+    # One network, user agent, country and prompt, and the day's hours and 10-minute buckets.
+    assert open_rows == 4 + hours + buckets
+    assert taken.values["day"].tolist() == [int(T0 // DAY) + 1]
+    assert taken.values["requests"].tolist() == [1]
+    # The new day's network, user agent, country, hour and bucket; its request has no prompt.
+    assert len(taken.rows) == 5
+
+
+def test_anomaly_day_split_across_chunks_counts_distinct_once(plans):
+    """Networks, prompts and buckets seen in both parts of a day count once, as in one pass."""
+    day = events("split", T0 + np.arange(600) * 60.0, ip=["198.51.100.7", "203.0.113.9"] * 300, prompt_hash="same")
+    whole = frame(day, events("closer", [T0 + DAY + 1.0]))
+
+    run = run_in_chunks(CASES[3], whole, range(50, 600, 50), plans)
+    rows = keyday_counts(prepare_events(whole, plans))
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+    for start in range(0, 600, 50):
+        state.update(Chunk(whole.iloc[start : start + 50].reset_index(drop=True), plans))
+    carried = state.days.take([("key", "split")])
+
+    assert run.inexact.empty
+    assert carried.values["requests"].tolist() == [600]
+    kinds = carried.rows["kind"].to_numpy()
+    assert int((kinds == NETWORK).sum()) == int(rows.loc[rows["requests"] == 600, "networks"].iloc[0]) == 2
+    assert int(carried.rows.loc[kinds == HOUR, "count"].max()) == 60
+    assert carried.rows.loc[kinds == PROMPT, "count"].tolist() == [600]
+
+
+# Key sharing state ---------------------------------------------------------
+
+SHARING = CASES[4]
+
+
+def _alternating(key: str, start: float, minutes: int, *, second: float = 0.0, country: str = "DE") -> pd.DataFrame:
+    """Return a key used from two networks with two user agents, alternating every 30 seconds.
+
+    The second network starts ``second`` seconds after the first.
+    """
+    owner = events(key, start + np.arange(minutes) * 60.0, ip="198.51.100.7", user_agent="laptop")
+    friend_times = start + second + 30.0 + np.arange(minutes) * 60.0
+    friend = events(key, friend_times[friend_times >= start + second], ip="203.0.113.9", user_agent="phone", country=country)
+    return frame(owner, friend)
+
+
+def _kinds(findings: list[Finding]) -> set[str]:
+    return {finding.evidence["kind"] for finding in findings}
+
+
+def test_sharing_switches_across_chunk_boundary(plans):
+    whole = _alternating("shared", T0, 60)
+    cuts = range(1, len(whole))
+
+    findings = assert_chunk_invariant(SHARING, whole, cuts, plans)
+    assert "concurrent" in _kinds(findings)
+
+
+def test_sharing_network_settles_in_later_chunk(plans):
+    """The second network is first used in one chunk and becomes settled, 300 seconds later, in another."""
+    whole = _alternating("settling", T0, 60, second=1200.0)
+    cuts = rows_at(whole, [T0 + 1200.0 + 31.0, T0 + 1200.0 + 299.0, T0 + 1200.0 + 331.0])
+
+    findings = assert_chunk_invariant(SHARING, whole, cuts, plans)
+    concurrent = [finding for finding in findings if finding.evidence["kind"] == "concurrent"]
+    assert concurrent
+    assert min(finding.detected_at for finding in concurrent) >= T0 + 1200.0 + 300.0
+
+
+def test_sharing_country_day_split_by_chunks(plans):
+    """One device at home in the morning and abroad at night, on two days; each night is cut between its requests."""
+    parts = []
+    for day in (0, 2):
+        start = T0 + day * DAY
+        parts.append(events("abroad", start + np.arange(30) * 60.0, ip="198.51.100.7", user_agent="laptop"))
+        parts.append(events("abroad", start + 6 * 3600.0 + np.arange(30) * 60.0, ip="203.0.113.9", user_agent="laptop", country="FR"))
+    whole = frame(*parts)
+    nights = [T0 + day * DAY + 6 * 3600.0 + seconds for day in (0, 2) for seconds in (290.0, 330.0, 390.0)]
+
+    findings = assert_chunk_invariant(SHARING, whole, rows_at(whole, nights), plans)
+    assert [finding.evidence["kind"] for finding in findings] == ["countries"]
+
+
+def test_sharing_escalation_across_chunks(plans):
+    """A key that adds a network every 20 minutes escalates once per new step, whichever chunk the step is in."""
+    ips = ["198.51.100.7", "203.0.113.9", "192.0.2.33", "198.18.0.5", "198.19.7.1"]
+    parts = [
+        events("growing", T0 + index * 1200.0 + np.arange(120) * 60.0 + index * 7.0, ip=ip, user_agent=f"agent-{index}")
+        for index, ip in enumerate(ips)
+    ]
+    whole = frame(*parts)
+
+    findings = assert_chunk_invariant(SHARING, whole, range(7, len(whole), 13), plans)
+    assert len(findings) >= 3
+
+
+def test_sharing_new_device_across_chunks(plans):
+    """A laptop used for two days, then a phone on a new network: the phone's first requests are in separate chunks."""
+    laptop = events("lent", T0 + np.arange(2 * 24) * 3600.0, ip="198.51.100.7", user_agent="laptop")
+    phone = events("lent", T0 + 2 * DAY + 60.0 + np.arange(5) * 120.0, ip="203.0.113.9", user_agent="phone")
+    whole = frame(laptop, phone)
+
+    findings = assert_chunk_invariant(SHARING, whole, range(40, len(whole)), plans)
+    assert [finding.evidence["new_device"] for finding in findings] == [1]
+
+
+def test_sharing_hosting_networks_make_no_device(plans):
+    """A CI runner on a cloud network is left out of the device graph, chunk by chunk as in one pass."""
+    hosting = HostingNetworks.from_lines(["192.0.2.0/24"], "cloud")
+    home = events("ci", T0 + np.arange(3 * 24) * 3600.0, ip="198.51.100.7", user_agent="laptop")
+    runner = events("ci", T0 + 2 * DAY + 30.0 + np.arange(40) * 90.0, ip="192.0.2.10", user_agent="runner")
+    phone = events("ci", T0 + 2 * DAY + 60.0 + np.arange(5) * 120.0, ip="203.0.113.9", user_agent="phone")
+    whole = frame(home, runner, phone)
+    case = Case(
+        "key_sharing with hosting",
+        lambda: KeySharingState(KeySharingDetector(hosting=hosting)),
+        lambda whole, plans: KeySharingDetector(hosting=hosting).detect(prepare_events(whole, plans)),
+    )
+
+    findings = assert_chunk_invariant(case, whole, range(60, len(whole), 3), plans)
+    without_hosting = KeySharingDetector().detect(prepare_events(whole, plans))
+    assert max(finding.evidence["device_components"] for finding in findings) == 2
+    assert max(finding.evidence["device_components"] for finding in without_hosting) == 3
+
+
+def test_sharing_late_event_is_reported(plans):
+    whole = _alternating("shared", T0, 60)
+    state = KeySharingState(KeySharingDetector())
+    state.update(Chunk(whole.iloc[:80].reset_index(drop=True), plans))
+
+    result = state.update(Chunk(whole.iloc[[10, *range(80, len(whole))]].reset_index(drop=True), plans))
+
+    assert result.inexact.to_dict("records") == [{"subject_type": "key", "subject": "shared", "why": "late_event"}]
+
+
+def test_sharing_plan_change_stays_exact(plans):
+    """Key sharing reads no entitlements, so a plan change between chunks is not reported."""
+    whole = _alternating("shared", T0, 60)
+    whole.loc[whole["ts"] >= T0 + 1800.0, "plan"] = "coding"
+
+    assert_chunk_invariant(SHARING, whole, rows_at(whole, [T0 + 1800.0]), plans)
+
+
+def test_sharing_edge_flood_is_reported(plans):
+    """A key that passes the edge limit in a later chunk had device findings a batch pass would not make."""
+    agents = [f"agent-{index}" for index in range(MAX_SUBJECT_EDGES + 1)]
+    rotating = events("rotating", T0 + DAY + np.arange(len(agents)) * 1.0, user_agent=agents)
+    whole = frame(events("rotating", T0 + np.arange(4) * 60.0), rotating)
+    state = KeySharingState(KeySharingDetector())
+    state.update(Chunk(whole.iloc[:10].reset_index(drop=True), plans))
+
+    result = state.update(Chunk(whole.iloc[10:].reset_index(drop=True), plans))
+
+    assert result.inexact.to_dict("records") == [{"subject_type": "key", "subject": "rotating", "why": "edge_flood"}]
+
+
+def test_sharing_retention_drops_old_networks_and_edges(plans):
+    early = events("mover", T0 + np.arange(10) * 60.0, ip="198.51.100.7", user_agent="laptop")
+    late = events("mover", T0 + 9 * DAY + np.arange(10) * 60.0, ip="203.0.113.9", user_agent="phone")
+    whole = frame(early, late)
+    kept = KeySharingState(KeySharingDetector())
+    trimmed = KeySharingState(KeySharingDetector(), retention=7 * DAY)
+    for state in (kept, trimmed):
+        for start in (0, 10):
+            state.update(Chunk(whole.iloc[start : start + 10].reset_index(drop=True), plans))
+
+    key = [("key", "mover")]
+    assert len(kept.networks.take(key).rows) == 2
+    assert len(kept.devices.edges.take(key).rows) == 2
+    assert len(trimmed.networks.take(key).rows) == 1
+    assert len(trimmed.devices.edges.take(key).rows) == 1
+    assert len(trimmed.marks.take(key).rows) == 0

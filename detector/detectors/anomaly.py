@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from detector.detectors.base import Finding, findings_from_rows
 from detector.features import PreparedEvents, address_gaps
@@ -49,10 +50,15 @@ class AnomalyDetector:
         if rows.empty:
             return []
         newest = self.as_of if self.as_of is not None else float(prepared.events["ts"].max())
-        rows = rows[(rows["day"] + 1) * 86400.0 <= newest]
+        return self.day_findings(prepared, rows[(rows["day"] + 1) * 86400.0 <= newest])
+
+    def day_findings(self, prepared: PreparedEvents, rows: pd.DataFrame) -> list[Finding]:
+        """Score closed key-days, ``rows`` of ``keyday_features``, and return findings for those above the threshold.
+
+        Only ``prepared.subjects`` is read, for the names of the subjects that ``rows["subject"]`` codes.
+        """
         if rows.empty:
             return []
-
         features = rows[list(KEYDAY_FEATURES)].to_numpy(dtype=np.float64)
         anomaly = self.model.anomaly_scores(features)
         threshold = self.model.threshold

@@ -76,15 +76,40 @@ def rolling_components(
         known_events.groupby(["subject", "net"], sort=False)["ts"].transform("min").to_numpy(),
         known_events.groupby(["subject", "ua"], sort=False)["ts"].transform("min").to_numpy(),
     )
-    edges = _EdgeHistory.build(known_events, first_use)
-    ts = known_events["ts"].to_numpy()
-    subject = known_events["subject"].to_numpy()
+    reported = None if since is None else known_events["ts"].to_numpy() >= since
+    return components_at_joins(
+        known_events, first_use, window, requests, country_window, new_device_age, established_age,
+        established_window, reported=reported,
+    )
+
+
+def components_at_joins(
+    events: pd.DataFrame,
+    first_use: np.ndarray,
+    window: float,
+    requests: int,
+    country_window: float,
+    new_device_age: float,
+    established_age: float,
+    established_window: float,
+    *,
+    reported: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Return the rows of ``rolling_components`` for ``events`` with known network and user agent.
+
+    ``first_use`` is each event's edge first use: the earlier of the
+    subject's first uses of its network and of its user agent. With
+    ``reported``, only the joins at the events it marks are returned.
+    """
+    edges = _EdgeHistory.build(events, first_use)
+    ts = events["ts"].to_numpy()
+    subject = events["subject"].to_numpy()
 
     lookback = max(window, established_window)
     chunks = [_EMPTY_GROWTH]
     joins = _joins(edges, ts, window, requests)
-    if since is not None:
-        joins = joins[ts[joins] >= since]
+    if reported is not None:
+        joins = joins[reported[joins]]
     for chunk in range(0, len(joins), _JOINS_PER_CHUNK):
         positions = joins[chunk : chunk + _JOINS_PER_CHUNK]
         states = edges.states_at(positions, ts[positions], window, requests, country_window, lookback)

@@ -14,6 +14,8 @@ from detector.features.hosting import HostingNetworks
 from detector.features.runs import run_numbers, run_starts
 
 DAY = 86400.0
+# Evidence of the spread since UTC midnight, and the event column each one counts.
+SPREAD_COLUMNS = {"networks_24h": "net", "countries_24h": "country", "user_agents_24h": "ua"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,20 +134,17 @@ class KeySharingDetector:
         if rows.empty:
             return []
 
-        rows = rows.sort_values("detected_at", kind="stable").reset_index(drop=True)
-        # A new device is a second user even when the established one was idle for the whole device window.
-        users = np.maximum.reduce([rows["networks"], rows["components"], rows["countries"], 2 * rows["new_device"]])
-        rows["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
-        rows["score"] += np.where(rows["impossible_trips_24h"] > 0, 10, 0)
-        rows["score"] = rows["score"].clip(upper=100)
-        rows["impact"] = users.astype(float)
-
+        rows = with_scores(rows.sort_values("detected_at", kind="stable").reset_index(drop=True))
         first = escalations(rows, ["subject", "day"])
         first = at_or_after(first, since).reset_index(drop=True)
-        first["window_start"] = first["detected_at"] - DAY
         spread = _spread_so_far(prepared, first["subject"].to_numpy(), first["detected_at"].to_numpy())
-        first = pd.concat([first, spread], axis=1)
+        return self.sharing_findings(prepared, first, spread)
 
+    def sharing_findings(self, prepared: PreparedEvents, first: pd.DataFrame, spread: pd.DataFrame) -> list[Finding]:
+        """Build findings from scored escalation rows and their ``spread`` (one row each, see ``_spread_so_far``)."""
+        first = first.reset_index(drop=True)
+        first["window_start"] = first["detected_at"] - DAY
+        first = pd.concat([first, spread.reset_index(drop=True)], axis=1)
         return findings_from_rows(
             prepared,
             first,
@@ -199,28 +198,26 @@ class KeySharingDetector:
             return _EMPTY_ROWS.copy()
 
         rows = self._concurrent_rows(prepared, signals, concurrent)
-        rows = rows[rows["qualifies"]]
-        return pd.DataFrame(
-            {
-                "subject": rows["subject"].to_numpy(),
-                "day": (rows["ts"] // DAY).astype(np.int64).to_numpy(),
-                "detected_at": rows["ts"].to_numpy(),
-                "window_end": rows["ts"].to_numpy(),
-                "networks": rows["networks"].to_numpy(),
-                "switches_24h": rows["switches_24h"].to_numpy(),
-                "components": 0,
-                "countries": 0,
-                "new_device": 0,
-                "impossible_trips_24h": rows["impossible_trips_24h"].to_numpy(),
-                "kind": "concurrent",
-            }
+        return concurrent_frame(rows[rows["qualifies"]])
+
+    def qualifies(self, rows: pd.DataFrame) -> pd.Series:
+        """Mark the concurrent switches that make a finding, from ``switches_24h``, ``networks``, ``ua_differs`` and ``impossible_trips_24h``."""
+        enough_switches = rows["switches_24h"] >= self.min_switches
+        many_networks = rows["networks"] >= self.min_networks
+        two_with_sign = (rows["networks"] >= 2) & (
+            rows["ua_differs"] | (rows["impossible_trips_24h"] > 0)
         )
+        return enough_switches & (many_networks | two_with_sign)
 
     def _device_findings(self, prepared: PreparedEvents, since: float | None) -> pd.DataFrame:
         growth = rolling_components(
             self._without_hosting(prepared), self.device_window, self.min_component_requests, self.country_window,
             self.new_device_age, self.established_age, self.established_window, since=since,
         )
+        return self.device_rows(growth)
+
+    def device_rows(self, growth: pd.DataFrame) -> pd.DataFrame:
+        """Return finding rows of kind ``devices`` from the rows of ``rolling_components`` that pass a device test."""
         many_devices = growth["components"] >= self.min_components
         separate_countries = growth["country_components"] >= 2
         new_device = growth["new_device"] > 0
@@ -228,36 +225,27 @@ class KeySharingDetector:
         if growth.empty:
             return _EMPTY_ROWS.copy()
 
-        return pd.DataFrame(
-            {
-                "subject": growth["subject"].to_numpy(),
-                "day": (growth["ts"] // DAY).astype(np.int64).to_numpy(),
-                "detected_at": growth["ts"].to_numpy(),
-                "window_end": growth["ts"].to_numpy(),
-                "networks": 0,
-                "switches_24h": 0,
-                "components": growth["components"].to_numpy(),
-                "countries": growth["country_components"].to_numpy(),
-                "new_device": growth["new_device"].to_numpy(),
-                "impossible_trips_24h": 0,
-                "kind": "devices",
-            }
-        )
+        return device_frame(growth)
 
     def _without_hosting(self, prepared: PreparedEvents) -> pd.DataFrame:
         """Return the events with the networks of hosting providers marked unknown, so servers make no device."""
         events = prepared.events
         if not self.hosting:
             return events
-        hosted = self.hosting.mask(prepared.networks)
-        net = events["net"].to_numpy()
-        from_server = (net >= 0) & hosted[np.maximum(net, 0)] if len(hosted) else np.zeros(len(net), dtype=bool)
+        from_server = self.from_hosting(prepared)
         if not from_server.any():
             return events
+        net = events["net"].to_numpy()
         # Only the columns the device graph reads, so a million events are not copied whole.
         graph = events[["subject", "ts", "ua", "country"]].copy()
         graph["net"] = np.where(from_server, -1, net)
         return graph
+
+    def from_hosting(self, prepared: PreparedEvents) -> np.ndarray:
+        """Mark the events from the networks of hosting providers (none without ``hosting``)."""
+        net = prepared.events["net"].to_numpy()
+        hosted = self.hosting.mask(prepared.networks) if self.hosting else np.zeros(0, dtype=bool)
+        return (net >= 0) & hosted[np.maximum(net, 0)] if len(hosted) else np.zeros(len(net), dtype=bool)
 
     def _country_findings(self, prepared: PreparedEvents, settled: np.ndarray) -> pd.DataFrame:
         places = _activations(prepared.events, settled, "country", self.min_component_requests)
@@ -267,23 +255,13 @@ class KeySharingDetector:
         # The moment each day first had two active countries, then the days that did so.
         places["rank"] = places.groupby(["subject", "day"], sort=False).cumcount() + 1
         days = places[places["rank"] == 2].sort_values(["subject", "day"], kind="stable")
+        crossing = days[self.crossing_days(days)]
+        return country_frame(crossing["subject"].to_numpy(), crossing["ts"].to_numpy())
+
+    def crossing_days(self, days: pd.DataFrame) -> np.ndarray:
+        """Mark the two-country days (``subject``, ``day``, sorted) with ``min_country_days`` such days within seven days."""
         earlier = days.groupby("subject")["day"].shift(self.min_country_days - 1)
-        crossing = days[days["day"] - earlier < 7]
-        return pd.DataFrame(
-            {
-                "subject": crossing["subject"].to_numpy(),
-                "day": crossing["day"].to_numpy(),
-                "detected_at": crossing["ts"].to_numpy(),
-                "window_end": crossing["ts"].to_numpy(),
-                "networks": 0,
-                "switches_24h": 0,
-                "components": 0,
-                "countries": 2,
-                "new_device": 0,
-                "impossible_trips_24h": 0,
-                "kind": "countries",
-            }
-        )
+        return (days["day"] - earlier < 7).to_numpy()
 
     def _switch_signals(self, events: pd.DataFrame, settled: np.ndarray) -> pd.DataFrame:
         """Mark concurrent switches and impossible trips; ``settled`` marks requests on settled networks."""
@@ -337,16 +315,12 @@ class KeySharingDetector:
             }
         )
         rows["switches_24h"] = prepared.count_in_window(DAY, concurrent)
-        rows["networks"] = _distinct_networks_so_far(rows)
+        rows["networks"] = distinct_networks_so_far(rows)
 
         trips = signals["impossible_trip"].to_numpy()
-        rows["impossible_trips_24h"] = _count_at(prepared, trips, concurrent, DAY)
-        enough_switches = rows["switches_24h"] >= self.min_switches
-        many_networks = rows["networks"] >= self.min_networks
-        two_with_sign = (rows["networks"] >= 2) & (
-            rows["ua_differs"] | (rows["impossible_trips_24h"] > 0)
-        )
-        rows["qualifies"] = enough_switches & (many_networks | two_with_sign)
+        keys = prepared.composite_time
+        rows["impossible_trips_24h"] = count_marked(keys[trips], keys[concurrent], DAY)
+        rows["qualifies"] = self.qualifies(rows)
         return rows
 
 
@@ -365,6 +339,74 @@ _EMPTY_ROWS = pd.DataFrame(
         "kind": pd.Series(dtype="object"),
     }
 )
+
+
+def with_scores(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add ``score`` and ``impact`` (the number of users) to finding rows."""
+    # A new device is a second user even when the established one was idle for the whole device window.
+    users = np.maximum.reduce([rows["networks"], rows["components"], rows["countries"], 2 * rows["new_device"]])
+    rows["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
+    rows["score"] += np.where(rows["impossible_trips_24h"] > 0, 10, 0)
+    rows["score"] = rows["score"].clip(upper=100)
+    rows["impact"] = users.astype(float)
+    return rows
+
+
+def concurrent_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Return finding rows of kind ``concurrent`` from qualifying switches."""
+    return pd.DataFrame(
+        {
+            "subject": rows["subject"].to_numpy(),
+            "day": (rows["ts"] // DAY).astype(np.int64).to_numpy(),
+            "detected_at": rows["ts"].to_numpy(),
+            "window_end": rows["ts"].to_numpy(),
+            "networks": rows["networks"].to_numpy(),
+            "switches_24h": rows["switches_24h"].to_numpy(),
+            "components": 0,
+            "countries": 0,
+            "new_device": 0,
+            "impossible_trips_24h": rows["impossible_trips_24h"].to_numpy(),
+            "kind": "concurrent",
+        }
+    )
+
+
+def device_frame(growth: pd.DataFrame) -> pd.DataFrame:
+    """Return finding rows of kind ``devices`` from rows of ``rolling_components``."""
+    return pd.DataFrame(
+        {
+            "subject": growth["subject"].to_numpy(),
+            "day": (growth["ts"] // DAY).astype(np.int64).to_numpy(),
+            "detected_at": growth["ts"].to_numpy(),
+            "window_end": growth["ts"].to_numpy(),
+            "networks": 0,
+            "switches_24h": 0,
+            "components": growth["components"].to_numpy(),
+            "countries": growth["country_components"].to_numpy(),
+            "new_device": growth["new_device"].to_numpy(),
+            "impossible_trips_24h": 0,
+            "kind": "devices",
+        }
+    )
+
+
+def country_frame(subject: np.ndarray, ts: np.ndarray) -> pd.DataFrame:
+    """Return finding rows of kind ``countries`` at the moments a crossing day got its second country."""
+    return pd.DataFrame(
+        {
+            "subject": subject,
+            "day": (ts // DAY).astype(np.int64),
+            "detected_at": ts,
+            "window_end": ts,
+            "networks": 0,
+            "switches_24h": 0,
+            "components": 0,
+            "countries": 2,
+            "new_device": 0,
+            "impossible_trips_24h": 0,
+            "kind": "countries",
+        }
+    )
 
 
 def _activations(events: pd.DataFrame, rows: np.ndarray, column: str, requests: int) -> pd.DataFrame:
@@ -402,8 +444,11 @@ def _settled_networks(events: pd.DataFrame, seconds: float) -> np.ndarray:
     return events["ts"].to_numpy() - first_use >= seconds
 
 
-def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:
-    """Count, at each concurrent switch, the distinct networks seen in the subject's switches."""
+def distinct_networks_so_far(rows: pd.DataFrame, earlier: pd.DataFrame | None = None) -> np.ndarray:
+    """Count, at each concurrent switch, the distinct networks seen in the subject's switches.
+
+    ``earlier`` (``subject``, ``net``) lists networks that took part in switches before ``rows``.
+    """
     pairs = pd.DataFrame(
         {
             "subject": np.concatenate([rows["subject"], rows["subject"]]),
@@ -411,18 +456,19 @@ def _distinct_networks_so_far(rows: pd.DataFrame) -> np.ndarray:
             "net": np.concatenate([rows["previous_net"], rows["net"]]),
         }
     ).sort_values("order", kind="stable")
+    if earlier is not None:
+        pairs = pd.concat([earlier[["subject", "net"]].assign(order=-1), pairs], ignore_index=True)
     new_network = ~pairs.duplicated(["subject", "net"])
     running = new_network.groupby(pairs["subject"]).cumsum()
-    return running.groupby(pairs["order"]).max().to_numpy()
+    counts = running.groupby(pairs["order"]).max()
+    return counts[counts.index >= 0].to_numpy()
 
 
-def _count_at(
-    prepared: PreparedEvents, marks: np.ndarray, at: np.ndarray, seconds: float
-) -> np.ndarray:
-    """Count ``marks`` in the trailing window of each event selected by ``at``."""
-    keys = prepared.composite_time
-    marked = keys[marks]
-    targets = keys[at]
+def count_marked(marked: np.ndarray, targets: np.ndarray, seconds: float) -> np.ndarray:
+    """Count the composite times ``marked`` in the trailing ``seconds`` of each composite time in ``targets``.
+
+    Marks at a target's own millisecond count, even those after it in event order.
+    """
     upper = np.searchsorted(marked, targets, side="right")
     lower = np.searchsorted(marked, targets - int(seconds * 1000), side="right")
     return upper - lower
@@ -445,10 +491,15 @@ def _spread_so_far(prepared: PreparedEvents, subjects: np.ndarray, times: np.nda
     positions = np.searchsorted(keys, targets, side="right") - 1
 
     counts = {}
-    for name, column in (("networks_24h", "net"), ("countries_24h", "country"), ("user_agents_24h", "ua")):
+    for name, column in SPREAD_COLUMNS.items():
         values = events[column].to_numpy()[involved]
-        frame = pd.DataFrame({"subject": subject, "day": day, "value": values})
-        new = (~frame.duplicated(["subject", "day", "value"])).to_numpy() & (values >= 0)
-        running = pd.Series(new.astype(np.int64)).groupby([subject, day], sort=False).cumsum().to_numpy()
+        running = running_distinct(subject, day, values, values >= 0)
         counts[name] = running[positions] if len(positions) else np.array([], dtype=np.int64)
     return pd.DataFrame(counts)
+
+
+def running_distinct(subject: np.ndarray, day: np.ndarray, values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Count, at each row, the distinct ``known`` values of its (subject, day) up to it; rows are grouped by subject."""
+    frame = pd.DataFrame({"subject": subject, "day": day, "value": values})
+    new = (~frame.duplicated(["subject", "day", "value"])).to_numpy() & known
+    return pd.Series(new.astype(np.int64)).groupby([subject, day], sort=False).cumsum().to_numpy()

@@ -9,6 +9,14 @@ from detector.features.prepare import PreparedEvents
 from detector.features.runs import distinct_per_run, max_count_per_run, run_numbers, run_starts
 
 DAY = 86400.0
+# Costs are summed in whole nano-credits: cheap requests cost 0.00005 credits, which micro-credits would round by 1 %.
+NANO = 1_000_000_000
+
+# The per-day counts and sums of ``keyday_counts``, from which the features are computed.
+KEYDAY_COUNTS: tuple[str, ...] = (
+    "requests", "cost", "images", "tokens", "errors",
+    "networks", "user_agents", "countries", "active_hours", "peak_10m", "top_prompt",
+)
 
 # Feature names in the order the model was trained on. Counts and money are
 # log1p-scaled so that one heavy customer does not set the scale for everyone.
@@ -37,9 +45,18 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     counts come from (run, value) pairs (``detector.features.runs``), with no
     full-frame group-by.
     """
+    return with_features(keyday_counts(prepared), prepared.subjects)
+
+
+def keyday_counts(prepared: PreparedEvents) -> pd.DataFrame:
+    """Return one row per (subject, day) with the counts and sums the features are made of.
+
+    Costs are summed in integer nano-credits, so a day's cost does not depend
+    on how its requests are split into parts and added up.
+    """
     events = prepared.events
     if events.empty:
-        return pd.DataFrame(columns=["subject", "day", "window_start", "window_end", *KEYDAY_FEATURES])
+        return pd.DataFrame(columns=["subject", "day", "window_start", "window_end", *KEYDAY_COUNTS])
 
     ts = events["ts"].to_numpy()
     subject = events["subject"].to_numpy()
@@ -53,7 +70,7 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
             "subject": subject[starts],
             "day": day[starts],
             "requests": ends - starts + 1,
-            "cost": np.add.reduceat(events["cost"].to_numpy(), starts),
+            "cost": np.add.reduceat(nano_credits(events["cost"].to_numpy()), starts) / NANO,
             "images": np.add.reduceat(events["images"].to_numpy(), starts),
             "tokens": np.add.reduceat(
                 events["prompt_tokens"].to_numpy() + events["completion_tokens"].to_numpy(), starts
@@ -69,10 +86,16 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     rows["active_hours"] = distinct_per_run(run, (ts // 3600).astype(np.int64), len(starts))
     rows["peak_10m"] = max_count_per_run(run, (ts // 600).astype(np.int64), len(starts))
     rows["top_prompt"] = max_count_per_run(run, events["prompt"].to_numpy(), len(starts))
+    return rows
 
-    subjects = prepared.subjects
-    daily_budget = subjects["daily_budget"].to_numpy()[rows["subject"].to_numpy()]
-    expected = subjects["expected_rph"].to_numpy()[rows["subject"].to_numpy()] * 24
+
+def with_features(rows: pd.DataFrame, subjects: pd.DataFrame) -> pd.DataFrame:
+    """Add ``KEYDAY_FEATURES`` to ``rows`` of ``keyday_counts``, whose ``subject`` codes index ``subjects``.
+
+    The plan's daily budget and expected rate come from ``subjects``, the plan of each subject's last request.
+    """
+    daily_budget = subjects["daily_budget"].to_numpy()[rows["subject"].to_numpy(dtype=np.int64)]
+    expected = subjects["expected_rph"].to_numpy()[rows["subject"].to_numpy(dtype=np.int64)] * 24
 
     rows["log_requests"] = np.log1p(rows["requests"])
     rows["log_cost"] = np.log1p(rows["cost"])
@@ -84,3 +107,8 @@ def keyday_features(prepared: PreparedEvents) -> pd.DataFrame:
     rows["cost_vs_budget"] = rows["cost"] / np.maximum(daily_budget, 1e-9)
     rows["requests_vs_expected"] = rows["requests"] / np.maximum(expected, 1.0)
     return rows
+
+
+def nano_credits(cost: np.ndarray) -> np.ndarray:
+    """Return costs in whole nano-credits (int64), rounded to the nearest."""
+    return np.round(np.asarray(cost, dtype=np.float64) * NANO).astype(np.int64)

@@ -3,10 +3,12 @@
 Not yet used by the stream worker or the batch command.
 """
 
+from detector.state.anomaly import AnomalyDayState
 from detector.state.automation_load import AutomationLoadState
 from detector.state.automation_pattern import AutomationPatternState
 from detector.state.chunk import Chunk, ChunkFindings
 from detector.state.image_quota import ImageQuotaState
+from detector.state.sharing import KeySharingState
 from detector.state.table import SubjectStates
 
-__all__ = ["AutomationLoadState", "AutomationPatternState", "Chunk", "ChunkFindings", "ImageQuotaState", "SubjectStates"]
+__all__ = ["AnomalyDayState", "AutomationLoadState", "AutomationPatternState", "Chunk", "ChunkFindings", "ImageQuotaState", "KeySharingState", "SubjectStates"]

@@ -25,7 +25,7 @@ class ChunkFindings:
     """The findings an incremental detector built from one chunk, and the subjects it could not score exactly.
 
     ``inexact`` has one row per such subject: ``subject_type``, ``subject`` and
-    ``why`` (``late_event`` or ``plan_changed``). Their findings, in this chunk
+    ``why`` (``late_event``, ``plan_changed``, or ``edge_flood`` from key_sharing). Their findings, in this chunk
     and before it, may differ from a batch pass over the whole input, so the
     caller re-scores them from stored raw events. A finding's ``account_id``
     and ``plan`` are those of the subject's last request in its chunk.
