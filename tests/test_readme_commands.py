@@ -62,7 +62,7 @@ def _models_loop_lines() -> list[str]:
 
 
 def test_models_loop_runs_as_written(tmp_path, monkeypatch):
-    """Run the analysts' loop line by line; the notebooks are left to tests/test_notebooks.py."""
+    """Run the analysts' loop line by line. The notebooks run in tests/test_notebooks.py."""
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models", models)
     monkeypatch.setenv("FAIRUSE_MODELS_DIR", str(models))
