@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def load_older_detector(path: Path) -> AbnormalCostDetector:
     if spec is None or spec.loader is None:
         raise SystemExit(f"failed to load {path}: expected a Python file such as detectors/cost.py")
     module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module.AbnormalCostDetector()
 

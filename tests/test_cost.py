@@ -248,7 +248,7 @@ def test_spend_same_alone_and_in_big_frame(plans):
 
 def test_hour_window_excludes_minute_an_hour_before(plans):
     # 10:00:59 and 11:00:00 are 59 s short of an hour apart, but the 10:00 minute is not
-    # among the 59 whole minutes before 11:00. Each hour window then holds 1.5 credits, under the budget of 2.
+    # among the 59 whole minutes before 11:00. Each hour window then contains 1.5 credits, under the budget of 2.
     times = [T0 + 10 * HOUR + 59, T0 + 11 * HOUR]
 
     assert _findings(plans, events("edge", times, cost=1.5)) == []
@@ -310,3 +310,24 @@ def test_tiny_costs_round_to_micro_credits(plans, history_cost, active_hours):
 
     assert findings
     assert findings[0].evidence["baseline_hours"] == active_hours
+
+
+@pytest.mark.parametrize("short_window", [90.0, 30.0, 420.0])
+def test_short_window_must_be_whole_minutes(short_window):
+    with pytest.raises(ValueError, match="invalid short_window"):
+        AbnormalCostDetector(short_window=short_window)
+
+
+def test_short_window_of_five_minutes(plans):
+    history = _office_weeks("victim", 0.002)
+    stolen_start = T0 + 6 * DAY + 3 * HOUR
+    stolen = events("victim", stolen_start + np.arange(40) * 180, cost=0.4, ip="203.0.113.9", country="US")
+
+    findings = AbnormalCostDetector(short_window=300.0).detect(prepare_events(frame(history, stolen), plans))
+    short = [finding for finding in findings if finding.evidence["kind"] == "short_window"]
+
+    assert short
+    assert short[0].evidence["window_s"] == 300.0
+    # The floor is 1.5x the budget's rate over 5 minutes (0.25 credits), so the first request of 0.4 passes it.
+    assert short[0].detected_at == stolen_start
+    assert short[0].evidence["spend_short_window"] == pytest.approx(0.4)

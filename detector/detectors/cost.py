@@ -93,12 +93,14 @@ class AbnormalCostDetector:
     request is the ``W - 1`` whole minutes before the request's minute plus
     that minute up to and including the request. Baseline bins are clock
     hours and clock bins of ``short_window``, which must be a whole number of
-    minutes that divides a day. An incremental caller therefore needs per
-    subject: its spend per minute of the last 24 hours, with the current
-    minute's running sum; per clock hour and per short-window bin of the last
-    8 days, the spend and the highest rolling short-window spend; and, per
-    clock hour and window kind, the escalation step reached so far
-    (``escalations``).
+    minutes that divides a day. An incremental caller therefore needs, per
+    subject, its spend per minute of the last 24 hours (the current minute's
+    running sum included). For the baselines it needs the spend per clock
+    hour and the highest rolling short-window spend per short-window clock
+    bin, both for the current UTC day and the 7 before it (8 days). For the
+    escalations it needs, per clock hour and window kind, the score and
+    impact steps reached so far (``escalations``). The functions in
+    ``detector.features.spend_bins`` take such bins in place of requests.
     """
 
     min_ratio: float = 8.0
@@ -119,7 +121,7 @@ class AbnormalCostDetector:
         minutes = self.short_window / 60
         if minutes < 1 or minutes != int(minutes) or MINUTES_PER_DAY % int(minutes):
             raise ValueError(
-                f"short_window must be a whole number of minutes that divides a day, got {self.short_window} s"
+                f"invalid short_window {self.short_window} s: use a whole number of minutes that divides a day, such as 600"
             )
 
     def _short_window_minutes(self) -> int:
