@@ -108,15 +108,17 @@ def test_minute_bins_then_new_requests_match_raw(seed):
         assert from_state.tolist() == from_raw.tolist(), f"window {window}"
 
 
-def test_clock_bin_peak_from_minute_bins_matches_raw():
+def test_baseline_bins_from_minute_bins_match_raw():
     rng = np.random.default_rng(7)
     subject, minute, micro = _random_requests(rng)
-    raw_peak = clock_bin_peak(subject, minute, rolling_spend(subject, minute, micro, 10), 10)
-
     bins = minute_spend(subject, minute, micro)
-    bin_peak = clock_bin_peak(bins[0], bins[1], rolling_spend(*bins, 10), 10)
 
-    for raw, binned in zip(raw_peak, bin_peak, strict=True):
+    raw_peak = clock_bin_peak(subject, minute, rolling_spend(subject, minute, micro, 10), 10)
+    bin_peak = clock_bin_peak(bins[0], bins[1], rolling_spend(*bins, 10), 10)
+    raw_hours = clock_bin_spend(subject, minute, micro, 60)
+    bin_hours = clock_bin_spend(*bins, 60)
+
+    for raw, binned in zip(raw_peak + raw_hours, bin_peak + bin_hours, strict=True):
         assert raw.tolist() == binned.tolist()
 
 

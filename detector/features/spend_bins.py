@@ -25,7 +25,8 @@ from detector.features.runs import run_starts
 MICRO = 1_000_000
 MINUTE_MS = 60_000
 MINUTES_PER_DAY = 1440
-# Bits kept for the minute in the composite (subject, minute) key: 2**32 minutes is about 8,000 years.
+# Bits kept for the minute in the composite (subject, minute) key: minutes within 2**31 of the epoch
+# (about 4,000 years either way) keep the keys in (subject, minute) order.
 _MINUTE_BITS = 32
 
 
@@ -51,7 +52,7 @@ def rolling_spend(subject: np.ndarray, minute: np.ndarray, micro: np.ndarray, wi
     """
     if window_minutes < 1:
         raise ValueError(f"window_minutes must be at least 1, got {window_minutes}")
-    keys = (np.asarray(subject, dtype=np.int64) << _MINUTE_BITS) | np.asarray(minute, dtype=np.int64)
+    keys = (np.asarray(subject, dtype=np.int64) << _MINUTE_BITS) + np.asarray(minute, dtype=np.int64)
     totals = np.concatenate(([0], np.cumsum(micro, dtype=np.int64)))
     starts = np.searchsorted(keys, keys - (window_minutes - 1), side="left")
     return totals[1:] - totals[starts]
