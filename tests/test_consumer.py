@@ -236,6 +236,29 @@ def test_push_without_valid_events_fails(redis_client, redis_prefix, tmp_path):
     assert redis_client.exists(f"{redis_prefix}:events") == 0
 
 
+def test_push_prints_reader_warnings(redis_client, redis_prefix, tmp_path):
+    import gzip
+
+    from click.testing import CliRunner
+
+    from detector.cli import main
+    from tests.conftest import REDIS_URL
+
+    secret = "sk-proj-" + "A1b2C3d4E5f6G7h8J9k0"
+    lines = [orjson.dumps(_event(number, key=secret if number == 0 else "key-1")) for number in range(200)]
+    compressed = gzip.compress(b"\n".join(lines) + b"\n")
+    events = tmp_path / "events.jsonl.gz"
+    events.write_bytes(compressed[: len(compressed) // 2])
+    arguments = ["push", str(events), "--redis", REDIS_URL, "--prefix", redis_prefix, "--rejects", str(tmp_path / "r.txt")]
+
+    pushed = CliRunner().invoke(main, arguments)
+
+    assert pushed.exit_code == 0, pushed.output
+    assert f"warning: {events}: 1 key_id values looked like API key secrets" in pushed.output
+    assert f"warning: {events}: truncated gzip stream" in pushed.output
+    assert secret not in pushed.output
+
+
 class _StoreDownTwice:
     """The real store, except that its first two writes fail as a lost database connection does."""
 

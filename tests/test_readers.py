@@ -553,6 +553,25 @@ def test_ip_stored_normalised(address, stored):
     assert frame["ip"].tolist() == [stored]
 
 
+@pytest.mark.parametrize(
+    ("address", "stored"),
+    [("fe80::1%eth0", "fe80::1"), ("FE80::1%ETH0", "fe80::1"), ("fe80::1%" + "x" * 600, "fe80::1"),
+     ("fe80::1% spaced", "fe80::1"), ("::ffff:192.0.2.1%eth0", "192.0.2.1")],
+)
+def test_ipv6_zone_id_dropped(address, stored):
+    frame, rejects = validate_records([make_record(1, ip=address)], "stream")
+
+    assert rejects == []
+    assert frame["ip"].tolist() == [stored]
+
+
+@pytest.mark.parametrize("address", ["192.0.2.1%eth0", "fe80::1%", "fe80::1%a%b"])
+def test_malformed_zone_id_rejected(address):
+    _, rejects = validate_records([make_record(1, ip=address)], "stream")
+
+    assert [reject.reason for reject in rejects] == [f"not an IPv4 or IPv6 address: {address!r}"]
+
+
 @pytest.mark.parametrize("address", ["192.0.2.256", "192.0.2.01", "example.com", "192.0.2.1:443"])
 def test_invalid_ip_rejected(address):
     _, rejects = validate_records([make_record(1, ip=address)], "stream")
@@ -1300,6 +1319,14 @@ def test_access_log_ipv6_subject_canonical(tmp_path):
     assert frame["key_id"].tolist() == ["2001:db8::1", "192.0.2.1"]
     assert frame["account_id"].tolist() == ["2001:db8::1", "192.0.2.1"]
     assert frame["ip"].tolist() == ["2001:db8::1", "192.0.2.1"]
+
+
+def test_access_log_zone_id_same_subject(tmp_path):
+    lines = [access_line(second=1, host="fe80::1%eth0"), access_line(second=2, host="fe80::1")]
+    result = read_one(write_lines(tmp_path / "access.log", lines))
+
+    assert result.rejects == []
+    assert result.frame["key_id"].tolist() == ["fe80::1", "fe80::1"]
 
 
 def test_access_log_secret_user_hashed(tmp_path):

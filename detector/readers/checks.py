@@ -189,15 +189,19 @@ def map_distinct(strings: pa.Array, function: Callable[[str], object]) -> Distin
 def normalize_ip(text: str) -> str | None:
     """Return the canonical form of an IPv4 or IPv6 address, or None if text is not one.
 
-    IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) become the IPv4 address, so one
-    client has one spelling.
+    IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) become the IPv4 address, and
+    an IPv6 zone id (``fe80::1%eth0``) is dropped, so one client has one
+    spelling. A zone id names a network interface on the host that recorded
+    the address, tells nothing about the client, and may be any length.
     """
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        address = ipaddress.IPv6Address(int(address))  # rebuilt from the number, without the zone id
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
     return str(address)
 
 
