@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from detector.events import MAX_TEXT_LENGTH
 from detector.readers.api_keys import replace_secrets
 from detector.readers.columns import Kind, Part, RawColumn, character_data, null_mask, true_mask
-from detector.readers.reasons import Problem
+from detector.readers.reasons import MAX_COST, MAX_LATENCY_MS, Problem
 
 # Maximum count: float64 represents every whole number up to 2**53 exactly.
 MAX_COUNT = 2.0**53
@@ -333,6 +333,20 @@ def check_amount(column: RawColumn) -> Checked:
     flag(errors, ~np.isfinite(numbers), Problem.NOT_FINITE)
     flag(errors, numbers < 0, Problem.NEGATIVE)
     return Checked(numbers, errors)
+
+
+def check_cost(column: RawColumn) -> Checked:
+    """Check the cost: a non-negative finite number of at most ``MAX_COST`` credits."""
+    checked = check_amount(column)
+    flag(checked.errors, checked.values > MAX_COST, Problem.COST_TOO_LARGE)
+    return checked
+
+
+def check_latency(column: RawColumn) -> Checked:
+    """Check latency_ms: a non-negative finite number of at most ``MAX_LATENCY_MS``."""
+    checked = check_amount(column)
+    flag(checked.errors, checked.values > MAX_LATENCY_MS, Problem.LATENCY_TOO_LARGE)
+    return checked
 
 
 def whole_numbers(column: RawColumn, default: int | None) -> tuple[np.ndarray, np.ndarray]:
