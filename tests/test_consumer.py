@@ -12,6 +12,7 @@ import pytest
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.store import open_store
+from workers import consumer as consumer_module
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows, decode_chunks
@@ -485,3 +486,22 @@ def test_stray_window_key_does_not_stop_stream(make_consumer, redis_client, redi
     assert events == 50
     assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
     assert redis_client.type(window_key) == b"zset"
+
+
+def test_far_future_event_keeps_other_windows(make_consumer, redis_client, monkeypatch):
+    consumer = make_consumer()
+    stream = consumer.settings.stream
+    start = T0 + 3 * DAY
+    _append(redis_client, stream, [record(number, ts=start + number) for number in range(450)])
+    _drain(consumer)
+    scored = []
+    original = consumer_module.score_events
+    monkeypatch.setattr(consumer_module, "score_events", lambda frame, **options: scored.append(frame) or original(frame, **options))
+
+    # One event of another key a year ahead, beside 50 new events of key-1.
+    late = [record(450 + number, ts=start + 450 + number) for number in range(50)]
+    _append(redis_client, stream, [*late, record(0, ts=start + 365 * DAY, key="key-2")])
+    _drain(consumer)
+
+    assert len(scored) == 1
+    assert int((scored[0]["key_id"] == "key-1").sum()) == 500
