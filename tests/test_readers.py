@@ -453,7 +453,7 @@ def test_text_at_max_length_accepted():
 def test_empty_identifier_rejected():
     _, rejects = validate_records([make_record(1, request_id="")], "stream")
 
-    assert [(reject.field, reject.reason) for reject in rejects] == [("request_id", "empty string")]
+    assert [(reject.field, reject.reason) for reject in rejects] == [("request_id", "empty or blank string")]
 
 
 def test_text_field_given_number_rejected():

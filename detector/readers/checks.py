@@ -128,8 +128,13 @@ def check_text(column: RawColumn, *, allow_empty: bool, default: str | None = No
 
     strings, replaced = replace_secrets(strings)
     if not allow_empty:
-        flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
+        flag(errors, blank_mask(strings), Problem.EMPTY)
     return Checked(shorten_long_text(strings), errors, secrets_replaced=replaced)
+
+
+def blank_mask(strings: pa.Array) -> np.ndarray:
+    """Mark the empty strings and those of whitespace only."""
+    return true_mask(pc.equal(pc.binary_length(strings), 0)) | true_mask(pc.utf8_is_space(strings))
 
 
 def check_identifier(column: RawColumn) -> Checked:
@@ -156,7 +161,7 @@ def check_subject_identifier(column: RawColumn) -> Checked:
     """Check key_id or account_id, first replacing values that contain API key secrets by their hash."""
     strings, errors = text_values(column)
     strings, replaced = replace_secrets(strings)
-    flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
+    flag(errors, blank_mask(strings), Problem.EMPTY)
     return Checked(shorten_long_text(strings), errors, secrets_replaced=replaced)
 
 

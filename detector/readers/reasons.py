@@ -45,7 +45,7 @@ class Problem(IntEnum):
 REASONS: dict[Problem, str] = {
     Problem.MISSING: "missing required field",
     Problem.NOT_TEXT: "not a string",
-    Problem.EMPTY: "empty string",
+    Problem.EMPTY: "empty or blank string",
     Problem.TOO_LONG: f"longer than {MAX_TEXT_LENGTH} characters",
     Problem.NOT_NUMBER: "not a number",
     Problem.BOOLEAN_FOR_NUMBER: "a boolean where a number is expected",
