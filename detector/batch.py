@@ -202,9 +202,9 @@ def run_shadow(
         return [f"shadow not run: {error}"], None
     if shadow is None:
         return [], None
-    decisions = shadow.score(frame, plans=plans, store=store, now=now)
-    logger.info("shadow %s stored %d simulated decisions", shadow.label, len(decisions))
-    return [], f"{shadow.label}: {len(decisions):,} simulated decisions on this input"
+    run = shadow.score(frame, plans=plans, store=store, now=now)
+    logger.info("shadow %s made %d simulated decisions, %d new", shadow.label, len(run.decisions), run.stored)
+    return [], f"{shadow.label}: {len(run.decisions):,} simulated decisions on this input"
 
 
 def write_outputs(out: Path, report: BatchReport) -> dict[str, Path]:

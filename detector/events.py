@@ -70,8 +70,8 @@ IMAGE_ENDPOINTS: frozenset[str] = frozenset(
     {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations"}
 )
 
-# Maximum length of a text field; longer values are rejected, not cut,
-# because a cut identifier would silently merge two subjects.
+# Maximum length of a text field. Longer values are cut to this length and end
+# in a hash of the whole value, so two long values with the same beginning stay apart.
 MAX_TEXT_LENGTH = 512
 
 

@@ -164,11 +164,14 @@ def push_command(paths, input_format, redis_url, prefix, rejects) -> None:
 
     from detector.gateway_import import ImportReport, StreamSink
     from detector.readers import ReaderError, read_events
+    from detector.summary import printable
 
     try:
         read = read_events(paths, format=input_format)
     except ReaderError as error:
         _fail(error)
+    for warning in read.warnings:
+        stderr.print(Text("warning: ", style="yellow") + printable(warning), highlight=False)
     _write_rejects(rejects, read.rejects)
     if read.frame.empty:
         _fail(f"no valid events in {', '.join(map(str, paths))}; see {rejects}")

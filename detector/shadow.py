@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -25,6 +26,13 @@ from detector.store import DecisionStore
 SHADOW_PREFIX = "shadow/"
 
 
+class ShadowRun(NamedTuple):
+    """The decisions of one shadow pass, and how many of them the store did not have yet."""
+
+    decisions: list[Decision]
+    stored: int
+
+
 @dataclass(frozen=True, slots=True)
 class Shadow:
     """A candidate's detectors and policy, named by ``label`` in the decisions it stores."""
@@ -36,13 +44,14 @@ class Shadow:
     def score(
         self, frame: pd.DataFrame, *, plans: PlanCatalogue, store: DecisionStore, now: datetime | None = None,
         since: float | None = None,
-    ) -> list[Decision]:
-        """Score ``frame`` with the candidate, store its decisions as simulated and return the new ones.
+    ) -> ShadowRun:
+        """Score ``frame`` with the candidate and store its decisions as simulated.
 
+        Return the decisions this pass made, and how many of them were not stored yet.
         ``since`` is passed to ``score_events``.
         """
         if frame.empty:
-            return []
+            return ShadowRun([], 0)
         result = score_events(
             frame,
             plans=plans,
@@ -54,8 +63,8 @@ class Shadow:
             since=since,
         )
         decisions = [as_shadow(decision, self.label) for decision in result.decisions]
-        store.save_decisions(decisions)
-        return decisions
+        return ShadowRun(decisions, store.save_decisions(decisions))
+
 
 
 def as_shadow(decision: Decision, label: str) -> Decision:

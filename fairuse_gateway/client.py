@@ -172,12 +172,12 @@ def _verdict(kind: str, value: str, entry: dict) -> Verdict:
 
 
 def canonical_ipv6(text: str) -> str:
-    """Return an IPv6 address as fairuse stores it: compressed, and IPv4-mapped ones as IPv4.
+    """Return an IPv6 address as fairuse stores it: compressed, without a zone id, and IPv4-mapped ones as IPv4.
 
     Text that is no address comes back unchanged, to find nothing.
     """
     try:
-        address = ipaddress.IPv6Address(text)
+        address = ipaddress.IPv6Address(int(ipaddress.IPv6Address(text)))
     except ValueError:
         return text
     return str(address.ipv4_mapped) if address.ipv4_mapped is not None else str(address)

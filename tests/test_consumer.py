@@ -12,6 +12,7 @@ import pytest
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.store import open_store
+from workers import consumer as consumer_module
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows, decode_chunks
@@ -234,6 +235,29 @@ def test_push_without_valid_events_fails(redis_client, redis_prefix, tmp_path):
     assert "no valid events" in pushed.output
     assert (tmp_path / "r.txt").read_text().startswith(f"{events}:1:")
     assert redis_client.exists(f"{redis_prefix}:events") == 0
+
+
+def test_push_prints_reader_warnings(redis_client, redis_prefix, tmp_path):
+    import gzip
+
+    from click.testing import CliRunner
+
+    from detector.cli import main
+    from tests.conftest import REDIS_URL
+
+    secret = "sk-proj-" + "A1b2C3d4E5f6G7h8J9k0"
+    lines = [orjson.dumps(_event(number, key=secret if number == 0 else "key-1")) for number in range(200)]
+    compressed = gzip.compress(b"\n".join(lines) + b"\n")
+    events = tmp_path / "events.jsonl.gz"
+    events.write_bytes(compressed[: len(compressed) // 2])
+    arguments = ["push", str(events), "--redis", REDIS_URL, "--prefix", redis_prefix, "--rejects", str(tmp_path / "r.txt")]
+
+    pushed = CliRunner().invoke(main, arguments)
+
+    assert pushed.exit_code == 0, pushed.output
+    assert f"warning: {events}: 1 key_id values looked like API key secrets" in pushed.output
+    assert f"warning: {events}: truncated gzip stream" in pushed.output
+    assert secret not in pushed.output
 
 
 class _StoreDownTwice:
@@ -462,3 +486,22 @@ def test_stray_window_key_does_not_stop_stream(make_consumer, redis_client, redi
     assert events == 50
     assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
     assert redis_client.type(window_key) == b"zset"
+
+
+def test_far_future_event_keeps_other_windows(make_consumer, redis_client, monkeypatch):
+    consumer = make_consumer()
+    stream = consumer.settings.stream
+    start = T0 + 3 * DAY
+    _append(redis_client, stream, [record(number, ts=start + number) for number in range(450)])
+    _drain(consumer)
+    scored = []
+    original = consumer_module.score_events
+    monkeypatch.setattr(consumer_module, "score_events", lambda frame, **options: scored.append(frame) or original(frame, **options))
+
+    # One event of another key a year ahead, beside 50 new events of key-1.
+    late = [record(450 + number, ts=start + 450 + number) for number in range(50)]
+    _append(redis_client, stream, [*late, record(0, ts=start + 365 * DAY, key="key-2")])
+    _drain(consumer)
+
+    assert len(scored) == 1
+    assert int((scored[0]["key_id"] == "key-1").sum()) == 500

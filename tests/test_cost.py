@@ -221,3 +221,113 @@ def test_zero_budget_plan_scores_without_warnings(tmp_path):
         findings = AbnormalCostDetector().detect(prepare_events(traffic, load_plans(plans_file)))
 
     assert {finding.subject for finding in findings} <= {"paying"}
+
+
+def _theft(key="victim"):
+    history = _hourly(key, [0.05] * 5 * 24)
+    stolen_start = T0 + 5 * DAY + 1800
+    stolen = events(key, stolen_start + np.arange(120) * 30, cost=0.5, ip="203.0.113.9")
+    return history, stolen
+
+
+def test_spend_same_alone_and_in_big_frame(plans):
+    # Around the victim: a whale whose requests sort before it, other keys, and the
+    # victim's own huge spend ten days before, outside every window and baseline.
+    alone = _findings(plans, *_theft())
+    whale = events("whale", T0 - 12 * DAY + np.arange(50) * 60, cost=1e9)
+    others = [_hourly(f"office-{n}", [0.03 + n * 0.001] * 6 * 24) for n in range(20)]
+    earlier = events("victim", T0 - 10 * DAY + np.arange(20) * 60, cost=3e8)
+
+    crowded = _findings(plans, whale, *others, earlier, *_theft())
+    victim = [finding for finding in crowded if finding.subject == "victim" and finding.detected_at >= T0]
+
+    assert alone
+    assert [finding.evidence for finding in victim] == [finding.evidence for finding in alone]
+    assert victim == alone
+
+
+def test_hour_window_excludes_minute_an_hour_before(plans):
+    # 10:00:59 and 11:00:00 are 59 s short of an hour apart, but the 10:00 minute is not
+    # among the 59 whole minutes before 11:00. Each hour window then contains 1.5 credits, under the budget of 2.
+    times = [T0 + 10 * HOUR + 59, T0 + 11 * HOUR]
+
+    assert _findings(plans, events("edge", times, cost=1.5)) == []
+
+
+def test_hour_window_includes_first_minute_inside(plans):
+    # 10:01:00 and 11:00:59: the 10:01 minute is the first of the 59 before 11:00.
+    times = [T0 + 10 * HOUR + 60, T0 + 11 * HOUR + 59]
+
+    findings = _findings(plans, events("edge", times, cost=1.5))
+
+    assert len(findings) == 1
+    assert findings[0].detected_at == times[1]
+    assert findings[0].evidence["spend_1h"] == 3.0
+    assert findings[0].impact == 1.5
+
+
+def test_mad_zero_from_mixed_request_costs(plans):
+    # Hours of 0.1 + 0.2 and hours of 0.3 are the same spend in micro-credits, so the MAD is exactly 0.
+    times = T0 + np.arange(5 * 24) * HOUR + 60
+    split_hours = times[::2]
+    history = [
+        events("steady", split_hours, cost=0.1),
+        events("steady", split_hours + 60, cost=0.2),
+        events("steady", times[1::2], cost=0.3),
+    ]
+    spike = events("steady", T0 + 5 * DAY + 1800 + np.arange(20) * 60, cost=0.3)
+
+    with np.errstate(all="raise"):
+        findings = _findings(plans, *history, spike)
+
+    assert findings
+    spikes = [finding for finding in findings if finding.evidence["kind"] == "rolling_hour"]
+    assert spikes
+    assert spikes[0].evidence["baseline_mad"] == 0
+    assert spikes[0].evidence["baseline_median"] == 0.3
+    assert spikes[0].evidence["baseline_hours"] == 120
+
+
+def test_new_key_in_crowded_frame_judged_by_budget(plans):
+    others = [_hourly(f"office-{n}", [0.03] * 6 * 24) for n in range(5)]
+    fresh = events("fresh", T0 + 5 * DAY + np.arange(120) * 30, cost=0.05)
+
+    findings = [finding for finding in _findings(plans, *others, fresh) if finding.subject == "fresh"]
+
+    assert findings
+    assert all(finding.evidence["baseline_hours"] == 0 for finding in findings)
+    assert all(finding.evidence["kind"] == "rolling_hour" for finding in findings)
+    assert max(finding.impact for finding in findings) == pytest.approx(3.0, rel=0.05)
+
+
+@pytest.mark.parametrize(("history_cost", "active_hours"), [(0.000001, 120), (0.0000004, 0)])
+def test_tiny_costs_round_to_micro_credits(plans, history_cost, active_hours):
+    # Under half a micro-credit a request costs 0, so its hours are not active spend.
+    history = _hourly("tiny", [history_cost] * 5 * 24)
+    burst = events("tiny", T0 + 5 * DAY + 1800 + np.arange(10) * 60, cost=1.0)
+
+    findings = _findings(plans, history, burst)
+
+    assert findings
+    assert findings[0].evidence["baseline_hours"] == active_hours
+
+
+@pytest.mark.parametrize("short_window", [90.0, 30.0, 420.0])
+def test_short_window_must_be_whole_minutes(short_window):
+    with pytest.raises(ValueError, match="invalid short_window"):
+        AbnormalCostDetector(short_window=short_window)
+
+
+def test_short_window_of_five_minutes(plans):
+    history = _office_weeks("victim", 0.002)
+    stolen_start = T0 + 6 * DAY + 3 * HOUR
+    stolen = events("victim", stolen_start + np.arange(40) * 180, cost=0.4, ip="203.0.113.9", country="US")
+
+    findings = AbnormalCostDetector(short_window=300.0).detect(prepare_events(frame(history, stolen), plans))
+    short = [finding for finding in findings if finding.evidence["kind"] == "short_window"]
+
+    assert short
+    assert short[0].evidence["window_s"] == 300.0
+    # The floor is 1.5x the budget's rate over 5 minutes (0.25 credits), so the first request of 0.4 passes it.
+    assert short[0].detected_at == stolen_start
+    assert short[0].evidence["spend_short_window"] == pytest.approx(0.4)

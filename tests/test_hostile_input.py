@@ -243,6 +243,10 @@ def test_bad_values_rejected_with_reason(tmp_path, size):
         19: (json.dumps(make_record(19)).replace('"cost": 0.01', '"cost": NaN'), "-: invalid JSON:"),
         20: (json.dumps([make_record(20)]), "-: not a JSON object: got array"),
         21: ("[" * 100_000 + "]" * 100_000, "-: invalid JSON: depth limit exceeded"),
+        22: (make_record(22, cost=1e308), "cost: larger than 1,000,000 credits for one request (check the gateway's unit): 1e+308"),
+        24: (make_record(24, key_id=" \t"), "key_id: empty or blank string"),
+        25: (make_record(25, request_id="\u3000"), "request_id: empty or blank string"),
+        23: (make_record(23, latency_ms=2e9), "latency_ms: larger than 86,400,000 ms, a day (check the gateway's unit): 2000000000.0"),
     }
     for number, (value, _) in bad.items():
         records[number] = value

@@ -208,6 +208,12 @@ def test_ipv6_address_found_in_any_spelling(publisher, gateway):
     assert gateway.check(ip="2001:DB8:0:0:0:0:0:1").action == "suspend"
 
 
+def test_ipv6_zone_id_finds_the_decision(publisher, gateway):
+    publisher.publish([replace(_decision("suspend"), subject_type="ip", subject="fe80::1")])
+
+    assert gateway.check(ip="fe80::1%eth0").action == "suspend"
+
+
 def test_image_request_gets_the_lower_image_limit(publisher, gateway):
     everything = replace(_decision("throttle"), id="all", limit_rpm=60)
     images = replace(_decision("throttle", scope="images"), id="images", limit_rpm=1)

@@ -126,6 +126,11 @@ def test_rescore_job_runs_shadow_model(environment, redis_client, monkeypatch):
 
     assert job.is_finished, job.latest_result()
     assert job.return_value()["shadow_decisions"] >= 1
+    again = _rescore_quiet_flood(redis_client, prefix)
+    # The second run finds the same days and stores nothing new, and counts nothing new.
+    assert again.return_value()["findings"] == job.return_value()["findings"]
+    assert again.return_value()["decisions"] == 0
+    assert again.return_value()["shadow_decisions"] == 0
     stored = store.all_decisions()
     shadowed = [decision for decision in stored if is_shadow(decision)]
     assert shadowed

@@ -153,3 +153,20 @@ def test_cache_keeps_merged_rows_across_own_writes(redis_client, redis_prefix):
     assert cached_window().merged is None
     assert windows.load(subjects, T0 + 120).equals(uncached.load(subjects, T0 + 120))
     assert list(windows.load(subjects, T0 + 120)["ts"]) == [T0 + 30, T0, T0 + 60, T0 + 120]
+
+
+def test_cache_drops_rows_leaving_the_week_from_merged_rows(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix)
+    uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
+    subjects = [("key", "key-1")]
+    # One chunk whose first event leaves the week before its last one does.
+    windows.extend(frame(events("key-1", [T0, T0 + DAY])))
+    windows.load(subjects, T0 + DAY)
+
+    newest = T0 + 7 * DAY + 60
+    windows.extend(frame(events("key-1", [newest])))
+    assert list(windows.load(subjects, newest)["ts"]) == [T0 + DAY, newest]
+    assert windows.load(subjects, newest).equals(uncached.load(subjects, newest))
+
+    # A read for an earlier end needs the dropped row again, so the rows are merged again from the chunks.
+    assert list(windows.load(subjects, T0 + 6 * DAY)["ts"]) == [T0, T0 + DAY, newest]

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import redis
 import sqlalchemy.exc
@@ -222,10 +223,11 @@ class StreamConsumer:
         return outcome
 
     def _score(self, fresh: pd.DataFrame, outcome: BatchOutcome) -> None:
-        subjects = _subjects(fresh)
+        newest = _newest_per_subject(fresh)
+        subjects = set(newest)
         since = float(fresh["ts"].min())
         # Repeated requests are dropped once, from the history and the batch together.
-        history = self.windows.load(subjects, float(fresh["ts"].max()), distinct=False)
+        history = self.windows.load(subjects, newest, distinct=False)
         combined = pd.concat([history, fresh], ignore_index=True)
         combined = drop_repeated_requests(combined)
         combined = combined.sort_values("ts", kind="stable").reset_index(drop=True)
@@ -297,15 +299,19 @@ class StreamConsumer:
         return [entry for entry in entries if entry[1] is not None]
 
 
-def _subjects(frame: pd.DataFrame) -> set[tuple[str, str]]:
-    """Return the distinct (subject_type, key_id) pairs of ``frame``.
+def _newest_per_subject(frame: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """Return each (subject_type, key_id) pair of ``frame`` with its newest event time.
 
-    The pairs are found before any string becomes a Python object: iterating
+    The pairs are coded before any string becomes a Python object: iterating
     the Arrow-backed columns of a 50,000-event batch in Python took about
     0.1 s of the batch's 0.65 s.
     """
-    pairs = frame[["subject_type", "key_id"]].drop_duplicates()
-    return set(zip(pairs["subject_type"].tolist(), pairs["key_id"].tolist()))
+    codes = frame.groupby(["subject_type", "key_id"], sort=False).ngroup().to_numpy()
+    newest = np.full(codes.max() + 1, -np.inf)
+    np.maximum.at(newest, codes, frame["ts"].to_numpy())
+    firsts = np.unique(codes, return_index=True)[1]
+    pairs = zip(frame["subject_type"].take(firsts).tolist(), frame["key_id"].take(firsts).tolist())
+    return dict(zip(pairs, newest[codes[firsts]].tolist()))
 
 
 def _first_acted_on(result: ScoringResult) -> set[tuple[str, str]]:

@@ -112,7 +112,8 @@ def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
             publisher.publish(result.decisions)
             totals["findings"] += len(result.findings)
         if shadow is not None:
-            totals["shadow_decisions"] += len(shadow.score(history, plans=plans, store=store))
+            # Counted as the decisions are: those stored by this run, not those an earlier run stored.
+            totals["shadow_decisions"] += shadow.score(history, plans=plans, store=store).stored
     logger.info("job %s re-scored %s", job.id, totals)
     return totals
 

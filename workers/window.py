@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -217,27 +217,29 @@ class EventWindows:
         """Return the key of the token that changes with every write to the window ``key``."""
         return f"{self.prefix}:window-token:{key.removeprefix(f'{self.prefix}:window:')}"
 
-    def load(self, subjects: Iterable[tuple[str, str]], newest: float, *, distinct: bool = True) -> pd.DataFrame:
+    def load(
+        self, subjects: Iterable[tuple[str, str]], newest: float | Mapping[tuple[str, str], float], *, distinct: bool = True
+    ) -> pd.DataFrame:
         """Return the stored events of ``subjects`` from the window ending at ``newest``, each request once.
 
+        ``newest`` is one time for every subject, or each subject's own time,
+        so that one subject's event far ahead does not shorten the others' windows.
         With ``distinct=False`` a request may appear more than once, first where
         ``drop_repeated_requests`` keeps it, for a caller that drops repeats
         after adding its own events.
         """
-        oldest = newest - self.window_seconds
+        subjects = list(subjects)
+        ends = [newest[subject] for subject in subjects] if isinstance(newest, Mapping) else [newest] * len(subjects)
         keys = [self.key(subject_type, subject) for subject_type, subject in subjects]
-        batches = [window.rows() for window in self._windows(keys)]
+        windows = self._windows(keys)
+        batches = [window.rows(end - self.window_seconds) for window, end in zip(windows, ends)]
         batches = [batch for batch in batches if batch is not None and batch.num_rows]
         if not batches:
             return empty_frame()
 
         # One chunk per column: the merge, dedup and sort after loading took 0.56 instead of 0.21 s when each
         # column had 16,498 chunks (355,381 events) instead of one.
-        table = pa.Table.from_batches(batches, schema=SCHEMA).combine_chunks()
-        recent = table["ts"].to_numpy() >= oldest
-        if not recent.all():
-            table = table.filter(pa.array(recent))
-        frame = _to_frame(table)
+        frame = _to_frame(pa.Table.from_batches(batches, schema=SCHEMA).combine_chunks())
         # Window sizes bound each subject's events from above, so the cap is checked only where it may apply.
         capped = max(batch.num_rows for batch in batches) > self.max_events
         if distinct or capped:

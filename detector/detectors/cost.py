@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from detector.detectors.base import Finding, at_or_after, escalations, findings_from_rows, from_period_start
 from detector.features import PreparedEvents
+from detector.features.spend_bins import (
+    MICRO,
+    MINUTES_PER_DAY,
+    clock_bin_peak,
+    clock_bin_spend,
+    day_of_bin,
+    minute_of,
+    rolling_spend,
+    to_micro,
+)
 
 HOUR = 3600.0
-DAY = 86400.0
+HOUR_MINUTES = 60
 # Consistency constant that turns a MAD into a standard deviation for normal data.
 MAD_TO_SIGMA = 1.4826
 
@@ -32,6 +43,14 @@ _EVIDENCE = {
     "hourly_budget": "hourly_budget",
     "daily_budget": "daily_budget",
 }
+
+
+class _Spend(NamedTuple):
+    """Per event, sorted by subject then time: subject code, UTC minute and cost in micro-credits."""
+
+    subject: np.ndarray
+    minute: np.ndarray
+    micro: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +86,21 @@ class AbnormalCostDetector:
     scale never below ``scale_floor_share`` of the median or
     ``budget_floor_share`` of that budget, so a key whose MAD is 0 does not
     divide by zero or flag on a cent.
+
+    Costs are read as integer micro-credits (``spend_bins.to_micro``), so
+    every sum is exact and a subject's figures depend on its own requests
+    alone. Windows run on whole UTC minutes: a window of ``W`` minutes at a
+    request is the ``W - 1`` whole minutes before the request's minute plus
+    that minute up to and including the request. Baseline bins are clock
+    hours and clock bins of ``short_window``, which must be a whole number of
+    minutes that divides a day. An incremental caller therefore needs, per
+    subject, its spend per minute of the last 24 hours (the current minute's
+    running sum included). For the baselines it needs the spend per clock
+    hour and the highest rolling short-window spend per short-window clock
+    bin, both for the current UTC day and the 7 before it (8 days). For the
+    escalations it needs, per clock hour and window kind, the score and
+    impact steps reached so far (``escalations``). The functions in
+    ``detector.features.spend_bins`` take such bins in place of requests.
     """
 
     min_ratio: float = 8.0
@@ -81,7 +115,17 @@ class AbnormalCostDetector:
     short_window: float = 600.0
     min_short_rate_share: float = 1.5
     reason: str = "abnormal_cost"
-    version: str = "2"
+    version: str = "3"
+
+    def __post_init__(self) -> None:
+        minutes = self.short_window / 60
+        if minutes < 1 or minutes != int(minutes) or MINUTES_PER_DAY % int(minutes):
+            raise ValueError(
+                f"invalid short_window {self.short_window} s: use a whole number of minutes that divides a day, such as 600"
+            )
+
+    def _short_window_minutes(self) -> int:
+        return int(self.short_window // 60)
 
     def detect(self, prepared: PreparedEvents, since: float | None = None) -> list[Finding]:
         """Return the findings, or with ``since`` those detected from ``since`` on (see ``Detector``).
@@ -95,13 +139,13 @@ class AbnormalCostDetector:
         if events.empty:
             return []
 
-        everything = np.ones(len(events), dtype=bool)
-        cost = events["cost"].to_numpy()
-        spend_short = prepared.sum_in_window(cost, self.short_window, everything)
-        spend_1h = prepared.sum_in_window(cost, HOUR, everything)
-        spend_24h = prepared.sum_in_window(cost, DAY, everything)
-
         subject = events["subject"].to_numpy()
+        spend = _Spend(subject, minute_of(events["ts_ms"].to_numpy()), to_micro(events["cost"].to_numpy()))
+        rolling_short = rolling_spend(*spend, self._short_window_minutes())
+        spend_short = rolling_short / MICRO
+        spend_1h = rolling_spend(*spend, HOUR_MINUTES) / MICRO
+        spend_24h = rolling_spend(*spend, MINUTES_PER_DAY) / MICRO
+
         hourly_budget = prepared.subjects["hourly_budget"].to_numpy()[subject]
         daily_budget = prepared.subjects["daily_budget"].to_numpy()[subject]
 
@@ -127,7 +171,7 @@ class AbnormalCostDetector:
 
         # The hour baseline also gives the short window its history size.
         hour_positions = np.union1d(hour_candidates, short_candidates)
-        hour_baseline = self._baseline_per_event(events, HOUR, hour_positions)
+        hour_baseline = self._baseline_per_event(spend, HOUR_MINUTES, hour_positions)
         history_hours = hour_baseline["history_hours"].to_numpy()
         at_hour_candidates = np.searchsorted(hour_positions, hour_candidates)
         rolling_hour = self._score_rolling_hour(
@@ -140,7 +184,7 @@ class AbnormalCostDetector:
         rolling_hour["row"] = hour_candidates[rolling_hour["row"].to_numpy()]
         del hour_baseline
 
-        short_baseline = self._baseline_per_event(events, self.short_window, short_candidates, spend_short)
+        short_baseline = self._baseline_per_event(spend, self._short_window_minutes(), short_candidates, rolling_short)
         short_window = self._score_short_window(
             spend_short[short_candidates],
             spend_1h[short_candidates],
@@ -186,25 +230,29 @@ class AbnormalCostDetector:
 
     def _baseline_per_event(
         self,
-        events: pd.DataFrame,
-        bin_seconds: float,
+        spend: _Spend,
+        bin_minutes: int,
         positions: np.ndarray,
         rolling: np.ndarray | None = None,
     ) -> pd.DataFrame:
-        """Return median, MAD, busy bin and history size of the subject of each event at ``positions``, for its day.
+        """Return median, MAD, busy bin (credits) and history size of the subject of each event at ``positions``, for its day.
 
-        The statistics are over the subject's active clock bins of ``bin_seconds``
-        (bins with any spend) in the seven UTC days before the event's day. A
-        bin's value is its spend, or with ``rolling`` (a rolling spend per
-        event) the highest rolling spend at an event inside the bin. Only the
-        subjects and days of ``positions`` get a baseline, because each
-        subject's statistics depend on its own events alone.
+        The statistics are over the subject's active clock bins of
+        ``bin_minutes`` (bins with any spend) in the seven UTC days before the
+        event's day. A bin's value is its spend, or with ``rolling`` (a rolling
+        spend in micro-credits per event) the highest rolling spend at an event
+        inside the bin. Only the subjects and days of ``positions`` get a
+        baseline, because each subject's statistics depend on its own events
+        alone.
         """
-        subject_at = events["subject"].to_numpy()[positions]
-        day_at = (events["ts"].to_numpy()[positions] // DAY).astype(np.int64)
+        subject_at = spend.subject[positions]
+        day_at = spend.minute[positions] // MINUTES_PER_DAY
         # Events are sorted by subject, so keeping whole subjects keeps each (subject, bin) one run.
-        involved = np.isin(events["subject"].to_numpy(), np.unique(subject_at))
-        binned = self._bins(events, involved, bin_seconds, rolling)
+        involved = np.isin(spend.subject, np.unique(subject_at))
+        values = spend.micro if rolling is None else rolling
+        binned = _active_bins(
+            spend.subject[involved], spend.minute[involved], values[involved], bin_minutes, peak=rolling is not None
+        )
 
         days = np.unique(day_at)
         per_day = [self._baseline_for_day(binned, int(value)) for value in days]
@@ -225,33 +273,13 @@ class AbnormalCostDetector:
         for column in ("median", "mad", "peak"):
             values = np.full(len(rows), np.nan)
             if len(baselines):
-                values[found] = baselines[column].to_numpy()[rows[found]]
+                values[found] = baselines[column].to_numpy()[rows[found]] / MICRO
             merged[column] = values
         history = np.zeros(len(rows), dtype=np.int64)
         if len(baselines):
             history[found] = baselines["history_hours"].to_numpy()[rows[found]]
         merged["history_hours"] = history
         return merged
-
-    @staticmethod
-    def _bins(events: pd.DataFrame, involved: np.ndarray, bin_seconds: float, rolling: np.ndarray | None) -> pd.DataFrame:
-        """Return the spend (or highest ``rolling`` spend) of each active (subject, clock bin) of the ``involved`` events."""
-        subject = events["subject"].to_numpy()[involved]
-        ts = events["ts"].to_numpy()[involved]
-        time_bin = (ts // bin_seconds).astype(np.int64)
-        run_start = np.ones(len(subject), dtype=bool)
-        run_start[1:] = (subject[1:] != subject[:-1]) | (time_bin[1:] != time_bin[:-1])
-        starts = np.flatnonzero(run_start)
-        binned = pd.DataFrame(
-            {
-                "subject": subject[starts],
-                "day": (ts[starts] // DAY).astype(np.int64),
-                "cost": np.add.reduceat(events["cost"].to_numpy()[involved], starts) if len(starts) else [],
-            }
-        )
-        if rolling is not None and len(starts):
-            binned["cost"] = np.maximum.reduceat(rolling[involved], starts)
-        return binned[binned["cost"] > 0]
 
     def _baseline_for_day(self, binned: pd.DataFrame, day: int) -> pd.DataFrame:
         history = binned[(binned["day"] >= day - 7) & (binned["day"] < day)]
@@ -380,6 +408,22 @@ class AbnormalCostDetector:
         rows["window_start"] = rows["ts"] - rows["window_s"]
         rows["window_end"] = rows["ts"]
         return rows
+
+
+def _active_bins(
+    subject: np.ndarray, minute: np.ndarray, values: np.ndarray, bin_minutes: int, *, peak: bool
+) -> pd.DataFrame:
+    """Return subject, day and value (micro-credits) of each clock bin with spend: its sum, or with ``peak`` its highest value."""
+    bin_values = clock_bin_peak if peak else clock_bin_spend
+    bin_subject, time_bin, value = bin_values(subject, minute, values, bin_minutes)
+    active = value > 0
+    return pd.DataFrame(
+        {
+            "subject": bin_subject[active],
+            "day": day_of_bin(time_bin[active], bin_minutes),
+            "cost": value[active],
+        }
+    )
 
 
 def _flagged_rows(

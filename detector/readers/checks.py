@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from detector.events import MAX_TEXT_LENGTH
 from detector.readers.api_keys import replace_secrets
 from detector.readers.columns import Kind, Part, RawColumn, character_data, null_mask, true_mask
-from detector.readers.reasons import Problem
+from detector.readers.reasons import MAX_COST, MAX_LATENCY_MS, Problem
 
 # Maximum count: float64 represents every whole number up to 2**53 exactly.
 MAX_COUNT = 2.0**53
@@ -128,8 +128,13 @@ def check_text(column: RawColumn, *, allow_empty: bool, default: str | None = No
 
     strings, replaced = replace_secrets(strings)
     if not allow_empty:
-        flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
+        flag(errors, blank_mask(strings), Problem.EMPTY)
     return Checked(shorten_long_text(strings), errors, secrets_replaced=replaced)
+
+
+def blank_mask(strings: pa.Array) -> np.ndarray:
+    """Mark the empty strings and those of whitespace only."""
+    return true_mask(pc.equal(pc.binary_length(strings), 0)) | true_mask(pc.utf8_is_space(strings))
 
 
 def check_identifier(column: RawColumn) -> Checked:
@@ -156,7 +161,7 @@ def check_subject_identifier(column: RawColumn) -> Checked:
     """Check key_id or account_id, first replacing values that contain API key secrets by their hash."""
     strings, errors = text_values(column)
     strings, replaced = replace_secrets(strings)
-    flag(errors, true_mask(pc.equal(pc.binary_length(strings), 0)), Problem.EMPTY)
+    flag(errors, blank_mask(strings), Problem.EMPTY)
     return Checked(shorten_long_text(strings), errors, secrets_replaced=replaced)
 
 
@@ -189,15 +194,19 @@ def map_distinct(strings: pa.Array, function: Callable[[str], object]) -> Distin
 def normalize_ip(text: str) -> str | None:
     """Return the canonical form of an IPv4 or IPv6 address, or None if text is not one.
 
-    IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) become the IPv4 address, so one
-    client has one spelling.
+    IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) become the IPv4 address, and
+    an IPv6 zone id (``fe80::1%eth0``) is dropped, so one client has one
+    spelling. A zone id names a network interface on the host that recorded
+    the address, tells nothing about the client, and may be any length.
     """
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        address = ipaddress.IPv6Address(int(address))  # rebuilt from the number, without the zone id
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
     return str(address)
 
 
@@ -329,6 +338,20 @@ def check_amount(column: RawColumn) -> Checked:
     flag(errors, ~np.isfinite(numbers), Problem.NOT_FINITE)
     flag(errors, numbers < 0, Problem.NEGATIVE)
     return Checked(numbers, errors)
+
+
+def check_cost(column: RawColumn) -> Checked:
+    """Check the cost: a non-negative finite number of at most ``MAX_COST`` credits."""
+    checked = check_amount(column)
+    flag(checked.errors, checked.values > MAX_COST, Problem.COST_TOO_LARGE)
+    return checked
+
+
+def check_latency(column: RawColumn) -> Checked:
+    """Check latency_ms: a non-negative finite number of at most ``MAX_LATENCY_MS``."""
+    checked = check_amount(column)
+    flag(checked.errors, checked.values > MAX_LATENCY_MS, Problem.LATENCY_TOO_LARGE)
+    return checked
 
 
 def whole_numbers(column: RawColumn, default: int | None) -> tuple[np.ndarray, np.ndarray]:

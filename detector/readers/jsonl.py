@@ -165,9 +165,37 @@ def parse_lines_with_orjson(data: bytes, first_line: int, source: str) -> Iterat
             records.append(orjson.loads(line))
             lines.append(number)
         except orjson.JSONDecodeError as error:
-            rejects.append(Reject(source, number, "-", f"invalid JSON: {error.msg} at column {error.colno}"))
+            rejects.append(Reject(source, number, "-", _json_error(line, error)))
 
     batch, not_objects = batch_from_records(records, lines, source)
     yield from sorted(rejects + not_objects, key=lambda reject: reject.line)
     if batch.length:
         yield batch
+
+
+# Number words that some JSON writers emit (Python's json.dumps among them), which JSON does not allow.
+_NOT_JSON_NUMBERS = (b"NaN", b"Infinity", b"-Infinity")
+
+
+def _json_error(line: bytes, error: orjson.JSONDecodeError) -> str:
+    """Return the reject reason for a line that is not JSON, naming NaN or Infinity where one caused it."""
+    reason = f"invalid JSON: {error.msg} at column {error.colno}"
+    # orjson reports "-Infinity" after its sign.
+    start = error.pos - 1 if error.pos > 0 and line[error.pos - 1 : error.pos] == b"-" else max(error.pos, 0)
+    at = line[start:]
+    word = next((word for word in sorted(_NOT_JSON_NUMBERS, key=len, reverse=True) if at.startswith(word)), None)
+    if word is None:
+        return reason
+    field = _field_before(line[:start])
+    place = f" in {field!r}" if field else ""
+    return f"{reason}: {word.decode()}{place} is not a JSON number; send a number, or null where the field is optional"
+
+
+def _field_before(text: bytes) -> str | None:
+    """Return the name of the last object key in ``text``, the field whose value follows it, if any."""
+    end = text.rfind(b'":')
+    if end < 0:
+        return None
+    start = text.rfind(b'"', 0, end)
+    return text[start + 1 : end].decode("utf-8", "replace") if start >= 0 else None
+

@@ -7,6 +7,10 @@ from enum import IntEnum
 from detector.events import MAX_TEXT_LENGTH
 from detector.readers.api_keys import redact_secrets
 
+# Largest cost of one request, in plan credits, and largest latency. Larger values are a wrong unit or a
+# broken record, and sums of them could overflow the detectors' integer micro-credit spend.
+MAX_COST = 1_000_000
+MAX_LATENCY_MS = 86_400_000
 # Maximum length of a value repr in a reject message. Longer ones are cut and end in "...".
 MAX_SHOWN_VALUE = 80
 
@@ -34,12 +38,14 @@ class Problem(IntEnum):
     NOT_COUNTRY = 17
     NOT_HASH = 18
     EPOCH_OUT_OF_RANGE = 19
+    COST_TOO_LARGE = 20
+    LATENCY_TOO_LARGE = 21
 
 
 REASONS: dict[Problem, str] = {
     Problem.MISSING: "missing required field",
     Problem.NOT_TEXT: "not a string",
-    Problem.EMPTY: "empty string",
+    Problem.EMPTY: "empty or blank string",
     Problem.TOO_LONG: f"longer than {MAX_TEXT_LENGTH} characters",
     Problem.NOT_NUMBER: "not a number",
     Problem.BOOLEAN_FOR_NUMBER: "a boolean where a number is expected",
@@ -55,6 +61,8 @@ REASONS: dict[Problem, str] = {
     Problem.NOT_BOOLEAN: "not a boolean (true/false or 0/1)",
     Problem.NOT_IP: "not an IPv4 or IPv6 address",
     Problem.NOT_COUNTRY: "not an ISO 3166-1 alpha-2 country code",
+    Problem.COST_TOO_LARGE: f"larger than {MAX_COST:,} credits for one request (check the gateway's unit)",
+    Problem.LATENCY_TOO_LARGE: f"larger than {MAX_LATENCY_MS:,} ms, a day (check the gateway's unit)",
     Problem.NOT_HASH: (
         "not a prompt hash (hex or base64, at most 128 characters, no spaces); "
         "the value is not shown because it may be prompt text"
