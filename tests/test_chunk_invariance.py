@@ -392,7 +392,7 @@ def test_anomaly_quiet_key_day_waits_for_close_days(plans):
 def test_anomaly_closed_day_leaves_state(plans):
     state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
     state.update(Chunk(frame(_busy_day("busy", 0)), plans))
-    open_rows = len(state.days.take([("key", "busy")]).rows)
+    open_rows = len(state.days.take([("key", "busy")]).rows["owner"])
 
     state.update(Chunk(frame(events("busy", [T0 + DAY + 60.0])), plans))
     taken = state.days.take([("key", "busy")])
@@ -404,7 +404,7 @@ def test_anomaly_closed_day_leaves_state(plans):
     assert taken.values["day"].tolist() == [int(T0 // DAY) + 1]
     assert taken.values["requests"].tolist() == [1]
     # The new day's network, user agent, country, hour and bucket; its request has no prompt.
-    assert len(taken.rows) == 5
+    assert len(taken.rows["owner"]) == 5
 
 
 def test_anomaly_day_split_across_chunks_counts_distinct_once(plans):
@@ -421,10 +421,10 @@ def test_anomaly_day_split_across_chunks_counts_distinct_once(plans):
 
     assert run.inexact.empty
     assert carried.values["requests"].tolist() == [600]
-    kinds = carried.rows["kind"].to_numpy()
+    kinds = carried.rows["kind"]
     assert int((kinds == NETWORK).sum()) == int(rows.loc[rows["requests"] == 600, "networks"].iloc[0]) == 2
-    assert int(carried.rows.loc[kinds == HOUR, "count"].max()) == 60
-    assert carried.rows.loc[kinds == PROMPT, "count"].tolist() == [600]
+    assert int(carried.rows["count"][kinds == HOUR].max()) == 60
+    assert carried.rows["count"][kinds == PROMPT].tolist() == [600]
 
 
 # Key sharing state ---------------------------------------------------------
@@ -564,8 +564,8 @@ def test_sharing_retention_drops_old_networks_and_edges(plans):
             state.update(Chunk(whole.iloc[start : start + 10].reset_index(drop=True), plans))
 
     key = [("key", "mover")]
-    assert len(kept.networks.take(key).rows) == 2
-    assert len(kept.devices.edges.take(key).rows) == 2
-    assert len(trimmed.networks.take(key).rows) == 1
-    assert len(trimmed.devices.edges.take(key).rows) == 1
-    assert len(trimmed.marks.take(key).rows) == 0
+    assert len(kept.networks.take(key).rows["owner"]) == 2
+    assert len(kept.devices.edges.take(key).rows["owner"]) == 2
+    assert len(trimmed.networks.take(key).rows["owner"]) == 1
+    assert len(trimmed.devices.edges.take(key).rows["owner"]) == 1
+    assert len(trimmed.marks.take(key).rows["owner"]) == 0

@@ -67,15 +67,15 @@ class AnomalyDayState:
         inexact = inexact_subjects(chunk, taken)
         self.newest = max(self.newest, float(chunk.prepared.events["ts"].max()))
 
-        carried = taken.values
+        carried = pd.DataFrame(taken.values)
         open_days = carried["day"].to_numpy() >= 0
         sums = _day_sums(pd.concat([_carried_sums(carried, open_days), _chunk_sums(chunk)], ignore_index=True))
-        counts, value_rows = _value_counts(_carried_rows(taken.rows, carried), _chunk_rows(chunk))
+        counts, value_rows = _value_counts(_carried_rows(pd.DataFrame(taken.rows), carried), _chunk_rows(chunk))
         days = sums.merge(counts, on=["subject", "day"], how="left", validate="one_to_one")
 
         closed = (days["day"].to_numpy() + 1) * DAY <= self.newest
         found = self._findings(chunk.prepared, days[closed])
-        self._carry_on(chunk, taken.values, days[~closed], value_rows)
+        self._carry_on(chunk, carried, days[~closed], value_rows)
 
         subjects = chunk.prepared.subjects
         self.names.update(zip(chunk.keys, zip(subjects["account_id"].tolist(), subjects["plan"].tolist())))
@@ -87,19 +87,20 @@ class AnomalyDayState:
         if not keys:
             return []
         taken = self.days.take(keys)
-        carried = taken.values
+        carried = pd.DataFrame(taken.values)
+        rows = pd.DataFrame(taken.rows)
         ended = (carried["day"].to_numpy() >= 0) & ((carried["day"].to_numpy() + 1) * DAY <= as_of)
         if not ended.any():
             return []
 
         sums = _day_sums(_carried_sums(carried, ended))
-        counts, _ = _value_counts(_carried_rows(taken.rows[ended[taken.rows["owner"].to_numpy()]], carried), _no_rows())
+        counts, _ = _value_counts(_carried_rows(rows[ended[rows["owner"].to_numpy()]], carried), _no_rows())
         days = sums.merge(counts, on=["subject", "day"], how="left", validate="one_to_one")
         found = self._findings(self._named_subjects(keys, carried), days)
 
         chosen = np.flatnonzero(ended)
         cleared = carried.iloc[chosen].assign(day=-1, **{name: 0 for name in _SUMS}).reset_index(drop=True)
-        self.days.put([keys[index] for index in chosen], cleared, _no_rows().assign(owner=np.empty(0, np.int64)))
+        self.days.put([keys[index] for index in chosen], _columns(cleared), _columns(_no_rows().assign(owner=np.empty(0, np.int64))))
         return found
 
     def _findings(self, prepared: PreparedEvents, days: pd.DataFrame) -> list:
@@ -129,7 +130,7 @@ class AnomalyDayState:
 
         open_day = table["day"].to_numpy()[rows["subject"].to_numpy()]
         rows = rows[rows["day"].to_numpy() == open_day].rename(columns={"subject": "owner"})
-        self.days.put(chunk.keys, table, rows[["owner", "kind", "value", "count"]].reset_index(drop=True))
+        self.days.put(chunk.keys, _columns(table), _columns(rows[["owner", "kind", "value", "count"]]))
 
     def _named_subjects(self, keys: list[SubjectKey], carried: pd.DataFrame) -> PreparedEvents:
         """Return a ``PreparedEvents`` with only the subject table of ``keys``, for findings outside a chunk."""
@@ -144,6 +145,11 @@ class AnomalyDayState:
             }
         )
         return PreparedEvents(events=pd.DataFrame(), subjects=subjects, networks=[])
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Return ``frame``'s columns as the plain arrays ``SubjectStates.put`` takes."""
+    return {name: frame[name].to_numpy() for name in frame.columns}
 
 
 def _chunk_sums(chunk: Chunk) -> pd.DataFrame:

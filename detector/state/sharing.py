@@ -85,7 +85,7 @@ class KeySharingState:
         taken = self.subjects.take(chunk.keys)
         inexact = inexact_subjects(chunk, taken)
         inexact = inexact[inexact["why"] == "late_event"].reset_index(drop=True)
-        events = _ChunkEvents(chunk, taken.values)
+        events = _ChunkEvents(chunk, pd.DataFrame(taken.values))
 
         settled = self._settled(chunk, events)
         concurrent = self._concurrent(chunk, events, settled)
@@ -97,8 +97,8 @@ class KeySharingState:
         spread = self._spread(chunk, events, first)
         found = self.detector.sharing_findings(chunk.prepared, first, spread) if len(first) else []
 
-        values = escalation.assign(
-            last_ms=np.maximum(chunk.last_ms, taken.values["last_ms"].to_numpy()),
+        values = pd.DataFrame(escalation).assign(
+            last_ms=np.maximum(chunk.last_ms, taken.values["last_ms"]),
             plan=chunk.plan_hash,
             day=events.last_day,
             previous_ts=events.ts[events.ends],
@@ -118,7 +118,7 @@ class KeySharingState:
         (subject, network) group, carried rows first, the groups' first uses
         and the carried network rows.
         """
-        carried = self.networks.take(chunk.keys).rows
+        carried = pd.DataFrame(self.networks.take(chunk.keys).rows)
         pairs = pd.DataFrame(
             {
                 "owner": np.concatenate([carried["owner"].to_numpy(), events.subject]),
@@ -159,7 +159,7 @@ class KeySharingState:
             & (events.iat <= detector.travel_gap)
         )
 
-        marks = self.marks.take(chunk.keys).rows
+        marks = pd.DataFrame(self.marks.take(chunk.keys).rows)
         marked = composite_time(marks["owner"].to_numpy(), marks["ts_ms"].to_numpy())
         is_trip = marks["trip"].to_numpy()
         keys = events.keys
@@ -227,7 +227,7 @@ class KeySharingState:
     def _countries(self, chunk: Chunk, events: "_ChunkEvents", settled: np.ndarray) -> pd.DataFrame:
         """Return the countries finding rows of the chunk; carry the country requests and two-country days on."""
         requests = self.detector.min_component_requests
-        carried = self.country_requests.take(chunk.keys).rows
+        carried = pd.DataFrame(self.country_requests.take(chunk.keys).rows)
         carried_day = events.carried["day"].to_numpy()[carried["owner"].to_numpy()]
         chosen = settled & (events.country != UNKNOWN)
         counts = pd.DataFrame(
@@ -260,7 +260,7 @@ class KeySharingState:
         rank = active.groupby(["owner", "day"], sort=False).cumcount().to_numpy() + 1
         second = active[(rank == 2) & np.isfinite(active["ts"].to_numpy())]
 
-        carried_days = self.country_days.take(chunk.keys).rows
+        carried_days = pd.DataFrame(self.country_days.take(chunk.keys).rows)
         days = pd.DataFrame(
             {
                 "subject": np.concatenate([carried_days["owner"].to_numpy(), second["owner"].to_numpy()]),
@@ -278,7 +278,7 @@ class KeySharingState:
 
     def _spread(self, chunk: Chunk, events: "_ChunkEvents", first: pd.DataFrame) -> pd.DataFrame:
         """Return the spread evidence at each escalation row; carry the current day's distinct values on."""
-        carried = self.spread.take(chunk.keys).rows
+        carried = pd.DataFrame(self.spread.take(chunk.keys).rows)
         carried_day = events.carried["day"].to_numpy()[carried["owner"].to_numpy()]
         times = first["detected_at"].to_numpy()
         # NOTE: like the batch, this counts up to the end of each detecting request's millisecond, but only

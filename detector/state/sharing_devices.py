@@ -64,7 +64,7 @@ class DeviceEdges:
         """
         detector = self.detector
         net = np.where(detector.from_hosting(chunk.prepared), UNKNOWN, net)
-        carried = self.edges.take(chunk.keys).rows
+        carried = pd.DataFrame(self.edges.take(chunk.keys).rows)
         requests = self._requests(chunk, carried, net, ua, country)
 
         edge = requests.groupby(["owner", "net", "ua"], sort=False).ngroup().to_numpy()

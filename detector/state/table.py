@@ -88,7 +88,11 @@ class SubjectStates:
         return TakenState(known=known, values=values, rows=rows)
 
     def put(self, keys: Sequence[SubjectKey], values: Columns, rows: Columns) -> None:
-        """Replace the state of ``keys`` with ``values`` (one entry per key) and ``rows`` (sorted by ``owner``)."""
+        """Replace the state of ``keys`` with ``values`` (one entry per key) and ``rows`` (sorted by ``owner``).
+
+        Both may also be DataFrames, whose columns are read as arrays.
+        """
+        values, rows = _as_columns(values), _as_columns(rows)
         owner = rows["owner"]
         if len(owner) > 1 and bool(np.any(owner[1:] < owner[:-1])):
             raise ValueError("rows must be sorted by owner, the position of their subject in keys")
@@ -165,3 +169,8 @@ def _resized(column: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.zeros(capacity, column.dtype)
     grown[: len(column)] = column[: min(len(column), capacity)]
     return grown
+
+
+def _as_columns(columns) -> Columns:
+    """Return ``columns`` (a dict of arrays or a DataFrame) as a dict of numpy arrays."""
+    return {name: np.asarray(columns[name]) for name in columns}
