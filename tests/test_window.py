@@ -170,3 +170,50 @@ def test_cache_drops_rows_leaving_the_week_from_merged_rows(redis_client, redis_
 
     # A read for an earlier end needs the dropped row again, so the rows are merged again from the chunks.
     assert list(windows.load(subjects, T0 + 6 * DAY)["ts"]) == [T0, T0 + DAY, newest]
+
+
+def test_compaction_keeps_cached_copy(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=2)
+    uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
+    subjects = [("key", "key-1")]
+    key = windows.key("key", "key-1")
+    # A chunk that leaves the week at the next write.
+    windows.extend(frame(events("key-1", [T0 - 8 * DAY])))
+    for start in (T0, T0 + 60, T0 + 120):
+        windows.load(subjects, start)
+        windows.extend(frame(events("key-1", [start, start + 1])))
+
+    token = redis_client.get(windows.token_key(key))
+    cached = windows.cache.get(key, token, 1)
+    # The third chunk in the week made the window crowded; the merged chunk replaced them and the cached copy.
+    assert redis_client.zcard(key) == 1
+    assert cached is not None
+    assert cached.merged.num_rows == 6
+    assert windows.load(subjects, T0 + 121).equals(uncached.load(subjects, T0 + 121))
+
+
+def test_compaction_reads_redis_when_another_worker_wrote(redis_client, redis_prefix):
+    mine = EventWindows(redis_client, prefix=redis_prefix, max_chunks=2)
+    other = EventWindows(redis_client, prefix=redis_prefix)
+    subjects = [("key", "key-1")]
+    mine.extend(frame(events("key-1", [T0])))
+    other.extend(frame(events("key-1", [T0 + 60])))
+    mine.extend(frame(events("key-1", [T0 + 120])))
+
+    assert redis_client.zcard(mine.key("key", "key-1")) == 1
+    assert sorted(mine.load(subjects, T0 + 120)["ts"]) == [T0, T0 + 60, T0 + 120]
+
+
+def test_compactions_spread_over_writes(redis_client, redis_prefix):
+    windows = EventWindows(redis_client, prefix=redis_prefix, max_chunks=2, max_compactions=2)
+    names = [f"key-{number}" for number in range(5)]
+    for start in (T0, T0 + 60, T0 + 120):
+        windows.extend(frame(*[events(name, [start]) for name in names]))
+    sizes = [redis_client.zcard(windows.key("key", name)) for name in names]
+
+    windows.extend(frame(*[events(name, [T0 + 180]) for name in names]))
+    after = [redis_client.zcard(windows.key("key", name)) for name in names]
+
+    # All five became crowded at the third write, and two were merged at each write.
+    assert sorted(sizes) == [1, 1, 3, 3, 3]
+    assert sorted(after) == [1, 1, 2, 2, 4]

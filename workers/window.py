@@ -198,14 +198,20 @@ class EventWindows:
         window_seconds: int = WEEK,
         max_events: int = 20_000,
         max_chunks: int = 32,
+        max_compactions: int = 250,
         cache_bytes: int = 256 * 2**20,
     ) -> None:
-        """``cache_bytes`` bounds the chunk bytes this instance keeps decoded in memory; 0 turns the cache off."""
+        """``cache_bytes`` bounds the chunk bytes this instance keeps decoded in memory; 0 turns the cache off.
+
+        A window with more than ``max_chunks`` chunks is merged into one at a
+        write, at most ``max_compactions`` windows per write, the most crowded first.
+        """
         self.client = client
         self.prefix = prefix
         self.window_seconds = window_seconds
         self.max_events = max_events
         self.max_chunks = max_chunks
+        self.max_compactions = max_compactions
         self.cache = WindowCache(cache_bytes)
         self._extend_script = client.register_script(_EXTEND_SCRIPT)
         self._state_script = client.register_script(_STATE_SCRIPT)
@@ -315,9 +321,12 @@ class EventWindows:
         stray = [key for key, flag in zip(keys, repaired) if flag]
         if stray:
             logger.warning("deleted window or token keys of another type before writing: %s", ", ".join(stray))
-        crowded = [key for key, size in zip(keys, sizes) if size > self.max_chunks]
+        crowded = [(size, key, token) for (key, token, _), size in zip(written, sizes) if size > self.max_chunks]
         if crowded:
-            self._compact(crowded, ttl)
+            # Windows that gain a chunk every batch become crowded in the same batch. Compacting a few
+            # hundred per write spreads the work, because 2,000 at once took about 1.5 s of one batch.
+            crowded.sort(key=lambda item: -item[0])
+            self._compact({key: token for _, key, token in crowded[: self.max_compactions]}, ttl)
 
     def _chunks_by_subject(self, frame: pd.DataFrame) -> list[tuple[str, str, bytes, float]]:
         """Return (subject_type, subject, chunk, newest event time) for each subject in ``frame``."""
@@ -345,34 +354,64 @@ class EventWindows:
             )
         ]
 
-    def _compact(self, keys: list[str], ttl: int) -> None:
+    def _compact(self, tokens: dict[str, bytes], ttl: int) -> None:
         """Replace the chunks of each key by one chunk of its newest ``max_events`` distinct events.
 
-        Only the chunks read here are removed, in one transaction with the
+        ``tokens`` maps each key to the token this worker's write just gave
+        it. Only the chunks read here are removed, in one transaction with the
         merged chunk's write, so chunks another worker adds meanwhile stay.
+        Where no other chunk came in, the merged chunk replaces the key's
+        cached copy, so the next read needs no fetch from Redis.
         """
-        pipeline = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipeline.zrange(key, 0, -1)
-        stored = pipeline.execute()
-
+        keys = list(tokens)
+        sources = self._compaction_sources(tokens)
+        merged: dict[str, CachedChunk] = {}
+        new_tokens = {key: os.urandom(16) for key in keys}
         pipeline = self.client.pipeline(transaction=True)
-        for key, chunks in zip(keys, stored):
-            if not chunks:
+        for key, (members, table) in zip(keys, sources):
+            if not members:
                 continue
-            table = pa.Table.from_batches(_readable_batches(key, chunks), schema=SCHEMA)
-            pipeline.zrem(key, *chunks)
+            pipeline.zrem(key, *members)
             if not table.num_rows:
                 continue
             newest = pc.max(table["ts"]).as_py()
             table = table.filter(pc.greater_equal(table["ts"], newest - self.window_seconds))
-            table = _distinct_newest(table, self.max_events)
-            pipeline.zadd(key, {_encode_table(table): newest})
+            batch = _one_batch(_distinct_newest(table, self.max_events))
+            merged[key] = CachedChunk(newest, batch.serialize().to_pybytes(), batch)
+            pipeline.zadd(key, {merged[key].member: newest})
             pipeline.expire(key, ttl)
         for key in keys:
-            pipeline.set(self.token_key(key), os.urandom(16), ex=ttl)
-            self.cache.discard(key)
-        pipeline.execute()
+            pipeline.set(self.token_key(key), new_tokens[key], ex=ttl)
+            pipeline.zcard(key)
+        sizes = pipeline.execute()[-2 * len(keys) :][1::2]
+
+        for key, size in zip(keys, sizes):
+            if key in merged and size == 1:
+                self.cache.put(key, CachedWindow(new_tokens[key], 1, [merged[key]], merged=merged[key].batch))
+            else:
+                self.cache.discard(key)
+
+    def _compaction_sources(self, tokens: dict[str, bytes]) -> list[tuple[list[bytes], pa.Table]]:
+        """Return the members of each key to replace and their rows, from the cache where it has this worker's write.
+
+        A cached copy made under the token this worker just wrote, with every
+        member readable, is what Redis had after that write. Other keys are read from Redis.
+        """
+        sources: dict[str, tuple[list[bytes], pa.Table]] = {}
+        for key, token in tokens.items():
+            window = self.cache.get(key, token, -1, check_members=False)
+            if window is None or not window.chunks or len(window.chunks) != window.members:
+                continue
+            rows = window.rows(window.chunks[-1].score - self.window_seconds)
+            sources[key] = ([chunk.member for chunk in window.chunks], pa.Table.from_batches([rows], schema=SCHEMA))
+
+        missing = [key for key in tokens if key not in sources]
+        pipeline = self.client.pipeline(transaction=False)
+        for key in missing:
+            pipeline.zrange(key, 0, -1)
+        for key, members in zip(missing, pipeline.execute() if missing else []):
+            sources[key] = (members, pa.Table.from_batches(_readable_batches(key, members), schema=SCHEMA))
+        return [sources[key] for key in tokens]
 
     def _newest_per_subject(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Keep at most ``max_events`` newest events per subject."""

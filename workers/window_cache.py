@@ -83,10 +83,13 @@ class WindowCache:
         self._sizes: dict[str, int] = {}
         self._total = 0
 
-    def get(self, key: str, token: bytes | None, members: int) -> CachedWindow | None:
-        """Return the cached window of ``key`` if ``token`` and the member count are still those it was cached under."""
+    def get(self, key: str, token: bytes | None, members: int, *, check_members: bool = True) -> CachedWindow | None:
+        """Return the cached window of ``key`` if ``token`` and the member count are still those it was cached under.
+
+        With ``check_members`` False only the token is compared.
+        """
         window = self._windows.get(key)
-        if window is None or token is None or window.token != token or window.members != members:
+        if window is None or token is None or window.token != token or (check_members and window.members != members):
             return None
         self._windows.move_to_end(key)
         return window
