@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.detectors import AnomalyDetector, AutomationDetector, Finding, ImageQuotaDetector
+from detector.detectors import AbnormalCostDetector, AnomalyDetector, AutomationDetector, Finding, ImageQuotaDetector
 from detector.detectors.device_graph import MAX_SUBJECT_EDGES
 from detector.detectors.sharing import KeySharingDetector
 from detector.features import prepare_events
@@ -29,6 +29,7 @@ from detector.readers import read_events
 from detector.simulate import simulate_traffic
 from detector.state.anomaly import HOUR, NETWORK, PROMPT
 from detector.state import AnomalyDayState, AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
+from detector.state.cost import AbnormalCostState
 from detector.state.sharing import KeySharingState
 from tests.factories import DAY, T0, events, frame
 
@@ -77,6 +78,11 @@ CASES = [
         "key_sharing",
         lambda: KeySharingState(KeySharingDetector()),
         lambda whole, plans: KeySharingDetector().detect(prepare_events(whole, plans)),
+    ),
+    Case(
+        "abnormal_cost",
+        lambda: AbnormalCostState(AbnormalCostDetector()),
+        lambda whole, plans: AbnormalCostDetector().detect(prepare_events(whole, plans)),
     ),
 ]
 # The detectors that build findings event by event, so that each chunk returns its own.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,7 +46,15 @@ _EVIDENCE = {
 }
 
 
-class _Spend(NamedTuple):
+class WindowSpend(NamedTuple):
+    """Per row, the rolling spend in micro-credits of the short window, the hour and the day."""
+
+    short: np.ndarray
+    hour: np.ndarray
+    day: np.ndarray
+
+
+class Spend(NamedTuple):
     """Per event, sorted by subject then time: subject code, UTC minute and cost in micro-credits."""
 
     subject: np.ndarray
@@ -124,7 +133,7 @@ class AbnormalCostDetector:
                 f"invalid short_window {self.short_window} s: use a whole number of minutes that divides a day, such as 600"
             )
 
-    def _short_window_minutes(self) -> int:
+    def short_window_minutes(self) -> int:
         return int(self.short_window // 60)
 
     def detect(self, prepared: PreparedEvents, since: float | None = None) -> list[Finding]:
@@ -140,14 +149,53 @@ class AbnormalCostDetector:
             return []
 
         subject = events["subject"].to_numpy()
-        spend = _Spend(subject, minute_of(events["ts_ms"].to_numpy()), to_micro(events["cost"].to_numpy()))
-        rolling_short = rolling_spend(*spend, self._short_window_minutes())
-        spend_short = rolling_short / MICRO
-        spend_1h = rolling_spend(*spend, HOUR_MINUTES) / MICRO
-        spend_24h = rolling_spend(*spend, MINUTES_PER_DAY) / MICRO
+        spend = Spend(subject, minute_of(events["ts_ms"].to_numpy()), to_micro(events["cost"].to_numpy()))
+        windows = self.window_spend(spend)
+        ts = events["ts"].to_numpy()
+        short_minutes = self.short_window_minutes()
+        scored = self.score_windows(
+            spend,
+            windows,
+            prepared.subjects["hourly_budget"].to_numpy()[subject],
+            prepared.subjects["daily_budget"].to_numpy()[subject],
+            testable=from_period_start(ts, since, HOUR),
+            hour_bins=lambda positions: _involved_bins(spend, HOUR_MINUTES, positions),
+            short_bins=lambda positions: _involved_bins(spend, short_minutes, positions, windows.short),
+        )
+        rows = at_or_after(escalations(with_times(scored, subject, ts), ["subject", "hour", "kind"]), since)
+        return self.findings(prepared, rows)
 
-        hourly_budget = prepared.subjects["hourly_budget"].to_numpy()[subject]
-        daily_budget = prepared.subjects["daily_budget"].to_numpy()[subject]
+    def window_spend(self, spend: Spend) -> WindowSpend:
+        """Return the rolling spend of the short window, the hour and the day at each row of ``spend``."""
+        return WindowSpend(
+            short=rolling_spend(*spend, self.short_window_minutes()),
+            hour=rolling_spend(*spend, HOUR_MINUTES),
+            day=rolling_spend(*spend, MINUTES_PER_DAY),
+        )
+
+    def score_windows(
+        self,
+        spend: Spend,
+        windows: WindowSpend,
+        hourly_budget: np.ndarray,
+        daily_budget: np.ndarray,
+        *,
+        testable: np.ndarray | None,
+        hour_bins: Callable[[np.ndarray], pd.DataFrame],
+        short_bins: Callable[[np.ndarray], pd.DataFrame],
+    ) -> pd.DataFrame:
+        """Score both windows at the rows of ``spend`` that ``testable`` marks (all without it); return the flagged rows.
+
+        ``hour_bins`` and ``short_bins`` return, for the row positions they
+        get, the active clock bins (``subject``, ``day``, ``cost`` in
+        micro-credits) of at least those rows' subjects: the hour's spend, and
+        the short window's highest rolling spend. The budgets are per row. The
+        result has one row per flagged row and window, sorted by ``row`` (the
+        position in ``spend``).
+        """
+        spend_short = windows.short / MICRO
+        spend_1h = windows.hour / MICRO
+        spend_24h = windows.day / MICRO
 
         # Baselines and measures are computed only at the events that can be flagged (candidates):
         # every test is per event, and most events are far below both floors.
@@ -161,17 +209,16 @@ class AbnormalCostDetector:
         # A rolling-hour spike needs min_budget_share of the hourly budget; over budget needs impact 1.
         hour_flagged = (spend_1h >= self.min_budget_share * hourly_budget) | (impact_1h >= 1.0)
         short_flagged = rate_share >= self.min_short_rate_share
-        recent = from_period_start(events["ts"].to_numpy(), since, HOUR)
-        if recent is not None:
-            hour_flagged &= recent
-            short_flagged &= recent
+        if testable is not None:
+            hour_flagged &= testable
+            short_flagged &= testable
         hour_candidates = np.flatnonzero(hour_flagged)
         short_candidates = np.flatnonzero(short_flagged)
         del impact_1h, window_budget, rate_share, hour_flagged, short_flagged
 
         # The hour baseline also gives the short window its history size.
         hour_positions = np.union1d(hour_candidates, short_candidates)
-        hour_baseline = self._baseline_per_event(spend, HOUR_MINUTES, hour_positions)
+        hour_baseline = self._baseline_per_event(spend, hour_bins(hour_positions), hour_positions)
         history_hours = hour_baseline["history_hours"].to_numpy()
         at_hour_candidates = np.searchsorted(hour_positions, hour_candidates)
         rolling_hour = self._score_rolling_hour(
@@ -184,7 +231,7 @@ class AbnormalCostDetector:
         rolling_hour["row"] = hour_candidates[rolling_hour["row"].to_numpy()]
         del hour_baseline
 
-        short_baseline = self._baseline_per_event(spend, self._short_window_minutes(), short_candidates, rolling_short)
+        short_baseline = self._baseline_per_event(spend, short_bins(short_candidates), short_candidates)
         short_window = self._score_short_window(
             spend_short[short_candidates],
             spend_1h[short_candidates],
@@ -205,8 +252,10 @@ class AbnormalCostDetector:
             ("hourly_budget", hourly_budget), ("daily_budget", daily_budget),
         ):
             scored[name] = values[flagged]
+        return scored
 
-        rows = at_or_after(self._escalations_per_subject_hour(events, scored), since)
+    def findings(self, prepared: PreparedEvents, rows: pd.DataFrame) -> list[Finding]:
+        """Build the findings of the escalation rows ``rows`` (see ``with_times``), whose subjects are codes of ``prepared``."""
         return findings_from_rows(
             prepared,
             rows,
@@ -228,31 +277,15 @@ class AbnormalCostDetector:
             },
         )
 
-    def _baseline_per_event(
-        self,
-        spend: _Spend,
-        bin_minutes: int,
-        positions: np.ndarray,
-        rolling: np.ndarray | None = None,
-    ) -> pd.DataFrame:
+    def _baseline_per_event(self, spend: Spend, binned: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
         """Return median, MAD, busy bin (credits) and history size of the subject of each event at ``positions``, for its day.
 
-        The statistics are over the subject's active clock bins of
-        ``bin_minutes`` (bins with any spend) in the seven UTC days before the
-        event's day. A bin's value is its spend, or with ``rolling`` (a rolling
-        spend in micro-credits per event) the highest rolling spend at an event
-        inside the bin. Only the subjects and days of ``positions`` get a
-        baseline, because each subject's statistics depend on its own events
-        alone.
+        The statistics are over the subject's active clock bins in ``binned``
+        (``subject``, ``day`` and ``cost`` in micro-credits) of the seven UTC
+        days before the event's day.
         """
         subject_at = spend.subject[positions]
         day_at = spend.minute[positions] // MINUTES_PER_DAY
-        # Events are sorted by subject, so keeping whole subjects keeps each (subject, bin) one run.
-        involved = np.isin(spend.subject, np.unique(subject_at))
-        values = spend.micro if rolling is None else rolling
-        binned = _active_bins(
-            spend.subject[involved], spend.minute[involved], values[involved], bin_minutes, peak=rolling is not None
-        )
 
         days = np.unique(day_at)
         per_day = [self._baseline_for_day(binned, int(value)) for value in days]
@@ -391,31 +424,52 @@ class AbnormalCostDetector:
             spike, "short_window", self.short_window, spend_short, measures["spike_score"], impact, measures
         )
 
-    def _escalations_per_subject_hour(self, events: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
-        """Keep, per subject, clock hour and window, the first flagged event and each escalation after it.
 
-        Each window escalates on its own, so the short window's early findings
-        never hide a later rolling-hour finding that policy enforces.
-        """
-        flagged = scored["row"].to_numpy()
-        rows = scored.copy()
-        rows["subject"] = events["subject"].to_numpy()[flagged]
-        rows["ts"] = events["ts"].to_numpy()[flagged]
-        rows["hour"] = (rows["ts"] // HOUR).astype(np.int64)
+def with_times(scored: pd.DataFrame, subject: np.ndarray, ts: np.ndarray) -> pd.DataFrame:
+    """Add subject, time, clock hour and window bounds to the rows of ``score_windows``; ``subject`` and ``ts`` are per input row.
 
-        rows = escalations(rows, ["subject", "hour", "kind"])
-        rows["detected_at"] = rows["ts"]
-        rows["window_start"] = rows["ts"] - rows["window_s"]
-        rows["window_end"] = rows["ts"]
-        return rows
+    Findings escalate per subject, clock hour and window ``kind``. Each window
+    escalates on its own, so the short window's early findings never hide a
+    later rolling-hour finding that policy enforces.
+    """
+    flagged = scored["row"].to_numpy()
+    rows = scored.copy()
+    rows["subject"] = subject[flagged]
+    rows["ts"] = ts[flagged]
+    rows["hour"] = (rows["ts"] // HOUR).astype(np.int64)
+    rows["detected_at"] = rows["ts"]
+    rows["window_start"] = rows["ts"] - rows["window_s"]
+    rows["window_end"] = rows["ts"]
+    return rows
 
 
-def _active_bins(
+def _involved_bins(spend: Spend, bin_minutes: int, positions: np.ndarray, rolling: np.ndarray | None = None) -> pd.DataFrame:
+    """Return the active clock bins of the subjects of the events at ``positions`` (see ``active_bins``).
+
+    A bin's value is its spend, or with ``rolling`` (a rolling spend in
+    micro-credits per event) the highest rolling spend at an event inside it.
+    Only these subjects get bins, because each subject's statistics depend on
+    its own events alone.
+    """
+    # Events are sorted by subject, so keeping whole subjects keeps each (subject, bin) one run.
+    involved = np.isin(spend.subject, np.unique(spend.subject[positions]))
+    values = spend.micro if rolling is None else rolling
+    return active_bins(
+        spend.subject[involved], spend.minute[involved], values[involved], bin_minutes, peak=rolling is not None
+    )
+
+
+def active_bins(
     subject: np.ndarray, minute: np.ndarray, values: np.ndarray, bin_minutes: int, *, peak: bool
 ) -> pd.DataFrame:
-    """Return subject, day and value (micro-credits) of each clock bin with spend: its sum, or with ``peak`` its highest value."""
+    """Return subject, day and value (``cost``, micro-credits) of each clock bin with spend: its sum, or with ``peak`` its highest value."""
     bin_values = clock_bin_peak if peak else clock_bin_spend
     bin_subject, time_bin, value = bin_values(subject, minute, values, bin_minutes)
+    return bins_frame(bin_subject, time_bin, value, bin_minutes)
+
+
+def bins_frame(bin_subject: np.ndarray, time_bin: np.ndarray, value: np.ndarray, bin_minutes: int) -> pd.DataFrame:
+    """Return the clock bins whose value is above 0 (the active ones) as ``subject``, ``day`` and ``cost``."""
     active = value > 0
     return pd.DataFrame(
         {

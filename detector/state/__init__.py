@@ -7,8 +7,9 @@ from detector.state.anomaly import AnomalyDayState
 from detector.state.automation_load import AutomationLoadState
 from detector.state.automation_pattern import AutomationPatternState
 from detector.state.chunk import Chunk, ChunkFindings
+from detector.state.cost import AbnormalCostState
 from detector.state.image_quota import ImageQuotaState
 from detector.state.sharing import KeySharingState
 from detector.state.table import SubjectStates
 
-__all__ = ["AnomalyDayState", "AutomationLoadState", "AutomationPatternState", "Chunk", "ChunkFindings", "ImageQuotaState", "KeySharingState", "SubjectStates"]
+__all__ = ["AbnormalCostState", "AnomalyDayState", "AutomationLoadState", "AutomationPatternState", "Chunk", "ChunkFindings", "ImageQuotaState", "KeySharingState", "SubjectStates"]
