@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmark per-subject state against today's stream path for image_quota and automation.
+"""Benchmark per-subject state against today's stream path, for image_quota and automation or every detector.
 
-    .venv/bin/python scripts/bench_state.py [--keys 500] [--days 7] [--seed 3] [--chunk-seconds 60]
+    .venv/bin/python scripts/bench_state.py [--keys 500] [--days 7] [--seed 3] [--chunk-seconds 60] [--all]
     .venv/bin/python scripts/bench_state.py --events path/to/events.jsonl
 
 A simulated input (or ``--events``) is read once and streamed in chunks of
@@ -15,10 +15,16 @@ A simulated input (or ``--events``) is read once and streamed in chunks of
   ``detect`` with ``since`` at the chunk's first event. Selecting the window
   rows from memory is not timed; the worker reads them from Redis.
 
+With ``--all`` both paths also run key sharing, abnormal cost and the
+anomaly model (the shipped one): the states of ``detector.state`` on one
+side, ``detect`` on the window on the other. The anomaly detector takes no
+``since``, so the window path scores every closed day of the window again
+at each chunk, as the worker does, and its findings are not compared.
+
 It reports both totals and their ratio. The state path returns pattern
 findings only on a rebuild, so the rebuild after the last chunk is timed
-apart. It also reports the state bytes per subject at the end, and checks
-that both paths found the same number of image_quota and load findings.
+apart. It also reports the state bytes per subject at the end, and the number of
+findings per reason on both paths, which must be equal except for anomaly.
 """
 
 from __future__ import annotations
@@ -26,20 +32,39 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from detector.detectors import AutomationDetector, ImageQuotaDetector
+from detector.detectors import (
+    AbnormalCostDetector,
+    AnomalyDetector,
+    AutomationDetector,
+    ImageQuotaDetector,
+    KeySharingDetector,
+)
 from detector.detectors.base import detect_since
 from detector.features import prepare_events
+from detector.model_registry import load_model
 from detector.plans import load_plans
 from detector.readers import read_events
 from detector.simulate import simulate_traffic
-from detector.state import AutomationLoadState, AutomationPatternState, Chunk, ImageQuotaState
+from detector.state import (
+    AbnormalCostState,
+    AnomalyDayState,
+    AutomationLoadState,
+    AutomationPatternState,
+    Chunk,
+    ImageQuotaState,
+    KeySharingState,
+    SubjectStates,
+)
 
 WEEK = 7 * 86400.0
+# Seconds of updates per incremental detector over the run.
+STATE_SECONDS: Counter = Counter()
 
 
 def main() -> None:
@@ -49,25 +74,31 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7, help="Simulated days (default 7).")
     parser.add_argument("--seed", type=int, default=3, help="Simulation seed (default 3).")
     parser.add_argument("--chunk-seconds", type=float, default=60.0, help="Event time per chunk, in seconds (default 60).")
+    parser.add_argument("--all", action="store_true", help="Also run key sharing, abnormal cost and the anomaly model.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         path = args.events or simulate_traffic(Path(folder), keys=args.keys, days=args.days, seed=args.seed).events_path
         frame = read_events([path]).frame
-    report(run(frame, args.chunk_seconds))
+    report(run(frame, args.chunk_seconds, every_detector=args.all))
 
 
-def run(frame: pd.DataFrame, chunk_seconds: float) -> dict[str, float]:
+def run(frame: pd.DataFrame, chunk_seconds: float, every_detector: bool = False) -> dict[str, float]:
     """Stream ``frame`` through both paths and return the totals and counts."""
     plans = load_plans()
     image_quota, automation = ImageQuotaDetector(), AutomationDetector()
+    detectors = [image_quota, automation]
     states = [ImageQuotaState(image_quota), AutomationLoadState(automation)]
+    if every_detector:
+        sharing, cost, anomaly = KeySharingDetector(), AbnormalCostDetector(), AnomalyDetector(load_model())
+        detectors += [sharing, cost, anomaly]
+        states += [KeySharingState(sharing, retention=WEEK), AbnormalCostState(cost), AnomalyDayState(anomaly)]
     pattern = AutomationPatternState(automation, retention=WEEK)
     windows = SubjectRows(frame)
 
     ts = frame["ts"].to_numpy()
     edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + chunk_seconds, chunk_seconds), side="left")
-    totals = {"state": 0.0, "state_prepare": 0.0, "window": 0.0, "state_findings": 0, "window_findings": 0, "chunks": 0}
+    totals = {"state": 0.0, "state_prepare": 0.0, "window": 0.0, "state_findings": Counter(), "window_findings": Counter(), "chunks": 0}
     # Per day of the input: [state seconds, window seconds, chunks], to show which path grows as windows fill.
     per_day: dict[int, list[float]] = {}
     for start, end in zip(edges[:-1], edges[1:]):
@@ -77,7 +108,7 @@ def run(frame: pd.DataFrame, chunk_seconds: float) -> dict[str, float]:
 
         state_seconds, prepare_seconds, state_found = time_state(chunk_frame, plans, [*states, pattern])
         window = windows.before(chunk_frame, float(ts[start]))
-        window_seconds, window_found = time_window(window, chunk_frame, float(ts[start]), plans, image_quota, automation)
+        window_seconds, window_found = time_window(window, chunk_frame, float(ts[start]), plans, detectors)
 
         totals["state"] += state_seconds
         totals["state_prepare"] += prepare_seconds
@@ -91,32 +122,54 @@ def run(frame: pd.DataFrame, chunk_seconds: float) -> dict[str, float]:
         totals["chunks"] += 1
 
     totals["per_day"] = per_day
+    closing = [state for state in states if isinstance(state, AnomalyDayState)]
+    for state in closing:
+        totals["state_findings"].update(finding.reason for finding in state.close_days(float(ts[-1])))
     began = time.perf_counter()
     totals["pattern_findings"] = len(pattern.pattern_findings())
     totals["pattern_rebuild"] = time.perf_counter() - began
     totals["events"] = len(frame)
     totals["subjects"] = len(pattern.names)
-    totals["bytes"] = {type(state).__name__: state.states.nbytes() for state in states}
-    totals["bytes"]["AutomationPatternState"] = pattern.bursts.nbytes() + pattern.hours.nbytes()
+    totals["bytes"] = {type(state).__name__: state_bytes(state) for state in [*states, pattern]}
     return totals
 
 
-def time_state(chunk_frame: pd.DataFrame, plans, states: list) -> tuple[float, float, int]:
-    """Prepare the chunk and update every state; return the seconds, the seconds of the prepare step and the findings."""
+def state_bytes(state: object) -> int:
+    """Return the bytes of every ``SubjectStates`` an incremental detector holds, one level of helpers deep."""
+    total = 0
+    for value in vars(state).values() if hasattr(state, "__dict__") else ():
+        if isinstance(value, SubjectStates):
+            total += value.nbytes()
+        elif type(value).__module__.startswith("detector.state"):
+            total += sum(part.nbytes() for part in vars(value).values() if isinstance(part, SubjectStates))
+    return total
+
+
+def time_state(chunk_frame: pd.DataFrame, plans, states: list) -> tuple[float, float, Counter]:
+    """Prepare the chunk and update every state; return the seconds, the seconds of the prepare step and the findings by reason."""
     began = time.perf_counter()
     chunk = Chunk(chunk_frame, plans)
     prepared_at = time.perf_counter()
-    found = sum(len(state.update(chunk).findings) for state in states)
+    found = Counter()
+    for state in states:
+        started = time.perf_counter()
+        found.update(finding.reason for finding in state.update(chunk).findings)
+        STATE_SECONDS[type(state).__name__] += time.perf_counter() - started
     return time.perf_counter() - began, prepared_at - began, found
 
 
-def time_window(window: pd.DataFrame, chunk_frame: pd.DataFrame, since: float, plans, image_quota, automation) -> tuple[float, int]:
-    """Prepare window and chunk together and detect from ``since``; return the seconds and the image_quota and load findings."""
+def time_window(window: pd.DataFrame, chunk_frame: pd.DataFrame, since: float, plans, detectors: list) -> tuple[float, Counter]:
+    """Prepare window and chunk together and run each detector from ``since``; return the seconds and the findings by reason.
+
+    Automation's pattern findings measure the whole window, so only its load findings are counted.
+    """
     began = time.perf_counter()
     prepared = prepare_events(pd.concat([window, chunk_frame], ignore_index=True), plans)
-    quota = detect_since(image_quota, prepared, since)
-    load = [finding for finding in detect_since(automation, prepared, since) if finding.evidence["kind"] == "load"]
-    return time.perf_counter() - began, len(quota) + len(load)
+    found = Counter()
+    for detector in detectors:
+        findings = detect_since(detector, prepared, since)
+        found.update(finding.reason for finding in findings if finding.evidence.get("kind") != "pattern")
+    return time.perf_counter() - began, found
 
 
 class SubjectRows:
@@ -145,14 +198,17 @@ class SubjectRows:
 def report(totals: dict) -> None:
     subjects = max(totals["subjects"], 1)
     print(f"events {totals['events']:,} in {totals['chunks']:,} chunks, {totals['subjects']:,} subjects")
-    print(f"state path (prepare chunk, update image_quota + automation load + pattern): {totals['state']:.2f} s")
+    print(f"state path (prepare chunk, update the states):                             {totals['state']:.2f} s")
     print(f"  of which preparing the chunk alone: {totals['state_prepare']:.2f} s")
     print(f"window path (prepare 7-day windows + chunk, detect with since):            {totals['window']:.2f} s")
     print(f"ratio window / state: {totals['window'] / totals['state']:.1f}")
     print(f"pattern rebuild over all subjects after the last chunk: {totals['pattern_rebuild']:.3f} s, {totals['pattern_findings']} findings")
-    print(f"image_quota + load findings: state {totals['state_findings']:,}, window {totals['window_findings']:,}")
+    for reason in sorted(set(totals["state_findings"]) | set(totals["window_findings"])):
+        print(f"{reason} findings: state {totals['state_findings'][reason]:,}, window {totals['window_findings'][reason]:,}")
     for day, (state, window, chunks) in sorted(totals["per_day"].items()):
         print(f"day {day + 1}: ms per chunk, state {1000 * state / chunks:.1f}, window {1000 * window / chunks:.1f}")
+    for name, seconds in STATE_SECONDS.most_common():
+        print(f"state updates, {name}: {seconds:.2f} s")
     for name, size in totals["bytes"].items():
         print(f"state bytes per subject, {name}: {size / subjects:,.0f}")
 
