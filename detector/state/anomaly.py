@@ -21,14 +21,14 @@ _SUMS = ("requests", "cost_nano", "images", "tokens", "errors")
 
 
 class AnomalyDayState:
-    """Keep each subject's open UTC day as counts, sums and value rows, and score days as they close.
+    """Each subject's open UTC day as counts, sums and value rows, scored as the day closes.
 
     Per subject: the open day's request count, cost in nano-credits, images,
     tokens, errors and first and last request time, and one row per distinct
     network, user agent, country, hour, prompt and 10-minute bucket with its
     request count. Networks, user agents, countries and prompts are kept as
     64-bit hashes of their text, so two values whose hashes collide count as
-    one (about one chance in 10**19 per pair).
+    one (one chance in 2**64 per pair).
 
     A day is scored once it is closed: it ended before the newest event seen
     so far, as ``AnomalyDetector`` closes the days of its input. A subject's
@@ -112,7 +112,7 @@ class AnomalyDayState:
     def _carry_on(self, chunk: Chunk, carried: pd.DataFrame, still_open: pd.DataFrame, rows: pd.DataFrame) -> None:
         """Put each chunk subject's open day, if any, back into the state with its value rows.
 
-        ``rows`` holds the value rows of every (subject, day) of the chunk, merged with the carried ones.
+        ``rows`` contains the value rows of every (subject, day) of the chunk, merged with the carried ones.
         """
         subjects = chunk.prepared.subjects
         table = carried.copy()
