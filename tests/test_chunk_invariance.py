@@ -51,39 +51,33 @@ def _of_kind(kind: str, findings: list[Finding]) -> list[Finding]:
     return [finding for finding in findings if finding.evidence.get("kind") == kind]
 
 
+def _whole_input(detector, kind: str | None = None) -> Callable[[pd.DataFrame, object], list[Finding]]:
+    """Return the batch pass of ``detector`` over the whole input, keeping only findings of ``kind`` when given."""
+
+    def batch(whole: pd.DataFrame, plans) -> list[Finding]:
+        findings = detector.detect(prepare_events(whole, plans))
+        return findings if kind is None else _of_kind(kind, findings)
+
+    return batch
+
+
 CASES = [
-    Case(
-        "image_quota",
-        lambda: ImageQuotaState(ImageQuotaDetector()),
-        lambda whole, plans: ImageQuotaDetector().detect(prepare_events(whole, plans)),
-    ),
-    Case(
-        "automation_load",
-        lambda: AutomationLoadState(AutomationDetector()),
-        lambda whole, plans: _of_kind("load", AutomationDetector().detect(prepare_events(whole, plans))),
-    ),
+    Case("image_quota", lambda: ImageQuotaState(ImageQuotaDetector()), _whole_input(ImageQuotaDetector())),
+    Case("automation_load", lambda: AutomationLoadState(AutomationDetector()), _whole_input(AutomationDetector(), "load")),
     Case(
         "automation_pattern",
         lambda: AutomationPatternState(AutomationDetector()),
-        lambda whole, plans: _of_kind("pattern", AutomationDetector().detect(prepare_events(whole, plans))),
+        _whole_input(AutomationDetector(), "pattern"),
         finish=lambda state: state.pattern_findings(),
     ),
     Case(
         "anomaly",
         lambda: AnomalyDayState(AnomalyDetector(SHIPPED_MODEL)),
-        lambda whole, plans: AnomalyDetector(SHIPPED_MODEL).detect(prepare_events(whole, plans)),
+        _whole_input(AnomalyDetector(SHIPPED_MODEL)),
         finish=lambda state: state.close_days(state.newest),
     ),
-    Case(
-        "key_sharing",
-        lambda: KeySharingState(KeySharingDetector()),
-        lambda whole, plans: KeySharingDetector().detect(prepare_events(whole, plans)),
-    ),
-    Case(
-        "abnormal_cost",
-        lambda: AbnormalCostState(AbnormalCostDetector()),
-        lambda whole, plans: AbnormalCostDetector().detect(prepare_events(whole, plans)),
-    ),
+    Case("key_sharing", lambda: KeySharingState(KeySharingDetector()), _whole_input(KeySharingDetector())),
+    Case("abnormal_cost", lambda: AbnormalCostState(AbnormalCostDetector()), _whole_input(AbnormalCostDetector())),
 ]
 # The detectors that build findings event by event, so that each chunk returns its own.
 EVENT_CASES = CASES[:2]

@@ -155,7 +155,7 @@ def test_cache_keeps_merged_rows_across_own_writes(redis_client, redis_prefix):
     assert list(windows.load(subjects, T0 + 120)["ts"]) == [T0 + 30, T0, T0 + 60, T0 + 120]
 
 
-def test_cache_drops_rows_leaving_the_week_from_merged_rows(redis_client, redis_prefix):
+def test_cache_trims_expired_merged_rows(redis_client, redis_prefix):
     windows = EventWindows(redis_client, prefix=redis_prefix)
     uncached = EventWindows(redis_client, prefix=redis_prefix, cache_bytes=0)
     subjects = [("key", "key-1")]

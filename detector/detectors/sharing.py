@@ -354,57 +354,43 @@ def with_scores(rows: pd.DataFrame) -> pd.DataFrame:
 
 def concurrent_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """Return finding rows of kind ``concurrent`` from qualifying switches."""
-    return pd.DataFrame(
-        {
-            "subject": rows["subject"].to_numpy(),
-            "day": (rows["ts"] // DAY).astype(np.int64).to_numpy(),
-            "detected_at": rows["ts"].to_numpy(),
-            "window_end": rows["ts"].to_numpy(),
-            "networks": rows["networks"].to_numpy(),
-            "switches_24h": rows["switches_24h"].to_numpy(),
-            "components": 0,
-            "countries": 0,
-            "new_device": 0,
-            "impossible_trips_24h": rows["impossible_trips_24h"].to_numpy(),
-            "kind": "concurrent",
-        }
+    return _finding_rows(
+        rows["subject"].to_numpy(), rows["ts"].to_numpy(), "concurrent",
+        networks=rows["networks"].to_numpy(),
+        switches_24h=rows["switches_24h"].to_numpy(),
+        impossible_trips_24h=rows["impossible_trips_24h"].to_numpy(),
     )
 
 
 def device_frame(growth: pd.DataFrame) -> pd.DataFrame:
     """Return finding rows of kind ``devices`` from rows of ``rolling_components``."""
-    return pd.DataFrame(
-        {
-            "subject": growth["subject"].to_numpy(),
-            "day": (growth["ts"] // DAY).astype(np.int64).to_numpy(),
-            "detected_at": growth["ts"].to_numpy(),
-            "window_end": growth["ts"].to_numpy(),
-            "networks": 0,
-            "switches_24h": 0,
-            "components": growth["components"].to_numpy(),
-            "countries": growth["country_components"].to_numpy(),
-            "new_device": growth["new_device"].to_numpy(),
-            "impossible_trips_24h": 0,
-            "kind": "devices",
-        }
+    return _finding_rows(
+        growth["subject"].to_numpy(), growth["ts"].to_numpy(), "devices",
+        components=growth["components"].to_numpy(),
+        countries=growth["country_components"].to_numpy(),
+        new_device=growth["new_device"].to_numpy(),
     )
 
 
 def country_frame(subject: np.ndarray, ts: np.ndarray) -> pd.DataFrame:
     """Return finding rows of kind ``countries`` at the moments a crossing day got its second country."""
+    return _finding_rows(subject, ts, "countries", countries=2)
+
+
+# The counts of a finding row, in column order; a kind leaves those it does not measure at 0.
+_COUNTS = ("networks", "switches_24h", "components", "countries", "new_device", "impossible_trips_24h")
+
+
+def _finding_rows(subject: np.ndarray, ts: np.ndarray, kind: str, **counts) -> pd.DataFrame:
+    """Return finding rows of ``kind`` detected at ``ts``, with the given counts and 0 for the others."""
     return pd.DataFrame(
         {
             "subject": subject,
             "day": (ts // DAY).astype(np.int64),
             "detected_at": ts,
             "window_end": ts,
-            "networks": 0,
-            "switches_24h": 0,
-            "components": 0,
-            "countries": 2,
-            "new_device": 0,
-            "impossible_trips_24h": 0,
-            "kind": "countries",
+            **{name: counts.get(name, 0) for name in _COUNTS},
+            "kind": kind,
         }
     )
 

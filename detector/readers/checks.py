@@ -197,7 +197,7 @@ def normalize_ip(text: str) -> str | None:
     IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) become the IPv4 address, and
     an IPv6 zone id (``fe80::1%eth0``) is dropped, so one client has one
     spelling. A zone id names a network interface on the host that recorded
-    the address, tells nothing about the client, and may be any length.
+    the address, not the client, and it may be any length.
     """
     try:
         address = ipaddress.ip_address(text)

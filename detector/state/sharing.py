@@ -32,13 +32,18 @@ _PER_SUBJECT = int(composite_time(np.int64(1), np.int64(0)))
 class KeySharingState:
     """Run ``KeySharingDetector`` chunk by chunk from per-subject state.
 
-    Per subject: the previous request's time, network, user agent and country
-    and whether its network was settled; per network its first and last use
-    and whether it took part in a concurrent switch; the concurrent switches
-    and impossible trips of the last 24 hours; the requests per country of
-    the current UTC day and the two-country days of the last seven; the
-    distinct networks, countries and user agents of the current UTC day; the
-    device graph's edges (``DeviceEdges``); the current day's escalation.
+    Per subject it keeps:
+
+    - the previous request's time, network, user agent and country, and
+      whether its network was settled;
+    - per network, its first and last use and whether it took part in a
+      concurrent switch;
+    - the concurrent switches and impossible trips of the last 24 hours;
+    - the requests per country of the current UTC day, and the two-country
+      days of the last seven;
+    - the distinct networks, countries and user agents of the current UTC day;
+    - the device graph's edges (``DeviceEdges``) and the current day's escalation.
+
     Networks, user agents and countries are 64-bit hashes of their text.
 
     With ``retention`` None nothing is dropped for age, as over the batch
