@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
         [--batch-size 50000] [--rate 2000] [--warmup 10] [--redis redis://127.0.0.1:6379/0]
-        [--only throughput|lookup|latency] [--worker-log FILE]
+        [--only throughput|lookup|latency] [--worker-log FILE] [--arrival-order]
 
 Measures, each under its own key prefix (removed afterwards):
 
@@ -29,6 +29,11 @@ Measures, each under its own key prefix (removed afterwards):
   The background comes from 2,000 keys. With ``--history-days N`` the
   simulated keys' first N days are moved to end now, renamed to background
   keys and stored first, so every batch reads N days of windows.
+
+With ``--arrival-order`` the throughput test appends its events in the order
+a gateway would, when each response is done (``ts + latency_ms``), not sorted
+by ``ts``. A key with requests in flight at once then sends some of them
+after later-started ones, as the LiteLLM callback does.
 
 With ``--worker-log FILE`` the workers run with ``-v`` and append their log
 to FILE, one line per micro-batch, so batch sizes can be read beside the figures.
@@ -87,6 +92,9 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--only", choices=["throughput", "lookup", "latency"], help="Run only this part.")
     parser.add_argument("--worker-log", type=Path, help="Append the workers' log (with -v) to this file.")
+    parser.add_argument(
+        "--arrival-order", action="store_true", help="Append the throughput test's events as their responses end."
+    )
     args = parser.parse_args()
     global WORKER_LOG
     WORKER_LOG = args.worker_log
@@ -94,6 +102,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         history, lines = simulated_lines(Path(folder), args.keys, args.events, args.history_days)
+        if args.arrival_order:
+            lines = in_arrival_order(lines)
         if args.only in (None, "throughput"):
             print_throughput(client, args, Path(folder), history, lines)
         if args.only in (None, "lookup"):
@@ -154,6 +164,15 @@ def simulated_lines(folder: Path, keys: int, events: int, history_days: int) -> 
             if len(lines) == events:
                 break
     return history, lines
+
+
+def in_arrival_order(lines: list[bytes]) -> list[bytes]:
+    """Return ``lines`` sorted by the end of each request (``ts`` plus ``latency_ms``), ties in their order."""
+    def arrival(line: bytes) -> float:
+        event = orjson.loads(line)
+        return datetime.fromisoformat(event["ts"]).timestamp() + event["latency_ms"] / 1000
+
+    return sorted(lines, key=arrival)
 
 
 def _event_time(line: bytes) -> float:

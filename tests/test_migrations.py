@@ -1,4 +1,4 @@
-"""Alembic migrations: the schema they build matches the models, and 0006 keeps one open case per subject."""
+"""Alembic migrations: the schema matches the models, 0006 keeps one open case per subject, 0007 renumbers findings."""
 
 from datetime import UTC, datetime
 
@@ -10,8 +10,10 @@ from alembic.migration import MigrationContext
 
 # Imported for their tables, which they register on Base.
 from detector.store import database, gateway_sync, model_assignments, review_models  # noqa: F401
+from detector.detectors.base import Finding
 from detector.store.database import create_store_engine, migrate
 from detector.store.models import Base
+from detector.store.repository import finding_id
 
 
 def _upgrade(engine, revision: str) -> None:
@@ -55,3 +57,36 @@ def test_open_slot_backfilled_for_oldest_open_case(database_url):
     assert [subject for subject, slot in slots if slot] == ["key-a", "key-c"]
     assert slots[1][1] is None
     assert slots[2][1] is None
+
+
+def test_finding_ids_gain_evidence_kind(database_url):
+    engine = create_store_engine(database_url)
+    _upgrade(engine, "0006")
+    with_kind = _finding_row("old-1", {"kind": "short_window", "value": 1})
+    without_kind = _finding_row("old-2", {"value": 2}, reason="key_sharing")
+    with engine.begin() as connection:
+        connection.execute(sa.insert(_FINDINGS), [with_kind, without_kind])
+
+    _upgrade(engine, "head")
+
+    with engine.connect() as connection:
+        ids = dict(connection.execute(sa.select(_FINDINGS.c.reason, _FINDINGS.c.id)).all())
+    expected = finding_id(Finding(
+        subject_type="key", subject="key-a", account_id="", plan="", reason="abnormal_cost", score=80.0, impact=2.0,
+        detected_at=_DETECTED.timestamp(), window_start=0.0, window_end=0.0, origin="abnormal_cost/3",
+        evidence={"kind": "short_window"},
+    ))
+    assert ids["abnormal_cost"] == expected
+    assert ids["key_sharing"] == "old-2"
+
+
+_DETECTED = datetime(2026, 11, 23, 10, 0, 0, 734000, tzinfo=UTC)
+_FINDINGS = sa.table("findings", *(sa.column(name) for name in (
+    "id", "subject_type", "subject", "account_id", "plan", "reason", "score", "impact", "detected_at", "window_start",
+    "window_end", "origin")), sa.column("evidence", sa.JSON))
+
+
+def _finding_row(finding_id: str, evidence: dict, reason: str = "abnormal_cost") -> dict:
+    return {"id": finding_id, "subject_type": "key", "subject": "key-a", "account_id": "", "plan": "", "reason": reason,
+            "score": 80.0, "impact": 2.0, "detected_at": _DETECTED, "window_start": _DETECTED, "window_end": _DETECTED,
+            "origin": f"{reason}/3", "evidence": evidence}

@@ -61,6 +61,15 @@ def test_findings_idempotent(database_url):
     assert store.save_findings([_finding()]) == 0
 
 
+def test_findings_of_two_kinds_at_one_time_both_stored(database_url):
+    store = open_store(database_url)
+    hour = replace(_finding(), evidence={"kind": "rolling_hour"})
+    minutes = replace(_finding(), evidence={"kind": "short_window"})
+
+    assert store.save_findings([hour, minutes]) == 2
+    assert store.save_findings([hour, minutes]) == 0
+
+
 def test_active_decisions_by_time(store, policy):
     decision = decide([_finding()], policy, now=NOW).decisions[0]
     store.save_decisions([decision])

@@ -33,6 +33,7 @@ def decide(
     now: datetime | None = None,
     simulated: bool | None = None,
     suspensions: list[Decision] = (),  # type: ignore[assignment]
+    context: list[Finding] = (),  # type: ignore[assignment]
 ) -> PolicyOutcome:
     """Return the decisions ``findings`` call for, given the decisions already in force.
 
@@ -43,6 +44,10 @@ def decide(
     the stored decisions of the subjects involved. ``suspensions`` contains the
     stored suspensions of every subject in the hours of ``findings``, so the
     hourly suspension cap counts those of earlier runs and other workers.
+    ``context`` contains findings decided on before, such as the stored findings
+    of the merge window before a stream batch. They join the reasons and
+    evidence of later decisions on their subject, as they would in one pass
+    over all findings, but make no decision themselves.
     """
     now = now or datetime.now(UTC)
     simulated = policy.simulation if simulated is None else simulated
@@ -55,13 +60,15 @@ def decide(
     suspensions_per_hour = _count_suspensions_per_hour(list(counted.values()))
     recent: dict[tuple[str, str], list[Finding]] = defaultdict(list)
 
-    for finding in sorted(findings, key=lambda item: (item.detected_at, item.subject, item.reason)):
+    for finding, decided_before in _in_event_order(findings, context):
         rule = policy.rule_for(finding.reason, finding.score, finding.impact, finding.evidence.get("kind"))
         if rule is None:
             continue
 
         subject = (finding.subject_type, finding.subject)
         recent[subject].append(finding)
+        if decided_before:
+            continue
         at = datetime.fromtimestamp(finding.detected_at, UTC)
         action = rule.action
 
@@ -97,6 +104,12 @@ def decide(
         logger.warning(message)
         outcome.warnings.append(message)
     return outcome
+
+
+def _in_event_order(findings: list[Finding], context: list[Finding]) -> list[tuple[Finding, bool]]:
+    """Return the findings of both lists in event-time order, each with whether it came from ``context``."""
+    tagged = [(finding, False) for finding in findings] + [(finding, True) for finding in context]
+    return sorted(tagged, key=lambda item: (item[0].detected_at, item[0].subject, item[0].reason))
 
 
 def _make_decision(

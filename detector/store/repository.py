@@ -76,6 +76,23 @@ class DecisionStore:
         with Session(self.engine) as session:
             return subjects_with_rows(session, DecisionRow, subjects, *conditions)
 
+    def findings_between(self, subjects: Iterable[tuple[str, str]], start: float, end: float) -> list[Finding]:
+        """Return the stored findings of the given (subject_type, subject) pairs detected in [start, end) epoch seconds.
+
+        Times come back at the store's microsecond precision.
+        """
+        pairs = sorted({(kind, name.replace("\x00", "\ufffd")) for kind, name in subjects})
+        found: list[Finding] = []
+        with Session(self.engine) as session:
+            for first in range(0, len(pairs), _CHUNK):
+                query = (
+                    select(FindingRow)
+                    .where(tuple_(FindingRow.subject_type, FindingRow.subject).in_(pairs[first : first + _CHUNK]))
+                    .where(FindingRow.detected_at >= _utc(start), FindingRow.detected_at < _utc(end))
+                )
+                found.extend(_to_finding(row) for row in session.scalars(query))
+        return found
+
     def suspensions_between(self, start: datetime, end: datetime) -> list[Decision]:
         """Return the suspensions of every subject detected in [start, end), simulated ones included."""
         query = (
@@ -253,12 +270,35 @@ def _to_decision(row: DecisionRow) -> Decision:
     )
 
 
+def _to_finding(row: FindingRow) -> Finding:
+    values = {name: getattr(row, name) for name in _FINDING_FIELDS}
+    for name in ("detected_at", "window_start", "window_end"):
+        values[name] = values[name].timestamp()
+    values["evidence"] = dict(values["evidence"] or {})
+    return Finding(**values)
+
+
+def _utc(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, UTC)
+
+
+def finding_id(finding: Finding) -> str:
+    """Return the id a finding is stored under, derived from its content.
+
+    The evidence ``kind`` is part of it where the finding has one: the rolling
+    hour and the 10-minute window of abnormal_cost can cross their thresholds at
+    the same request.
+    """
+    kind = finding.evidence.get("kind")
+    parts = [finding.subject_type, finding.subject, finding.reason]
+    parts += [str(kind)] if kind is not None else []
+    parts += [f"{finding.detected_at:.3f}", finding.origin]
+    return str(uuid.uuid5(_FINDING_NAMESPACE, "|".join(parts)))
+
+
 def _finding_values(finding: Finding) -> dict[str, Any]:
-    key = "|".join(
-        [finding.subject_type, finding.subject, finding.reason, f"{finding.detected_at:.3f}", finding.origin]
-    )
     values = {name: getattr(finding, name) for name in _FINDING_FIELDS}
-    values["id"] = str(uuid.uuid5(_FINDING_NAMESPACE, key))
+    values["id"] = finding_id(finding)
     for name in ("detected_at", "window_start", "window_end"):
         values[name] = datetime.fromtimestamp(values[name], UTC)
     return _without_nul(values)
