@@ -16,12 +16,26 @@ from detector.store.models import Base
 from detector.store.repository import finding_id
 
 
+_DETECTED = datetime(2026, 11, 23, 10, 0, 0, 734000, tzinfo=UTC)
+_FINDINGS = sa.table("findings", *(sa.column(name) for name in (
+    "id", "subject_type", "subject", "account_id", "plan", "reason", "score", "impact", "detected_at", "window_start",
+    "window_end", "origin")), sa.column("evidence", sa.JSON))
+
+
 def _upgrade(engine, revision: str) -> None:
+    _migrate(engine, command.upgrade, revision)
+
+
+def _downgrade(engine, revision: str) -> None:
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine, step, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(database._MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        step(config, revision)
 
 
 def test_schema_matches_models(database_url):
@@ -71,22 +85,35 @@ def test_finding_ids_gain_evidence_kind(database_url):
 
     with engine.connect() as connection:
         ids = dict(connection.execute(sa.select(_FINDINGS.c.reason, _FINDINGS.c.id)).all())
-    expected = finding_id(Finding(
-        subject_type="key", subject="key-a", account_id="", plan="", reason="abnormal_cost", score=80.0, impact=2.0,
-        detected_at=_DETECTED.timestamp(), window_start=0.0, window_end=0.0, origin="abnormal_cost/3",
-        evidence={"kind": "short_window"},
-    ))
-    assert ids["abnormal_cost"] == expected
+    assert ids["abnormal_cost"] == finding_id(_finding(evidence={"kind": "short_window"}))
     assert ids["key_sharing"] == "old-2"
-
-
-_DETECTED = datetime(2026, 11, 23, 10, 0, 0, 734000, tzinfo=UTC)
-_FINDINGS = sa.table("findings", *(sa.column(name) for name in (
-    "id", "subject_type", "subject", "account_id", "plan", "reason", "score", "impact", "detected_at", "window_start",
-    "window_end", "origin")), sa.column("evidence", sa.JSON))
 
 
 def _finding_row(finding_id: str, evidence: dict, reason: str = "abnormal_cost") -> dict:
     return {"id": finding_id, "subject_type": "key", "subject": "key-a", "account_id": "", "plan": "", "reason": reason,
             "score": 80.0, "impact": 2.0, "detected_at": _DETECTED, "window_start": _DETECTED, "window_end": _DETECTED,
             "origin": f"{reason}/3", "evidence": evidence}
+
+
+def test_finding_ids_lose_kind_on_downgrade(database_url):
+    """Two findings that differ only in kind share the old id, so one of them goes."""
+    engine = create_store_engine(database_url)
+    _upgrade(engine, "head")
+    with engine.begin() as connection:
+        connection.execute(sa.insert(_FINDINGS), [
+            _finding_row("new-1", {"kind": "rolling_hour"}), _finding_row("new-2", {"kind": "short_window"}),
+        ])
+
+    _downgrade(engine, "0006")
+
+    with engine.connect() as connection:
+        ids = connection.execute(sa.select(_FINDINGS.c.id)).scalars().all()
+    assert ids == [finding_id(_finding(evidence={}))]
+
+
+def _finding(evidence: dict) -> Finding:
+    return Finding(
+        subject_type="key", subject="key-a", account_id="", plan="", reason="abnormal_cost", score=80.0, impact=2.0,
+        detected_at=_DETECTED.timestamp(), window_start=0.0, window_end=0.0, origin="abnormal_cost/3",
+        evidence=evidence,
+    )

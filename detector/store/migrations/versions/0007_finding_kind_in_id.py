@@ -36,36 +36,49 @@ def downgrade() -> None:
 def _renumber(*, with_kind: bool) -> None:
     """Give every stored finding with an evidence kind the id of its content, with or without the kind.
 
-    A finding whose new id is already taken is deleted: it repeats a stored one.
+    Rows are read in pages by id, so a large table is never held in memory.
+    A renamed row may come up again in a later page, and then keeps its id.
+    A finding whose new id is already taken repeats a stored one and is deleted.
     """
     connection = op.get_bind()
-    findings = sa.table(
+    findings = _findings_table()
+    last = ""
+    while True:
+        page = connection.execute(
+            sa.select(findings).where(findings.c.id > last).order_by(findings.c.id).limit(_BATCH)
+        ).all()
+        if not page:
+            return
+        last = page[-1].id
+        renamed = _new_ids(page, with_kind)
+        taken = set(connection.scalars(sa.select(findings.c.id).where(findings.c.id.in_(list(renamed.values())))))
+        for old, new in renamed.items():
+            if new in taken:
+                connection.execute(sa.delete(findings).where(findings.c.id == old))
+                continue
+            taken.add(new)
+            connection.execute(sa.update(findings).where(findings.c.id == old).values(id=new))
+
+
+def _findings_table() -> sa.TableClause:
+    return sa.table(
         "findings", sa.column("id", sa.String), sa.column("subject_type", sa.String), sa.column("subject", sa.String),
         sa.column("reason", sa.String), sa.column("detected_at", sa.DateTime), sa.column("origin", sa.String),
         sa.column("evidence", sa.JSON),
     )
-    rows = connection.execute(sa.select(findings)).all()
-    taken = {row.id for row in rows}
-    renamed: list[dict[str, str]] = []
-    repeated: list[str] = []
+
+
+def _new_ids(rows, with_kind: bool) -> dict[str, str]:
+    """Return the old and new id of each row with an evidence kind whose id changes."""
+    renamed = {}
     for row in rows:
         kind = (row.evidence or {}).get("kind")
         if kind is None:
             continue
         new = _finding_id(row, kind if with_kind else None)
-        if new == row.id:
-            continue
-        if new in taken:
-            repeated.append(row.id)
-            continue
-        taken.add(new)
-        renamed.append({"old": row.id, "new": new})
-
-    update = sa.update(findings).where(findings.c.id == sa.bindparam("old")).values(id=sa.bindparam("new"))
-    for start in range(0, len(renamed), _BATCH):
-        connection.execute(update, renamed[start : start + _BATCH])
-    for start in range(0, len(repeated), _BATCH):
-        connection.execute(sa.delete(findings).where(findings.c.id.in_(repeated[start : start + _BATCH])))
+        if new != row.id:
+            renamed[row.id] = new
+    return renamed
 
 
 def _finding_id(row, kind: str | None) -> str:
