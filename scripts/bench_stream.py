@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -119,13 +120,16 @@ def print_throughput(
 ) -> None:
     for backlog in (False, True):
         runs = [
-            throughput(client, args.redis, lines, folder, count, history, args.batch_size, backlog=backlog)
-            for count in (1, 2)
+            throughput(
+                client, args.redis, lines, folder, count, history, args.batch_size, backlog=backlog,
+                partitioned=partitioned,
+            )
+            for count, partitioned in ((1, False), (2, False), (2, True))
         ]
         print(
             f"worker throughput, {'backlog' if backlog else 'live'}: 1 worker {runs[0]:,.0f} events/s, "
-            f"2 workers {runs[1]:,.0f} events/s ({len(lines):,} events, {len(history):,} events of history, "
-            f"batches of {args.batch_size:,})"
+            f"2 workers {runs[1]:,.0f} events/s on one stream, {runs[2]:,.0f} events/s on a stream each "
+            f"({len(lines):,} events, {len(history):,} events of history, batches of {args.batch_size:,})"
         )
 
 
@@ -208,41 +212,70 @@ def throughput(
     batch_size: int,
     timeout: float = 600,
     backlog: bool = False,
+    partitioned: bool = False,
 ) -> float:
     """Return events/s from the first append until the workers have acknowledged every entry.
 
     The workers are started first and timed from three seconds after the first
     of them created the consumer group, so Python start-up is not counted.
     With ``backlog``, the workers are paused while every entry is appended and
-    timed from their resumption instead.
+    timed from their resumption instead. With ``partitioned``, each worker has
+    its own stream and key prefix, and each key's events go to one of them
+    (a hash of the key id), so no two workers share a subject.
     """
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    stream = f"{prefix}:events"
-    database = f"sqlite:///{folder}/{prefix}.db"
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    database = f"sqlite:///{folder}/{run}.db"
     open_store(database)
-    if history:
-        preload(client, prefix, database, read_json_lines(history, "history").frame)
-    processes = start_workers(client, url, database, prefix, workers, batch_size)
+    shares = _partitions(lines, workers) if partitioned else [lines]
+    histories = _partitions(history, workers) if partitioned else [history]
+    prefixes = [f"{run}-{number}" for number in range(len(shares))]
+    processes: list[subprocess.Popen] = []
     try:
+        for prefix, share_history in zip(prefixes, histories):
+            if share_history:
+                preload(client, prefix, database, read_json_lines(share_history, "history").frame)
+            processes += start_workers(client, url, database, prefix, workers // len(shares), batch_size)
         if backlog:
             signal_workers(processes, signal.SIGSTOP)
-            append(client, stream, lines)
+            _append_shares(client, prefixes, shares)
             signal_workers(processes, signal.SIGCONT)
         started = time.perf_counter()
         if not backlog:
-            append(client, stream, lines)
-        while True:
-            info = client.xinfo_groups(stream)
-            if info[0]["lag"] == 0 and info[0]["pending"] == 0 and info[0]["entries-read"] == len(lines):
-                break
+            _append_shares(client, prefixes, shares)
+        while not all(_drained(client, f"{prefix}:events", len(share)) for prefix, share in zip(prefixes, shares)):
             if time.perf_counter() - started > timeout:
                 raise SystemExit(f"workers did not drain {len(lines):,} events within {timeout:.0f} s")
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
     finally:
         stop_workers(processes)
-        cleanup(client, prefix)
+        for prefix in prefixes:
+            cleanup(client, prefix)
     return len(lines) / elapsed
+
+
+def _partitions(lines: list[bytes], count: int) -> list[list[bytes]]:
+    """Split ``lines`` into ``count`` shares by a hash of each event's key id, keeping their order."""
+    shares: list[list[bytes]] = [[] for _ in range(count)]
+    for line in lines:
+        key = orjson.loads(line)["key_id"].encode()
+        shares[zlib.crc32(key) % count].append(line)
+    return shares
+
+
+def _append_shares(client: redis.Redis, prefixes: list[str], shares: list[list[bytes]]) -> None:
+    """Append each share to its stream, a slice of each in turn, as a gateway would send them together."""
+    step = 5000
+    for start in range(0, max(len(share) for share in shares), step):
+        for prefix, share in zip(prefixes, shares):
+            append(client, f"{prefix}:events", share[start : start + step])
+
+
+def _drained(client: redis.Redis, stream: str, entries: int) -> bool:
+    if not entries:
+        return True
+    info = client.xinfo_groups(stream)
+    return info[0]["lag"] == 0 and info[0]["pending"] == 0 and info[0]["entries-read"] == entries
 
 
 def start_workers(
