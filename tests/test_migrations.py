@@ -8,13 +8,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 
+from detector.detectors.base import Finding
+
 # Imported for their tables, which they register on Base.
 from detector.store import database, gateway_sync, model_assignments, review_models  # noqa: F401
-from detector.detectors.base import Finding
 from detector.store.database import create_store_engine, migrate
 from detector.store.models import Base
 from detector.store.repository import finding_id
-
 
 _DETECTED = datetime(2026, 11, 23, 10, 0, 0, 734000, tzinfo=UTC)
 _FINDINGS = sa.table("findings", *(sa.column(name) for name in (

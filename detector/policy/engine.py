@@ -117,7 +117,7 @@ def _make_decision(
     rule: Rule,
     action: str,
     policy: Policy,
-    state: "_SubjectState",
+    state: _SubjectState,
     recent: list[Finding],
     at: datetime,
     now: datetime,
@@ -168,7 +168,7 @@ class _SubjectState:
         self._by_subject: dict[tuple[str, str], list[Decision]] = defaultdict(list)
 
     @classmethod
-    def from_prior(cls, prior: list[Decision]) -> "_SubjectState":
+    def from_prior(cls, prior: list[Decision]) -> _SubjectState:
         state = cls()
         for decision in prior:
             state.add(decision)
