@@ -220,7 +220,7 @@ def test_garbage_field_reads_as_empty(redis_client, redis_prefix, caplog):
     with caplog.at_level("WARNING", logger="detector.state.table"):
         _store(redis_client, redis_prefix, reader_tables).load(KEYS[:1])
 
-    assert "state of 1 subjects unreadable" in caplog.text
+    assert "invalid state of 1 subjects" in caplog.text
     assert reader_tables["hours"].take(KEYS[:1]).known.tolist() == [False]
     assert reader_tables["days"].take(KEYS[:1]).known.tolist() == [True]
     assert reader_tables["recent"].take(KEYS[:1]).known.tolist() == [True]
@@ -262,3 +262,21 @@ def test_state_tables_of_key_sharing():
 
     assert sorted(tables) == ["country_days", "country_requests", "devices.edges", "marks", "networks", "spread", "subjects"]
     assert tables["devices.edges"] is state.devices.edges
+
+
+def test_save_splits_groups_by_bytes(redis_client, redis_prefix):
+    tables = _tables()
+    store = _store(redis_client, redis_prefix, tables, group_size=4)
+    _fill(tables, KEYS, seed=14)
+    script, calls = store._save_script, []
+
+    def count_calls(*args, **kwargs):
+        calls.append(len(kwargs["keys"]) // 3)
+        return script(*args, **kwargs)
+
+    store._save_script = count_calls
+    store.save(KEYS)
+    store.group_bytes = 1
+    store.save(KEYS)
+
+    assert calls == [4, 3] + [1] * len(KEYS)

@@ -171,7 +171,7 @@ def test_load_reports_unreadable_values(caplog):
     taken = loaded.take(keys)
     assert taken.known.tolist() == [True] + [False] * 6
     assert taken.rows["owner"].tolist() == [0, 0]
-    assert "state of 6 subjects unreadable" in caplog.text
+    assert "invalid state of 6 subjects" in caplog.text
     assert "('key', 'empty'): 0 bytes, shorter than the 35-byte header" in caplog.text
     assert "('key', 'long'): 86 bytes, expected 85 for 2 rows" in caplog.text
     assert "('key', 'old'): format version 0, expected 1" in caplog.text

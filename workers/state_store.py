@@ -5,9 +5,11 @@ Each detector's state of one subject is one Redis hash,
 ``SubjectStates`` table of the detector, whose value is that table's
 ``export`` of the subject. A table without state for the subject has no
 field, and a detector without any has no hash. The hash expires its
-detector's retention plus a day after the write, so no state outlives the
-events it was built from. A hash per detector, not one per subject, because
-Redis 7.0 expires whole keys only and the retentions run from 20 minutes to 8 days.
+detector's retention plus a day after the write, so no state outlives its
+retention by more than a day. There is one hash per detector, not one per
+subject, because retentions differ (20 minutes for the automation load
+state, 8 days for abnormal_cost) and Redis expires whole keys only before
+version 7.4, which added HEXPIRE for hash fields. This project runs on 7.0.
 
 Every write of a subject also replaces its token,
 ``{prefix}:state-token:{subject_type}:{subject}``, a random value that
@@ -23,12 +25,13 @@ worker saw, so a write never replaces another worker's newer state unseen.
 Subjects whose check failed are returned and left unwritten. Their state in
 memory is then not what Redis stores, and the next ``load`` fetches it again.
 
-Reads and writes are Lua scripts, one call per group of ``group_size``
-subjects. Redis runs a script atomically, so every subject of a group is
-written entirely or not at all, but a batch of several groups is not atomic:
-a failure between two calls leaves the later groups' subjects at their old
-state. The scripts check key types before writing, so no command in them fails
-halfway on a stray key.
+Reads and writes are Lua scripts, one call per group of at most
+``group_size`` subjects, and for writes at most ``group_bytes`` of values
+(a group contains at least one subject). Redis runs a script atomically, so
+every subject of a group is written entirely or not at all, but a batch of
+several groups is not atomic: a failure between two calls leaves the later
+groups' subjects at their old state. The scripts check key types before
+writing, so no command in them fails halfway on a stray key.
 
 A state or token key of another type, as another tool may leave, is read as
 no state with a warning, and the subject's next write replaces it.
@@ -53,9 +56,10 @@ logger = logging.getLogger(__name__)
 
 DAY = 86400
 
-# Subjects per script call. Redis runs nothing else while a script runs, so a gateway's lookup may wait for
-# one call (see scripts/bench_state_store.py for the time of one call).
+# Subjects and value bytes per script call. Redis runs nothing else while a script runs, so a gateway's lookup
+# may wait for one call. scripts/bench_state_store.py reports the longest call.
 SCRIPT_SUBJECTS = 500
+SCRIPT_BYTES = 2**20
 
 # Shared by both scripts: the current token and mask of the subject whose token key is KEYS[first], followed by
 # its detector hashes. The mask has bit d - 1 set when detector d's hash exists. A key of another type makes
@@ -184,11 +188,13 @@ class StateStore:
         *,
         prefix: str = "fairuse",
         group_size: int = SCRIPT_SUBJECTS,
+        group_bytes: int = SCRIPT_BYTES,
     ) -> None:
         self.client = client
         self.detectors = list(detectors)
         self.prefix = prefix
         self.group_size = group_size
+        self.group_bytes = group_bytes
         # The token and detector mask this worker last saw in Redis for each subject its tables hold.
         self._seen: dict[SubjectKey, tuple[bytes, int]] = {}
         self._load_script = client.register_script(_LOAD_SCRIPT)
@@ -203,11 +209,12 @@ class StateStore:
     def load(self, keys: Sequence[SubjectKey]) -> list[SubjectKey]:
         """Make the tables hold Redis's state of ``keys``, fetching only subjects that changed since this worker saw them.
 
-        Returns the subjects fetched. A subject without state in Redis gets no state in the tables.
+        Returns the subjects fetched. A subject without state in Redis gets no
+        state in the tables, so state built in memory before the first load is dropped.
         """
         width = 3 + len(self.detectors)
         replies = []
-        for group in self._groups(keys):
+        for group in self._read_groups(keys):
             arguments: list = [len(self.detectors)]
             for key in group:
                 arguments += self._seen.get(key, (b"", -2))
@@ -248,15 +255,14 @@ class StateStore:
         ttls = [detector.ttl for detector in self.detectors]
         tokens = [os.urandom(16) for _ in keys]
         replies = []
-        for start in range(0, len(keys), self.group_size):
-            group = keys[start : start + self.group_size]
+        for start, end in self._write_groups(fields):
             arguments: list = [len(self.detectors), *ttls, max(ttls, default=DAY)]
-            for offset, key in enumerate(group):
-                arguments += [*self._seen.get(key, (b"", 0)), tokens[start + offset]]
-                for detector_fields in fields[start + offset]:
+            for position in range(start, end):
+                arguments += [*self._seen.get(keys[position], (b"", 0)), tokens[position]]
+                for detector_fields in fields[position]:
                     arguments.append(len(detector_fields) // 2)
                     arguments += detector_fields
-            replies += self._save_script(keys=self._key_lists(group), args=arguments)
+            replies += self._save_script(keys=self._key_lists(keys[start:end]), args=arguments)
 
         rejected, repaired = [], []
         for position, key in enumerate(keys):
@@ -272,7 +278,8 @@ class StateStore:
             logger.warning("replaced state or token keys of another type: %s", ", ".join(map(str, repaired[:5])))
         if rejected:
             logger.warning(
-                "state of %d subjects not written because another worker changed it or it expired: %s",
+                "state of %d subjects not written because it changed in Redis since this worker read it "
+                "(another worker's write, an expiry or an eviction); the caller must load and update them again: %s",
                 len(rejected), ", ".join(map(str, rejected[:5])),
             )
         return rejected
@@ -287,7 +294,20 @@ class StateStore:
                         subject_fields[index] += (name, value)
         return fields
 
-    def _groups(self, keys: Sequence[SubjectKey]) -> list[Sequence[SubjectKey]]:
+    def _write_groups(self, fields: list[list[list[bytes | str]]]) -> list[tuple[int, int]]:
+        """Return (start, end) positions of consecutive subjects, at most ``group_size`` and ``group_bytes`` of values each."""
+        groups, start, size = [], 0, 0
+        for position, subject_fields in enumerate(fields):
+            value_bytes = sum(len(value) for detector_fields in subject_fields for value in detector_fields[1::2])
+            if position > start and (position - start == self.group_size or size + value_bytes > self.group_bytes):
+                groups.append((start, position))
+                start, size = position, 0
+            size += value_bytes
+        if start < len(fields):
+            groups.append((start, len(fields)))
+        return groups
+
+    def _read_groups(self, keys: Sequence[SubjectKey]) -> list[Sequence[SubjectKey]]:
         return [keys[start : start + self.group_size] for start in range(0, len(keys), self.group_size)]
 
     def _key_lists(self, group: Sequence[SubjectKey]) -> list[str]:

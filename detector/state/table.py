@@ -66,6 +66,10 @@ class SubjectStates:
     def __len__(self) -> int:
         return len(self._slots)
 
+    def subjects(self) -> list[SubjectKey]:
+        """Return the keys of every subject with state."""
+        return list(self._slots)
+
     @property
     def live_rows(self) -> int:
         """Rows kept for all subjects, without abandoned ones."""
@@ -119,28 +123,28 @@ class SubjectStates:
         self._live += len(owner)
 
     def discard(self, keys: Sequence[SubjectKey]) -> None:
-        """Forget the state of ``keys``; later ``take`` calls return defaults for them."""
+        """Drop the state of ``keys``, so that ``take`` returns defaults for them. Keys without state are ignored."""
         slots = [self._slots.pop(key) for key in keys if key in self._slots]
         if slots:
             self._abandon(np.asarray(slots, np.int64))
             self._free.extend(slots)
 
     def export(self, keys: Sequence[SubjectKey]) -> list[bytes | None]:
-        """Return each key's values and rows as one bytes value (``detector.state.table_codec``), None for a subject without state."""
+        """Return each key's values and rows encoded as one bytes value (see ``detector.state.table_codec``), None for a subject without state."""
         taken = self.take(keys)
         return self._codec.encode(taken.known, taken.values, taken.rows)
 
     def load(self, keys: Sequence[SubjectKey], encoded: Sequence[bytes | None]) -> list[int]:
         """Replace the state of ``keys`` with ``encoded``, values from ``export``; None means no state.
 
-        A value that cannot be read (garbage, another format version, other
-        columns) is logged and treated as no state. Returns the positions of such values.
+        An invalid value (garbage, another format version, other columns) is
+        logged and read as no state. Returns the positions of such values.
         """
         decoded = self._codec.decode(encoded)
         if decoded.invalid:
             first = sorted(decoded.invalid.items())[:5]
             logger.warning(
-                "state of %d subjects unreadable, treated as no state: %s",
+                "invalid state of %d subjects, read as no state: %s",
                 len(decoded.invalid), "; ".join(f"{keys[position]}: {reason}" for position, reason in first),
             )
         readable = set(decoded.positions.tolist())
