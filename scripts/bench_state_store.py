@@ -17,7 +17,10 @@ Then, for one batch of ``--subjects`` subjects, it times (median of
 - ``load cold``: ``StateStore.load`` into empty tables, and of that the
   script calls alone; the rest is reading the replies and decoding;
 - ``load warm``: ``load`` again when nothing changed (token checks only), and
-  after another store changed a tenth of the subjects.
+  after another store changed a tenth of the subjects;
+- a baseline in the same run: the same values written with one pipelined
+  SET (with a TTL) per subject and table and read back with one MGET, about
+  the least that moving these bytes through redis-py costs.
 
 It also compares the encoding with Arrow IPC, as docs/streaming-state.md
 first proposed: per subject and table, a one-row record batch of values and
@@ -274,6 +277,9 @@ def time_store(
         assert len(reader.load(keys)) == len(changed)
         results["load after 10% changed"].append(time.perf_counter() - began)
 
+    baseline = time_baseline(client, f"{prefix}:baseline", exports(writer, keys), repeat)
+    results.update(baseline)
+
     # The reader fetched every subject once and the changed ones again, so its state must equal the writer's.
     assert exports(reader, keys) == exports(writer, keys), "state read back differs from the state written"
 
@@ -284,6 +290,29 @@ def time_store(
     for name, seconds in results.items():
         print(f"  {name:<24} {statistics.median(seconds) * 1000:8.1f}")
     print(f"  {'save script calls':<24} {save_calls:8d}")
+
+
+def time_baseline(
+    client: redis.Redis, prefix: str, exported: list[list[bytes | None]], repeat: int
+) -> dict[str, list[float]]:
+    """Return the seconds of writing the exported values as plain strings, one per subject and table, and of reading them back."""
+    values = [value or b"" for table_values in exported for value in table_values]
+    names = [f"{prefix}:{index}" for index in range(len(values))]
+    results: dict[str, list[float]] = {"baseline SET": [], "baseline MGET": []}
+    for _ in range(repeat):
+        began = time.perf_counter()
+        pipeline = client.pipeline(transaction=False)
+        for name, value in zip(names, values):
+            pipeline.set(name, value, ex=DAY)
+        pipeline.execute()
+        results["baseline SET"].append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        client.mget(names)
+        results["baseline MGET"].append(time.perf_counter() - began)
+    for start in range(0, len(names), 1000):
+        client.delete(*names[start : start + 1000])
+    return results
 
 
 def exports(store: StateStore, keys: list[SubjectKey]) -> list[list[bytes | None]]:

@@ -197,6 +197,7 @@ def test_stray_key_reads_as_empty(redis_client, redis_prefix, caplog):
         fetched = reader.load(KEYS[:2])
 
     assert fetched == KEYS[:2]
+    assert reader.load(KEYS[:2]) == []
     assert "state of 2 subjects read as empty" in caplog.text
     for table in reader_tables.values():
         assert table.take(KEYS[:2]).known.tolist() == [False, False]

@@ -88,25 +88,39 @@ end
 """
 
 # KEYS: per subject, its token key and then its detector hashes in detector order.
-# ARGV[1]: number of detectors; then per subject the token and mask the caller has (mask -2 when it has none).
-# Returns per subject: token, mask, 1 if the hashes follow and else 0, then one flat HGETALL reply per detector
-# (empty unless they follow).
+# ARGV[1]: number of detectors; then per subject the token, mask and number of detector hashes the caller saw
+# (mask -2 and number -1 when it saw none). Returns per subject an array: {0} when the token and the number of
+# existing detector keys are the ones the caller saw, else {1, token, mask, HGETALL reply of each detector}.
+# The first test takes two commands per subject, against one per key for the types. Every write replaces the
+# token, so a hash appears only with a new token, and a hash that expired or was evicted lowers the number.
+# NOTE: a key that another tool replaces with one of another type under the same name, without touching the
+# token, is seen only at the subject's next write or token change.
 _LOAD_SCRIPT = _CURRENT_STATE + """
 local detectors = tonumber(ARGV[1])
 local replies = {}
 local subject = 0
 for first = 1, #KEYS, detectors + 1 do
-  local token, mask = current_state(first, detectors)
-  local changed = token ~= ARGV[2 + 2 * subject] or mask ~= tonumber(ARGV[3 + 2 * subject])
-  replies[#replies + 1] = token
-  replies[#replies + 1] = mask
-  replies[#replies + 1] = changed and 1 or 0
-  for d = 1, detectors do
-    if changed and mask > 0 and redis.call('TYPE', KEYS[first + d])['ok'] == 'hash' then
-      replies[#replies + 1] = redis.call('HGETALL', KEYS[first + d])
-    else
-      replies[#replies + 1] = {}
+  local seen_token, seen_mask, seen_keys = ARGV[2 + 3 * subject], tonumber(ARGV[3 + 3 * subject]), tonumber(ARGV[4 + 3 * subject])
+  local token = redis.pcall('GET', KEYS[first])
+  local same = type(token) ~= 'table' and (token or '') == seen_token
+    and redis.call('EXISTS', unpack(KEYS, first + 1, first + detectors)) == seen_keys
+  local mask
+  if not same then
+    token, mask = current_state(first, detectors)
+    same = token == seen_token and mask == seen_mask
+  end
+  if same then
+    replies[#replies + 1] = {0}
+  else
+    local reply = {1, token, mask}
+    for d = 1, detectors do
+      if mask > 0 and redis.call('TYPE', KEYS[first + d])['ok'] == 'hash' then
+        reply[#reply + 1] = redis.call('HGETALL', KEYS[first + d])
+      else
+        reply[#reply + 1] = {}
+      end
     end
+    replies[#replies + 1] = reply
   end
   subject = subject + 1
 end
@@ -212,19 +226,19 @@ class StateStore:
         Returns the subjects fetched. A subject without state in Redis gets no
         state in the tables, so state built in memory before the first load is dropped.
         """
-        width = 3 + len(self.detectors)
         replies = []
         for group in self._read_groups(keys):
             arguments: list = [len(self.detectors)]
             for key in group:
-                arguments += self._seen.get(key, (b"", -2))
+                token, mask = self._seen.get(key, (b"", -2))
+                arguments += [token, mask, mask.bit_count() if mask >= 0 else -1]
             replies += self._load_script(keys=self._key_lists(group), args=arguments)
 
         fetched, hashes, stray = [], [], []
-        for position, key in enumerate(keys):
-            token, mask, changed, *detector_replies = replies[position * width : (position + 1) * width]
-            if not changed:
+        for key, reply in zip(keys, replies):
+            if not reply[0]:
                 continue
+            _, token, mask, *detector_replies = reply
             self._seen[key] = (token, mask)
             fetched.append(key)
             hashes.append([dict(zip(reply[0::2], reply[1::2])) for reply in detector_replies])
