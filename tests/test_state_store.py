@@ -47,7 +47,7 @@ def _fill(tables, keys, seed: int) -> None:
 
 
 def _snapshot(tables, keys) -> dict:
-    """Return each table's state of ``keys`` as plain lists, for comparing whole states."""
+    """Return each table's state of ``keys`` as lists and bytes, for comparing whole states."""
     snapshot = {}
     for name, table in tables.items():
         taken = table.take(keys)

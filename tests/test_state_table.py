@@ -153,7 +153,7 @@ def _put_typed(states: SubjectStates, keys, lengths) -> None:
     states.put(keys, values, rows)
 
 
-def test_load_reports_unreadable_values(caplog):
+def test_load_reports_invalid_values(caplog):
     source = _typed_states()
     _put_typed(source, [("key", "a")], lengths=[2])
     good = source.export([("key", "a")])[0]
