@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from detector.state.table_codec import TableCodec
+
+logger = logging.getLogger(__name__)
 
 SubjectKey = tuple[str, str]
 # Named numpy columns of equal length: plain arrays, because a chunk of a few events would spend most
@@ -54,9 +59,16 @@ class SubjectStates:
         self._rows = {name: np.empty(0, dtype) for name, dtype in self._row_dtypes.items()}
         self._used = 0
         self._live = 0
+        # Slots of discarded subjects, reused by new ones.
+        self._free: list[int] = []
+        self._codec = TableCodec(self._value_dtypes, self._row_dtypes)
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def subjects(self) -> list[SubjectKey]:
+        """Return the keys of every subject with state."""
+        return list(self._slots)
 
     @property
     def live_rows(self) -> int:
@@ -110,13 +122,44 @@ class SubjectStates:
         self._used += len(owner)
         self._live += len(owner)
 
+    def discard(self, keys: Sequence[SubjectKey]) -> None:
+        """Drop the state of ``keys``, so that ``take`` returns defaults for them. Keys without state are ignored."""
+        slots = [self._slots.pop(key) for key in keys if key in self._slots]
+        if slots:
+            self._abandon(np.asarray(slots, np.int64))
+            self._free.extend(slots)
+
+    def export(self, keys: Sequence[SubjectKey]) -> list[bytes | None]:
+        """Return each key's values and rows encoded as one bytes value (see ``detector.state.table_codec``), None for a subject without state."""
+        taken = self.take(keys)
+        return self._codec.encode(taken.known, taken.values, taken.rows)
+
+    def load(self, keys: Sequence[SubjectKey], encoded: Sequence[bytes | None]) -> list[int]:
+        """Replace the state of ``keys`` with ``encoded``, values from ``export``; None means no state.
+
+        An invalid value (garbage, another format version, other columns) is
+        logged and read as no state. Returns the positions of such values.
+        """
+        decoded = self._codec.decode(encoded)
+        if decoded.invalid:
+            first = sorted(decoded.invalid.items())[:5]
+            logger.warning(
+                "invalid state of %d subjects, read as no state: %s",
+                len(decoded.invalid), "; ".join(f"{keys[position]}: {reason}" for position, reason in first),
+            )
+        readable = set(decoded.positions.tolist())
+        self.discard([key for position, key in enumerate(keys) if position not in readable])
+        self.put([keys[position] for position in decoded.positions.tolist()], decoded.values, decoded.rows)
+        return sorted(decoded.invalid)
+
     def _slots_for(self, keys: Sequence[SubjectKey]) -> np.ndarray:
         """Return each key's slot, adding slots for new subjects."""
         slots = np.empty(len(keys), np.int64)
         for position, key in enumerate(keys):
             slot = self._slots.get(key)
             if slot is None:
-                slot = self._slots[key] = len(self._slots)
+                # Without free slots, the slots in use are exactly 0 .. len(self._slots) - 1.
+                slot = self._slots[key] = self._free.pop() if self._free else len(self._slots)
             slots[position] = slot
         if len(self._slots) > len(self._start):
             self._grow_slots(len(self._slots))
@@ -147,7 +190,7 @@ class SubjectStates:
 
     def _compact(self) -> None:
         """Move every subject's segment to the front, in slot order, dropping abandoned rows."""
-        subjects = len(self._slots)
+        subjects = len(self._slots) + len(self._free)
         lengths = self._length[:subjects]
         index = _segment_index(self._start[:subjects], lengths)
         for name, column in self._rows.items():
