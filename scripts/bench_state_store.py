@@ -44,10 +44,17 @@ import numpy as np
 import pyarrow as pa
 import redis
 
-from detector.detectors import AbnormalCostDetector, AnomalyDetector, AutomationDetector, ImageQuotaDetector, KeySharingDetector
+from detector.detectors import (
+    AbnormalCostDetector,
+    AnomalyDetector,
+    AutomationDetector,
+    ImageQuotaDetector,
+    KeySharingDetector,
+)
 from detector.model_registry import load_model
 from detector.plans import load_plans
 from detector.readers import read_events
+from detector.simulate import simulate_traffic
 from detector.state import (
     AbnormalCostState,
     AnomalyDayState,
@@ -58,9 +65,15 @@ from detector.state import (
     KeySharingState,
     SubjectStates,
 )
-from detector.simulate import simulate_traffic
 from detector.state.table import SubjectKey
-from workers.state_store import DAY, SCRIPT_BYTES, SCRIPT_SUBJECTS, StateStore, StoredDetector, state_tables
+from workers.state_store import (
+    DAY,
+    SCRIPT_BYTES,
+    SCRIPT_SUBJECTS,
+    StateStore,
+    StoredDetector,
+    state_tables,
+)
 
 WEEK = 7 * DAY
 
