@@ -59,7 +59,7 @@ def position_in_group(codes: np.ndarray, *, from_end: bool = False) -> np.ndarra
 def previous_in_group(values: np.ndarray, codes: np.ndarray, fill: float = np.nan) -> np.ndarray:
     """Return each row's value at the previous row of its group, ``fill`` at a group's first row.
 
-    Matches ``Series(values).groupby(codes).shift(1)``; the result is float64.
+    Matches ``Series(values).groupby(codes).shift(1)``. The result is float64.
     """
     order = np.argsort(codes, kind="stable")
     ordered = values[order].astype(np.float64)
@@ -81,10 +81,10 @@ def group_min(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return lowest[codes]
 
 
-def rows_in(keys: tuple[np.ndarray, ...], wanted: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Mark the rows of ``keys`` that equal some row of ``wanted`` (the same columns, in the same order)."""
+def rows_in(keys: tuple[np.ndarray, ...], targets: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Mark the rows of ``keys`` that equal some row of ``targets`` (the same columns, in the same order)."""
     size = len(keys[0])
-    codes = group_codes(*(np.concatenate([key, other]) for key, other in zip(keys, wanted)))
+    codes = group_codes(*(np.concatenate([key, other]) for key, other in zip(keys, targets)))
     found = np.zeros(int(codes.max()) + 1 if len(codes) else 0, bool)
     found[codes[size:]] = True
     return found[codes[:size]]

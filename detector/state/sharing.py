@@ -28,7 +28,7 @@ from detector.state.table import Columns, SubjectStates
 UNKNOWN = np.uint64(0)
 # Composite times are subject * _PER_SUBJECT + milliseconds (see ``composite_time``).
 _PER_SUBJECT = int(composite_time(np.int64(1), np.int64(0)))
-# The rows of a chunk without concurrent or countries findings, as the batch code builds them; do not modify them.
+# The rows of a chunk without concurrent or countries findings, as the batch code builds them. Do not modify them.
 _NO_CONCURRENT = concurrent_frame(
     pd.DataFrame({"subject": np.empty(0, np.int64), "ts": np.empty(0, np.float64)}).assign(
         networks=0, switches_24h=0, impossible_trips_24h=0

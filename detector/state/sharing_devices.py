@@ -55,7 +55,7 @@ class DeviceEdges:
                 **{name: "float64" for name in self.recent},
             },
         )
-        # The device rows of a chunk without joins, as the batch code builds them; do not modify them.
+        # The device rows of a chunk without joins, as the batch code builds them. Do not modify them.
         self._no_rows = detector.device_rows(
             pd.DataFrame({name: np.empty(0, np.float64 if name == "ts" else np.int64) for name in GROWTH_COLUMNS})
         )
