@@ -12,7 +12,6 @@ from detector.detectors.sharing import (
     concurrent_frame,
     count_marked,
     country_frame,
-    distinct_networks_so_far,
     running_distinct,
     with_scores,
 )
@@ -184,21 +183,25 @@ class KeySharingState:
         if not concurrent.any():
             return _NO_CONCURRENT
 
-        rows = pd.DataFrame(
-            {
-                "subject": events.subject[concurrent],
-                "ts": events.ts[concurrent],
-                "net": events.net[concurrent],
-                "previous_net": events.previous_net[concurrent],
-                "ua_differs": events.previous_ua[concurrent] != events.ua[concurrent],
-            }
-        )
-        rows["switches_24h"] = trailing_count(switch_keys, DAY)[switch_new]
-        switched_before = pd.DataFrame({"subject": carried["owner"], "net": carried["net"]})[carried["switched"]]
-        rows["networks"] = distinct_networks_so_far(rows, switched_before)
-        # NOTE: the batch also counts trips later in the switch's millisecond; those in the next chunk are missed here.
-        rows["impossible_trips_24h"] = count_marked(trip_keys, keys[concurrent], DAY)
-        return concurrent_frame(rows[detector.qualifies(rows).to_numpy()])
+        subject = events.subject[concurrent]
+        switched_before = carried["switched"]
+        rows = {
+            "subject": subject,
+            "ts": events.ts[concurrent],
+            "ua_differs": events.previous_ua[concurrent] != events.ua[concurrent],
+            "switches_24h": trailing_count(switch_keys, DAY)[switch_new],
+            "networks": _networks_so_far(
+                subject, events.previous_net[concurrent], events.net[concurrent],
+                carried["owner"][switched_before], carried["net"][switched_before],
+            ),
+            # NOTE: the batch also counts trips later in the switch's millisecond; those in the next chunk are missed here.
+            "impossible_trips_24h": count_marked(trip_keys, keys[concurrent], DAY),
+        }
+        # ``qualifies`` only compares and combines columns, so it runs on arrays as well as on a frame.
+        qualifying = np.asarray(detector.qualifies(rows), dtype=bool)
+        if not qualifying.any():
+            return _NO_CONCURRENT
+        return concurrent_frame(pd.DataFrame({name: column[qualifying] for name, column in rows.items()}))
 
     def _carry_marks(self, chunk: Chunk, events: "_ChunkEvents", switch_keys: np.ndarray, trip_keys: np.ndarray) -> None:
         keys = np.concatenate([switch_keys, trip_keys])
@@ -379,6 +382,20 @@ def _running_sums(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     running = np.empty(len(group), values.dtype)
     running[order] = totals - before
     return running
+
+
+def _networks_so_far(
+    subject: np.ndarray, previous_net: np.ndarray, net: np.ndarray, earlier_subject: np.ndarray, earlier_net: np.ndarray
+) -> np.ndarray:
+    """Count, at each concurrent switch, the distinct networks of the subject's switches so far.
+
+    Matches ``distinct_networks_so_far`` with ``earlier`` the (``earlier_subject``, ``earlier_net``) rows.
+    """
+    # The earlier networks, then each switch's previous and new network in switch order.
+    owner = np.concatenate([earlier_subject, np.repeat(subject, 2)])
+    networks = np.concatenate([earlier_net, np.column_stack([previous_net, net]).ravel()])
+    new_network = first_in_group(group_codes(owner, networks)).astype(np.int64)
+    return _running_sums(owner, new_network)[len(earlier_subject) + 1 :: 2]
 
 
 def _enough_crossing_days(subject: np.ndarray, day: np.ndarray, days: int) -> np.ndarray:
