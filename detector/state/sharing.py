@@ -293,6 +293,8 @@ class KeySharingState:
 
         recent = day > events.last_day[subject] - 7
         self.country_days.put(chunk.keys, {}, {"owner": subject[recent], "day": day[recent]})
+        if not crossing.any():
+            return _NO_COUNTRIES
         return country_frame(subject[crossing], ts[crossing])
 
     def _spread(self, chunk: Chunk, events: "_ChunkEvents", first: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -367,7 +369,8 @@ class _ChunkEvents:
 def _hashes(codes: np.ndarray, texts, *, blank_known: bool = False) -> np.ndarray:
     """Return a stable 64-bit hash of each code's text, ``UNKNOWN`` for negative codes and, unless ``blank_known``, blank text."""
     texts = np.asarray(texts, dtype=object)
-    hashed = pd.util.hash_array(texts) if len(texts) else np.empty(0, np.uint64)
+    # The texts are distinct, so grouping them first (``categorize``) would only cost time; the hashes are the same.
+    hashed = pd.util.hash_array(texts, categorize=False) if len(texts) else np.empty(0, np.uint64)
     if not blank_known:
         hashed[texts == ""] = UNKNOWN
     return np.where(codes >= 0, hashed[np.maximum(codes, 0)] if len(hashed) else UNKNOWN, UNKNOWN)

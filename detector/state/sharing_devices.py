@@ -169,7 +169,7 @@ class DeviceEdges:
             detector.established_window,
             reported=is_new[taking_part],
         )
-        return detector.device_rows(growth)
+        return detector.device_rows(growth) if len(growth) else self._no_rows
 
     def _carry_on(self, chunk: Chunk, requests: Columns, edge: np.ndarray) -> None:
         """Put each edge back with its first request, latest country and latest request times."""
