@@ -2,7 +2,7 @@
 """Benchmark per-subject state against today's stream path, for image_quota and automation or every detector.
 
     .venv/bin/python scripts/bench_state.py [--keys 500] [--days 7] [--seed 3] [--chunk-seconds 60] [--all]
-    .venv/bin/python scripts/bench_state.py --events path/to/events.jsonl
+    .venv/bin/python scripts/bench_state.py --events path/to/events.jsonl [--paths state|window|both]
 
 A simulated input (or ``--events``) is read once and streamed in chunks of
 ``--chunk-seconds`` of event time. Per chunk, in the same process, it times:
@@ -21,10 +21,14 @@ side, ``detect`` on the window on the other. The anomaly detector takes no
 ``since``, so the window path scores every closed day of the window again
 at each chunk, as the worker does, and its findings are not compared.
 
-It reports both totals and their ratio. The state path returns pattern
+``--paths state`` or ``--paths window`` runs one path alone, so that the
+state path can be timed on inputs where the window path would take hours.
+
+It reports the totals and, with both paths, their ratio. The state path returns pattern
 findings only on a rebuild, so the rebuild after the last chunk is timed
-apart. It also reports the state bytes per subject at the end, and the number of
-findings per reason on both paths, which must be equal except for anomaly.
+apart. It also reports each state's update seconds and microseconds per
+event, the state bytes per subject at the end, and the number of findings
+per reason on each path run, which must be equal except for anomaly.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from detector.state import (
 )
 
 WEEK = 7 * 86400.0
+PATHS = ("state", "window", "both")
 # Seconds of updates per incremental detector over the run.
 STATE_SECONDS: Counter = Counter()
 
@@ -75,16 +80,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3, help="Simulation seed (default 3).")
     parser.add_argument("--chunk-seconds", type=float, default=60.0, help="Event time per chunk, in seconds (default 60).")
     parser.add_argument("--all", action="store_true", help="Also run key sharing, abnormal cost and the anomaly model.")
+    parser.add_argument(
+        "--paths", choices=PATHS, default="both", help="Which paths to time: state, window or both (default both)."
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         path = args.events or simulate_traffic(Path(folder), keys=args.keys, days=args.days, seed=args.seed).events_path
         frame = read_events([path]).frame
-    report(run(frame, args.chunk_seconds, every_detector=args.all))
+    report(run(frame, args.chunk_seconds, every_detector=args.all, paths=args.paths))
 
 
-def run(frame: pd.DataFrame, chunk_seconds: float, every_detector: bool = False) -> dict[str, float]:
-    """Stream ``frame`` through both paths and return the totals and counts."""
+def run(frame: pd.DataFrame, chunk_seconds: float, every_detector: bool = False, paths: str = "both") -> dict[str, float]:
+    """Stream ``frame`` through the chosen ``paths`` (one of ``PATHS``) and return the totals and counts."""
+    timed_state = paths in ("state", "both")
+    timed_window = paths in ("window", "both")
     plans = load_plans()
     image_quota, automation = ImageQuotaDetector(), AutomationDetector()
     detectors = [image_quota, automation]
@@ -94,11 +104,14 @@ def run(frame: pd.DataFrame, chunk_seconds: float, every_detector: bool = False)
         detectors += [sharing, cost, anomaly]
         states += [KeySharingState(sharing, retention=WEEK), AbnormalCostState(cost), AnomalyDayState(anomaly)]
     pattern = AutomationPatternState(automation, retention=WEEK)
-    windows = SubjectRows(frame)
+    windows = SubjectRows(frame) if timed_window else None
 
     ts = frame["ts"].to_numpy()
     edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + chunk_seconds, chunk_seconds), side="left")
-    totals = {"state": 0.0, "state_prepare": 0.0, "window": 0.0, "state_findings": Counter(), "window_findings": Counter(), "chunks": 0}
+    totals = {
+        "paths": paths, "state": 0.0, "state_prepare": 0.0, "window": 0.0,
+        "state_findings": Counter(), "window_findings": Counter(), "chunks": 0,
+    }
     # Per day of the input: [state seconds, window seconds, chunks], to show which path grows as windows fill.
     per_day: dict[int, list[float]] = {}
     for start, end in zip(edges[:-1], edges[1:]):
@@ -106,9 +119,13 @@ def run(frame: pd.DataFrame, chunk_seconds: float, every_detector: bool = False)
             continue
         chunk_frame = frame.iloc[start:end].reset_index(drop=True)
 
-        state_seconds, prepare_seconds, state_found = time_state(chunk_frame, plans, [*states, pattern])
-        window = windows.before(chunk_frame, float(ts[start]))
-        window_seconds, window_found = time_window(window, chunk_frame, float(ts[start]), plans, detectors)
+        state_seconds, prepare_seconds, state_found = 0.0, 0.0, Counter()
+        if timed_state:
+            state_seconds, prepare_seconds, state_found = time_state(chunk_frame, plans, [*states, pattern])
+        window_seconds, window_found = 0.0, Counter()
+        if timed_window:
+            window = windows.before(chunk_frame, float(ts[start]))
+            window_seconds, window_found = time_window(window, chunk_frame, float(ts[start]), plans, detectors)
 
         totals["state"] += state_seconds
         totals["state_prepare"] += prepare_seconds
@@ -122,16 +139,22 @@ def run(frame: pd.DataFrame, chunk_seconds: float, every_detector: bool = False)
         totals["chunks"] += 1
 
     totals["per_day"] = per_day
+    totals["events"] = len(frame)
+    if timed_state:
+        close_state_path(totals, states, pattern, float(ts[-1]))
+    return totals
+
+
+def close_state_path(totals: dict, states: list, pattern: AutomationPatternState, last_ts: float) -> None:
+    """Close the anomaly days, time the pattern rebuild and record the state sizes into ``totals``."""
     closing = [state for state in states if isinstance(state, AnomalyDayState)]
     for state in closing:
-        totals["state_findings"].update(finding.reason for finding in state.close_days(float(ts[-1])))
+        totals["state_findings"].update(finding.reason for finding in state.close_days(last_ts))
     began = time.perf_counter()
     totals["pattern_findings"] = len(pattern.pattern_findings())
     totals["pattern_rebuild"] = time.perf_counter() - began
-    totals["events"] = len(frame)
     totals["subjects"] = len(pattern.names)
     totals["bytes"] = {type(state).__name__: state_bytes(state) for state in [*states, pattern]}
-    return totals
 
 
 def state_bytes(state: object) -> int:
@@ -196,20 +219,37 @@ class SubjectRows:
 
 
 def report(totals: dict) -> None:
-    subjects = max(totals["subjects"], 1)
-    print(f"events {totals['events']:,} in {totals['chunks']:,} chunks, {totals['subjects']:,} subjects")
-    print(f"state path (prepare chunk, update the states):                             {totals['state']:.2f} s")
-    print(f"  of which preparing the chunk alone: {totals['state_prepare']:.2f} s")
-    print(f"window path (prepare 7-day windows + chunk, detect with since):            {totals['window']:.2f} s")
-    print(f"ratio window / state: {totals['window'] / totals['state']:.1f}")
-    print(f"pattern rebuild over all subjects after the last chunk: {totals['pattern_rebuild']:.3f} s, {totals['pattern_findings']} findings")
+    timed_state = totals["paths"] in ("state", "both")
+    timed_window = totals["paths"] in ("window", "both")
+    events = max(totals["events"], 1)
+    print(f"events {totals['events']:,} in {totals['chunks']:,} chunks, {totals.get('subjects', 0):,} subjects")
+    if timed_state:
+        print(f"state path (prepare chunk, update the states):                             {totals['state']:.2f} s")
+        print(f"  of which preparing the chunk alone: {totals['state_prepare']:.2f} s")
+    if timed_window:
+        print(f"window path (prepare 7-day windows + chunk, detect with since):            {totals['window']:.2f} s")
+    if timed_state and timed_window:
+        print(f"ratio window / state: {totals['window'] / totals['state']:.1f}")
+    if timed_state:
+        print(f"pattern rebuild over all subjects after the last chunk: {totals['pattern_rebuild']:.3f} s, {totals['pattern_findings']} findings")
     for reason in sorted(set(totals["state_findings"]) | set(totals["window_findings"])):
-        print(f"{reason} findings: state {totals['state_findings'][reason]:,}, window {totals['window_findings'][reason]:,}")
+        counts = []
+        if timed_state:
+            counts.append(f"state {totals['state_findings'][reason]:,}")
+        if timed_window:
+            counts.append(f"window {totals['window_findings'][reason]:,}")
+        print(f"{reason} findings: {', '.join(counts)}")
     for day, (state, window, chunks) in sorted(totals["per_day"].items()):
-        print(f"day {day + 1}: ms per chunk, state {1000 * state / chunks:.1f}, window {1000 * window / chunks:.1f}")
+        per_chunk = []
+        if timed_state:
+            per_chunk.append(f"state {1000 * state / chunks:.1f}")
+        if timed_window:
+            per_chunk.append(f"window {1000 * window / chunks:.1f}")
+        print(f"day {day + 1}: ms per chunk, {', '.join(per_chunk)}")
     for name, seconds in STATE_SECONDS.most_common():
-        print(f"state updates, {name}: {seconds:.2f} s")
-    for name, size in totals["bytes"].items():
+        print(f"state updates, {name}: {seconds:.2f} s, {1e6 * seconds / events:.1f} µs per event")
+    subjects = max(totals.get("subjects", 0), 1)
+    for name, size in totals.get("bytes", {}).items():
         print(f"state bytes per subject, {name}: {size / subjects:,.0f}")
 
 

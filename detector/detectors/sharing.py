@@ -218,12 +218,14 @@ class KeySharingDetector:
 
     def device_rows(self, growth: pd.DataFrame) -> pd.DataFrame:
         """Return finding rows of kind ``devices`` from the rows of ``rolling_components`` that pass a device test."""
-        many_devices = growth["components"] >= self.min_components
-        separate_countries = growth["country_components"] >= 2
-        new_device = growth["new_device"] > 0
-        growth = growth[(many_devices | separate_countries | new_device).to_numpy()]
-        if growth.empty:
+        many_devices = growth["components"].to_numpy() >= self.min_components
+        separate_countries = growth["country_components"].to_numpy() >= 2
+        new_device = growth["new_device"].to_numpy() > 0
+        passing = many_devices | separate_countries | new_device
+        if not passing.any():
             return _EMPTY_ROWS.copy()
+
+        growth = growth[passing]
 
         return device_frame(growth)
 
@@ -344,10 +346,11 @@ _EMPTY_ROWS = pd.DataFrame(
 def with_scores(rows: pd.DataFrame) -> pd.DataFrame:
     """Add ``score`` and ``impact`` (the number of users) to finding rows."""
     # A new device is a second user even when the established one was idle for the whole device window.
-    users = np.maximum.reduce([rows["networks"], rows["components"], rows["countries"], 2 * rows["new_device"]])
-    rows["score"] = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
-    rows["score"] += np.where(rows["impossible_trips_24h"] > 0, 10, 0)
-    rows["score"] = rows["score"].clip(upper=100)
+    counts = {name: rows[name].to_numpy() for name in ("networks", "components", "countries", "new_device")}
+    users = np.maximum.reduce([counts["networks"], counts["components"], counts["countries"], 2 * counts["new_device"]])
+    score = np.clip(40 + 15 * np.minimum(users, 4), 0, 100)
+    score += np.where(rows["impossible_trips_24h"].to_numpy() > 0, 10, 0)
+    rows["score"] = np.minimum(score, 100)
     rows["impact"] = users.astype(float)
     return rows
 

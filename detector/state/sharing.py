@@ -12,21 +12,28 @@ from detector.detectors.sharing import (
     concurrent_frame,
     count_marked,
     country_frame,
-    distinct_networks_so_far,
     running_distinct,
     with_scores,
 )
 from detector.features.prepare import composite_time, trailing_count
 from detector.features.runs import run_starts
-from detector.state.chunk import Chunk, ChunkFindings, inexact_subjects
-from detector.state.escalation import ESCALATION_VALUES, escalations_after
+from detector.state.chunk import NO_SUBJECTS, Chunk, ChunkFindings, inexact_subjects
+from detector.state.escalation import ESCALATION_VALUES, escalations_after, unchanged_steps
+from detector.state.groups import first_in_group, group_codes, position_in_group, previous_in_group, rows_in
 from detector.state.sharing_devices import DeviceEdges
-from detector.state.table import SubjectStates
+from detector.state.table import Columns, SubjectStates
 
 # The hash that stands for an unknown network, user agent or country.
 UNKNOWN = np.uint64(0)
 # Composite times are subject * _PER_SUBJECT + milliseconds (see ``composite_time``).
 _PER_SUBJECT = int(composite_time(np.int64(1), np.int64(0)))
+# The rows of a chunk without concurrent or countries findings, as the batch code builds them. Do not modify them.
+_NO_CONCURRENT = concurrent_frame(
+    pd.DataFrame({"subject": np.empty(0, np.int64), "ts": np.empty(0, np.float64)}).assign(
+        networks=0, switches_24h=0, impossible_trips_24h=0
+    )
+)
+_NO_COUNTRIES = country_frame(np.empty(0, np.int64), np.empty(0, np.float64))
 
 
 class KeySharingState:
@@ -89,31 +96,36 @@ class KeySharingState:
         """Return the findings of ``chunk``'s events and carry its state on."""
         taken = self.subjects.take(chunk.keys)
         inexact = inexact_subjects(chunk, taken)
-        inexact = inexact[inexact["why"] == "late_event"].reset_index(drop=True)
-        events = _ChunkEvents(chunk, pd.DataFrame(taken.values))
+        if len(inexact):
+            inexact = inexact[inexact["why"] == "late_event"].reset_index(drop=True)
+        events = _ChunkEvents(chunk, taken.values)
 
         settled = self._settled(chunk, events)
         concurrent = self._concurrent(chunk, events, settled)
         devices, flooded = self.devices.update(chunk, events.net, events.ua, events.country)
         countries = self._countries(chunk, events, settled)
-        rows = _in_batch_order([concurrent, devices, countries])
+        parts = [concurrent, devices, countries]
+        if any(len(part) for part in parts):
+            first, escalation = escalations_after(with_scores(_in_batch_order(parts)), "day", taken.values)
+        else:
+            first, escalation = None, unchanged_steps(taken.values)
 
-        first, escalation = escalations_after(with_scores(rows), "day", taken.values)
         spread = self._spread(chunk, events, first)
-        found = self.detector.sharing_findings(chunk.prepared, first, spread) if len(first) else []
+        found = self.detector.sharing_findings(chunk.prepared, first, spread) if first is not None and len(first) else []
 
-        values = pd.DataFrame(escalation).assign(
-            last_ms=np.maximum(chunk.last_ms, taken.values["last_ms"]),
-            plan=chunk.plan_hash,
-            day=events.last_day,
-            previous_ts=events.ts[events.ends],
-            previous_net=events.net[events.ends],
-            previous_ua=events.ua[events.ends],
-            previous_country=events.country[events.ends],
-            previous_settled=settled[events.ends],
-        )
-        self.subjects.put(chunk.keys, values, pd.DataFrame({"owner": np.empty(0, np.int64)}))
-        return ChunkFindings(findings=found, inexact=pd.concat([inexact, flooded], ignore_index=True))
+        values = {
+            **escalation,
+            "last_ms": np.maximum(chunk.last_ms, taken.values["last_ms"]),
+            "plan": chunk.plan_hash,
+            "day": events.last_day,
+            "previous_ts": events.ts[events.ends],
+            "previous_net": events.net[events.ends],
+            "previous_ua": events.ua[events.ends],
+            "previous_country": events.country[events.ends],
+            "previous_settled": settled[events.ends],
+        }
+        self.subjects.put(chunk.keys, values, {"owner": np.empty(0, np.int64)})
+        return ChunkFindings(findings=found, inexact=_joined(inexact, flooded))
 
     def _settled(self, chunk: Chunk, events: "_ChunkEvents") -> np.ndarray:
         """Mark the requests on settled networks.
@@ -123,29 +135,24 @@ class KeySharingState:
         (subject, network) group, carried rows first, the groups' first uses
         and the carried network rows.
         """
-        carried = pd.DataFrame(self.networks.take(chunk.keys).rows)
-        pairs = pd.DataFrame(
-            {
-                "owner": np.concatenate([carried["owner"].to_numpy(), events.subject]),
-                "net": np.concatenate([carried["net"].to_numpy(), events.net]),
-                # A carried network's row stands for its last use, so the next request there reads it as the one before.
-                "ts": np.concatenate([carried["last_ts"].to_numpy(), events.ts]),
-            }
-        )
-        group = pairs.groupby(["owner", "net"], sort=False).ngroup().to_numpy()
+        carried = self.networks.take(chunk.keys).rows
+        owner = np.concatenate([carried["owner"], events.subject])
+        net = np.concatenate([carried["net"], events.net])
+        # A carried network's row stands for its last use, so the next request there reads it as the one before.
+        ts = np.concatenate([carried["last_ts"], events.ts])
+        group = group_codes(owner, net)
         first_ts = np.full(group.max() + 1 if len(group) else 0, np.inf)
-        np.minimum.at(first_ts, group[: len(carried)], carried["first_ts"].to_numpy())
-        np.minimum.at(first_ts, group[len(carried) :], events.ts)
+        np.minimum.at(first_ts, group, np.concatenate([carried["first_ts"], events.ts]))
 
-        new_group = group[len(carried) :]
-        events.last_on_net = pd.Series(pairs["ts"].to_numpy()).groupby(group).shift(1).to_numpy()[len(carried) :]
+        new_group = group[len(carried["owner"]) :]
+        events.last_on_net = previous_in_group(ts, group)[len(carried["owner"]) :]
         events.networks = (group, first_ts, carried)
         return events.ts - first_ts[new_group] >= self.detector.min_network_span
 
     def _concurrent(self, chunk: Chunk, events: "_ChunkEvents", settled: np.ndarray) -> pd.DataFrame:
         """Return the concurrent finding rows of the chunk; carry the switches, trips and networks on."""
         detector = self.detector
-        previous_settled = events.previous(settled, events.carried["previous_settled"].to_numpy())
+        previous_settled = events.previous(settled, events.carried["previous_settled"])
         same = events.same_subject
         switched = same & (events.net != UNKNOWN) & (events.previous_net != UNKNOWN) & (events.net != events.previous_net)
         last_on_net = np.nan_to_num(events.last_on_net, nan=-np.inf)
@@ -164,159 +171,168 @@ class KeySharingState:
             & (events.iat <= detector.travel_gap)
         )
 
-        marks = pd.DataFrame(self.marks.take(chunk.keys).rows)
-        marked = composite_time(marks["owner"].to_numpy(), marks["ts_ms"].to_numpy())
-        is_trip = marks["trip"].to_numpy()
+        marks = self.marks.take(chunk.keys).rows
+        marked = composite_time(marks["owner"], marks["ts_ms"])
+        is_trip = marks["trip"]
         keys = events.keys
         switch_keys, switch_new = _merged_keys(marked[~is_trip], keys[concurrent])
         trip_keys, _ = _merged_keys(marked[is_trip], keys[trip])
-        rows = pd.DataFrame(
-            {
-                "subject": events.subject[concurrent],
-                "ts": events.ts[concurrent],
-                "net": events.net[concurrent],
-                "previous_net": events.previous_net[concurrent],
-                "ua_differs": events.previous_ua[concurrent] != events.ua[concurrent],
-            }
-        )
         group, first_ts, carried = events.networks
         self._carry_marks(chunk, events, switch_keys, trip_keys)
-        self._carry_networks(chunk, events, group, first_ts, carried, rows)
-        if rows.empty:
-            return concurrent_frame(rows.assign(networks=0, switches_24h=0, impossible_trips_24h=0))
+        self._carry_networks(chunk, events, group, first_ts, carried, concurrent)
+        if not concurrent.any():
+            return _NO_CONCURRENT
 
-        rows["switches_24h"] = trailing_count(switch_keys, DAY)[switch_new]
-        switched_before = carried[carried["switched"].to_numpy()].rename(columns={"owner": "subject"})
-        rows["networks"] = distinct_networks_so_far(rows, switched_before)
-        # NOTE: the batch also counts trips later in the switch's millisecond; those in the next chunk are missed here.
-        rows["impossible_trips_24h"] = count_marked(trip_keys, keys[concurrent], DAY)
-        return concurrent_frame(rows[detector.qualifies(rows).to_numpy()])
+        subject = events.subject[concurrent]
+        switched_before = carried["switched"]
+        rows = {
+            "subject": subject,
+            "ts": events.ts[concurrent],
+            "ua_differs": events.previous_ua[concurrent] != events.ua[concurrent],
+            "switches_24h": trailing_count(switch_keys, DAY)[switch_new],
+            "networks": _networks_so_far(
+                subject, events.previous_net[concurrent], events.net[concurrent],
+                carried["owner"][switched_before], carried["net"][switched_before],
+            ),
+            # NOTE: the batch also counts trips later in the switch's millisecond; those in the next chunk are missed here.
+            "impossible_trips_24h": count_marked(trip_keys, keys[concurrent], DAY),
+        }
+        # ``qualifies`` only compares and combines columns, so it runs on arrays as well as on a frame.
+        qualifying = np.asarray(detector.qualifies(rows), dtype=bool)
+        if not qualifying.any():
+            return _NO_CONCURRENT
+        return concurrent_frame(pd.DataFrame({name: column[qualifying] for name, column in rows.items()}))
 
     def _carry_marks(self, chunk: Chunk, events: "_ChunkEvents", switch_keys: np.ndarray, trip_keys: np.ndarray) -> None:
         keys = np.concatenate([switch_keys, trip_keys])
         owner = keys // _PER_SUBJECT
-        kept = pd.DataFrame(
-            {
-                "owner": owner,
-                "ts_ms": keys % _PER_SUBJECT,
-                "trip": np.concatenate([np.zeros(len(switch_keys), bool), np.ones(len(trip_keys), bool)]),
-            }
-        )
+        ts_ms = keys % _PER_SUBJECT
+        trip = np.concatenate([np.zeros(len(switch_keys), bool), np.ones(len(trip_keys), bool)])
+
         # A switch or trip counts in the trailing 24 hours of later requests only while it is within them.
-        recent = kept["ts_ms"].to_numpy() > events.last_ms[owner] - int(DAY * 1000)
-        kept = kept[recent].sort_values("owner", kind="stable")
-        self.marks.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), kept)
+        recent = np.flatnonzero(ts_ms > events.last_ms[owner] - int(DAY * 1000))
+        kept = recent[np.argsort(owner[recent], kind="stable")]
+        self.marks.put(chunk.keys, {}, {"owner": owner[kept], "ts_ms": ts_ms[kept], "trip": trip[kept]})
 
     def _carry_networks(
-        self, chunk: Chunk, events: "_ChunkEvents", group: np.ndarray, first_ts: np.ndarray, carried: pd.DataFrame,
-        rows: pd.DataFrame,
+        self, chunk: Chunk, events: "_ChunkEvents", group: np.ndarray, first_ts: np.ndarray, carried: Columns,
+        concurrent: np.ndarray,
     ) -> None:
+        carried_rows = len(carried["owner"])
         groups = len(first_ts)
         owner = np.zeros(groups, np.int64)
         net = np.zeros(groups, np.uint64)
         last_ts = np.full(groups, -np.inf)
         switched = np.zeros(groups, bool)
-        all_owner = np.concatenate([carried["owner"].to_numpy(), events.subject])
-        owner[group] = all_owner
-        net[group] = np.concatenate([carried["net"].to_numpy(), events.net])
-        np.maximum.at(last_ts, group, np.concatenate([carried["last_ts"].to_numpy(), events.ts]))
-        switched[group[: len(carried)]] = carried["switched"].to_numpy()
+        owner[group] = np.concatenate([carried["owner"], events.subject])
+        net[group] = np.concatenate([carried["net"], events.net])
+        np.maximum.at(last_ts, group, np.concatenate([carried["last_ts"], events.ts]))
+        switched[group[:carried_rows]] = carried["switched"]
 
-        table = pd.DataFrame({"owner": owner, "net": net, "first_ts": first_ts, "last_ts": last_ts, "switched": switched})
-        if not rows.empty:
-            table["switched"] = switched | _took_part(table, rows)
+        if concurrent.any():
+            # Both networks of a concurrent switch take part in it.
+            subject = events.subject[concurrent]
+            both_nets = np.concatenate([events.previous_net[concurrent], events.net[concurrent]])
+            switched |= rows_in((owner, net), (np.concatenate([subject, subject]), both_nets))
+        kept = np.arange(groups)
         if self.retention is not None:
-            table = table[table["last_ts"].to_numpy() * 1000 > events.last_ms[table["owner"].to_numpy()] - self.retention * 1000]
-        self.networks.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), table.sort_values("owner", kind="stable"))
+            kept = np.flatnonzero(last_ts * 1000 > events.last_ms[owner] - self.retention * 1000)
+        kept = kept[np.argsort(owner[kept], kind="stable")]
+        table = {"owner": owner, "net": net, "first_ts": first_ts, "last_ts": last_ts, "switched": switched}
+        self.networks.put(chunk.keys, {}, {name: column[kept] for name, column in table.items()})
 
     def _countries(self, chunk: Chunk, events: "_ChunkEvents", settled: np.ndarray) -> pd.DataFrame:
         """Return the countries finding rows of the chunk; carry the country requests and two-country days on."""
         requests = self.detector.min_component_requests
-        carried = pd.DataFrame(self.country_requests.take(chunk.keys).rows)
-        carried_day = events.carried["day"].to_numpy()[carried["owner"].to_numpy()]
+        carried = self.country_requests.take(chunk.keys).rows
+        carried_rows = len(carried["owner"])
         chosen = settled & (events.country != UNKNOWN)
-        counts = pd.DataFrame(
-            {
-                "owner": np.concatenate([carried["owner"].to_numpy(), events.subject[chosen]]),
-                "day": np.concatenate([carried_day, events.day[chosen]]),
-                "country": np.concatenate([carried["country"].to_numpy(), events.country[chosen]]),
-                "requests": np.concatenate([carried["requests"].to_numpy(), np.ones(chosen.sum(), np.int64)]),
-                "ts": np.concatenate([np.full(len(carried), -np.inf), events.ts[chosen]]),
-            }
-        )
+        counts = {
+            "owner": np.concatenate([carried["owner"], events.subject[chosen]]),
+            "day": np.concatenate([events.carried["day"][carried["owner"]], events.day[chosen]]),
+            "country": np.concatenate([carried["country"], events.country[chosen]]),
+            "requests": np.concatenate([carried["requests"], np.ones(int(chosen.sum()), np.int64)]),
+            "ts": np.concatenate([np.full(carried_rows, -np.inf), events.ts[chosen]]),
+        }
         # Carried rows come first within their owner, so a running sum continues the day's carried count.
-        counts = counts.take(np.argsort(counts["owner"].to_numpy(), kind="stable")).reset_index(drop=True)
-        group = counts.groupby(["owner", "day", "country"], sort=False).ngroup().to_numpy()
-        running = _running_sums(group, counts["requests"].to_numpy())
+        order = np.argsort(counts["owner"], kind="stable")
+        counts = {name: column[order] for name, column in counts.items()}
+        group = group_codes(counts["owner"], counts["day"], counts["country"])
+        running = _running_sums(group, counts["requests"])
 
+        # Group codes number groups in row order, so each group's first row, in code order, is sorted by owner.
         firsts = np.unique(group, return_index=True)[1] if len(group) else np.empty(0, np.int64)
-        totals = counts.iloc[firsts].assign(requests=np.bincount(group, weights=counts["requests"].to_numpy()).astype(np.int64))
-        today = totals[totals["day"].to_numpy() == events.last_day[totals["owner"].to_numpy()]]
-        self.country_requests.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), today.sort_values("owner", kind="stable"))
-
-        is_new = np.isfinite(counts["ts"].to_numpy())
-        if not (is_new & (running == requests)).any():
-            return country_frame(np.empty(0, np.int64), np.empty(0, np.float64))
-        return self._crossing_days(chunk, events, counts[running >= requests])
-
-    def _crossing_days(self, chunk: Chunk, events: "_ChunkEvents", active: pd.DataFrame) -> pd.DataFrame:
-        """Return the countries finding rows among ``active`` (a subject's country rows at or past the request count)."""
-        active = active.drop_duplicates(["owner", "day", "country"])
-        rank = active.groupby(["owner", "day"], sort=False).cumcount().to_numpy() + 1
-        second = active[(rank == 2) & np.isfinite(active["ts"].to_numpy())]
-
-        carried_days = pd.DataFrame(self.country_days.take(chunk.keys).rows)
-        days = pd.DataFrame(
-            {
-                "subject": np.concatenate([carried_days["owner"].to_numpy(), second["owner"].to_numpy()]),
-                "day": np.concatenate([carried_days["day"].to_numpy(), second["day"].to_numpy()]),
-                "ts": np.concatenate([np.full(len(carried_days), -np.inf), second["ts"].to_numpy()]),
-            }
-        ).sort_values(["subject", "day"], kind="stable")
-        crossing = days[self.detector.crossing_days(days) & np.isfinite(days["ts"].to_numpy())]
-
-        recent = days[days["day"].to_numpy() > events.last_day[days["subject"].to_numpy()] - 7]
-        self.country_days.put(
-            chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), recent.rename(columns={"subject": "owner"})[["owner", "day"]]
+        totals = np.bincount(group, weights=counts["requests"]).astype(np.int64) if len(group) else np.empty(0, np.int64)
+        today = counts["day"][firsts] == events.last_day[counts["owner"][firsts]]
+        self.country_requests.put(
+            chunk.keys,
+            {},
+            {"owner": counts["owner"][firsts][today], "country": counts["country"][firsts][today], "requests": totals[today]},
         )
-        return country_frame(crossing["subject"].to_numpy(), crossing["ts"].to_numpy())
 
-    def _spread(self, chunk: Chunk, events: "_ChunkEvents", first: pd.DataFrame) -> pd.DataFrame:
-        """Return the spread evidence at each escalation row; carry the current day's distinct values on."""
-        carried = pd.DataFrame(self.spread.take(chunk.keys).rows)
-        carried_day = events.carried["day"].to_numpy()[carried["owner"].to_numpy()]
+        is_new = np.isfinite(counts["ts"])
+        if not (is_new & (running == requests)).any():
+            return _NO_COUNTRIES
+        active = running >= requests
+        return self._crossing_days(chunk, events, {name: column[active] for name, column in counts.items()})
+
+    def _crossing_days(self, chunk: Chunk, events: "_ChunkEvents", active: Columns) -> pd.DataFrame:
+        """Return the countries finding rows among ``active`` (a subject's country rows at or past the request count)."""
+        first = first_in_group(group_codes(active["owner"], active["day"], active["country"]))
+        owner, day, ts = active["owner"][first], active["day"][first], active["ts"][first]
+        rank = position_in_group(group_codes(owner, day)) + 1
+        second = (rank == 2) & np.isfinite(ts)
+
+        carried_days = self.country_days.take(chunk.keys).rows
+        subject = np.concatenate([carried_days["owner"], owner[second]])
+        day = np.concatenate([carried_days["day"], day[second]])
+        ts = np.concatenate([np.full(len(carried_days["owner"]), -np.inf), ts[second]])
+        order = np.lexsort((day, subject))
+        subject, day, ts = subject[order], day[order], ts[order]
+        crossing = _enough_crossing_days(subject, day, self.detector.min_country_days) & np.isfinite(ts)
+
+        recent = day > events.last_day[subject] - 7
+        self.country_days.put(chunk.keys, {}, {"owner": subject[recent], "day": day[recent]})
+        if not crossing.any():
+            return _NO_COUNTRIES
+        return country_frame(subject[crossing], ts[crossing])
+
+    def _spread(self, chunk: Chunk, events: "_ChunkEvents", first: pd.DataFrame | None) -> pd.DataFrame | None:
+        """Return the spread evidence at each escalation row of ``first``; carry the current day's distinct values on."""
+        carried = self.spread.take(chunk.keys).rows
+        columns = list(SPREAD_COLUMNS.values())
+        size = len(events.ts)
+        kind = np.concatenate([carried["kind"], np.repeat(np.arange(len(columns)), size)])
+        values = np.concatenate([carried["value"], *(getattr(events, column) for column in columns)])
+        subject = np.concatenate([carried["owner"], np.tile(events.subject, len(columns))])
+        day = np.concatenate([events.carried["day"][carried["owner"]], np.tile(events.day, len(columns))])
+
+        today = np.flatnonzero((day == events.last_day[subject]) & (values != UNKNOWN))
+        today = today[first_in_group(group_codes(subject[today], kind[today], values[today]))]
+        today = today[np.argsort(subject[today], kind="stable")]
+        self.spread.put(chunk.keys, {}, {"owner": subject[today], "kind": kind[today], "value": values[today]})
+        if first is None or first.empty:
+            return None
+
         times = first["detected_at"].to_numpy()
         # NOTE: like the batch, this counts up to the end of each detecting request's millisecond, but only
         # within this chunk, so a value first seen in the next chunk at that millisecond is not counted.
         targets = composite_time(first["subject"].to_numpy().astype(np.int64), np.round(times * 1000).astype(np.int64))
         positions = np.searchsorted(events.keys, targets, side="right") - 1
 
-        columns = list(SPREAD_COLUMNS.values())
-        size = len(events.ts)
-        kind = np.concatenate([carried["kind"].to_numpy(), np.repeat(np.arange(len(columns)), size)])
-        values = np.concatenate([carried["value"].to_numpy(), *(getattr(events, column) for column in columns)])
-        subject = np.concatenate([carried["owner"].to_numpy(), np.tile(events.subject, len(columns))])
-        day = np.concatenate([carried_day, np.tile(events.day, len(columns))])
-
-        today = (day == events.last_day[subject]) & (values != UNKNOWN)
-        rows = pd.DataFrame({"owner": subject[today], "kind": kind[today], "value": values[today]}).drop_duplicates()
-        self.spread.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), rows.sort_values("owner", kind="stable"))
-        if first.empty:
-            return pd.DataFrame({name: np.empty(0, np.int64) for name in SPREAD_COLUMNS})
-
         # Carried values come first within their subject, then the chunk's events in time order, for each kind.
         order = np.argsort(subject, kind="stable")
         running = np.empty(len(order), np.int64)
         day_kind = day * len(columns) + kind
         running[order] = running_distinct(subject[order], day_kind[order], values[order], values[order] != UNKNOWN)
-        new = running[len(carried) :].reshape(len(columns), size)
+        new = running[len(carried["owner"]) :].reshape(len(columns), size)
         return pd.DataFrame({name: new[index][positions] for index, name in enumerate(SPREAD_COLUMNS)})
 
 
 class _ChunkEvents:
     """The chunk's events as arrays of hashes, with each subject's previous request taken from the carried values."""
 
-    def __init__(self, chunk: Chunk, carried: pd.DataFrame) -> None:
+    def __init__(self, chunk: Chunk, carried: Columns) -> None:
         prepared = chunk.prepared
         frame = prepared.events
         self.carried = carried
@@ -333,15 +349,15 @@ class _ChunkEvents:
         self.ends = np.append(self.starts[1:], len(frame)) - 1
         self.last_ms = chunk.last_ms
         self.last_day = self.day[self.ends]
-        previous_ts = self.previous(self.ts, carried["previous_ts"].to_numpy())
+        previous_ts = self.previous(self.ts, carried["previous_ts"])
         self.same_subject = ~np.isnan(previous_ts)
         self.iat = self.ts - previous_ts
-        self.previous_net = self.previous(self.net, carried["previous_net"].to_numpy())
-        self.previous_ua = self.previous(self.ua, carried["previous_ua"].to_numpy())
-        self.previous_country = self.previous(self.country, carried["previous_country"].to_numpy())
+        self.previous_net = self.previous(self.net, carried["previous_net"])
+        self.previous_ua = self.previous(self.ua, carried["previous_ua"])
+        self.previous_country = self.previous(self.country, carried["previous_country"])
         # Set by ``KeySharingState._settled``.
         self.last_on_net = np.empty(0)
-        self.networks: tuple[np.ndarray, np.ndarray, pd.DataFrame] | None = None
+        self.networks: tuple[np.ndarray, np.ndarray, Columns] | None = None
 
     def previous(self, values: np.ndarray, carried: np.ndarray) -> np.ndarray:
         """Return the value of each event's previous request: within the chunk, or carried for a subject's first."""
@@ -353,7 +369,8 @@ class _ChunkEvents:
 def _hashes(codes: np.ndarray, texts, *, blank_known: bool = False) -> np.ndarray:
     """Return a stable 64-bit hash of each code's text, ``UNKNOWN`` for negative codes and, unless ``blank_known``, blank text."""
     texts = np.asarray(texts, dtype=object)
-    hashed = pd.util.hash_array(texts) if len(texts) else np.empty(0, np.uint64)
+    # The texts are distinct, so grouping them first (``categorize``) would only cost time; the hashes are the same.
+    hashed = pd.util.hash_array(texts, categorize=False) if len(texts) else np.empty(0, np.uint64)
     if not blank_known:
         hashed[texts == ""] = UNKNOWN
     return np.where(codes >= 0, hashed[np.maximum(codes, 0)] if len(hashed) else UNKNOWN, UNKNOWN)
@@ -370,16 +387,35 @@ def _running_sums(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     return running
 
 
-def _took_part(table: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
-    """Mark the networks of ``table`` (``owner``, ``net``) that take part in the concurrent switches ``rows``."""
-    took_part = pd.DataFrame(
-        {
-            "owner": np.concatenate([rows["subject"].to_numpy(), rows["subject"].to_numpy()]),
-            "net": np.concatenate([rows["previous_net"].to_numpy(), rows["net"].to_numpy()]),
-        }
-    ).drop_duplicates()
-    marked = table.merge(took_part, on=["owner", "net"], how="left", indicator=True)["_merge"] == "both"
-    return marked.to_numpy()
+def _networks_so_far(
+    subject: np.ndarray, previous_net: np.ndarray, net: np.ndarray, earlier_subject: np.ndarray, earlier_net: np.ndarray
+) -> np.ndarray:
+    """Count, at each concurrent switch, the distinct networks of the subject's switches so far.
+
+    Matches ``distinct_networks_so_far`` with ``earlier`` the (``earlier_subject``, ``earlier_net``) rows.
+    """
+    # The earlier networks, then each switch's previous and new network in switch order.
+    owner = np.concatenate([earlier_subject, np.repeat(subject, 2)])
+    networks = np.concatenate([earlier_net, np.column_stack([previous_net, net]).ravel()])
+    new_network = first_in_group(group_codes(owner, networks)).astype(np.int64)
+    return _running_sums(owner, new_network)[len(earlier_subject) + 1 :: 2]
+
+
+def _enough_crossing_days(subject: np.ndarray, day: np.ndarray, days: int) -> np.ndarray:
+    """Mark the two-country days (sorted by ``subject`` then ``day``) with ``days`` such days of the subject within seven days.
+
+    Matches ``KeySharingDetector.crossing_days`` with ``days`` its ``min_country_days``.
+    """
+    earlier = np.arange(len(day)) - (days - 1)
+    inside = (earlier >= 0) & (earlier < len(day))
+    inside[inside] = subject[earlier[inside]] == subject[inside]
+    return inside & (day - day[np.clip(earlier, 0, max(len(day) - 1, 0))] < 7)
+
+
+def _joined(inexact: pd.DataFrame, flooded: pd.DataFrame) -> pd.DataFrame:
+    """Return the inexact subjects of both frames, without building a frame when both are empty."""
+    parts = [part for part in (inexact, flooded) if len(part)]
+    return pd.concat(parts, ignore_index=True) if parts else NO_SUBJECTS
 
 
 def _merged_keys(carried: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

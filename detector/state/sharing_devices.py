@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from detector.detectors.device_graph import MAX_SUBJECT_EDGES, components_at_joins
+from detector.detectors.device_graph import GROWTH_COLUMNS, MAX_SUBJECT_EDGES, components_at_joins
 from detector.detectors.sharing import KeySharingDetector
-from detector.state.chunk import Chunk
-from detector.state.table import SubjectStates
+from detector.state.chunk import NO_SUBJECTS, Chunk
+from detector.state.groups import group_codes, group_min, position_in_group
+from detector.state.table import Columns, SubjectStates
 
 # The hash that stands for an unknown network, user agent or country (see ``detector.state.sharing``).
 UNKNOWN = np.uint64(0)
@@ -54,6 +55,10 @@ class DeviceEdges:
                 **{name: "float64" for name in self.recent},
             },
         )
+        # The device rows of a chunk without joins, as the batch code builds them. Do not modify them.
+        self._no_rows = detector.device_rows(
+            pd.DataFrame({name: np.empty(0, np.float64 if name == "ts" else np.int64) for name in GROWTH_COLUMNS})
+        )
 
     def update(
         self, chunk: Chunk, net: np.ndarray, ua: np.ndarray, country: np.ndarray
@@ -64,19 +69,21 @@ class DeviceEdges:
         """
         detector = self.detector
         net = np.where(detector.from_hosting(chunk.prepared), UNKNOWN, net)
-        carried = pd.DataFrame(self.edges.take(chunk.keys).rows)
+        carried = self.edges.take(chunk.keys).rows
         requests = self._requests(chunk, carried, net, ua, country)
 
-        edge = requests.groupby(["owner", "net", "ua"], sort=False).ngroup().to_numpy()
+        edge = group_codes(requests["owner"], requests["net"], requests["ua"])
         edge_owner = np.zeros(edge.max() + 1 if len(edge) else 0, np.int64)
-        edge_owner[edge] = requests["owner"].to_numpy()
+        edge_owner[edge] = requests["owner"]
         edge_count = np.bincount(edge_owner, minlength=len(chunk.keys))
-        carried_count = np.bincount(carried["owner"].to_numpy(), minlength=len(chunk.keys))
+        carried_count = np.bincount(carried["owner"], minlength=len(chunk.keys))
         flooded = edge_count > MAX_SUBJECT_EDGES
         passed = flooded & (carried_count <= MAX_SUBJECT_EDGES) & (carried_count > 0)
 
-        growth = self._growth(requests, edge, flooded, chunk)
+        rows = self._device_rows(requests, edge, flooded, chunk)
         self._carry_on(chunk, requests, edge)
+        if not passed.any():
+            return rows, NO_SUBJECTS
         subjects = chunk.prepared.subjects
         report = pd.DataFrame(
             {
@@ -85,86 +92,74 @@ class DeviceEdges:
                 "why": "edge_flood",
             }
         )
-        return detector.device_rows(growth), report
+        return rows, report
 
     def _requests(
-        self, chunk: Chunk, carried: pd.DataFrame, net: np.ndarray, ua: np.ndarray, country: np.ndarray
-    ) -> pd.DataFrame:
+        self, chunk: Chunk, carried: Columns, net: np.ndarray, ua: np.ndarray, country: np.ndarray
+    ) -> Columns:
         """Return the carried edges' latest requests and the chunk's requests with known network and user agent.
 
         Rows are sorted by owner, carried before new, carried by time and new
         in event order. ``first_ts`` is the edge's carried first request time,
         or the request's own time for a new one.
         """
-        events = chunk.prepared.events
         known = (net != UNKNOWN) & (ua != UNKNOWN)
-        new = pd.DataFrame(
-            {
-                "owner": events["subject"].to_numpy()[known],
-                "net": net[known],
-                "ua": ua[known],
-                "country": country[known],
-                "ts": events["ts"].to_numpy()[known],
-                "first_ts": events["ts"].to_numpy()[known],
-                "is_new": True,
-                "order": np.arange(int(known.sum()), dtype=np.float64),
-            }
-        )
-        times = carried[self.recent].to_numpy()
-        slot = np.tile(np.arange(self.requests), len(carried))
-        edge = np.repeat(np.arange(len(carried)), self.requests)
-        present = ~np.isnan(times.ravel())
+        new_ts = chunk.ts[known]
+        times = np.column_stack([carried[name] for name in self.recent]).ravel()
+        slot = np.tile(np.arange(self.requests), len(carried["owner"]))
+        edge = np.repeat(np.arange(len(carried["owner"])), self.requests)
+        present = ~np.isnan(times)
         edge, slot = edge[present], slot[present]
-        old = pd.DataFrame(
-            {
-                "owner": carried["owner"].to_numpy()[edge],
-                "net": carried["net"].to_numpy()[edge],
-                "ua": carried["ua"].to_numpy()[edge],
-                "country": carried["country"].to_numpy()[edge],
-                "ts": times.ravel()[present],
-                "first_ts": carried["first_ts"].to_numpy()[edge],
-                "is_new": False,
-                "order": slot.astype(np.float64),
-            }
-        )
-        both = pd.concat([old, new], ignore_index=True)
+
+        both = {
+            "owner": np.concatenate([carried["owner"][edge], chunk.subject[known]]),
+            "net": np.concatenate([carried["net"][edge], net[known]]),
+            "ua": np.concatenate([carried["ua"][edge], ua[known]]),
+            "country": np.concatenate([carried["country"][edge], country[known]]),
+            "ts": np.concatenate([times[present], new_ts]),
+            "first_ts": np.concatenate([carried["first_ts"][edge], new_ts]),
+            "is_new": np.arange(len(edge) + len(new_ts)) >= len(edge),
+        }
+        order_within = np.concatenate([slot, np.arange(len(new_ts))])
         # Carried rows by time, ties by slot; new rows in event order.
-        within = np.where(both["is_new"].to_numpy(), both["order"].to_numpy(), both["ts"].to_numpy())
-        order = np.lexsort((both["order"].to_numpy(), within, both["is_new"].to_numpy(), both["owner"].to_numpy()))
-        return both.take(order).reset_index(drop=True)
+        within = np.where(both["is_new"], order_within, both["ts"])
+        order = np.lexsort((order_within, within, both["is_new"], both["owner"]))
+        return {name: column[order] for name, column in both.items()}
 
-    def _growth(self, requests: pd.DataFrame, edge: np.ndarray, flooded: np.ndarray, chunk: Chunk) -> pd.DataFrame:
-        """Run the batch device graph over the requests that can take part, returning its rows at new joins."""
+    def _device_rows(self, requests: Columns, edge: np.ndarray, flooded: np.ndarray, chunk: Chunk) -> pd.DataFrame:
+        """Run the batch device graph over the requests that can take part and return the device finding rows at new joins."""
         detector = self.detector
-        owner = requests["owner"].to_numpy()
-        ts = requests["ts"].to_numpy()
-        is_new = requests["is_new"].to_numpy()
-
-        # A node's first use is the earliest first request of its edges, carried or new.
-        first_ts = requests["first_ts"].to_numpy()
-        net_first = pd.Series(first_ts).groupby([owner, requests["net"].to_numpy()]).transform("min").to_numpy()
-        ua_first = pd.Series(first_ts).groupby([owner, requests["ua"].to_numpy()]).transform("min").to_numpy()
+        owner = requests["owner"]
+        ts = requests["ts"]
+        is_new = requests["is_new"]
 
         latest = np.full(edge.max() + 1 if len(edge) else 0, -np.inf)
         np.maximum.at(latest, edge, ts)
         lookback = max(detector.device_window, detector.established_window)
         first_new_ts = chunk.first_ms / 1000.0
         taking_part = ~flooded[owner] & (latest[edge] > first_new_ts[owner] - lookback)
+        if not (taking_part & is_new).any():
+            return self._no_rows
 
-        country = requests["country"].to_numpy()
+        # A node's first use is the earliest first request of its edges, carried or new.
+        first_ts = requests["first_ts"]
+        net_first = group_min(first_ts, group_codes(owner, requests["net"]))
+        ua_first = group_min(first_ts, group_codes(owner, requests["ua"]))
+
+        country = requests["country"]
         country_codes = pd.factorize(country)[0].astype(np.int64)
         country_codes[country == UNKNOWN] = -1
         graph = pd.DataFrame(
             {
-                "subject": owner,
-                "ts": ts,
-                "net": pd.factorize(requests["net"].to_numpy())[0].astype(np.int64),
-                "ua": pd.factorize(requests["ua"].to_numpy())[0].astype(np.int64),
-                "country": country_codes,
+                "subject": owner[taking_part],
+                "ts": ts[taking_part],
+                "net": pd.factorize(requests["net"])[0].astype(np.int64)[taking_part],
+                "ua": pd.factorize(requests["ua"])[0].astype(np.int64)[taking_part],
+                "country": country_codes[taking_part],
             }
-        )[taking_part]
-        return components_at_joins(
-            graph.reset_index(drop=True),
+        )
+        growth = components_at_joins(
+            graph,
             np.minimum(net_first, ua_first)[taking_part],
             detector.device_window,
             self.requests,
@@ -174,29 +169,30 @@ class DeviceEdges:
             detector.established_window,
             reported=is_new[taking_part],
         )
+        return detector.device_rows(growth) if len(growth) else self._no_rows
 
-    def _carry_on(self, chunk: Chunk, requests: pd.DataFrame, edge: np.ndarray) -> None:
+    def _carry_on(self, chunk: Chunk, requests: Columns, edge: np.ndarray) -> None:
         """Put each edge back with its first request, latest country and latest request times."""
         edges = edge.max() + 1 if len(edge) else 0
-        from_last = requests.groupby(edge, sort=False).cumcount(ascending=False).to_numpy()
+        from_last = position_in_group(edge, from_end=True)
         first = np.full(edges, np.inf)
-        np.minimum.at(first, edge, requests["first_ts"].to_numpy())
+        np.minimum.at(first, edge, requests["first_ts"])
         recent = np.full((edges, self.requests), np.nan)
         kept = from_last < self.requests
-        recent[edge[kept], self.requests - 1 - from_last[kept]] = requests["ts"].to_numpy()[kept]
+        recent[edge[kept], self.requests - 1 - from_last[kept]] = requests["ts"][kept]
 
+        # Requests are sorted by owner, so each edge's latest request is too.
         latest = from_last == 0
-        table = pd.DataFrame(
-            {
-                "owner": requests["owner"].to_numpy()[latest],
-                "net": requests["net"].to_numpy()[latest],
-                "ua": requests["ua"].to_numpy()[latest],
-                "first_ts": first[edge[latest]],
-                "country": requests["country"].to_numpy()[latest],
-                **{name: recent[edge[latest], index] for index, name in enumerate(self.recent)},
-            }
-        )
+        table = {
+            "owner": requests["owner"][latest],
+            "net": requests["net"][latest],
+            "ua": requests["ua"][latest],
+            "first_ts": first[edge[latest]],
+            "country": requests["country"][latest],
+            **{name: recent[edge[latest], index] for index, name in enumerate(self.recent)},
+        }
         if self.retention is not None:
-            cutoff = chunk.last_ms[table["owner"].to_numpy()] / 1000.0 - self.retention
-            table = table[table[self.recent[-1]].to_numpy() > cutoff]
-        self.edges.put(chunk.keys, pd.DataFrame(index=range(len(chunk.keys))), table.sort_values("owner", kind="stable"))
+            cutoff = chunk.last_ms[table["owner"]] / 1000.0 - self.retention
+            active = table[self.recent[-1]] > cutoff
+            table = {name: column[active] for name, column in table.items()}
+        self.edges.put(chunk.keys, {}, table)
