@@ -7,7 +7,7 @@ import pandas as pd
 
 from detector.detectors.anomaly import AnomalyDetector
 from detector.features import PreparedEvents
-from detector.features.keyday import DAY, NANO, nano_credits, with_features
+from detector.features.keyday import DAY, KEYDAY_FEATURES, NANO, feature_columns, nano_credits
 from detector.features.runs import run_starts
 from detector.state.chunk import UNKNOWN_PROMPT, Chunk, ChunkFindings, inexact_subjects
 from detector.state.day_counts import (
@@ -117,12 +117,19 @@ class AnomalyDayState:
         return found
 
     def _findings(self, prepared: PreparedEvents, days: Columns) -> list:
-        """Score the closed ``days``; a frame is built only when there are some, for the batch detector's ``day_findings``."""
+        """Score the closed ``days`` with the detector's model; only the flagged ones become a frame, for their findings."""
         if not len(days["subject"]):
             return []
         columns = {("cost" if name == "cost_nano" else name): column for name, column in days.items()}
         columns["cost"] = columns["cost"] / NANO
-        return self.detector.day_findings(prepared, with_features(pd.DataFrame(columns), prepared.subjects))
+        columns.update(feature_columns(columns, prepared.subjects))
+        features = np.column_stack([columns[name] for name in KEYDAY_FEATURES]).astype(np.float64)
+        anomaly = self.detector.model.anomaly_scores(features)
+        flagged = anomaly > self.detector.model.threshold
+        if not flagged.any():
+            return []
+        rows = pd.DataFrame(selected(columns, flagged))
+        return self.detector.flagged_findings(prepared, rows, anomaly[flagged])
 
     def _carry_on(self, chunk: Chunk, carried: Columns, still_open: Columns, rows: Columns) -> None:
         """Put each chunk subject's open day, if any, back into the state with its value rows.
