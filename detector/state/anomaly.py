@@ -73,8 +73,6 @@ class AnomalyDayState:
         """Add ``chunk``'s events to their subjects' open days and return the findings of the days that closed."""
         taken = self.days.take(chunk.keys)
         inexact = inexact_subjects(chunk, taken)
-        if not len(chunk.ts):
-            return ChunkFindings(findings=[], inexact=inexact)
         self.newest = max(self.newest, float(chunk.ts.max()))
 
         carried = taken.values
@@ -117,7 +115,10 @@ class AnomalyDayState:
         return found
 
     def _findings(self, prepared: PreparedEvents, days: Columns) -> list:
-        """Score the closed ``days`` with the detector's model; only the flagged ones become a frame, for their findings."""
+        """Score the closed ``days`` with the detector's model and return the findings of the flagged ones.
+
+        Only the flagged days become a frame, which the detector's ``flagged_findings`` reads.
+        """
         if not len(days["subject"]):
             return []
         columns = {("cost" if name == "cost_nano" else name): column for name, column in days.items()}
@@ -151,8 +152,8 @@ class AnomalyDayState:
             values[name] = values[name].copy()
             values[name][owners] = still_open[name]
 
-        kept = {"owner": rows["subject"], "kind": rows["kind"], "value": rows["value"], "count": rows["count"]}
-        self.days.put(chunk.keys, values, kept)
+        kept_rows = {"owner": rows["subject"], "kind": rows["kind"], "value": rows["value"], "count": rows["count"]}
+        self.days.put(chunk.keys, values, kept_rows)
 
     def _named_subjects(self, keys: list[SubjectKey], carried: Columns) -> PreparedEvents:
         """Return a ``PreparedEvents`` with only the subject table of ``keys``, for findings outside a chunk."""
