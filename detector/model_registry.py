@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detector.features.keyday import KEYDAY_FEATURES
+from detector.iforest_scores import score_samples
 
 if TYPE_CHECKING:
     from sklearn.ensemble import IsolationForest
@@ -66,7 +67,7 @@ class AnomalyModel:
         The score is ``-score_samples`` of the forest, raised for rows that lie
         outside the feature ranges seen in training (see ``range_scores``).
         """
-        scores = -self.estimator.score_samples(features)
+        scores = -score_samples(self.estimator, features)
         ranges = self.metadata.get("feature_ranges")
         if ranges:
             scores = np.maximum(scores, range_scores(features, ranges, self.threshold))

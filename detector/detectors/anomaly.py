@@ -59,15 +59,19 @@ class AnomalyDetector:
         """
         if rows.empty:
             return []
-        features = rows[list(KEYDAY_FEATURES)].to_numpy(dtype=np.float64)
-        anomaly = self.model.anomaly_scores(features)
-        threshold = self.model.threshold
-        flagged = anomaly > threshold
+        anomaly = self.model.anomaly_scores(rows[list(KEYDAY_FEATURES)].to_numpy(dtype=np.float64))
+        flagged = anomaly > self.model.threshold
         if not flagged.any():
             return []
+        return self.flagged_findings(prepared, rows[flagged].copy(), anomaly[flagged])
 
-        rows = rows[flagged].copy()
-        rows["anomaly_score"] = anomaly[flagged]
+    def flagged_findings(self, prepared: PreparedEvents, rows: pd.DataFrame, anomaly: np.ndarray) -> list[Finding]:
+        """Return the findings of the key-days in ``rows``, whose ``anomaly`` scores are above the model's threshold.
+
+        ``rows`` is modified: the score, impact and detection time are added to it.
+        """
+        threshold = self.model.threshold
+        rows["anomaly_score"] = anomaly
         span = max(self.ceiling - threshold, 1e-6)
         rows["score"] = np.clip(50 + 50 * (rows["anomaly_score"] - threshold) / span, 0, 100)
         rows["impact"] = np.maximum(rows["cost_vs_budget"], rows["requests_vs_expected"])

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from detector.detectors.base import Finding, at_or_after, escalations, findings_from_rows, from_period_start
+from detector.detectors.cost_baseline import Columns, baseline_per_event
 from detector.features import PreparedEvents
 from detector.features.spend_bins import (
     MICRO,
@@ -181,8 +182,8 @@ class AbnormalCostDetector:
         daily_budget: np.ndarray,
         *,
         testable: np.ndarray | None,
-        hour_bins: Callable[[np.ndarray], pd.DataFrame],
-        short_bins: Callable[[np.ndarray], pd.DataFrame],
+        hour_bins: Callable[[np.ndarray], Columns],
+        short_bins: Callable[[np.ndarray], Columns],
     ) -> pd.DataFrame:
         """Score both windows at the rows of ``spend`` that ``testable`` marks (all without it); return the flagged rows.
 
@@ -196,9 +197,60 @@ class AbnormalCostDetector:
         spend_short = windows.short / MICRO
         spend_1h = windows.hour / MICRO
         spend_24h = windows.day / MICRO
+        hour_candidates, short_candidates = self._candidates(windows, hourly_budget, daily_budget, testable=testable)
 
-        # Baselines and measures are computed only at the events that can be flagged (candidates):
-        # every test is per event, and most events are far below both floors.
+        # The hour baseline also gives the short window its history size.
+        hour_positions = np.union1d(hour_candidates, short_candidates)
+        hour_baseline = self._baseline_per_event(spend, hour_bins(hour_positions), hour_positions)
+        history_hours = hour_baseline["history_hours"]
+        at_hour_candidates = np.searchsorted(hour_positions, hour_candidates)
+        rolling_hour = self._score_rolling_hour(
+            spend_1h[hour_candidates],
+            spend_24h[hour_candidates],
+            {name: values[at_hour_candidates] for name, values in hour_baseline.items()},
+            hourly_budget[hour_candidates],
+            daily_budget[hour_candidates],
+        )
+        rolling_hour["row"] = hour_candidates[rolling_hour["row"]]
+        del hour_baseline
+
+        short_baseline = self._baseline_per_event(spend, short_bins(short_candidates), short_candidates)
+        short_window = self._score_short_window(
+            spend_short[short_candidates],
+            spend_1h[short_candidates],
+            spend_24h[short_candidates],
+            short_baseline,
+            history_hours[np.searchsorted(hour_positions, short_candidates)],
+            hourly_budget[short_candidates],
+            daily_budget[short_candidates],
+        )
+        short_window["row"] = short_candidates[short_window["row"]]
+        del short_baseline
+
+        # A row flagged by both windows lists the rolling hour first. The index is the position before sorting.
+        scored = {name: np.concatenate((rolling_hour[name], short_window[name])) for name in rolling_hour}
+        order = np.argsort(scored["row"], kind="stable")
+        scored = {name: values[order] for name, values in scored.items()}
+        flagged = scored["row"]
+        scored["history_hours"] = history_hours[np.searchsorted(hour_positions, flagged)]
+        for name, values in (
+            ("spend_short", spend_short), ("spend_1h", spend_1h), ("spend_24h", spend_24h),
+            ("hourly_budget", hourly_budget), ("daily_budget", daily_budget),
+        ):
+            scored[name] = values[flagged]
+        return pd.DataFrame(scored, index=order)
+
+    def _candidates(
+        self, windows: WindowSpend, hourly_budget: np.ndarray, daily_budget: np.ndarray, *, testable: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the positions of the rows that the rolling hour and the short window can flag, among those ``testable`` marks.
+
+        Baselines and measures are computed only at these rows: every test is
+        per row, and most rows are far below both windows' budget floors.
+        """
+        spend_short = windows.short / MICRO
+        spend_1h = windows.hour / MICRO
+        spend_24h = windows.day / MICRO
         with np.errstate(divide="ignore", invalid="ignore"):
             impact_1h = np.maximum(
                 np.where(hourly_budget > 0, spend_1h / hourly_budget, 0.0),
@@ -212,47 +264,7 @@ class AbnormalCostDetector:
         if testable is not None:
             hour_flagged &= testable
             short_flagged &= testable
-        hour_candidates = np.flatnonzero(hour_flagged)
-        short_candidates = np.flatnonzero(short_flagged)
-        del impact_1h, window_budget, rate_share, hour_flagged, short_flagged
-
-        # The hour baseline also gives the short window its history size.
-        hour_positions = np.union1d(hour_candidates, short_candidates)
-        hour_baseline = self._baseline_per_event(spend, hour_bins(hour_positions), hour_positions)
-        history_hours = hour_baseline["history_hours"].to_numpy()
-        at_hour_candidates = np.searchsorted(hour_positions, hour_candidates)
-        rolling_hour = self._score_rolling_hour(
-            spend_1h[hour_candidates],
-            spend_24h[hour_candidates],
-            hour_baseline.iloc[at_hour_candidates].reset_index(drop=True),
-            hourly_budget[hour_candidates],
-            daily_budget[hour_candidates],
-        )
-        rolling_hour["row"] = hour_candidates[rolling_hour["row"].to_numpy()]
-        del hour_baseline
-
-        short_baseline = self._baseline_per_event(spend, short_bins(short_candidates), short_candidates)
-        short_window = self._score_short_window(
-            spend_short[short_candidates],
-            spend_1h[short_candidates],
-            spend_24h[short_candidates],
-            short_baseline,
-            history_hours[np.searchsorted(hour_positions, short_candidates)],
-            hourly_budget[short_candidates],
-            daily_budget[short_candidates],
-        )
-        short_window["row"] = short_candidates[short_window["row"].to_numpy()]
-        del short_baseline
-
-        scored = pd.concat([rolling_hour, short_window], ignore_index=True).sort_values("row", kind="stable")
-        flagged = scored["row"].to_numpy()
-        scored["history_hours"] = history_hours[np.searchsorted(hour_positions, flagged)]
-        for name, values in (
-            ("spend_short", spend_short), ("spend_1h", spend_1h), ("spend_24h", spend_24h),
-            ("hourly_budget", hourly_budget), ("daily_budget", daily_budget),
-        ):
-            scored[name] = values[flagged]
-        return scored
+        return np.flatnonzero(hour_flagged), np.flatnonzero(short_flagged)
 
     def findings(self, prepared: PreparedEvents, rows: pd.DataFrame) -> list[Finding]:
         """Build the findings of the escalation rows ``rows`` (see ``with_times``), whose subjects are codes of ``prepared``."""
@@ -277,69 +289,23 @@ class AbnormalCostDetector:
             },
         )
 
-    def _baseline_per_event(self, spend: Spend, binned: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    def _baseline_per_event(self, spend: Spend, binned: Columns, positions: np.ndarray) -> Columns:
         """Return median, MAD, busy bin (credits) and history size of the subject of each event at ``positions``, for its day.
 
         The statistics are over the subject's active clock bins in ``binned``
         (``subject``, ``day`` and ``cost`` in micro-credits) of the seven UTC
         days before the event's day.
         """
-        subject_at = spend.subject[positions]
-        day_at = spend.minute[positions] // MINUTES_PER_DAY
+        return baseline_per_event(spend.subject[positions], spend.minute[positions], binned, self.peak_quantile)
 
-        days = np.unique(day_at)
-        per_day = [self._baseline_for_day(binned, int(value)) for value in days]
-        baselines = pd.concat(per_day, ignore_index=True) if per_day else pd.DataFrame()
-
-        # Gather by a dense (subject, day) index instead of merging per event.
-        first_day = int(days.min()) if len(days) else 0
-        width = int(days.max()) - first_day + 1 if len(days) else 1
-        lookup = np.full((int(subject_at.max()) + 1 if len(subject_at) else 0) * width, -1, dtype=np.int64)
-        if len(baselines):
-            slots = baselines["subject"].to_numpy() * width + (baselines["day"].to_numpy() - first_day)
-            lookup[slots] = np.arange(len(baselines))
-        slots = subject_at * width + (day_at - first_day)
-        rows = lookup[slots] if len(slots) else np.array([], dtype=np.int64)
-        found = rows >= 0
-
-        merged = pd.DataFrame(index=range(len(rows)))
-        for column in ("median", "mad", "peak"):
-            values = np.full(len(rows), np.nan)
-            if len(baselines):
-                values[found] = baselines[column].to_numpy()[rows[found]] / MICRO
-            merged[column] = values
-        history = np.zeros(len(rows), dtype=np.int64)
-        if len(baselines):
-            history[found] = baselines["history_hours"].to_numpy()[rows[found]]
-        merged["history_hours"] = history
-        return merged
-
-    def _baseline_for_day(self, binned: pd.DataFrame, day: int) -> pd.DataFrame:
-        history = binned[(binned["day"] >= day - 7) & (binned["day"] < day)]
-        grouped = history.groupby("subject")["cost"]
-        median = grouped.median()
-        peak = grouped.quantile(self.peak_quantile)
-        deviation = (history["cost"] - history["subject"].map(median)).abs()
-        mad = deviation.groupby(history["subject"]).median()
-        return pd.DataFrame(
-            {
-                "subject": median.index.to_numpy(),
-                "day": day,
-                "median": median.to_numpy(),
-                "mad": mad.reindex(median.index).to_numpy(),
-                "peak": peak.reindex(median.index).to_numpy(),
-                "history_hours": grouped.size().reindex(median.index).to_numpy(),
-            }
-        )
-
-    def _spike_measures(self, spend: np.ndarray, baseline: pd.DataFrame, budget: np.ndarray) -> dict[str, np.ndarray]:
+    def _spike_measures(self, spend: np.ndarray, baseline: Columns, budget: np.ndarray) -> dict[str, np.ndarray]:
         """Return the robust measures of ``spend`` against ``baseline``, with floors from ``budget`` (the window's)."""
-        median = np.maximum(baseline["median"].fillna(0).to_numpy(), self.median_floor_share * budget)
-        mad = baseline["mad"].fillna(0).to_numpy()
+        median = np.maximum(np.nan_to_num(baseline["median"], nan=0.0), self.median_floor_share * budget)
+        mad = np.nan_to_num(baseline["mad"], nan=0.0)
         scale = np.maximum.reduce(
             [MAD_TO_SIGMA * mad, self.scale_floor_share * median, self.budget_floor_share * budget]
         )
-        busy = np.maximum(baseline["peak"].fillna(0).to_numpy(), median)
+        busy = np.maximum(np.nan_to_num(baseline["peak"], nan=0.0), median)
         # A plan may set its budget to 0, and a key without history then has a median of 0.
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = spend / median
@@ -368,14 +334,14 @@ class AbnormalCostDetector:
         self,
         spend_1h: np.ndarray,
         spend_24h: np.ndarray,
-        baseline: pd.DataFrame,
+        baseline: Columns,
         hourly_budget: np.ndarray,
         daily_budget: np.ndarray,
-    ) -> pd.DataFrame:
+    ) -> Columns:
         """Score every event's rolling hour as a spike or as spend over budget; return the flagged events."""
         measures = self._spike_measures(spend_1h, baseline, hourly_budget)
-        has_history = baseline["history_hours"].to_numpy() >= self.min_history_hours
-        spike = self._is_spike(measures, baseline["history_hours"].to_numpy()) & (
+        has_history = baseline["history_hours"] >= self.min_history_hours
+        spike = self._is_spike(measures, baseline["history_hours"]) & (
             spend_1h >= self.min_budget_share * hourly_budget
         )
 
@@ -402,11 +368,11 @@ class AbnormalCostDetector:
         spend_short: np.ndarray,
         spend_1h: np.ndarray,
         spend_24h: np.ndarray,
-        baseline: pd.DataFrame,
+        baseline: Columns,
         history_hours: np.ndarray,
         hourly_budget: np.ndarray,
         daily_budget: np.ndarray,
-    ) -> pd.DataFrame:
+    ) -> Columns:
         """Score every event's short window as a spike only; return the flagged events."""
         window_budget = hourly_budget * (self.short_window / HOUR)
         measures = self._spike_measures(spend_short, baseline, window_budget)
@@ -443,7 +409,7 @@ def with_times(scored: pd.DataFrame, subject: np.ndarray, ts: np.ndarray) -> pd.
     return rows
 
 
-def _involved_bins(spend: Spend, bin_minutes: int, positions: np.ndarray, rolling: np.ndarray | None = None) -> pd.DataFrame:
+def _involved_bins(spend: Spend, bin_minutes: int, positions: np.ndarray, rolling: np.ndarray | None = None) -> Columns:
     """Return the active clock bins of the subjects of the events at ``positions`` (see ``active_bins``).
 
     A bin's value is its spend, or with ``rolling`` (a rolling spend in
@@ -461,23 +427,17 @@ def _involved_bins(spend: Spend, bin_minutes: int, positions: np.ndarray, rollin
 
 def active_bins(
     subject: np.ndarray, minute: np.ndarray, values: np.ndarray, bin_minutes: int, *, peak: bool
-) -> pd.DataFrame:
+) -> Columns:
     """Return subject, day and value (``cost``, micro-credits) of each clock bin with spend: its sum, or with ``peak`` its highest value."""
     bin_values = clock_bin_peak if peak else clock_bin_spend
     bin_subject, time_bin, value = bin_values(subject, minute, values, bin_minutes)
     return bins_frame(bin_subject, time_bin, value, bin_minutes)
 
 
-def bins_frame(bin_subject: np.ndarray, time_bin: np.ndarray, value: np.ndarray, bin_minutes: int) -> pd.DataFrame:
+def bins_frame(bin_subject: np.ndarray, time_bin: np.ndarray, value: np.ndarray, bin_minutes: int) -> Columns:
     """Return the clock bins whose value is above 0 (the active ones) as ``subject``, ``day`` and ``cost``."""
     active = value > 0
-    return pd.DataFrame(
-        {
-            "subject": bin_subject[active],
-            "day": day_of_bin(time_bin[active], bin_minutes),
-            "cost": value[active],
-        }
-    )
+    return {"subject": bin_subject[active], "day": day_of_bin(time_bin[active], bin_minutes), "cost": value[active]}
 
 
 def _flagged_rows(
@@ -488,8 +448,8 @@ def _flagged_rows(
     score: np.ndarray,
     impact: np.ndarray,
     measures: dict[str, np.ndarray],
-) -> pd.DataFrame:
-    """Return one row per flagged event; a full-length frame would double peak memory."""
+) -> Columns:
+    """Return the columns of the flagged events only, because full-length columns would double peak memory."""
     rows = np.flatnonzero(flagged)
     columns = {
         "score": score,
@@ -497,8 +457,8 @@ def _flagged_rows(
         "spend_window": spend,
         **{name: measures[name] for name in ("median", "mad", "z", "ratio", "busy", "peak_ratio")},
     }
-    frame = pd.DataFrame({name: np.asarray(values)[rows] for name, values in columns.items()})
-    frame["kind"] = kind
-    frame["window_s"] = window
-    frame["row"] = rows
-    return frame
+    flagged_columns = {name: np.asarray(values)[rows] for name, values in columns.items()}
+    flagged_columns["kind"] = np.full(len(rows), kind, dtype=object)
+    flagged_columns["window_s"] = np.full(len(rows), window, dtype=np.float64)
+    flagged_columns["row"] = rows
+    return flagged_columns

@@ -94,19 +94,33 @@ def with_features(rows: pd.DataFrame, subjects: pd.DataFrame) -> pd.DataFrame:
 
     The plan's daily budget and expected rate come from ``subjects``, the plan of each subject's last request.
     """
-    daily_budget = subjects["daily_budget"].to_numpy()[rows["subject"].to_numpy(dtype=np.int64)]
-    expected = subjects["expected_rph"].to_numpy()[rows["subject"].to_numpy(dtype=np.int64)] * 24
-
-    rows["log_requests"] = np.log1p(rows["requests"])
-    rows["log_cost"] = np.log1p(rows["cost"])
-    rows["log_images"] = np.log1p(rows["images"])
-    rows["error_share"] = rows["errors"] / rows["requests"]
-    rows["log_tokens_per_request"] = np.log1p(rows["tokens"] / rows["requests"])
-    rows["log_peak_10m"] = np.log1p(rows["peak_10m"])
-    rows["top_prompt_share"] = rows["top_prompt"] / rows["requests"]
-    rows["cost_vs_budget"] = rows["cost"] / np.maximum(daily_budget, 1e-9)
-    rows["requests_vs_expected"] = rows["requests"] / np.maximum(expected, 1.0)
+    counts = {name: rows[name].to_numpy() for name in ("subject", "requests", "cost", "images", "tokens", "errors", "peak_10m", "top_prompt")}
+    for name, values in feature_columns(counts, subjects).items():
+        rows[name] = values
     return rows
+
+
+def feature_columns(counts: dict[str, np.ndarray], subjects: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Return the computed ``KEYDAY_FEATURES`` of per-day counts given as arrays (``cost`` in credits).
+
+    The count features (``networks``, ``user_agents``, ``countries``,
+    ``active_hours``) are the counts themselves and are not returned.
+    """
+    subject = counts["subject"].astype(np.int64)
+    daily_budget = subjects["daily_budget"].to_numpy()[subject]
+    expected = subjects["expected_rph"].to_numpy()[subject] * 24
+    requests = counts["requests"]
+    return {
+        "log_requests": np.log1p(requests),
+        "log_cost": np.log1p(counts["cost"]),
+        "log_images": np.log1p(counts["images"]),
+        "error_share": counts["errors"] / requests,
+        "log_tokens_per_request": np.log1p(counts["tokens"] / requests),
+        "log_peak_10m": np.log1p(counts["peak_10m"]),
+        "top_prompt_share": counts["top_prompt"] / requests,
+        "cost_vs_budget": counts["cost"] / np.maximum(daily_budget, 1e-9),
+        "requests_vs_expected": requests / np.maximum(expected, 1.0),
+    }
 
 
 def nano_credits(cost: np.ndarray) -> np.ndarray:

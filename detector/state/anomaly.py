@@ -7,17 +7,25 @@ import pandas as pd
 
 from detector.detectors.anomaly import AnomalyDetector
 from detector.features import PreparedEvents
-from detector.features.keyday import DAY, NANO, nano_credits, with_features
+from detector.features.keyday import DAY, KEYDAY_FEATURES, NANO, feature_columns, nano_credits
 from detector.features.runs import run_starts
 from detector.state.chunk import UNKNOWN_PROMPT, Chunk, ChunkFindings, inexact_subjects
-from detector.state.table import SubjectKey, SubjectStates
+from detector.state.day_counts import (
+    BUCKET,
+    COUNTRY,
+    HOUR,
+    NETWORK,
+    PROMPT,
+    SUMS,
+    USER_AGENT,
+    concatenated,
+    day_sums,
+    selected,
+    value_counts,
+)
+from detector.state.table import Columns, SubjectKey, SubjectStates
 
-# Kinds of value rows: distinct values are counted for the first four, the most frequent one for the last two.
-NETWORK, USER_AGENT, COUNTRY, HOUR, PROMPT, BUCKET = range(6)
-_DISTINCT = {"networks": NETWORK, "user_agents": USER_AGENT, "countries": COUNTRY, "active_hours": HOUR}
-_MOST_FREQUENT = {"top_prompt": PROMPT, "peak_10m": BUCKET}
-
-_SUMS = ("requests", "cost_nano", "images", "tokens", "errors")
+__all__ = ["AnomalyDayState", "BUCKET", "COUNTRY", "HOUR", "NETWORK", "PROMPT", "USER_AGENT"]
 
 
 class AnomalyDayState:
@@ -49,7 +57,7 @@ class AnomalyDayState:
                 "last_ms": ("int64", -1),
                 "plan": ("uint64", 0),
                 "day": ("int64", -1),
-                **{name: ("int64", 0) for name in _SUMS},
+                **{name: ("int64", 0) for name in SUMS},
                 "window_start": ("float64", np.nan),
                 "window_end": ("float64", np.nan),
                 "daily_budget": ("float64", 0.0),
@@ -65,17 +73,17 @@ class AnomalyDayState:
         """Add ``chunk``'s events to their subjects' open days and return the findings of the days that closed."""
         taken = self.days.take(chunk.keys)
         inexact = inexact_subjects(chunk, taken)
-        self.newest = max(self.newest, float(chunk.prepared.events["ts"].max()))
+        self.newest = max(self.newest, float(chunk.ts.max()))
 
-        carried = pd.DataFrame(taken.values)
-        open_days = carried["day"].to_numpy() >= 0
-        sums = _day_sums(pd.concat([_carried_sums(carried, open_days), _chunk_sums(chunk)], ignore_index=True))
-        counts, value_rows = _value_counts(_carried_rows(pd.DataFrame(taken.rows), carried), _chunk_rows(chunk))
-        days = sums.merge(counts, on=["subject", "day"], how="left", validate="one_to_one")
+        carried = taken.values
+        open_days = carried["day"] >= 0
+        days = day_sums(concatenated(_carried_sums(carried, open_days), _chunk_sums(chunk)))
+        counts, value_rows = value_counts(days, concatenated(_carried_rows(taken.rows, carried), _chunk_rows(chunk)))
+        days.update(counts)
 
-        closed = (days["day"].to_numpy() + 1) * DAY <= self.newest
-        found = self._findings(chunk.prepared, days[closed])
-        self._carry_on(chunk, carried, days[~closed], value_rows)
+        closed = (days["day"] + 1) * DAY <= self.newest
+        found = self._findings(chunk.prepared, selected(days, closed))
+        self._carry_on(chunk, carried, selected(days, ~closed), selected(value_rows, ~closed[value_rows["day_row"]]))
 
         subjects = chunk.prepared.subjects
         self.names.update(zip(chunk.keys, zip(subjects["account_id"].tolist(), subjects["plan"].tolist())))
@@ -87,52 +95,67 @@ class AnomalyDayState:
         if not keys:
             return []
         taken = self.days.take(keys)
-        carried = pd.DataFrame(taken.values)
-        rows = pd.DataFrame(taken.rows)
-        ended = (carried["day"].to_numpy() >= 0) & ((carried["day"].to_numpy() + 1) * DAY <= as_of)
+        carried = taken.values
+        ended = (carried["day"] >= 0) & ((carried["day"] + 1) * DAY <= as_of)
         if not ended.any():
             return []
 
-        sums = _day_sums(_carried_sums(carried, ended))
-        counts, _ = _value_counts(_carried_rows(rows[ended[rows["owner"].to_numpy()]], carried), _no_rows())
-        days = sums.merge(counts, on=["subject", "day"], how="left", validate="one_to_one")
+        days = day_sums(_carried_sums(carried, ended))
+        ended_rows = selected(taken.rows, ended[taken.rows["owner"]])
+        counts, _ = value_counts(days, _carried_rows(ended_rows, carried))
+        days.update(counts)
         found = self._findings(self._named_subjects(keys, carried), days)
 
         chosen = np.flatnonzero(ended)
-        cleared = carried.iloc[chosen].assign(day=-1, **{name: 0 for name in _SUMS}).reset_index(drop=True)
-        self.days.put([keys[index] for index in chosen], _columns(cleared), _columns(_no_rows().assign(owner=np.empty(0, np.int64))))
+        cleared = selected(carried, chosen)
+        cleared["day"] = np.full(len(chosen), -1, np.int64)
+        for name in SUMS:
+            cleared[name] = np.zeros(len(chosen), np.int64)
+        self.days.put([keys[index] for index in chosen], cleared, _no_rows())
         return found
 
-    def _findings(self, prepared: PreparedEvents, days: pd.DataFrame) -> list:
-        if days.empty:
-            return []
-        rows = days.rename(columns={"cost_nano": "cost"}).assign(cost=lambda table: table["cost"] / NANO)
-        return self.detector.day_findings(prepared, with_features(rows.reset_index(drop=True), prepared.subjects))
+    def _findings(self, prepared: PreparedEvents, days: Columns) -> list:
+        """Score the closed ``days`` with the detector's model and return the findings of the flagged ones.
 
-    def _carry_on(self, chunk: Chunk, carried: pd.DataFrame, still_open: pd.DataFrame, rows: pd.DataFrame) -> None:
+        Only the flagged days become a frame, which the detector's ``flagged_findings`` reads.
+        """
+        if not len(days["subject"]):
+            return []
+        columns = {("cost" if name == "cost_nano" else name): column for name, column in days.items()}
+        columns["cost"] = columns["cost"] / NANO
+        columns.update(feature_columns(columns, prepared.subjects))
+        features = np.column_stack([columns[name] for name in KEYDAY_FEATURES]).astype(np.float64)
+        anomaly = self.detector.model.anomaly_scores(features)
+        flagged = anomaly > self.detector.model.threshold
+        if not flagged.any():
+            return []
+        rows = pd.DataFrame(selected(columns, flagged))
+        return self.detector.flagged_findings(prepared, rows, anomaly[flagged])
+
+    def _carry_on(self, chunk: Chunk, carried: Columns, still_open: Columns, rows: Columns) -> None:
         """Put each chunk subject's open day, if any, back into the state with its value rows.
 
-        ``rows`` contains the value rows of every (subject, day) of the chunk, merged with the carried ones.
+        A subject has at most one open day, the UTC day of the newest event
+        seen, so ``still_open`` and ``rows`` (its merged value rows) are sorted by subject.
         """
         subjects = chunk.prepared.subjects
-        table = carried.copy()
-        table["last_ms"] = np.maximum(chunk.last_ms, carried["last_ms"].to_numpy())
-        table["plan"] = chunk.plan_hash
-        table["daily_budget"] = subjects["daily_budget"].to_numpy()
-        table["expected_rph"] = subjects["expected_rph"].to_numpy()
-        table["day"] = -1
-        for name in _SUMS:
-            table[name] = 0
-        owners = still_open["subject"].to_numpy()
-        table.loc[owners, "day"] = still_open["day"].to_numpy()
-        for name in (*_SUMS, "window_start", "window_end"):
-            table.loc[owners, name] = still_open[name].to_numpy()
+        values = dict(carried)
+        values["last_ms"] = np.maximum(chunk.last_ms, carried["last_ms"])
+        values["plan"] = chunk.plan_hash
+        values["daily_budget"] = subjects["daily_budget"].to_numpy()
+        values["expected_rph"] = subjects["expected_rph"].to_numpy()
+        values["day"] = np.full(len(chunk.keys), -1, np.int64)
+        for name in SUMS:
+            values[name] = np.zeros(len(chunk.keys), np.int64)
+        owners = still_open["subject"]
+        for name in ("day", *SUMS, "window_start", "window_end"):
+            values[name] = values[name].copy()
+            values[name][owners] = still_open[name]
 
-        open_day = table["day"].to_numpy()[rows["subject"].to_numpy()]
-        rows = rows[rows["day"].to_numpy() == open_day].rename(columns={"subject": "owner"})
-        self.days.put(chunk.keys, _columns(table), _columns(rows[["owner", "kind", "value", "count"]]))
+        kept_rows = {"owner": rows["subject"], "kind": rows["kind"], "value": rows["value"], "count": rows["count"]}
+        self.days.put(chunk.keys, values, kept_rows)
 
-    def _named_subjects(self, keys: list[SubjectKey], carried: pd.DataFrame) -> PreparedEvents:
+    def _named_subjects(self, keys: list[SubjectKey], carried: Columns) -> PreparedEvents:
         """Return a ``PreparedEvents`` with only the subject table of ``keys``, for findings outside a chunk."""
         subjects = pd.DataFrame(
             {
@@ -140,133 +163,79 @@ class AnomalyDayState:
                 "subject": [key[1] for key in keys],
                 "account_id": [self.names[key][0] for key in keys],
                 "plan": [self.names[key][1] for key in keys],
-                "daily_budget": carried["daily_budget"].to_numpy(),
-                "expected_rph": carried["expected_rph"].to_numpy(),
+                "daily_budget": carried["daily_budget"],
+                "expected_rph": carried["expected_rph"],
             }
         )
         return PreparedEvents(events=pd.DataFrame(), subjects=subjects, networks=[])
 
 
-def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Return ``frame``'s columns as the plain arrays ``SubjectStates.put`` takes."""
-    return {name: frame[name].to_numpy() for name in frame.columns}
-
-
-def _chunk_sums(chunk: Chunk) -> pd.DataFrame:
+def _chunk_sums(chunk: Chunk) -> Columns:
     """Return the sums of the chunk's events per (subject, day)."""
     events = chunk.prepared.events
-    ts = events["ts"].to_numpy()
-    subject = events["subject"].to_numpy()
+    ts = chunk.ts
+    subject = chunk.subject.astype(np.int64)
     day = (ts // DAY).astype(np.int64)
     starts = run_starts(subject, day)
     ends = np.append(starts[1:], len(ts)) - 1
-    return pd.DataFrame(
-        {
-            "subject": subject[starts],
-            "day": day[starts],
-            "requests": ends - starts + 1,
-            "cost_nano": np.add.reduceat(nano_credits(events["cost"].to_numpy()), starts),
-            "images": np.add.reduceat(events["images"].to_numpy().astype(np.int64), starts),
-            "tokens": np.add.reduceat(
-                (events["prompt_tokens"].to_numpy() + events["completion_tokens"].to_numpy()).astype(np.int64), starts
-            ),
-            "errors": np.add.reduceat((events["status"].to_numpy() >= 400).astype(np.int64), starts),
-            "window_start": ts[starts],
-            "window_end": ts[ends],
-        }
-    )
+    tokens = events["prompt_tokens"].to_numpy() + events["completion_tokens"].to_numpy()
+    return {
+        "subject": subject[starts],
+        "day": day[starts],
+        "requests": (ends - starts + 1).astype(np.int64),
+        "cost_nano": np.add.reduceat(nano_credits(events["cost"].to_numpy()), starts),
+        "images": np.add.reduceat(events["images"].to_numpy().astype(np.int64), starts),
+        "tokens": np.add.reduceat(tokens.astype(np.int64), starts),
+        "errors": np.add.reduceat((events["status"].to_numpy() >= 400).astype(np.int64), starts),
+        "window_start": ts[starts],
+        "window_end": ts[ends],
+    }
 
 
-def _carried_sums(carried: pd.DataFrame, chosen: np.ndarray) -> pd.DataFrame:
-    """Return the carried open days of the ``chosen`` subjects as rows like ``_chunk_sums``."""
-    rows = carried[chosen]
-    return pd.DataFrame(
-        {
-            "subject": np.flatnonzero(chosen),
-            "day": rows["day"].to_numpy(),
-            **{name: rows[name].to_numpy() for name in _SUMS},
-            "window_start": rows["window_start"].to_numpy(),
-            "window_end": rows["window_end"].to_numpy(),
-        }
-    )
+def _carried_sums(carried: Columns, chosen: np.ndarray) -> Columns:
+    """Return the carried open days of the ``chosen`` subjects (a mask) as parts like ``_chunk_sums``."""
+    return {
+        "subject": np.flatnonzero(chosen),
+        "day": carried["day"][chosen],
+        **{name: carried[name][chosen] for name in SUMS},
+        "window_start": carried["window_start"][chosen],
+        "window_end": carried["window_end"][chosen],
+    }
 
 
-def _day_sums(parts: pd.DataFrame) -> pd.DataFrame:
-    """Add up the carried and new parts of each (subject, day)."""
-    grouped = parts.groupby(["subject", "day"], sort=True)
-    return grouped.agg(
-        **{name: (name, "sum") for name in _SUMS}, window_start=("window_start", "min"), window_end=("window_end", "max")
-    ).reset_index()
-
-
-def _chunk_rows(chunk: Chunk) -> pd.DataFrame:
+def _chunk_rows(chunk: Chunk) -> Columns:
     """Return one value row per event and kind (value unknown or blank: no row), with ``subject``, ``day`` and ``count`` 1."""
-    events = chunk.prepared.events
-    ts = events["ts"].to_numpy()
-    subject = events["subject"].to_numpy()
+    ts = chunk.ts
+    subject = chunk.subject.astype(np.int64)
     day = (ts // DAY).astype(np.int64)
-    parts = []
-    for kind, values, known in (
+    every = np.ones(len(ts), dtype=bool)
+    parts = (
         (NETWORK, *_network_hashes(chunk)),
         (USER_AGENT, *_text_hashes(chunk, "user_agent", blank_known=True)),
         (COUNTRY, *_text_hashes(chunk, "country", blank_known=False)),
-        (HOUR, (ts // 3600).astype(np.uint64), np.ones(len(ts), dtype=bool)),
+        (HOUR, (ts // 3600).astype(np.uint64), every),
         (PROMPT, chunk.prompt_hash, chunk.prompt_hash != UNKNOWN_PROMPT),
-        (BUCKET, (ts // 600).astype(np.uint64), np.ones(len(ts), dtype=bool)),
-    ):
-        parts.append(
-            pd.DataFrame({"subject": subject[known], "day": day[known], "kind": kind, "value": values[known], "count": 1})
-        )
-    return pd.concat(parts, ignore_index=True)
+        (BUCKET, (ts // 600).astype(np.uint64), every),
+    )
+    known = np.concatenate([part[2] for part in parts])
+    rows = {
+        "subject": np.tile(subject, len(parts))[known],
+        "day": np.tile(day, len(parts))[known],
+        "kind": np.repeat(np.array([part[0] for part in parts], np.int64), len(ts))[known],
+        "value": np.concatenate([part[1].astype(np.uint64) for part in parts])[known],
+    }
+    rows["count"] = np.ones(len(rows["subject"]), np.int64)
+    return rows
 
 
-def _carried_rows(rows: pd.DataFrame, carried: pd.DataFrame) -> pd.DataFrame:
+def _no_rows() -> Columns:
+    return {"owner": np.empty(0, np.int64), "kind": np.empty(0, np.int64), "value": np.empty(0, np.uint64), "count": np.empty(0, np.int64)}
+
+
+def _carried_rows(rows: Columns, carried: Columns) -> Columns:
     """Return carried value rows with ``subject`` and the ``day`` of their subject's open day."""
-    owner = rows["owner"].to_numpy()
-    return pd.DataFrame(
-        {
-            "subject": owner,
-            "day": carried["day"].to_numpy()[owner],
-            "kind": rows["kind"].to_numpy(),
-            "value": rows["value"].to_numpy(),
-            "count": rows["count"].to_numpy(),
-        }
-    )
-
-
-def _no_rows() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "subject": np.empty(0, np.int64),
-            "day": np.empty(0, np.int64),
-            "kind": np.empty(0, np.int64),
-            "value": np.empty(0, np.uint64),
-            "count": np.empty(0, np.int64),
-        }
-    )
-
-
-def _value_counts(carried: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return, per (subject, day), the distinct and most-frequent counts of each kind, and the merged value rows.
-
-    The merged rows, one per (subject, day, kind, value) with its count, are
-    what the days that stay open carry on.
-    """
-    rows = (
-        pd.concat([carried, new], ignore_index=True)
-        .groupby(["subject", "day", "kind", "value"], sort=True, as_index=False)["count"]
-        .sum()
-    )
-    per_kind = rows.groupby(["subject", "day", "kind"])["count"]
-    distinct = per_kind.size().unstack("kind")
-    highest = per_kind.max().unstack("kind")
-
-    table = pd.DataFrame(index=distinct.index)
-    for name, kind in _DISTINCT.items():
-        table[name] = distinct[kind].fillna(0).astype(np.int64) if kind in distinct else 0
-    for name, kind in _MOST_FREQUENT.items():
-        table[name] = highest[kind].fillna(0).astype(np.int64) if kind in highest else 0
-    return table.reset_index(), rows
+    owner = rows["owner"]
+    return {"subject": owner, "day": carried["day"][owner], "kind": rows["kind"], "value": rows["value"], "count": rows["count"]}
 
 
 def _network_hashes(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,7 @@ class AbnormalCostState:
         """``detector`` is the batch detector whose findings this state reproduces."""
         self.detector = detector
         escalation = {f"{kind}_{name}": spec for kind in WINDOW_KINDS for name, spec in ESCALATION_VALUES.items()}
+        self._escalation_names = list(escalation)
         self.states = SubjectStates(
             values={**SUBJECT_VALUES, **escalation}, rows={"kind": "int8", "bin": "int64", "micro": "int64"}
         )
@@ -102,6 +103,9 @@ class AbnormalCostState:
             hour_bins=lambda positions: _bins_of(hour_bins, subject[positions], HOUR_MINUTES),
             short_bins=lambda positions: _bins_of(short_bins, subject[positions], short_minutes),
         )
+        if scored.empty:
+            # Most chunks flag no request, so they escalate nothing and build no further frames.
+            return [], {name: carried[name].copy() for name in self._escalation_names}
         rows = with_times(scored, subject, stream.ts)
 
         kept, escalation = [], {}
