@@ -12,6 +12,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from detector.detectors import AutomationDetector, Finding
+from detector.features import prepare_events
 from detector.pipeline import default_detectors, score_events
 from detector.state import AutomationPatternState, Chunk
 from detector.state.scorer import STREAM_RETENTION, StateScorer
@@ -215,3 +216,63 @@ def test_unknown_detector_rejected(plans):
 
     with pytest.raises(TypeError, match="no incremental state for detector Other"):
         StateScorer(detectors=[Other()], plans=plans)
+
+
+# Pattern rebuild for touched subjects ---------------------------------------
+
+
+def test_pattern_rebuild_of_touched_equals_all(traffic, plans):
+    """After every hour of traffic, the rebuild for that hour's subjects equals the rebuild over all subjects, to the bit."""
+    state = AutomationPatternState(AutomationDetector())
+    ts = traffic["ts"].to_numpy()
+    bounds = [0, *rows_at(traffic, np.arange(ts.min() + 3600.0, ts.max(), 3600.0)), len(traffic)]
+    compared = 0
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        chunk = Chunk(traffic.iloc[start:end].reset_index(drop=True), plans)
+        state.update(chunk)
+        touched = set(chunk.keys)
+
+        alone = state.pattern_findings(chunk.keys)
+        among_all = [finding for finding in state.pattern_findings() if (finding.subject_type, finding.subject) in touched]
+
+        assert sorted(alone, key=repr) == sorted(among_all, key=repr)
+        compared += len(alone)
+    assert compared >= 100
+
+
+def test_pattern_rebuild_skips_unknown_subjects(plans):
+    state = AutomationPatternState(AutomationDetector())
+
+    assert state.pattern_findings([("key", "never-seen")]) == []
+
+
+def test_pattern_findings_match_batch_detector(traffic, plans):
+    """The rebuild after all chunks equals the batch detector's pattern findings, now that both sum 24 hour columns."""
+    state = AutomationPatternState(AutomationDetector())
+    for start in range(0, len(traffic), 997):
+        state.update(Chunk(traffic.iloc[start : start + 997].reset_index(drop=True), plans))
+
+    batch = _whole_input(AutomationDetector(), "pattern")(traffic, plans)
+
+    assert batch
+    assert sorted(map(comparable, state.pattern_findings())) == sorted(map(comparable, batch))
+
+
+def test_hour_entropy_independent_of_other_subjects(traffic, plans):
+    """A subject's hour-of-day entropy is the same to the bit whether it is scored alone or with all others."""
+    detector = AutomationDetector()
+    events = prepare_events(traffic, plans).events
+    starts_burst = ~(events["iat"].to_numpy() <= detector.burst_gap)
+    bursts = pd.DataFrame(
+        {
+            "subject": events["subject"].to_numpy()[starts_burst],
+            "ts": events["ts"].to_numpy()[starts_burst],
+            "prompt": events["prompt"].to_numpy()[starts_burst],
+        }
+    )
+    bursts["gap"] = bursts.groupby("subject")["ts"].diff()
+    bursts["hour_of_day"] = ((bursts["ts"] % DAY) // 3600).astype(np.int64)
+
+    together = detector._pattern_table(bursts)["entropy"]
+    for subject, alone in bursts.groupby("subject"):
+        assert detector._pattern_table(alone)["entropy"].iloc[0] == together[subject], f"subject {subject}"

@@ -42,8 +42,8 @@ class StateScorer:
     ``_in_batch_order``), where a subject's code is its first event over all
     chunks so far. Pattern
     findings measure all of a subject's bursts. Each chunk therefore returns
-    the rebuilt pattern findings of its subjects, which replace the ones
-    returned for them before.
+    the pattern findings of its subjects, rebuilt from their state alone, which
+    replace the ones returned for them before.
     """
 
     def __init__(self, *, detectors: Sequence[Detector], plans: PlanCatalogue, retention: float | None = None) -> None:
@@ -74,7 +74,7 @@ class StateScorer:
         for detector, states in zip(self.detectors, self.states):
             for state in states:
                 result = state.update(chunk)
-                found = _touched(state.pattern_findings(), chunk.keys) if isinstance(state, AutomationPatternState) else result.findings
+                found = state.pattern_findings(chunk.keys) if isinstance(state, AutomationPatternState) else result.findings
                 findings.extend(self._in_batch_order(detector, found))
                 inexact.append(result.inexact)
         return ChunkFindings(findings=findings, inexact=_union(inexact))
@@ -124,12 +124,6 @@ def _states_for(detector: Detector, retention: float | None) -> list:
         f"no incremental state for detector {type(detector).__name__} (reason {detector.reason!r}); "
         "score its events with score_events instead"
     )
-
-
-def _touched(findings: list[Finding], keys: list[SubjectKey]) -> list[Finding]:
-    """Keep the findings of the subjects in ``keys``."""
-    touched = set(keys)
-    return [finding for finding in findings if (finding.subject_type, finding.subject) in touched]
 
 
 def _union(parts: list[pd.DataFrame]) -> pd.DataFrame:
