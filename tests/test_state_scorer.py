@@ -130,33 +130,37 @@ def test_random_splits_equal_score_events(traffic, plans, policy, shares):
     assert_scorer_equals_batch(traffic, [int(share * len(traffic)) for share in shares], plans, policy)
 
 
-def test_five_minute_chunks_equal_score_events(traffic, plans, policy):
-    ts = traffic["ts"].to_numpy()
+def test_split_after_findings(traffic, plans, policy):
+    """Cut right after every fourth batch finding, so escalation steps meet steps carried from the chunk before.
 
-    assert_scorer_equals_batch(traffic, rows_at(traffic, np.arange(ts.min(), ts.max(), 300.0)), plans, policy)
-
-
-def test_split_after_each_finding(traffic, plans, policy):
-    """Cut right after every batch finding, so each escalation step meets steps carried from the chunk before."""
-    times = [finding.detected_at for finding in batch_findings(traffic, plans, policy)]
+    The chunk harness of each detector cuts after every one of its findings.
+    """
+    times = [finding.detected_at for finding in batch_findings(traffic, plans, policy)][::4]
     after = [int(np.searchsorted(traffic["ts"].to_numpy(), time, side="right")) for time in times]
 
     assert_scorer_equals_batch(traffic, after, plans, policy)
 
 
-def test_split_at_midnights_and_inside_buckets(traffic, plans, policy):
+def test_hourly_chunks_cut_inside_buckets(traffic, plans, policy):
+    """Cut every hour in the middle of a 10-minute bucket, and at every UTC midnight.
+
+    The chunk harness of each detector also cuts every 5 minutes, so this
+    test, which runs all detectors on each chunk, keeps to hourly chunks.
+    """
     ts = traffic["ts"].to_numpy()
     midnights = np.arange(ts.min() // DAY * DAY + DAY, ts.max(), DAY)
-    buckets = np.arange(ts.min() // 600 * 600, ts.max(), 600.0) + 299.5
+    hours = np.arange(ts.min() // 3600 * 3600, ts.max(), 3600.0) + 299.5
 
-    assert_scorer_equals_batch(traffic, rows_at(traffic, np.concatenate([midnights, buckets])), plans, policy)
+    assert_scorer_equals_batch(traffic, rows_at(traffic, np.concatenate([midnights, hours])), plans, policy)
 
 
 def test_stream_retention_keeps_a_shorter_input_exact(traffic, plans, policy):
     """The simulated traffic spans 3 days, so the stream's 7-day retention drops nothing."""
     ts = traffic["ts"].to_numpy()
 
-    assert_scorer_equals_batch(traffic, rows_at(traffic, np.arange(ts.min(), ts.max(), 3600.0)), plans, policy, STREAM_RETENTION)
+    cuts = rows_at(traffic, np.arange(ts.min(), ts.max(), 6 * 3600.0))
+
+    assert_scorer_equals_batch(traffic, cuts, plans, policy, STREAM_RETENTION)
 
 
 # Inexact subjects and edge cases --------------------------------------------
