@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -11,9 +13,11 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from detector.decisions import Decision
 from detector.detectors import AutomationDetector, Finding
 from detector.features import prepare_events
 from detector.pipeline import default_detectors, score_events
+from detector.policy import decide
 from detector.state import AutomationPatternState, Chunk
 from detector.state.scorer import STREAM_RETENTION, StateScorer
 from tests.factories import DAY, T0, events, frame
@@ -280,3 +284,51 @@ def test_hour_entropy_independent_of_other_subjects(traffic, plans):
     together = detector._pattern_table(bursts)["entropy"]
     for subject, alone in bursts.groupby("subject"):
         assert detector._pattern_table(alone)["entropy"].iloc[0] == together[subject], f"subject {subject}"
+
+
+# Decisions chunk by chunk ----------------------------------------------------
+
+
+def decide_in_chunks(whole: pd.DataFrame, cuts: Sequence[int], plans, policy, now: datetime) -> list[Decision]:
+    """Run the policy on each chunk's findings, as a stream worker would, and return every decision made.
+
+    The policy gets the chunk's subjects' earlier findings of the merge
+    window as context, because the policy merges them into a decision's
+    reasons and evidence. Decisions made so far are ``prior`` and count
+    towards the hourly suspension cap, as stored decisions would.
+    """
+    scorer = StateScorer(detectors=DETECTORS, plans=plans)
+    merge_window = policy.merge_window.total_seconds()
+    earlier: dict[tuple[str, str], list[Finding]] = defaultdict(list)
+    decisions: dict[str, Decision] = {}
+
+    def decide_on(new: list[Finding], since: float) -> None:
+        subjects = {(finding.subject_type, finding.subject) for finding in new}
+        context = [finding for subject in subjects for finding in earlier[subject] if finding.detected_at >= since - merge_window]
+        prior = [decision for decision in decisions.values() if (decision.subject_type, decision.subject) in subjects]
+        for decision in decide(context + new, policy, prior, now=now, suspensions=list(decisions.values())).decisions:
+            decisions.setdefault(decision.id, decision)
+        for finding in new:
+            earlier[(finding.subject_type, finding.subject)].append(finding)
+
+    bounds = [0, *sorted(set(int(cut) for cut in cuts if 0 < cut < len(whole))), len(whole)]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        part = whole.iloc[start:end].reset_index(drop=True)
+        decide_on(scorer.score(part).findings, float(part["ts"].min()))
+    last = float(whole["ts"].max())
+    decide_on(scorer.close(last), last)
+    return sorted(decisions.values(), key=lambda decision: (decision.detected_at, decision.id))
+
+
+def test_policy_on_chunks_equals_batch_decisions(traffic, plans, policy):
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    ts = traffic["ts"].to_numpy()
+    cuts = rows_at(traffic, np.arange(ts.min() // 3600 * 3600, ts.max(), 3600.0) + 1800.0)
+
+    chunked = decide_in_chunks(traffic, cuts, plans, policy, now)
+    batch = score_events(traffic, plans=plans, policy=policy, detectors=DETECTORS, now=now).decisions
+
+    expected = sorted(batch, key=lambda decision: (decision.detected_at, decision.id))
+
+    assert len(batch) >= 10
+    assert [decision.to_dict() for decision in chunked] == [decision.to_dict() for decision in expected]
