@@ -256,10 +256,9 @@ class AutomationDetector:
 
 
 def _hour_of_day_counts(run: np.ndarray, hour_of_day: np.ndarray, runs: int) -> np.ndarray:
-    """Count bursts per subject run and hour of day, keeping only the hours some subject was active in.
+    """Count bursts per subject run and each of the 24 hours of day.
 
-    Hours in which no subject was active are left out, as a group-by leaves them out, so the entropy sums
-    add the same terms in the same order and round the same way.
+    Every subject's entropy sums the same 24 terms, zeros included, in the same order, so its rounding does not
+    depend on which other subjects are scored with it. The incremental state rebuilds the touched subjects alone.
     """
-    counts = np.bincount(run * 24 + hour_of_day, minlength=runs * 24).reshape(runs, 24)
-    return counts[:, counts.sum(axis=0) > 0]
+    return np.bincount(run * 24 + hour_of_day, minlength=runs * 24).reshape(runs, 24)

@@ -9,7 +9,8 @@ from detector.state.automation_pattern import AutomationPatternState
 from detector.state.chunk import Chunk, ChunkFindings
 from detector.state.cost import AbnormalCostState
 from detector.state.image_quota import ImageQuotaState
+from detector.state.scorer import StateScorer
 from detector.state.sharing import KeySharingState
 from detector.state.table import SubjectStates
 
-__all__ = ["AbnormalCostState", "AnomalyDayState", "AutomationLoadState", "AutomationPatternState", "Chunk", "ChunkFindings", "ImageQuotaState", "KeySharingState", "SubjectStates"]
+__all__ = ["AbnormalCostState", "AnomalyDayState", "AutomationLoadState", "AutomationPatternState", "Chunk", "ChunkFindings", "ImageQuotaState", "KeySharingState", "StateScorer", "SubjectStates"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -22,9 +24,10 @@ class AutomationPatternState:
     seconds, those older than the subject's last request minus ``retention``
     are dropped.
 
-    ``update`` returns no findings. ``pattern_findings`` rebuilds them over all
-    subjects, and after the last chunk of a time-sorted input, with ``retention``
-    None, they equal the batch detector's pattern findings on the whole input.
+    ``update`` returns no findings. ``pattern_findings`` rebuilds them for the
+    given subjects or all of them. After the last chunk of a time-sorted input,
+    with ``retention`` None, they equal the batch detector's pattern findings on
+    the whole input.
     A plan change keeps them exact, because the rebuild reads the latest plan,
     so only late events are reported.
     """
@@ -93,9 +96,13 @@ class AutomationPatternState:
             hours = {name: column[keep] for name, column in hours.items()}
         self.hours.put(chunk.keys, {}, hours)
 
-    def pattern_findings(self) -> list:
-        """Rebuild the pattern findings of every subject in the state."""
-        keys = list(self.names)
+    def pattern_findings(self, keys: Sequence[SubjectKey] | None = None) -> list:
+        """Rebuild the pattern findings of ``keys``, or of every subject in the state without ``keys``.
+
+        It reads only the carried bursts and hours of ``keys``, so its time grows with those, not with all
+        subjects. A subject of ``keys`` without state has no findings.
+        """
+        keys = list(self.names) if keys is None else [key for key in keys if key in self.names]
         if not keys:
             return []
         taken = self.bursts.take(keys)
