@@ -10,7 +10,8 @@ from detector.detectors.automation_load import WINDOW_MS
 from detector.features.runs import run_starts
 from detector.state.chunk import UNKNOWN_PROMPT
 from detector.state.pair_counts import PairCounts
-from detector.state.segments import GrowingSegments, search_segments, segment_index
+from detector.state.segments import GrowingSegments, search_segments
+from detector.state.table import _segment_index
 
 PARALLEL_MS = 1000
 # Bits of an array index in a composite (owner, index) key.
@@ -91,7 +92,7 @@ class LoadWindows:
     def rows_of(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return every kept row of ``slots``: its position in ``slots``, ``ts_ms`` and ``prompt``."""
         lengths = self.segments.length[slots]
-        index = segment_index(self.segments.start[slots], lengths)
+        index = _segment_index(self.segments.start[slots], lengths)
         owner = np.repeat(np.arange(len(slots)), lengths)
         return owner, self.segments.columns["ts_ms"][index], self.segments.columns["prompt"][index]
 
@@ -102,7 +103,7 @@ class LoadWindows:
         """
         start = self._array_index(slots, count_from)
         ends = self.segments.end(slots)
-        counted = segment_index(start, ends - start)
+        counted = _segment_index(start, ends - start)
         owner = np.repeat(slots, ends - start)
         prompt = self.segments.columns["prompt"][counted]
         known = prompt != UNKNOWN_PROMPT
@@ -167,7 +168,7 @@ class LoadWindows:
         has_rows[owner[last]] = True
         first_counted = self._array_index(slots, count_from)
         leaving_length = np.where(has_rows, last_start - first_counted, 0)
-        leaving = segment_index(first_counted, leaving_length)
+        leaving = _segment_index(first_counted, leaving_length)
         leaving_owner = np.repeat(np.arange(len(slots)), leaving_length)
         window_keys = (owner << _INDEX_BITS) | start
         leaves_before = np.searchsorted(window_keys, (leaving_owner << _INDEX_BITS) | leaving, side="right")
@@ -190,11 +191,10 @@ class LoadWindows:
         stored = self.prompt_counts.get(slots[event_owner[order][entering]], event_prompt[order][entering])
         same_prompt[rows] = stored + running[entering]
 
-        group_ends = np.append(group_starts[1:], len(order)) - 1
-        changed = running[group_ends] != 0
-        self.prompt_counts.add(
-            slots[event_owner[order][group_ends[changed]]], event_prompt[order][group_ends[changed]], running[group_ends[changed]]
-        )
+        if len(order):
+            group_ends = np.append(group_starts[1:], len(order)) - 1
+            changed = group_ends[running[group_ends] != 0]
+            self.prompt_counts.add(slots[event_owner[order][changed]], event_prompt[order][changed], running[changed])
         new_count_from[has_rows] = (self.segments.first_number[slots] + (last_start - self.segments.start[slots]))[has_rows]
         return same_prompt, new_count_from
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detector.state.table import Columns, SubjectKey
+from detector.state.table import Columns, SubjectKey, _resized, _segment_index
 
 # Free rows given to a relocated segment, as a multiple of the rows it then holds.
 _GROWTH = 2
@@ -113,9 +113,9 @@ class GrowingSegments:
         capacity = np.maximum(_GROWTH * (lengths + extra[moving]), _MIN_CAPACITY)
         self._reserve(int(capacity.sum()))
 
-        source = segment_index(self.start[moved], lengths)
+        source = _segment_index(self.start[moved], lengths)
         new_start = self._used + np.concatenate(([0], np.cumsum(capacity)[:-1]))
-        target = segment_index(new_start, lengths)
+        target = _segment_index(new_start, lengths)
         for column in self.columns.values():
             column[target] = column[source]
         self._reserved += int(capacity.sum() - self.capacity[moved].sum())
@@ -139,23 +139,14 @@ class GrowingSegments:
         subjects = len(self._slots)
         lengths = self.length[:subjects]
         capacity = self.capacity[:subjects]
-        source = segment_index(self.start[:subjects], lengths)
+        source = _segment_index(self.start[:subjects], lengths)
         new_start = np.concatenate(([0], np.cumsum(capacity)[:-1]))
-        target = segment_index(new_start, lengths)
+        target = _segment_index(new_start, lengths)
         for column in self.columns.values():
             # Targets never lie after their sources, because segments keep their order; a gather copies first anyway.
             column[target] = column[source]
         self.start[:subjects] = new_start
         self._used = int(capacity.sum())
-
-
-def segment_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Return the array indices of the segments given by ``starts`` and ``lengths``, segment after segment."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    return np.repeat(starts - offsets, lengths) + np.arange(total)
 
 
 def search_segments(column: np.ndarray, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -176,9 +167,3 @@ def search_segments(column: np.ndarray, low: np.ndarray, high: np.ndarray, value
         left = open_ & ~right
         low[right] = middle[right] + 1
         high[left] = middle[left]
-
-
-def _resized(column: np.ndarray, capacity: int) -> np.ndarray:
-    grown = np.zeros(capacity, column.dtype)
-    grown[: len(column)] = column[: min(len(column), capacity)]
-    return grown
