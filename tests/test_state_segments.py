@@ -62,7 +62,7 @@ def test_segments_drop_more_than_held_raises():
     slots = segments.slots_for([("key", "a")])
     segments.append(slots, np.array([0]), {"value": np.array([1])})
 
-    with pytest.raises(ValueError, match="cannot drop more rows"):
+    with pytest.raises(ValueError, match="invalid drop counts"):
         segments.drop_front(slots, np.array([2]))
 
 

@@ -44,10 +44,11 @@ class WindowMeasures:
 class LoadWindows:
     """The requests of each subject's last ``retention_ms``, with running sums and per-prompt counts over its window.
 
-    Rows are appended in time order; a late row needs ``rebuild``. For a new
-    row the count of requests in the trailing 10 minutes, the count in the
-    trailing second, the sum of wave flags and the sum of squared gaps are
-    differences of running sums at two rows found by bisection. The
+    Rows are appended in time order, so a subject with a late row is
+    ``forget``-ed and appended again. A new row's count of requests in the
+    trailing 10 minutes and in the trailing second come from the window's
+    first row, found by bisection. Its sum of wave flags and of squared gaps
+    are differences of running sums at that row and at itself. The
     same-prompt count comes from ``prompt_counts``, which counts each
     subject's prompts from row ``count_from`` (the window start of its last
     row) to its end, plus the rows added and minus the rows left behind within
@@ -132,7 +133,7 @@ class LoadWindows:
         columns["wave"][index] = wave
 
         first = run_starts(owner) if len(owner) else np.empty(0, np.int64)
-        # A run's first row continues from the stored row before it; rows of a new segment start from 0.
+        # A run's first row continues from the stored row before it, and the first row of an empty segment from 0.
         base_waves = np.where(has_previous[first], columns["cum_waves"][previous[first]], 0)
         base_squares = np.where(has_previous[first], columns["cum_square_gaps"][previous[first]], 0)
         columns["cum_waves"][index] = _running_sum(wave.astype(np.int64), first, base_waves)

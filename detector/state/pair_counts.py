@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 _EMPTY = -1
-# Rebuild once this share of the table holds pairs, counting pairs whose count fell to 0.
+# Rebuild once pairs fill this share of the table, counting pairs whose count fell to 0.
 _MAX_LOAD = 0.7
 _MIN_CAPACITY = 1024
 
@@ -36,7 +36,7 @@ class PairCounts:
         return np.where(places >= 0, self._count[np.maximum(places, 0)], 0)
 
     def add(self, slots: np.ndarray, values: np.ndarray, deltas: np.ndarray) -> None:
-        """Add ``deltas`` to the counts of the (slot, value) pairs; a pair may appear more than once.
+        """Add ``deltas`` to the counts of the (slot, value) pairs. A pair may appear more than once.
 
         Raises ValueError when a count would fall below 0, which means the
         caller removed a pair it never added.

@@ -89,10 +89,10 @@ class GrowingSegments:
         return index
 
     def drop_front(self, slots: np.ndarray, counts: np.ndarray) -> None:
-        """Drop the first ``counts`` rows of each slot's segment; later rows keep their numbers."""
+        """Drop the first ``counts`` rows of each slot's segment. Later rows keep their numbers."""
         counts = np.asarray(counts, np.int64)
         if bool(np.any(counts > self.length[slots])):
-            raise ValueError("cannot drop more rows than a segment holds")
+            raise ValueError(f"invalid drop counts: more rows than the segment contains ({counts.tolist()} > {self.length[slots].tolist()})")
         self.start[slots] += counts
         self.length[slots] -= counts
         self.capacity[slots] -= counts
