@@ -44,6 +44,8 @@ class AutomationLoadState:
         """``detector`` is the batch detector whose findings this state reproduces."""
         self.detector = detector
         self.states = SubjectStates(values={**SUBJECT_VALUES, **ESCALATION_VALUES, **WINDOW_VALUES}, rows={})
+        # NOTE: ``windows`` is not a ``SubjectStates``, so code that saves or restores a state's
+        # ``SubjectStates`` would miss the carried requests and prompt counts.
         self.windows = LoadWindows(retention_ms=int(RETENTION * 1000), min_parallel=detector.min_parallel)
 
     def nbytes(self) -> int:

@@ -33,7 +33,7 @@ class PairCounts:
     def get(self, slots: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Return the count of each (slot, value) pair, 0 for pairs never added."""
         places = self._probe(np.asarray(slots, np.int64), np.asarray(values, np.uint64), insert=False)
-        return np.where(places >= 0, self._count[np.maximum(places, 0)], 0)
+        return np.where(places >= 0, self._count[np.maximum(places, 0)], 0).astype(np.int64)
 
     def add(self, slots: np.ndarray, values: np.ndarray, deltas: np.ndarray) -> None:
         """Add ``deltas`` to the counts of the (slot, value) pairs. A pair may appear more than once.
@@ -51,9 +51,10 @@ class PairCounts:
             raise ValueError("a pair count fell below 0: a pair was removed more often than added")
 
     def _allocate(self, capacity: int) -> None:
-        self._slot = np.full(capacity, _EMPTY, np.int64)
+        # 32-bit slots and counts keep a place at 16 bytes: slots number subjects, counts rows in one window.
+        self._slot = np.full(capacity, _EMPTY, np.int32)
         self._value = np.zeros(capacity, np.uint64)
-        self._count = np.zeros(capacity, np.int64)
+        self._count = np.zeros(capacity, np.int32)
         self._occupied = 0
 
     def _rebuild(self, extra: int) -> None:
