@@ -58,7 +58,13 @@ class PairCounts:
         self._occupied = 0
 
     def _rebuild(self, extra: int) -> None:
-        """Reallocate for twice the live pairs plus ``extra``, dropping pairs whose count is 0."""
+        """Reallocate for twice the live pairs plus ``extra``, dropping pairs whose count is 0.
+
+        NOTE: a rebuild reinserts every live pair in one call, so the chunk
+        that triggers it pauses: 1.1 s for 735,000 pairs on a shared 2-core
+        machine at load average 13. With a fresh prompt per request this
+        happens once per 0.2 × capacity new pairs.
+        """
         live = self._count > 0
         slots, values, counts = self._slot[live], self._value[live], self._count[live]
         needed = 2 * (len(slots) + extra)
