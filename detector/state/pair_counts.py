@@ -8,13 +8,15 @@ _EMPTY = -1
 # Rebuild once pairs fill this share of the table, counting pairs whose count fell to 0.
 _MAX_LOAD = 0.7
 _MIN_CAPACITY = 1024
+# Pairs still probing when a batch step stops paying for its numpy calls; the rest probe one by one.
+_FEW = 32
 
 
 class PairCounts:
     """A count per (slot, value) pair, with linear probing over numpy arrays.
 
     ``get`` and ``add`` take whole batches and loop once per probe step, not
-    once per pair. A pair whose count falls to 0 keeps its place until the
+    once per pair, until few pairs are left, which then probe one by one. A pair whose count falls to 0 keeps its place until the
     next rebuild, which keeps only pairs with a positive count, so lookups
     never need tombstones.
     """
@@ -67,19 +69,18 @@ class PairCounts:
         """
         live = self._count > 0
         slots, values, counts = self._slot[live], self._value[live], self._count[live]
-        needed = 2 * (len(slots) + extra)
-        capacity = max(_MIN_CAPACITY, 1 << int(np.ceil(np.log2(max(needed, 1)))))
+        capacity = max(_MIN_CAPACITY, 2 * (len(slots) + extra))
         self._allocate(capacity)
         places = self._probe(slots, values, insert=True)
         self._count[places] = counts
 
     def _probe(self, slots: np.ndarray, values: np.ndarray, *, insert: bool) -> np.ndarray:
         """Return each pair's place in the table, -1 for a missing pair unless ``insert`` adds it."""
-        mask = len(self._slot) - 1
-        position = (_hash(slots, values) & np.uint64(mask)).astype(np.int64)
+        capacity = len(self._slot)
+        position = (_hash(slots, values) % np.uint64(capacity)).astype(np.int64)
         places = np.full(len(slots), -1, np.int64)
         pending = np.arange(len(slots))
-        while len(pending):
+        while len(pending) > _FEW:
             at = position[pending]
             stored = self._slot[at]
             match = (stored == slots[pending]) & (self._value[at] == values[pending])
@@ -97,9 +98,28 @@ class PairCounts:
                 places[winners] = claimed
                 done[np.flatnonzero(empty)[first]] = True
             moving = ~match & ~empty
-            position[pending[moving]] = (at[moving] + 1) & mask
+            following = at[moving] + 1
+            position[pending[moving]] = np.where(following == capacity, 0, following)
             pending = pending[~done]
+        for pair in pending.tolist():
+            places[pair] = self._probe_one(int(slots[pair]), values[pair], int(position[pair]), insert=insert)
         return places
+
+    def _probe_one(self, slot: int, value: np.uint64, at: int, *, insert: bool) -> int:
+        """Return one pair's place, probing from ``at``, as ``_probe`` does for a batch."""
+        capacity = len(self._slot)
+        while True:
+            stored = self._slot[at]
+            if stored == slot and self._value[at] == value:
+                return at
+            if stored == _EMPTY:
+                if not insert:
+                    return -1
+                self._slot[at] = slot
+                self._value[at] = value
+                self._occupied += 1
+                return at
+            at = at + 1 if at + 1 < capacity else 0
 
 
 def _hash(slots: np.ndarray, values: np.ndarray) -> np.ndarray:
