@@ -75,8 +75,12 @@ class LoadWindows:
         index = self.segments.append(slots, owner, {"ts_ms": ts_ms, "prompt": prompt})
         low = self.segments.start[slots][owner]
         column = self.segments.columns["ts_ms"]
-        start = search_segments(column, low, index, ts_ms - WINDOW_MS)
-        parallel = index - search_segments(column, low, index, ts_ms - PARALLEL_MS) + 1
+        # One bisection for both windows: the first half of the queries finds the 10-minute starts.
+        starts = search_segments(
+            column, np.tile(low, 2), np.tile(index, 2), np.concatenate((ts_ms - WINDOW_MS, ts_ms - PARALLEL_MS))
+        )
+        start = starts[: len(index)]
+        parallel = index - starts[len(index) :] + 1
         self._write_running_sums(index, low, owner, parallel)
 
         same_prompt, new_count_from = self._same_prompt_counts(slots, count_from, owner, index, start)

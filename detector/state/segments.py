@@ -158,12 +158,14 @@ def search_segments(column: np.ndarray, low: np.ndarray, high: np.ndarray, value
     """
     low = np.asarray(low, np.int64).copy()
     high = np.asarray(high, np.int64).copy()
-    while True:
-        open_ = low < high
-        if not open_.any():
-            return low
-        middle = (low + high) // 2
-        right = open_ & (column[np.minimum(middle, len(column) - 1)] <= values)
-        left = open_ & ~right
-        low[right] = middle[right] + 1
-        high[left] = middle[left]
+    active = np.flatnonzero(low < high)
+    while len(active):
+        below, above = low[active], high[active]
+        middle = (below + above) // 2
+        right = column[middle] <= values[active]
+        below = np.where(right, middle + 1, below)
+        above = np.where(right, above, middle)
+        low[active] = below
+        high[active] = above
+        active = active[below < above]
+    return low
