@@ -38,8 +38,8 @@ def load_rows(
     on other subjects or earlier events, so any split of the input into chunks
     that carries the last 10 minutes gives the same rows.
     """
-    per_window = np.maximum(expected_rph * WINDOW / HOUR, 1.0)
-    level = np.maximum(np.ceil(detector.min_load * per_window), detector.min_bucket_events)
+    per_window = expected_per_window(expected_rph)
+    level = busy_level(detector, per_window)
 
     # Every measure below covers the trailing 10 minutes up to and including each request.
     keys = composite_time(subject, ts_ms)
@@ -62,9 +62,53 @@ def load_rows(
     same_prompt = _trailing_same_value_count(subject, ts_ms, prompts, WINDOW)[positions]
     del busy_subjects, prompts
 
-    count = count[positions]
-    cv, mean_gap = _gap_cv(subject, ts_ms, start, positions, count)
-    load = count / per_window[positions]
+    square_sum = _square_gap_sums(subject, ts_ms, start, positions)
+    return score_load(
+        detector,
+        subject=subject[positions],
+        ts=ts[positions],
+        count=count[positions],
+        per_window=per_window[positions],
+        parallel=parallel[positions],
+        waves=waves,
+        same_prompt=same_prompt,
+        square_sum=square_sum,
+        span_ms=ts_ms[positions] - ts_ms[start],
+    )
+
+
+def expected_per_window(expected_rph: np.ndarray) -> np.ndarray:
+    """Return the plan's expected requests per 10 minutes, at least 1."""
+    return np.maximum(expected_rph * WINDOW / HOUR, 1.0)
+
+
+def busy_level(detector: AutomationDetector, per_window: np.ndarray) -> np.ndarray:
+    """Return the requests in the trailing window from which an event is busy enough to be scored."""
+    return np.maximum(np.ceil(detector.min_load * per_window), detector.min_bucket_events)
+
+
+def score_load(
+    detector: AutomationDetector,
+    *,
+    subject: np.ndarray,
+    ts: np.ndarray,
+    count: np.ndarray,
+    per_window: np.ndarray,
+    parallel: np.ndarray,
+    waves: np.ndarray,
+    same_prompt: np.ndarray,
+    square_sum: np.ndarray,
+    span_ms: np.ndarray,
+) -> pd.DataFrame:
+    """Return the scored rows with a machine signal among busy events, given each event's window measures.
+
+    Every array has one value per busy event, sorted by subject then time.
+    ``count`` is the requests in the trailing window, ``square_sum`` the sum
+    of squared gaps between them in whole ms and ``span_ms`` the time from
+    the window's first request to the event.
+    """
+    cv, mean_gap = _gap_cv(square_sum, span_ms, count)
+    load = count / per_window
     repeat_share = same_prompt / count
     signals = {
         "regular": (cv <= detector.max_regular_cv) & (mean_gap >= detector.min_regular_period),
@@ -78,17 +122,17 @@ def load_rows(
     if not keep.any():
         return pd.DataFrame()
     signal_count = sum(signal[keep].astype(np.int64) for signal in signals.values())
-    ts_kept = ts[positions][keep]
+    ts_kept = ts[keep]
     return pd.DataFrame(
         {
-            "subject": subject[positions][keep],
+            "subject": subject[keep],
             "ts": ts_kept,
             "requests": count[keep],
             "load": load[keep],
             "cv": cv[keep],
             "mean_gap": mean_gap[keep],
             "repeat_share": repeat_share[keep],
-            "max_parallel": parallel[positions][keep],
+            "max_parallel": parallel[keep],
             "parallel_waves": waves[keep],
             **{name: signal[keep] for name, signal in signals.items()},
             "score": np.clip(45 + 15 * signal_count + 10 * np.log2(load[keep]), 0, 100),
@@ -99,10 +143,18 @@ def load_rows(
     )
 
 
-def _gap_cv(
-    subject: np.ndarray, ts_ms: np.ndarray, start: np.ndarray, positions: np.ndarray, count: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the CV of the gaps inside each window and the mean gap in seconds, from whole milliseconds.
+def _gap_cv(square_sum: np.ndarray, span_ms: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the CV of the gaps inside each window and the mean gap in seconds, from whole milliseconds."""
+    gaps = np.maximum(count - 1, 1)
+    mean_gap_ms = span_ms / gaps
+    variance = np.maximum(square_sum / gaps - mean_gap_ms**2, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.where(mean_gap_ms > 0, np.sqrt(variance) / mean_gap_ms, np.inf)
+    return cv, mean_gap_ms / 1000.0
+
+
+def _square_gap_sums(subject: np.ndarray, ts_ms: np.ndarray, start: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Return the sum of squared gaps in whole ms between the requests of each window.
 
     Squared gaps are summed as integers: a running float sum over all events
     would round differently with every other subject in the input, and a
@@ -111,18 +163,11 @@ def _gap_cv(
     window, so each window's sum is below 600,000² and exact even where the
     running int64 sum wraps around.
     """
-    gaps = np.maximum(count - 1, 1)
-    mean_gap_ms = (ts_ms[positions] - ts_ms[start]) / gaps
-
     gap_ms = np.diff(ts_ms, prepend=ts_ms[:1])
     gap_ms[run_starts(subject)] = 0
     gap_ms[gap_ms >= WINDOW_MS] = 0
     # Gaps between requests inside the window: the gap into its first request is outside.
-    square_sum = _trailing_sum(gap_ms * gap_ms, np.minimum(start + 1, positions + 1), positions)
-    variance = np.maximum(square_sum / gaps - mean_gap_ms**2, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cv = np.where(mean_gap_ms > 0, np.sqrt(variance) / mean_gap_ms, np.inf)
-    return cv, mean_gap_ms / 1000.0
+    return _trailing_sum(gap_ms * gap_ms, np.minimum(start + 1, positions + 1), positions)
 
 
 def _trailing_sum(values: np.ndarray, start: np.ndarray, positions: np.ndarray) -> np.ndarray:
