@@ -33,6 +33,7 @@ from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.plans import load_plans
 from detector.readers import read_json_lines
+from detector.state.load_window import LoadWindows
 from detector.state.scorer import STREAM_RETENTION, StateScorer
 from detector.state.table import SubjectStates
 
@@ -141,15 +142,20 @@ def report(per_minute: dict[int, list[tuple[int, float, float]]], args: argparse
 
 
 def report_state(scorer: StateScorer, keys: int) -> None:
+    """Print each state's rows and bytes per key: its ``SubjectStates`` tables, one level of helpers deep, and its load windows."""
     print("state at the end, per key:")
     for states in scorer.states:
         for state in states:
-            tables = [value for value in vars(state).values() if isinstance(value, SubjectStates)]
-            tables += [value for inner in vars(state).values() for value in getattr(inner, "__dict__", {}).values()
-                       if isinstance(value, SubjectStates)]
-            rows = sum(table.live_rows for table in tables)
-            size = sum(table.nbytes() for table in tables)
+            parts = [value for value in vars(state).values() if isinstance(value, SubjectStates | LoadWindows)]
+            parts += [value for inner in vars(state).values() for value in getattr(inner, "__dict__", {}).values()
+                      if isinstance(value, SubjectStates)]
+            rows = sum(_live_rows(part) for part in parts)
+            size = sum(part.nbytes() for part in parts)
             print(f"  {type(state).__name__:<24} {rows / keys:>10,.0f} rows {size / keys:>12,.0f} bytes")
+
+
+def _live_rows(part: SubjectStates | LoadWindows) -> int:
+    return part.live_rows if isinstance(part, SubjectStates) else part.segments.live_rows
 
 
 def _p95(values: list[float]) -> float:

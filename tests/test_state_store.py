@@ -8,8 +8,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.detectors import KeySharingDetector
-from detector.state import KeySharingState, SubjectStates
+from detector.detectors import AutomationDetector, KeySharingDetector
+from detector.state import AutomationLoadState, KeySharingState, SubjectStates
 from workers.state_store import DAY, StateStore, StoredDetector, state_tables
 
 KEYS = [("key", f"k{index}") for index in range(6)] + [("ip", "10.0.0.1")]
@@ -281,3 +281,9 @@ def test_save_splits_groups_by_bytes(redis_client, redis_prefix):
     store.save(KEYS)
 
     assert calls == [4, 3] + [1] * len(KEYS)
+
+
+def test_state_tables_refuse_load_windows():
+    """The load state's rows live outside SubjectStates: saving its values alone would restore it in part."""
+    with pytest.raises(TypeError, match="LoadWindows"):
+        state_tables(AutomationLoadState(AutomationDetector()))

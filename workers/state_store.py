@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import redis
 
+from detector.state.load_window import LoadWindows
 from detector.state.table import SubjectKey, SubjectStates
 
 logger = logging.getLogger(__name__)
@@ -181,10 +182,24 @@ class StoredDetector:
         return math.ceil(self.retention) + DAY
 
 
+# Row storage kept outside ``SubjectStates``, which ``state_tables`` refuses (the automation load windows).
+_UNSAVED = (LoadWindows,)
+
+
 def state_tables(state: object) -> dict[str, SubjectStates]:
-    """Return the ``SubjectStates`` of an incremental detector by attribute name, one level of helpers deep ("devices.edges")."""
+    """Return the ``SubjectStates`` of an incremental detector by attribute name, one level of helpers deep ("devices.edges").
+
+    Raises ``TypeError`` for a state that keeps rows outside ``SubjectStates``,
+    which the store cannot save yet: saving its tables alone would restore it
+    in part.
+    """
     tables = {}
     for name, value in vars(state).items():
+        if isinstance(value, _UNSAVED):
+            raise TypeError(
+                f"{type(state).__name__}.{name} is a {type(value).__name__}, which the state store cannot save yet; "
+                "leave this detector out of the store until its rows have an export"
+            )
         if isinstance(value, SubjectStates):
             tables[name] = value
         elif type(value).__module__.startswith("detector.state") and hasattr(value, "__dict__"):
