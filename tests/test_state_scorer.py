@@ -201,6 +201,14 @@ def test_empty_frame_scores_nothing(plans, traffic):
     assert result.inexact.empty
 
 
+def test_empty_chunk_prepares_no_subjects(plans, traffic):
+    """An empty frame used to raise IndexError in prepare_events, so a Chunk could not be built from it."""
+    chunk = Chunk(traffic.iloc[:0], plans)
+
+    assert chunk.keys == []
+    assert len(chunk.prepared.subjects) == 0
+
+
 def test_close_scores_quiet_key_day(plans, policy):
     """A key quiet after its busy day gets its anomaly finding from close, as the batch gives it at the end of the input."""
     busy = events("quiet", T0 + np.arange(4000) * 20.0, prompt_hash="same", cost=0.5)

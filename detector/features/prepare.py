@@ -148,7 +148,7 @@ def _subject_table(
     segment_starts: np.ndarray,
     plans: PlanCatalogue,
 ) -> pd.DataFrame:
-    segment_ends = np.append(segment_starts[1:], len(events)) - 1
+    segment_ends = np.append(segment_starts[1:], len(events))[: len(segment_starts)] - 1
     last_rows = order[segment_ends]
     ts = events["ts"].to_numpy()
 
