@@ -3,8 +3,8 @@
 ``IsolationForest.score_samples`` (scikit-learn 1.9) validates its input and
 then calls each tree's ``apply`` through joblib. With the shipped model of
 100 trees that took about 18 ms per call even for one row (measured on a
-shared 2-core machine), and the incremental anomaly state scores a few
-closed days per chunk, so this fixed cost dominated its update.
+shared 2-core machine). The incremental anomaly state scores a few closed
+days per chunk, so this fixed cost dominated its update.
 ``ForestScorer`` runs the steps of ``IsolationForest._compute_score_samples``:
 the cast to float32, the low-level ``tree_.apply`` of each tree in order,
 the depths added tree after tree, and the same normalisation. The results

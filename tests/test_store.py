@@ -61,7 +61,7 @@ def test_findings_idempotent(database_url):
     assert store.save_findings([_finding()]) == 0
 
 
-def test_findings_of_two_kinds_at_one_time_both_stored(database_url):
+def test_findings_same_time_two_kinds(database_url):
     store = open_store(database_url)
     hour = replace(_finding(), evidence={"kind": "rolling_hour"})
     minutes = replace(_finding(), evidence={"kind": "short_window"})

@@ -28,9 +28,9 @@ memory is then not what Redis stores, and the next ``load`` fetches it again.
 Reads and writes are Lua scripts, one call per group of at most
 ``group_size`` subjects, and for writes at most ``group_bytes`` of values
 (a group contains at least one subject). Redis runs a script atomically, so
-every subject of a group is written entirely or not at all, but a batch of
-several groups is not atomic: a failure between two calls leaves the later
-groups' subjects at their old state. The scripts check key types before
+every subject of a group is written entirely or not at all. A batch of
+several groups is not atomic, so a failure between two calls leaves the
+later groups' subjects at their old state. The scripts check key types before
 writing, so no command in them fails halfway on a stray key.
 
 A state or token key of another type, as another tool may leave, is read as
@@ -89,9 +89,10 @@ end
 """
 
 # KEYS: per subject, its token key and then its detector hashes in detector order.
-# ARGV[1]: number of detectors; then per subject the token, mask and number of detector hashes the caller saw
-# (mask -2 and number -1 when it saw none). Returns per subject an array: {0} when the token and the number of
-# existing detector keys are the ones the caller saw, else {1, token, mask, HGETALL reply of each detector}.
+# ARGV[1]: number of detectors. Then, per subject, the token, mask and number of detector hashes the caller saw
+# (mask -2 and number -1 when it saw none).
+# Returns per subject {0} when the token and the number of existing detector keys are the ones the caller saw.
+# Otherwise it returns {1, token, mask, HGETALL reply of each detector}.
 # The first test takes two commands per subject, against one per key for the types. Every write replaces the
 # token, so a hash appears only with a new token, and a hash that expired or was evicted lowers the number.
 # NOTE: a key that another tool replaces with one of another type under the same name, without touching the
@@ -170,7 +171,7 @@ return replies
 
 @dataclass(frozen=True, slots=True)
 class StoredDetector:
-    """One detector's tables as stored: ``name`` in the key, ``retention`` in seconds, ``tables`` by field name."""
+    """The tables of one detector as stored: ``name`` in the key, ``retention`` in seconds, ``tables`` by field name."""
 
     name: str
     retention: float
