@@ -110,13 +110,16 @@ def test_value_counts_match_batch_counts(plans):
     for start in range(0, 300, 37):
         state.update(Chunk(whole.iloc[start : start + 37].reset_index(drop=True), plans))
     carried = state.days.take([("key", "mixed")])
+    pairs = state.counts.pairs_of(("key", "mixed"))
     expected = keyday_counts(prepared).iloc[0]
 
     assert carried.values["requests"].tolist() == [300]
-    kinds = carried.rows["kind"]
+    kinds = pairs["kind"]
     assert int((kinds == NETWORK).sum()) == expected["networks"] == 3
     assert int((kinds == HOUR).sum()) == expected["active_hours"]
-    assert int(carried.rows["count"][kinds == PROMPT].max()) == expected["top_prompt"] == 150
+    assert int(pairs["count"][kinds == PROMPT].max()) == expected["top_prompt"] == 150
+    for name in ("networks", "active_hours", "top_prompt", "peak_10m", "user_agents", "countries"):
+        assert carried.values[name].tolist() == [expected[name]], name
 
 
 def test_anomaly_one_event_chunks(plans):
