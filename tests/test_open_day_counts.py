@@ -180,3 +180,21 @@ def test_counts_match_dict_model(steps):
 
     for slot, key in zip(slots.tolist(), KEYS[:5]):
         assert _pairs(counts, key) == model.pairs_of(slot)
+
+
+def test_pair_index_rebuild_wraps_past_last_place():
+    index = PairIndex()
+    pool = np.arange(200_000, dtype=np.uint64)
+    homes = _hash(np.zeros(len(pool), np.int64), pool) % np.uint64(index.capacity)
+    # Thirty pairs whose home is one of the last four places: at least 26 must wrap to the first places.
+    values = pool[homes >= np.uint64(index.capacity - 4)][:30]
+    slots = np.zeros(30, np.int64)
+    index.insert(slots, values)
+
+    moved = index.rebuild(index.used(), extra=0)
+
+    found = index.find(slots, values)
+    assert index.capacity == 1024
+    assert sorted(found.tolist()) == sorted(moved.tolist())
+    assert len(set(found.tolist())) == 30
+    assert int((found < 26).sum()) == 26

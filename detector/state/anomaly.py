@@ -38,13 +38,14 @@ class AnomalyDayState:
     """Each subject's open UTC day as counts and sums, scored as the day closes.
 
     Per subject, ``days`` keeps the open day's request count, cost in
-    nano-credits, images, tokens, errors, first and last request time, and
-    its distinct networks, user agents, countries and hours and the request
-    counts of its most frequent prompt and 10-minute bucket. ``counts``
-    keeps the request count of each distinct network, user agent, country,
-    hour, prompt and 10-minute bucket of the open day, and a chunk raises
-    the distinct and most-frequent counts from the pairs it adds. So a chunk
-    costs time in proportion to its events, however long the day has run.
+    nano-credits, images, tokens, errors, and first and last request time.
+    It also keeps the day's numbers of distinct networks, user agents,
+    countries and hours, and the request counts of its most frequent prompt
+    and 10-minute bucket. ``counts`` keeps the request count of each
+    distinct network, user agent, country, hour, prompt and 10-minute bucket
+    of the open day. A chunk raises the distinct and most-frequent counts
+    from the pairs it adds, so it costs time in proportion to its events,
+    however long the day has run.
     Networks, user agents, countries and prompts are kept as 64-bit hashes of
     their text, so two values whose hashes collide count as one (one chance
     in 2**64 per pair).

@@ -1,9 +1,10 @@
 """Per-(subject, UTC day) sums and value counts as plain arrays, merged from carried and new parts.
 
-The anomaly state adds each chunk's events to its subjects' open days. Both
-steps here sort and reduce numpy arrays of the touched subjects only, because
-group-bys and small DataFrames per chunk would cost more than the chunk's own
-events.
+The anomaly state adds each chunk's events to its subjects' open days. The
+steps here sort and reduce numpy arrays of one chunk's rows and its
+subjects' carried sums only, because group-bys and small DataFrames per
+chunk would cost more than the chunk's own events. The open days' value
+counts themselves live in ``detector.state.open_day_counts``.
 """
 
 from __future__ import annotations

@@ -65,16 +65,43 @@ class PairIndex:
         ``new_column[places] = column[keep]``.
 
         NOTE: a rebuild reinserts every kept pair in one call, so the chunk
-        that triggers it pauses: 1.1 s for 735,000 pairs on a shared 2-core
-        machine at load average 13. With pairs that never repeat this
-        happens once per 0.2 × capacity new pairs.
+        that triggers it pauses (see ``_placed_in_empty`` for the cost).
+        With pairs that never repeat this happens once per 0.2 × capacity
+        new pairs.
         """
-        slots, values = self.slot[keep], self.value[keep]
+        slots, values = self.slot[keep].astype(np.int64), self.value[keep]
         capacity = max(_MIN_CAPACITY, 2 * (len(slots) + extra))
         self.slot = np.full(capacity, _EMPTY, np.int32)
         self.value = np.zeros(capacity, np.uint64)
-        self.occupied = 0
-        return self.insert(slots, values)
+        places = self._placed_in_empty(slots, values)
+        self.slot[places] = slots
+        self.value[places] = values
+        self.occupied = len(places)
+        return places
+
+    def _placed_in_empty(self, slots: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Return the places that linear probing gives distinct pairs inserted into this table while it is empty.
+
+        Sorted by home place, pair k lands at k + max(home_j - j) over the
+        pairs j <= k, the end of the run of places its predecessors fill.
+        Pairs pushed past the last place wrap around to the first free
+        places, in order. One sort replaces the probe loop, which does one
+        ``np.unique`` per step. Measured alone on the shared 2-core machine,
+        3 million pairs took 1.5 s this way and 3.1 s with ``insert``.
+        """
+        capacity = len(self.slot)
+        home = (_hash(slots, values) % np.uint64(capacity)).astype(np.int64)
+        order = np.argsort(home)
+        rank = np.arange(len(order))
+        in_order = rank + np.maximum.accumulate(home[order] - rank)
+        wrapped = in_order >= capacity
+        if wrapped.any():
+            free = np.ones(capacity, bool)
+            free[in_order[~wrapped]] = False
+            in_order[wrapped] = np.flatnonzero(free)[: int(wrapped.sum())]
+        places = np.empty(len(order), np.int64)
+        places[order] = in_order
+        return places
 
     def _probe(self, slots: np.ndarray, values: np.ndarray, *, insert: bool) -> np.ndarray:
         """Return each pair's place in the table, -1 for a missing pair unless ``insert`` adds it."""
