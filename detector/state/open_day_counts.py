@@ -56,6 +56,8 @@ class OpenDayCounts:
     def slots_for(self, keys: Sequence[SubjectKey]) -> np.ndarray:
         """Return each key's slot, adding a slot for each new subject."""
         slots = numbered_slots(self._slots, keys)
+        if len(self._slots) * KINDS > np.iinfo(np.int32).max:
+            raise ValueError(f"too many subjects for 32-bit pair keys: {len(self._slots):,} (at most {np.iinfo(np.int32).max // KINDS:,})")
         if len(self._slots) > len(self.generation):
             self.generation = _resized(self.generation, max(len(self._slots), 2 * len(self.generation)))
         return slots
