@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 
 from detector.detectors import AnomalyDetector, AutomationDetector, KeySharingDetector
 from detector.model_registry import load_model
-from detector.state import AnomalyDayState, AutomationLoadState, KeySharingState, SubjectStates
+from detector.state import (
+    AnomalyDayState,
+    AutomationLoadState,
+    KeySharingState,
+    SubjectStates,
+)
 from workers.state_store import DAY, StateStore, StoredDetector, state_tables
 
 KEYS = [("key", f"k{index}") for index in range(6)] + [("ip", "10.0.0.1")]

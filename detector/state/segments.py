@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detector.state.table import Columns, SubjectKey, _resized, _segment_index, numbered_slots
+from detector.state.table import (
+    Columns,
+    SubjectKey,
+    _resized,
+    _segment_index,
+    numbered_slots,
+)
 
 # Free rows given to a relocated segment, as a multiple of the rows it then holds.
 _GROWTH = 2
