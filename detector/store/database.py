@@ -33,8 +33,8 @@ def create_store_engine(url: str) -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision."""
-    # Imported here, not with the module: Alembic takes about 0.15 s to import, which
-    # ``fairuse score`` spends in a background thread while it reads (see ``detector.batch``).
+    # Imported here, not with the module, because Alembic takes about 0.15 s to import
+    # (python -X importtime). ``fairuse score`` imports it in a background thread while it reads.
     from alembic import command
     from alembic.config import Config
 
