@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"FUCP"
 FORMAT_VERSION = 1
 
-# Globals outside detector.state that pickles of the states contain (numpy 2, pandas 3, pyarrow 26).
+# Globals outside detector.state that checkpoints contain (numpy 2, pandas 3, pyarrow 26).
 _ALLOWED_GLOBALS = frozenset({
     ("builtins", "slice"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "dict"),
     ("builtins", "list"), ("builtins", "tuple"), ("builtins", "bytearray"), ("builtins", "complex"),
@@ -49,6 +49,7 @@ _ALLOWED_GLOBALS = frozenset({
     ("pandas._libs.internals", "_unpickle_block"), ("pandas.arrays", "ArrowStringArray"),
     ("pandas.core.indexes.base", "_new_Index"), ("pandas.core.internals.managers", "BlockManager"),
     ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "py_buffer"), ("pyarrow.lib", "type_for_alias"),
+    ("workers.checkpoint", "PartitionState"), ("workers.repeats", "RepeatedRequests"),
 })
 _STATE_PACKAGE = "detector.state"
 
