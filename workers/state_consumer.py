@@ -219,18 +219,22 @@ class StateConsumer:
 
     # Ownership ----------------------------------------------------------------
 
-    def rebalance(self) -> None:
-        """Renew leases, write and give up partitions above the fair share, and take over free ones."""
+    def rebalance(self) -> dict[int, int]:
+        """Renew leases, write and give up partitions above the fair share, and take over free ones.
+
+        Returns each partition taken over (or reloaded after a failed batch)
+        with the number of pending entries replayed onto its checkpoint.
+        """
         gained, lost = self.leases.rebalance(before_release=self.checkpoint)
         for partition in lost:
             self._changed.discard(partition)
             if self.owned.pop(partition, None) is not None:
                 logger.info("state worker %s gave up partition %d", self.settings.owner, partition)
-        for partition in sorted(gained | (self._stale & set(self.owned))):
-            self._take_over(partition)
+        self._stale &= set(self.owned) | gained
+        return {partition: self._take_over(partition) for partition in sorted(gained | self._stale)}
 
-    def _take_over(self, partition: int) -> None:
-        """Load the partition's checkpoint, then apply its pending entries after the checkpoint's last id."""
+    def _take_over(self, partition: int) -> int:
+        """Load the partition's checkpoint, then apply its pending entries after the checkpoint's last id; return how many."""
         self._stale.discard(partition)
         self.owned[partition] = self._load_checkpoint(partition)
         self._checkpointed_at[partition] = self.clock()
@@ -239,6 +243,7 @@ class StateConsumer:
             "state worker %s owns partition %d from entry %s, %d pending entries replayed",
             self.settings.owner, partition, _text(self.owned[partition].last_id), replayed,
         )
+        return replayed
 
     def _load_checkpoint(self, partition: int) -> PartitionState:
         data = self.checkpoints.load(partition)
