@@ -158,10 +158,11 @@ def apply_policy(
     A caller whose detectors do not repeat the findings of the policy's merge
     window, such as the state worker, passes ``stored_findings`` (see
     ``DecisionStore.findings_between``) and ``context_since``, the earliest
-    time its findings may have. The flagged subjects' stored findings from
-    ``context_since`` minus the merge window on then join the decisions'
-    reasons and evidence as context, except those with the id of a finding
-    in ``findings``, which a redelivered batch makes again.
+    time its findings may have. The stored findings of the subjects that
+    may get a decision, from ``context_since`` minus the merge window to the
+    newest of ``findings``, then join the decisions' reasons and evidence
+    as context. Those with the id of a finding in ``findings``, which a
+    redelivered batch makes again, are left out.
     """
     flagged = {(finding.subject_type, finding.subject) for finding in findings}
     existing = prior(flagged) if prior and flagged else []
@@ -170,12 +171,32 @@ def apply_policy(
     capped = suspensions(*_hours_spanned(findings)) if suspensions and findings else []
     context: list[Finding] = []
     if stored_findings is not None and context_since is not None and flagged:
-        start = context_since - policy.merge_window.total_seconds()
-        again = {finding_id(finding) for finding in findings}
-        end = max(finding.detected_at for finding in findings) + 1.0
-        context = [found for found in stored_findings(flagged, start, end) if finding_id(found) not in again]
+        context = _stored_context(findings, policy, stored_findings, context_since)
     outcome = decide(findings, policy, existing, now=now, simulated=simulated, suspensions=capped, context=context)
     return outcome, existing
+
+
+def _stored_context(
+    findings: list[Finding], policy: Policy, stored_findings: FindingsLookup, since: float
+) -> list[Finding]:
+    """Return the stored findings that ``apply_policy`` gives ``decide`` as context.
+
+    Only subjects with a finding that some rule matches can get a decision,
+    so only their stored findings are read. A stream batch returns the
+    automation pattern of every subject it touches, and no shipped rule
+    matches those, so this keeps the query small.
+    """
+    actionable = {
+        (finding.subject_type, finding.subject)
+        for finding in findings
+        if policy.rule_for(finding.reason, finding.score, finding.impact, finding.evidence.get("kind")) is not None
+    }
+    if not actionable:
+        return []
+    start = since - policy.merge_window.total_seconds()
+    end = max(finding.detected_at for finding in findings) + 1.0
+    again = {finding_id(finding) for finding in findings}
+    return [found for found in stored_findings(actionable, start, end) if finding_id(found) not in again]
 
 
 def plan_changed_since(prepared: PreparedEvents, plan: pd.Series, since: float) -> bool:

@@ -14,6 +14,8 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from detector.batch import BatchOptions, run_batch
 from detector.gateway_import import ImportReport, StreamSink
@@ -22,7 +24,8 @@ from detector.pipeline import default_detectors
 from detector.readers import read_events
 from detector.simulate import simulate_traffic
 from detector.store import open_store
-from detector.store.repository import finding_id
+from detector.store.models import FindingRow
+from detector.store.repository import _to_finding, finding_id
 from fairuse_gateway.partitions import event_stream, partition_of_event, partition_stream
 from tests.conftest import REDIS_URL
 from tests.factories import T0, record
@@ -100,8 +103,8 @@ def _decision_keys(decisions) -> set[tuple]:
 
 
 def _all_findings(store):
-    subjects = {(decision.subject_type, decision.subject) for decision in store.all_decisions()}
-    return store.findings_between(subjects, 0.0, 4102444800.0)
+    with Session(store.engine) as session:
+        return [_to_finding(row) for row in session.scalars(select(FindingRow))]
 
 
 def _counted_findings(findings) -> set[str]:
@@ -127,6 +130,7 @@ def test_one_partition_equals_batch(make_worker, redis_client, redis_prefix, sim
     _drain(worker)
 
     assert len(simulation["decisions"]) >= 10
+    assert len(simulation["findings"]) >= 100
     assert _decision_keys(make_worker.store.all_decisions()) == simulation["decisions"]
     assert _counted_findings(_all_findings(make_worker.store)) == simulation["findings"]
     assert _pending(redis_client, f"{redis_prefix}:events") == 0
@@ -252,6 +256,40 @@ def _id(entry_id) -> tuple[int, int]:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     milliseconds, _, sequence = text.partition("-")
     return int(milliseconds), int(sequence)
+
+
+def test_stalled_owner_cannot_overwrite_checkpoint(make_worker, redis_client, redis_prefix):
+    stalled = make_worker("stalled", checkpoint_seconds=1e9)
+    redis_client.xadd(f"{redis_prefix}:events", {"event": orjson.dumps(record(1, ts=T0))})
+    stalled.process_once()
+    # The stalled worker's lease runs out, and another worker takes the partition over.
+    redis_client.delete(f"{redis_prefix}:lease:0")
+    owner = make_worker("owner")
+    owner.rebalance()
+    owner.checkpoint({0})
+    written = redis_client.get(f"{redis_prefix}:state:0")
+
+    assert stalled.checkpoint({0}) == set()
+    assert 0 not in stalled.owned
+    assert redis_client.get(f"{redis_prefix}:state:0") == written
+
+
+def test_entries_read_after_lease_applied_by_owner(make_worker, redis_client, redis_prefix):
+    stream = f"{redis_prefix}:events"
+    owner = make_worker("owner")
+    owner.rebalance()
+    for number in range(5):
+        redis_client.xadd(stream, {"event": orjson.dumps(record(number, ts=T0 + number))})
+    # A previous owner, past its lease, reads the entries as p0 and dies before its checkpoint.
+    redis_client.xreadgroup(GROUP, "p0", {stream: ">"}, count=10)
+
+    outcome = owner.process_once()
+
+    assert outcome.events == 5
+    assert owner.owned[0].last_id == redis_client.xrange(stream)[-1][0]
+    assert _pending(redis_client, stream) == 5
+    owner.checkpoint({0})
+    assert _pending(redis_client, stream) == 0
 
 
 def test_checkpoint_key_expires_after_retention(make_worker, redis_client, redis_prefix):

@@ -158,6 +158,17 @@ def load_state(data: bytes, detectors: Sequence[Detector], plans: PlanCatalogue)
     return state
 
 
+# Writes a checkpoint only while the lease still names its writer. KEYS: checkpoint, lease.
+# ARGV: bytes, TTL in seconds, owner. Returns 1 when written, 0 when another worker owns the partition.
+_SAVE_SCRIPT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 class Checkpoints:
     """Partition checkpoints in Redis: ``{prefix}:state:{partition}``, expiring ``ttl_seconds`` after each write."""
 
@@ -165,12 +176,17 @@ class Checkpoints:
         self.client = client
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
+        self._save = client.register_script(_SAVE_SCRIPT)
 
     def key(self, partition: int) -> str:
         return f"{self.prefix}:state:{partition}"
 
-    def save(self, partition: int, data: bytes) -> None:
-        self.client.set(self.key(partition), data, ex=self.ttl_seconds)
+    def save(self, partition: int, data: bytes, *, lease_key: str, owner: str) -> bool:
+        """Write ``data`` as the partition's checkpoint if ``lease_key`` still names ``owner``; return whether it did.
+
+        So a worker that stalled past its lease cannot overwrite the checkpoint of the partition's new owner.
+        """
+        return bool(self._save(keys=[self.key(partition), lease_key], args=[data, self.ttl_seconds, owner]))
 
     def load(self, partition: int) -> bytes | None:
         return self.client.get(self.key(partition))

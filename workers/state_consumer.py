@@ -31,6 +31,12 @@ gives it only the new events. docs/streaming-state.md gives the design.
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
   ended before its newest event are scored (``StateScorer.close``).
 
+Not done here, unlike the window worker: the hourly activity behind the
+review console's charts (``ActivityLog``) is not written, because it
+replaces whole hours with distinct counts that a chunk alone cannot give;
+the shadow model does not run; and a model activated later is used only
+after a restart.
+
 Late events and plan changes make a subject inexact: its findings may
 differ from a batch pass. They are counted in ``BatchOutcome.inexact`` and
 logged at DEBUG. Re-scoring such subjects is not built (see
@@ -204,6 +210,10 @@ class StateConsumer:
         outcome = BatchOutcome()
         caught_up = set()
         for partition in sorted(self.owned):
+            # A round over several partitions can outlast a lease, so each is renewed before every batch.
+            self._renew()
+            if partition not in self.owned:
+                continue
             read = self._read_new(partition, block_ms=None)
             if read.entries == 0:
                 caught_up.add(partition)
@@ -226,6 +236,7 @@ class StateConsumer:
         now = self.clock()
         due = {partition for partition in self.owned if now - self._checkpointed_at.get(partition, -1e18) >= self.settings.checkpoint_seconds}
         self.checkpoint(due)
+        outcome.add(self._adopt_orphans(caught_up | due))
         if now - self._closed_at >= self.settings.close_seconds:
             self._closed_at = now
             outcome.add(self.close_quiet_keys())
@@ -241,11 +252,22 @@ class StateConsumer:
         """
         gained, lost = self.leases.rebalance(before_release=self.checkpoint)
         for partition in lost:
-            self._changed.discard(partition)
-            if self.owned.pop(partition, None) is not None:
-                logger.info("state worker %s gave up partition %d", self.settings.owner, partition)
+            self._drop(partition)
         self._stale &= set(self.owned) | gained
         return {partition: self._take_over(partition) for partition in sorted(gained | self._stale)}
+
+    def _renew(self) -> None:
+        """Extend the leases, and drop the partitions whose lease expired or another worker took."""
+        for partition in self.leases.renew():
+            self._drop(partition)
+
+    def _drop(self, partition: int) -> None:
+        """Forget a partition this worker no longer owns, without writing its state."""
+        self._changed.discard(partition)
+        self._stale.discard(partition)
+        self.leases.owned.discard(partition)
+        if self.owned.pop(partition, None) is not None:
+            logger.info("state worker %s gave up partition %d", self.settings.owner, partition)
 
     def _take_over(self, partition: int) -> int:
         """Load the partition's checkpoint, then apply its pending entries after the checkpoint's last id; return how many."""
@@ -340,7 +362,9 @@ class StateConsumer:
             self._score(partition, state, frame, outcome)
 
         dead_letter(self.client, self.settings.dead_letter, parsed.dead, f"{self.settings.owner}/p{partition}")
-        state.last_id = entries[-1][0]
+        # Entries of a previous owner (see _adopt_orphans) may come before the last id; it never moves back.
+        if state.last_id is None or _after(entries[-1][0], state.last_id):
+            state.last_id = entries[-1][0]
         state.unacknowledged.extend(entry_id for entry_id, _ in entries)
         self._changed.add(partition)
         logger.info(
@@ -396,18 +420,26 @@ class StateConsumer:
 
     # Checkpoints --------------------------------------------------------------
 
-    def checkpoint(self, partitions: Iterable[int]) -> None:
-        """Write the changed state of ``partitions`` to Redis, then acknowledge the entries it contains.
+    def checkpoint(self, partitions: Iterable[int]) -> set[int]:
+        """Write the changed state of ``partitions`` to Redis, then acknowledge the entries it contains; return those written.
 
-        A partition whose last batch failed is skipped: its state is reloaded, not written.
+        A partition whose last batch failed is skipped: its state is reloaded,
+        not written. So is one whose lease another worker holds now.
         """
+        written: set[int] = set()
         for partition in sorted(set(partitions) & self._changed):
             if partition in self._stale or partition not in self.owned:
                 continue
             state = self.owned[partition]
             started = time.perf_counter()
             data = dump_state(state, self.detectors, self.plans)
-            self.checkpoints.save(partition, data)
+            if not self.checkpoints.save(partition, data, lease_key=self.leases.key(partition), owner=self.settings.owner):
+                logger.warning(
+                    "state worker %s: partition %d is owned by another worker now; its state was not written",
+                    self.settings.owner, partition,
+                )
+                self._drop(partition)
+                continue
             acknowledged = len(state.unacknowledged)
             stream = self.settings.partition_stream(partition)
             for first in range(0, acknowledged, 10_000):
@@ -415,10 +447,32 @@ class StateConsumer:
             state.unacknowledged.clear()
             self._changed.discard(partition)
             self._checkpointed_at[partition] = self.clock()
+            written.add(partition)
             logger.debug(
                 "partition %d: checkpoint of %d bytes up to entry %s in %.3f s, %d entries acknowledged",
                 partition, len(data), _text(state.last_id), time.perf_counter() - started, acknowledged,
             )
+        return written
+
+    def _adopt_orphans(self, partitions: set[int]) -> BatchOutcome:
+        """Apply the entries pending in ``partitions`` once a checkpoint acknowledged everything this worker read.
+
+        Only a previous owner that kept reading after its lease ran out leaves
+        such entries: it read them as ``p{n}`` and then failed to write its
+        checkpoint. They are applied now, possibly as late events.
+        """
+        outcome = BatchOutcome()
+        for partition in sorted((partitions & set(self.owned)) - self._stale):
+            if self.owned[partition].unacknowledged:
+                continue  # this worker's own entries are pending too, so the pending ones are not all orphans
+            entries = self._read(partition, b"0", block_ms=None)
+            if entries:
+                logger.warning(
+                    "partition %d: %d entries read by a previous owner after its lease ended, applied now",
+                    partition, len(entries),
+                )
+                outcome.add(self.process_entries(partition, entries))
+        return outcome
 
 
 def _after(entry_id: bytes, last_id: bytes) -> bool:
