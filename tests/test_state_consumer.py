@@ -134,6 +134,8 @@ def test_one_partition_equals_batch(make_worker, redis_client, redis_prefix, sim
     assert _decision_keys(make_worker.store.all_decisions()) == simulation["decisions"]
     assert _counted_findings(_all_findings(make_worker.store)) == simulation["findings"]
     assert _pending(redis_client, f"{redis_prefix}:events") == 0
+    last_entry = redis_client.xrevrange(f"{redis_prefix}:events", count=1)[0][0]
+    assert redis_client.get(worker.applied_key(0)) == last_entry
 
 
 def test_three_partitions_two_workers_equal_batch(make_worker, redis_client, redis_prefix, simulation):

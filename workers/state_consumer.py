@@ -13,9 +13,8 @@ gives it only the new events. docs/streaming-state.md gives the design.
 - Reading. A partition's stream is read through the consumer group under
   the consumer name ``p{n}``, the partition's and not the process's, so a
   new owner finds the entries its predecessor read and did not acknowledge.
-- Checkpoints. Every ``checkpoint_seconds``, at most once a second while
-  a partition has no entries waiting, and before a partition is given up,
-  the partition's state goes to ``{prefix}:state:{n}``
+- Checkpoints. Every ``checkpoint_seconds``, and before a partition is
+  given up, the partition's state goes to ``{prefix}:state:{n}``
   (``workers.checkpoint``) with the id of the last entry it contains. Only
   then are the entries up to that id acknowledged. A new owner loads the
   checkpoint, acknowledges the pending entries up to its id and applies
@@ -74,9 +73,6 @@ from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 
 logger = logging.getLogger(__name__)
-
-# Shortest time between two checkpoints of a partition that has no entries waiting, in seconds.
-IDLE_CHECKPOINT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +144,14 @@ class StateConsumer:
         self._closed_at = clock()
         self._next_block = 0
 
+    def applied_key(self, partition: int) -> str:
+        """Return the key of the id of the last entry applied to the partition's state, checkpointed or not.
+
+        Compared with the checkpoint's id, it tells how much a new owner would
+        replay. ``scripts/bench_stream.py`` waits for it.
+        """
+        return f"{self.settings.prefix}:state-applied:{partition}"
+
     # Loop ---------------------------------------------------------------------
 
     def ensure_groups(self) -> None:
@@ -218,12 +222,6 @@ class StateConsumer:
             if read.entries == 0:
                 caught_up.add(partition)
             outcome.add(read)
-        # A partition with nothing waiting is checkpointed early, so that its entries are acknowledged
-        # soon after they are applied. At most once a second, because each checkpoint writes the whole
-        # state: 22 MB for the simulated 500-key week.
-        now = self.clock()
-        early = min(self.settings.checkpoint_seconds, IDLE_CHECKPOINT_SECONDS)
-        self.checkpoint({partition for partition in caught_up if now - self._checkpointed_at.get(partition, -1e18) >= early})
         if outcome.entries == 0 and self.owned:
             # Wait for entries on one partition, taking them in turn, so that an idle worker does not spin.
             partitions = sorted(self.owned)
@@ -365,6 +363,7 @@ class StateConsumer:
         # Entries of a previous owner (see _adopt_orphans) may come before the last id; it never moves back.
         if state.last_id is None or _after(entries[-1][0], state.last_id):
             state.last_id = entries[-1][0]
+            self.client.set(self.applied_key(partition), state.last_id, ex=self.settings.checkpoint_ttl_seconds)
         state.unacknowledged.extend(entry_id for entry_id, _ in entries)
         self._changed.add(partition)
         logger.info(
