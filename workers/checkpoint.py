@@ -60,7 +60,7 @@ class CheckpointError(ValueError):
 
 @dataclass(slots=True)
 class PartitionState:
-    """What a worker keeps in memory for one partition it owns, and writes as its checkpoint.
+    """The state a worker keeps in memory for one partition it owns, and writes as its checkpoint.
 
     ``last_id`` is the stream id of the last entry the state contains, or
     None before the first. ``newest`` is the partition's newest event time
