@@ -263,7 +263,8 @@ def api(host, port, database_url, redis_url, prefix) -> None:
               help="Seconds between reads of the active model and shadow from the registry.")
 @click.option("--state", "use_state", is_flag=True,
               help="Score on in-memory per-subject state, owning partitions of the stream, instead of re-scoring "
-                   "stored windows (see docs/streaming-state.md).")
+                   "stored windows (see docs/streaming-state.md). --claim-idle-ms and --model-refresh do not apply: "
+                   "partitions move by lease, and the model is the one active at start.")
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(1),
               help="With --state: partitioned streams PREFIX:events:0 to N-1 (PREFIX:events when 1). "
                    "Gateways must append with the same number.")
