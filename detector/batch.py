@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections import Counter
@@ -93,11 +94,10 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     hosting_from_environment()
 
     _check_output_paths(options)
-    importer = _import_model_libraries_in_background() if options.use_model else None
+    importer = _import_libraries_in_background(model=options.use_model)
     read = read_events(options.paths, format=options.format, progress=progress)
-    if importer is not None:
-        # Joined here, so no thread runs when the detectors fork.
-        importer.join()
+    # Joined here, so no thread runs when the detectors fork.
+    importer.join()
     warnings = list(read.warnings)
     rejects_path = _write_rejects(read, options)
     _check_reject_share(read, options, rejects_path)
@@ -167,21 +167,23 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     return report
 
 
-def _import_model_libraries_in_background() -> threading.Thread:
-    """Start importing skops and scikit-learn, about a second of work, while the events are read.
+def _import_libraries_in_background(*, model: bool) -> threading.Thread:
+    """Start importing Alembic and, with ``model``, skops and scikit-learn while the events are read.
 
-    Reading waits on Arrow's parser, which releases the GIL, so the import
-    mostly fills idle time. An import error is left for ``load_model`` to report.
+    Together about a second of work. Reading waits on Arrow's parser, which
+    releases the GIL, so the imports mostly fill idle time. An import error
+    is left for ``open_store`` or ``load_model`` to report.
     """
+    names = ["alembic.command", "alembic.config"] + (["skops.io", "sklearn.ensemble"] if model else [])
 
     def import_libraries() -> None:
-        try:
-            import skops.io  # noqa: F401
-            import sklearn.ensemble  # noqa: F401
-        except ImportError:
-            pass
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
 
-    thread = threading.Thread(target=import_libraries, name="fairuse-model-import", daemon=True)
+    thread = threading.Thread(target=import_libraries, name="fairuse-import", daemon=True)
     thread.start()
     return thread
 

@@ -261,7 +261,17 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--policy", type=click.Path(path_type=Path), help="Policy TOML (default: $FAIRUSE_POLICY or the shipped one).")
 @click.option("--model-refresh", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between reads of the active model and shadow from the registry.")
-def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy, model_refresh) -> None:
+@click.option("--state", "use_state", is_flag=True,
+              help="Score on in-memory per-subject state, owning partitions of the stream, instead of re-scoring "
+                   "stored windows (see docs/streaming-state.md). --claim-idle-ms and --model-refresh do not apply: "
+                   "partitions move by lease, and the model is the one active at start.")
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1),
+              help="With --state: partitioned streams PREFIX:events:0 to N-1 (PREFIX:events when 1). "
+                   "Gateways must append with the same number.")
+@click.option("--checkpoint-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --state: seconds between writes of each partition's state to Redis.")
+def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy, model_refresh,
+           use_state, partitions, checkpoint_seconds) -> None:
     """Consume the Redis event stream: score, store and publish decisions until stopped."""
     import signal
     import threading
@@ -276,9 +286,18 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     from workers.publish import DecisionPublisher
     from workers.window import EventWindows
 
+    if partitions > 1 and not use_state:
+        raise click.UsageError("--partitions needs --state: the window worker reads one stream")
     client = redis_library.Redis.from_url(redis_url)
     store = open_store(database_url)
     policy = load_policy(policy)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if use_state:
+        _run_state_worker(client, store, prefix, load_plans(plans), policy, no_model, batch_size, partitions,
+                          checkpoint_seconds, stop)
+        return
     # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
     models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
     consumer = StreamConsumer(
@@ -290,9 +309,21 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
         ),
         models=models,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    consumer.run(stop)
+
+
+def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds, stop) -> None:
+    """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
+    from detector.model_switch import ModelSwitch
+    from workers.publish import DecisionPublisher
+    from workers.state_consumer import StateConsumer, StateSettings
+
+    # The detectors stay those of the start: a model activated later is used after a restart.
+    detectors = ModelSwitch(store, policy=policy, use_model=not no_model).detectors()
+    consumer = StateConsumer(
+        client, store, plans=plans, policy=policy, detectors=detectors, publisher=DecisionPublisher(client, prefix=prefix),
+        settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
+    )
     consumer.run(stop)
 
 

@@ -62,8 +62,10 @@ def _plan_pairs(pairs: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--rejects", type=click.Path(path_type=Path), default=Path("fairuse-rejects.txt"), show_default=True,
               help="Where rejected rows are written, one 'SOURCE:ROW: FIELD: REASON' line each.")
 @click.option("--no-model", is_flag=True, help="Skip the IsolationForest anomaly detector (store target).")
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1),
+              help="Partitioned streams the workers read: with N above 1, events go to PREFIX:events:0 to N-1 by account.")
 def import_command(kind, source_url, config, name, quota_per_usd, credits_per_usd, plan_pairs, target, follow, interval,
-                   settle_seconds, context_hours, batch_size, database_url, redis_url, prefix, rejects, no_model) -> None:
+                   settle_seconds, context_hours, batch_size, database_url, redis_url, prefix, rejects, no_model, partitions) -> None:
     """Import a gateway's request log (KIND: newapi, oneapi or litellm) from its database."""
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
@@ -85,7 +87,7 @@ def import_command(kind, source_url, config, name, quota_per_usd, credits_per_us
         _fail(error)
 
     target = target or ("stream" if follow else "store")
-    sink = _sink(target, store, redis_url, prefix, context_hours, no_model)
+    sink = _sink(target, store, redis_url, prefix, context_hours, no_model, partitions)
     importer = Importer(reader, store.engine, sink, batch_size=batch_size, settle_seconds=settle_seconds)
 
     def report(result) -> None:
@@ -111,13 +113,13 @@ def import_command(kind, source_url, config, name, quota_per_usd, credits_per_us
     importer.follow(stop, interval, on_pass=lambda result: report(result) if result.rows else None)
 
 
-def _sink(target, store, redis_url, prefix, context_hours, no_model):
+def _sink(target, store, redis_url, prefix, context_hours, no_model, partitions=1):
     from detector.gateway_import import StoreSink, StreamSink
 
     if target == "stream":
         import redis as redis_library
 
-        return StreamSink(redis_library.Redis.from_url(redis_url), f"{prefix}:events")
+        return StreamSink(redis_library.Redis.from_url(redis_url), f"{prefix}:events", partitions=partitions)
 
     from detector.model_registry import ModelError, load_model
     from detector.plans import load_plans
@@ -158,7 +160,9 @@ PUSH_CHUNK = 10_000
 @click.option("--prefix", default=_PREFIX_DEFAULT, show_default="fairuse or $FAIRUSE_PREFIX", help="Redis key prefix of the stream.")
 @click.option("--rejects", type=click.Path(path_type=Path), default=Path("fairuse-rejects.txt"), show_default=True,
               help="File the rejected records are appended to.")
-def push_command(paths, input_format, redis_url, prefix, rejects) -> None:
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1),
+              help="Partitioned streams the workers read: with N above 1, events go to PREFIX:events:0 to N-1 by account.")
+def push_command(paths, input_format, redis_url, prefix, rejects, partitions) -> None:
     """Append event files to the stream the workers consume, as a gateway would: to try or replay the stream path."""
     import redis as redis_library
 
@@ -176,7 +180,7 @@ def push_command(paths, input_format, redis_url, prefix, rejects) -> None:
     if read.frame.empty:
         _fail(f"no valid events in {', '.join(map(str, paths))}; see {rejects}")
 
-    sink = StreamSink(redis_library.Redis.from_url(redis_url), f"{prefix}:events")
+    sink = StreamSink(redis_library.Redis.from_url(redis_url), f"{prefix}:events", partitions=partitions)
     try:
         for start in range(0, len(read.frame), PUSH_CHUNK):
             sink.send(read.frame.iloc[start:start + PUSH_CHUNK], read.frame.iloc[:0], ImportReport())

@@ -30,6 +30,7 @@ from detector.policy import Policy
 from detector.readers.gateways import LogBatch, LogReader, load_cursor, save_cursor
 from detector.readers.validate import validate_records
 from detector.store import DecisionStore
+from fairuse_gateway.partitions import event_stream
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +87,27 @@ class StoreSink:
 
 
 class StreamSink:
-    """Append events to the Redis stream the workers consume, one ``event`` field of JSON each."""
+    """Append events to the Redis stream the workers consume, one ``event`` field of JSON each.
+
+    With ``partitions`` above 1, each event goes to its partition's stream
+    (see ``fairuse_gateway.partitions``).
+    """
 
     context_seconds = 0.0
 
-    def __init__(self, client: redis.Redis, stream: str, maxlen: int = 1_000_000) -> None:
+    def __init__(self, client: redis.Redis, stream: str, maxlen: int = 1_000_000, partitions: int = 1) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {partitions}")
         self.client = client
         self.stream = stream
         self.maxlen = maxlen
+        self.partitions = partitions
 
     def send(self, events: pd.DataFrame, context: pd.DataFrame, report: ImportReport) -> None:
         pipeline = self.client.pipeline(transaction=False)
         for record in events.drop(columns=["subject_type"]).to_dict("records"):
-            pipeline.xadd(self.stream, {"event": orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)},
+            stream = event_stream(self.stream, record["account_id"], record["key_id"], self.partitions)
+            pipeline.xadd(stream, {"event": orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)},
                           maxlen=self.maxlen, approximate=True)
         pipeline.execute()
 

@@ -25,6 +25,7 @@ from detector.features.hosting import hosting_from_environment
 from detector.model_registry import AnomalyModel
 from detector.plans import PlanCatalogue
 from detector.policy import Policy, PolicyOutcome, decide
+from detector.store.repository import finding_id
 from detector.thresholds import build_detectors, load_thresholds, merged
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 PriorLookup = Callable[[Iterable[tuple[str, str]]], list[Decision]]
 SuspensionLookup = Callable[[datetime, datetime], list[Decision]]
 AllowlistLookup = Callable[[Iterable[tuple[str, str]]], set[tuple[str, str]]]
+FindingsLookup = Callable[[Iterable[tuple[str, str]], float, float], list[Finding]]
 
 # Smaller inputs, such as stream micro-batches, score in one process. NOTE: an
 # estimate, not a measured break-even: a fork and the findings sent back cost
@@ -126,18 +128,75 @@ def score_events(
         logger.debug("detector %s found %d", detector.reason, len(found))
         findings.extend(found)
 
-    flagged = {(finding.subject_type, finding.subject) for finding in findings}
-    existing = prior(flagged) if prior and flagged else []
-    if allowlisted and flagged:
-        policy = policy.with_allowlisted(allowlisted(flagged))
-    capped = suspensions(*_hours_spanned(findings)) if suspensions and findings else []
-    outcome = decide(findings, policy, existing, now=now, simulated=simulated, suspensions=capped)
+    outcome, existing = apply_policy(
+        findings, policy, prior=prior, suspensions=suspensions, allowlisted=allowlisted, now=now, simulated=simulated
+    )
     subjects = risk_table(prepared, findings, outcome.decisions)
     gaps = evidence_gaps(detectors, prepared)
     subjects["evidence_gaps"] = [gaps.get(code, []) for code in subjects["code"]]
     subjects = subjects.drop(columns="code")
     outcome.warnings.extend(gap_warnings(gaps))
     return ScoringResult(findings=findings, subjects=subjects, outcome=outcome, prepared=prepared, prior=existing)
+
+
+def apply_policy(
+    findings: list[Finding],
+    policy: Policy,
+    *,
+    prior: PriorLookup | None = None,
+    suspensions: SuspensionLookup | None = None,
+    allowlisted: AllowlistLookup | None = None,
+    stored_findings: FindingsLookup | None = None,
+    context_since: float | None = None,
+    now: datetime | None = None,
+    simulated: bool | None = None,
+) -> tuple[PolicyOutcome, list[Decision]]:
+    """Decide on ``findings`` with the stored decisions, suspensions and allowlist; return the outcome and the prior decisions.
+
+    The batch command and both stream workers decide through this function.
+    ``prior``, ``suspensions`` and ``allowlisted`` are as in ``score_events``.
+    A caller whose detectors do not repeat the findings of the policy's merge
+    window, such as the state worker, passes ``stored_findings`` (see
+    ``DecisionStore.findings_between``) and ``context_since``, the earliest
+    time its findings may have. The stored findings of the subjects that
+    may get a decision, from ``context_since`` minus the merge window to the
+    newest of ``findings``, then join the decisions' reasons and evidence
+    as context. Those with the id of a finding in ``findings``, which a
+    redelivered batch makes again, are left out.
+    """
+    flagged = {(finding.subject_type, finding.subject) for finding in findings}
+    existing = prior(flagged) if prior and flagged else []
+    if allowlisted and flagged:
+        policy = policy.with_allowlisted(allowlisted(flagged))
+    capped = suspensions(*_hours_spanned(findings)) if suspensions and findings else []
+    context: list[Finding] = []
+    if stored_findings is not None and context_since is not None and flagged:
+        context = _stored_context(findings, policy, stored_findings, context_since)
+    outcome = decide(findings, policy, existing, now=now, simulated=simulated, suspensions=capped, context=context)
+    return outcome, existing
+
+
+def _stored_context(
+    findings: list[Finding], policy: Policy, stored_findings: FindingsLookup, since: float
+) -> list[Finding]:
+    """Return the stored findings that ``apply_policy`` gives ``decide`` as context.
+
+    Only subjects with a finding that some rule matches can get a decision,
+    so only their stored findings are read. A stream batch returns the
+    automation pattern of every subject it touches, and no shipped rule
+    matches those, so this keeps the query small.
+    """
+    actionable = {
+        (finding.subject_type, finding.subject)
+        for finding in findings
+        if policy.rule_for(finding.reason, finding.score, finding.impact, finding.evidence.get("kind")) is not None
+    }
+    if not actionable:
+        return []
+    start = since - policy.merge_window.total_seconds()
+    end = max(finding.detected_at for finding in findings) + 1.0
+    again = {finding_id(finding) for finding in findings}
+    return [found for found in stored_findings(actionable, start, end) if finding_id(found) not in again]
 
 
 def plan_changed_since(prepared: PreparedEvents, plan: pd.Series, since: float) -> bool:

@@ -22,6 +22,7 @@ import redis
 from litellm.integrations.custom_logger import CustomLogger
 
 from fairuse_gateway.litellm_endpoints import ENDPOINTS
+from fairuse_gateway.partitions import event_stream
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ class FairuseLogger(CustomLogger):
 
     ``plan_of`` maps LiteLLM's logging metadata to a plan name (default: the
     team alias, else ``default``). ``credits_per_usd`` converts LiteLLM's
-    ``response_cost`` (US dollars) into plan credits.
+    ``response_cost`` (US dollars) into plan credits. With ``partitions``
+    above 1, each event goes to its partition's stream, ``{stream}:{n}``
+    (see ``fairuse_gateway.partitions``); every gateway and worker must use the same number.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class FairuseLogger(CustomLogger):
         *,
         stream: str = "fairuse:events",
         maxlen: int = 1_000_000,
+        partitions: int = 1,
         credits_per_usd: float = 1.0,
         plan_of: Callable[[Mapping[str, Any]], str] | None = None,
         client: redis.Redis | None = None,
@@ -49,6 +53,9 @@ class FairuseLogger(CustomLogger):
         self.client = client or redis.Redis.from_url(url, socket_timeout=0.1, socket_connect_timeout=0.1)
         self.stream = stream
         self.maxlen = maxlen
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {partitions}")
+        self.partitions = partitions
         self.credits_per_usd = credits_per_usd
         self.plan_of = plan_of or _team_alias_or_default
         self.failures = 0
@@ -100,7 +107,8 @@ class FairuseLogger(CustomLogger):
         if record is None:
             return
         try:
-            self.client.xadd(self.stream, {"event": orjson.dumps(record)}, maxlen=self.maxlen, approximate=True)
+            stream = event_stream(self.stream, record["account_id"], record["key_id"], self.partitions)
+            self.client.xadd(stream, {"event": orjson.dumps(record)}, maxlen=self.maxlen, approximate=True)
         except redis.RedisError as error:
             # Never fail the user's call because moderation is unreachable.
             self.failures += 1
@@ -125,4 +133,4 @@ def _image_count(call_type: str, response_obj: Any) -> int:
 
 proxy_handler_instance = None
 if os.environ.get("FAIRUSE_LITELLM_AUTOSTART") == "1":
-    proxy_handler_instance = FairuseLogger()
+    proxy_handler_instance = FairuseLogger(partitions=int(os.environ.get("FAIRUSE_PARTITIONS", "1")))

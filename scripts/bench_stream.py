@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
         [--batch-size 50000] [--rate 2000] [--warmup 10] [--redis redis://127.0.0.1:6379/0]
-        [--only throughput|lookup|latency] [--worker-log FILE] [--arrival-order]
+        [--only throughput|lookup|latency] [--worker-log FILE] [--arrival-order] [--path window|state]
 
 Measures, each under its own key prefix (removed afterwards):
 
@@ -35,6 +35,14 @@ a gateway would, when each response is done (``ts + latency_ms``), not sorted
 by ``ts``. A key with requests in flight at once then sends some of them
 after later-started ones, as the LiteLLM callback does.
 
+With ``--path state`` the workers are state workers (``fairuse worker
+--state``): one worker on one partition, and two workers sharing two
+partitioned streams. History is then fed through an in-process state worker
+first, whose checkpoint the timed workers load, instead of being stored as
+windows. A state worker acknowledges entries only at its next checkpoint
+(every 5 s), so its throughput is timed until the last entry of every
+partition is applied (``{prefix}:state-applied:{n}``), not acknowledged.
+
 With ``--worker-log FILE`` the workers run with ``-v`` and append their log
 to FILE, one line per micro-batch, so batch sizes can be read beside the figures.
 """
@@ -65,6 +73,8 @@ from detector.readers import read_json_lines
 from detector.simulate import simulate_traffic
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
+from detector.gateway_import import ImportReport, StreamSink
+from fairuse_gateway.partitions import partition_of_event, partition_stream
 from workers.consumer import StreamSettings
 from workers.publish import DecisionPublisher, subject_key
 from workers.window import EventWindows
@@ -74,6 +84,8 @@ SIMULATION_START = datetime(2026, 11, 23, tzinfo=UTC)
 WORKER_LOG: Path | None = None
 # Keys that send the latency test's background traffic.
 BACKGROUND_KEYS = 2000
+# The worker kind: "window" (fairuse worker) or "state" (fairuse worker --state), from --path.
+PATH = "window"
 
 
 def main() -> None:
@@ -96,9 +108,14 @@ def main() -> None:
     parser.add_argument(
         "--arrival-order", action="store_true", help="Append the throughput test's events as their responses end."
     )
+    parser.add_argument(
+        "--path", choices=["window", "state"], default="window",
+        help="Workers that re-score stored windows (the default) or score on in-memory state.",
+    )
     args = parser.parse_args()
-    global WORKER_LOG
+    global WORKER_LOG, PATH
     WORKER_LOG = args.worker_log
+    PATH = args.path
     client = redis.Redis.from_url(args.redis)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -118,6 +135,9 @@ def main() -> None:
 def print_throughput(
     client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lines: list[bytes]
 ) -> None:
+    if PATH == "state":
+        print_state_throughput(client, args, folder, history, lines)
+        return
     for backlog in (False, True):
         runs = [
             throughput(
@@ -131,6 +151,105 @@ def print_throughput(
             f"2 workers {runs[1]:,.0f} events/s on one stream, {runs[2]:,.0f} events/s on a stream each "
             f"({len(lines):,} events, {len(history):,} events of history, batches of {args.batch_size:,})"
         )
+
+
+def print_state_throughput(
+    client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lines: list[bytes]
+) -> None:
+    for backlog in (False, True):
+        runs = [
+            state_throughput(client, args.redis, lines, folder, count, history, args.batch_size, backlog=backlog)
+            for count in (1, 2)
+        ]
+        print(
+            f"state worker throughput, {'backlog' if backlog else 'live'}: 1 worker on 1 partition {runs[0]:,.0f} events/s, "
+            f"2 workers on 2 partitions {runs[1]:,.0f} events/s "
+            f"({len(lines):,} events, {len(history):,} events of history in the state, batches of {args.batch_size:,})"
+        )
+
+
+def state_throughput(
+    client: redis.Redis,
+    url: str,
+    lines: list[bytes],
+    folder: Path,
+    workers: int,
+    history: list[bytes],
+    batch_size: int,
+    timeout: float = 600,
+    backlog: bool = False,
+) -> float:
+    """Return events/s for ``workers`` state workers on as many partitions, until every entry is applied.
+
+    Timed as ``throughput`` times the window workers, except for the end (see the module docstring).
+    """
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    database = f"sqlite:///{folder}/{prefix}.db"
+    open_store(database)
+    streams = [partition_stream(f"{prefix}:events", partition, workers) for partition in range(workers)]
+    shares = _state_shares(lines, workers)
+    processes: list[subprocess.Popen] = []
+    try:
+        if history:
+            preload_state(client, prefix, database, read_json_lines(history, "history").frame, workers)
+        processes = start_workers(client, url, database, prefix, workers, batch_size, partitions=workers)
+        if backlog:
+            signal_workers(processes, signal.SIGSTOP)
+            _append_to_streams(client, streams, shares)
+            signal_workers(processes, signal.SIGCONT)
+        started = time.perf_counter()
+        if not backlog:
+            _append_to_streams(client, streams, shares)
+        last_ids = [client.xrevrange(stream, count=1)[0][0] for stream in streams]
+        while not all(
+            client.get(f"{prefix}:state-applied:{partition}") == last_id for partition, last_id in enumerate(last_ids)
+        ):
+            if time.perf_counter() - started > timeout:
+                raise SystemExit(f"workers did not drain {len(lines):,} events within {timeout:.0f} s")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop_workers(processes)
+        cleanup(client, prefix)
+    return len(lines) / elapsed
+
+
+def _state_shares(lines: list[bytes], partitions: int) -> list[list[bytes]]:
+    """Split ``lines`` by partition as a gateway would (``fairuse_gateway.partitions``), keeping their order."""
+    shares: list[list[bytes]] = [[] for _ in range(partitions)]
+    for line in lines:
+        event = orjson.loads(line)
+        shares[partition_of_event(event["account_id"], event["key_id"], partitions)].append(line)
+    return shares
+
+
+def _append_to_streams(client: redis.Redis, streams: list[str], shares: list[list[bytes]]) -> None:
+    step = 5000
+    for start in range(0, max(len(share) for share in shares), step):
+        for stream, share in zip(streams, shares):
+            append(client, stream, share[start : start + step])
+
+
+def preload_state(client: redis.Redis, prefix: str, database: str, frame: pd.DataFrame, partitions: int) -> None:
+    """Feed ``frame`` through an in-process state worker and stop it, so its checkpoints hold the history.
+
+    It uses the detectors of ``fairuse worker --state --no-model``, whose positions the checkpoints refer to.
+    """
+    from workers.state_consumer import StateConsumer, StateSettings
+
+    store = open_store(database)
+    StreamSink(client, f"{prefix}:events", partitions=partitions).send(frame, frame.iloc[:0], ImportReport())
+    worker = StateConsumer(
+        client, store, plans=load_plans(), policy=load_policy(), detectors=default_detectors(),
+        publisher=DecisionPublisher(client, prefix=prefix),
+        settings=StateSettings(prefix=prefix, partitions=partitions, owner="preload", block_ms=10, close_seconds=1e9),
+    )
+    worker.ensure_groups()
+    while worker.process_once().entries:
+        pass
+    worker.stop()
+    # The workers' fair share counts live workers, so the preloading one must not count.
+    client.delete(worker.leases.workers_key)
 
 
 def print_latency(client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes]) -> None:
@@ -279,17 +398,23 @@ def _drained(client: redis.Redis, stream: str, entries: int) -> bool:
 
 
 def start_workers(
-    client: redis.Redis, url: str, database: str, prefix: str, count: int, batch_size: int
+    client: redis.Redis, url: str, database: str, prefix: str, count: int, batch_size: int, partitions: int = 1
 ) -> list[subprocess.Popen]:
-    """Start ``count`` ``fairuse worker`` processes without the anomaly model; return once they can take entries."""
+    """Start ``count`` ``fairuse worker`` processes without the anomaly model; return once they can take entries.
+
+    With ``--path state`` they are state workers on ``partitions`` partitions.
+    """
     command = [
         sys.executable, "-m", "detector.cli", *(["-v"] if WORKER_LOG else []), "worker", "--db", database, "--redis", url,
         "--prefix", prefix, "--no-model", "--batch-size", str(batch_size),
     ]
+    if PATH == "state":
+        command += ["--state", "--partitions", str(partitions)]
     log = WORKER_LOG.open("ab") if WORKER_LOG else subprocess.DEVNULL
     processes = [subprocess.Popen(command, stderr=log) for _ in range(count)]
     ready = time.perf_counter()
-    while not client.exists(f"{prefix}:events"):
+    first_stream = partition_stream(f"{prefix}:events", 0, partitions)
+    while not _workers_ready(client, prefix, first_stream, count, partitions):
         if time.perf_counter() - ready > 120:
             stop_workers(processes)
             raise SystemExit("workers did not start within 120 s")
@@ -298,6 +423,16 @@ def start_workers(
     # every worker a moment to finish starting after the first one made the group.
     time.sleep(3.0)
     return processes
+
+
+def _workers_ready(client: redis.Redis, prefix: str, first_stream: str, count: int, partitions: int) -> bool:
+    """Return whether the consumer group exists and, for state workers, all of them run and every partition is owned."""
+    if not client.exists(first_stream) or not client.xinfo_groups(first_stream):
+        return False
+    if PATH != "state":
+        return True
+    leases = client.exists(*[f"{prefix}:lease:{partition}" for partition in range(partitions)])
+    return leases == partitions and client.zcard(f"{prefix}:workers") == count
 
 
 def signal_workers(processes: list[subprocess.Popen], number: int) -> None:
@@ -370,7 +505,11 @@ def append_to_decision(
     database = f"sqlite:///{folder}/{prefix}.db"
     open_store(database)
     if history:
-        preload(client, prefix, database, _background_history(history, time.time() - history_end))
+        frame = _background_history(history, time.time() - history_end)
+        if PATH == "state":
+            preload_state(client, prefix, database, frame, 1)
+        else:
+            preload(client, prefix, database, frame)
     processes = start_workers(client, url, database, prefix, 1, batch_size)
     latencies: dict[int, float] = {}
     try:

@@ -89,7 +89,7 @@ def test_malformed_entries_dead_lettered_not_blocking(make_consumer, redis_clien
 
 
 def test_oversized_entry_dead_lettered(make_consumer, redis_client, monkeypatch):
-    monkeypatch.setattr("workers.consumer.MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr("workers.entries.MAX_LINE_BYTES", 4096)
     consumer = make_consumer()
     _append(redis_client, consumer.settings.stream, [_event(1, user_agent="x" * 5000), _event(2)])
 

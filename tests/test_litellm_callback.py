@@ -90,3 +90,24 @@ def test_unreachable_redis_does_not_fail_call(redis_prefix):
     while time.monotonic() < deadline and logger.failures == 0:
         time.sleep(0.02)
     assert logger.failures == 1
+
+
+def test_partitioned_callback_appends_to_account_partition(callback, redis_client):
+    from fairuse_gateway.partitions import partition_of_event
+
+    callback.partitions = 3
+    litellm.completion(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], mock_response="hello",
+        metadata={"user_api_key_hash": "hashed-key", "user_api_key_user_id": "acct-9"},
+    )
+
+    partition = partition_of_event("acct-9", "hashed-key", 3)
+    events = _sent(redis_client, f"{callback.stream}:{partition}")
+
+    assert [event["account_id"] for event in events] == ["acct-9"]
+    assert not redis_client.exists(callback.stream)
+
+
+def test_callback_rejects_zero_partitions(redis_client):
+    with pytest.raises(ValueError, match="partitions must be at least 1, not 0"):
+        FairuseLogger(client=redis_client, partitions=0)

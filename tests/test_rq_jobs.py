@@ -34,22 +34,50 @@ def environment(monkeypatch, redis_prefix, sqlite_url):
     return redis_prefix, sqlite_url
 
 
+def _run_consume_job(redis_client, prefix):
+    """Enqueue a 3-second consume job, run it in a burst worker, and return it refreshed."""
+    queue = Queue(f"{prefix}-queue", connection=redis_client)
+    job = queue.enqueue(consume_stream, seconds=3.0)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+    job.refresh()
+    return job
+
+
 def test_consume_job_scores_stream(environment, redis_client):
     prefix, database = environment
     start = time.time() - 1200
     for number in range(600):
         redis_client.xadd(f"{prefix}:events", {"event": orjson.dumps(_event(number, start))})
-    queue = Queue(f"{prefix}-queue", connection=redis_client)
-    job = queue.enqueue(consume_stream, seconds=3.0)
+    job = _run_consume_job(redis_client, prefix)
 
-    SimpleWorker([queue], connection=redis_client).work(burst=True)
-
-    job.refresh()
     assert job.is_finished, job.latest_result()
     assert job.return_value()["events"] == 600
     decisions = open_store(database).all_decisions()
     assert any("automation" in decision.reasons for decision in decisions)
     assert redis_client.exists(f"{prefix}:decision:key:key-1")
+
+
+def test_consume_job_with_state_hands_partitions_back(environment, redis_client, monkeypatch):
+    from fairuse_gateway.partitions import event_stream
+
+    prefix, database = environment
+    monkeypatch.setenv("FAIRUSE_STATE", "1")
+    monkeypatch.setenv("FAIRUSE_PARTITIONS", "2")
+    start = time.time() - 1200
+    for number in range(600):
+        event = _event(number, start) if number % 2 else record(number, key="key-4", ts=start + number * 2.0)
+        stream = event_stream(f"{prefix}:events", event["account_id"], event["key_id"], 2)
+        redis_client.xadd(stream, {"event": orjson.dumps(event)})
+    job = _run_consume_job(redis_client, prefix)
+
+    assert job.is_finished, job.latest_result()
+    assert job.return_value()["events"] == 600
+    assert any("automation" in decision.reasons for decision in open_store(database).all_decisions())
+    for partition in range(2):
+        assert redis_client.xlen(f"{prefix}:events:{partition}") > 0
+        assert redis_client.xpending(f"{prefix}:events:{partition}", "fairuse-workers")["pending"] == 0
+        assert redis_client.exists(f"{prefix}:state:{partition}")
+        assert not redis_client.exists(f"{prefix}:lease:{partition}")
 
 
 def test_republish_job_restores_keys(environment, redis_client):

@@ -41,17 +41,14 @@ from detector.shadow import decided_without_shadow, prior_without_shadow
 from detector.pipeline import ScoringResult, score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
-from detector.readers import read_json_lines
-from detector.readers.source import MAX_LINE_BYTES
 from detector.review.activity import ActivityLog
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
+from workers.entries import dead_letter, parse_entries, stream_entries, unparsed_reader
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows, drop_repeated_requests
 
 logger = logging.getLogger(__name__)
-
-EVENT_FIELD = b"event"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +75,14 @@ class BatchOutcome:
     findings: int = 0
     decisions: int = 0
     claimed: bool = False
+    # State worker only: subjects whose findings may differ from a batch pass (late events, plan changes).
+    inexact: int = 0
+
+    def add(self, other: BatchOutcome) -> None:
+        """Add the counts of ``other`` to these."""
+        for name in ("entries", "events", "dead", "duplicates", "findings", "decisions", "inexact"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.claimed = self.claimed or other.claimed
 
 
 class StreamConsumer:
@@ -98,11 +103,8 @@ class StreamConsumer:
     ) -> None:
         """With ``models``, its active detectors replace ``detectors`` and its shadow runs beside them."""
         self.client = client
-        # Stream entries are read as Redis sends them, a flat field list per entry,
-        # because redis-py's reply parser builds a dict per entry in Python. Without it,
-        # reading 10,000 entries took 20 instead of 27 ms (redis-py 8.2, hiredis 3.5).
-        self._reader = redis.Redis(connection_pool=client.connection_pool)
-        self._reader.set_response_callback("XREADGROUP", _unparsed)
+        # Stream entries are read as Redis sends them, a flat field list per entry.
+        self._reader = unparsed_reader(client)
         self.store = store
         self.plans = plans
         self.policy = policy
@@ -188,7 +190,7 @@ class StreamConsumer:
                 count=self.settings.batch_size,
                 block=self.settings.block_ms,
             )
-            entries = _stream_entries(response)
+            entries = stream_entries(response)
         if not entries:
             return BatchOutcome()
 
@@ -202,19 +204,15 @@ class StreamConsumer:
         An entry is ``(entry_id, fields)``, its fields a dict or Redis's flat list of names and values.
         """
         outcome = BatchOutcome(entries=len(entries))
-        lines, line_ids, dead = self._payloads(entries)
-        read = read_json_lines(lines, self.settings.stream)
-        for reject in read.rejects:
-            entry_id = line_ids[reject.line - 1]
-            dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: {reject.field}: {reject.reason}"))
-        outcome.dead = len(dead)
-        outcome.duplicates = read.duplicates
+        parsed = parse_entries(entries, self.settings.stream)
+        outcome.dead = len(parsed.dead)
+        outcome.duplicates = parsed.duplicates
 
-        if not read.frame.empty:
-            outcome.events = len(read.frame)
-            self._score(read.frame, outcome)
+        if not parsed.frame.empty:
+            outcome.events = len(parsed.frame)
+            self._score(parsed.frame, outcome)
 
-        self._dead_letter(dead)
+        dead_letter(self.client, self.settings.dead_letter, parsed.dead, self.settings.consumer)
         self.client.xack(self.settings.stream, self.settings.group, *[entry_id for entry_id, _ in entries])
         logger.info(
             "consumer %s: %d entries, %d events, %d dead, %d new decisions",
@@ -252,39 +250,12 @@ class StreamConsumer:
             shadow.score(combined, plans=self.plans, store=self.store, since=since)
         self.windows.extend(fresh)
 
-    def _payloads(self, entries) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:
-        """Return the event payloads with their entry ids, and dead letters for entries without one."""
-        lines: list[bytes] = []
-        line_ids: list[bytes] = []
-        dead: list[tuple[bytes, str]] = []
-        for entry_id, fields in entries:
-            raw = _event_field(fields)
-            if not raw or not raw.strip():
-                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: missing or empty 'event' field"))
-                continue
-            if len(raw) > MAX_LINE_BYTES:
-                dead.append((entry_id, f"{self.settings.stream}:{entry_id.decode()}: 'event' field of {len(raw):,} bytes "
-                                       f"is longer than the limit of {MAX_LINE_BYTES:,} bytes; an event is a few hundred bytes"))
-                continue
-            lines.append(raw)
-            line_ids.append(entry_id)
-        return lines, line_ids, dead
-
-    def _dead_letter(self, dead: list[tuple[bytes, str]]) -> None:
-        if not dead:
-            return
-        pipeline = self.client.pipeline(transaction=False)
-        for entry_id, reason in dead:
-            pipeline.xadd(self.settings.dead_letter, {"entry": entry_id, "reason": reason}, maxlen=100_000, approximate=True)
-        pipeline.execute()
-        logger.warning("consumer %s: %d malformed entries moved to %s", self.settings.consumer, len(dead), self.settings.dead_letter)
-
     def _own_pending(self) -> list:
         """Return entries delivered to this consumer and not acknowledged, oldest first."""
         response = self._reader.xreadgroup(
             self.settings.group, self.settings.consumer, {self.settings.stream: "0"}, count=self.settings.batch_size
         )
-        return _stream_entries(response)
+        return stream_entries(response)
 
     def _claim_stale(self) -> list:
         response = self.client.xautoclaim(
@@ -320,27 +291,4 @@ def _first_acted_on(result: ScoringResult) -> set[tuple[str, str]]:
     return {(decision.subject_type, decision.subject) for decision in result.decisions} - stored
 
 
-def _unparsed(response, **options):
-    return response
-
-
-def _stream_entries(response) -> list:
-    """Return the entries of an unparsed one-stream XREADGROUP reply: a map in RESP3, a list of pairs in RESP2."""
-    if not response:
-        return []
-    if isinstance(response, dict):
-        return next(iter(response.values()))
-    return response[0][1]
-
-
-def _event_field(fields: dict[bytes, bytes] | list[bytes] | None) -> bytes | None:
-    """Return the ``event`` field of an entry, given as a dict or as Redis's flat list of names and values."""
-    if isinstance(fields, dict):
-        return fields.get(EVENT_FIELD)
-    for index in range(0, len(fields or ()) - 1, 2):
-        if fields[index] == EVENT_FIELD:
-            return fields[index + 1]
-    return None
-
-
-__all__ = ["BatchOutcome", "EVENT_FIELD", "StreamConsumer", "StreamSettings"]
+__all__ = ["BatchOutcome", "StreamConsumer", "StreamSettings"]

@@ -2,8 +2,10 @@
 
 ``workers/cron_jobs.py`` schedules them with ``rq cron workers.cron_jobs``.
 Settings come from the environment: ``FAIRUSE_DATABASE_URL`` (the store),
-``FAIRUSE_PREFIX`` (Redis key prefix, default ``fairuse``) and
-``FAIRUSE_NO_MODEL`` (set to 1 to skip the anomaly model). Each job uses the
+``FAIRUSE_PREFIX`` (Redis key prefix, default ``fairuse``),
+``FAIRUSE_NO_MODEL`` (set to 1 to skip the anomaly model), and
+``FAIRUSE_STATE`` (set to 1 to consume with the state worker) with
+``FAIRUSE_PARTITIONS`` (its partitioned streams, default 1). Each job uses the
 Redis connection of the worker that runs it.
 """
 
@@ -29,6 +31,7 @@ from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
+from workers.state_consumer import StateConsumer, StateSettings
 from workers.window import EventWindows
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[s
     store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
     name = consumer or f"rq-{job.id}"
     policy = load_policy()
+    if os.environ.get("FAIRUSE_STATE") == "1":
+        return _consume_with_state(connection, store, prefix, f"{name}-{job.id}", seconds, policy)
     models = ModelSwitch(store, policy=policy, use_model=os.environ.get("FAIRUSE_NO_MODEL") != "1")
     stream_consumer = StreamConsumer(
         connection, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
@@ -70,6 +75,35 @@ def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[s
         timer.cancel()
     totals["model"] = models.version
     logger.info("job %s consumed %s", job.id, totals)
+    return totals
+
+
+def _consume_with_state(connection, store, prefix: str, owner: str, seconds: float, policy) -> dict[str, int]:
+    """Run the state worker for ``seconds`` on ``FAIRUSE_PARTITIONS`` partitions (default 1), then hand its partitions back.
+
+    Each run loads its partitions' checkpoints and writes them when it ends,
+    so the next run, on any RQ worker, continues from there.
+    """
+    models = ModelSwitch(store, policy=policy, use_model=os.environ.get("FAIRUSE_NO_MODEL") != "1")
+    consumer = StateConsumer(
+        connection, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
+        publisher=DecisionPublisher(connection, prefix=prefix),
+        settings=StateSettings(prefix=prefix, partitions=int(os.environ.get("FAIRUSE_PARTITIONS", "1")), owner=owner),
+    )
+    totals: dict = {"entries": 0, "events": 0, "dead": 0, "decisions": 0}
+    deadline = time.monotonic() + seconds
+    try:
+        consumer.ensure_groups()
+        while time.monotonic() < deadline:
+            outcome = consumer.process_once()
+            for field in totals:
+                totals[field] += getattr(outcome, field)
+        # A run is shorter than close_seconds, so each one closes the quiet keys' days once.
+        totals["decisions"] += consumer.close_quiet_keys().decisions
+    finally:
+        consumer.stop()
+    totals["model"] = models.version
+    logger.info("state consumer %s consumed %s", owner, totals)
     return totals
 
 

@@ -7,7 +7,7 @@ event therefore belongs to a partition, chosen by a hash of its account id
 the partitions it holds a lease on. A lease is a Redis key with a TTL that
 its owner renews. A worker that dies stops renewing, and another worker
 takes the partition over when the key expires. docs/streaming-state.md
-("Several workers") gives the design. The consumer does not use this yet.
+("Several workers") gives the design, and ``workers.state_consumer`` uses it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import redis
@@ -96,17 +96,21 @@ class PartitionLeases:
     def workers_key(self) -> str:
         return f"{self.prefix}:workers"
 
-    def rebalance(self) -> tuple[set[int], set[int]]:
+    def rebalance(self, before_release: Callable[[set[int]], None] | None = None) -> tuple[set[int], set[int]]:
         """Renew, then take or give up partitions towards the fair share; return the partitions gained and lost.
 
         The lost ones include those whose lease another worker took over
-        after this one failed to renew it in time.
+        after this one failed to renew it in time. ``before_release`` is
+        called with the partitions this worker is about to give up, so that
+        it can write their state first.
         """
         share = self._fair_share(self._live_workers())
         lost = self.renew()
         gained: set[int] = set()
         if len(self.owned) > share:
             extra = set(sorted(self.owned)[share:])
+            if before_release is not None:
+                before_release(extra)
             self.release(extra)
             lost |= extra
         elif len(self.owned) < share:

@@ -199,8 +199,13 @@ class AbnormalCostDetector:
         spend_24h = windows.day / MICRO
         hour_candidates, short_candidates = self._candidates(windows, hourly_budget, daily_budget, testable=testable)
 
-        # The hour baseline also gives the short window its history size.
-        hour_positions = np.union1d(hour_candidates, short_candidates)
+        # The hour baseline also gives the short window its history size. Both candidate arrays are
+        # sorted positions, so a mask joins them without np.union1d's sort of a million rows.
+        marked = np.zeros(len(spend.subject), dtype=bool)
+        marked[hour_candidates] = True
+        marked[short_candidates] = True
+        hour_positions = np.flatnonzero(marked)
+        del marked
         hour_baseline = self._baseline_per_event(spend, hour_bins(hour_positions), hour_positions)
         history_hours = hour_baseline["history_hours"]
         at_hour_candidates = np.searchsorted(hour_positions, hour_candidates)

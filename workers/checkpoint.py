@@ -1,0 +1,192 @@
+"""A partition's in-memory state as bytes, and back, for the state worker's checkpoints in Redis.
+
+A checkpoint is a 5-byte header (``FUCP`` and a format version) followed
+by a pickle (protocol 5) of a ``PartitionState``. Detectors, their models
+and the plan catalogue are not in the bytes: the pickler writes a
+persistent id in their place (a detector's position, ``plans``), and
+loading puts back the worker's current objects. So a checkpoint stays
+small, and a model that the worker no longer uses cannot come back from it.
+
+Loading uses ``RestrictedUnpickler``, which resolves only the globals that
+states contain: classes under ``detector.state``, builtin containers, and
+the reconstructors of numpy arrays and of the small pandas and Arrow
+objects some states keep. A checkpoint that names any other global, such
+as ``os.system``, is rejected with ``CheckpointError``. Redis is trusted
+less than the worker's own code, and a pickle can call any global it names.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from detector.detectors import Detector
+from detector.plans import PlanCatalogue
+from detector.state.scorer import StateScorer
+from workers.repeats import RepeatedRequests
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"FUCP"
+FORMAT_VERSION = 1
+
+# Globals outside detector.state that checkpoints contain (numpy 2, pandas 3, pyarrow 26).
+_ALLOWED_GLOBALS = frozenset({
+    ("builtins", "slice"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "dict"),
+    ("builtins", "list"), ("builtins", "tuple"), ("builtins", "bytearray"), ("builtins", "complex"),
+    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "deque"),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("pandas", "DataFrame"), ("pandas", "Index"), ("pandas", "RangeIndex"), ("pandas", "StringDtype"),
+    ("pandas._libs.internals", "_unpickle_block"), ("pandas.arrays", "ArrowStringArray"),
+    ("pandas.core.indexes.base", "_new_Index"), ("pandas.core.internals.managers", "BlockManager"),
+    ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "py_buffer"), ("pyarrow.lib", "type_for_alias"),
+    ("workers.checkpoint", "PartitionState"), ("workers.repeats", "RepeatedRequests"),
+})
+_STATE_PACKAGE = "detector.state"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: another format, or a global outside the allowlist."""
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """The state a worker keeps in memory for one partition it owns, and writes as its checkpoint.
+
+    ``last_id`` is the stream id of the last entry the state contains, or
+    None before the first. ``newest`` is the partition's newest event time
+    (epoch seconds), the ``as_of`` for closing quiet keys' anomaly days.
+    """
+
+    scorer: StateScorer
+    repeats: RepeatedRequests
+    last_id: bytes | None = None
+    newest: float | None = None
+    # Not in the checkpoint: entries read since the last one, to acknowledge once a checkpoint contains them.
+    unacknowledged: list[bytes] = field(default_factory=list)
+
+    def __getstate__(self):
+        return {"scorer": self.scorer, "repeats": self.repeats, "last_id": self.last_id, "newest": self.newest}
+
+    def __setstate__(self, values) -> None:
+        self.scorer = values["scorer"]
+        self.repeats = values["repeats"]
+        self.last_id = values["last_id"]
+        self.newest = values["newest"]
+        self.unacknowledged = []
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file, references: dict[int, tuple]) -> None:
+        super().__init__(file, protocol=5)
+        self._references = references
+
+    def persistent_id(self, obj):
+        return self._references.get(id(obj))
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Load a checkpoint's pickle, resolving only allowlisted globals and the worker's detectors and plans."""
+
+    def __init__(self, file, objects: dict[tuple, object]) -> None:
+        super().__init__(file)
+        self._objects = objects
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if module == _STATE_PACKAGE or module.startswith(_STATE_PACKAGE + "."):
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise CheckpointError(
+            f"checkpoint names the global {module}.{name}, which no partition state contains; "
+            "delete the checkpoint key if it was not written by a fairuse worker"
+        )
+
+    def persistent_load(self, pid):
+        try:
+            return self._objects[tuple(pid)]
+        except (KeyError, TypeError):
+            raise CheckpointError(
+                f"checkpoint refers to {pid!r}, which this worker does not have; "
+                "it was written with other detectors and must be dropped"
+            ) from None
+
+
+def external_objects(detectors: Sequence[Detector], plans: PlanCatalogue) -> dict[tuple, object]:
+    """Return the objects kept out of checkpoints by their persistent id: detectors, their models, the plans."""
+    objects: dict[tuple, object] = {("plans",): plans}
+    for position, detector in enumerate(detectors):
+        objects[("detector", position)] = detector
+        model = getattr(detector, "model", None)
+        if model is not None:
+            objects[("model", position)] = model
+    return objects
+
+
+def dump_state(state: PartitionState, detectors: Sequence[Detector], plans: PlanCatalogue) -> bytes:
+    """Serialise ``state`` as a checkpoint, with persistent ids in place of ``detectors``, their models and ``plans``."""
+    references = {id(obj): pid for pid, obj in external_objects(detectors, plans).items()}
+    buffer = io.BytesIO()
+    buffer.write(MAGIC + bytes([FORMAT_VERSION]))
+    _Pickler(buffer, references).dump(state)
+    return buffer.getvalue()
+
+
+def load_state(data: bytes, detectors: Sequence[Detector], plans: PlanCatalogue) -> PartitionState:
+    """Read a checkpoint written by ``dump_state``, with the worker's own ``detectors`` and ``plans`` put back."""
+    if data[:4] != MAGIC:
+        raise CheckpointError("not a fairuse checkpoint: its first bytes are not FUCP")
+    if data[4:5] != bytes([FORMAT_VERSION]):
+        raise CheckpointError(f"checkpoint of format version {data[4]}, this worker reads version {FORMAT_VERSION}")
+    try:
+        state = RestrictedUnpickler(io.BytesIO(data[5:]), external_objects(detectors, plans)).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
+        raise CheckpointError(f"checkpoint is not readable: {error}") from error
+    if not isinstance(state, PartitionState):
+        raise CheckpointError(f"checkpoint contains a {type(state).__name__}, not a PartitionState")
+    return state
+
+
+# Writes a checkpoint only while the lease still names its writer. KEYS: checkpoint, lease.
+# ARGV: bytes, TTL in seconds, owner. Returns 1 when written, 0 when another worker owns the partition.
+_SAVE_SCRIPT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+class Checkpoints:
+    """Partition checkpoints in Redis: ``{prefix}:state:{partition}``, expiring ``ttl_seconds`` after each write."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl_seconds: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+        self._save = client.register_script(_SAVE_SCRIPT)
+
+    def key(self, partition: int) -> str:
+        return f"{self.prefix}:state:{partition}"
+
+    def save(self, partition: int, data: bytes, *, lease_key: str, owner: str) -> bool:
+        """Write ``data`` as the partition's checkpoint if ``lease_key`` still names ``owner``; return whether it did.
+
+        So a worker that stalled past its lease cannot overwrite the checkpoint of the partition's new owner.
+        """
+        return bool(self._save(keys=[self.key(partition), lease_key], args=[data, self.ttl_seconds, owner]))
+
+    def load(self, partition: int) -> bytes | None:
+        return self.client.get(self.key(partition))

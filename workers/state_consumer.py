@@ -1,0 +1,491 @@
+"""The state worker: gateway events scored on in-memory per-subject state, one owner per partition.
+
+Where the window worker (``workers.consumer``) scores each subject's stored
+7-day window again with every micro-batch, this worker keeps each detector's
+incremental state (``detector.state.scorer.StateScorer``) in memory and
+gives it only the new events. docs/streaming-state.md gives the design.
+
+- Partitions. Events are split by account (``fairuse_gateway.partitions``).
+  With one partition the stream is ``{prefix}:events``, else partition n's
+  is ``{prefix}:events:{n}``. Each worker holds leases on its share of the
+  partitions (``workers.partitions.PartitionLeases``) and keeps one
+  ``PartitionState`` per partition it owns.
+- Reading. A partition's stream is read through the consumer group under
+  the consumer name ``p{n}``, the partition's and not the process's, so a
+  new owner finds the entries its predecessor read and did not acknowledge.
+- Checkpoints. Every ``checkpoint_seconds``, and before a partition is
+  given up, the partition's state goes to ``{prefix}:state:{n}``
+  (``workers.checkpoint``) with the id of the last entry it contains. Only
+  then are the entries up to that id acknowledged. A new owner loads the
+  checkpoint, acknowledges the pending entries up to its id and applies
+  the ones after it, in order. So each entry is applied to the state once,
+  whether a worker stops, hands a partition over or is killed.
+- Each batch: entries are parsed (dead letters as in the window worker),
+  requests seen within ``repeat_horizon`` seconds of event time are dropped
+  (``workers.repeats``), the state scores the rest, and the policy decides
+  on the findings through ``detector.pipeline.apply_policy``, the function
+  the batch command uses, with the subjects' stored findings of the merge
+  window as context. Findings and decisions are stored (idempotent on
+  their ids), then decisions are published.
+- Quiet keys. Every ``close_seconds`` each partition's anomaly days that
+  ended before its newest event are scored (``StateScorer.close``).
+
+Not done here, unlike the window worker: the hourly activity behind the
+review console's charts (``ActivityLog``) is not written, because it
+replaces whole hours with distinct counts that a chunk alone cannot give;
+the shadow model does not run; and a model activated later is used only
+after a restart.
+
+Late events and plan changes make a subject inexact: its findings may
+differ from a batch pass. They are counted in ``BatchOutcome.inexact`` and
+logged at DEBUG. Re-scoring such subjects is not built (see
+docs/streaming-state.md, "Late events are the normal case").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import redis
+import sqlalchemy.exc
+
+from detector.detectors import Detector, Finding
+from detector.pipeline import apply_policy
+from detector.plans import PlanCatalogue
+from detector.policy import Policy
+from detector.shadow import prior_without_shadow
+from detector.state.scorer import STREAM_RETENTION, StateScorer
+from detector.store import DecisionStore
+from detector.store.allowlist import StaffAllowlist
+from fairuse_gateway.partitions import partition_stream
+from workers.checkpoint import Checkpoints, CheckpointError, PartitionState, dump_state, load_state
+from workers.consumer import BatchOutcome
+from workers.entries import dead_letter, parse_entries, stream_entries, unparsed_reader
+from workers.partitions import PartitionLeases
+from workers.publish import DecisionPublisher
+from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    """Names, limits and periods of the state worker. Times are in seconds unless the name says ms."""
+
+    prefix: str = "fairuse"
+    group: str = "fairuse-workers"
+    partitions: int = 1
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    batch_size: int = 50_000
+    block_ms: int = 1000
+    checkpoint_seconds: float = 5.0
+    close_seconds: float = 60.0
+    repeat_horizon: float = DEFAULT_HORIZON
+    lease_ttl_ms: int = 10_000
+    # Longer than the retention, so a checkpoint outlives every event it summarises.
+    checkpoint_ttl_seconds: int = int(STREAM_RETENTION) + 86400
+
+    @property
+    def stream(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}:events:dead"
+
+    def partition_stream(self, partition: int) -> str:
+        return partition_stream(self.stream, partition, self.partitions)
+
+
+class StateConsumer:
+    """Own partitions of the event stream and score their events on in-memory state; see the module docstring."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: DecisionStore,
+        *,
+        plans: PlanCatalogue,
+        policy: Policy,
+        detectors: Sequence[Detector],
+        publisher: DecisionPublisher,
+        settings: StateSettings = StateSettings(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self._reader = unparsed_reader(client)
+        self.store = store
+        self.plans = plans
+        self.policy = policy
+        # NOTE: fixed for the worker's life. A model activated later is used after a restart, because
+        # checkpoints hold state built with these detectors.
+        self.detectors = list(detectors)
+        self.publisher = publisher
+        self.settings = settings
+        self.clock = clock
+        self.leases = PartitionLeases(
+            client, prefix=settings.prefix, partitions=settings.partitions, owner=settings.owner,
+            ttl_ms=settings.lease_ttl_ms,
+        )
+        self.checkpoints = Checkpoints(client, prefix=settings.prefix, ttl_seconds=settings.checkpoint_ttl_seconds)
+        self.owned: dict[int, PartitionState] = {}
+        # Partitions whose in-memory state may hold events of a failed batch: reloaded before the next read.
+        self._stale: set[int] = set()
+        self._checkpointed_at: dict[int, float] = {}
+        # Owned partitions whose state changed since their last checkpoint.
+        self._changed: set[int] = set()
+        self._closed_at = clock()
+        self._next_block = 0
+
+    def applied_key(self, partition: int) -> str:
+        """Return the key of the id of the last entry applied to the partition's state, checkpointed or not.
+
+        Compared with the checkpoint's id, it tells how much a new owner would
+        replay. ``scripts/bench_stream.py`` waits for it.
+        """
+        return f"{self.settings.prefix}:state-applied:{partition}"
+
+    # Loop ---------------------------------------------------------------------
+
+    def ensure_groups(self) -> None:
+        """Create the consumer group on every partition's stream (and the streams) where missing."""
+        for partition in range(self.settings.partitions):
+            try:
+                self.client.xgroup_create(self.settings.partition_stream(partition), self.settings.group, id="0", mkstream=True)
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+    def run(self, stop: threading.Event | None = None, max_idle_rounds: int | None = None) -> None:
+        """Process rounds until ``stop`` is set, then write every owned partition's state and give it up.
+
+        Redis and database outages are retried with a backoff of up to 30 s.
+        ``max_idle_rounds`` ends the loop after that many rounds without entries (for tests).
+        """
+        stop = stop or threading.Event()
+        delay = 0.1
+        idle = 0
+        connected = False
+        logger.info("state worker %s started on %d partitions of %s", self.settings.owner, self.settings.partitions, self.settings.stream)
+        try:
+            while not stop.is_set():
+                try:
+                    if not connected:
+                        self.ensure_groups()
+                        connected = True
+                    outcome = self.process_once()
+                    delay = 0.1
+                except (redis.ConnectionError, redis.TimeoutError) as error:
+                    connected = False
+                    self._stale |= set(self.owned)
+                    logger.warning("state worker %s: Redis unreachable, retrying in %.1f s: %s", self.settings.owner, delay, error)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                except sqlalchemy.exc.DBAPIError as error:
+                    logger.warning("state worker %s: database unreachable, retrying in %.1f s: %s", self.settings.owner, delay, error.orig)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                idle = idle + 1 if outcome.entries == 0 else 0
+                if max_idle_rounds is not None and idle >= max_idle_rounds:
+                    break
+        finally:
+            self.stop()
+        logger.info("state worker %s stopped", self.settings.owner)
+
+    def stop(self) -> None:
+        """Write the state of every owned partition, acknowledge what it contains, and give up the leases."""
+        self.checkpoint(set(self.owned))
+        self.leases.stop()
+        self.owned.clear()
+        self._changed.clear()
+
+    def process_once(self) -> BatchOutcome:
+        """Rebalance the leases, read and process one batch per owned partition, then checkpoint and close when due."""
+        self.rebalance()
+        outcome = BatchOutcome()
+        caught_up = set()
+        for partition in sorted(self.owned):
+            # A round over several partitions can outlast a lease, so each is renewed before every batch.
+            self._renew()
+            if partition not in self.owned:
+                continue
+            read = self._read_new(partition, block_ms=None)
+            if read.entries == 0:
+                caught_up.add(partition)
+            outcome.add(read)
+        if outcome.entries == 0 and self.owned:
+            # Wait for entries on one partition, taking them in turn, so that an idle worker does not spin.
+            partitions = sorted(self.owned)
+            partition = partitions[self._next_block % len(partitions)]
+            self._next_block += 1
+            outcome.add(self._read_new(partition, block_ms=max(self.settings.block_ms // len(partitions), 1)))
+        elif not self.owned:
+            time.sleep(self.settings.block_ms / 1000)
+
+        now = self.clock()
+        due = {partition for partition in self.owned if now - self._checkpointed_at.get(partition, -1e18) >= self.settings.checkpoint_seconds}
+        self.checkpoint(due)
+        outcome.add(self._adopt_orphans(caught_up | due))
+        if now - self._closed_at >= self.settings.close_seconds:
+            self._closed_at = now
+            outcome.add(self.close_quiet_keys())
+        return outcome
+
+    # Ownership ----------------------------------------------------------------
+
+    def rebalance(self) -> dict[int, int]:
+        """Renew leases, write and give up partitions above the fair share, and take over free ones.
+
+        Returns each partition taken over (or reloaded after a failed batch)
+        with the number of pending entries replayed onto its checkpoint.
+        """
+        gained, lost = self.leases.rebalance(before_release=self.checkpoint)
+        for partition in lost:
+            self._drop(partition)
+        self._stale &= set(self.owned) | gained
+        return {partition: self._take_over(partition) for partition in sorted(gained | self._stale)}
+
+    def _renew(self) -> None:
+        """Extend the leases, and drop the partitions whose lease expired or another worker took."""
+        for partition in self.leases.renew():
+            self._drop(partition)
+
+    def _drop(self, partition: int) -> None:
+        """Forget a partition this worker no longer owns, without writing its state."""
+        self._changed.discard(partition)
+        self._stale.discard(partition)
+        self.leases.owned.discard(partition)
+        if self.owned.pop(partition, None) is not None:
+            logger.info("state worker %s gave up partition %d", self.settings.owner, partition)
+
+    def _take_over(self, partition: int) -> int:
+        """Load the partition's checkpoint, then apply its pending entries after the checkpoint's last id; return how many."""
+        self._stale.discard(partition)
+        self.owned[partition] = self._load_checkpoint(partition)
+        self._checkpointed_at[partition] = self.clock()
+        replayed = self._replay_pending(partition)
+        logger.info(
+            "state worker %s owns partition %d from entry %s, %d pending entries replayed",
+            self.settings.owner, partition, _text(self.owned[partition].last_id), replayed,
+        )
+        return replayed
+
+    def _load_checkpoint(self, partition: int) -> PartitionState:
+        data = self.checkpoints.load(partition)
+        if data is None:
+            logger.warning(
+                "partition %d: no checkpoint at %s, starting with empty state", partition, self.checkpoints.key(partition)
+            )
+            return self._empty_state()
+        try:
+            return load_state(data, self.detectors, self.plans)
+        except CheckpointError as error:
+            logger.error("partition %d: checkpoint %s not loaded, starting with empty state: %s",
+                         partition, self.checkpoints.key(partition), error)
+            return self._empty_state()
+
+    def _empty_state(self) -> PartitionState:
+        scorer = StateScorer(detectors=self.detectors, plans=self.plans, retention=STREAM_RETENTION)
+        return PartitionState(scorer=scorer, repeats=RepeatedRequests(self.settings.repeat_horizon))
+
+    def _replay_pending(self, partition: int) -> int:
+        """Acknowledge the partition's pending entries the checkpoint contains and apply the others; return how many."""
+        stream = self.settings.partition_stream(partition)
+        state = self.owned[partition]
+        start = b"0"
+        replayed = 0
+        while True:
+            entries = self._read(partition, start, block_ms=None)
+            if not entries:
+                return replayed
+            start = entries[-1][0]
+            covered = [entry_id for entry_id, _ in entries if state.last_id is not None and not _after(entry_id, state.last_id)]
+            if covered:
+                self.client.xack(stream, self.settings.group, *covered)
+            newer = entries[len(covered):]
+            if newer:
+                replayed += len(newer)
+                self.process_entries(partition, newer)
+
+    # Batches ------------------------------------------------------------------
+
+    def _read_new(self, partition: int, block_ms: int | None) -> BatchOutcome:
+        entries = self._read(partition, b">", block_ms)
+        if not entries:
+            return BatchOutcome()
+        return self.process_entries(partition, entries)
+
+    def _read(self, partition: int, start: bytes, block_ms: int | None) -> list:
+        response = self._reader.xreadgroup(
+            self.settings.group, f"p{partition}", {self.settings.partition_stream(partition): start},
+            count=self.settings.batch_size, block=block_ms,
+        )
+        return stream_entries(response)
+
+    def process_entries(self, partition: int, entries: list) -> BatchOutcome:
+        """Apply one batch of the partition's entries to its state, then decide, store and publish.
+
+        The entries stay pending until a checkpoint contains them. A batch
+        that fails leaves the partition to be reloaded from its checkpoint.
+        """
+        try:
+            return self._process(partition, entries)
+        except BaseException:
+            self._stale.add(partition)
+            raise
+
+    def _process(self, partition: int, entries: list) -> BatchOutcome:
+        stream = self.settings.partition_stream(partition)
+        state = self.owned[partition]
+        outcome = BatchOutcome(entries=len(entries))
+        parsed = parse_entries(entries, stream)
+        outcome.dead = len(parsed.dead)
+
+        frame = parsed.frame
+        if not frame.empty:
+            first_seen = state.repeats.first_seen(frame)
+            outcome.duplicates = parsed.duplicates + int((~first_seen).sum())
+            frame = frame[first_seen].reset_index(drop=True)
+        if not frame.empty:
+            outcome.events = len(frame)
+            self._score(partition, state, frame, outcome)
+
+        dead_letter(self.client, self.settings.dead_letter, parsed.dead, f"{self.settings.owner}/p{partition}")
+        # Entries of a previous owner (see _adopt_orphans) may come before the last id; it never moves back.
+        if state.last_id is None or _after(entries[-1][0], state.last_id):
+            state.last_id = entries[-1][0]
+            self.client.set(self.applied_key(partition), state.last_id, ex=self.settings.checkpoint_ttl_seconds)
+        state.unacknowledged.extend(entry_id for entry_id, _ in entries)
+        self._changed.add(partition)
+        logger.info(
+            "state worker %s: partition %d: %d entries, %d events, %d dead, %d repeated, %d inexact, %d new decisions",
+            self.settings.owner, partition, outcome.entries, outcome.events, outcome.dead, outcome.duplicates,
+            outcome.inexact, outcome.decisions,
+        )
+        return outcome
+
+    def _score(self, partition: int, state: PartitionState, frame: pd.DataFrame, outcome: BatchOutcome) -> None:
+        newest = float(frame["ts"].max())
+        state.newest = newest if state.newest is None else max(state.newest, newest)
+        result = state.scorer.score(frame)
+        if len(result.inexact):
+            outcome.inexact = result.inexact[["subject_type", "subject"]].drop_duplicates().shape[0]
+            logger.debug(
+                "partition %d: %d subjects inexact: %s", partition, outcome.inexact,
+                result.inexact.groupby("why").size().to_dict(),
+            )
+        since = float(frame["ts"].min())
+        self._decide(result.findings, since, outcome)
+
+    def _decide(self, findings: list[Finding], since: float, outcome: BatchOutcome) -> None:
+        """Decide on ``findings`` as the batch command does, given the stored findings from ``since`` minus the merge window."""
+        if not findings:
+            return
+        since = min(since, min(finding.detected_at for finding in findings))
+        policy_outcome, _ = apply_policy(
+            findings, self.policy, prior=prior_without_shadow(self.store), suspensions=self.store.suspensions_between,
+            allowlisted=StaffAllowlist(self.store.engine).active_among, stored_findings=self.store.findings_between,
+            context_since=since,
+        )
+        self.store.save_findings(findings)
+        outcome.findings += len(findings)
+        outcome.decisions += self.store.save_decisions(policy_outcome.decisions)
+        self.publisher.publish(policy_outcome.decisions)
+
+    def close_quiet_keys(self) -> BatchOutcome:
+        """Score, in every owned partition, the anomaly days that ended before the partition's newest event."""
+        outcome = BatchOutcome()
+        for partition, state in sorted(self.owned.items()):
+            if state.newest is None:
+                continue
+            try:
+                findings = state.scorer.close(state.newest)
+                self._decide(findings, state.newest, outcome)
+            except BaseException:
+                self._stale.add(partition)
+                raise
+            # Closing changes the state without an entry, so the next checkpoint must write it.
+            self._changed.add(partition)
+        return outcome
+
+    # Checkpoints --------------------------------------------------------------
+
+    def checkpoint(self, partitions: Iterable[int]) -> set[int]:
+        """Write the changed state of ``partitions`` to Redis, then acknowledge the entries it contains; return those written.
+
+        A partition whose last batch failed is skipped: its state is reloaded,
+        not written. So is one whose lease another worker holds now.
+        """
+        written: set[int] = set()
+        for partition in sorted(set(partitions) & self._changed):
+            if partition in self._stale or partition not in self.owned:
+                continue
+            state = self.owned[partition]
+            started = time.perf_counter()
+            data = dump_state(state, self.detectors, self.plans)
+            if not self.checkpoints.save(partition, data, lease_key=self.leases.key(partition), owner=self.settings.owner):
+                logger.warning(
+                    "state worker %s: partition %d is owned by another worker now; its state was not written",
+                    self.settings.owner, partition,
+                )
+                self._drop(partition)
+                continue
+            acknowledged = len(state.unacknowledged)
+            stream = self.settings.partition_stream(partition)
+            for first in range(0, acknowledged, 10_000):
+                self.client.xack(stream, self.settings.group, *state.unacknowledged[first : first + 10_000])
+            state.unacknowledged.clear()
+            self._changed.discard(partition)
+            self._checkpointed_at[partition] = self.clock()
+            written.add(partition)
+            logger.debug(
+                "partition %d: checkpoint of %d bytes up to entry %s in %.3f s, %d entries acknowledged",
+                partition, len(data), _text(state.last_id), time.perf_counter() - started, acknowledged,
+            )
+        return written
+
+    def _adopt_orphans(self, partitions: set[int]) -> BatchOutcome:
+        """Apply the entries pending in ``partitions`` once a checkpoint acknowledged everything this worker read.
+
+        Only a previous owner that kept reading after its lease ran out leaves
+        such entries: it read them as ``p{n}`` and then failed to write its
+        checkpoint. They are applied now, possibly as late events.
+        """
+        outcome = BatchOutcome()
+        for partition in sorted((partitions & set(self.owned)) - self._stale):
+            if self.owned[partition].unacknowledged:
+                continue  # this worker's own entries are pending too, so the pending ones are not all orphans
+            entries = self._read(partition, b"0", block_ms=None)
+            if entries:
+                logger.warning(
+                    "partition %d: %d entries read by a previous owner after its lease ended, applied now",
+                    partition, len(entries),
+                )
+                outcome.add(self.process_entries(partition, entries))
+        return outcome
+
+
+def _after(entry_id: bytes, last_id: bytes) -> bool:
+    """Return whether stream entry id ``entry_id`` comes after ``last_id``."""
+    return _id_parts(entry_id) > _id_parts(last_id)
+
+
+def _id_parts(entry_id: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition(b"-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _text(entry_id: bytes | None) -> str:
+    return "none" if entry_id is None else entry_id.decode()
+
+
+__all__ = ["StateConsumer", "StateSettings"]
