@@ -45,10 +45,9 @@ class AnomalyDayState:
     distinct network, user agent, country, hour, prompt and 10-minute bucket
     of the open day. A chunk raises the distinct and most-frequent counts
     from the pairs it adds, so it costs time in proportion to its events,
-    however long the day has run.
-    Networks, user agents, countries and prompts are kept as 64-bit hashes of
-    their text, so two values whose hashes collide count as one (one chance
-    in 2**64 per pair).
+    however long the day has run. Networks, user agents, countries and
+    prompts are kept as 64-bit hashes of their text, so two values whose
+    hashes collide count as one (one chance in 2**64 per pair).
 
     A day is scored once it is closed: it ended before the newest event seen
     so far, as ``AnomalyDetector`` closes the days of its input. A subject's
