@@ -77,6 +77,7 @@ class AnomalyDayState:
             },
             rows={},
         )
+        # Not a ``SubjectStates``, so ``workers.state_store.state_tables`` refuses this state. Checkpoints pickle it whole.
         self.counts = OpenDayCounts()
         self.newest = -np.inf
         # The account and plan names of each subject's latest request, for the findings of ``close_days``.
