@@ -34,6 +34,7 @@ from detector.pipeline import default_detectors
 from detector.plans import load_plans
 from detector.readers import read_json_lines
 from detector.state.load_window import LoadWindows
+from detector.state.open_day_counts import OpenDayCounts
 from detector.state.scorer import STREAM_RETENTION, StateScorer
 from detector.state.table import SubjectStates
 
@@ -142,11 +143,14 @@ def report(per_minute: dict[int, list[tuple[int, float, float]]], args: argparse
 
 
 def report_state(scorer: StateScorer, keys: int) -> None:
-    """Print each state's rows and bytes per key: its ``SubjectStates`` tables, one level of helpers deep, and its load windows."""
+    """Print each state's rows and bytes per key: its ``SubjectStates`` tables, one level of helpers deep, its load windows and its open day counts.
+
+    For ``OpenDayCounts`` a row is a live (subject, kind, value) pair, and the bytes include the table's spare places.
+    """
     print("state at the end, per key:")
     for states in scorer.states:
         for state in states:
-            parts = [value for value in vars(state).values() if isinstance(value, SubjectStates | LoadWindows)]
+            parts = [value for value in vars(state).values() if isinstance(value, SubjectStates | LoadWindows | OpenDayCounts)]
             parts += [value for inner in vars(state).values() for value in getattr(inner, "__dict__", {}).values()
                       if isinstance(value, SubjectStates)]
             rows = sum(_live_rows(part) for part in parts)
@@ -154,7 +158,9 @@ def report_state(scorer: StateScorer, keys: int) -> None:
             print(f"  {type(state).__name__:<24} {rows / keys:>10,.0f} rows {size / keys:>12,.0f} bytes")
 
 
-def _live_rows(part: SubjectStates | LoadWindows) -> int:
+def _live_rows(part: SubjectStates | LoadWindows | OpenDayCounts) -> int:
+    if isinstance(part, OpenDayCounts):
+        return len(part)
     return part.live_rows if isinstance(part, SubjectStates) else part.segments.live_rows
 
 

@@ -46,18 +46,15 @@ import redis
 
 from detector.detectors import (
     AbnormalCostDetector,
-    AnomalyDetector,
     AutomationDetector,
     ImageQuotaDetector,
     KeySharingDetector,
 )
-from detector.model_registry import load_model
 from detector.plans import load_plans
 from detector.readers import read_events
 from detector.simulate import simulate_traffic
 from detector.state import (
     AbnormalCostState,
-    AnomalyDayState,
     AutomationPatternState,
     Chunk,
     ImageQuotaState,
@@ -115,7 +112,8 @@ def main() -> None:
 def new_states() -> list[tuple[str, float, object]]:
     """Return each incremental detector's empty state with its store name and retention in seconds.
 
-    The automation load state keeps its rows in ``LoadWindows``, which the store cannot save yet, so it is left out.
+    The automation load state keeps its rows in ``LoadWindows`` and the anomaly state its value counts in
+    ``OpenDayCounts``, which the store cannot save yet, so both are left out.
     """
     automation, sharing = AutomationDetector(), KeySharingDetector()
     return [
@@ -124,8 +122,6 @@ def new_states() -> list[tuple[str, float, object]]:
         ("key_sharing", WEEK, KeySharingState(sharing, retention=WEEK)),
         # Minute bins of 24 hours, clock bins of the current UTC day and the 7 before it.
         ("abnormal_cost", 8 * DAY, AbnormalCostState(AbnormalCostDetector())),
-        # The open UTC day only.
-        ("anomaly", DAY, AnomalyDayState(AnomalyDetector(load_model()))),
     ]
 
 

@@ -392,7 +392,7 @@ def test_anomaly_quiet_key_day_waits_for_close_days(plans):
 def test_anomaly_closed_day_leaves_state(plans):
     state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
     state.update(Chunk(frame(_busy_day("busy", 0)), plans))
-    open_rows = len(state.days.take([("key", "busy")]).rows["owner"])
+    open_rows = len(state.counts.pairs_of(("key", "busy"))["kind"])
 
     state.update(Chunk(frame(events("busy", [T0 + DAY + 60.0])), plans))
     taken = state.days.take([("key", "busy")])
@@ -404,7 +404,7 @@ def test_anomaly_closed_day_leaves_state(plans):
     assert taken.values["day"].tolist() == [int(T0 // DAY) + 1]
     assert taken.values["requests"].tolist() == [1]
     # The new day's network, user agent, country, hour and bucket; its request has no prompt.
-    assert len(taken.rows["owner"]) == 5
+    assert len(state.counts.pairs_of(("key", "busy"))["kind"]) == 5
 
 
 def test_anomaly_day_split_across_chunks_counts_distinct_once(plans):
@@ -418,13 +418,16 @@ def test_anomaly_day_split_across_chunks_counts_distinct_once(plans):
     for start in range(0, 600, 50):
         state.update(Chunk(whole.iloc[start : start + 50].reset_index(drop=True), plans))
     carried = state.days.take([("key", "split")])
+    pairs = state.counts.pairs_of(("key", "split"))
 
     assert run.inexact.empty
     assert carried.values["requests"].tolist() == [600]
-    kinds = carried.rows["kind"]
+    kinds = pairs["kind"]
     assert int((kinds == NETWORK).sum()) == int(rows.loc[rows["requests"] == 600, "networks"].iloc[0]) == 2
-    assert int(carried.rows["count"][kinds == HOUR].max()) == 60
-    assert carried.rows["count"][kinds == PROMPT].tolist() == [600]
+    assert carried.values["networks"].tolist() == [2]
+    assert int(pairs["count"][kinds == HOUR].max()) == 60
+    assert pairs["count"][kinds == PROMPT].tolist() == [600]
+    assert carried.values["top_prompt"].tolist() == [600]
 
 
 # Key sharing state ---------------------------------------------------------

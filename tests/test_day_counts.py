@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 
@@ -11,7 +13,7 @@ from detector.features.keyday import keyday_counts
 from detector.state import AnomalyDayState, Chunk
 from detector.state.day_counts import BUCKET, HOUR, NETWORK, PROMPT, SUMS, day_sums, value_counts
 from tests.factories import DAY, T0, events, frame
-from tests.test_chunk_invariance import CASES, SHIPPED_MODEL, assert_chunk_invariant, rows_at
+from tests.test_chunk_invariance import CASES, SHIPPED_MODEL, assert_chunk_invariant, comparable, rows_at
 
 ANOMALY = CASES[3]
 FIRST_DAY = int(T0 // DAY)
@@ -110,13 +112,16 @@ def test_value_counts_match_batch_counts(plans):
     for start in range(0, 300, 37):
         state.update(Chunk(whole.iloc[start : start + 37].reset_index(drop=True), plans))
     carried = state.days.take([("key", "mixed")])
+    pairs = state.counts.pairs_of(("key", "mixed"))
     expected = keyday_counts(prepared).iloc[0]
 
     assert carried.values["requests"].tolist() == [300]
-    kinds = carried.rows["kind"]
+    kinds = pairs["kind"]
     assert int((kinds == NETWORK).sum()) == expected["networks"] == 3
     assert int((kinds == HOUR).sum()) == expected["active_hours"]
-    assert int(carried.rows["count"][kinds == PROMPT].max()) == expected["top_prompt"] == 150
+    assert int(pairs["count"][kinds == PROMPT].max()) == expected["top_prompt"] == 150
+    for name in ("networks", "active_hours", "top_prompt", "peak_10m", "user_agents", "countries"):
+        assert carried.values[name].tolist() == [expected[name]], name
 
 
 def test_anomaly_one_event_chunks(plans):
@@ -150,3 +155,49 @@ def test_anomaly_event_at_utc_midnight(plans):
     assert carried.values["requests"].tolist() == [2]
     for cut in range(1, len(whole)):
         assert_chunk_invariant(ANOMALY, whole, [cut], plans)
+
+
+def _busy(key: str) -> pd.DataFrame:
+    """Return a day of requests that the shipped model isolates: one every 20 seconds with one prompt."""
+    return events(key, T0 + np.arange(4000) * 20.0, prompt_hash="same", cost=0.5)
+
+
+def test_anomaly_day_closes_while_another_stays_open(plans):
+    fresh = events("fresh", T0 + np.arange(300) * 200.0, prompt_hash=[f"p{number}" for number in range(300)])
+    next_day = events("busy", [T0 + DAY + 60.0])
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+
+    state.update(Chunk(frame(_busy("busy"), fresh), plans))
+    open_pairs = state.counts.pairs_of(("key", "fresh"))
+    found = state.update(Chunk(frame(next_day), plans)).findings
+    carried = state.days.take([("key", "busy"), ("key", "fresh")]).values
+
+    assert [finding.subject for finding in found] == ["busy"]
+    # The busy key's next day starts from its one request: network, user agent, country, hour and bucket.
+    assert len(state.counts.pairs_of(("key", "busy"))["kind"]) == 5
+    assert carried["day"].tolist() == [FIRST_DAY + 1, FIRST_DAY]
+    assert carried["top_prompt"].tolist() == [0, 1]
+    for name, column in state.counts.pairs_of(("key", "fresh")).items():
+        assert column.tolist() == open_pairs[name].tolist(), name
+
+    closed = state.close_days(state.newest)
+    expected = AnomalyDetector(SHIPPED_MODEL).detect(prepare_events(frame(_busy("busy"), fresh, next_day), plans))
+    assert sorted(map(comparable, found + closed)) == sorted(map(comparable, expected))
+    assert len(state.counts) == 5
+
+
+def test_anomaly_state_continues_after_pickle(plans):
+    whole = frame(_busy("busy"), _busy("other").assign(ts=lambda rows: rows["ts"] + 7), events("busy", [T0 + DAY + 60.0]))
+    cuts = [0, *rows_at(whole, [T0 + 20000, T0 + 50000, T0 + DAY]), len(whole)]
+    chunks = [Chunk(whole.iloc[start:end].reset_index(drop=True), plans) for start, end in zip(cuts[:-1], cuts[1:])]
+    state = AnomalyDayState(AnomalyDetector(SHIPPED_MODEL))
+    state.update(chunks[0])
+
+    loaded = pickle.loads(pickle.dumps(state))
+    original = [finding for chunk in chunks[1:] for finding in state.update(chunk).findings]
+    original += state.close_days(state.newest)
+    continued = [finding for chunk in chunks[1:] for finding in loaded.update(chunk).findings]
+    continued += loaded.close_days(loaded.newest)
+
+    assert {finding.subject for finding in original} == {"busy", "other"}
+    assert list(map(comparable, continued)) == list(map(comparable, original))

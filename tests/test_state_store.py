@@ -8,8 +8,14 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.detectors import AutomationDetector, KeySharingDetector
-from detector.state import AutomationLoadState, KeySharingState, SubjectStates
+from detector.detectors import AnomalyDetector, AutomationDetector, KeySharingDetector
+from detector.model_registry import load_model
+from detector.state import (
+    AnomalyDayState,
+    AutomationLoadState,
+    KeySharingState,
+    SubjectStates,
+)
 from workers.state_store import DAY, StateStore, StoredDetector, state_tables
 
 KEYS = [("key", f"k{index}") for index in range(6)] + [("ip", "10.0.0.1")]
@@ -287,3 +293,9 @@ def test_state_tables_refuse_load_windows():
     """The load state's rows live outside SubjectStates: saving its values alone would restore it in part."""
     with pytest.raises(TypeError, match="LoadWindows"):
         state_tables(AutomationLoadState(AutomationDetector()))
+
+
+def test_state_tables_refuse_open_day_counts():
+    """The anomaly state's value counts live outside SubjectStates, like the load state's rows."""
+    with pytest.raises(TypeError, match="OpenDayCounts"):
+        state_tables(AnomalyDayState(AnomalyDetector(load_model())))

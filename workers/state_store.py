@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import redis
 
 from detector.state.load_window import LoadWindows
+from detector.state.open_day_counts import OpenDayCounts
 from detector.state.table import SubjectKey, SubjectStates
 
 logger = logging.getLogger(__name__)
@@ -183,8 +184,9 @@ class StoredDetector:
         return math.ceil(self.retention) + DAY
 
 
-# Row storage kept outside ``SubjectStates``, which ``state_tables`` refuses (the automation load windows).
-_UNSAVED = (LoadWindows,)
+# Row storage kept outside ``SubjectStates``, which ``state_tables`` refuses: the automation load windows
+# and the anomaly state's value counts.
+_UNSAVED = (LoadWindows, OpenDayCounts)
 
 
 def state_tables(state: object) -> dict[str, SubjectStates]:

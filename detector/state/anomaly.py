@@ -13,30 +13,41 @@ from detector.state.chunk import UNKNOWN_PROMPT, Chunk, ChunkFindings, inexact_s
 from detector.state.day_counts import (
     BUCKET,
     COUNTRY,
+    DISTINCT,
     HOUR,
+    MEASURES,
+    MOST_FREQUENT,
     NETWORK,
     PROMPT,
     SUMS,
     USER_AGENT,
     concatenated,
+    day_positions,
     day_sums,
+    merged_rows,
     selected,
     value_counts,
 )
+from detector.state.open_day_counts import AddedCounts, OpenDayCounts
 from detector.state.table import Columns, SubjectKey, SubjectStates
 
 __all__ = ["AnomalyDayState", "BUCKET", "COUNTRY", "HOUR", "NETWORK", "PROMPT", "USER_AGENT"]
 
 
 class AnomalyDayState:
-    """Each subject's open UTC day as counts, sums and value rows, scored as the day closes.
+    """Each subject's open UTC day as counts and sums, scored as the day closes.
 
-    Per subject: the open day's request count, cost in nano-credits, images,
-    tokens, errors and first and last request time, and one row per distinct
-    network, user agent, country, hour, prompt and 10-minute bucket with its
-    request count. Networks, user agents, countries and prompts are kept as
-    64-bit hashes of their text, so two values whose hashes collide count as
-    one (one chance in 2**64 per pair).
+    Per subject, ``days`` keeps the open day's request count, cost in
+    nano-credits, images, tokens, errors, and first and last request time.
+    It also keeps the day's numbers of distinct networks, user agents,
+    countries and hours, and the request counts of its most frequent prompt
+    and 10-minute bucket. ``counts`` keeps the request count of each
+    distinct network, user agent, country, hour, prompt and 10-minute bucket
+    of the open day. A chunk raises the distinct and most-frequent counts
+    from the pairs it adds, so it costs time in proportion to its events,
+    however long the day has run. Networks, user agents, countries and
+    prompts are kept as 64-bit hashes of their text, so two values whose
+    hashes collide count as one (one chance in 2**64 per pair).
 
     A day is scored once it is closed: it ended before the newest event seen
     so far, as ``AnomalyDetector`` closes the days of its input. A subject's
@@ -46,8 +57,8 @@ class AnomalyDayState:
     (a quiet key's last day). After ``close_days`` at the newest event of a
     time-sorted input, the findings equal those of the batch detector on the
     whole input, except for the subjects reported in ``ChunkFindings.inexact``.
-    A day with prompts that never repeat carries one row per request until it
-    closes.
+    A day with prompts that never repeat keeps one pair per request in
+    ``counts`` until it closes, which costs memory, not time.
     """
 
     def __init__(self, detector: AnomalyDetector) -> None:
@@ -58,13 +69,16 @@ class AnomalyDayState:
                 "plan": ("uint64", 0),
                 "day": ("int64", -1),
                 **{name: ("int64", 0) for name in SUMS},
+                **{name: ("int64", 0) for name in MEASURES},
                 "window_start": ("float64", np.nan),
                 "window_end": ("float64", np.nan),
                 "daily_budget": ("float64", 0.0),
                 "expected_rph": ("float64", 0.0),
             },
-            rows={"kind": "int64", "value": "uint64", "count": "int64"},
+            rows={},
         )
+        # Not a ``SubjectStates``, so ``workers.state_store.state_tables`` refuses this state. Checkpoints pickle it whole.
+        self.counts = OpenDayCounts()
         self.newest = -np.inf
         # The account and plan names of each subject's latest request, for the findings of ``close_days``.
         self.names: dict[SubjectKey, tuple[str, str]] = {}
@@ -74,16 +88,15 @@ class AnomalyDayState:
         taken = self.days.take(chunk.keys)
         inexact = inexact_subjects(chunk, taken)
         self.newest = max(self.newest, float(chunk.ts.max()))
+        slots = self.counts.slots_for(chunk.keys)
 
         carried = taken.values
-        open_days = carried["day"] >= 0
-        days = day_sums(concatenated(_carried_sums(carried, open_days), _chunk_sums(chunk)))
-        counts, value_rows = value_counts(days, concatenated(_carried_rows(taken.rows, carried), _chunk_rows(chunk)))
-        days.update(counts)
-
+        days = day_sums(concatenated(_carried_sums(carried, carried["day"] >= 0), _chunk_sums(chunk)))
         closed = (days["day"] + 1) * DAY <= self.newest
+        days.update(self._day_measures(chunk, slots, carried, days, closed))
+
         found = self._findings(chunk.prepared, selected(days, closed))
-        self._carry_on(chunk, carried, selected(days, ~closed), selected(value_rows, ~closed[value_rows["day_row"]]))
+        self._carry_on(chunk, carried, selected(days, ~closed))
 
         subjects = chunk.prepared.subjects
         self.names.update(zip(chunk.keys, zip(subjects["account_id"].tolist(), subjects["plan"].tolist())))
@@ -94,25 +107,53 @@ class AnomalyDayState:
         keys = list(self.names)
         if not keys:
             return []
-        taken = self.days.take(keys)
-        carried = taken.values
+        carried = self.days.take(keys).values
         ended = (carried["day"] >= 0) & ((carried["day"] + 1) * DAY <= as_of)
         if not ended.any():
             return []
 
         days = day_sums(_carried_sums(carried, ended))
-        ended_rows = selected(taken.rows, ended[taken.rows["owner"]])
-        counts, _ = value_counts(days, _carried_rows(ended_rows, carried))
-        days.update(counts)
+        days.update((name, carried[name][ended]) for name in MEASURES)
         found = self._findings(self._named_subjects(keys, carried), days)
 
         chosen = np.flatnonzero(ended)
+        ended_keys = [keys[index] for index in chosen]
+        self.counts.close(self.counts.slots_for(ended_keys))
         cleared = selected(carried, chosen)
         cleared["day"] = np.full(len(chosen), -1, np.int64)
-        for name in SUMS:
+        for name in (*SUMS, *MEASURES):
             cleared[name] = np.zeros(len(chosen), np.int64)
-        self.days.put([keys[index] for index in chosen], cleared, _no_rows())
+        self.days.put(ended_keys, cleared, {"owner": np.empty(0, np.int64)})
         return found
+
+    def _day_measures(self, chunk: Chunk, slots: np.ndarray, carried: Columns, days: Columns, closed: np.ndarray) -> Columns:
+        """Return the distinct and most-frequent counts (``MEASURES``) of each entry of ``days`` after adding the chunk's events.
+
+        The subjects' carried days and the days left open go through
+        ``counts``: first the carried days' pairs, then the carried days that
+        closed end there, then the new open days' pairs. A closed day that was
+        not carried (late events, or a day that begins and ends within the
+        chunk) is counted from the chunk's rows alone.
+        """
+        is_carried = days["day"] == carried["day"][days["subject"]]
+        rows = _chunk_rows(chunk)
+        in_table = (is_carried | ~closed)[day_positions(days, rows["subject"], rows["day"])]
+        measures, _ = value_counts(days, selected(rows, ~in_table))
+        for name in MEASURES:
+            measures[name][is_carried] = carried[name][days["subject"][is_carried]]
+
+        pairs = merged_rows(days, selected(rows, in_table))
+        of_carried_day = is_carried[pairs["day_row"]]
+        self._add_pairs(slots, selected(pairs, of_carried_day), measures)
+        ending = (carried["day"] >= 0) & ((carried["day"] + 1) * DAY <= self.newest)
+        self.counts.close(slots[ending])
+        self._add_pairs(slots, selected(pairs, ~of_carried_day), measures)
+        return measures
+
+    def _add_pairs(self, slots: np.ndarray, pairs: Columns, measures: Columns) -> None:
+        """Add merged value rows to ``counts`` and raise the ``measures`` of their days in place."""
+        added = self.counts.add(slots[pairs["subject"]], pairs["kind"], pairs["value"], pairs["count"])
+        _raise_measures(measures, pairs["day_row"], pairs["kind"], added)
 
     def _findings(self, prepared: PreparedEvents, days: Columns) -> list:
         """Score the closed ``days`` with the detector's model and return the findings of the flagged ones.
@@ -132,11 +173,11 @@ class AnomalyDayState:
         rows = pd.DataFrame(selected(columns, flagged))
         return self.detector.flagged_findings(prepared, rows, anomaly[flagged])
 
-    def _carry_on(self, chunk: Chunk, carried: Columns, still_open: Columns, rows: Columns) -> None:
-        """Put each chunk subject's open day, if any, back into the state with its value rows.
+    def _carry_on(self, chunk: Chunk, carried: Columns, still_open: Columns) -> None:
+        """Put each chunk subject's open day, if any, back into the state.
 
         A subject has at most one open day, the UTC day of the newest event
-        seen, so ``still_open`` and ``rows`` (its merged value rows) are sorted by subject.
+        seen, so ``still_open`` has at most one entry per subject.
         """
         subjects = chunk.prepared.subjects
         values = dict(carried)
@@ -145,15 +186,13 @@ class AnomalyDayState:
         values["daily_budget"] = subjects["daily_budget"].to_numpy()
         values["expected_rph"] = subjects["expected_rph"].to_numpy()
         values["day"] = np.full(len(chunk.keys), -1, np.int64)
-        for name in SUMS:
+        for name in (*SUMS, *MEASURES):
             values[name] = np.zeros(len(chunk.keys), np.int64)
         owners = still_open["subject"]
-        for name in ("day", *SUMS, "window_start", "window_end"):
+        for name in ("day", *SUMS, *MEASURES, "window_start", "window_end"):
             values[name] = values[name].copy()
             values[name][owners] = still_open[name]
-
-        kept_rows = {"owner": rows["subject"], "kind": rows["kind"], "value": rows["value"], "count": rows["count"]}
-        self.days.put(chunk.keys, values, kept_rows)
+        self.days.put(chunk.keys, values, {"owner": np.empty(0, np.int64)})
 
     def _named_subjects(self, keys: list[SubjectKey], carried: Columns) -> PreparedEvents:
         """Return a ``PreparedEvents`` with only the subject table of ``keys``, for findings outside a chunk."""
@@ -228,14 +267,14 @@ def _chunk_rows(chunk: Chunk) -> Columns:
     return rows
 
 
-def _no_rows() -> Columns:
-    return {"owner": np.empty(0, np.int64), "kind": np.empty(0, np.int64), "value": np.empty(0, np.uint64), "count": np.empty(0, np.int64)}
-
-
-def _carried_rows(rows: Columns, carried: Columns) -> Columns:
-    """Return carried value rows with ``subject`` and the ``day`` of their subject's open day."""
-    owner = rows["owner"]
-    return {"subject": owner, "day": carried["day"][owner], "kind": rows["kind"], "value": rows["value"], "count": rows["count"]}
+def _raise_measures(measures: Columns, day_row: np.ndarray, kind: np.ndarray, added: AddedCounts) -> None:
+    """Raise each day's distinct counts by its new pairs and its most-frequent counts to its pairs' new counts."""
+    for name, of_kind in DISTINCT.items():
+        chosen = (kind == of_kind) & added.is_new
+        measures[name] += np.bincount(day_row[chosen], minlength=len(measures[name]))
+    for name, of_kind in MOST_FREQUENT.items():
+        chosen = kind == of_kind
+        np.maximum.at(measures[name], day_row[chosen], added.count[chosen])
 
 
 def _network_hashes(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:

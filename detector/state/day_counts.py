@@ -1,9 +1,10 @@
 """Per-(subject, UTC day) sums and value counts as plain arrays, merged from carried and new parts.
 
-The anomaly state adds each chunk's events to its subjects' open days. Both
-steps here sort and reduce numpy arrays of the touched subjects only, because
-group-bys and small DataFrames per chunk would cost more than the chunk's own
-events.
+The anomaly state adds each chunk's events to its subjects' open days. The
+steps here sort and reduce numpy arrays of one chunk's rows and its
+subjects' carried sums only, because group-bys and small DataFrames per
+chunk would cost more than the chunk's own events. The open days' value
+counts themselves live in ``detector.state.open_day_counts``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ NETWORK, USER_AGENT, COUNTRY, HOUR, PROMPT, BUCKET = range(6)
 KINDS = 6
 DISTINCT = {"networks": NETWORK, "user_agents": USER_AGENT, "countries": COUNTRY, "active_hours": HOUR}
 MOST_FREQUENT = {"top_prompt": PROMPT, "peak_10m": BUCKET}
+# The per-day counts read from value rows, named as ``keyday_counts`` names them.
+MEASURES = (*DISTINCT, *MOST_FREQUENT)
 
 SUMS = ("requests", "cost_nano", "images", "tokens", "errors")
 DAY_COLUMNS = ("subject", "day", *SUMS, "window_start", "window_end")
@@ -64,35 +67,42 @@ def day_positions(days: Columns, subject: np.ndarray, day: np.ndarray) -> np.nda
     return np.searchsorted(keys, subject.astype(np.int64) * span + (day - first_day))
 
 
-def value_counts(days: Columns, rows: Columns) -> tuple[dict[str, np.ndarray], Columns]:
-    """Return the distinct and most-frequent counts of each kind per entry of ``days``, and the merged value rows.
+def merged_rows(days: Columns, rows: Columns) -> Columns:
+    """Return one row per (subject, day, kind, value) of ``rows`` with the sum of its counts and the position of its day in ``days``.
 
-    ``rows`` contains carried and new value rows (``ROW_COLUMNS``), any number
-    per (subject, day, kind, value), each (subject, day) present in ``days``.
-    The merged rows have one row per (subject, day, kind, value) with the sum
-    of its counts, sorted by subject, day, kind and value, and the position of
-    their day in ``days`` as ``day_row``.
+    ``rows`` contains value rows (``ROW_COLUMNS``), any number per (subject,
+    day, kind, value), each (subject, day) present in ``days``. The merged
+    rows are sorted by subject, day, kind and value, and carry their day's
+    position as ``day_row``.
     """
-    counts = {name: np.zeros(len(days["subject"]), np.int64) for name in (*DISTINCT, *MOST_FREQUENT)}
     if not len(rows["subject"]):
-        return counts, {**rows, "day_row": np.empty(0, np.int64)}
-
+        return {**rows, "day_row": np.empty(0, np.int64)}
     day_row = day_positions(days, rows["subject"], rows["day"])
     group = day_row * KINDS + rows["kind"]
     order = np.lexsort((rows["value"], group))
-    group, value = group[order], rows["value"][order]
-    starts = run_starts(group, value)
-    merged = {
+    starts = run_starts(group[order], rows["value"][order])
+    return {
         "subject": rows["subject"][order][starts],
         "day": rows["day"][order][starts],
         "kind": rows["kind"][order][starts],
-        "value": value[starts],
+        "value": rows["value"][order][starts],
         "count": np.add.reduceat(rows["count"][order], starts),
         "day_row": day_row[order][starts],
     }
 
+
+def value_counts(days: Columns, rows: Columns) -> tuple[dict[str, np.ndarray], Columns]:
+    """Return the distinct and most-frequent counts of each kind per entry of ``days``, and the merged value rows.
+
+    ``rows`` and the merged rows are those of ``merged_rows``.
+    """
+    counts = {name: np.zeros(len(days["subject"]), np.int64) for name in MEASURES}
+    merged = merged_rows(days, rows)
+    if not len(merged["subject"]):
+        return counts, merged
+
     # Merged rows are sorted by (day row, kind), so each group is one run of them.
-    merged_group = group[starts]
+    merged_group = merged["day_row"] * KINDS + merged["kind"]
     group_starts = run_starts(merged_group)
     distinct = np.diff(np.append(group_starts, len(merged_group)))
     highest = np.maximum.reduceat(merged["count"], group_starts)

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detector.state.table import Columns, SubjectKey, _resized, _segment_index
+from detector.state.table import (
+    Columns,
+    SubjectKey,
+    _resized,
+    _segment_index,
+    numbered_slots,
+)
 
 # Free rows given to a relocated segment, as a multiple of the rows it then holds.
 _GROWTH = 2
@@ -54,12 +60,7 @@ class GrowingSegments:
 
     def slots_for(self, keys: Sequence[SubjectKey]) -> np.ndarray:
         """Return each key's slot, adding an empty segment for each new subject."""
-        slots = np.empty(len(keys), np.int64)
-        for position, key in enumerate(keys):
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = self._slots[key] = len(self._slots)
-            slots[position] = slot
+        slots = numbered_slots(self._slots, keys)
         if len(self._slots) > len(self.start):
             capacity = max(len(self._slots), 2 * len(self.start), 16)
             self.start = _resized(self.start, capacity)

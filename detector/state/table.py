@@ -199,6 +199,17 @@ class SubjectStates:
         self._used = len(index)
 
 
+def numbered_slots(slots: dict[SubjectKey, int], keys: Sequence[SubjectKey]) -> np.ndarray:
+    """Return each key's slot in ``slots``, adding new keys with the next numbers (slots are never freed)."""
+    numbers = np.empty(len(keys), np.int64)
+    for position, key in enumerate(keys):
+        slot = slots.get(key)
+        if slot is None:
+            slot = slots[key] = len(slots)
+        numbers[position] = slot
+    return numbers
+
+
 def _segment_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Return the row positions of the segments given by ``starts`` and ``lengths``, segment after segment."""
     total = int(lengths.sum())
