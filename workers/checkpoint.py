@@ -104,9 +104,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        if module == _STATE_PACKAGE or module.startswith(_STATE_PACKAGE + "."):
+        # A dotted name would walk the module's attributes (pickle protocol 4), from detector.state to any
+        # class its imports reach, such as subprocess.Popen; so only a class defined in detector.state itself.
+        if _in_state_package(module) and "." not in name:
             found = super().find_class(module, name)
-            if isinstance(found, type):
+            if isinstance(found, type) and _in_state_package(found.__module__):
                 return found
         raise CheckpointError(
             f"checkpoint names the global {module}.{name}, which no partition state contains; "
@@ -121,6 +123,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"checkpoint refers to {pid!r}, which this worker does not have; "
                 "it was written with other detectors and must be dropped"
             ) from None
+
+
+def _in_state_package(module: str) -> bool:
+    return module == _STATE_PACKAGE or module.startswith(_STATE_PACKAGE + ".")
 
 
 def external_objects(detectors: Sequence[Detector], plans: PlanCatalogue) -> dict[tuple, object]:
