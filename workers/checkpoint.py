@@ -157,8 +157,10 @@ def load_state(data: bytes, detectors: Sequence[Detector], plans: PlanCatalogue)
         raise CheckpointError(f"checkpoint of format version {data[4]}, this worker reads version {FORMAT_VERSION}")
     try:
         state = RestrictedUnpickler(io.BytesIO(data[5:]), external_objects(detectors, plans)).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-        raise CheckpointError(f"checkpoint is not readable: {error}") from error
+    except CheckpointError:
+        raise
+    except Exception as error:  # a damaged pickle can fail in any reconstructor it reaches
+        raise CheckpointError(f"checkpoint is not readable: {type(error).__name__}: {error}") from error
     if not isinstance(state, PartitionState):
         raise CheckpointError(f"checkpoint contains a {type(state).__name__}, not a PartitionState")
     return state
