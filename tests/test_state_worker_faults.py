@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
+from tests.factories import T0, record
 from workers.checkpoint import MAGIC, CheckpointError, load_state
+from workers.publish import DecisionPublisher
+from workers.state_consumer import StateConsumer, StateSettings
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +39,94 @@ def test_checkpoint_cannot_reach_a_class_through_dotted_name(plans, detectors, t
     with pytest.raises(CheckpointError, match="names the global detector.state.scorer.pd"):
         load_state(data, detectors, plans)
     assert not marker.exists()
+
+
+def test_undecodable_checkpoint_raises_checkpoint_error(plans, detectors):
+    # A string whose bytes are not UTF-8, as a flipped bit can make one.
+    data = MAGIC + bytes([1]) + b"\x80\x04\x8c\x02\xff\xfe."
+
+    with pytest.raises(CheckpointError, match="UnicodeDecodeError"):
+        load_state(data, detectors, plans)
+
+
+# Redis loses its data ----------------------------------------------------------------
+
+
+@pytest.fixture
+def make_worker(redis_client, redis_prefix, store, plans, policy, detectors):
+    def build(owner: str, partitions: int = 1, **settings) -> StateConsumer:
+        options = {
+            "prefix": redis_prefix, "partitions": partitions, "owner": owner, "batch_size": 2000, "block_ms": 10,
+            "checkpoint_seconds": 0.0, "close_seconds": 1e9, **settings,
+        }
+        worker = StateConsumer(
+            redis_client, store, plans=plans, policy=policy, detectors=detectors,
+            publisher=DecisionPublisher(redis_client, prefix=redis_prefix), settings=StateSettings(**options),
+        )
+        worker.ensure_groups()
+        return worker
+
+    return build
+
+
+def _add(redis_client, stream: str, numbers, *, key: str = "key-1", start: float = T0) -> None:
+    for number in numbers:
+        redis_client.xadd(stream, {"event": orjson.dumps(record(number, ts=start + number, key=key))})
+
+
+def _flush(redis_client, prefix: str) -> None:
+    """Delete every key of ``prefix``, as FLUSHALL or a restart without persistence does."""
+    redis_client.delete(*redis_client.scan_iter(match=f"{prefix}:*"))
+
+
+def test_data_loss_keeps_in_memory_state(make_worker, redis_client, redis_prefix):
+    stream = f"{redis_prefix}:events"
+    worker = make_worker("w0")
+    _add(redis_client, stream, range(20))
+    worker.process_once()
+    state = worker.owned[0]
+    subjects = len(state.scorer.ranks)
+
+    _flush(redis_client, redis_prefix)
+    worker.ensure_groups()
+    _add(redis_client, stream, range(20, 30))
+    outcome = worker.process_once()
+
+    assert outcome.events == 10
+    assert worker.owned[0] is state
+    assert len(state.scorer.ranks) == subjects > 0
+    assert state.last_id == redis_client.xrange(stream)[-1][0]
+    assert redis_client.get(f"{redis_prefix}:lease:0") == b"w0"
+    assert redis_client.exists(f"{redis_prefix}:state:0")
+    assert _pending(redis_client, stream) == 0
+
+
+def test_run_recreates_group_after_data_loss(make_worker, redis_client, redis_prefix, monkeypatch):
+    stream = f"{redis_prefix}:events"
+    worker = make_worker("w0")
+    _add(redis_client, stream, range(20))
+    republished = []
+    monkeypatch.setattr(worker.publisher, "republish", lambda store: republished.append(store) or 0)
+    rounds = {"count": 0}
+    rebalance = worker.rebalance
+
+    def rebalance_then_lose_data():
+        rounds["count"] += 1
+        taken = rebalance()
+        if rounds["count"] == 3:
+            # Between the leases' renewal and the read, as a FLUSHALL can land.
+            _flush(redis_client, redis_prefix)
+            _add(redis_client, f"{redis_prefix}:other", range(1))
+        return taken
+
+    monkeypatch.setattr(worker, "rebalance", rebalance_then_lose_data)
+    worker.run(max_idle_rounds=5)
+
+    assert rounds["count"] > 3
+    assert len(republished) == 2
+    assert redis_client.xinfo_groups(stream)[0]["name"].decode() == "fairuse-workers"
+    assert load_state(redis_client.get(f"{redis_prefix}:state:0"), worker.detectors, worker.plans).last_id is not None
+
+
+def _pending(redis_client, stream: str) -> int:
+    return redis_client.xpending(stream, "fairuse-workers")["pending"]

@@ -49,6 +49,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -143,6 +144,14 @@ class StateConsumer:
         self._changed: set[int] = set()
         self._closed_at = clock()
         self._next_block = 0
+        # The token this worker found at {prefix}:state-epoch; another one, or none, means Redis lost its data.
+        self._epoch: bytes | None = None
+        # Until then (clock time) no free partition is taken, so that other workers can take theirs back first.
+        self._claim_after = -1e18
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.settings.prefix}:state-epoch"
 
     def applied_key(self, partition: int) -> str:
         """Return the key of the id of the last entry applied to the partition's state, checkpointed or not.
@@ -178,14 +187,25 @@ class StateConsumer:
             while not stop.is_set():
                 try:
                     if not connected:
-                        self.ensure_groups()
+                        self.reconnect()
                         connected = True
                     outcome = self.process_once()
                     delay = 0.1
                 except (redis.ConnectionError, redis.TimeoutError) as error:
+                    # A batch that failed marked its partition stale itself; the other states are intact.
                     connected = False
-                    self._stale |= set(self.owned)
                     logger.warning("state worker %s: Redis unreachable, retrying in %.1f s: %s", self.settings.owner, delay, error)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                except redis.ResponseError as error:
+                    # NOGROUP: the client reconnected by itself to a Redis that lost its data. UNBLOCKED: the
+                    # stream was deleted (FLUSHALL, DEL) while this worker waited in XREADGROUP.
+                    if not str(error).startswith(("NOGROUP", "UNBLOCKED")):
+                        raise
+                    connected = False
+                    logger.warning("state worker %s: stream or consumer group missing, Redis lost its data: %s",
+                                   self.settings.owner, error)
                     stop.wait(delay)
                     delay = min(delay * 2, 30.0)
                     continue
@@ -200,6 +220,48 @@ class StateConsumer:
         finally:
             self.stop()
         logger.info("state worker %s stopped", self.settings.owner)
+
+    def reconnect(self) -> None:
+        """Recreate the groups, keep the owned states if Redis lost its data, and republish decisions in force."""
+        self.ensure_groups()
+        self.check_epoch()
+        published = self.publisher.republish(self.store)
+        logger.info("state worker %s: connected; republished %d decisions in force", self.settings.owner, published)
+
+    def check_epoch(self) -> bool:
+        """Notice that Redis lost its data since the last call, and keep the owned states then; return whether it did.
+
+        Leases, checkpoints and pending entries are gone with the data, and
+        the in-memory states are the only copy of what they summarised. So
+        this worker takes its partitions' leases back and writes their
+        checkpoints again, instead of starting them empty.
+        """
+        token = uuid.uuid4().hex.encode()
+        self.client.set(self.epoch_key, token, nx=True)
+        current = self.client.get(self.epoch_key)
+        lost = self._epoch is not None and current != self._epoch
+        self._epoch = current
+        if lost:
+            self._claim_after = self.clock() + self.settings.lease_ttl_ms / 1000
+            for partition in sorted(self.owned):
+                self._keep_after_data_loss(partition)
+        return lost
+
+    def _keep_after_data_loss(self, partition: int) -> None:
+        if not self.client.set(self.leases.key(partition), self.settings.owner, nx=True, px=self.settings.lease_ttl_ms):
+            self._drop(partition)
+            return
+        self.leases.owned.add(partition)
+        state = self.owned[partition]
+        # The entries are gone from Redis; a failed batch's events stay applied, as nothing can replay them.
+        state.unacknowledged.clear()
+        self._stale.discard(partition)
+        self._changed.add(partition)
+        self._checkpointed_at[partition] = -1e18
+        logger.warning(
+            "partition %d: Redis lost its data; keeping the in-memory state up to entry %s and writing %s again",
+            partition, _text(state.last_id), self.checkpoints.key(partition),
+        )
 
     def stop(self) -> None:
         """Write the state of every owned partition, acknowledge what it contains, and give up the leases."""
@@ -248,15 +310,27 @@ class StateConsumer:
         Returns each partition taken over (or reloaded after a failed batch)
         with the number of pending entries replayed onto its checkpoint.
         """
-        gained, lost = self.leases.rebalance(before_release=self.checkpoint)
+        if self._epoch is None:
+            self.check_epoch()
+        self._renew()
+        if self.clock() < self._claim_after:
+            gained, lost = set(), set()
+        else:
+            gained, lost = self.leases.rebalance(before_release=self.checkpoint)
         for partition in lost:
             self._drop(partition)
         self._stale &= set(self.owned) | gained
         return {partition: self._take_over(partition) for partition in sorted(gained | self._stale)}
 
     def _renew(self) -> None:
-        """Extend the leases, and drop the partitions whose lease expired or another worker took."""
-        for partition in self.leases.renew():
+        """Extend the leases, and drop the partitions whose lease expired or another worker took.
+
+        Leases lost because Redis lost its data are taken back, with the states kept (``check_epoch``).
+        """
+        lost = self.leases.renew()
+        if lost:
+            self.check_epoch()
+        for partition in lost - self.leases.owned:
             self._drop(partition)
 
     def _drop(self, partition: int) -> None:
