@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pytest
 
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
+from detector.state.scorer import STREAM_RETENTION, StateScorer
 from tests.factories import T0, record
-from workers.checkpoint import MAGIC, CheckpointError, load_state
+from workers.checkpoint import (
+    MAGIC,
+    CheckpointError,
+    PartitionState,
+    dump_state,
+    load_state,
+)
 from workers.publish import DecisionPublisher
+from workers.repeats import RepeatedRequests
 from workers.state_consumer import StateConsumer, StateSettings
 
 
@@ -130,3 +140,45 @@ def test_run_recreates_group_after_data_loss(make_worker, redis_client, redis_pr
 
 def _pending(redis_client, stream: str) -> int:
     return redis_client.xpending(stream, "fairuse-workers")["pending"]
+
+
+# Checkpoints of other settings ---------------------------------------------------------
+
+
+def test_checkpoint_without_model_rejected_by_model_worker(plans, detectors):
+    without_model = detectors[:-1]
+    worker_state = _state(without_model, plans, partitions=1)
+
+    with pytest.raises(CheckpointError, match=r"written with the detectors \[.*\], this worker runs .*AnomalyDetector"):
+        load_state(dump_state(worker_state, without_model, plans), detectors, plans)
+
+
+def test_checkpoint_of_other_partition_count_rejected(plans, detectors):
+    data = dump_state(_state(detectors, plans, partitions=1), detectors, plans)
+
+    with pytest.raises(CheckpointError, match="with 1 partitions, this worker has 3"):
+        load_state(data, detectors, plans, partitions=3)
+    assert load_state(data, detectors, plans, partitions=1).partitions == 1
+
+
+def test_worker_of_other_partition_count_starts_empty(make_worker, redis_client, redis_prefix, caplog):
+    single = make_worker("single")
+    _add(redis_client, f"{redis_prefix}:events", range(5))
+    single.process_once()
+    single.stop()
+
+    split = make_worker("split", partitions=3)
+    with caplog.at_level(logging.ERROR, logger="workers.state_consumer"):
+        split.rebalance()
+
+    assert split.owned[0].last_id is None
+    assert any(
+        entry.getMessage().startswith(f"partition 0: checkpoint {redis_prefix}:state:0 not loaded")
+        and "with 1 partitions, this worker has 3" in entry.getMessage()
+        for entry in caplog.records
+    )
+
+
+def _state(detectors, plans, *, partitions: int) -> PartitionState:
+    scorer = StateScorer(detectors=detectors, plans=plans, retention=STREAM_RETENTION)
+    return PartitionState(scorer=scorer, repeats=RepeatedRequests(), partitions=partitions)

@@ -361,7 +361,7 @@ class StateConsumer:
             )
             return self._empty_state()
         try:
-            return load_state(data, self.detectors, self.plans)
+            return load_state(data, self.detectors, self.plans, self.settings.partitions)
         except CheckpointError as error:
             logger.error("partition %d: checkpoint %s not loaded, starting with empty state: %s",
                          partition, self.checkpoints.key(partition), error)
@@ -369,7 +369,9 @@ class StateConsumer:
 
     def _empty_state(self) -> PartitionState:
         scorer = StateScorer(detectors=self.detectors, plans=self.plans, retention=STREAM_RETENTION)
-        return PartitionState(scorer=scorer, repeats=RepeatedRequests(self.settings.repeat_horizon))
+        return PartitionState(
+            scorer=scorer, repeats=RepeatedRequests(self.settings.repeat_horizon), partitions=self.settings.partitions
+        )
 
     def _replay_pending(self, partition: int) -> int:
         """Acknowledge the partition's pending entries the checkpoint contains and apply the others; return how many."""
