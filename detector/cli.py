@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector import __version__
 from detector.runtime import configure_process
+from fairuse_gateway.partitions import MAX_PARTITIONS
 
 # Messages are printed with soft_wrap, so a long path or value stays on one line
 # that grep can find. Tables get 140 columns when output is not a terminal.
@@ -265,7 +266,7 @@ def api(host, port, database_url, redis_url, prefix) -> None:
               help="Score on in-memory per-subject state, owning partitions of the stream, instead of re-scoring "
                    "stored windows (see docs/streaming-state.md). --claim-idle-ms and --model-refresh do not apply: "
                    "partitions move by lease, and the model is the one active at start.")
-@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, MAX_PARTITIONS),
               help="With --state: partitioned streams PREFIX:events:0 to N-1 (PREFIX:events when 1). "
                    "Gateways must append with the same number.")
 @click.option("--checkpoint-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0),

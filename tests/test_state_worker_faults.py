@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from detector.cli import main
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.state.scorer import STREAM_RETENTION, StateScorer
+from fairuse_gateway.partitions import MAX_PARTITIONS
 from tests.factories import T0, record
 from workers.checkpoint import (
     MAGIC,
@@ -18,6 +22,7 @@ from workers.checkpoint import (
     dump_state,
     load_state,
 )
+from workers.partitions import PartitionLeases
 from workers.publish import DecisionPublisher
 from workers.repeats import RepeatedRequests
 from workers.state_consumer import StateConsumer, StateSettings
@@ -182,3 +187,35 @@ def test_worker_of_other_partition_count_starts_empty(make_worker, redis_client,
 def _state(detectors, plans, *, partitions: int) -> PartitionState:
     scorer = StateScorer(detectors=detectors, plans=plans, retention=STREAM_RETENTION)
     return PartitionState(scorer=scorer, repeats=RepeatedRequests(), partitions=partitions)
+
+
+# Partition counts and take-overs -------------------------------------------------------
+
+
+@pytest.mark.parametrize("partitions", [0, -3, MAX_PARTITIONS + 1, 100_000])
+def test_partition_count_out_of_range_refused(redis_client, partitions):
+    with pytest.raises(ValueError, match=f"from 1 to {MAX_PARTITIONS}, not {partitions}"):
+        PartitionLeases(redis_client, prefix="unused", partitions=partitions, owner="w0")
+
+
+def test_cli_refuses_partitions_beyond_limit():
+    result = CliRunner().invoke(main, ["worker", "--state", "--partitions", "100000"])
+
+    assert result.exit_code == 2
+    assert f"1<=x<={MAX_PARTITIONS}" in result.output
+
+
+def test_slow_take_overs_keep_their_leases(make_worker, redis_client, redis_prefix, monkeypatch):
+    worker = make_worker("w0", partitions=3, lease_ttl_ms=1000)
+    load = worker._load_checkpoint
+
+    def slow_load(partition):
+        # Each load takes more than a third of the lease, so three outlast it unless renewed between them.
+        time.sleep(0.6)
+        return load(partition)
+
+    monkeypatch.setattr(worker, "_load_checkpoint", slow_load)
+    taken = worker.rebalance()
+
+    assert sorted(taken) == [0, 1, 2]
+    assert [redis_client.get(f"{redis_prefix}:lease:{partition}") for partition in range(3)] == [b"w0"] * 3

@@ -320,7 +320,13 @@ class StateConsumer:
         for partition in lost:
             self._drop(partition)
         self._stale &= set(self.owned) | gained
-        return {partition: self._take_over(partition) for partition in sorted(gained | self._stale)}
+        taken = {}
+        for partition in sorted(gained | self._stale):
+            # Loading and replaying can take seconds per partition, longer than a lease if not renewed.
+            self._renew()
+            if partition in self.leases.owned:
+                taken[partition] = self._take_over(partition)
+        return taken
 
     def _renew(self) -> None:
         """Extend the leases, and drop the partitions whose lease expired or another worker took.
