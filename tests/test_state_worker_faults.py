@@ -13,7 +13,7 @@ from detector.cli import main
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.state.scorer import STREAM_RETENTION, StateScorer
-from fairuse_gateway.partitions import MAX_PARTITIONS
+from fairuse_gateway.partitions import MAX_PARTITIONS, partition_of_event
 from tests.factories import T0, record
 from workers.checkpoint import (
     MAGIC,
@@ -219,3 +219,24 @@ def test_slow_take_overs_keep_their_leases(make_worker, redis_client, redis_pref
 
     assert sorted(taken) == [0, 1, 2]
     assert [redis_client.get(f"{redis_prefix}:lease:{partition}") for partition in range(3)] == [b"w0"] * 3
+
+
+# Hostile entries -----------------------------------------------------------------------
+
+
+def test_event_of_other_partition_dead_lettered(make_worker, redis_client, redis_prefix):
+    worker = make_worker("w0", partitions=2)
+    ours = next(key for key in (f"key-{number}" for number in range(100)) if partition_of_event(f"acct-{key}", key, 2) == 0)
+    theirs = next(key for key in (f"key-{number}" for number in range(100)) if partition_of_event(f"acct-{key}", key, 2) == 1)
+    # Both appended to partition 0's stream, as a gateway with another partition count would.
+    _add(redis_client, f"{redis_prefix}:events:0", range(3), key=ours)
+    _add(redis_client, f"{redis_prefix}:events:0", range(3, 5), key=theirs)
+
+    outcome = worker.process_once()
+
+    assert outcome.events == 3
+    assert outcome.dead == 2
+    reasons = [fields[b"reason"].decode() for _, fields in redis_client.xrange(f"{redis_prefix}:events:dead")]
+    assert len(reasons) == 2
+    assert all(f"(key '{theirs}') belongs to partition 1 of 2, not 0" in reason for reason in reasons)
+    assert _pending(redis_client, f"{redis_prefix}:events:0") == 0

@@ -66,10 +66,16 @@ from detector.state.scorer import STREAM_RETENTION, StateScorer
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
 from fairuse_gateway.partitions import partition_stream
-from workers.checkpoint import Checkpoints, CheckpointError, PartitionState, dump_state, load_state
+from workers.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    PartitionState,
+    dump_state,
+    load_state,
+)
 from workers.consumer import BatchOutcome
 from workers.entries import dead_letter, parse_entries, stream_entries, unparsed_reader
-from workers.partitions import PartitionLeases
+from workers.partitions import PartitionLeases, partition_of
 from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 
@@ -430,9 +436,10 @@ class StateConsumer:
         state = self.owned[partition]
         outcome = BatchOutcome(entries=len(entries))
         parsed = parse_entries(entries, stream)
+        frame, misrouted = _without_misrouted(parsed.frame, partition, self.settings.partitions, stream)
+        parsed.dead.extend(misrouted)
         outcome.dead = len(parsed.dead)
 
-        frame = parsed.frame
         if not frame.empty:
             first_seen = state.repeats.first_seen(frame)
             outcome.duplicates = parsed.duplicates + int((~first_seen).sum())
@@ -554,6 +561,35 @@ class StateConsumer:
                 )
                 outcome.add(self.process_entries(partition, entries))
         return outcome
+
+
+def _without_misrouted(
+    frame: pd.DataFrame, partition: int, partitions: int, stream: str
+) -> tuple[pd.DataFrame, list[tuple[bytes, str]]]:
+    """Return ``frame`` without the events of other partitions' subjects, and a dead letter for each.
+
+    A gateway that appends with another partition count, or by another
+    hash, would split a subject's state between partitions. The parsed
+    frame no longer knows its entry ids, so these dead letters carry the
+    event's request id in their ``entry`` field.
+    """
+    if partitions == 1 or frame.empty:
+        return frame, []
+    owners = partition_of(frame["account_id"], frame["key_id"], partitions)
+    wrong = owners != partition
+    if not wrong.any():
+        return frame, []
+    rows = zip(frame["request_id"][wrong], frame["account_id"][wrong], frame["key_id"][wrong], owners[wrong])
+    dead = [(str(request_id).encode(), _misrouted_reason(stream, request_id, account, key, owner, partition, partitions))
+            for request_id, account, key, owner in rows]
+    return frame[~wrong].reset_index(drop=True), dead
+
+
+def _misrouted_reason(stream, request_id, account, key, owner: int, partition: int, partitions: int) -> str:
+    return (
+        f"{stream}: request {request_id}: account {str(account)[:64]!r} (key {str(key)[:64]!r}) belongs to "
+        f"partition {owner} of {partitions}, not {partition}; does a gateway append with another partition count?"
+    )
 
 
 def _after(entry_id: bytes, last_id: bytes) -> bool:
