@@ -56,6 +56,18 @@ def test_checkpoint_cannot_reach_a_class_through_dotted_name(plans, detectors, t
     assert not marker.exists()
 
 
+def _call_with_int(module: str, name: str, number: int) -> bytes:
+    return b"\x80\x04" + _short(module) + _short(name) + b"\x93" + b"J" + number.to_bytes(4, "little") + b"\x85R."
+
+
+def test_checkpoint_cannot_allocate_through_bytearray(plans, detectors):
+    # bytearray(n) fills n bytes; a checkpoint of 40 bytes could ask for terabytes. States never need the call.
+    data = MAGIC + bytes([1]) + _call_with_int("builtins", "bytearray", 16)
+
+    with pytest.raises(CheckpointError, match="names the global builtins.bytearray"):
+        load_state(data, detectors, plans)
+
+
 def test_undecodable_checkpoint_raises_checkpoint_error(plans, detectors):
     # A string whose bytes are not UTF-8, as a flipped bit can make one.
     data = MAGIC + bytes([1]) + b"\x80\x04\x8c\x02\xff\xfe."

@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 # Globals outside detector.state that checkpoints contain (numpy 2, pandas 3, pyarrow 26).
 _ALLOWED_GLOBALS = frozenset({
     ("builtins", "slice"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "dict"),
-    ("builtins", "list"), ("builtins", "tuple"), ("builtins", "bytearray"), ("builtins", "complex"),
+    ("builtins", "list"), ("builtins", "tuple"), ("builtins", "complex"),
     ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "deque"),
     ("numpy", "dtype"), ("numpy", "ndarray"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
