@@ -27,6 +27,8 @@ gives it only the new events. docs/streaming-state.md gives the design.
   the batch command uses, with the subjects' stored findings of the merge
   window as context. Findings and decisions are stored (idempotent on
   their ids), then decisions are published.
+- Redis losing its data. The worker keeps its in-memory states, takes
+  its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
   ended before its newest event are scored (``StateScorer.close``).
 
