@@ -317,7 +317,7 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
     """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
     from detector.model_switch import ModelSwitch
     from workers.publish import DecisionPublisher
-    from workers.state_consumer import StateConsumer, StateSettings
+    from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
 
     # The detectors stay those of the start: a model activated later is used after a restart.
     detectors = ModelSwitch(store, policy=policy, use_model=not no_model).detectors()
@@ -325,7 +325,10 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
         client, store, plans=plans, policy=policy, detectors=detectors, publisher=DecisionPublisher(client, prefix=prefix),
         settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
     )
-    consumer.run(stop)
+    try:
+        consumer.run(stop)
+    except PartitionCountError as error:
+        raise click.ClickException(str(error)) from None
 
 
 from detector.gateway_commands import enforce_command, import_command, push_command  # noqa: E402 - registered after main exists

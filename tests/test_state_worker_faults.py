@@ -25,7 +25,7 @@ from workers.checkpoint import (
 from workers.partitions import PartitionLeases
 from workers.publish import DecisionPublisher
 from workers.repeats import RepeatedRequests
-from workers.state_consumer import StateConsumer, StateSettings
+from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +183,8 @@ def test_worker_of_other_partition_count_starts_empty(make_worker, redis_client,
     _add(redis_client, f"{redis_prefix}:events", range(5))
     single.process_once()
     single.stop()
+    # The operator stopped every worker and deleted the noted count, to change it.
+    redis_client.delete(f"{redis_prefix}:state-partitions")
 
     split = make_worker("split", partitions=3)
     with caplog.at_level(logging.ERROR, logger="workers.state_consumer"):
@@ -194,6 +196,14 @@ def test_worker_of_other_partition_count_starts_empty(make_worker, redis_client,
         and "with 1 partitions, this worker has 3" in entry.getMessage()
         for entry in caplog.records
     )
+
+
+def test_worker_of_other_partition_count_refused(make_worker, redis_client, redis_prefix):
+    make_worker("first", partitions=3)
+
+    with pytest.raises(PartitionCountError, match=f"{redis_prefix}:state-partitions says .* run 3 partitions, this worker 1"):
+        make_worker("second", partitions=1)
+    assert not redis_client.exists(f"{redis_prefix}:events")
 
 
 def _state(detectors, plans, *, partitions: int) -> PartitionState:

@@ -84,6 +84,10 @@ from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 logger = logging.getLogger(__name__)
 
 
+class PartitionCountError(ValueError):
+    """Workers of one key prefix were started with different ``--partitions``."""
+
+
 @dataclass(frozen=True, slots=True)
 class StateSettings:
     """Names, limits and periods of the state worker. Times are in seconds unless the name says ms."""
@@ -171,8 +175,26 @@ class StateConsumer:
 
     # Loop ---------------------------------------------------------------------
 
+    @property
+    def partitions_key(self) -> str:
+        return f"{self.settings.prefix}:state-partitions"
+
     def ensure_groups(self) -> None:
-        """Create the consumer group on every partition's stream (and the streams) where missing."""
+        """Check the prefix's partition count, then create the group on every partition's stream where missing.
+
+        The first worker of a prefix notes its partition count in Redis. A
+        worker with another count raises ``PartitionCountError``: it would
+        contend for the same leases and checkpoint keys while reading other
+        streams, and leave some partitions unread.
+        """
+        self.client.set(self.partitions_key, self.settings.partitions, nx=True)
+        noted = int(self.client.get(self.partitions_key))
+        if noted != self.settings.partitions:
+            raise PartitionCountError(
+                f"{self.partitions_key} says the workers of this prefix run {noted} partitions, this worker "
+                f"{self.settings.partitions}; start every worker and gateway with the same --partitions, or, once "
+                f"none runs, delete {self.partitions_key} to change the count"
+            )
         for partition in range(self.settings.partitions):
             try:
                 self.client.xgroup_create(self.settings.partition_stream(partition), self.settings.group, id="0", mkstream=True)
@@ -608,4 +630,4 @@ def _text(entry_id: bytes | None) -> str:
     return "none" if entry_id is None else entry_id.decode()
 
 
-__all__ = ["StateConsumer", "StateSettings"]
+__all__ = ["PartitionCountError", "StateConsumer", "StateSettings"]
