@@ -7,6 +7,7 @@ import time
 
 import orjson
 import pytest
+import redis
 from click.testing import CliRunner
 
 from detector.cli import main
@@ -262,3 +263,33 @@ def test_event_of_other_partition_dead_lettered(make_worker, redis_client, redis
     assert len(reasons) == 2
     assert all(f"(key '{theirs}') belongs to partition 1 of 2, not 0" in reason for reason in reasons)
     assert _pending(redis_client, f"{redis_prefix}:events:0") == 0
+
+
+def test_lost_connection_reloads_states_from_checkpoints(make_worker, redis_client, redis_prefix, monkeypatch):
+    """Redis may come back from a snapshot older than the states, so they are reloaded, not kept."""
+    stream = f"{redis_prefix}:events"
+    worker = make_worker("w0", checkpoint_seconds=1e9)
+    _add(redis_client, stream, range(10))
+    worker.process_once()
+    worker.checkpoint({0})
+    checkpointed = worker.owned[0].last_id
+    _add(redis_client, stream, range(10, 15))
+    worker.process_once()
+    ahead = worker.owned[0]
+    read = worker._read
+    calls = {"count": 0}
+
+    def read_once_unreachable(partition, start, block_ms):
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise redis.ConnectionError("Redis restarted")
+        return read(partition, start, block_ms)
+
+    monkeypatch.setattr(worker, "_read", read_once_unreachable)
+    monkeypatch.setattr(worker, "stop", lambda: None)
+    worker.run(max_idle_rounds=2)
+
+    assert ahead.last_id != checkpointed
+    assert worker.owned[0] is not ahead
+    assert worker.owned[0].last_id == ahead.last_id
+    assert _pending(redis_client, stream) == 5

@@ -222,8 +222,10 @@ class StateConsumer:
                     outcome = self.process_once()
                     delay = 0.1
                 except (redis.ConnectionError, redis.TimeoutError) as error:
-                    # A batch that failed marked its partition stale itself; the other states are intact.
+                    # Redis may come back from a snapshot, its streams and groups behind the states: every
+                    # state is reloaded from its checkpoint then, unless Redis came back empty (check_epoch).
                     connected = False
+                    self._stale |= set(self.owned)
                     logger.warning("state worker %s: Redis unreachable, retrying in %.1f s: %s", self.settings.owner, delay, error)
                     stop.wait(delay)
                     delay = min(delay * 2, 30.0)
