@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector import __version__
 from detector.runtime import configure_process
+from fairuse_gateway.partitions import MAX_PARTITIONS
 
 # Messages are printed with soft_wrap, so a long path or value stays on one line
 # that grep can find. Tables get 140 columns when output is not a terminal.
@@ -265,7 +266,7 @@ def api(host, port, database_url, redis_url, prefix) -> None:
               help="Score on in-memory per-subject state, owning partitions of the stream, instead of re-scoring "
                    "stored windows (see docs/streaming-state.md). --claim-idle-ms and --model-refresh do not apply: "
                    "partitions move by lease, and the model is the one active at start.")
-@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, MAX_PARTITIONS),
               help="With --state: partitioned streams PREFIX:events:0 to N-1 (PREFIX:events when 1). "
                    "Gateways must append with the same number.")
 @click.option("--checkpoint-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0),
@@ -316,7 +317,7 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
     """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
     from detector.model_switch import ModelSwitch
     from workers.publish import DecisionPublisher
-    from workers.state_consumer import StateConsumer, StateSettings
+    from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
 
     # The detectors stay those of the start: a model activated later is used after a restart.
     detectors = ModelSwitch(store, policy=policy, use_model=not no_model).detectors()
@@ -324,7 +325,10 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
         client, store, plans=plans, policy=policy, detectors=detectors, publisher=DecisionPublisher(client, prefix=prefix),
         settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
     )
-    consumer.run(stop)
+    try:
+        consumer.run(stop)
+    except PartitionCountError as error:
+        raise click.ClickException(str(error)) from None
 
 
 from detector.gateway_commands import enforce_command, import_command, push_command  # noqa: E402 - registered after main exists

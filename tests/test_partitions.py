@@ -122,5 +122,5 @@ def test_every_lease_key_has_ttl(redis_client, redis_prefix):
 
 
 def test_zero_partitions_rejected(redis_client, redis_prefix):
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="from 1 to 1024, not 0"):
         _leases(redis_client, redis_prefix, "worker-a", partitions=0)

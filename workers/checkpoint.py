@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 # Globals outside detector.state that checkpoints contain (numpy 2, pandas 3, pyarrow 26).
 _ALLOWED_GLOBALS = frozenset({
     ("builtins", "slice"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "dict"),
-    ("builtins", "list"), ("builtins", "tuple"), ("builtins", "bytearray"), ("builtins", "complex"),
+    ("builtins", "list"), ("builtins", "tuple"), ("builtins", "complex"),
     ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "deque"),
     ("numpy", "dtype"), ("numpy", "ndarray"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
@@ -65,23 +65,30 @@ class PartitionState:
     ``last_id`` is the stream id of the last entry the state contains, or
     None before the first. ``newest`` is the partition's newest event time
     (epoch seconds), the ``as_of`` for closing quiet keys' anomaly days.
+    ``partitions`` is the partition count the subjects were split by, or
+    None where unknown.
     """
 
     scorer: StateScorer
     repeats: RepeatedRequests
     last_id: bytes | None = None
     newest: float | None = None
+    partitions: int | None = None
     # Not in the checkpoint: entries read since the last one, to acknowledge once a checkpoint contains them.
     unacknowledged: list[bytes] = field(default_factory=list)
 
     def __getstate__(self):
-        return {"scorer": self.scorer, "repeats": self.repeats, "last_id": self.last_id, "newest": self.newest}
+        return {
+            "scorer": self.scorer, "repeats": self.repeats, "last_id": self.last_id, "newest": self.newest,
+            "partitions": self.partitions,
+        }
 
     def __setstate__(self, values) -> None:
         self.scorer = values["scorer"]
         self.repeats = values["repeats"]
         self.last_id = values["last_id"]
         self.newest = values["newest"]
+        self.partitions = values.get("partitions")
         self.unacknowledged = []
 
 
@@ -104,9 +111,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        if module == _STATE_PACKAGE or module.startswith(_STATE_PACKAGE + "."):
+        # A dotted name would walk the module's attributes (pickle protocol 4), from detector.state to any
+        # class its imports reach, such as subprocess.Popen; so only a class defined in detector.state itself.
+        if _in_state_package(module) and "." not in name:
             found = super().find_class(module, name)
-            if isinstance(found, type):
+            if isinstance(found, type) and _in_state_package(found.__module__):
                 return found
         raise CheckpointError(
             f"checkpoint names the global {module}.{name}, which no partition state contains; "
@@ -121,6 +130,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"checkpoint refers to {pid!r}, which this worker does not have; "
                 "it was written with other detectors and must be dropped"
             ) from None
+
+
+def _in_state_package(module: str) -> bool:
+    return module == _STATE_PACKAGE or module.startswith(_STATE_PACKAGE + ".")
 
 
 def external_objects(detectors: Sequence[Detector], plans: PlanCatalogue) -> dict[tuple, object]:
@@ -143,19 +156,45 @@ def dump_state(state: PartitionState, detectors: Sequence[Detector], plans: Plan
     return buffer.getvalue()
 
 
-def load_state(data: bytes, detectors: Sequence[Detector], plans: PlanCatalogue) -> PartitionState:
-    """Read a checkpoint written by ``dump_state``, with the worker's own ``detectors`` and ``plans`` put back."""
+def load_state(
+    data: bytes, detectors: Sequence[Detector], plans: PlanCatalogue, partitions: int | None = None
+) -> PartitionState:
+    """Read a checkpoint written by ``dump_state``, with the worker's own ``detectors`` and ``plans`` put back.
+
+    A checkpoint written with other detectors, or, where ``partitions`` is
+    given, for another partition count, is rejected: its subjects or its
+    states would not match this worker's.
+    """
     if data[:4] != MAGIC:
         raise CheckpointError("not a fairuse checkpoint: its first bytes are not FUCP")
     if data[4:5] != bytes([FORMAT_VERSION]):
         raise CheckpointError(f"checkpoint of format version {data[4]}, this worker reads version {FORMAT_VERSION}")
     try:
         state = RestrictedUnpickler(io.BytesIO(data[5:]), external_objects(detectors, plans)).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-        raise CheckpointError(f"checkpoint is not readable: {error}") from error
+    except CheckpointError:
+        raise
+    except Exception as error:  # a damaged pickle can fail in any reconstructor it reaches
+        raise CheckpointError(f"checkpoint is not readable: {type(error).__name__}: {error}") from error
     if not isinstance(state, PartitionState):
         raise CheckpointError(f"checkpoint contains a {type(state).__name__}, not a PartitionState")
+    _check_detectors(state, detectors)
+    if partitions is not None and state.partitions is not None and state.partitions != partitions:
+        raise CheckpointError(
+            f"checkpoint of a worker with {state.partitions} partitions, this worker has {partitions}; "
+            "its subjects are not this partition's"
+        )
     return state
+
+
+def _check_detectors(state: PartitionState, detectors: Sequence[Detector]) -> None:
+    """Reject a state whose scorer runs other detectors than ``detectors`` (e.g. written with --no-model)."""
+    written = getattr(state.scorer, "detectors", None)
+    if not isinstance(written, list) or [id(detector) for detector in written] != [id(detector) for detector in detectors]:
+        names = [type(detector).__name__ for detector in written or ()]
+        raise CheckpointError(
+            f"checkpoint written with the detectors {names}, this worker runs "
+            f"{[type(detector).__name__ for detector in detectors]}"
+        )
 
 
 # Writes a checkpoint only while the lease still names its writer. KEYS: checkpoint, lease.

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import redis
 
+from fairuse_gateway.partitions import MAX_PARTITIONS
+
 # Renews the leases this worker still owns and returns the positions of the others in KEYS, from 0.
 _RENEW_SCRIPT = """
 local lost = {}
@@ -77,8 +79,8 @@ class PartitionLeases:
     def __init__(
         self, client: redis.Redis, *, prefix: str, partitions: int, owner: str, ttl_ms: int = 10_000
     ) -> None:
-        if partitions < 1:
-            raise ValueError(f"partitions must be at least 1, not {partitions}")
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be from 1 to {MAX_PARTITIONS}, not {partitions}")
         self.client = client
         self.prefix = prefix
         self.partitions = partitions

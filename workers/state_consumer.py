@@ -27,6 +27,8 @@ gives it only the new events. docs/streaming-state.md gives the design.
   the batch command uses, with the subjects' stored findings of the merge
   window as context. Findings and decisions are stored (idempotent on
   their ids), then decisions are published.
+- Redis losing its data. The worker keeps its in-memory states, takes
+  its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
   ended before its newest event are scored (``StateScorer.close``).
 
@@ -49,6 +51,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -65,14 +68,24 @@ from detector.state.scorer import STREAM_RETENTION, StateScorer
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
 from fairuse_gateway.partitions import partition_stream
-from workers.checkpoint import Checkpoints, CheckpointError, PartitionState, dump_state, load_state
+from workers.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    PartitionState,
+    dump_state,
+    load_state,
+)
 from workers.consumer import BatchOutcome
 from workers.entries import dead_letter, parse_entries, stream_entries, unparsed_reader
-from workers.partitions import PartitionLeases
+from workers.partitions import PartitionLeases, partition_of
 from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 
 logger = logging.getLogger(__name__)
+
+
+class PartitionCountError(ValueError):
+    """Workers of one key prefix were started with different ``--partitions``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +156,14 @@ class StateConsumer:
         self._changed: set[int] = set()
         self._closed_at = clock()
         self._next_block = 0
+        # The token this worker found at {prefix}:state-epoch; another one, or none, means Redis lost its data.
+        self._epoch: bytes | None = None
+        # Until then (clock time) no free partition is taken, so that other workers can take theirs back first.
+        self._claim_after = -1e18
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.settings.prefix}:state-epoch"
 
     def applied_key(self, partition: int) -> str:
         """Return the key of the id of the last entry applied to the partition's state, checkpointed or not.
@@ -154,8 +175,26 @@ class StateConsumer:
 
     # Loop ---------------------------------------------------------------------
 
+    @property
+    def partitions_key(self) -> str:
+        return f"{self.settings.prefix}:state-partitions"
+
     def ensure_groups(self) -> None:
-        """Create the consumer group on every partition's stream (and the streams) where missing."""
+        """Check the prefix's partition count, then create the group on every partition's stream where missing.
+
+        The first worker of a prefix notes its partition count in Redis. A
+        worker with another count raises ``PartitionCountError``: it would
+        contend for the same leases and checkpoint keys while reading other
+        streams, and leave some partitions unread.
+        """
+        self.client.set(self.partitions_key, self.settings.partitions, nx=True)
+        noted = int(self.client.get(self.partitions_key))
+        if noted != self.settings.partitions:
+            raise PartitionCountError(
+                f"{self.partitions_key} says the workers of this prefix run {noted} partitions, this worker "
+                f"{self.settings.partitions}; start every worker and gateway with the same --partitions, or, once "
+                f"none runs, delete {self.partitions_key} to change the count"
+            )
         for partition in range(self.settings.partitions):
             try:
                 self.client.xgroup_create(self.settings.partition_stream(partition), self.settings.group, id="0", mkstream=True)
@@ -178,14 +217,27 @@ class StateConsumer:
             while not stop.is_set():
                 try:
                     if not connected:
-                        self.ensure_groups()
+                        self.reconnect()
                         connected = True
                     outcome = self.process_once()
                     delay = 0.1
                 except (redis.ConnectionError, redis.TimeoutError) as error:
+                    # Redis may come back from a snapshot, its streams and groups behind the states: every
+                    # state is reloaded from its checkpoint then, unless Redis came back empty (check_epoch).
                     connected = False
                     self._stale |= set(self.owned)
                     logger.warning("state worker %s: Redis unreachable, retrying in %.1f s: %s", self.settings.owner, delay, error)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                except redis.ResponseError as error:
+                    # NOGROUP: the client reconnected by itself to a Redis that lost its data. UNBLOCKED: the
+                    # stream was deleted (FLUSHALL, DEL) while this worker waited in XREADGROUP.
+                    if not str(error).startswith(("NOGROUP", "UNBLOCKED")):
+                        raise
+                    connected = False
+                    logger.warning("state worker %s: stream or consumer group missing, Redis lost its data: %s",
+                                   self.settings.owner, error)
                     stop.wait(delay)
                     delay = min(delay * 2, 30.0)
                     continue
@@ -200,6 +252,48 @@ class StateConsumer:
         finally:
             self.stop()
         logger.info("state worker %s stopped", self.settings.owner)
+
+    def reconnect(self) -> None:
+        """Recreate the groups, keep the owned states if Redis lost its data, and republish decisions in force."""
+        self.ensure_groups()
+        self.check_epoch()
+        published = self.publisher.republish(self.store)
+        logger.info("state worker %s: connected; republished %d decisions in force", self.settings.owner, published)
+
+    def check_epoch(self) -> bool:
+        """Notice that Redis lost its data since the last call, and keep the owned states then; return whether it did.
+
+        Leases, checkpoints and pending entries are gone with the data, and
+        the in-memory states are the only copy of what they summarised. So
+        this worker takes its partitions' leases back and writes their
+        checkpoints again, instead of starting them empty.
+        """
+        token = uuid.uuid4().hex.encode()
+        self.client.set(self.epoch_key, token, nx=True)
+        current = self.client.get(self.epoch_key)
+        lost = self._epoch is not None and current != self._epoch
+        self._epoch = current
+        if lost:
+            self._claim_after = self.clock() + self.settings.lease_ttl_ms / 1000
+            for partition in sorted(self.owned):
+                self._keep_after_data_loss(partition)
+        return lost
+
+    def _keep_after_data_loss(self, partition: int) -> None:
+        if not self.client.set(self.leases.key(partition), self.settings.owner, nx=True, px=self.settings.lease_ttl_ms):
+            self._drop(partition)
+            return
+        self.leases.owned.add(partition)
+        state = self.owned[partition]
+        # The entries are gone from Redis; a failed batch's events stay applied, as nothing can replay them.
+        state.unacknowledged.clear()
+        self._stale.discard(partition)
+        self._changed.add(partition)
+        self._checkpointed_at[partition] = -1e18
+        logger.warning(
+            "partition %d: Redis lost its data; keeping the in-memory state up to entry %s and writing %s again",
+            partition, _text(state.last_id), self.checkpoints.key(partition),
+        )
 
     def stop(self) -> None:
         """Write the state of every owned partition, acknowledge what it contains, and give up the leases."""
@@ -248,15 +342,33 @@ class StateConsumer:
         Returns each partition taken over (or reloaded after a failed batch)
         with the number of pending entries replayed onto its checkpoint.
         """
-        gained, lost = self.leases.rebalance(before_release=self.checkpoint)
+        if self._epoch is None:
+            self.check_epoch()
+        self._renew()
+        if self.clock() < self._claim_after:
+            gained, lost = set(), set()
+        else:
+            gained, lost = self.leases.rebalance(before_release=self.checkpoint)
         for partition in lost:
             self._drop(partition)
         self._stale &= set(self.owned) | gained
-        return {partition: self._take_over(partition) for partition in sorted(gained | self._stale)}
+        taken = {}
+        for partition in sorted(gained | self._stale):
+            # Loading and replaying can take seconds per partition, longer than a lease if not renewed.
+            self._renew()
+            if partition in self.leases.owned:
+                taken[partition] = self._take_over(partition)
+        return taken
 
     def _renew(self) -> None:
-        """Extend the leases, and drop the partitions whose lease expired or another worker took."""
-        for partition in self.leases.renew():
+        """Extend the leases, and drop the partitions whose lease expired or another worker took.
+
+        Leases lost because Redis lost its data are taken back, with the states kept (``check_epoch``).
+        """
+        lost = self.leases.renew()
+        if lost:
+            self.check_epoch()
+        for partition in lost - self.leases.owned:
             self._drop(partition)
 
     def _drop(self, partition: int) -> None:
@@ -287,7 +399,7 @@ class StateConsumer:
             )
             return self._empty_state()
         try:
-            return load_state(data, self.detectors, self.plans)
+            return load_state(data, self.detectors, self.plans, self.settings.partitions)
         except CheckpointError as error:
             logger.error("partition %d: checkpoint %s not loaded, starting with empty state: %s",
                          partition, self.checkpoints.key(partition), error)
@@ -295,7 +407,9 @@ class StateConsumer:
 
     def _empty_state(self) -> PartitionState:
         scorer = StateScorer(detectors=self.detectors, plans=self.plans, retention=STREAM_RETENTION)
-        return PartitionState(scorer=scorer, repeats=RepeatedRequests(self.settings.repeat_horizon))
+        return PartitionState(
+            scorer=scorer, repeats=RepeatedRequests(self.settings.repeat_horizon), partitions=self.settings.partitions
+        )
 
     def _replay_pending(self, partition: int) -> int:
         """Acknowledge the partition's pending entries the checkpoint contains and apply the others; return how many."""
@@ -348,9 +462,10 @@ class StateConsumer:
         state = self.owned[partition]
         outcome = BatchOutcome(entries=len(entries))
         parsed = parse_entries(entries, stream)
+        frame, misrouted = _without_misrouted(parsed.frame, partition, self.settings.partitions, stream)
+        parsed.dead.extend(misrouted)
         outcome.dead = len(parsed.dead)
 
-        frame = parsed.frame
         if not frame.empty:
             first_seen = state.repeats.first_seen(frame)
             outcome.duplicates = parsed.duplicates + int((~first_seen).sum())
@@ -474,6 +589,35 @@ class StateConsumer:
         return outcome
 
 
+def _without_misrouted(
+    frame: pd.DataFrame, partition: int, partitions: int, stream: str
+) -> tuple[pd.DataFrame, list[tuple[bytes, str]]]:
+    """Return ``frame`` without the events of other partitions' subjects, and a dead letter for each.
+
+    A gateway that appends with another partition count, or by another
+    hash, would split a subject's state between partitions. The parsed
+    frame no longer knows its entry ids, so these dead letters carry the
+    event's request id in their ``entry`` field.
+    """
+    if partitions == 1 or frame.empty:
+        return frame, []
+    owners = partition_of(frame["account_id"], frame["key_id"], partitions)
+    wrong = owners != partition
+    if not wrong.any():
+        return frame, []
+    rows = zip(frame["request_id"][wrong], frame["account_id"][wrong], frame["key_id"][wrong], owners[wrong])
+    dead = [(str(request_id).encode(), _misrouted_reason(stream, request_id, account, key, owner, partition, partitions))
+            for request_id, account, key, owner in rows]
+    return frame[~wrong].reset_index(drop=True), dead
+
+
+def _misrouted_reason(stream, request_id, account, key, owner: int, partition: int, partitions: int) -> str:
+    return (
+        f"{stream}: request {request_id}: account {str(account)[:64]!r} (key {str(key)[:64]!r}) belongs to "
+        f"partition {owner} of {partitions}, not {partition}; does a gateway append with another partition count?"
+    )
+
+
 def _after(entry_id: bytes, last_id: bytes) -> bool:
     """Return whether stream entry id ``entry_id`` comes after ``last_id``."""
     return _id_parts(entry_id) > _id_parts(last_id)
@@ -488,4 +632,4 @@ def _text(entry_id: bytes | None) -> str:
     return "none" if entry_id is None else entry_id.decode()
 
 
-__all__ = ["StateConsumer", "StateSettings"]
+__all__ = ["PartitionCountError", "StateConsumer", "StateSettings"]
