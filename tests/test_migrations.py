@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -127,3 +128,40 @@ def test_batch_import_leaves_alembic_to_migrate():
     imported = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
 
     assert imported.strip() == "[]"
+
+
+_MIGRATE_AT = """
+import sys, time
+import alembic.command, alembic.config  # imported before the start time, so the processes migrate together
+from detector.store.database import create_store_engine, migrate
+engine = create_store_engine(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+migrate(engine)
+"""
+
+
+def test_processes_migrate_new_database_together(database_url):
+    # Workers started together on a new database all ran the first migration, and all but one failed
+    # with "table decisions already exists".
+    start = time.time() + 3.0
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _MIGRATE_AT, database_url, str(start)], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+
+    for process, error in zip(processes, errors):
+        assert process.returncode == 0, error
+    with create_store_engine(database_url).connect() as connection:
+        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == _head()
+
+
+def _head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from detector.store.database import _MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()

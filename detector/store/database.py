@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 logger = logging.getLogger(__name__)
 
 DATABASE_ENV = "FAIRUSE_DATABASE_URL"
 DEFAULT_URL = "sqlite:///fairuse.db"
+# Name of the lock that one migrating process holds at a time (PostgreSQL advisory lock key, MariaDB GET_LOCK name).
+_MIGRATION_LOCK_KEY = 0x66616972  # "fair"
+_MIGRATION_LOCK_NAME = "fairuse-migrate"
+_MIGRATION_LOCK_SECONDS = 300
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -40,9 +47,73 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as connection:
+    # The lock is held until the migration's transaction has committed, on a connection of its own.
+    with engine.connect() as lock_connection, _migration_lock(engine, lock_connection), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@contextmanager
+def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """Hold a lock that one process at a time can hold while it migrates ``engine``'s database.
+
+    Workers started together on a new database otherwise all create the
+    first tables, and all but one fail with "table already exists".
+    PostgreSQL takes a session advisory lock and MariaDB and MySQL a named
+    lock, both on ``connection``, and a SQLite file an exclusive ``flock`` on
+    a file beside it. An in-memory SQLite database has a single user.
+    """
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        with _advisory_lock(connection):
+            yield
+    elif dialect in ("mysql", "mariadb"):
+        with _named_lock(connection):
+            yield
+    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with _file_lock(Path(f"{engine.url.database}.migrate-lock")):
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def _advisory_lock(connection: Connection) -> Iterator[None]:
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        connection.commit()
+
+
+@contextmanager
+def _named_lock(connection: Connection) -> Iterator[None]:
+    acquired = connection.execute(
+        text("SELECT GET_LOCK(:name, :seconds)"), {"name": _MIGRATION_LOCK_NAME, "seconds": _MIGRATION_LOCK_SECONDS}
+    ).scalar()
+    if acquired != 1:
+        raise TimeoutError(
+            f"another process held the migration lock {_MIGRATION_LOCK_NAME!r} for {_MIGRATION_LOCK_SECONDS} s; "
+            "check for a stuck fairuse process migrating this database"
+        )
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _MIGRATION_LOCK_NAME})
+        connection.commit()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def open_store(url: str | None = None):  # -> DecisionStore, imported late to avoid a cycle
