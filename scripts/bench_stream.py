@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
         [--batch-size 50000] [--rate 2000] [--warmup 10] [--redis redis://127.0.0.1:6379/0]
-        [--only throughput|lookup|latency] [--worker-log FILE] [--arrival-order] [--path window|state]
+        [--only throughput|lookup|latency] [--worker-log FILE] [--arrival-order] [--path window|state] [--model]
 
 Measures, each under its own key prefix (removed afterwards):
 
@@ -43,6 +43,9 @@ windows. A state worker acknowledges entries only at its next checkpoint
 (every 5 s), so its throughput is timed until the last entry of every
 partition is applied (``{prefix}:state-applied:{n}``), not acknowledged.
 
+With ``--model`` the workers run the anomaly detector with the shipped model;
+by default they run with ``--no-model``.
+
 With ``--worker-log FILE`` the workers run with ``-v`` and append their log
 to FILE, one line per micro-batch, so batch sizes can be read beside the figures.
 """
@@ -66,6 +69,8 @@ import pandas as pd
 import redis
 
 from detector.decisions import Decision
+from detector.gateway_import import ImportReport, StreamSink
+from detector.model_registry import load_model
 from detector.pipeline import default_detectors, score_events
 from detector.plans import load_plans
 from detector.policy import load_policy
@@ -73,7 +78,6 @@ from detector.readers import read_json_lines
 from detector.simulate import simulate_traffic
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
-from detector.gateway_import import ImportReport, StreamSink
 from fairuse_gateway.partitions import partition_of_event, partition_stream
 from workers.consumer import StreamSettings
 from workers.publish import DecisionPublisher, subject_key
@@ -86,6 +90,8 @@ WORKER_LOG: Path | None = None
 BACKGROUND_KEYS = 2000
 # The worker kind: "window" (fairuse worker) or "state" (fairuse worker --state), from --path.
 PATH = "window"
+# Whether the workers run the anomaly detector with the shipped model (--model), or run with --no-model.
+WITH_MODEL = False
 
 
 def main() -> None:
@@ -112,10 +118,14 @@ def main() -> None:
         "--path", choices=["window", "state"], default="window",
         help="Workers that re-score stored windows (the default) or score on in-memory state.",
     )
+    parser.add_argument(
+        "--model", action="store_true", help="Run the workers with the anomaly model instead of --no-model."
+    )
     args = parser.parse_args()
-    global WORKER_LOG, PATH
+    global WORKER_LOG, PATH, WITH_MODEL
     WORKER_LOG = args.worker_log
     PATH = args.path
+    WITH_MODEL = args.model
     client = redis.Redis.from_url(args.redis)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -233,14 +243,16 @@ def _append_to_streams(client: redis.Redis, streams: list[str], shares: list[lis
 def preload_state(client: redis.Redis, prefix: str, database: str, frame: pd.DataFrame, partitions: int) -> None:
     """Feed ``frame`` through an in-process state worker and stop it, so its checkpoints hold the history.
 
-    It uses the detectors of ``fairuse worker --state --no-model``, whose positions the checkpoints refer to.
+    It uses the detectors of the timed workers (with ``--model``, the shipped model's), whose positions the
+    checkpoints refer to.
     """
     from workers.state_consumer import StateConsumer, StateSettings
 
     store = open_store(database)
     StreamSink(client, f"{prefix}:events", partitions=partitions).send(frame, frame.iloc[:0], ImportReport())
     worker = StateConsumer(
-        client, store, plans=load_plans(), policy=load_policy(), detectors=default_detectors(),
+        client, store, plans=load_plans(), policy=load_policy(),
+        detectors=default_detectors(load_model()) if WITH_MODEL else default_detectors(),
         publisher=DecisionPublisher(client, prefix=prefix),
         settings=StateSettings(prefix=prefix, partitions=partitions, owner="preload", block_ms=10, close_seconds=1e9),
     )
@@ -400,13 +412,13 @@ def _drained(client: redis.Redis, stream: str, entries: int) -> bool:
 def start_workers(
     client: redis.Redis, url: str, database: str, prefix: str, count: int, batch_size: int, partitions: int = 1
 ) -> list[subprocess.Popen]:
-    """Start ``count`` ``fairuse worker`` processes without the anomaly model; return once they can take entries.
+    """Start ``count`` ``fairuse worker`` processes (without the anomaly model unless --model); return once they can take entries.
 
     With ``--path state`` they are state workers on ``partitions`` partitions.
     """
     command = [
         sys.executable, "-m", "detector.cli", *(["-v"] if WORKER_LOG else []), "worker", "--db", database, "--redis", url,
-        "--prefix", prefix, "--no-model", "--batch-size", str(batch_size),
+        "--prefix", prefix, *([] if WITH_MODEL else ["--no-model"]), "--batch-size", str(batch_size),
     ]
     if PATH == "state":
         command += ["--state", "--partitions", str(partitions)]
