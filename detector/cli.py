@@ -284,6 +284,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     from detector.policy import load_policy
     from detector.store import open_store
     from workers.consumer import StreamConsumer, StreamSettings
+    from workers.heap import freeze_startup_objects
     from workers.publish import DecisionPublisher
     from workers.window import EventWindows
 
@@ -310,12 +311,14 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
         ),
         models=models,
     )
+    freeze_startup_objects()
     consumer.run(stop)
 
 
 def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds, stop) -> None:
     """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
     from detector.model_switch import ModelSwitch
+    from workers.heap import freeze_startup_objects
     from workers.publish import DecisionPublisher
     from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
 
@@ -325,6 +328,7 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
         client, store, plans=plans, policy=policy, detectors=detectors, publisher=DecisionPublisher(client, prefix=prefix),
         settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
     )
+    freeze_startup_objects()
     try:
         consumer.run(stop)
     except PartitionCountError as error:
