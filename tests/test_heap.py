@@ -10,8 +10,8 @@ def test_freeze_moves_live_objects_out_of_scans():
     try:
         frozen = freeze_startup_objects()
 
-        assert frozen == gc.get_freeze_count()
         assert frozen >= len(kept)
+        assert gc.get_freeze_count() >= len(kept)
         assert gc.get_count()[0] < len(kept)
     finally:
         gc.unfreeze()

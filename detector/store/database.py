@@ -47,21 +47,26 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    # The lock is held until the migration's transaction has committed, on a connection of its own.
-    with engine.connect() as lock_connection, _migration_lock(engine, lock_connection), engine.begin() as connection:
+    # The locks are held until the migration's transaction has committed. The SQLite file's lock comes
+    # before the first connection, because each new connection switches the file to WAL.
+    with (
+        _sqlite_file_lock(engine),
+        engine.connect() as lock_connection,
+        _server_lock(engine, lock_connection),
+        engine.begin() as connection,
+    ):
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
 
 @contextmanager
-def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
-    """Hold a lock that one process at a time can hold while it migrates ``engine``'s database.
+def _server_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """Hold a lock that one process at a time can hold while it migrates ``engine``'s database server.
 
     Workers started together on a new database otherwise all create the
     first tables, and all but one fail with "table already exists".
     PostgreSQL takes a session advisory lock and MariaDB and MySQL a named
-    lock, both on ``connection``, and a SQLite file an exclusive ``flock`` on
-    a file beside it. An in-memory SQLite database has a single user.
+    lock, both on ``connection``. SQLite takes ``_sqlite_file_lock`` instead.
     """
     dialect = engine.dialect.name
     if dialect == "postgresql":
@@ -70,10 +75,20 @@ def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
     elif dialect in ("mysql", "mariadb"):
         with _named_lock(connection):
             yield
-    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        with _file_lock(Path(f"{engine.url.database}.migrate-lock")):
-            yield
     else:
+        yield
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on a file beside a SQLite database file; other databases need none.
+
+    An in-memory SQLite database has a single user.
+    """
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        yield
+        return
+    with _file_lock(Path(f"{engine.url.database}.migrate-lock")):
         yield
 
 
