@@ -61,22 +61,28 @@ def simulation(tmp_path_factory):
     }
 
 
-@pytest.fixture
-def make_worker(redis_client, redis_prefix, postgres_url, plans, policy, detectors):
-    store = open_store(postgres_url)
+def state_worker_builder(redis_client, prefix: str, store, plans, policy, detectors):
+    """Return a function that builds state workers on ``prefix`` that checkpoint after every batch."""
 
     def build(owner: str, partitions: int = 1, **settings) -> StateConsumer:
         options = {
-            "prefix": redis_prefix, "partitions": partitions, "owner": owner, "batch_size": 2000, "block_ms": 10,
+            "prefix": prefix, "partitions": partitions, "owner": owner, "batch_size": 2000, "block_ms": 10,
             "checkpoint_seconds": 0.0, "close_seconds": 1e9, **settings,
         }
         worker = StateConsumer(
             redis_client, store, plans=plans, policy=policy, detectors=detectors,
-            publisher=DecisionPublisher(redis_client, prefix=redis_prefix), settings=StateSettings(**options),
+            publisher=DecisionPublisher(redis_client, prefix=prefix), settings=StateSettings(**options),
         )
         worker.ensure_groups()
         return worker
 
+    return build
+
+
+@pytest.fixture
+def make_worker(redis_client, redis_prefix, postgres_url, plans, policy, detectors):
+    store = open_store(postgres_url)
+    build = state_worker_builder(redis_client, redis_prefix, store, plans, policy, detectors)
     build.store = store
     build.url = postgres_url
     return build

@@ -16,6 +16,7 @@ from detector.pipeline import default_detectors
 from detector.state.scorer import STREAM_RETENTION, StateScorer
 from fairuse_gateway.partitions import MAX_PARTITIONS, partition_of_event
 from tests.factories import T0, record
+from tests.test_state_consumer import state_worker_builder
 from workers.checkpoint import (
     MAGIC,
     CheckpointError,
@@ -24,9 +25,8 @@ from workers.checkpoint import (
     load_state,
 )
 from workers.partitions import PartitionLeases
-from workers.publish import DecisionPublisher
 from workers.repeats import RepeatedRequests
-from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
+from workers.state_consumer import PartitionCountError
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +82,7 @@ def test_undecodable_checkpoint_raises_checkpoint_error(plans, detectors):
 
 @pytest.fixture
 def make_worker(redis_client, redis_prefix, store, plans, policy, detectors):
-    def build(owner: str, partitions: int = 1, **settings) -> StateConsumer:
-        options = {
-            "prefix": redis_prefix, "partitions": partitions, "owner": owner, "batch_size": 2000, "block_ms": 10,
-            "checkpoint_seconds": 0.0, "close_seconds": 1e9, **settings,
-        }
-        worker = StateConsumer(
-            redis_client, store, plans=plans, policy=policy, detectors=detectors,
-            publisher=DecisionPublisher(redis_client, prefix=redis_prefix), settings=StateSettings(**options),
-        )
-        worker.ensure_groups()
-        return worker
-
-    return build
+    return state_worker_builder(redis_client, redis_prefix, store, plans, policy, detectors)
 
 
 def _add(redis_client, stream: str, numbers, *, key: str = "key-1", start: float = T0) -> None:

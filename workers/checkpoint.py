@@ -111,8 +111,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        # A dotted name would walk the module's attributes (pickle protocol 4), from detector.state to any
-        # class its imports reach, such as subprocess.Popen; so only a class defined in detector.state itself.
+        # Pickle protocol 4 resolves a dotted name attribute by attribute, so it would reach any class that
+        # detector.state's imports reach, such as subprocess.Popen. Only a class defined there is accepted.
         if _in_state_package(module) and "." not in name:
             found = super().find_class(module, name)
             if isinstance(found, type) and _in_state_package(found.__module__):

@@ -4,8 +4,9 @@ An entry is ``(entry_id, fields)``, its fields a dict or Redis's flat list
 of names and values. Its ``event`` field contains one JSON event. Entries
 without one, with one longer than ``MAX_LINE_BYTES``, or whose event the
 reader rejects, become dead letters: ``(entry_id, reason)`` pairs that
-``dead_letter`` appends to the dead-letter stream, so they never block the
-entries behind them.
+``dead_letter`` appends to the dead-letter stream. The workers acknowledge
+them along with the rest of their batch, so the entries behind them are
+processed.
 """
 
 from __future__ import annotations

@@ -20,13 +20,13 @@ gives it only the new events. docs/streaming-state.md gives the design.
   checkpoint, acknowledges the pending entries up to its id and applies
   the ones after it, in order. So each entry is applied to the state once,
   whether a worker stops, hands a partition over or is killed.
-- Each batch: entries are parsed (dead letters as in the window worker),
-  requests seen within ``repeat_horizon`` seconds of event time are dropped
-  (``workers.repeats``), the state scores the rest, and the policy decides
-  on the findings through ``detector.pipeline.apply_policy``, the function
-  the batch command uses, with the subjects' stored findings of the merge
-  window as context. Findings and decisions are stored (idempotent on
-  their ids), then decisions are published.
+- Each batch: entries are parsed, with dead letters as in the window
+  worker. Requests seen within ``repeat_horizon`` seconds of event time are
+  dropped (``workers.repeats``), and the state scores the rest. The policy
+  decides on the findings through ``detector.pipeline.apply_policy``, the
+  function the batch command uses, with the subjects' stored findings of the
+  merge window as context. Findings and decisions are stored (idempotent
+  on their ids), then decisions are published.
 - Redis losing its data. The worker keeps its in-memory states, takes
   its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
@@ -168,8 +168,8 @@ class StateConsumer:
     def applied_key(self, partition: int) -> str:
         """Return the key of the id of the last entry applied to the partition's state, checkpointed or not.
 
-        Compared with the checkpoint's id, it tells how much a new owner would
-        replay. ``scripts/bench_stream.py`` waits for it.
+        The entries between the checkpoint's id and this one are those a new
+        owner would replay. ``scripts/bench_stream.py`` waits for it.
         """
         return f"{self.settings.prefix}:state-applied:{partition}"
 
@@ -596,8 +596,8 @@ def _without_misrouted(
 
     A gateway that appends with another partition count, or by another
     hash, would split a subject's state between partitions. The parsed
-    frame no longer knows its entry ids, so these dead letters carry the
-    event's request id in their ``entry`` field.
+    frame has no entry ids, so these dead letters carry the event's request
+    id in their ``entry`` field.
     """
     if partitions == 1 or frame.empty:
         return frame, []
