@@ -46,6 +46,7 @@ from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
 from workers.entries import dead_letter, parse_entries, stream_entries, unparsed_reader
 from workers.publish import DecisionPublisher
+from workers.retry import RetryDelay
 from workers.window import EventWindows, drop_repeated_requests
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class StreamConsumer:
         ``max_idle_batches`` ends the loop after that many empty reads in a row (for tests).
         """
         stop = stop or threading.Event()
-        delay = 0.1
+        delay = RetryDelay()
         idle = 0
         connected = False
         logger.info("consumer %s started on %s", self.settings.consumer, self.settings.stream)
@@ -140,12 +141,11 @@ class StreamConsumer:
                     self._reconnect()
                     connected = True
                 outcome = self.process_once()
-                delay = 0.1
+                delay.reset()
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 connected = False
-                logger.warning("consumer %s: Redis unreachable, retrying in %.1f s: %s", self.settings.consumer, delay, error)
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+                logger.warning("consumer %s: Redis unreachable, retrying in %.1f s: %s", self.settings.consumer, delay.seconds, error)
+                delay.wait(stop)
                 continue
             except redis.ResponseError as error:
                 # NOGROUP: the client reconnected by itself to a Redis that lost its data. UNBLOCKED: the
@@ -159,10 +159,9 @@ class StreamConsumer:
                 # Nothing was acknowledged: the batch is read again once the database is back.
                 self._retry_own_pending = True
                 logger.warning(
-                    "consumer %s: database unreachable, retrying in %.1f s: %s", self.settings.consumer, delay, error.orig
+                    "consumer %s: database unreachable, retrying in %.1f s: %s", self.settings.consumer, delay.seconds, error.orig
                 )
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+                delay.wait(stop)
                 continue
             idle = idle + 1 if outcome.entries == 0 else 0
             if max_idle_batches is not None and idle >= max_idle_batches:

@@ -80,6 +80,7 @@ from workers.entries import dead_letter, parse_entries, stream_entries, unparsed
 from workers.partitions import PartitionLeases, partition_of
 from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
+from workers.retry import RetryDelay
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class StateConsumer:
         ``max_idle_rounds`` ends the loop after that many rounds without entries (for tests).
         """
         stop = stop or threading.Event()
-        delay = 0.1
+        delay = RetryDelay()
         idle = 0
         connected = False
         logger.info("state worker %s started on %d partitions of %s", self.settings.owner, self.settings.partitions, self.settings.stream)
@@ -220,15 +221,14 @@ class StateConsumer:
                         self.reconnect()
                         connected = True
                     outcome = self.process_once()
-                    delay = 0.1
+                    delay.reset()
                 except (redis.ConnectionError, redis.TimeoutError) as error:
                     # Redis may come back from a snapshot, its streams and groups behind the states: every
                     # state is reloaded from its checkpoint then, unless Redis came back empty (check_epoch).
                     connected = False
                     self._stale |= set(self.owned)
-                    logger.warning("state worker %s: Redis unreachable, retrying in %.1f s: %s", self.settings.owner, delay, error)
-                    stop.wait(delay)
-                    delay = min(delay * 2, 30.0)
+                    logger.warning("state worker %s: Redis unreachable, retrying in %.1f s: %s", self.settings.owner, delay.seconds, error)
+                    delay.wait(stop)
                     continue
                 except redis.ResponseError as error:
                     # NOGROUP: the client reconnected by itself to a Redis that lost its data. UNBLOCKED: the
@@ -238,13 +238,11 @@ class StateConsumer:
                     connected = False
                     logger.warning("state worker %s: stream or consumer group missing, Redis lost its data: %s",
                                    self.settings.owner, error)
-                    stop.wait(delay)
-                    delay = min(delay * 2, 30.0)
+                    delay.wait(stop)
                     continue
                 except sqlalchemy.exc.DBAPIError as error:
-                    logger.warning("state worker %s: database unreachable, retrying in %.1f s: %s", self.settings.owner, delay, error.orig)
-                    stop.wait(delay)
-                    delay = min(delay * 2, 30.0)
+                    logger.warning("state worker %s: database unreachable, retrying in %.1f s: %s", self.settings.owner, delay.seconds, error.orig)
+                    delay.wait(stop)
                     continue
                 idle = idle + 1 if outcome.entries == 0 else 0
                 if max_idle_rounds is not None and idle >= max_idle_rounds:
