@@ -62,6 +62,9 @@ def test_score_with_two_processes_same_output(traffic, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "MIN_EVENTS_TO_FORK", 1)
     monkeypatch.setattr(pipeline, "detect_in_processes", recording)
+    # Earlier tests in this process can leave an idle library thread (LiteLLM's logging pool), which makes
+    # can_fork() refuse. The forked children run only detectors, which never touch that pool.
+    monkeypatch.setattr(pipeline, "can_fork", lambda: True)
     single_out, forked_out = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
 
     first = _score(traffic / "events.jsonl", "--db", f"sqlite:///{tmp_path}/one.db", "--out", single_out)
