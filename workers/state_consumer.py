@@ -55,6 +55,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import redis
 import sqlalchemy.exc
@@ -64,6 +65,7 @@ from detector.pipeline import apply_policy
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
 from detector.shadow import prior_without_shadow
+from detector.state.chunk import Chunk
 from detector.state.scorer import STREAM_RETENTION, StateScorer
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
@@ -81,6 +83,7 @@ from workers.partitions import PartitionLeases, partition_of
 from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 from workers.retry import RetryDelay
+from workers.state_activity import record_activity
 
 logger = logging.getLogger(__name__)
 
@@ -489,7 +492,9 @@ class StateConsumer:
     def _score(self, partition: int, state: PartitionState, frame: pd.DataFrame, outcome: BatchOutcome) -> None:
         newest = float(frame["ts"].max())
         state.newest = newest if state.newest is None else max(state.newest, newest)
-        result = state.scorer.score(frame)
+        chunk = Chunk(frame, self.plans)
+        result = state.scorer.update(chunk)
+        touched = state.activity.add(chunk)
         if len(result.inexact):
             outcome.inexact = result.inexact[["subject_type", "subject"]].drop_duplicates().shape[0]
             logger.debug(
@@ -498,6 +503,7 @@ class StateConsumer:
             )
         since = float(frame["ts"].min())
         self._decide(result.findings, since, outcome)
+        record_activity(self.store, state.activity, chunk.keys, touched)
 
     def _decide(self, findings: list[Finding], since: float, outcome: BatchOutcome) -> None:
         """Decide on ``findings`` as the batch command does, given the stored findings from ``since`` minus the merge window."""
@@ -523,6 +529,9 @@ class StateConsumer:
             try:
                 findings = state.scorer.close(state.newest)
                 self._decide(findings, state.newest, outcome)
+                # A subject first acted on here gets the rows of its past hours.
+                flagged = {(finding.subject_type, finding.subject) for finding in findings}
+                record_activity(self.store, state.activity, flagged, np.empty(0, np.int64))
             except BaseException:
                 self._stale.add(partition)
                 raise

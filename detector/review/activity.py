@@ -154,8 +154,15 @@ class ActivityLog:
         rows = hourly_activity(prepared, subjects, since, whole=newly)
         if rows.empty:
             return 0
+        return self.store_rows(rows, now=now)
+
+    def store_rows(self, rows: pd.DataFrame, *, now: datetime | None = None) -> int:
+        """Replace each subject's stored hours from its first to its last hour in ``rows``; return the rows written.
+
+        ``rows`` has the columns of ``ActivityRow``. Rows older than ``RETENTION`` before ``now`` are removed.
+        """
         self._replace(rows)
-        self._prune(now - RETENTION)
+        self._prune((now or datetime.now(UTC)) - RETENTION)
         return len(rows)
 
     def series(self, subject_type: str, subject: str, *, end: datetime | None = None) -> ActivitySeries:
