@@ -195,11 +195,11 @@ def test_state_rows_equal_window_worker(make_worker, redis_client, redis_prefix,
         windows=EventWindows(redis_client, prefix=window_prefix),
         publisher=DecisionPublisher(redis_client, prefix=window_prefix),
         settings=StreamSettings(stream=f"{window_prefix}:events", group="workers", dead_letter=f"{window_prefix}:dead",
-                                block_ms=10, batch_size=300),
+                                block_ms=10, batch_size=30),
     )
     window.ensure_group()
     build = state_worker_builder(redis_client, redis_prefix, make_worker.store, plans, policy, default_detectors(None))
-    state = build("a", batch_size=300)
+    state = build("a", batch_size=30)
     for event in records:
         redis_client.xadd(window.settings.stream, {"event": orjson.dumps(event)})
         redis_client.xadd(f"{redis_prefix}:events", {"event": orjson.dumps(event)})
