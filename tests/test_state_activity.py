@@ -212,7 +212,7 @@ def test_state_rows_equal_window_worker(make_worker, redis_client, redis_prefix,
     expected = _stored_rows(window_store.engine)
     assert window_store.all_decisions()
     _assert_same_rows(written, expected)
-    # The quiet hours came before the first decision; the repeated request is counted once.
+    # The quiet hours came before the first decision, and the repeated request is counted once.
     assert written["subject"].tolist().count("key-1") == 3
     assert written["requests"].sum() == 912
 

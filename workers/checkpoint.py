@@ -93,7 +93,7 @@ class PartitionState:
         self.last_id = values["last_id"]
         self.newest = values["newest"]
         self.partitions = values.get("partitions")
-        # A checkpoint written before the activity was kept starts it empty: its subjects' past hours are not charted.
+        # A checkpoint written before the activity was kept starts it empty, so its subjects' past hours are not charted.
         activity = values.get("activity")
         self.activity = HourlyActivity() if activity is None else activity
         self.unacknowledged = []
