@@ -29,6 +29,7 @@ from detector.detectors import Detector
 from detector.plans import PlanCatalogue
 from detector.state.scorer import StateScorer
 from workers.repeats import RepeatedRequests
+from workers.state_activity import HourlyActivity
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ _ALLOWED_GLOBALS = frozenset({
     ("pandas.core.indexes.base", "_new_Index"), ("pandas.core.internals.managers", "BlockManager"),
     ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "py_buffer"), ("pyarrow.lib", "type_for_alias"),
     ("workers.checkpoint", "PartitionState"), ("workers.repeats", "RepeatedRequests"),
+    ("workers.state_activity", "HourlyActivity"),
 })
 _STATE_PACKAGE = "detector.state"
 
@@ -74,13 +76,15 @@ class PartitionState:
     last_id: bytes | None = None
     newest: float | None = None
     partitions: int | None = None
+    # The hourly activity rows of the review console's charts (see workers.state_activity).
+    activity: HourlyActivity = field(default_factory=HourlyActivity)
     # Not in the checkpoint: entries read since the last one, to acknowledge once a checkpoint contains them.
     unacknowledged: list[bytes] = field(default_factory=list)
 
     def __getstate__(self):
         return {
             "scorer": self.scorer, "repeats": self.repeats, "last_id": self.last_id, "newest": self.newest,
-            "partitions": self.partitions,
+            "partitions": self.partitions, "activity": self.activity,
         }
 
     def __setstate__(self, values) -> None:
@@ -89,6 +93,9 @@ class PartitionState:
         self.last_id = values["last_id"]
         self.newest = values["newest"]
         self.partitions = values.get("partitions")
+        # A checkpoint written before the activity was kept starts it empty, so its subjects' past hours are not charted.
+        activity = values.get("activity")
+        self.activity = HourlyActivity() if activity is None else activity
         self.unacknowledged = []
 
 

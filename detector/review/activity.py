@@ -9,9 +9,10 @@ the requests, the cost, the distinct networks, countries and user agents, and
 a histogram of the gaps between consecutive requests. Rows contain counts
 only, never an address.
 
-A pass replaces the rows of the hours it covers. Stream workers score a
-subject's whole Redis window (up to 7 days) with each micro-batch, so their
-hours are complete. A batch run replaces them with what its files hold.
+A pass replaces the rows of the hours it covers. The window worker scores a
+subject's whole Redis window (up to 7 days) with each micro-batch, so its
+hours are complete. The state worker keeps hourly counts instead
+(``workers.state_activity``). A batch run replaces them with what its files hold.
 Rows older than ``RETENTION`` are removed as new ones are written.
 """
 
@@ -154,8 +155,15 @@ class ActivityLog:
         rows = hourly_activity(prepared, subjects, since, whole=newly)
         if rows.empty:
             return 0
+        return self.store_rows(rows, now=now)
+
+    def store_rows(self, rows: pd.DataFrame, *, now: datetime | None = None) -> int:
+        """Replace each subject's stored hours from its first to its last hour in ``rows``; return the rows written.
+
+        ``rows`` has the columns of ``ActivityRow``. Rows older than ``RETENTION`` before ``now`` are removed.
+        """
         self._replace(rows)
-        self._prune(now - RETENTION)
+        self._prune((now or datetime.now(UTC)) - RETENTION)
         return len(rows)
 
     def series(self, subject_type: str, subject: str, *, end: datetime | None = None) -> ActivitySeries:
