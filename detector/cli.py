@@ -264,8 +264,7 @@ def api(host, port, database_url, redis_url, prefix) -> None:
               help="Seconds between reads of the active model and shadow from the registry.")
 @click.option("--state", "use_state", is_flag=True,
               help="Score on in-memory per-subject state, owning partitions of the stream, instead of re-scoring "
-                   "stored windows (see docs/streaming-state.md). --claim-idle-ms and --model-refresh do not apply: "
-                   "partitions move by lease, and the model is the one active at start.")
+                   "stored windows (see docs/streaming-state.md). --claim-idle-ms does not apply: partitions move by lease.")
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, MAX_PARTITIONS),
               help="With --state: partitioned streams PREFIX:events:0 to N-1 (PREFIX:events when 1). "
                    "Gateways must append with the same number.")
@@ -298,7 +297,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if use_state:
         _run_state_worker(client, store, prefix, load_plans(plans), policy, no_model, batch_size, partitions,
-                          checkpoint_seconds, stop)
+                          checkpoint_seconds, model_refresh, stop)
         return
     # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
     models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
@@ -315,18 +314,20 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     consumer.run(stop)
 
 
-def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds, stop) -> None:
+def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds,
+                      model_refresh, stop) -> None:
     """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
     from detector.model_switch import ModelSwitch
     from workers.heap import freeze_startup_objects
     from workers.publish import DecisionPublisher
     from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
 
-    # The detectors stay those of the start: a model activated later is used after a restart.
-    detectors = ModelSwitch(store, policy=policy, use_model=not no_model).detectors()
+    # A model activated later replaces the anomaly detector in the running worker (workers.state_models).
+    models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
     consumer = StateConsumer(
-        client, store, plans=plans, policy=policy, detectors=detectors, publisher=DecisionPublisher(client, prefix=prefix),
+        client, store, plans=plans, policy=policy, detectors=models.detectors(), publisher=DecisionPublisher(client, prefix=prefix),
         settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
+        models=models,
     )
     freeze_startup_objects()
     try:

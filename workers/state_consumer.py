@@ -60,6 +60,7 @@ import redis
 import sqlalchemy.exc
 
 from detector.detectors import Detector, Finding
+from detector.model_switch import ModelSwitch
 from detector.pipeline import apply_policy
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
@@ -69,6 +70,7 @@ from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
 from fairuse_gateway.partitions import partition_stream
 from workers.checkpoint import (
+    DEFAULT_MAX_BYTES,
     CheckpointError,
     Checkpoints,
     PartitionState,
@@ -81,6 +83,7 @@ from workers.partitions import PartitionLeases, partition_of
 from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 from workers.retry import RetryDelay
+from workers.state_models import StateModels
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ class StateSettings:
     lease_ttl_ms: int = 10_000
     # Longer than the retention, so a checkpoint outlives every event it summarises.
     checkpoint_ttl_seconds: int = int(STREAM_RETENTION) + 86400
+    # A larger checkpoint is rejected before it is read, and its partition starts empty.
+    checkpoint_max_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def stream(self) -> str:
@@ -132,15 +137,17 @@ class StateConsumer:
         publisher: DecisionPublisher,
         settings: StateSettings = StateSettings(),
         clock: Callable[[], float] = time.monotonic,
+        models: ModelSwitch | None = None,
     ) -> None:
+        """With ``models``, a newly activated model replaces the anomaly detector and the shadow runs (``workers.state_models``)."""
         self.client = client
         self._reader = unparsed_reader(client)
         self.store = store
         self.plans = plans
         self.policy = policy
-        # NOTE: fixed for the worker's life. A model activated later is used after a restart, because
-        # checkpoints hold state built with these detectors.
-        self.detectors = list(detectors)
+        # Replaced by a new list when a newly activated model is swapped in (StateModels.refresh).
+        self.models = StateModels(detectors, models)
+        self.detectors = self.models.detectors
         self.publisher = publisher
         self.settings = settings
         self.clock = clock
@@ -148,7 +155,9 @@ class StateConsumer:
             client, prefix=settings.prefix, partitions=settings.partitions, owner=settings.owner,
             ttl_ms=settings.lease_ttl_ms,
         )
-        self.checkpoints = Checkpoints(client, prefix=settings.prefix, ttl_seconds=settings.checkpoint_ttl_seconds)
+        self.checkpoints = Checkpoints(
+            client, prefix=settings.prefix, ttl_seconds=settings.checkpoint_ttl_seconds, max_bytes=settings.checkpoint_max_bytes,
+        )
         self.owned: dict[int, PartitionState] = {}
         # Partitions whose in-memory state may hold events of a failed batch: reloaded before the next read.
         self._stale: set[int] = set()
@@ -302,6 +311,7 @@ class StateConsumer:
 
     def process_once(self) -> BatchOutcome:
         """Rebalance the leases, read and process one batch per owned partition, then checkpoint and close when due."""
+        self.detectors = self.models.refresh(state.scorer for state in self.owned.values())
         self.rebalance()
         outcome = BatchOutcome()
         caught_up = set()
@@ -390,14 +400,16 @@ class StateConsumer:
         return replayed
 
     def _load_checkpoint(self, partition: int) -> PartitionState:
-        data = self.checkpoints.load(partition)
-        if data is None:
-            logger.warning(
-                "partition %d: no checkpoint at %s, starting with empty state", partition, self.checkpoints.key(partition)
-            )
-            return self._empty_state()
         try:
-            return load_state(data, self.detectors, self.plans, self.settings.partitions)
+            data = self.checkpoints.load(partition)
+            if data is None:
+                logger.warning(
+                    "partition %d: no checkpoint at %s, starting with empty state", partition, self.checkpoints.key(partition)
+                )
+                return self._empty_state()
+            return load_state(
+                data, self.detectors, self.plans, self.settings.partitions, max_bytes=self.settings.checkpoint_max_bytes
+            )
         except CheckpointError as error:
             logger.error("partition %d: checkpoint %s not loaded, starting with empty state: %s",
                          partition, self.checkpoints.key(partition), error)
@@ -489,7 +501,7 @@ class StateConsumer:
     def _score(self, partition: int, state: PartitionState, frame: pd.DataFrame, outcome: BatchOutcome) -> None:
         newest = float(frame["ts"].max())
         state.newest = newest if state.newest is None else max(state.newest, newest)
-        result = state.scorer.score(frame)
+        result, closed = self.models.score(state.scorer, frame)
         if len(result.inexact):
             outcome.inexact = result.inexact[["subject_type", "subject"]].drop_duplicates().shape[0]
             logger.debug(
@@ -498,6 +510,7 @@ class StateConsumer:
             )
         since = float(frame["ts"].min())
         self._decide(result.findings, since, outcome)
+        self.models.score_shadow(result.findings, closed, store=self.store, since=since)
 
     def _decide(self, findings: list[Finding], since: float, outcome: BatchOutcome) -> None:
         """Decide on ``findings`` as the batch command does, given the stored findings from ``since`` minus the merge window."""
@@ -521,8 +534,9 @@ class StateConsumer:
             if state.newest is None:
                 continue
             try:
-                findings = state.scorer.close(state.newest)
+                findings, closed = self.models.close(state.scorer, state.newest)
                 self._decide(findings, state.newest, outcome)
+                self.models.score_shadow(findings, closed, store=self.store, since=state.newest)
             except BaseException:
                 self._stale.add(partition)
                 raise
