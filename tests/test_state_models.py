@@ -299,13 +299,13 @@ def test_damaged_checkpoint_rejected(plans):
     data = bytearray(dump_state(PartitionState(_scorer(detectors, plans), RepeatedRequests(60.0)), detectors, plans))
     data[-3] ^= 0x01
 
-    with pytest.raises(CheckpointError, match="BLAKE2b digest does not match"):
+    with pytest.raises(CheckpointError, match="CRC-32 does not match"):
         load_state(bytes(data), detectors, plans)
 
 
 def _as_version_1(data: bytes) -> bytes:
-    """Return a version-2 checkpoint in the version-1 layout: header and pickle, no digest or JSON header."""
-    content = data[5 + 16 :]
+    """Return a version-2 checkpoint in the version-1 layout: the pickle after MAGIC and version, no CRC or JSON header."""
+    content = data[5 + 4 :]
     length = int.from_bytes(content[:4], "big")
     return MAGIC + bytes([1]) + content[4 + length :]
 

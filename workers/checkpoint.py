@@ -3,16 +3,16 @@
 A checkpoint of format version 2 is
 
 - ``FUCP`` and the format version (1 byte),
-- a 16-byte BLAKE2b digest of everything after it,
+- the CRC-32 of everything after it (4 bytes, big-endian),
 - the length of a JSON header (4 bytes, big-endian) and the header: the
   reasons of the detectors the state was built with, and the anomaly
   model's version (or null),
 - a pickle (protocol 5) of a ``PartitionState``.
 
-A checkpoint whose digest does not match, such as one with a flipped bit, is
-rejected with ``CheckpointError`` before it is unpickled. The digest detects
-damage only: whoever can write the key can write a matching digest. Version 1
-checkpoints (no digest, no header) still load, so an upgrade keeps the
+A checkpoint whose CRC does not match, such as one with a flipped bit, is
+rejected with ``CheckpointError`` before it is unpickled. The CRC detects
+damage only: whoever can write the key can write a matching one. Version 1
+checkpoints (no CRC, no header) still load, so an upgrade keeps the
 partitions' state. Loading rejects a checkpoint larger than ``max_bytes``
 (``DEFAULT_MAX_BYTES``, 1 GiB) before reading or unpickling it.
 
@@ -40,12 +40,12 @@ hold more elements in total than ``_ELEMENTS_PER_BYTE`` times its size.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import math
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -63,7 +63,7 @@ MAGIC = b"FUCP"
 FORMAT_VERSION = 2
 # Version 1: MAGIC, the version byte, then the pickle. Still loaded.
 _UNCHECKED_VERSION = 1
-_DIGEST_BYTES = 16
+_CRC_BYTES = 4
 # Checkpoints larger than this are rejected before they are read; StateSettings.checkpoint_max_bytes overrides it.
 DEFAULT_MAX_BYTES = 1 << 30
 # The elements the bounded reconstructors may create per byte of checkpoint, and at least _MIN_ELEMENTS in
@@ -287,8 +287,8 @@ def dump_state(state: PartitionState, detectors: Sequence[Detector], plans: Plan
     body.write(len(header).to_bytes(4, "big") + header)
     _Pickler(body, references).dump(state)
     content = body.getbuffer()
-    digest = hashlib.blake2b(content, digest_size=_DIGEST_BYTES).digest()
-    return MAGIC + bytes([FORMAT_VERSION]) + digest + bytes(content)
+    crc = zlib.crc32(content).to_bytes(_CRC_BYTES, "big")
+    return MAGIC + bytes([FORMAT_VERSION]) + crc + bytes(content)
 
 
 def load_state(
@@ -297,7 +297,7 @@ def load_state(
 ) -> PartitionState:
     """Read a checkpoint written by ``dump_state``, with the worker's own ``detectors`` and ``plans`` put back.
 
-    A checkpoint larger than ``max_bytes``, damaged (its digest does not
+    A checkpoint larger than ``max_bytes``, damaged (its CRC does not
     match), written with other detectors, or, where ``partitions`` is given,
     for another partition count, is rejected with ``CheckpointError``: its
     subjects or its states would not match this worker's. One written on
@@ -338,11 +338,11 @@ def load_state(
 
 
 def _checked_payload(data: bytes, detectors: Sequence[Detector]) -> bytes:
-    """Check a version-2 checkpoint's digest and header against ``detectors``; return its pickle."""
-    start = 5 + _DIGEST_BYTES
+    """Check a version-2 checkpoint's CRC and header against ``detectors``; return its pickle."""
+    start = 5 + _CRC_BYTES
     content = memoryview(data)[start:]
-    if hashlib.blake2b(content, digest_size=_DIGEST_BYTES).digest() != data[5:start]:
-        raise CheckpointError("checkpoint is damaged: its BLAKE2b digest does not match its content")
+    if zlib.crc32(content) != int.from_bytes(data[5:start], "big"):
+        raise CheckpointError("checkpoint is damaged: its CRC-32 does not match its content")
     length = int.from_bytes(content[:4], "big")
     try:
         header = json.loads(bytes(content[4 : 4 + length]))
