@@ -171,7 +171,7 @@ def test_checkpoint_of_one_model_loads_on_another(make_worker, redis_client, red
     assert later == _reference_anomaly_ids(traffic, plans, policy, load_model(models_dir, "v2"), second_day)
 
 
-def test_checkpoint_on_model_a_loads_with_model_b_detector(plans, models_dir):
+def test_load_state_puts_current_model_in(plans, models_dir):
     on_a = default_detectors(load_model(models_dir, "v1"))
     on_b = default_detectors(load_model(models_dir, "v2"))
     state = PartitionState(scorer=_scorer(on_a, plans), repeats=RepeatedRequests(60.0), partitions=1)
@@ -219,7 +219,7 @@ def test_model_of_other_features_not_switched_to(plans, models_dir, caplog):
     assert "model v2 not used by the state worker, which keeps v1: it was trained on features ['log_requests']" in caplog.text
 
 
-def test_model_added_to_worker_without_one_not_switched_to(plans, models_dir, caplog):
+def test_model_added_later_not_switched_to(plans, models_dir, caplog):
     without = default_detectors(None)
     switch = _FixedSwitch(without)
     models = StateModels(without, switch)

@@ -21,7 +21,7 @@ pickler writes a persistent id in their place (a detector's position,
 ``plans``), and loading puts back the worker's current objects. So a
 checkpoint stays small, and a model that the worker no longer uses cannot
 come back from it. A checkpoint written on one anomaly model loads in a
-worker on another: the anomaly state holds counts that do not depend on the
+worker on another: the anomaly state contains counts that do not depend on the
 model (see ``workers.state_models``), and its days are scored from then on
 by the loading worker's model. One written with another set of detectors
 (``--no-model`` against a model) is rejected.
@@ -201,10 +201,11 @@ class _Allowance:
 class _Bounded:
     """An allowlisted global that a checkpoint calls, charged to an ``_Allowance`` for the elements it creates.
 
-    ``charge(arguments, result)`` returns that count. It runs before the
-    call when ``result`` is not needed to count, else after it. Arguments
-    that are ``_Bounded`` are unwrapped first, because the reconstructors
-    take the classes themselves (``_reconstruct(ndarray, ...)``).
+    With ``charge.before``, the count comes from the arguments and is
+    charged before the call. Otherwise the call runs first and the result's
+    ``len`` is charged. Arguments that are ``_Bounded`` are unwrapped first,
+    because the reconstructors take the classes themselves
+    (``_reconstruct(ndarray, ...)``).
     """
 
     def __init__(self, target, charge: _Charge, allowance: _Allowance, name: str) -> None:
@@ -225,7 +226,7 @@ class _Bounded:
 
 @dataclass(frozen=True, slots=True)
 class _Charge:
-    """How a bounded reconstructor counts its elements: from its arguments before the call, or as ``len`` of the result."""
+    """A bounded reconstructor's element count: ``count(arguments, keywords)`` before the call, or the result's ``len``."""
 
     before: bool
     count: Callable[[tuple, dict], int] | None = None
@@ -254,6 +255,9 @@ _AFTER = _Charge(before=False)
 _FILLED = _Charge(before=True, count=_filled_elements)
 # The allowlisted globals that can create many elements from a few bytes of pickle: a RangeIndex is a lazy
 # range of any length, an ndarray call allocates any shape, and a container call copies a lazy sequence.
+# NOTE: a direct call of pandas.DataFrame with a scalar and two bounded indexes is not charged and can still
+# allocate their product. Legitimate checkpoints build frames through NEWOBJ, which must get the class itself,
+# and the C unpickler lets no subclass tell the two opcodes apart.
 _BOUNDED: dict[tuple[str, str], _Charge] = {
     ("pandas", "RangeIndex"): _AFTER,
     ("pandas", "Index"): _AFTER,

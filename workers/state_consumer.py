@@ -31,12 +31,14 @@ gives it only the new events. docs/streaming-state.md gives the design.
   its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
   ended before its newest event are scored (``StateScorer.close``).
+- Models. Given a ``ModelSwitch``, each round re-reads the registry when
+  due; a newly activated model's anomaly detector replaces the old one in
+  every owned partition's state, which is kept, and a shadow scores the
+  anomaly days each batch closes (``workers.state_models``).
 
 Not done here, unlike the window worker: the hourly activity behind the
 review console's charts (``ActivityLog``) is not written, because it
-replaces whole hours with distinct counts that a chunk alone cannot give;
-the shadow model does not run; and a model activated later is used only
-after a restart.
+replaces whole hours with distinct counts that a chunk alone cannot give.
 
 Late events and plan changes make a subject inexact: its findings may
 differ from a batch pass. They are counted in ``BatchOutcome.inexact`` and

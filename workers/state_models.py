@@ -4,10 +4,10 @@
 the registry every ``refresh_seconds`` and loads a newly activated model. When
 the active model changes, its anomaly detector replaces the old one in every
 owned partition's ``StateScorer`` (``swap_detectors``). The anomaly state
-keeps each subject's open day as counts and sums that do not depend on the
-model, only on the features it was trained on, so the state carries on and the
-days that close from then on are scored by the new model. Their findings and
-decisions name it in their origin (``anomaly/iforest-VERSION``).
+keeps each subject's open day as counts and sums. They depend on the
+features the model was trained on, not on the model, so the state carries
+on. The days that close from then on are scored by the new model, and their
+findings and decisions name it in their origin (``anomaly/iforest-VERSION``).
 
 A model is not switched to, with an error in the log, when
 
@@ -213,7 +213,8 @@ def swap_detectors(scorer: StateScorer, detectors: Sequence[Detector]) -> None:
     """
     if [type(detector) for detector in detectors] != [type(detector) for detector in scorer.detectors]:
         raise ValueError(
-            f"cannot swap detectors {[type(d).__name__ for d in scorer.detectors]} for {[type(d).__name__ for d in detectors]}"
+            f"cannot swap detectors {[type(detector).__name__ for detector in scorer.detectors]} "
+            f"for {[type(detector).__name__ for detector in detectors]}"
         )
     for position, detector in enumerate(detectors):
         scorer.detectors[position] = detector
