@@ -264,6 +264,26 @@ def test_shadow_decides_on_closed_days_without_enforcing(make_worker, redis_clie
     assert {decision.id for decision in published} == {decision.id for decision in enforced}
 
 
+def test_shadow_of_policy_alone_repeats_enforced_decisions(make_worker, redis_client, redis_prefix, store, policy,
+                                                          models_dir, traffic):
+    assignments = ModelAssignments(store.engine)
+    assignments.record(ACTIVE, SHIPPED)
+    text = (Path(__file__).parents[1] / "detector" / "config" / "policy.toml").read_text("utf-8")
+    assignments.record(SHADOW, None, policy_name="same-policy.toml", policy_toml=text)
+    worker = make_worker("w0", models=_switch(store, policy, models_dir))
+    _append(redis_client, redis_prefix, traffic["frame"])
+
+    _drain(worker)
+
+    decisions = store.all_decisions()
+    enforced = {(decision.subject, decision.action, decision.detected_at, tuple(decision.reasons))
+                for decision in decisions if not decision.simulated}
+    shadowed = {(decision.subject, decision.action, decision.detected_at, tuple(decision.reasons))
+                for decision in decisions if decision.origin.startswith("shadow/")}
+    assert len(enforced) >= 10
+    assert shadowed == enforced
+
+
 # Checkpoint checks ---------------------------------------------------------------------------
 
 

@@ -173,15 +173,21 @@ class StateModels:
 
         NOTE: the shadow's other detectors do not run: their findings are the
         active detectors', so a shadow model's thresholds for them are not
-        applied here, unlike in the window worker.
+        applied here, unlike in the window worker. A worker started without
+        the anomaly detector closes no days, so its shadow makes no anomaly
+        findings even when the shadow has a model.
         """
         shadow = self.shadow()
         if shadow is None:
             return []
         anomaly = _anomaly_detector(shadow.detectors)
-        found = [finding for finding in findings if finding.reason != "anomaly"]
-        if anomaly is not None:
-            for prepared, columns, features in closed:
+        active = _anomaly_detector(self.detectors)
+        if anomaly is not None and active is not None and anomaly == active:
+            # A shadow of a policy alone scores with the active model: its anomaly findings are the active ones.
+            found = list(findings)
+        else:
+            found = [finding for finding in findings if finding.reason != "anomaly"]
+            for prepared, columns, features in closed if anomaly is not None else ():
                 found.extend(_flagged(anomaly, prepared, columns, features))
         if not found:
             return []
@@ -195,9 +201,10 @@ class StateModels:
                 if finding.reason != "anomaly" or (anomaly is not None and finding.origin == _origin(anomaly))
             ]
 
+        # As in Shadow.score, the shadow has no suspension cap and no staff allowlist.
         outcome, _ = apply_policy(
             found, shadow.policy, prior=lambda subjects: shadow_decisions(store.decisions_for(subjects)),
-            suspensions=store.suspensions_between, stored_findings=stored_findings, context_since=since, simulated=True,
+            stored_findings=stored_findings, context_since=since, simulated=True,
         )
         decisions = [as_shadow(decision, shadow.label) for decision in outcome.decisions]
         stored = store.save_decisions(decisions)
