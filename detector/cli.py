@@ -264,15 +264,18 @@ def api(host, port, database_url, redis_url, prefix) -> None:
               help="Seconds between reads of the active model and shadow from the registry.")
 @click.option("--state", "use_state", is_flag=True,
               help="Score on in-memory per-subject state, owning partitions of the stream, instead of re-scoring "
-                   "stored windows (see docs/streaming-state.md). --claim-idle-ms and --model-refresh do not apply: "
-                   "partitions move by lease, and the model is the one active at start.")
+                   "stored windows (see docs/streaming-state.md). --claim-idle-ms does not apply: partitions move by lease.")
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, MAX_PARTITIONS),
               help="With --state: partitioned streams PREFIX:events:0 to N-1 (PREFIX:events when 1). "
                    "Gateways must append with the same number.")
 @click.option("--checkpoint-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="With --state: seconds between writes of each partition's state to Redis.")
+# The default is workers.checkpoint.DEFAULT_MAX_BYTES, written out so that --help does not import pandas.
+@click.option("--checkpoint-max-bytes", default=1 << 30, show_default="1 GiB", type=click.IntRange(1),
+              help="With --state: bytes above which a partition's checkpoint is rejected before it is read, "
+                   "and the partition starts empty.")
 def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy, model_refresh,
-           use_state, partitions, checkpoint_seconds) -> None:
+           use_state, partitions, checkpoint_seconds, checkpoint_max_bytes) -> None:
     """Consume the Redis event stream: score, store and publish decisions until stopped."""
     import signal
     import threading
@@ -298,7 +301,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if use_state:
         _run_state_worker(client, store, prefix, load_plans(plans), policy, no_model, batch_size, partitions,
-                          checkpoint_seconds, stop)
+                          checkpoint_seconds, checkpoint_max_bytes, model_refresh, stop)
         return
     # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
     models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
@@ -315,18 +318,21 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     consumer.run(stop)
 
 
-def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds, stop) -> None:
+def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds,
+                      checkpoint_max_bytes, model_refresh, stop) -> None:
     """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
     from detector.model_switch import ModelSwitch
     from workers.heap import freeze_startup_objects
     from workers.publish import DecisionPublisher
     from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
 
-    # The detectors stay those of the start: a model activated later is used after a restart.
-    detectors = ModelSwitch(store, policy=policy, use_model=not no_model).detectors()
+    # A model activated later replaces the anomaly detector in the running worker (workers.state_models).
+    models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
     consumer = StateConsumer(
-        client, store, plans=plans, policy=policy, detectors=detectors, publisher=DecisionPublisher(client, prefix=prefix),
-        settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
+        client, store, plans=plans, policy=policy, detectors=models.detectors(), publisher=DecisionPublisher(client, prefix=prefix),
+        settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
+                               checkpoint_max_bytes=checkpoint_max_bytes),
+        models=models,
     )
     freeze_startup_objects()
     try:

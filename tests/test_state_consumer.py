@@ -64,14 +64,15 @@ def simulation(tmp_path_factory):
 def state_worker_builder(redis_client, prefix: str, store, plans, policy, detectors):
     """Return a function that builds state workers on ``prefix`` that checkpoint after every batch."""
 
-    def build(owner: str, partitions: int = 1, **settings) -> StateConsumer:
+    def build(owner: str, partitions: int = 1, models=None, **settings) -> StateConsumer:
+        """``models`` is a ``ModelSwitch``, whose detectors then replace ``detectors``."""
         options = {
             "prefix": prefix, "partitions": partitions, "owner": owner, "batch_size": 2000, "block_ms": 10,
             "checkpoint_seconds": 0.0, "close_seconds": 1e9, **settings,
         }
         worker = StateConsumer(
-            redis_client, store, plans=plans, policy=policy, detectors=detectors,
-            publisher=DecisionPublisher(redis_client, prefix=prefix), settings=StateSettings(**options),
+            redis_client, store, plans=plans, policy=policy, detectors=models.detectors() if models else detectors,
+            publisher=DecisionPublisher(redis_client, prefix=prefix), settings=StateSettings(**options), models=models,
         )
         worker.ensure_groups()
         return worker

@@ -155,7 +155,7 @@ def test_checkpoint_without_model_rejected_by_model_worker(plans, detectors):
     without_model = detectors[:-1]
     worker_state = _state(without_model, plans, partitions=1)
 
-    with pytest.raises(CheckpointError, match=r"written with the detectors \[.*\], this worker runs .*AnomalyDetector"):
+    with pytest.raises(CheckpointError, match=r"written with the detectors \[.*\], this worker runs .*'anomaly'\]"):
         load_state(dump_state(worker_state, without_model, plans), detectors, plans)
 
 

@@ -61,3 +61,33 @@ def test_worker_switches_model_without_restart(redis_client, redis_prefix, sqlit
     assert still_running
     assert "model v3 active" not in output
     assert worker.returncode == 0
+
+
+def test_state_worker_switches_model_without_restart(redis_client, redis_prefix, sqlite_url, tmp_path):
+    models_dir = train_versions(tmp_path / "history", tmp_path / "models", versions=("v1", "v2"))
+    environment = {"FAIRUSE_MODELS_DIR": str(models_dir)}
+    assert CliRunner().invoke(main, ["models", "activate", "v1", "--db", sqlite_url], env=environment).exit_code == 0
+    log = tmp_path / "worker.log"
+    command = [
+        sys.executable, "-m", "detector.cli", "-v", "worker", "--state", "--db", sqlite_url, "--prefix", redis_prefix,
+        "--model-refresh", "0.2",
+    ]
+    with log.open("w") as handle:
+        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle, env={**os.environ, **environment})
+    try:
+        started = wait_until(lambda: "owns partition 0" in log.read_text("utf-8"), 60)
+        activated = CliRunner().invoke(main, ["models", "activate", "v2", "--db", sqlite_url], env=environment)
+        switched = wait_until(
+            lambda: "now scores anomaly days with model v2 (was v1) in 1 partitions" in log.read_text("utf-8"), 60
+        )
+        still_running = worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+
+    output = log.read_text("utf-8")
+    assert started, output
+    assert activated.exit_code == 0, activated.output
+    assert switched, output
+    assert still_running
+    assert worker.returncode == 0

@@ -89,6 +89,7 @@ def _consume_with_state(connection, store, prefix: str, owner: str, seconds: flo
         connection, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
         publisher=DecisionPublisher(connection, prefix=prefix),
         settings=StateSettings(prefix=prefix, partitions=int(os.environ.get("FAIRUSE_PARTITIONS", "1")), owner=owner),
+        models=models,
     )
     totals: dict = {"entries": 0, "events": 0, "dead": 0, "decisions": 0}
     deadline = time.monotonic() + seconds

@@ -37,9 +37,10 @@ gives it only the new events. docs/streaming-state.md gives the design.
   open case are written from them, as the window worker writes them from
   its windows. On a simulated 500-key week this took 7 to 8% of the
   batches' CPU time and 3.3 MB per partition (scripts/bench_state_activity.py).
-
-Not done here, unlike the window worker: the shadow model does not run,
-and a model activated later is used only after a restart.
+- Models. Given a ``ModelSwitch``, each round re-reads the registry when
+  due; a newly activated model's anomaly detector replaces the old one in
+  every owned partition's state, which is kept, and a shadow scores the
+  anomaly days each batch closes (``workers.state_models``).
 
 Late events and plan changes make a subject inexact: its findings may
 differ from a batch pass. They are counted in ``BatchOutcome.inexact`` and
@@ -64,6 +65,7 @@ import redis
 import sqlalchemy.exc
 
 from detector.detectors import Detector, Finding
+from detector.model_switch import ModelSwitch
 from detector.pipeline import apply_policy
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
@@ -74,6 +76,7 @@ from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
 from fairuse_gateway.partitions import partition_stream
 from workers.checkpoint import (
+    DEFAULT_MAX_BYTES,
     CheckpointError,
     Checkpoints,
     PartitionState,
@@ -87,6 +90,7 @@ from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 from workers.retry import RetryDelay
 from workers.state_activity import record_activity
+from workers.state_models import StateModels
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +115,8 @@ class StateSettings:
     lease_ttl_ms: int = 10_000
     # Longer than the retention, so a checkpoint outlives every event it summarises.
     checkpoint_ttl_seconds: int = int(STREAM_RETENTION) + 86400
+    # A larger checkpoint is rejected before it is read, and its partition starts empty.
+    checkpoint_max_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def stream(self) -> str:
@@ -138,15 +144,17 @@ class StateConsumer:
         publisher: DecisionPublisher,
         settings: StateSettings = StateSettings(),
         clock: Callable[[], float] = time.monotonic,
+        models: ModelSwitch | None = None,
     ) -> None:
+        """With ``models``, a newly activated model replaces the anomaly detector and the shadow runs (``workers.state_models``)."""
         self.client = client
         self._reader = unparsed_reader(client)
         self.store = store
         self.plans = plans
         self.policy = policy
-        # NOTE: fixed for the worker's life. A model activated later is used after a restart, because
-        # checkpoints hold state built with these detectors.
-        self.detectors = list(detectors)
+        # Replaced by a new list when a newly activated model is swapped in (StateModels.refresh).
+        self.models = StateModels(detectors, models)
+        self.detectors = self.models.detectors
         self.publisher = publisher
         self.settings = settings
         self.clock = clock
@@ -154,7 +162,9 @@ class StateConsumer:
             client, prefix=settings.prefix, partitions=settings.partitions, owner=settings.owner,
             ttl_ms=settings.lease_ttl_ms,
         )
-        self.checkpoints = Checkpoints(client, prefix=settings.prefix, ttl_seconds=settings.checkpoint_ttl_seconds)
+        self.checkpoints = Checkpoints(
+            client, prefix=settings.prefix, ttl_seconds=settings.checkpoint_ttl_seconds, max_bytes=settings.checkpoint_max_bytes,
+        )
         self.owned: dict[int, PartitionState] = {}
         # Partitions whose in-memory state may hold events of a failed batch: reloaded before the next read.
         self._stale: set[int] = set()
@@ -308,6 +318,7 @@ class StateConsumer:
 
     def process_once(self) -> BatchOutcome:
         """Rebalance the leases, read and process one batch per owned partition, then checkpoint and close when due."""
+        self.detectors = self.models.refresh(state.scorer for state in self.owned.values())
         self.rebalance()
         outcome = BatchOutcome()
         caught_up = set()
@@ -396,14 +407,16 @@ class StateConsumer:
         return replayed
 
     def _load_checkpoint(self, partition: int) -> PartitionState:
-        data = self.checkpoints.load(partition)
-        if data is None:
-            logger.warning(
-                "partition %d: no checkpoint at %s, starting with empty state", partition, self.checkpoints.key(partition)
-            )
-            return self._empty_state()
         try:
-            return load_state(data, self.detectors, self.plans, self.settings.partitions)
+            data = self.checkpoints.load(partition)
+            if data is None:
+                logger.warning(
+                    "partition %d: no checkpoint at %s, starting with empty state", partition, self.checkpoints.key(partition)
+                )
+                return self._empty_state()
+            return load_state(
+                data, self.detectors, self.plans, self.settings.partitions, max_bytes=self.settings.checkpoint_max_bytes
+            )
         except CheckpointError as error:
             logger.error("partition %d: checkpoint %s not loaded, starting with empty state: %s",
                          partition, self.checkpoints.key(partition), error)
@@ -496,7 +509,7 @@ class StateConsumer:
         newest = float(frame["ts"].max())
         state.newest = newest if state.newest is None else max(state.newest, newest)
         chunk = Chunk(frame, self.plans)
-        result = state.scorer.update(chunk)
+        result, closed = self.models.score(state.scorer, chunk)
         touched = state.activity.add(chunk)
         if len(result.inexact):
             outcome.inexact = result.inexact[["subject_type", "subject"]].drop_duplicates().shape[0]
@@ -507,6 +520,7 @@ class StateConsumer:
         since = float(frame["ts"].min())
         self._decide(result.findings, since, outcome)
         record_activity(self.store, state.activity, chunk.keys, touched)
+        self.models.score_shadow(result.findings, closed, store=self.store, since=since)
 
     def _decide(self, findings: list[Finding], since: float, outcome: BatchOutcome) -> None:
         """Decide on ``findings`` as the batch command does, given the stored findings from ``since`` minus the merge window."""
@@ -530,11 +544,12 @@ class StateConsumer:
             if state.newest is None:
                 continue
             try:
-                findings = state.scorer.close(state.newest)
+                findings, closed = self.models.close(state.scorer, state.newest)
                 self._decide(findings, state.newest, outcome)
                 # A subject first acted on here gets the rows of its past hours.
                 flagged = {(finding.subject_type, finding.subject) for finding in findings}
                 record_activity(self.store, state.activity, flagged, np.empty(0, np.int64))
+                self.models.score_shadow(findings, closed, store=self.store, since=state.newest)
             except BaseException:
                 self._stale.add(partition)
                 raise

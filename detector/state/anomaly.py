@@ -83,6 +83,15 @@ class AnomalyDayState:
         # The account and plan names of each subject's latest request, for the findings of ``close_days``.
         self.names: dict[SubjectKey, tuple[str, str]] = {}
 
+    # A list while a caller collects the closed days to score them with a second model too (the state
+    # worker's shadow): each scoring appends (prepared, day columns, feature matrix). Never in a checkpoint.
+    closed_days: list | None = None
+
+    def __getstate__(self) -> dict:
+        values = dict(self.__dict__)
+        values.pop("closed_days", None)
+        return values
+
     def update(self, chunk: Chunk) -> ChunkFindings:
         """Add ``chunk``'s events to their subjects' open days and return the findings of the days that closed."""
         taken = self.days.take(chunk.keys)
@@ -166,6 +175,8 @@ class AnomalyDayState:
         columns["cost"] = columns["cost"] / NANO
         columns.update(feature_columns(columns, prepared.subjects))
         features = np.column_stack([columns[name] for name in KEYDAY_FEATURES]).astype(np.float64)
+        if self.closed_days is not None:
+            self.closed_days.append((prepared, columns, features))
         anomaly = self.detector.model.anomaly_scores(features)
         flagged = anomaly > self.detector.model.threshold
         if not flagged.any():
