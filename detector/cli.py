@@ -271,8 +271,11 @@ def api(host, port, database_url, redis_url, prefix) -> None:
                    "Gateways must append with the same number.")
 @click.option("--checkpoint-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="With --state: seconds between writes of each partition's state to Redis.")
+@click.option("--lateness", default=120.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --state: seconds of event time an event may arrive after its partition's newest one and "
+                   "still be scored as the batch command scores it. Findings wait that long; 0 scores at once.")
 def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy, model_refresh,
-           use_state, partitions, checkpoint_seconds) -> None:
+           use_state, partitions, checkpoint_seconds, lateness) -> None:
     """Consume the Redis event stream: score, store and publish decisions until stopped."""
     import signal
     import threading
@@ -298,7 +301,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if use_state:
         _run_state_worker(client, store, prefix, load_plans(plans), policy, no_model, batch_size, partitions,
-                          checkpoint_seconds, stop)
+                          checkpoint_seconds, lateness, stop)
         return
     # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
     models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
@@ -315,7 +318,9 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     consumer.run(stop)
 
 
-def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds, stop) -> None:
+def _run_state_worker(
+    client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds, lateness, stop
+) -> None:
     """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
     from detector.model_switch import ModelSwitch
     from workers.heap import freeze_startup_objects
@@ -326,7 +331,10 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
     detectors = ModelSwitch(store, policy=policy, use_model=not no_model).detectors()
     consumer = StateConsumer(
         client, store, plans=plans, policy=policy, detectors=detectors, publisher=DecisionPublisher(client, prefix=prefix),
-        settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
+        settings=StateSettings(
+            prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
+            lateness=lateness,
+        ),
     )
     freeze_startup_objects()
     try:

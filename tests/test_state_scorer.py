@@ -20,6 +20,7 @@ from detector.pipeline import default_detectors, score_events
 from detector.policy import decide
 from detector.state import AutomationPatternState, Chunk
 from detector.state.scorer import STREAM_RETENTION, StateScorer
+from detector.state.tail import EventTail
 from tests.factories import DAY, T0, events, frame
 from tests.test_chunk_invariance import (  # noqa: F401 (the traffic fixture is used by name)
     SHIPPED_MODEL,
@@ -66,6 +67,47 @@ def score_in_chunks(whole: pd.DataFrame, cuts: Sequence[int], plans, retention: 
         inexact.append(result.inexact)
     findings.extend(scorer.close(float(whole["ts"].max())))
     findings.extend(finding for found in patterns.values() for finding in found)
+    return ScoredRun(_in_batch_order(findings, whole), pd.concat(inexact, ignore_index=True))
+
+
+def score_through_tail(arrived: pd.DataFrame, cuts: Sequence[int], plans, lateness: float) -> ScoredRun:
+    """Feed ``arrived`` (events in arrival order) in chunks through an ``EventTail``, as the state worker does.
+
+    Cuts work as in ``score_in_chunks``. The released events are scored, and
+    after the last chunk the whole tail is released and the days ended by the
+    newest event are closed. Findings come back in ``score_events``' order over
+    the events sorted by time. ``ScoredRun.inexact`` also has a row with
+    ``why`` ``beyond_lateness`` for each event that came later than ``lateness``.
+    """
+    scorer = StateScorer(detectors=DETECTORS, plans=plans, retention=STREAM_RETENTION)
+    tail = EventTail(lateness)
+    bounds = [0, *sorted(set(int(cut) for cut in cuts if 0 < cut < len(arrived))), len(arrived)]
+    findings: list[Finding] = []
+    patterns: dict[tuple[str, str], list[Finding]] = {}
+    inexact = []
+
+    def apply(released: pd.DataFrame | None) -> None:
+        if released is None:
+            return
+        result = scorer.score(released)
+        for key in zip(released["subject_type"], released["key_id"]):
+            patterns[key] = []
+        for finding in result.findings:
+            if _is_pattern(finding):
+                patterns[(finding.subject_type, finding.subject)].append(finding)
+            else:
+                findings.append(finding)
+        inexact.append(result.inexact)
+
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        part = arrived.iloc[start:end].reset_index(drop=True)
+        released = tail.add(part)
+        apply(released.frame)
+        inexact.append(pd.DataFrame({"subject_type": ["key"] * released.beyond_lateness, "subject": [""] * released.beyond_lateness, "why": ["beyond_lateness"] * released.beyond_lateness}))
+    apply(tail.release_all())
+    findings.extend(scorer.close(float(arrived["ts"].max())))
+    findings.extend(finding for found in patterns.values() for finding in found)
+    whole = arrived.sort_values("ts", kind="stable")
     return ScoredRun(_in_batch_order(findings, whole), pd.concat(inexact, ignore_index=True))
 
 

@@ -28,6 +28,7 @@ import redis
 from detector.detectors import Detector
 from detector.plans import PlanCatalogue
 from detector.state.scorer import StateScorer
+from detector.state.tail import EventTail
 from workers.repeats import RepeatedRequests
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class PartitionState:
 
     ``last_id`` is the stream id of the last entry the state contains, or
     None before the first. ``newest`` is the partition's newest event time
-    (epoch seconds), the ``as_of`` for closing quiet keys' anomaly days.
+    (epoch seconds). ``tail`` holds the events read and not applied yet, so
+    a new owner applies them as this one would have.
     ``partitions`` is the partition count the subjects were split by, or
     None where unknown.
     """
@@ -74,13 +76,15 @@ class PartitionState:
     last_id: bytes | None = None
     newest: float | None = None
     partitions: int | None = None
+    # Events read and not yet applied to ``scorer``, held until no late event can come before them.
+    tail: EventTail = field(default_factory=EventTail)
     # Not in the checkpoint: entries read since the last one, to acknowledge once a checkpoint contains them.
     unacknowledged: list[bytes] = field(default_factory=list)
 
     def __getstate__(self):
         return {
             "scorer": self.scorer, "repeats": self.repeats, "last_id": self.last_id, "newest": self.newest,
-            "partitions": self.partitions,
+            "partitions": self.partitions, "tail": self.tail,
         }
 
     def __setstate__(self, values) -> None:
@@ -89,6 +93,9 @@ class PartitionState:
         self.last_id = values["last_id"]
         self.newest = values["newest"]
         self.partitions = values.get("partitions")
+        # A checkpoint written before tails existed has applied every event it read.
+        tail = values.get("tail")
+        self.tail = EventTail(0.0) if tail is None else tail
         self.unacknowledged = []
 
 
