@@ -339,15 +339,23 @@ def test_hour_entropy_independent_of_other_subjects(traffic, plans):
 # Decisions chunk by chunk ----------------------------------------------------
 
 
-def decide_in_chunks(whole: pd.DataFrame, cuts: Sequence[int], plans, policy, now: datetime) -> list[Decision]:
+def decide_in_chunks(
+    whole: pd.DataFrame, cuts: Sequence[int], plans, policy, now: datetime, lateness: float | None = None,
+    inexact: list[pd.DataFrame] | None = None,
+) -> list[Decision]:
     """Run the policy on each chunk's findings, as a stream worker would, and return every decision made.
 
     The policy gets the chunk's subjects' earlier findings of the merge
     window as context, because the policy merges them into a decision's
     reasons and evidence. Decisions made so far are ``prior`` and count
     towards the hourly suspension cap, as stored decisions would.
+
+    With ``lateness`` (seconds) the chunks go through an ``EventTail`` first,
+    as in the state worker, and the tail is released after the last chunk.
+    ``inexact``, where given, receives each scored chunk's inexact subjects.
     """
     scorer = StateScorer(detectors=DETECTORS, plans=plans)
+    tail = EventTail(lateness) if lateness is not None else None
     merge_window = policy.merge_window.total_seconds()
     earlier: dict[tuple[str, str], list[Finding]] = defaultdict(list)
     decisions: dict[str, Decision] = {}
@@ -361,10 +369,20 @@ def decide_in_chunks(whole: pd.DataFrame, cuts: Sequence[int], plans, policy, no
         for finding in new:
             earlier[(finding.subject_type, finding.subject)].append(finding)
 
+    def score(part: pd.DataFrame | None) -> None:
+        if part is None or part.empty:
+            return
+        result = scorer.score(part)
+        if inexact is not None:
+            inexact.append(result.inexact)
+        decide_on(result.findings, float(part["ts"].min()))
+
     bounds = [0, *sorted(set(int(cut) for cut in cuts if 0 < cut < len(whole))), len(whole)]
     for start, end in zip(bounds[:-1], bounds[1:]):
         part = whole.iloc[start:end].reset_index(drop=True)
-        decide_on(scorer.score(part).findings, float(part["ts"].min()))
+        score(tail.add(part).frame if tail is not None else part)
+    if tail is not None:
+        score(tail.release_all())
     last = float(whole["ts"].max())
     decide_on(scorer.close(last), last)
     return sorted(decisions.values(), key=lambda decision: (decision.detected_at, decision.id))

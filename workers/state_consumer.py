@@ -22,7 +22,10 @@ gives it only the new events. docs/streaming-state.md gives the design.
   whether a worker stops, hands a partition over or is killed.
 - Each batch: entries are parsed, with dead letters as in the window
   worker. Requests seen within ``repeat_horizon`` seconds of event time are
-  dropped (``workers.repeats``), and the state scores the rest. The policy
+  dropped (``workers.repeats``). The rest go to the partition's tail
+  (``detector.state.tail``), which releases, sorted by time, the events
+  older than the partition's newest event time minus ``lateness``. The
+  state scores the released events. The policy
   decides on the findings through ``detector.pipeline.apply_policy``, the
   function the batch command uses, with the subjects' stored findings of the
   merge window as context. Findings and decisions are stored (idempotent
@@ -30,7 +33,7 @@ gives it only the new events. docs/streaming-state.md gives the design.
 - Redis losing its data. The worker keeps its in-memory states, takes
   its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
-  ended before its newest event are scored (``StateScorer.close``).
+  ended before its watermark are scored (``StateScorer.close``).
 
 Not done here, unlike the window worker: the hourly activity behind the
 review console's charts (``ActivityLog``) is not written, because it
@@ -38,10 +41,18 @@ replaces whole hours with distinct counts that a chunk alone cannot give;
 the shadow model does not run; and a model activated later is used only
 after a restart.
 
-Late events and plan changes make a subject inexact: its findings may
-differ from a batch pass. They are counted in ``BatchOutcome.inexact`` and
-logged at DEBUG. Re-scoring such subjects is not built (see
-docs/streaming-state.md, "Late events are the normal case").
+Late events. An event that arrives after later-started events of its
+subject, but no more than ``lateness`` seconds of event time after the
+partition's newest event, is applied in time order, so its findings equal
+the batch command's. The cost is latency: findings wait ``lateness``
+seconds of event time. The tail is part of the checkpoint, and a partition
+without entries for ``lateness`` seconds of clock time releases it.
+
+Events later than that (``BatchOutcome.beyond_lateness``) and plan changes
+can make a subject inexact: its findings may differ from a batch pass. They
+are counted in ``BatchOutcome.inexact`` and logged at DEBUG. Re-scoring
+such subjects is not built (see docs/streaming-state.md, "Late events are
+the normal case").
 """
 
 from __future__ import annotations
@@ -578,7 +589,7 @@ class StateConsumer:
 
         On a stream without traffic the watermark does not move, so
         without this the last ``lateness`` seconds of events would wait for
-        the next event. Clock time stands in for event time here: an event
+        the next event. Here clock time replaces event time: an event
         that a gateway appends later than that is older than the watermark.
         """
         quiet = {

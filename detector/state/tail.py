@@ -63,7 +63,7 @@ class EventTail:
 
     @property
     def watermark(self) -> float | None:
-        """The time before which every event added so far has been released, or None before the first event."""
+        """The time before which all added events have been released (epoch seconds), or None before the first event."""
         if self.newest is None:
             return None
         return max(self.newest - self.lateness, self._released_until)
