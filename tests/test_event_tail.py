@@ -94,12 +94,12 @@ def test_tail_counts_events_beyond_lateness():
 
 def test_tail_without_lateness_releases_frame_as_given():
     tail = EventTail(0.0)
-    given = events("a", T0 + np.array([5.0, 1.0, 3.0]))
+    batch = events("a", T0 + np.array([5.0, 1.0, 3.0]))
     tail.add(events("a", T0 + np.array([4.0])))
 
-    released = tail.add(given)
+    released = tail.add(batch)
 
-    assert released.frame is given
+    assert released.frame is batch
     assert released.beyond_lateness == 2
     assert len(tail) == 0
 
@@ -224,7 +224,7 @@ def test_late_event_across_utc_midnight(plans, policy):
 
 
 def test_late_event_moves_threshold_crossing(plans, policy):
-    """The eleventh image of a ten-image plan is crossed at 100 s only with the image at 50 s, which arrives last."""
+    """The eleventh image of a ten-image plan is crossed at 100 s only with the image at 50 s, which arrives after it."""
     whole = frame(events("images", T0 + np.arange(0.0, 101.0, 10.0), images=1, endpoint=IMAGE), _bot("clock", np.arange(0.0, 200.0, 5.0)))
     late = _rows(whole, "images", [50.0])
     early = _without(whole, late)
