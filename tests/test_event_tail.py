@@ -104,6 +104,18 @@ def test_tail_without_lateness_releases_frame_as_given():
     assert len(tail) == 0
 
 
+def test_tail_lateness_lowered_to_zero_releases_held():
+    """A worker started with lateness 0 on a checkpoint whose tail holds events releases them with the next batch."""
+    tail = EventTail(60.0)
+    tail.add(events("a", T0 + np.array([10.0, 30.0])))
+    tail.lateness = 0.0
+
+    released = tail.add(events("a", T0 + np.array([20.0])))
+
+    assert (released.frame["ts"] - T0).tolist() == [10.0, 20.0, 30.0]
+    assert len(tail) == 0
+
+
 def test_tail_release_all_moves_watermark():
     tail = EventTail(60.0)
     tail.add(events("a", T0 + np.array([10.0, 30.0, 20.0])))

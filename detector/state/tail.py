@@ -77,11 +77,12 @@ class EventTail:
         beyond = 0 if watermark is None else int(np.count_nonzero(ts < watermark))
         newest = float(ts.max())
         self.newest = newest if self.newest is None else max(self.newest, newest)
-        if self.lateness == 0:
+        if self.lateness == 0 and not self._held:
             return Released(frame, beyond)
 
         self._held.append(frame.iloc[np.argsort(ts, kind="stable")])
-        return Released(self._release(self.watermark), beyond)
+        # At lateness 0 events held under an earlier lateness (from a checkpoint) all go, with the new ones.
+        return Released(self._release(self.watermark if self.lateness else np.inf), beyond)
 
     def release_all(self) -> pd.DataFrame | None:
         """Release every held event, sorted by time, for a partition that has gone quiet.
