@@ -391,6 +391,7 @@ class StateConsumer:
         """Forget a partition this worker no longer owns, without writing its state."""
         self._changed.discard(partition)
         self._stale.discard(partition)
+        self._entries_at.pop(partition, None)
         self.leases.owned.discard(partition)
         if self.owned.pop(partition, None) is not None:
             logger.info("state worker %s gave up partition %d", self.settings.owner, partition)
