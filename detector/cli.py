@@ -274,8 +274,11 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--checkpoint-max-bytes", default=1 << 30, show_default="1 GiB", type=click.IntRange(1),
               help="With --state: bytes above which a partition's checkpoint is rejected before it is read, "
                    "and the partition starts empty.")
+@click.option("--lateness", default=120.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --state: seconds of event time an event may arrive after its partition's newest one and "
+                   "still be scored as the batch command scores it. Findings wait that long; 0 scores at once.")
 def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy, model_refresh,
-           use_state, partitions, checkpoint_seconds, checkpoint_max_bytes) -> None:
+           use_state, partitions, checkpoint_seconds, checkpoint_max_bytes, lateness) -> None:
     """Consume the Redis event stream: score, store and publish decisions until stopped."""
     import signal
     import threading
@@ -301,7 +304,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if use_state:
         _run_state_worker(client, store, prefix, load_plans(plans), policy, no_model, batch_size, partitions,
-                          checkpoint_seconds, checkpoint_max_bytes, model_refresh, stop)
+                          checkpoint_seconds, checkpoint_max_bytes, lateness, model_refresh, stop)
         return
     # The active model and shadow are re-read from the registry, so `fairuse models activate` needs no restart.
     models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
@@ -319,7 +322,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
 
 
 def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds,
-                      checkpoint_max_bytes, model_refresh, stop) -> None:
+                      checkpoint_max_bytes, lateness, model_refresh, stop) -> None:
     """Run ``StateConsumer`` with the active model's detectors until ``stop`` is set."""
     from detector.model_switch import ModelSwitch
     from workers.heap import freeze_startup_objects
@@ -331,7 +334,7 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
     consumer = StateConsumer(
         client, store, plans=plans, policy=policy, detectors=models.detectors(), publisher=DecisionPublisher(client, prefix=prefix),
         settings=StateSettings(prefix=prefix, partitions=partitions, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
-                               checkpoint_max_bytes=checkpoint_max_bytes),
+                               checkpoint_max_bytes=checkpoint_max_bytes, lateness=lateness),
         models=models,
     )
     freeze_startup_objects()

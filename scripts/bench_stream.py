@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
         [--batch-size 50000] [--rate 2000] [--warmup 10] [--redis redis://127.0.0.1:6379/0]
         [--only throughput|lookup|latency] [--worker-log FILE] [--arrival-order] [--path window|state] [--model]
+        [--lateness 0,120]
 
 Measures, each under its own key prefix (removed afterwards):
 
@@ -42,6 +43,10 @@ first, whose checkpoint the timed workers load, instead of being stored as
 windows. A state worker acknowledges entries only at its next checkpoint
 (every 5 s), so its throughput is timed until the last entry of every
 partition is applied (``{prefix}:state-applied:{n}``), not acknowledged.
+
+With ``--lateness S[,S...]`` the state workers run with each of those
+``--lateness`` values in turn (default 120), so that the figures of several
+values come from the same run.
 
 With ``--model`` the workers run the anomaly detector with the shipped model;
 by default they run with ``--no-model``.
@@ -121,6 +126,10 @@ def main() -> None:
     parser.add_argument(
         "--model", action="store_true", help="Run the workers with the anomaly model instead of --no-model."
     )
+    parser.add_argument(
+        "--lateness", default="120",
+        help="With --path state: comma-separated --lateness values (seconds) to measure the state workers with.",
+    )
     args = parser.parse_args()
     global WORKER_LOG, PATH, WITH_MODEL
     WORKER_LOG = args.worker_log
@@ -167,15 +176,18 @@ def print_state_throughput(
     client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lines: list[bytes]
 ) -> None:
     for backlog in (False, True):
-        runs = [
-            state_throughput(client, args.redis, lines, folder, count, history, args.batch_size, backlog=backlog)
-            for count in (1, 2)
-        ]
-        print(
-            f"state worker throughput, {'backlog' if backlog else 'live'}: 1 worker on 1 partition {runs[0]:,.0f} events/s, "
-            f"2 workers on 2 partitions {runs[1]:,.0f} events/s "
-            f"({len(lines):,} events, {len(history):,} events of history in the state, batches of {args.batch_size:,})"
-        )
+        for lateness in [float(value) for value in args.lateness.split(",")]:
+            runs = [
+                state_throughput(
+                    client, args.redis, lines, folder, count, history, args.batch_size, backlog=backlog, lateness=lateness
+                )
+                for count in (1, 2)
+            ]
+            print(
+                f"state worker throughput, {'backlog' if backlog else 'live'}, lateness {lateness:g} s: "
+                f"1 worker on 1 partition {runs[0]:,.0f} events/s, 2 workers on 2 partitions {runs[1]:,.0f} events/s "
+                f"({len(lines):,} events, {len(history):,} events of history in the state, batches of {args.batch_size:,})"
+            )
 
 
 def state_throughput(
@@ -188,6 +200,7 @@ def state_throughput(
     batch_size: int,
     timeout: float = 600,
     backlog: bool = False,
+    lateness: float = 120.0,
 ) -> float:
     """Return events/s for ``workers`` state workers on as many partitions, until every entry is applied.
 
@@ -201,8 +214,10 @@ def state_throughput(
     processes: list[subprocess.Popen] = []
     try:
         if history:
-            preload_state(client, prefix, database, read_json_lines(history, "history").frame, workers)
-        processes = start_workers(client, url, database, prefix, workers, batch_size, partitions=workers)
+            preload_state(client, prefix, database, read_json_lines(history, "history").frame, workers, lateness)
+        processes = start_workers(
+            client, url, database, prefix, workers, batch_size, partitions=workers, extra=["--lateness", str(lateness)]
+        )
         if backlog:
             signal_workers(processes, signal.SIGSTOP)
             _append_to_streams(client, streams, shares)
@@ -240,7 +255,9 @@ def _append_to_streams(client: redis.Redis, streams: list[str], shares: list[lis
             append(client, stream, share[start : start + step])
 
 
-def preload_state(client: redis.Redis, prefix: str, database: str, frame: pd.DataFrame, partitions: int) -> None:
+def preload_state(
+    client: redis.Redis, prefix: str, database: str, frame: pd.DataFrame, partitions: int, lateness: float
+) -> None:
     """Feed ``frame`` through an in-process state worker and stop it, so its checkpoints hold the history.
 
     It uses the detectors of the timed workers (with ``--model``, the shipped model's), whose positions the
@@ -254,7 +271,9 @@ def preload_state(client: redis.Redis, prefix: str, database: str, frame: pd.Dat
         client, store, plans=load_plans(), policy=load_policy(),
         detectors=default_detectors(load_model()) if WITH_MODEL else default_detectors(),
         publisher=DecisionPublisher(client, prefix=prefix),
-        settings=StateSettings(prefix=prefix, partitions=partitions, owner="preload", block_ms=10, close_seconds=1e9),
+        settings=StateSettings(
+            prefix=prefix, partitions=partitions, owner="preload", block_ms=10, close_seconds=1e9, lateness=lateness
+        ),
     )
     worker.ensure_groups()
     while worker.process_once().entries:
@@ -410,7 +429,8 @@ def _drained(client: redis.Redis, stream: str, entries: int) -> bool:
 
 
 def start_workers(
-    client: redis.Redis, url: str, database: str, prefix: str, count: int, batch_size: int, partitions: int = 1
+    client: redis.Redis, url: str, database: str, prefix: str, count: int, batch_size: int, partitions: int = 1,
+    extra: list[str] | None = None,
 ) -> list[subprocess.Popen]:
     """Start ``count`` ``fairuse worker`` processes (without the anomaly model unless --model); return once they can take entries.
 
@@ -421,7 +441,7 @@ def start_workers(
         "--prefix", prefix, *([] if WITH_MODEL else ["--no-model"]), "--batch-size", str(batch_size),
     ]
     if PATH == "state":
-        command += ["--state", "--partitions", str(partitions)]
+        command += ["--state", "--partitions", str(partitions), *(extra or [])]
     log = WORKER_LOG.open("ab") if WORKER_LOG else subprocess.DEVNULL
     processes = [subprocess.Popen(command, stderr=log) for _ in range(count)]
     ready = time.perf_counter()

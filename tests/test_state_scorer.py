@@ -20,6 +20,7 @@ from detector.pipeline import default_detectors, score_events
 from detector.policy import decide
 from detector.state import AutomationPatternState, Chunk
 from detector.state.scorer import STREAM_RETENTION, StateScorer
+from detector.state.tail import EventTail
 from tests.factories import DAY, T0, events, frame
 from tests.test_chunk_invariance import (  # noqa: F401 (the traffic fixture is used by name)
     SHIPPED_MODEL,
@@ -66,6 +67,47 @@ def score_in_chunks(whole: pd.DataFrame, cuts: Sequence[int], plans, retention: 
         inexact.append(result.inexact)
     findings.extend(scorer.close(float(whole["ts"].max())))
     findings.extend(finding for found in patterns.values() for finding in found)
+    return ScoredRun(_in_batch_order(findings, whole), pd.concat(inexact, ignore_index=True))
+
+
+def score_through_tail(arrived: pd.DataFrame, cuts: Sequence[int], plans, lateness: float) -> ScoredRun:
+    """Feed ``arrived`` (events in arrival order) in chunks through an ``EventTail``, as the state worker does.
+
+    Cuts work as in ``score_in_chunks``. The released events are scored, and
+    after the last chunk the whole tail is released and the days ended by the
+    newest event are closed. Findings come back in ``score_events``' order over
+    the events sorted by time. ``ScoredRun.inexact`` also has a row with
+    ``why`` ``beyond_lateness`` for each event that came later than ``lateness``.
+    """
+    scorer = StateScorer(detectors=DETECTORS, plans=plans, retention=STREAM_RETENTION)
+    tail = EventTail(lateness)
+    bounds = [0, *sorted(set(int(cut) for cut in cuts if 0 < cut < len(arrived))), len(arrived)]
+    findings: list[Finding] = []
+    patterns: dict[tuple[str, str], list[Finding]] = {}
+    inexact = []
+
+    def apply(released: pd.DataFrame | None) -> None:
+        if released is None:
+            return
+        result = scorer.score(released)
+        for key in zip(released["subject_type"], released["key_id"]):
+            patterns[key] = []
+        for finding in result.findings:
+            if _is_pattern(finding):
+                patterns[(finding.subject_type, finding.subject)].append(finding)
+            else:
+                findings.append(finding)
+        inexact.append(result.inexact)
+
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        part = arrived.iloc[start:end].reset_index(drop=True)
+        released = tail.add(part)
+        apply(released.frame)
+        inexact.append(pd.DataFrame({"subject_type": ["key"] * released.beyond_lateness, "subject": [""] * released.beyond_lateness, "why": ["beyond_lateness"] * released.beyond_lateness}))
+    apply(tail.release_all())
+    findings.extend(scorer.close(float(arrived["ts"].max())))
+    findings.extend(finding for found in patterns.values() for finding in found)
+    whole = arrived.sort_values("ts", kind="stable")
     return ScoredRun(_in_batch_order(findings, whole), pd.concat(inexact, ignore_index=True))
 
 
@@ -297,15 +339,23 @@ def test_hour_entropy_independent_of_other_subjects(traffic, plans):
 # Decisions chunk by chunk ----------------------------------------------------
 
 
-def decide_in_chunks(whole: pd.DataFrame, cuts: Sequence[int], plans, policy, now: datetime) -> list[Decision]:
+def decide_in_chunks(
+    whole: pd.DataFrame, cuts: Sequence[int], plans, policy, now: datetime, lateness: float | None = None,
+    inexact: list[pd.DataFrame] | None = None,
+) -> list[Decision]:
     """Run the policy on each chunk's findings, as a stream worker would, and return every decision made.
 
     The policy gets the chunk's subjects' earlier findings of the merge
     window as context, because the policy merges them into a decision's
     reasons and evidence. Decisions made so far are ``prior`` and count
     towards the hourly suspension cap, as stored decisions would.
+
+    With ``lateness`` (seconds) the chunks go through an ``EventTail`` first,
+    as in the state worker, and the tail is released after the last chunk.
+    ``inexact``, where given, receives each scored chunk's inexact subjects.
     """
     scorer = StateScorer(detectors=DETECTORS, plans=plans)
+    tail = EventTail(lateness) if lateness is not None else None
     merge_window = policy.merge_window.total_seconds()
     earlier: dict[tuple[str, str], list[Finding]] = defaultdict(list)
     decisions: dict[str, Decision] = {}
@@ -319,10 +369,20 @@ def decide_in_chunks(whole: pd.DataFrame, cuts: Sequence[int], plans, policy, no
         for finding in new:
             earlier[(finding.subject_type, finding.subject)].append(finding)
 
+    def score(part: pd.DataFrame | None) -> None:
+        if part is None or part.empty:
+            return
+        result = scorer.score(part)
+        if inexact is not None:
+            inexact.append(result.inexact)
+        decide_on(result.findings, float(part["ts"].min()))
+
     bounds = [0, *sorted(set(int(cut) for cut in cuts if 0 < cut < len(whole))), len(whole)]
     for start, end in zip(bounds[:-1], bounds[1:]):
         part = whole.iloc[start:end].reset_index(drop=True)
-        decide_on(scorer.score(part).findings, float(part["ts"].min()))
+        score(tail.add(part).frame if tail is not None else part)
+    if tail is not None:
+        score(tail.release_all())
     last = float(whole["ts"].max())
     decide_on(scorer.close(last), last)
     return sorted(decisions.values(), key=lambda decision: (decision.detected_at, decision.id))

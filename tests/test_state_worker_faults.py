@@ -97,7 +97,8 @@ def _flush(redis_client, prefix: str) -> None:
 
 def test_data_loss_keeps_in_memory_state(make_worker, redis_client, redis_prefix):
     stream = f"{redis_prefix}:events"
-    worker = make_worker("w0")
+    # Without lateness every event reaches the scorer at once, so its subjects show what the state contains.
+    worker = make_worker("w0", lateness=0.0)
     _add(redis_client, stream, range(20))
     worker.process_once()
     state = worker.owned[0]

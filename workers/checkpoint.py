@@ -55,6 +55,7 @@ import redis
 from detector.detectors import Detector
 from detector.plans import PlanCatalogue
 from detector.state.scorer import StateScorer
+from detector.state.tail import EventTail
 from workers.repeats import RepeatedRequests
 from workers.state_activity import HourlyActivity
 
@@ -103,7 +104,8 @@ class PartitionState:
 
     ``last_id`` is the stream id of the last entry the state contains, or
     None before the first. ``newest`` is the partition's newest event time
-    (epoch seconds), the ``as_of`` for closing quiet keys' anomaly days.
+    (epoch seconds). ``tail`` holds the events read and not applied yet, so
+    a new owner applies them as this one would have.
     ``partitions`` is the partition count the subjects were split by, or
     None where unknown.
     """
@@ -115,13 +117,15 @@ class PartitionState:
     partitions: int | None = None
     # The hourly activity rows of the review console's charts (see workers.state_activity).
     activity: HourlyActivity = field(default_factory=HourlyActivity)
+    # Events read and not yet applied to ``scorer``, held until no late event can come before them.
+    tail: EventTail = field(default_factory=EventTail)
     # Not in the checkpoint: entries read since the last one, to acknowledge once a checkpoint contains them.
     unacknowledged: list[bytes] = field(default_factory=list)
 
     def __getstate__(self):
         return {
             "scorer": self.scorer, "repeats": self.repeats, "last_id": self.last_id, "newest": self.newest,
-            "partitions": self.partitions, "activity": self.activity,
+            "partitions": self.partitions, "activity": self.activity, "tail": self.tail,
         }
 
     def __setstate__(self, values) -> None:
@@ -133,6 +137,9 @@ class PartitionState:
         # A checkpoint written before the activity was kept starts it empty, so its subjects' past hours are not charted.
         activity = values.get("activity")
         self.activity = HourlyActivity() if activity is None else activity
+        # A checkpoint written before tails existed has applied every event it read.
+        tail = values.get("tail")
+        self.tail = EventTail(0.0) if tail is None else tail
         self.unacknowledged = []
 
 

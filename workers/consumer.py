@@ -78,10 +78,12 @@ class BatchOutcome:
     claimed: bool = False
     # State worker only: subjects whose findings may differ from a batch pass (late events, plan changes).
     inexact: int = 0
+    # State worker only: events older than their partition's watermark, applied out of time order.
+    beyond_lateness: int = 0
 
     def add(self, other: BatchOutcome) -> None:
         """Add the counts of ``other`` to these."""
-        for name in ("entries", "events", "dead", "duplicates", "findings", "decisions", "inexact"):
+        for name in ("entries", "events", "dead", "duplicates", "findings", "decisions", "inexact", "beyond_lateness"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.claimed = self.claimed or other.claimed
 

@@ -22,7 +22,10 @@ gives it only the new events. docs/streaming-state.md gives the design.
   whether a worker stops, hands a partition over or is killed.
 - Each batch: entries are parsed, with dead letters as in the window
   worker. Requests seen within ``repeat_horizon`` seconds of event time are
-  dropped (``workers.repeats``), and the state scores the rest. The policy
+  dropped (``workers.repeats``). The rest go to the partition's tail
+  (``detector.state.tail``), which releases, sorted by time, the events
+  older than the partition's newest event time minus ``lateness``. The
+  state scores the released events. The policy
   decides on the findings through ``detector.pipeline.apply_policy``, the
   function the batch command uses, with the subjects' stored findings of the
   merge window as context. Findings and decisions are stored (idempotent
@@ -30,7 +33,7 @@ gives it only the new events. docs/streaming-state.md gives the design.
 - Redis losing its data. The worker keeps its in-memory states, takes
   its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
-  ended before its newest event are scored (``StateScorer.close``).
+  ended before its watermark are scored (``StateScorer.close``).
 - Case charts. Each partition keeps 7 days of every subject's hourly
   counts in its checkpoint (``workers.state_activity``). After each batch
   the ``subject_activity`` rows of its subjects with a decision or an
@@ -42,10 +45,18 @@ gives it only the new events. docs/streaming-state.md gives the design.
   every owned partition's state, which is kept, and a shadow scores the
   anomaly days each batch closes (``workers.state_models``).
 
-Late events and plan changes make a subject inexact: its findings may
-differ from a batch pass. They are counted in ``BatchOutcome.inexact`` and
-logged at DEBUG. Re-scoring such subjects is not built (see
-docs/streaming-state.md, "Late events are the normal case").
+Late events. An event that arrives after later-started events of its
+subject, but no more than ``lateness`` seconds of event time after the
+partition's newest event, is applied in time order, so its findings equal
+the batch command's. The cost is latency: findings wait ``lateness``
+seconds of event time. The tail is part of the checkpoint, and a partition
+without entries for ``lateness`` seconds of clock time releases it.
+
+Events later than that (``BatchOutcome.beyond_lateness``) and plan changes
+can make a subject inexact: its findings may differ from a batch pass. They
+are counted in ``BatchOutcome.inexact`` and logged at DEBUG. Re-scoring
+such subjects is not built (see docs/streaming-state.md, "Late events are
+the normal case").
 """
 
 from __future__ import annotations
@@ -72,6 +83,7 @@ from detector.policy import Policy
 from detector.shadow import prior_without_shadow
 from detector.state.chunk import Chunk
 from detector.state.scorer import STREAM_RETENTION, StateScorer
+from detector.state.tail import DEFAULT_LATENESS, EventTail
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
 from fairuse_gateway.partitions import partition_stream
@@ -112,6 +124,9 @@ class StateSettings:
     checkpoint_seconds: float = 5.0
     close_seconds: float = 60.0
     repeat_horizon: float = DEFAULT_HORIZON
+    # Seconds of event time an event may arrive after the partition's newest one and still be scored exactly
+    # (detector.state.tail). Findings come that much event time later; 0 applies every event at once.
+    lateness: float = DEFAULT_LATENESS
     lease_ttl_ms: int = 10_000
     # Longer than the retention, so a checkpoint outlives every event it summarises.
     checkpoint_ttl_seconds: int = int(STREAM_RETENTION) + 86400
@@ -172,6 +187,8 @@ class StateConsumer:
         # Owned partitions whose state changed since their last checkpoint.
         self._changed: set[int] = set()
         self._closed_at = clock()
+        # Clock time of each owned partition's last entry, to release the tail of a partition gone quiet.
+        self._entries_at: dict[int, float] = {}
         self._next_block = 0
         # The token this worker found at {prefix}:state-epoch; another one, or none, means Redis lost its data.
         self._epoch: bytes | None = None
@@ -341,6 +358,7 @@ class StateConsumer:
             time.sleep(self.settings.block_ms / 1000)
 
         now = self.clock()
+        outcome.add(self._release_quiet_tails(caught_up, now))
         due = {partition for partition in self.owned if now - self._checkpointed_at.get(partition, -1e18) >= self.settings.checkpoint_seconds}
         self.checkpoint(due)
         outcome.add(self._adopt_orphans(caught_up | due))
@@ -390,6 +408,7 @@ class StateConsumer:
         """Forget a partition this worker no longer owns, without writing its state."""
         self._changed.discard(partition)
         self._stale.discard(partition)
+        self._entries_at.pop(partition, None)
         self.leases.owned.discard(partition)
         if self.owned.pop(partition, None) is not None:
             logger.info("state worker %s gave up partition %d", self.settings.owner, partition)
@@ -398,6 +417,8 @@ class StateConsumer:
         """Load the partition's checkpoint, then apply its pending entries after the checkpoint's last id; return how many."""
         self._stale.discard(partition)
         self.owned[partition] = self._load_checkpoint(partition)
+        self.owned[partition].tail.lateness = self.settings.lateness
+        self._entries_at[partition] = self.clock()
         self._checkpointed_at[partition] = self.clock()
         replayed = self._replay_pending(partition)
         logger.info(
@@ -425,7 +446,8 @@ class StateConsumer:
     def _empty_state(self) -> PartitionState:
         scorer = StateScorer(detectors=self.detectors, plans=self.plans, retention=STREAM_RETENTION)
         return PartitionState(
-            scorer=scorer, repeats=RepeatedRequests(self.settings.repeat_horizon), partitions=self.settings.partitions
+            scorer=scorer, repeats=RepeatedRequests(self.settings.repeat_horizon), partitions=self.settings.partitions,
+            tail=EventTail(self.settings.lateness),
         )
 
     def _replay_pending(self, partition: int) -> int:
@@ -498,23 +520,33 @@ class StateConsumer:
             self.client.set(self.applied_key(partition), state.last_id, ex=self.settings.checkpoint_ttl_seconds)
         state.unacknowledged.extend(entry_id for entry_id, _ in entries)
         self._changed.add(partition)
+        self._entries_at[partition] = self.clock()
         logger.info(
-            "state worker %s: partition %d: %d entries, %d events, %d dead, %d repeated, %d inexact, %d new decisions",
+            "state worker %s: partition %d: %d entries, %d events, %d dead, %d repeated, %d beyond lateness, "
+            "%d inexact, %d new decisions",
             self.settings.owner, partition, outcome.entries, outcome.events, outcome.dead, outcome.duplicates,
-            outcome.inexact, outcome.decisions,
+            outcome.beyond_lateness, outcome.inexact, outcome.decisions,
         )
         return outcome
 
     def _score(self, partition: int, state: PartitionState, frame: pd.DataFrame, outcome: BatchOutcome) -> None:
         newest = float(frame["ts"].max())
         state.newest = newest if state.newest is None else max(state.newest, newest)
+        released = state.tail.add(frame)
+        outcome.beyond_lateness = released.beyond_lateness
+        if released.frame is not None:
+            self._apply(partition, state, released.frame, outcome)
+
+    def _apply(self, partition: int, state: PartitionState, frame: pd.DataFrame, outcome: BatchOutcome) -> None:
+        """Update the state with events released by its tail, then decide on the findings."""
         chunk = Chunk(frame, self.plans)
         result, closed = self.models.score(state.scorer, chunk)
         touched = state.activity.add(chunk)
         if len(result.inexact):
-            outcome.inexact = result.inexact[["subject_type", "subject"]].drop_duplicates().shape[0]
+            inexact = result.inexact[["subject_type", "subject"]].drop_duplicates().shape[0]
+            outcome.inexact += inexact
             logger.debug(
-                "partition %d: %d subjects inexact: %s", partition, outcome.inexact,
+                "partition %d: %d subjects inexact: %s", partition, inexact,
                 result.inexact.groupby("why").size().to_dict(),
             )
         since = float(frame["ts"].min())
@@ -543,19 +575,56 @@ class StateConsumer:
         for partition, state in sorted(self.owned.items()):
             if state.newest is None:
                 continue
+            # A held event may still belong to a day that ended before the newest event.
+            watermark = state.tail.watermark
+            as_of = state.newest if watermark is None else min(state.newest, watermark)
             try:
-                findings, closed = self.models.close(state.scorer, state.newest)
-                self._decide(findings, state.newest, outcome)
+                findings, closed = self.models.close(state.scorer, as_of)
+                self._decide(findings, as_of, outcome)
                 # A subject first acted on here gets the rows of its past hours.
                 flagged = {(finding.subject_type, finding.subject) for finding in findings}
                 record_activity(self.store, state.activity, flagged, np.empty(0, np.int64))
-                self.models.score_shadow(findings, closed, store=self.store, since=state.newest)
+                self.models.score_shadow(findings, closed, store=self.store, since=as_of)
             except BaseException:
                 self._stale.add(partition)
                 raise
             # Closing changes the state without an entry, so the next checkpoint must write it.
             self._changed.add(partition)
         return outcome
+
+    def release_tails(self, partitions: Iterable[int]) -> BatchOutcome:
+        """Apply every held event of the owned ``partitions`` and decide on the findings.
+
+        An event of those partitions that arrives later, older than their
+        newest event, counts as beyond the lateness.
+        """
+        outcome = BatchOutcome()
+        for partition in sorted(set(partitions) & set(self.owned)):
+            state = self.owned[partition]
+            released = state.tail.release_all()
+            if released is None:
+                continue
+            try:
+                self._apply(partition, state, released, outcome)
+            except BaseException:
+                self._stale.add(partition)
+                raise
+            self._changed.add(partition)
+        return outcome
+
+    def _release_quiet_tails(self, caught_up: set[int], now: float) -> BatchOutcome:
+        """Release the tails of partitions without entries for ``lateness`` seconds of clock time.
+
+        On a stream without traffic the watermark does not move, so
+        without this the last ``lateness`` seconds of events would wait for
+        the next event. Here clock time replaces event time: an event
+        that a gateway appends later than that is older than the watermark.
+        """
+        quiet = {
+            partition for partition in caught_up
+            if len(self.owned[partition].tail) and now - self._entries_at.get(partition, now) >= self.settings.lateness
+        }
+        return self.release_tails(quiet) if quiet else BatchOutcome()
 
     # Checkpoints --------------------------------------------------------------
 
