@@ -82,8 +82,10 @@ def _append(redis_client, prefix: str, traffic: pd.DataFrame) -> None:
 
 
 def _run_until_idle(worker) -> None:
+    """Process every entry, then apply the events held for the lateness, as a partition quiet for that long does."""
     while worker.process_once().entries:
         pass
+    worker.release_tails(set(worker.owned))
 
 
 def _split_hours(traffic: pd.DataFrame, rows: pd.DataFrame, batch_size: int) -> int:
