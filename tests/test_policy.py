@@ -82,6 +82,20 @@ def test_repeat_offender_gets_doubled_duration(policy):
     ]
 
 
+def test_overlapping_ended_decisions_one_offence(policy):
+    # A stream that saw a late event can store the same suspension twice, found 40 s apart.
+    first, moved = (decide([_finding(at=T0 + offset)], policy, now=NOW).decisions[0] for offset in (0, 40))
+    apart = decide([_finding(at=T0 + 7 * HOUR)], policy, now=NOW).decisions[0]
+
+    overlapping = decide([_finding(at=T0 + 7 * HOUR)], policy, [first, moved], now=NOW).decisions
+    separate = decide([_finding(at=T0 + 14 * HOUR)], policy, [first, apart], now=NOW).decisions
+
+    assert overlapping[0].extra["earlier_offences"] == 1
+    assert overlapping[0].expires_at - overlapping[0].detected_at == timedelta(hours=12)
+    assert separate[0].extra["earlier_offences"] == 2
+    assert separate[0].expires_at - separate[0].detected_at == timedelta(hours=24)
+
+
 def test_finding_inside_active_decision_is_covered(policy):
     outcome = decide([_finding(at=T0), _finding(at=T0 + HOUR)], policy, now=NOW)
 

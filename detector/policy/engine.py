@@ -208,16 +208,28 @@ class _SubjectState:
         return False
 
     def offences_before(self, subject: tuple[str, str], at: datetime) -> int:
-        """Count the throttles and suspensions that ended before ``at``, leaving out those staff lifted.
+        """Count the offences that ended before ``at``: throttles and suspensions, leaving out those staff lifted.
 
         A decision still in force is the same offence going on, so a harder
-        throttle during a growing flood does not double its own duration.
+        throttle during a growing flood does not double its own duration. For
+        the same reason, ended decisions whose times in force overlap count as
+        one offence, such as two throttles of one flood found a few seconds
+        apart when a late event moved its start.
         """
-        return sum(
-            1
+        ended = sorted(
+            (decision.detected_at, decision.expires_at)
             for decision in self._by_subject.get(subject, ())
             if decision.action != "review" and decision.expires_at <= at and LIFTED not in decision.extra
         )
+        offences = 0
+        offence_end = None
+        for start, end in ended:
+            if offence_end is None or start >= offence_end:
+                offences += 1
+                offence_end = end
+            else:
+                offence_end = max(offence_end, end)
+        return offences
 
 
 def _looser(existing: int | None, requested: int | None) -> bool:
