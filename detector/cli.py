@@ -262,9 +262,10 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--policy", type=click.Path(path_type=Path), help="Policy TOML (default: $FAIRUSE_POLICY or the shipped one).")
 @click.option("--model-refresh", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between reads of the active model and shadow from the registry.")
-@click.option("--state", "use_state", is_flag=True,
-              help="Score on in-memory per-subject state, owning partitions of the stream, instead of re-scoring "
-                   "stored windows (see docs/streaming-state.md). --claim-idle-ms does not apply: partitions move by lease.")
+@click.option("--state/--window", "use_state", default=True, show_default=True,
+              help="--state (the default) scores on in-memory per-subject state, owning partitions of the stream; "
+                   "--window re-scores each subject's stored 7-day window with every micro-batch (see "
+                   "docs/streaming-state.md). --claim-idle-ms applies to --window only: partitions move by lease.")
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, MAX_PARTITIONS),
               help="With --state: partitioned streams PREFIX:events:0 to N-1 (PREFIX:events when 1). "
                    "Gateways must append with the same number.")
@@ -274,7 +275,8 @@ def api(host, port, database_url, redis_url, prefix) -> None:
 @click.option("--checkpoint-max-bytes", default=1 << 30, show_default="1 GiB", type=click.IntRange(1),
               help="With --state: bytes above which a partition's checkpoint is rejected before it is read, "
                    "and the partition starts empty.")
-@click.option("--lateness", default=120.0, show_default=True, type=click.FloatRange(min=0),
+# The default is detector.state.tail.DEFAULT_LATENESS, written out so that --help does not import pandas.
+@click.option("--lateness", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="With --state: seconds of event time an event may arrive after its partition's newest one and "
                    "still be scored as the batch command scores it. Findings wait that long; 0 scores at once.")
 def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model, plans, policy, model_refresh,
@@ -295,7 +297,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     from workers.window import EventWindows
 
     if partitions > 1 and not use_state:
-        raise click.UsageError("--partitions needs --state: the window worker reads one stream")
+        raise click.UsageError("--partitions needs the state worker: --window reads one stream")
     client = redis_library.Redis.from_url(redis_url)
     store = open_store(database_url)
     policy = load_policy(policy)

@@ -45,7 +45,7 @@ windows. A state worker acknowledges entries only at its next checkpoint
 partition is applied (``{prefix}:state-applied:{n}``), not acknowledged.
 
 With ``--lateness S[,S...]`` the state workers run with each of those
-``--lateness`` values in turn (default 120), so that the figures of several
+``--lateness`` values in turn (default 1, the worker's), so that the figures of several
 values come from the same run.
 
 With ``--model`` the workers run the anomaly detector with the shipped model;
@@ -93,7 +93,7 @@ SIMULATION_START = datetime(2026, 11, 23, tzinfo=UTC)
 WORKER_LOG: Path | None = None
 # Keys that send the latency test's background traffic.
 BACKGROUND_KEYS = 2000
-# The worker kind: "window" (fairuse worker) or "state" (fairuse worker --state), from --path.
+# The worker kind: "window" (fairuse worker --window) or "state" (fairuse worker --state), from --path.
 PATH = "window"
 # Whether the workers run the anomaly detector with the shipped model (--model), or run with --no-model.
 WITH_MODEL = False
@@ -127,7 +127,7 @@ def main() -> None:
         "--model", action="store_true", help="Run the workers with the anomaly model instead of --no-model."
     )
     parser.add_argument(
-        "--lateness", default="120",
+        "--lateness", default="1",
         help="With --path state: comma-separated --lateness values (seconds) to measure the state workers with.",
     )
     args = parser.parse_args()
@@ -284,17 +284,28 @@ def preload_state(
 
 
 def print_latency(client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes]) -> None:
+    if PATH != "state":
+        print_latency_once(client, args, folder, history, None)
+        return
+    for lateness in [float(value) for value in args.lateness.split(",")]:
+        print_latency_once(client, args, folder, history, lateness)
+
+
+def print_latency_once(
+    client: redis.Redis, args: argparse.Namespace, folder: Path, history: list[bytes], lateness: float | None
+) -> None:
     history_end = SIMULATION_START.timestamp() + args.history_days * 86400
     latencies, sent_rate = append_to_decision(
-        client, args.redis, folder, args.rate, history, history_end, args.warmup, args.batch_size
+        client, args.redis, folder, args.rate, history, history_end, args.warmup, args.batch_size, lateness=lateness
     )
+    label = "" if lateness is None else f", lateness {lateness:g} s"
     if not latencies:
-        print("append to decision: no decision appeared")
+        print(f"append to decision{label}: no decision appeared")
         return
     p50 = statistics.median(latencies)
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
     print(
-        f"append to decision: p50 {p50:.2f} s, p95 {p95:.2f} s over {len(latencies)} bots at {args.rate:,} events/s "
+        f"append to decision{label}: p50 {p50:.2f} s, p95 {p95:.2f} s over {len(latencies)} bots at {args.rate:,} events/s "
         f"(sent {sent_rate:,.0f}/s) "
         f"after {args.warmup:g} s of warm-up ({len(history):,} events of history)"
     )
@@ -442,6 +453,8 @@ def start_workers(
     ]
     if PATH == "state":
         command += ["--state", "--partitions", str(partitions), *(extra or [])]
+    else:
+        command += ["--window"]
     log = WORKER_LOG.open("ab") if WORKER_LOG else subprocess.DEVNULL
     processes = [subprocess.Popen(command, stderr=log) for _ in range(count)]
     ready = time.perf_counter()
@@ -523,11 +536,12 @@ def append_to_decision(
     batch_size: int,
     bots: int = 20,
     stagger: float = 1.0,
+    lateness: float | None = None,
 ) -> tuple[list[float], float]:
     """Return the seconds from each bot's crossing request to its decision in Redis, and the rate actually sent.
 
     The latencies are returned once all bots have a decision.
-    One ``fairuse worker`` process consumes the stream, as in the throughput test.
+    One ``fairuse worker`` process consumes the stream, as in the throughput test, with ``--lateness`` when given.
     The bots start after ``warmup`` seconds of background traffic, so a worker that falls behind the rate shows it.
     They start ``stagger`` seconds apart, so their decisions come from many batches, not one.
     Each bot's latency is taken when its decision is first seen (polled every 0.1 s).
@@ -539,10 +553,11 @@ def append_to_decision(
     if history:
         frame = _background_history(history, time.time() - history_end)
         if PATH == "state":
-            preload_state(client, prefix, database, frame, 1)
+            preload_state(client, prefix, database, frame, 1, lateness)
         else:
             preload(client, prefix, database, frame)
-    processes = start_workers(client, url, database, prefix, 1, batch_size)
+    extra = [] if lateness is None else ["--lateness", str(lateness)]
+    processes = start_workers(client, url, database, prefix, 1, batch_size, extra=extra)
     latencies: dict[int, float] = {}
     try:
         started = time.time()

@@ -256,3 +256,25 @@ def test_evaluate_rejects_other_csv(tmp_path):
 
     assert result.exit_code == 2
     assert "missing label columns" in result.output
+
+
+@pytest.mark.parametrize(("arguments", "state_worker"), [((), True), (("--state",), True), (("--window",), False)])
+def test_worker_default_is_state_worker(arguments, state_worker, tmp_path, monkeypatch):
+    import detector.cli as cli
+    import workers.consumer
+
+    started = []
+    monkeypatch.setattr(cli, "_run_state_worker", lambda *values: started.append(("state", values[10])))
+    monkeypatch.setattr(workers.consumer.StreamConsumer, "run", lambda self, stop: started.append(("window", None)))
+
+    result = CliRunner().invoke(main, ["worker", "--db", f"sqlite:///{tmp_path / 'f.db'}", "--no-model", *arguments])
+
+    assert result.exit_code == 0, result.output
+    assert started == ([("state", 1.0)] if state_worker else [("window", None)])
+
+
+def test_window_worker_rejects_partitions(tmp_path):
+    result = CliRunner().invoke(main, ["worker", "--window", "--partitions", "2", "--db", f"sqlite:///{tmp_path / 'f.db'}"])
+
+    assert result.exit_code == 2
+    assert "--partitions needs the state worker" in result.output

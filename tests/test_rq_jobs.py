@@ -43,8 +43,9 @@ def _run_consume_job(redis_client, prefix):
     return job
 
 
-def test_consume_job_scores_stream(environment, redis_client):
+def test_consume_job_scores_stream(environment, redis_client, monkeypatch):
     prefix, database = environment
+    monkeypatch.setenv("FAIRUSE_STATE", "0")
     start = time.time() - 1200
     for number in range(600):
         redis_client.xadd(f"{prefix}:events", {"event": orjson.dumps(_event(number, start))})
@@ -61,7 +62,7 @@ def test_consume_job_with_state_hands_partitions_back(environment, redis_client,
     from fairuse_gateway.partitions import event_stream
 
     prefix, database = environment
-    monkeypatch.setenv("FAIRUSE_STATE", "1")
+    # FAIRUSE_STATE is not set: the state worker is the default.
     monkeypatch.setenv("FAIRUSE_PARTITIONS", "2")
     start = time.time() - 1200
     for number in range(600):

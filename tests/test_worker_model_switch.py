@@ -25,7 +25,7 @@ def test_worker_switches_model_without_restart(redis_client, redis_prefix, sqlit
                               env={"FAIRUSE_MODELS_DIR": str(models_dir)}).exit_code == 0
     log = tmp_path / "worker.log"
     command = [
-        sys.executable, "-m", "detector.cli", "-v", "worker", "--db", sqlite_url, "--prefix", redis_prefix,
+        sys.executable, "-m", "detector.cli", "-v", "worker", "--window", "--db", sqlite_url, "--prefix", redis_prefix,
         "--claim-idle-ms", "0", "--model-refresh", "0.2",
     ]
     numbers = iter(range(1_000_000))

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _worker(prefix, database_url, *extra):
     command = [
-        sys.executable, "-m", "detector.cli", "worker", "--db", database_url, "--prefix", prefix,
+        sys.executable, "-m", "detector.cli", "worker", "--window", "--db", database_url, "--prefix", prefix,
         "--batch-size", "300", "--claim-idle-ms", "0", "--no-model", *extra,
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

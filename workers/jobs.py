@@ -4,8 +4,10 @@
 Settings come from the environment: ``FAIRUSE_DATABASE_URL`` (the store),
 ``FAIRUSE_PREFIX`` (Redis key prefix, default ``fairuse``),
 ``FAIRUSE_NO_MODEL`` (set to 1 to skip the anomaly model), and
-``FAIRUSE_STATE`` (set to 1 to consume with the state worker) with
-``FAIRUSE_PARTITIONS`` (its partitioned streams, default 1). Each job uses the
+``FAIRUSE_STATE`` (the state worker consumes unless it is 0, which selects
+the window worker), ``FAIRUSE_PARTITIONS`` (the state worker's partitioned
+streams, default 1) and ``FAIRUSE_LATENESS`` (its ``--lateness`` in seconds,
+default 1). Each job uses the
 Redis connection of the worker that runs it.
 """
 
@@ -31,6 +33,7 @@ from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
+from detector.state.tail import DEFAULT_LATENESS
 from workers.state_consumer import StateConsumer, StateSettings
 from workers.window import EventWindows
 
@@ -51,7 +54,7 @@ def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[s
     store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
     name = consumer or f"rq-{job.id}"
     policy = load_policy()
-    if os.environ.get("FAIRUSE_STATE") == "1":
+    if os.environ.get("FAIRUSE_STATE", "1") != "0":
         return _consume_with_state(connection, store, prefix, f"{name}-{job.id}", seconds, policy)
     models = ModelSwitch(store, policy=policy, use_model=os.environ.get("FAIRUSE_NO_MODEL") != "1")
     stream_consumer = StreamConsumer(
@@ -88,7 +91,10 @@ def _consume_with_state(connection, store, prefix: str, owner: str, seconds: flo
     consumer = StateConsumer(
         connection, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
         publisher=DecisionPublisher(connection, prefix=prefix),
-        settings=StateSettings(prefix=prefix, partitions=int(os.environ.get("FAIRUSE_PARTITIONS", "1")), owner=owner),
+        settings=StateSettings(
+            prefix=prefix, partitions=int(os.environ.get("FAIRUSE_PARTITIONS", "1")), owner=owner,
+            lateness=float(os.environ.get("FAIRUSE_LATENESS", DEFAULT_LATENESS)),
+        ),
         models=models,
     )
     totals: dict = {"entries": 0, "events": 0, "dead": 0, "decisions": 0}
