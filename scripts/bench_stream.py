@@ -200,7 +200,7 @@ def state_throughput(
     batch_size: int,
     timeout: float = 600,
     backlog: bool = False,
-    lateness: float = 120.0,
+    lateness: float = 1.0,
 ) -> float:
     """Return events/s for ``workers`` state workers on as many partitions, until every entry is applied.
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
 from detector.plans import load_plans
 from detector.policy import load_policy
-from detector.store import open_store
+from detector.store import DecisionStore, open_store
 
 POSTGRES_URL = os.environ.get("FAIRUSE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MARIADB_URL = os.environ.get("FAIRUSE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql")
@@ -103,3 +106,31 @@ def redis_prefix(redis_client):
     keys = list(redis_client.scan_iter(match=f"{prefix}:*", count=1000))
     if keys:
         redis_client.delete(*keys)
+
+
+@dataclass(frozen=True)
+class ScoredSimulation:
+    """Simulated traffic in time order, its events read, and the store the batch command wrote for it."""
+
+    events_path: Path
+    frame: pd.DataFrame
+    batch: DecisionStore
+
+
+@pytest.fixture(scope="session")
+def scored_simulation(tmp_path_factory) -> ScoredSimulation:
+    """Return 80 simulated keys over 3 days scored by the batch command, shared by the state worker tests.
+
+    Tests only read the batch store: each builds its own workers and stores.
+    """
+    from detector.batch import BatchOptions, run_batch
+    from detector.readers import read_events
+    from detector.simulate import simulate_traffic
+
+    folder = tmp_path_factory.mktemp("scored-simulation")
+    traffic = simulate_traffic(folder / "traffic", keys=80, days=3, seed=5)
+    database = f"sqlite:///{folder / 'batch.db'}"
+    run_batch(BatchOptions(paths=[traffic.events_path], database_url=database))
+    return ScoredSimulation(
+        events_path=traffic.events_path, frame=read_events([traffic.events_path]).frame, batch=open_store(database)
+    )

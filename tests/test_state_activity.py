@@ -9,14 +9,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from detector.batch import BatchOptions, run_batch
 from detector.features import prepare_events
 from detector.gateway_import import ImportReport, StreamSink
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
-from detector.readers import read_events
 from detector.review.activity import ActivityLog, hourly_activity
-from detector.simulate import simulate_traffic
 from detector.state.chunk import Chunk
 from detector.store import open_store
 from detector.store.review_models import ActivityRow
@@ -38,14 +35,9 @@ def detectors():
 
 
 @pytest.fixture(scope="module")
-def simulation(tmp_path_factory):
+def simulation(scored_simulation):
     """Simulated traffic of 80 keys over 3 days in stream order, and the activity rows the batch command stores for it."""
-    folder = tmp_path_factory.mktemp("state-activity")
-    traffic = simulate_traffic(folder / "traffic", keys=80, days=3, seed=5)
-    database = f"sqlite:///{folder / 'batch.db'}"
-    run_batch(BatchOptions(paths=[traffic.events_path], database_url=database))
-    batch = open_store(database)
-    return {"frame": read_events([traffic.events_path]).frame, "rows": _stored_rows(batch.engine), "store": batch}
+    return {"frame": scored_simulation.frame, "rows": _stored_rows(scored_simulation.batch.engine)}
 
 
 @pytest.fixture

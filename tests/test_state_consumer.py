@@ -17,12 +17,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from detector.batch import BatchOptions, run_batch
 from detector.gateway_import import ImportReport, StreamSink
 from detector.model_registry import load_model
 from detector.pipeline import default_detectors
-from detector.readers import read_events
-from detector.simulate import simulate_traffic
 from detector.store import open_store
 from detector.store.models import FindingRow
 from detector.store.repository import _to_finding, finding_id
@@ -46,18 +43,13 @@ def detectors():
 
 
 @pytest.fixture(scope="module")
-def simulation(tmp_path_factory):
+def simulation(scored_simulation):
     """Simulated sorted traffic of 80 keys over 3 days, and what the batch command stores for it."""
-    folder = tmp_path_factory.mktemp("state-worker")
-    traffic = simulate_traffic(folder / "traffic", keys=80, days=3, seed=5)
-    database = f"sqlite:///{folder / 'batch.db'}"
-    run_batch(BatchOptions(paths=[traffic.events_path], database_url=database))
-    batch = open_store(database)
     return {
-        "path": traffic.events_path,
-        "frame": read_events([traffic.events_path]).frame,
-        "decisions": _decision_keys(batch.all_decisions()),
-        "findings": _counted_findings(_all_findings(batch)),
+        "path": scored_simulation.events_path,
+        "frame": scored_simulation.frame,
+        "decisions": _decision_keys(scored_simulation.batch.all_decisions()),
+        "findings": _counted_findings(_all_findings(scored_simulation.batch)),
     }
 
 

@@ -12,13 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.batch import BatchOptions, run_batch
 from detector.detectors import AnomalyDetector
 from detector.model_registry import AnomalyModel, default_models_dir, default_version, load_model
 from detector.model_switch import ModelSwitch
 from detector.pipeline import default_detectors, score_events
-from detector.readers import read_events
-from detector.simulate import simulate_traffic
 from detector.store import open_store
 from detector.store.model_assignments import ACTIVE, SHADOW, ModelAssignments
 from detector.store.repository import finding_id
@@ -46,17 +43,13 @@ def models_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def traffic(tmp_path_factory):
+def traffic(scored_simulation):
     """Simulated sorted traffic of 80 keys over 3 days, its first UTC day's start, and the batch command's decisions."""
-    folder = tmp_path_factory.mktemp("state-models-traffic")
-    simulation = simulate_traffic(folder / "traffic", keys=80, days=3, seed=5)
-    frame = read_events([simulation.events_path]).frame
-    database = f"sqlite:///{folder / 'batch.db'}"
-    run_batch(BatchOptions(paths=[simulation.events_path], database_url=database))
+    frame = scored_simulation.frame
     return {
         "frame": frame,
         "start": float(frame["ts"].min()) // DAY * DAY,
-        "decisions": _decision_keys(open_store(database).all_decisions()),
+        "decisions": _decision_keys(scored_simulation.batch.all_decisions()),
     }
 
 

@@ -11,7 +11,7 @@ A checkpoint of format version 2 is
 
 A checkpoint whose CRC does not match, such as one with a flipped bit, is
 rejected with ``CheckpointError`` before it is unpickled. The CRC detects
-damage only: whoever can write the key can write a matching one. Version 1
+damage only: a client that can write the key can also write a matching CRC. Version 1
 checkpoints (no CRC, no header) still load, so an upgrade keeps the
 partitions' state. Loading rejects a checkpoint larger than ``max_bytes``
 (``DEFAULT_MAX_BYTES``, 1 GiB) before reading or unpickling it.

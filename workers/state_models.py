@@ -25,8 +25,8 @@ the worker runs: their states were built with the old values (the automation
 state sizes its load windows by ``min_parallel``). A warning names them, and
 they apply after a restart, which loads the checkpoints with them.
 
-The shadow scores the anomaly days that closed in the batch with its own model;
-the other findings of the batch are the active detectors' (see ``score_shadow``).
+The shadow scores the anomaly days that closed in the batch with its own
+model. Its other findings are the active detectors' (see ``score_shadow``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class StateModels:
         self.switch = switch
         # The switch's detector list last looked at: a new list means a new active model.
         self._offered = switch.detectors() if switch is not None else None
-        self._refused: str | None = None
+        # The version last rejected, so that a rejection is logged once per version.
+        self._rejected: str | None = None
 
     @property
     def version(self) -> str | None:
@@ -103,22 +104,22 @@ class StateModels:
     def _compatible(self, offered: Sequence[Detector]) -> list[Detector] | None:
         """Return the current detectors with ``offered``'s anomaly detectors, or None when the model cannot be swapped in."""
         current = [type(detector).__name__ for detector in self.detectors]
-        wanted = [type(detector).__name__ for detector in offered]
+        requested = [type(detector).__name__ for detector in offered]
         version = _model_version(offered)
-        if current != wanted:
-            self._refuse(
+        if current != requested:
+            self._reject(
                 version,
-                f"model {version} not used by the state worker: it changes the detectors from {current} to {wanted}; "
+                f"model {version} not used by the state worker: it changes the detectors from {current} to {requested}; "
                 "restart the worker to use it (its partitions then start with empty state)",
             )
             return None
         swapped: list[Detector] = []
-        kept: list[str] = []
+        unchanged_thresholds: list[str] = []
         for old, new in zip(self.detectors, offered):
             if isinstance(new, AnomalyDetector):
                 features = tuple(new.model.metadata.get("features", ()))
                 if features != KEYDAY_FEATURES:
-                    self._refuse(
+                    self._reject(
                         version,
                         f"model {version} not used by the state worker, which keeps {self.version}: it was trained on "
                         f"features {list(features)}, and the state counts {list(KEYDAY_FEATURES)}",
@@ -127,20 +128,20 @@ class StateModels:
                 swapped.append(new)
                 continue
             if new != old:
-                kept.append(old.reason)
+                unchanged_thresholds.append(old.reason)
             swapped.append(old)
-        if kept:
+        if unchanged_thresholds:
             logger.warning(
                 "model %s brings thresholds for %s; the state worker keeps the ones it started with until a restart",
-                version, kept,
+                version, unchanged_thresholds,
             )
-        self._refused = None
+        self._rejected = None
         return swapped
 
-    def _refuse(self, version: str | None, message: str) -> None:
-        if self._refused != version:
+    def _reject(self, version: str | None, message: str) -> None:
+        if self._rejected != version:
             logger.error(message)
-            self._refused = version
+            self._rejected = version
 
     # Shadow -------------------------------------------------------------------
 
