@@ -14,6 +14,7 @@ from detector.pipeline import default_detectors
 from detector.store import open_store
 from workers import consumer as consumer_module
 from workers.consumer import StreamConsumer, StreamSettings
+from workers.entries import clock_tick
 from workers.publish import DecisionPublisher
 from workers.window import EventWindows, decode_chunks
 from tests.factories import DAY, HOUR, T0, events, frame, record
@@ -85,6 +86,20 @@ def test_malformed_entries_dead_lettered_not_blocking(make_consumer, redis_clien
     assert any("invalid JSON" in reason for reason in reasons)
     assert any("ts: not an RFC 3339 time or epoch seconds: '2026-13-01T00:00:00Z'" in reason for reason in reasons)
     assert any("not a JSON object" in reason for reason in reasons)
+    assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
+
+
+def test_clock_tick_neither_event_nor_dead_letter(make_consumer, redis_client):
+    consumer = make_consumer()
+    redis_client.xadd(consumer.settings.stream, clock_tick(1795431600.0))
+    _append(redis_client, consumer.settings.stream, [_event(1)])
+
+    outcome = consumer.process_once()
+
+    assert outcome.entries == 2
+    assert outcome.events == 1
+    assert outcome.dead == 0
+    assert redis_client.xlen(consumer.settings.dead_letter) == 0
     assert redis_client.xpending(consumer.settings.stream, "workers")["pending"] == 0
 
 

@@ -115,6 +115,26 @@ def _rescore_quiet_flood(redis_client, prefix):
     return job
 
 
+def test_rescore_job_ticks_state_partitions(environment, redis_client, monkeypatch):
+    prefix, _ = environment
+    queue = Queue(f"{prefix}-queue", connection=redis_client)
+    before = queue.enqueue(rescore_quiet_keys)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+    monkeypatch.setenv("FAIRUSE_PARTITIONS", "2")
+    _run_consume_job(redis_client, prefix)
+
+    job = queue.enqueue(rescore_quiet_keys)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+
+    before.refresh()
+    job.refresh()
+    assert before.return_value()["clock_ticks"] == 0
+    assert job.return_value()["clock_ticks"] == 2
+    for partition in range(2):
+        (_, fields), = redis_client.xrevrange(f"{prefix}:events:{partition}", count=1)
+        assert abs(float(fields[b"clock"]) - time.time()) < 60
+
+
 def test_rescore_job_scores_quiet_key_days(environment, redis_client, monkeypatch):
     prefix, database = environment
     monkeypatch.delenv("FAIRUSE_NO_MODEL")

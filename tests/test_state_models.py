@@ -21,6 +21,7 @@ from detector.store.model_assignments import ACTIVE, SHADOW, ModelAssignments
 from detector.store.repository import finding_id
 from tests.model_helpers import rewrite_metadata, train_versions
 from tests.test_state_consumer import _all_findings, _append, _decision_keys, _drain, state_worker_builder
+from workers.entries import clock_tick
 from workers.checkpoint import MAGIC, CheckpointError, PartitionState, dump_state, load_state
 from workers.repeats import RepeatedRequests
 from workers.state_models import StateModels
@@ -225,6 +226,42 @@ def test_model_added_later_not_switched_to(plans, models_dir, caplog):
     assert detectors is models.detectors
     assert not any(isinstance(detector, AnomalyDetector) for detector in detectors)
     assert caplog.text.count("model v2 not used by the state worker: it changes the detectors") == 1
+
+
+# Clock ticks ---------------------------------------------------------------------------------
+
+
+def test_clock_tick_closes_days_of_quiet_partition(make_worker, redis_client, redis_prefix, store, plans, policy,
+                                                    traffic):
+    frame = traffic["frame"]
+    newest = float(frame["ts"].max())
+    tick = newest // DAY * DAY + DAY + 3600
+    worker = make_worker("w0")
+    _append(redis_client, redis_prefix, frame)
+    _rounds(worker)
+    worker.close_quiet_keys()
+    before = {finding_id(finding) for finding in _anomaly_findings(store)}
+
+    # A tick no later than the newest event plus the lateness leaves the days to event time.
+    redis_client.xadd(f"{redis_prefix}:events", clock_tick(newest))
+    _rounds(worker)
+    assert {finding_id(finding) for finding in _anomaly_findings(store)} == before
+
+    redis_client.xadd(f"{redis_prefix}:events", clock_tick(tick))
+    _rounds(worker)
+
+    after = {finding_id(finding) for finding in _anomaly_findings(store)}
+    detectors = [
+        dataclasses.replace(detector, as_of=tick - worker.settings.lateness) if isinstance(detector, AnomalyDetector)
+        else detector
+        for detector in default_detectors(load_model())
+    ]
+    reference = score_events(frame, plans=plans, policy=policy, detectors=detectors).findings
+    assert after == {finding_id(finding) for finding in reference if finding.reason == "anomaly"}
+    last_day = {finding_id(finding) for finding in reference if finding.reason == "anomaly" and finding.detected_at >= newest // DAY * DAY}
+    assert last_day
+    assert not last_day & before
+    assert len(worker.owned[0].tail) == 0
 
 
 # Shadow --------------------------------------------------------------------------------------

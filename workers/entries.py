@@ -7,11 +7,17 @@ reader rejects, become dead letters: ``(entry_id, reason)`` pairs that
 ``dead_letter`` appends to the dead-letter stream. The workers acknowledge
 them along with the rest of their batch, so the entries behind them are
 processed.
+
+An entry with a ``clock`` field instead is a clock tick: the epoch seconds
+at which the hourly ``rescore_quiet_keys`` job appended it. A state worker
+closes the anomaly days of a partition without recent events up to it
+(``workers.state_consumer``); the window worker ignores ticks.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -23,6 +29,7 @@ from detector.readers.source import MAX_LINE_BYTES
 logger = logging.getLogger(__name__)
 
 EVENT_FIELD = b"event"
+CLOCK_FIELD = b"clock"
 # Entries kept in the dead-letter stream; older ones are trimmed.
 DEAD_LETTER_MAXLEN = 100_000
 
@@ -35,16 +42,24 @@ class ParsedEntries:
     dead: list[tuple[bytes, str]]
     # Events dropped because their request_id came earlier among the same entries.
     duplicates: int
+    # The latest clock tick among the entries, in epoch seconds, or None without one.
+    clock: float | None = None
 
 
 def parse_entries(entries: list, stream: str) -> ParsedEntries:
     """Read the events of ``entries`` from ``stream`` with ``read_json_lines``; return them with the dead letters."""
-    lines, line_ids, dead = _payloads(entries, stream)
+    lines, line_ids, dead, ticks = _payloads(entries, stream)
     read = read_json_lines(lines, stream)
     for reject in read.rejects:
         entry_id = line_ids[reject.line - 1]
         dead.append((entry_id, f"{stream}:{entry_id.decode()}: {reject.field}: {reject.reason}"))
-    return ParsedEntries(frame=read.frame, dead=dead, duplicates=read.duplicates)
+    clock = _latest_tick(ticks, stream, dead)
+    return ParsedEntries(frame=read.frame, dead=dead, duplicates=read.duplicates, clock=clock)
+
+
+def clock_tick(seconds: float) -> dict[bytes, bytes]:
+    """Return the fields of a clock-tick entry for ``seconds`` since the epoch."""
+    return {CLOCK_FIELD: repr(float(seconds)).encode()}
 
 
 def dead_letter(client: redis.Redis, dead_stream: str, dead: list[tuple[bytes, str]], consumer: str) -> None:
@@ -58,14 +73,18 @@ def dead_letter(client: redis.Redis, dead_stream: str, dead: list[tuple[bytes, s
     logger.warning("consumer %s: %d malformed entries moved to %s", consumer, len(dead), dead_stream)
 
 
-def _payloads(entries, stream: str) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]]]:
-    """Return the event payloads with their entry ids, and dead letters for entries without one."""
+def _payloads(entries, stream: str) -> tuple[list[bytes], list[bytes], list[tuple[bytes, str]], list[tuple[bytes, bytes]]]:
+    """Return the event payloads with their entry ids, dead letters for entries without one, and the clock ticks."""
     lines: list[bytes] = []
     line_ids: list[bytes] = []
     dead: list[tuple[bytes, str]] = []
+    ticks: list[tuple[bytes, bytes]] = []
     for entry_id, fields in entries:
         raw = event_field(fields)
-        if not raw or not raw.strip():
+        if raw is None and (tick := entry_field(fields, CLOCK_FIELD)) is not None:
+            ticks.append((entry_id, tick))
+            continue
+        if not raw or raw.isspace():
             dead.append((entry_id, f"{stream}:{entry_id.decode()}: missing or empty 'event' field"))
             continue
         if len(raw) > MAX_LINE_BYTES:
@@ -77,7 +96,26 @@ def _payloads(entries, stream: str) -> tuple[list[bytes], list[bytes], list[tupl
             continue
         lines.append(raw)
         line_ids.append(entry_id)
-    return lines, line_ids, dead
+    return lines, line_ids, dead, ticks
+
+
+def _latest_tick(ticks: list[tuple[bytes, bytes]], stream: str, dead: list[tuple[bytes, str]]) -> float | None:
+    """Return the latest valid tick in epoch seconds; an invalid one becomes a dead letter."""
+    latest = None
+    for entry_id, value in ticks:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
+            reason = (
+                f"{stream}:{entry_id.decode()}: 'clock' field {value[:40]!r} is not epoch seconds; "
+                "a clock tick holds the time it was appended, as workers.entries.clock_tick writes it"
+            )
+            dead.append((entry_id, reason))
+            continue
+        latest = seconds if latest is None else max(latest, seconds)
+    return latest
 
 
 def unparsed(response, **options):
@@ -107,9 +145,16 @@ def stream_entries(response) -> list:
 
 def event_field(fields: dict[bytes, bytes] | list[bytes] | None) -> bytes | None:
     """Return the ``event`` field of an entry, given as a dict or as Redis's flat list of names and values."""
+    if fields and not isinstance(fields, dict) and fields[0] == EVENT_FIELD:
+        return fields[1] if len(fields) > 1 else None
+    return entry_field(fields, EVENT_FIELD)
+
+
+def entry_field(fields: dict[bytes, bytes] | list[bytes] | None, name: bytes) -> bytes | None:
+    """Return the field ``name`` of an entry, given as a dict or as Redis's flat list of names and values."""
     if isinstance(fields, dict):
-        return fields.get(EVENT_FIELD)
+        return fields.get(name)
     for index in range(0, len(fields or ()) - 1, 2):
-        if fields[index] == EVENT_FIELD:
+        if fields[index] == name:
             return fields[index + 1]
     return None

@@ -34,7 +34,7 @@ from detector.store.allowlist import StaffAllowlist
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.publish import DecisionPublisher
 from detector.state.tail import DEFAULT_LATENESS
-from workers.state_consumer import StateConsumer, StateSettings
+from workers.state_consumer import StateConsumer, StateSettings, append_clock_ticks
 from workers.window import EventWindows
 
 logger = logging.getLogger(__name__)
@@ -115,21 +115,26 @@ def _consume_with_state(connection, store, prefix: str, owner: str, seconds: flo
 
 
 def rescore_quiet_keys(batch_size: int = 500) -> dict[str, int]:
-    """Score every stored window's closed days with the anomaly model, as of now.
+    """Score the closed days of keys that went quiet, as of now.
 
     The stream scores a key's finished day only when the key sends again; this
-    job covers keys that went quiet. A shadow with an anomaly model scores the
-    same days beside it and stores its decisions as simulated.
+    job covers keys that went quiet. For the state workers it appends a clock
+    tick to each of their partition streams, and the worker holding a
+    partition without recent events scores the days that ended before it. For
+    the window worker it scores every stored window's closed days with the
+    anomaly model. A shadow with an anomaly model scores the same days beside it and
+    stores its decisions as simulated.
     """
     job = get_current_job()
     connection = job.connection
     prefix = os.environ.get("FAIRUSE_PREFIX", "fairuse")
     store = open_store(os.environ.get("FAIRUSE_DATABASE_URL"))
     plans, policy = load_plans(), load_policy()
-    model = _model(store)
     now = time.time()
+    ticks = append_clock_ticks(connection, prefix, now)
+    model = _model(store)
     shadow = _quiet_key_shadow(store, model, policy, now)
-    totals = {"subjects": 0, "findings": 0, "decisions": 0, "shadow_decisions": 0}
+    totals = {"clock_ticks": ticks, "subjects": 0, "findings": 0, "decisions": 0, "shadow_decisions": 0}
     if model is None and shadow is None:
         return totals
 

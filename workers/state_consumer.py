@@ -33,7 +33,9 @@ gives it only the new events. docs/streaming-state.md gives the design.
 - Redis losing its data. The worker keeps its in-memory states, takes
   its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
-  ended before its watermark are scored (``StateScorer.close``).
+  ended before its watermark are scored (``StateScorer.close``). A
+  partition without events closes them on the clock ticks that the hourly
+  ``rescore_quiet_keys`` job appends (``workers.entries``).
 - Case charts. Each partition keeps 7 days of every subject's hourly
   counts in its checkpoint (``workers.state_activity``). After each batch
   the ``subject_activity`` rows of its subjects with a decision or an
@@ -96,7 +98,7 @@ from workers.checkpoint import (
     load_state,
 )
 from workers.consumer import BatchOutcome
-from workers.entries import dead_letter, parse_entries, stream_entries, unparsed_reader
+from workers.entries import clock_tick, dead_letter, parse_entries, stream_entries, unparsed_reader
 from workers.partitions import PartitionLeases, partition_of
 from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
@@ -512,6 +514,8 @@ class StateConsumer:
         if not frame.empty:
             outcome.events = len(frame)
             self._score(partition, state, frame, outcome)
+        if parsed.clock is not None:
+            self._follow_clock(partition, state, parsed.clock, outcome)
 
         dead_letter(self.client, self.settings.dead_letter, parsed.dead, f"{self.settings.owner}/p{partition}")
         # Entries of a previous owner (see _adopt_orphans) may come before the last id; it never moves back.
@@ -579,18 +583,48 @@ class StateConsumer:
             watermark = state.tail.watermark
             as_of = state.newest if watermark is None else min(state.newest, watermark)
             try:
-                findings, closed = self.models.close(state.scorer, as_of)
-                self._decide(findings, as_of, outcome)
-                # A subject first acted on here gets the rows of its past hours.
-                flagged = {(finding.subject_type, finding.subject) for finding in findings}
-                record_activity(self.store, state.activity, flagged, np.empty(0, np.int64))
-                self.models.score_shadow(findings, closed, store=self.store, since=as_of)
+                self._close_days(state, as_of, outcome)
             except BaseException:
                 self._stale.add(partition)
                 raise
             # Closing changes the state without an entry, so the next checkpoint must write it.
             self._changed.add(partition)
         return outcome
+
+    def _close_days(self, state: PartitionState, as_of: float, outcome: BatchOutcome) -> None:
+        """Score the partition's anomaly days that ended before ``as_of`` and decide on the findings."""
+        findings, closed = self.models.close(state.scorer, as_of)
+        self._decide(findings, as_of, outcome)
+        # A subject first acted on here gets the rows of its past hours.
+        flagged = {(finding.subject_type, finding.subject) for finding in findings}
+        record_activity(self.store, state.activity, flagged, np.empty(0, np.int64))
+        self.models.score_shadow(findings, closed, store=self.store, since=as_of)
+
+    def _follow_clock(self, partition: int, state: PartitionState, clock: float, outcome: BatchOutcome) -> None:
+        """Close a partition's days up to a clock tick minus the lateness, when no event of it is that recent.
+
+        Only events move a partition's watermark, so without traffic its
+        quiet keys' days would stay open until its next event. The hourly
+        ``rescore_quiet_keys`` job appends a tick to every partition. A
+        partition with an event newer than the tick minus the lateness
+        closes its days by event time as before. In any other, the held
+        events are applied and the days that ended before the tick minus
+        the lateness are scored. Like the release of a quiet partition's
+        tail, this trusts the clock: an event appended later than the tick
+        minus the lateness may belong to a day already scored.
+        """
+        as_of = clock - self.settings.lateness
+        if state.newest is None or state.newest >= as_of:
+            return
+        released = state.tail.release_all()
+        if released is not None:
+            self._apply(partition, state, released, outcome)
+        decisions = outcome.decisions
+        self._close_days(state, as_of, outcome)
+        logger.info(
+            "state worker %s: partition %d: clock tick %.0f closed the days ended by %.0f, %d new decisions",
+            self.settings.owner, partition, clock, as_of, outcome.decisions - decisions,
+        )
 
     def release_tails(self, partitions: Iterable[int]) -> BatchOutcome:
         """Apply every held event of the owned ``partitions`` and decide on the findings.
@@ -681,6 +715,23 @@ class StateConsumer:
                 )
                 outcome.add(self.process_entries(partition, entries))
         return outcome
+
+
+def append_clock_ticks(client: redis.Redis, prefix: str, now: float) -> int:
+    """Append a clock tick for ``now`` to every partition stream of the state workers of ``prefix``; return how many.
+
+    The partition count is the one the workers noted in Redis, so nothing is
+    appended before a state worker has run on this prefix.
+    """
+    noted = client.get(f"{prefix}:state-partitions")
+    if noted is None:
+        return 0
+    settings = StateSettings(prefix=prefix, partitions=int(noted))
+    pipeline = client.pipeline(transaction=False)
+    for partition in range(settings.partitions):
+        pipeline.xadd(settings.partition_stream(partition), clock_tick(now))
+    pipeline.execute()
+    return settings.partitions
 
 
 def _without_misrouted(

@@ -128,10 +128,18 @@ def read_json_lines(lines: Sequence[bytes], source: str) -> ReadResult:
     between tokens, and a raw line break inside a JSON string is invalid
     anyway. An empty item is not a record.
     """
-    data = b"\n".join(line.replace(b"\r", b" ").replace(b"\n", b" ") for line in lines)
+    data = _joined_lines(lines)
     collector = EventCollector()
     collector.add_file(_Received(source), parse_json_lines(data, 1, source))
     return collector.result()
+
+
+def _joined_lines(lines: Sequence[bytes]) -> bytes:
+    """Join ``lines`` with line breaks, replacing the line breaks inside them with spaces."""
+    data = b"\n".join(lines)
+    if data.count(b"\n") == max(len(lines) - 1, 0) and b"\r" not in data:
+        return data
+    return b"\n".join(line.replace(b"\r", b" ").replace(b"\n", b" ") for line in lines)
 
 
 class _Received:
