@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_stream.py [--events 50000] [--keys 500] [--history-days 0]
         [--batch-size 50000] [--rate 2000] [--warmup 10] [--redis redis://127.0.0.1:6379/0]
         [--only throughput|lookup|latency] [--worker-log FILE] [--arrival-order] [--path window|state] [--model]
-        [--lateness 0,120]
+        [--lateness 0,120] [--bots 20]
 
 Measures, each under its own key prefix (removed afterwards):
 
@@ -22,7 +22,7 @@ Measures, each under its own key prefix (removed afterwards):
   streamed, so every batch reads and scores N days of history;
 - decision lookup latency (p50/p99) through Redis (``DecisionClient`` without
   cache) and through the client's one-second cache;
-- append-to-decision latency: 20 bots start sending, one a second, while
+- append-to-decision latency: 20 bots (``--bots``) start sending, one a second, while
   background traffic fills the rest of ``--rate`` events/s. It is the time
   from the request that crossed the threshold (its ``detected_at``) to the
   decision being readable in Redis, so the bots' decisions come from many
@@ -109,6 +109,10 @@ def main() -> None:
         help="Seconds of background traffic before the bots start in the latency test.",
     )
     parser.add_argument("--history-days", type=int, default=0, help="Days of history stored before the timed events.")
+    parser.add_argument(
+        "--bots", type=int, default=20,
+        help="Bots in the latency test, one latency each; with 20 the p95 is close to the slowest of them.",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=StreamSettings().batch_size,
         help="Maximum entries per micro-batch of each worker (its --batch-size).",
@@ -296,7 +300,8 @@ def print_latency_once(
 ) -> None:
     history_end = SIMULATION_START.timestamp() + args.history_days * 86400
     latencies, sent_rate = append_to_decision(
-        client, args.redis, folder, args.rate, history, history_end, args.warmup, args.batch_size, lateness=lateness
+        client, args.redis, folder, args.rate, history, history_end, args.warmup, args.batch_size, bots=args.bots,
+        lateness=lateness,
     )
     label = "" if lateness is None else f", lateness {lateness:g} s"
     if not latencies:

@@ -395,6 +395,30 @@ def test_checkpoint_key_expires_after_retention(make_worker, redis_client, redis
     assert ttl <= worker.settings.checkpoint_ttl_seconds
 
 
+def test_slow_checkpoint_written_less_often(make_worker, redis_client, redis_prefix, monkeypatch):
+    clock = [1000.0]
+    worker = make_worker("w0", checkpoint_seconds=1.0)
+    worker.clock = lambda: clock[0]
+    save = worker.checkpoints.save
+    saves = []
+
+    def slow_save(*arguments, **options):
+        # Each write takes 2 s of the worker's clock, so the next one waits 2 / 0.05 = 40 s.
+        clock[0] += 2.0
+        saves.append(clock[0])
+        return save(*arguments, **options)
+
+    monkeypatch.setattr(worker.checkpoints, "save", slow_save)
+    for number, advance in enumerate([0.0, 10.0, 30.0, 15.0]):
+        clock[0] += advance
+        redis_client.xadd(f"{redis_prefix}:events", {"event": orjson.dumps(record(number, ts=T0 + number))})
+        worker.process_once()
+
+    # Written 10 s after the take-over, then not 30 s after that write but 45 s after it.
+    assert saves == [1012.0, 1059.0]
+    assert _pending(redis_client, f"{redis_prefix}:events") == 0
+
+
 def test_missing_checkpoint_logged_with_partition(make_worker, caplog):
     worker = make_worker("w0", partitions=2)
 

@@ -13,8 +13,9 @@ gives it only the new events. docs/streaming-state.md gives the design.
 - Reading. A partition's stream is read through the consumer group under
   the consumer name ``p{n}``, the partition's and not the process's, so a
   new owner finds the entries its predecessor read and did not acknowledge.
-- Checkpoints. Every ``checkpoint_seconds``, and before a partition is
-  given up, the partition's state goes to ``{prefix}:state:{n}``
+- Checkpoints. Every ``checkpoint_seconds`` (longer when writing one
+  would take more than ``checkpoint_share`` of the time), and before a
+  partition is given up, the partition's state goes to ``{prefix}:state:{n}``
   (``workers.checkpoint``) with the id of the last entry it contains. Only
   then are the entries up to that id acknowledged. A new owner loads the
   checkpoint, acknowledges the pending entries up to its id and applies
@@ -124,6 +125,9 @@ class StateSettings:
     batch_size: int = 50_000
     block_ms: int = 1000
     checkpoint_seconds: float = 5.0
+    # The largest share of the worker's time that checkpoints may take: a partition whose last checkpoint took d
+    # seconds waits at least d / checkpoint_share seconds for the next one. Ignored when checkpoint_seconds is 0.
+    checkpoint_share: float = 0.05
     close_seconds: float = 60.0
     repeat_horizon: float = DEFAULT_HORIZON
     # Seconds of event time an event may arrive after the partition's newest one and still be scored exactly
@@ -186,6 +190,8 @@ class StateConsumer:
         # Partitions whose in-memory state may hold events of a failed batch: reloaded before the next read.
         self._stale: set[int] = set()
         self._checkpointed_at: dict[int, float] = {}
+        # Seconds the last checkpoint of each partition took to write.
+        self._checkpoint_took: dict[int, float] = {}
         # Owned partitions whose state changed since their last checkpoint.
         self._changed: set[int] = set()
         self._closed_at = clock()
@@ -361,7 +367,7 @@ class StateConsumer:
 
         now = self.clock()
         outcome.add(self._release_quiet_tails(caught_up, now))
-        due = {partition for partition in self.owned if now - self._checkpointed_at.get(partition, -1e18) >= self.settings.checkpoint_seconds}
+        due = {partition for partition in self.owned if now - self._checkpointed_at.get(partition, -1e18) >= self._checkpoint_interval(partition)}
         self.checkpoint(due)
         outcome.add(self._adopt_orphans(caught_up | due))
         if now - self._closed_at >= self.settings.close_seconds:
@@ -662,6 +668,17 @@ class StateConsumer:
 
     # Checkpoints --------------------------------------------------------------
 
+    def _checkpoint_interval(self, partition: int) -> float:
+        """Return the seconds between checkpoints of ``partition``: ``checkpoint_seconds``, longer for a large state.
+
+        States of 55 to 90 MB took 0.4 to 0.9 s to write at 10,000 events/s (scripts/bench_stream.py
+        --only latency), and the next batch waits for the write.
+        """
+        seconds = self.settings.checkpoint_seconds
+        if seconds == 0:
+            return 0.0
+        return max(seconds, self._checkpoint_took.get(partition, 0.0) / self.settings.checkpoint_share)
+
     def checkpoint(self, partitions: Iterable[int]) -> set[int]:
         """Write the changed state of ``partitions`` to Redis, then acknowledge the entries it contains; return those written.
 
@@ -673,7 +690,7 @@ class StateConsumer:
             if partition in self._stale or partition not in self.owned:
                 continue
             state = self.owned[partition]
-            started = time.perf_counter()
+            started = self.clock()
             data = dump_state(state, self.detectors, self.plans)
             if not self.checkpoints.save(partition, data, lease_key=self.leases.key(partition), owner=self.settings.owner):
                 logger.warning(
@@ -688,11 +705,12 @@ class StateConsumer:
                 self.client.xack(stream, self.settings.group, *state.unacknowledged[first : first + 10_000])
             state.unacknowledged.clear()
             self._changed.discard(partition)
-            self._checkpointed_at[partition] = self.clock()
+            self._checkpointed_at[partition] = finished = self.clock()
+            self._checkpoint_took[partition] = finished - started
             written.add(partition)
             logger.debug(
                 "partition %d: checkpoint of %d bytes up to entry %s in %.3f s, %d entries acknowledged",
-                partition, len(data), _text(state.last_id), time.perf_counter() - started, acknowledged,
+                partition, len(data), _text(state.last_id), self._checkpoint_took[partition], acknowledged,
             )
         return written
 
