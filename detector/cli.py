@@ -271,7 +271,7 @@ def api(host, port, database_url, redis_url, prefix) -> None:
                    "Gateways must append with the same number.")
 @click.option("--checkpoint-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="With --state: seconds between writes of each partition's state to Redis; longer for a state "
-                   "whose write would take more than 5% of the time. 0 writes after every round.")
+                   "whose write would take more than 2% of the time. 0 writes after every round.")
 # The default is workers.checkpoint.DEFAULT_MAX_BYTES, written out so that --help does not import pandas.
 @click.option("--checkpoint-max-bytes", default=1 << 30, show_default="1 GiB", type=click.IntRange(1),
               help="With --state: bytes above which a partition's checkpoint is rejected before it is read, "

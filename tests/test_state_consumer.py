@@ -397,7 +397,7 @@ def test_checkpoint_key_expires_after_retention(make_worker, redis_client, redis
 
 def test_slow_checkpoint_written_less_often(make_worker, redis_client, redis_prefix, monkeypatch):
     clock = [1000.0]
-    worker = make_worker("w0", checkpoint_seconds=1.0)
+    worker = make_worker("w0", checkpoint_seconds=1.0, checkpoint_share=0.05)
     worker.clock = lambda: clock[0]
     save = worker.checkpoints.save
     saves = []

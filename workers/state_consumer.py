@@ -127,7 +127,8 @@ class StateSettings:
     checkpoint_seconds: float = 5.0
     # The largest share of the worker's time that checkpoints may take: a partition whose last checkpoint took d
     # seconds waits at least d / checkpoint_share seconds for the next one. Ignored when checkpoint_seconds is 0.
-    checkpoint_share: float = 0.05
+    # A batch waits for a checkpoint, so at 5 % the p95 latency at 10,000 events/s reached 1.55-2.37 s, at 2 % 1.42-1.54 s.
+    checkpoint_share: float = 0.02
     close_seconds: float = 60.0
     repeat_horizon: float = DEFAULT_HORIZON
     # Seconds of event time an event may arrive after the partition's newest one and still be scored exactly
