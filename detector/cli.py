@@ -82,11 +82,11 @@ def _finite_ratio(value: float) -> float:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "input_format", type=click.Choice(["jsonl", "csv", "parquet", "combined"]),
               help="Input format; detected from the file name or content when left out.")
-@click.option("--plans", type=click.Path(path_type=Path), help="Plan catalogue TOML (default: the shipped one).")
-@click.option("--policy", type=click.Path(path_type=Path), help="Policy TOML (default: the shipped one).")
+@click.option("--plans", type=click.Path(path_type=Path), help="Plan catalogue TOML (default: $FAIRUSE_PLANS or the shipped one).")
+@click.option("--policy", type=click.Path(path_type=Path), help="Policy TOML (default: $FAIRUSE_POLICY or the shipped one).")
 @click.option("--db", "database_url", help="SQLAlchemy database URL (default: $FAIRUSE_DATABASE_URL or sqlite:///fairuse.db).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write decisions here as JSON lines; findings and subject scores go beside it.")
-@click.option("--rejects", type=click.Path(path_type=Path), help="Where to write rejected records (default: beside --out).")
+@click.option("--rejects", type=click.Path(path_type=Path), help="Where to write rejected records (default: beside --out, or fairuse-rejects.txt in the working folder).")
 @click.option("--max-reject-ratio", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               callback=lambda _context, _parameter, value: _finite_ratio(value),
               help="Fail when more than this share of records is rejected.")
@@ -132,7 +132,8 @@ def score(paths, input_format, plans, policy, database_url, out, rejects, max_re
     for warning in report.warnings:
         stderr.print(Text("warning: ", style="yellow") + printable(warning), highlight=False)
     if report.rejects_path:
-        stderr.print(printable(f"{len(report.read.rejects):,} rejected records written to {report.rejects_path}"))
+        count = len(report.read.rejects)
+        stderr.print(printable(f"{count:,} rejected record{'' if count == 1 else 's'} written to {report.rejects_path}"))
     stdout.print(render_summary(report))
     for name, path in report.outputs.items():
         stdout.print(printable(f"{name}: {path}"), highlight=False)
