@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,8 +37,11 @@ def _batch_measures(subject, ts_ms, prompt) -> dict[str, np.ndarray]:
     }
 
 
-def _streamed_measures(subject, ts_ms, prompt, cuts) -> dict[str, np.ndarray]:
-    """Append the events to ``LoadWindows`` in batches ending before each index of ``cuts`` and collect their measures."""
+def _streamed_measures(subject, ts_ms, prompt, cuts, checkpoint: bool = False) -> dict[str, np.ndarray]:
+    """Append the events to ``LoadWindows`` in batches ending before each index of ``cuts`` and collect their measures.
+
+    With ``checkpoint``, the windows are pickled and restored after every batch, as a state worker's checkpoint is.
+    """
     windows = LoadWindows(retention_ms=RETENTION_MS, min_parallel=MIN_PARALLEL)
     subjects = np.unique(subject)
     count_from = np.zeros(len(subjects), np.int64)
@@ -53,6 +58,8 @@ def _streamed_measures(subject, ts_ms, prompt, cuts) -> dict[str, np.ndarray]:
         windows.trim(slots, np.maximum(last_ms, 0), count_from)
         for name in collected:
             collected[name][rows] = getattr(measures, name)
+        if checkpoint:
+            windows = pickle.loads(pickle.dumps(windows))
     return collected
 
 
@@ -73,6 +80,18 @@ def test_windows_measures_equal_batch(seed):
     cuts = np.sort(rng.choice(np.arange(1, len(subject)), size=40, replace=False)).tolist()
 
     streamed = _streamed_measures(subject, ts_ms, prompt, cuts)
+
+    for name, expected in _batch_measures(subject, ts_ms, prompt).items():
+        assert streamed[name].tolist() == expected.tolist(), name
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_windows_measures_equal_batch_across_checkpoints(seed):
+    rng = np.random.default_rng(seed)
+    subject, ts_ms, prompt = _random_events(rng, subjects=4, size=3000, prompts=12)
+    cuts = np.sort(rng.choice(np.arange(1, len(subject)), size=40, replace=False)).tolist()
+
+    streamed = _streamed_measures(subject, ts_ms, prompt, cuts, checkpoint=True)
 
     for name, expected in _batch_measures(subject, ts_ms, prompt).items():
         assert streamed[name].tolist() == expected.tolist(), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 
 import numpy as np
@@ -75,6 +76,36 @@ def test_segments_clear_keeps_numbering():
 
     assert _segment(segments, int(slots[0])) == [9]
     assert segments.first_number[slots[0]] == 3
+
+
+def test_segments_pickled_without_spare_room():
+    segments = GrowingSegments({"value": "int64"})
+    keys = [("key", f"k{number}") for number in range(50)]
+    slots = segments.slots_for(keys)
+    for step in range(40):
+        segments.append(slots, np.arange(len(slots)), {"value": np.arange(len(slots)) * 1000 + step})
+    segments.drop_front(slots, np.full(len(slots), 10))
+
+    restored = pickle.loads(pickle.dumps(segments))
+
+    assert len(restored.columns["value"]) == segments.live_rows == 50 * 30
+    assert len(pickle.dumps(restored)) < len(pickle.dumps(segments.columns["value"]))
+    for slot in slots.tolist():
+        assert _segment(restored, slot) == _segment(segments, slot)
+    assert restored.first_number[slots].tolist() == [10] * 50
+    # A restored segment takes new rows, and a new subject gets a slot.
+    more = restored.slots_for([keys[0], ("key", "new")])
+    restored.append(more, np.array([0, 1]), {"value": np.array([-1, -2])})
+    assert _segment(restored, int(more[0])) == _segment(segments, int(slots[0])) + [-1]
+    assert _segment(restored, int(more[1])) == [-2]
+
+
+def test_empty_segments_pickle():
+    restored = pickle.loads(pickle.dumps(GrowingSegments({"value": "int64"})))
+    slots = restored.slots_for([("key", "a")])
+    restored.append(slots, np.array([0]), {"value": np.array([7])})
+
+    assert _segment(restored, int(slots[0])) == [7]
 
 
 def test_search_segments_equals_searchsorted():
