@@ -329,6 +329,7 @@ def _check_reject_share(read: ReadResult, options: BatchOptions, rejects_path: P
     if valid == 0:
         names = ", ".join(str(path) for path in options.paths)
         first = f" First reject: {read.rejects[0].format()}." if read.rejects else ""
+        first += "".join(f" {warning}." for warning in read.warnings)
         hint = (
             " Check that the files hold events in the format of docs/events.md, or name it with --format."
             if read.rejects

@@ -126,6 +126,20 @@ def test_nothing_valid_fails_with_reason(tmp_path, monkeypatch):
     assert (tmp_path / "fairuse-rejects.txt").read_text().count("\n") == 2
 
 
+def test_csv_missing_column_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "request_id,ts,account_id,key_id,plan,endpoint,model,prompt_tokens,completion_tokens,cost,ip,status,stream\n"
+        "r1,1795428000,a,k,pro,/v1/chat/completions,m,1,1,0.1,203.0.113.1,200,false\n"
+    )
+
+    result = _score(events, "--db", f"sqlite:///{tmp_path}/f.db")
+
+    assert result.exit_code == 2
+    assert "the CSV header has no column latency_ms, which every event needs" in result.output
+
+
 def test_reject_ratio_over_limit_fails(tmp_path, traffic, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lines = (traffic / "events.jsonl").read_text().splitlines()[:10]

@@ -1067,6 +1067,8 @@ def test_csv_missing_column_rejects_each_record(tmp_path):
     result = read_one(write_csv(tmp_path / "events.csv", records))
 
     assert [(reject.field, reject.reason) for reject in result.rejects] == [("latency_ms", "missing required field")] * 3
+    assert len(result.warnings) == 1
+    assert "events.csv: the CSV header has no column latency_ms, which every event needs" in result.warnings[0]
 
 
 def test_csv_repeated_header_column_raises(tmp_path):

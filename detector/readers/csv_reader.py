@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from detector.events import Reject
+from detector.events import REQUIRED_FIELDS, Reject
 from detector.readers.base import INPUT_FIELDS, RawBatch, ReaderError
 from detector.readers.columns import RawColumn
 from detector.readers import source as source_module
@@ -39,6 +39,7 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
             _check_header_read(blocks, first_line if header is not None else blocks.next_line, input_file.name)
             if header is None:
                 continue
+            input_file.warnings.extend(_missing_columns_warning(header, input_file.name))
             newlines = None
         yield from parse_csv_lines(data, first_line, header, input_file.name, newlines)
 
@@ -56,6 +57,17 @@ def _check_header_read(blocks: LineBlocks, data_start: int, source: str) -> None
                 f"{source}:{line}: the CSV header line is {length:,} bytes, longer than the limit of "
                 f"{source_module.MAX_LINE_BYTES:,} bytes; check that this is a CSV event file"
             )
+
+
+def _missing_columns_warning(header: list[str], source: str) -> list[str]:
+    """Return a warning naming the required fields the header leaves out, or none."""
+    missing = [name for name in REQUIRED_FIELDS if name not in header]
+    if not missing:
+        return []
+    return [
+        f"{source}: the CSV header has no column {', '.join(missing)}, which every event needs, so each record is "
+        "rejected; add the column (docs/events.md lists the fields)"
+    ]
 
 
 def split_header(data: bytes, first_line: int, source: str) -> tuple[list[str] | None, bytes, int]:

@@ -92,6 +92,7 @@ class EventCollector:
                 f"{input_file.name}: {count} {name} values looked like API key secrets "
                 "(sk-...) and were replaced by their SHA-256 hash"
             )
+        self.warnings.extend(input_file.warnings)
         if input_file.gzip_error is not None:
             self.warnings.append(f"{input_file.name}: {input_file.gzip_error}; the records before it were read")
 
@@ -148,6 +149,7 @@ class _Received:
     def __init__(self, name: str) -> None:
         self.name = name
         self.gzip_error = None
+        self.warnings: list[str] = []
 
 
 def release_arrow_memory() -> None:

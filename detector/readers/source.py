@@ -80,6 +80,8 @@ class InputFile:
         # Why reading the gzip stream stopped early ("truncated gzip stream: ...",
         # "gzip checksum mismatch: ..."), or None while it is complete and intact.
         self.gzip_error: str | None = None
+        # Problems of the whole file that its reader found, for the summary's warnings.
+        self.warnings: list[str] = []
         # The unread stream of an input that is not a regular file, until open() hands it out.
         self.stream: ReplayedStream | None = None
 
