@@ -77,4 +77,6 @@ def _top_subjects(report: BatchReport) -> Table:
             ", ".join(row.reasons),
             ", ".join(row.actions) or "-",
         )
+    if not table.row_count:
+        table.add_row("-", "-", "0", "0", "no findings on this input", "-")
     return table

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from detector.cli import main
+from tests.factories import record
 
 SAMPLE = Path(__file__).resolve().parents[1] / "detector" / "samples" / "events-sample.jsonl.gz"
 
@@ -124,6 +125,18 @@ def test_nothing_valid_fails_with_reason(tmp_path, monkeypatch):
     assert "no valid records" in result.output
     assert "2 rejected" in result.output
     assert (tmp_path / "fairuse-rejects.txt").read_text().count("\n") == 2
+
+
+def test_summary_says_when_nothing_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(orjson.dumps(record(number, ts=1795428000 + 600 * number)) + b"\n" for number in range(3)))
+
+    result = _score(events, "--db", f"sqlite:///{tmp_path}/f.db", "--no-model")
+
+    assert result.exit_code == 0, result.output
+    assert "no findings on this input" in result.output
+    assert "no decisions on this input" in result.output
 
 
 def test_csv_missing_column_named(tmp_path, monkeypatch):

@@ -896,6 +896,19 @@ def test_truncated_gzip_keeps_good_prefix(tmp_path):
     assert any("truncated gzip stream" in warning for warning in result.warnings)
 
 
+def test_gzip_cut_in_header_says_nothing_read(tmp_path):
+    compressed = gzip_copy(write_jsonl(tmp_path / "events.jsonl", [make_record(1)])).read_bytes()
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(compressed[:10])
+
+    result = read_one(path)
+
+    assert len(result.frame) == 0
+    assert [reject.line for reject in result.rejects] == [1]
+    assert "no line could be read, so check that the file was copied whole" in result.rejects[0].reason
+    assert "the lines before this one" not in result.rejects[0].reason
+
+
 def test_truncated_gzip_csv_keeps_good_prefix(tmp_path):
     records = [make_record(number) for number in range(2000)]
     compressed = gzip_copy(write_csv(tmp_path / "events.csv", records)).read_bytes()

@@ -367,7 +367,10 @@ class LineBlocks:
         """Return the reject for a gzip stream that stopped early, or None if it was complete."""
         if self.input_file.gzip_error is None:
             return None
-        reason = f"{self.input_file.gzip_error}; the lines before this one were read"
+        if self.next_line == 1:
+            reason = f"{self.input_file.gzip_error}; no line could be read, so check that the file was copied whole"
+        else:
+            reason = f"{self.input_file.gzip_error}; the lines before this one were read"
         return Reject(self.input_file.name, self.next_line, "-", reason)
 
 
