@@ -91,3 +91,11 @@ def test_invalid_clock_tick_dead_lettered():
 
 def test_clock_tick_fields_round_trip():
     assert parse_entries([(b"1-0", clock_tick(1795431600.5))], "s").clock == 1795431600.5
+
+
+def test_trimmed_pending_entry_dead_lettered_as_trimmed():
+    parsed = parse_entries([(b"1-0", None), (b"2-0", [b"event", _event(2)])], "s")
+
+    assert parsed.frame["request_id"].tolist() == ["req-2"]
+    assert [entry_id for entry_id, _ in parsed.dead] == [b"1-0"]
+    assert "trimmed from the stream before a worker acknowledged it" in parsed.dead[0][1]

@@ -907,6 +907,7 @@ def test_gzip_cut_in_header_says_nothing_read(tmp_path):
     assert [reject.line for reject in result.rejects] == [1]
     assert "no line could be read, so check that the file was copied whole" in result.rejects[0].reason
     assert "the lines before this one" not in result.rejects[0].reason
+    assert any(warning.endswith("; no record could be read") for warning in result.warnings)
 
 
 def test_truncated_gzip_csv_keeps_good_prefix(tmp_path):

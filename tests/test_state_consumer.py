@@ -419,6 +419,28 @@ def test_slow_checkpoint_written_less_often(make_worker, redis_client, redis_pre
     assert _pending(redis_client, f"{redis_prefix}:events") == 0
 
 
+def test_checkpoint_spacing_capped(make_worker, redis_client, redis_prefix, monkeypatch):
+    clock = [1000.0]
+    worker = make_worker("w0", checkpoint_seconds=1.0, checkpoint_share=0.05, checkpoint_max_seconds=60.0)
+    worker.clock = lambda: clock[0]
+    save = worker.checkpoints.save
+    saves = []
+
+    def stalled_save(*arguments, **options):
+        # A 10-s write would space the next one 200 s away without the cap.
+        clock[0] += 10.0
+        saves.append(clock[0])
+        return save(*arguments, **options)
+
+    monkeypatch.setattr(worker.checkpoints, "save", stalled_save)
+    for number, advance in enumerate([0.0, 10.0, 50.0, 15.0]):
+        clock[0] += advance
+        redis_client.xadd(f"{redis_prefix}:events", {"event": orjson.dumps(record(number, ts=T0 + number))})
+        worker.process_once()
+
+    assert saves == [1020.0, 1095.0]
+
+
 def test_missing_checkpoint_logged_with_partition(make_worker, caplog):
     worker = make_worker("w0", partitions=2)
 

@@ -22,6 +22,7 @@ from detector.store.repository import finding_id
 from tests.model_helpers import rewrite_metadata, train_versions
 from tests.test_state_consumer import _all_findings, _append, _decision_keys, _drain, state_worker_builder
 from workers.entries import clock_tick
+from workers.state_consumer import CLOCK_MARGIN
 from workers.checkpoint import MAGIC, CheckpointError, PartitionState, dump_state, load_state
 from workers.repeats import RepeatedRequests
 from workers.state_models import StateModels
@@ -232,7 +233,7 @@ def test_model_added_later_not_switched_to(plans, models_dir, caplog):
 
 
 def test_clock_tick_closes_days_of_quiet_partition(make_worker, redis_client, redis_prefix, store, plans, policy,
-                                                    traffic):
+                                                    traffic, caplog):
     frame = traffic["frame"]
     newest = float(frame["ts"].max())
     tick = newest // DAY * DAY + DAY + 3600
@@ -242,17 +243,23 @@ def test_clock_tick_closes_days_of_quiet_partition(make_worker, redis_client, re
     worker.close_quiet_keys()
     before = {finding_id(finding) for finding in _anomaly_findings(store)}
 
-    # A tick no later than the newest event plus the lateness leaves the days to event time.
-    redis_client.xadd(f"{redis_prefix}:events", clock_tick(newest))
+    # A tick no later than the newest event plus the margin leaves the days to event time, and so does one far
+    # ahead of the worker's clock (milliseconds written for seconds).
+    redis_client.xadd(f"{redis_prefix}:events", clock_tick(newest + CLOCK_MARGIN))
     _rounds(worker)
     assert {finding_id(finding) for finding in _anomaly_findings(store)} == before
+    redis_client.xadd(f"{redis_prefix}:events", clock_tick(tick * 1000))
+    with caplog.at_level(logging.WARNING, logger="workers.state_consumer"):
+        _rounds(worker)
+    assert {finding_id(finding) for finding in _anomaly_findings(store)} == before
+    assert "s ahead of this worker's clock; ignored" in caplog.text
 
     redis_client.xadd(f"{redis_prefix}:events", clock_tick(tick))
     _rounds(worker)
 
     after = {finding_id(finding) for finding in _anomaly_findings(store)}
     detectors = [
-        dataclasses.replace(detector, as_of=tick - worker.settings.lateness) if isinstance(detector, AnomalyDetector)
+        dataclasses.replace(detector, as_of=tick - CLOCK_MARGIN) if isinstance(detector, AnomalyDetector)
         else detector
         for detector in default_detectors(load_model())
     ]

@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 EVENT_FIELD = b"event"
 CLOCK_FIELD = b"clock"
+# Redis returns a pending entry that was deleted or trimmed from its stream without its fields.
+TRIMMED = (
+    "the entry was deleted or trimmed from the stream before a worker acknowledged it, so its event is lost; "
+    "keep the stream longer (the gateway's MAXLEN or MINID) than a minute of traffic"
+)
 # Entries kept in the dead-letter stream; older ones are trimmed.
 DEAD_LETTER_MAXLEN = 100_000
 
@@ -80,6 +85,9 @@ def _payloads(entries, stream: str) -> tuple[list[bytes], list[bytes], list[tupl
     dead: list[tuple[bytes, str]] = []
     ticks: list[tuple[bytes, bytes]] = []
     for entry_id, fields in entries:
+        if fields is None:
+            dead.append((entry_id, f"{stream}:{entry_id.decode()}: {TRIMMED}"))
+            continue
         raw = event_field(fields)
         if raw is None and (tick := entry_field(fields, CLOCK_FIELD)) is not None:
             ticks.append((entry_id, tick))

@@ -109,6 +109,10 @@ from workers.state_models import StateModels
 
 logger = logging.getLogger(__name__)
 
+# Seconds a clock tick stays behind the time it names before it closes days. A gateway appends an event when its
+# request ends, with the time the request started, and a request to a model can take minutes.
+CLOCK_MARGIN = 900.0
+
 
 class PartitionCountError(ValueError):
     """Workers of one key prefix were started with different ``--partitions``."""
@@ -129,6 +133,9 @@ class StateSettings:
     # seconds waits at least d / checkpoint_share seconds for the next one. Ignored when checkpoint_seconds is 0.
     # A batch waits for a checkpoint, so at 5 % the p95 latency at 10,000 events/s reached 1.55-2.37 s, at 2 % 1.42-1.54 s.
     checkpoint_share: float = 0.02
+    # The maximum spacing, whatever a write took: entries wait unacknowledged that long, and a gateway that trims
+    # the stream by length must keep more than that, or a new owner finds the pending entries gone.
+    checkpoint_max_seconds: float = 60.0
     close_seconds: float = 60.0
     repeat_horizon: float = DEFAULT_HORIZON
     # Seconds of event time an event may arrive after the partition's newest one and still be scored exactly
@@ -608,19 +615,29 @@ class StateConsumer:
         self.models.score_shadow(findings, closed, store=self.store, since=as_of)
 
     def _follow_clock(self, partition: int, state: PartitionState, clock: float, outcome: BatchOutcome) -> None:
-        """Close a partition's days up to a clock tick minus the lateness, when no event of it is that recent.
+        """Close a partition's days up to a clock tick minus a margin, when no event of it is that recent.
 
         Only events move a partition's watermark, so without traffic its
         quiet keys' days would stay open until its next event. The hourly
         ``rescore_quiet_keys`` job appends a tick to every partition. A
-        partition with an event newer than the tick minus the lateness
-        closes its days by event time as before. In any other, the held
-        events are applied and the days that ended before the tick minus
-        the lateness are scored. Like the release of a quiet partition's
-        tail, this trusts the clock: an event appended later than the tick
-        minus the lateness may belong to a day already scored.
+        partition with an event newer than the tick minus the margin closes
+        its days by event time as before. In any other, the held events are
+        applied and the days that ended before the tick minus the margin
+        are scored. The margin is the larger of the lateness and
+        ``CLOCK_MARGIN``. A request that started before that and is appended
+        after the tick starts its day again, and the day is scored twice.
+        A tick ahead of this worker's own clock by more than the margin is
+        ignored with a warning.
         """
-        as_of = clock - self.settings.lateness
+        margin = max(self.settings.lateness, CLOCK_MARGIN)
+        if clock > time.time() + margin:
+            logger.warning(
+                "state worker %s: partition %d: clock tick %.0f is more than %.0f s ahead of this worker's clock; "
+                "ignored. Check the clocks of the RQ workers, or that the tick is in seconds, not milliseconds",
+                self.settings.owner, partition, clock, margin,
+            )
+            return
+        as_of = clock - margin
         if state.newest is None or state.newest >= as_of:
             return
         released = state.tail.release_all()
@@ -678,7 +695,8 @@ class StateConsumer:
         seconds = self.settings.checkpoint_seconds
         if seconds == 0:
             return 0.0
-        return max(seconds, self._checkpoint_took.get(partition, 0.0) / self.settings.checkpoint_share)
+        spaced = min(self._checkpoint_took.get(partition, 0.0) / self.settings.checkpoint_share, self.settings.checkpoint_max_seconds)
+        return max(seconds, spaced)
 
     def checkpoint(self, partitions: Iterable[int]) -> set[int]:
         """Write the changed state of ``partitions`` to Redis, then acknowledge the entries it contains; return those written.
@@ -693,7 +711,10 @@ class StateConsumer:
             state = self.owned[partition]
             started = self.clock()
             data = dump_state(state, self.detectors, self.plans)
-            if not self.checkpoints.save(partition, data, lease_key=self.leases.key(partition), owner=self.settings.owner):
+            saved = self.checkpoints.save(partition, data, lease_key=self.leases.key(partition), owner=self.settings.owner)
+            # The acknowledgements below grow with the entries read, so counting them would space checkpoints further.
+            took = self.clock() - started
+            if not saved:
                 logger.warning(
                     "state worker %s: partition %d is owned by another worker now; its state was not written",
                     self.settings.owner, partition,
@@ -706,8 +727,8 @@ class StateConsumer:
                 self.client.xack(stream, self.settings.group, *state.unacknowledged[first : first + 10_000])
             state.unacknowledged.clear()
             self._changed.discard(partition)
-            self._checkpointed_at[partition] = finished = self.clock()
-            self._checkpoint_took[partition] = finished - started
+            self._checkpointed_at[partition] = self.clock()
+            self._checkpoint_took[partition] = took
             written.add(partition)
             logger.debug(
                 "partition %d: checkpoint of %d bytes up to entry %s in %.3f s, %d entries acknowledged",

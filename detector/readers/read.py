@@ -71,6 +71,7 @@ class EventCollector:
         """Validate every batch a reader yields for one file and keep the results."""
         rejects: list[Reject] = []
         secrets_replaced: Counter[str] = Counter()
+        records_before = self.records
         for item in prefetched(items):
             if isinstance(item, Reject):
                 rejects.append(item)
@@ -94,7 +95,9 @@ class EventCollector:
             )
         self.warnings.extend(input_file.warnings)
         if input_file.gzip_error is not None:
-            self.warnings.append(f"{input_file.name}: {input_file.gzip_error}; the records before it were read")
+            # The stream's end counts as one rejected record.
+            before_end = "the records before it were read" if self.records - records_before > 1 else "no record could be read"
+            self.warnings.append(f"{input_file.name}: {input_file.gzip_error}; {before_end}")
 
     def result(self) -> ReadResult:
         """Return the read result: deduplicated by request_id, then sorted by ts.
