@@ -395,50 +395,33 @@ def test_checkpoint_key_expires_after_retention(make_worker, redis_client, redis
     assert ttl <= worker.settings.checkpoint_ttl_seconds
 
 
-def test_slow_checkpoint_written_less_often(make_worker, redis_client, redis_prefix, monkeypatch):
-    clock = [1000.0]
-    worker = make_worker("w0", checkpoint_seconds=1.0, checkpoint_share=0.05)
-    worker.clock = lambda: clock[0]
-    save = worker.checkpoints.save
-    saves = []
-
-    def slow_save(*arguments, **options):
-        # Each write takes 2 s of the worker's clock, so the next one waits 2 / 0.05 = 40 s.
-        clock[0] += 2.0
-        saves.append(clock[0])
-        return save(*arguments, **options)
-
-    monkeypatch.setattr(worker.checkpoints, "save", slow_save)
-    for number, advance in enumerate([0.0, 10.0, 30.0, 15.0]):
-        clock[0] += advance
-        redis_client.xadd(f"{redis_prefix}:events", {"event": orjson.dumps(record(number, ts=T0 + number))})
-        worker.process_once()
-
-    # Written 10 s after the take-over, then not 30 s after that write but 45 s after it.
-    assert saves == [1012.0, 1059.0]
-    assert _pending(redis_client, f"{redis_prefix}:events") == 0
-
-
-def test_checkpoint_spacing_capped(make_worker, redis_client, redis_prefix, monkeypatch):
+# Each write takes ``write`` seconds of the worker's clock. The first is due 10 s after the take-over. A 2-s write
+# spaces the next one 2 / 0.05 = 40 s away, so it waits past the round 30 s later. A 10-s write would space it
+# 200 s away, but the cap of 60 s lets the round 65 s later write it.
+@pytest.mark.parametrize(
+    ("write", "advances", "saves"),
+    [(2.0, [0.0, 10.0, 30.0, 15.0], [1012.0, 1059.0]), (10.0, [0.0, 10.0, 50.0, 15.0], [1020.0, 1095.0])],
+)
+def test_slow_checkpoint_written_less_often(make_worker, redis_client, redis_prefix, monkeypatch, write, advances, saves):
     clock = [1000.0]
     worker = make_worker("w0", checkpoint_seconds=1.0, checkpoint_share=0.05, checkpoint_max_seconds=60.0)
     worker.clock = lambda: clock[0]
     save = worker.checkpoints.save
-    saves = []
+    written = []
 
-    def stalled_save(*arguments, **options):
-        # A 10-s write would space the next one 200 s away without the cap.
-        clock[0] += 10.0
-        saves.append(clock[0])
+    def slow_save(*arguments, **options):
+        clock[0] += write
+        written.append(clock[0])
         return save(*arguments, **options)
 
-    monkeypatch.setattr(worker.checkpoints, "save", stalled_save)
-    for number, advance in enumerate([0.0, 10.0, 50.0, 15.0]):
+    monkeypatch.setattr(worker.checkpoints, "save", slow_save)
+    for number, advance in enumerate(advances):
         clock[0] += advance
         redis_client.xadd(f"{redis_prefix}:events", {"event": orjson.dumps(record(number, ts=T0 + number))})
         worker.process_once()
 
-    assert saves == [1020.0, 1095.0]
+    assert written == saves
+    assert _pending(redis_client, f"{redis_prefix}:events") == 0
 
 
 def test_missing_checkpoint_logged_with_partition(make_worker, caplog):
