@@ -30,7 +30,8 @@ from workers.checkpoint import MAGIC, CheckpointError, dump_state, load_state
 from workers.partitions import partition_of
 from workers.publish import DecisionPublisher
 from workers.repeats import RepeatedRequests
-from workers.state_consumer import StateConsumer, StateSettings
+from workers.entries import clock_tick
+from workers.state_consumer import CLOCK_MARGIN, StateConsumer, StateSettings
 
 pytestmark = pytest.mark.slow
 
@@ -422,6 +423,27 @@ def test_slow_checkpoint_written_less_often(make_worker, redis_client, redis_pre
 
     assert written == saves
     assert _pending(redis_client, f"{redis_prefix}:events") == 0
+
+
+def test_event_of_tick_closed_day_counted_beyond_lateness(make_worker, redis_client, redis_prefix):
+    worker = make_worker("w0")
+    day_start = T0 // 86400 * 86400
+    stream = f"{redis_prefix}:events"
+    for number in range(20):
+        redis_client.xadd(stream, {"event": orjson.dumps(record(number, ts=day_start + 23 * 3600 + number))})
+    worker.process_once()
+    redis_client.xadd(stream, clock_tick(day_start + 86400 + CLOCK_MARGIN + 60))
+    worker.process_once()
+
+    # A request that started at 23:58 of the closed day, appended after the tick.
+    redis_client.xadd(stream, {"event": orjson.dumps(record(99, ts=day_start + 23 * 3600 + 3480))})
+    late = worker.process_once()
+    redis_client.xadd(stream, {"event": orjson.dumps(record(100, ts=day_start + 86400 + 7200))})
+    next_day = worker.process_once()
+
+    assert worker.owned[0].clock_closed == day_start + 86400 + 60
+    assert late.beyond_lateness == 1
+    assert next_day.beyond_lateness == 0
 
 
 def test_missing_checkpoint_logged_with_partition(make_worker, caplog):

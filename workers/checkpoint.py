@@ -119,6 +119,8 @@ class PartitionState:
     activity: HourlyActivity = field(default_factory=HourlyActivity)
     # Events read and not yet applied to ``scorer``, held until no late event can come before them.
     tail: EventTail = field(default_factory=EventTail)
+    # The time up to which a clock tick closed the anomaly days, or None (see StateConsumer._follow_clock).
+    clock_closed: float | None = None
     # Not in the checkpoint: entries read since the last one, to acknowledge once a checkpoint contains them.
     unacknowledged: list[bytes] = field(default_factory=list)
 
@@ -126,6 +128,7 @@ class PartitionState:
         return {
             "scorer": self.scorer, "repeats": self.repeats, "last_id": self.last_id, "newest": self.newest,
             "partitions": self.partitions, "activity": self.activity, "tail": self.tail,
+            "clock_closed": self.clock_closed,
         }
 
     def __setstate__(self, values) -> None:
@@ -140,6 +143,7 @@ class PartitionState:
         # A checkpoint written before tails existed has applied every event it read.
         tail = values.get("tail")
         self.tail = EventTail(0.0) if tail is None else tail
+        self.clock_closed = values.get("clock_closed")
         self.unacknowledged = []
 
 

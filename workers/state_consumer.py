@@ -86,6 +86,7 @@ from detector.policy import Policy
 from detector.shadow import prior_without_shadow
 from detector.state.chunk import Chunk
 from detector.state.scorer import STREAM_RETENTION, StateScorer
+from detector.features.keyday import DAY
 from detector.state.tail import DEFAULT_LATENESS, EventTail
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
@@ -550,8 +551,11 @@ class StateConsumer:
     def _score(self, partition: int, state: PartitionState, frame: pd.DataFrame, outcome: BatchOutcome) -> None:
         newest = float(frame["ts"].max())
         state.newest = newest if state.newest is None else max(state.newest, newest)
+        in_closed_days = _in_clock_closed_days(frame["ts"].to_numpy(), state)
         released = state.tail.add(frame)
-        outcome.beyond_lateness = released.beyond_lateness
+        outcome.beyond_lateness = released.beyond_lateness + in_closed_days
+        if in_closed_days:
+            logger.debug("partition %d: %d events of days a clock tick closed", partition, in_closed_days)
         if released.frame is not None:
             self._apply(partition, state, released.frame, outcome)
 
@@ -626,6 +630,7 @@ class StateConsumer:
         are scored. The margin is the larger of the lateness and
         ``CLOCK_MARGIN``. A request that started before that and is appended
         after the tick starts its day again, and the day is scored twice.
+        Such events count as beyond the lateness.
         A tick ahead of this worker's own clock by more than the margin is
         ignored with a warning.
         """
@@ -640,6 +645,7 @@ class StateConsumer:
         as_of = clock - margin
         if state.newest is None or state.newest >= as_of:
             return
+        state.clock_closed = as_of if state.clock_closed is None else max(state.clock_closed, as_of)
         released = state.tail.release_all()
         if released is not None:
             self._apply(partition, state, released, outcome)
@@ -772,6 +778,17 @@ def append_clock_ticks(client: redis.Redis, prefix: str, now: float) -> int:
         pipeline.xadd(settings.partition_stream(partition), clock_tick(now))
     pipeline.execute()
     return settings.partitions
+
+
+def _in_clock_closed_days(ts: np.ndarray, state: PartitionState) -> int:
+    """Return how many of the events at ``ts`` belong to days a clock tick closed, and not already beyond the lateness."""
+    if state.clock_closed is None:
+        return 0
+    watermark = state.tail.watermark
+    closed = (ts // DAY + 1) * DAY <= state.clock_closed
+    if watermark is not None:
+        closed &= ts >= watermark
+    return int(np.count_nonzero(closed))
 
 
 def _without_misrouted(
