@@ -93,7 +93,7 @@ def test_clock_tick_fields_round_trip():
     assert parse_entries([(b"1-0", clock_tick(1795431600.5))], "s").clock == 1795431600.5
 
 
-def test_trimmed_pending_entry_dead_lettered_as_trimmed():
+def test_trimmed_entry_dead_lettered():
     parsed = parse_entries([(b"1-0", None), (b"2-0", [b"event", _event(2)])], "s")
 
     assert parsed.frame["request_id"].tolist() == ["req-2"]

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from detector.state.tail import EventTail
 from tests.factories import DAY, T0, events, frame
-from tests.test_chunk_invariance import IMAGE, comparable, traffic  # noqa: F401 (the traffic fixture is used by name)
-from tests.test_state_scorer import ScoredRun, batch_findings, score_through_tail
+from tests.test_chunk_invariance import IMAGE, traffic  # noqa: F401 (the traffic fixture is used by name)
+from tests.test_state_scorer import ScoredRun, assert_run_equals_batch, batch_findings, score_through_tail
 
 LATENESS = 120.0
 
@@ -31,15 +31,6 @@ def fed_in_chunks(chunks: Sequence[pd.DataFrame], plans, lateness: float = LATEN
     arrived = pd.concat(chunks, ignore_index=True)
     cuts = np.cumsum([len(chunk) for chunk in chunks])[:-1].tolist()
     return score_through_tail(arrived, cuts, plans, lateness)
-
-
-def assert_equals_batch(run: ScoredRun, whole: pd.DataFrame, plans, policy) -> None:
-    assert run.inexact.empty, f"unexpected inexact subjects {run.inexact.to_dict('records')}"
-    found = list(map(comparable, run.findings))
-    expected = list(map(comparable, batch_findings(whole, plans, policy)))
-    differs = next((index for index, pair in enumerate(zip(found, expected)) if pair[0] != pair[1]), None)
-    assert len(found) == len(expected), f"{len(found)} findings, expected {len(expected)}"
-    assert differs is None, f"finding {differs}: {found[differs]} != {expected[differs]}"
 
 
 def _reasons(run: ScoredRun) -> set[str]:
@@ -155,7 +146,7 @@ def test_arrival_order_equals_score_events(traffic, plans, policy):
     run = score_through_tail(arrived, cuts, plans, LATENESS)
 
     assert late.sum() > 1000
-    assert_equals_batch(run, traffic, plans, policy)
+    assert_run_equals_batch(run, traffic, plans, policy)
 
 
 def test_arrival_order_without_lateness_is_inexact(traffic, plans):
@@ -185,7 +176,7 @@ def test_random_small_lateness_equals_score_events(traffic, plans, policy, laten
     run = score_through_tail(arrived, cuts, plans, lateness)
 
     assert len(batch_findings(hours, plans, policy)) >= 10
-    assert_equals_batch(run, hours, plans, policy)
+    assert_run_equals_batch(run, hours, plans, policy)
 
 
 # Adversarial late events ------------------------------------------------------
@@ -205,7 +196,7 @@ def test_late_event_at_lateness_bound_is_exact(plans, policy):
     run = fed_in_chunks(chunks, plans)
 
     assert run.findings
-    assert_equals_batch(run, whole, plans, policy)
+    assert_run_equals_batch(run, whole, plans, policy)
     assert "late_event" in _reasons(fed_in_chunks(chunks, plans, lateness=0.0))
 
 
@@ -231,7 +222,7 @@ def test_late_event_across_utc_midnight(plans, policy):
     run = fed_in_chunks(chunks, plans)
 
     assert {finding.reason for finding in run.findings} >= {"image_quota"}
-    assert_equals_batch(run, whole, plans, policy)
+    assert_run_equals_batch(run, whole, plans, policy)
     assert "late_event" in _reasons(fed_in_chunks(chunks, plans, lateness=0.0))
 
 
@@ -245,7 +236,7 @@ def test_late_event_moves_threshold_crossing(plans, policy):
 
     quota = [finding for finding in run.findings if finding.reason == "image_quota"]
     assert [finding.detected_at for finding in quota] == [T0 + 100.0]
-    assert_equals_batch(run, whole, plans, policy)
+    assert_run_equals_batch(run, whole, plans, policy)
 
 
 def test_late_event_is_subjects_first(plans, policy):
@@ -258,5 +249,5 @@ def test_late_event_is_subjects_first(plans, policy):
     run = fed_in_chunks(chunks, plans)
 
     assert {finding.subject for finding in run.findings} == {"first", "second"}
-    assert_equals_batch(run, whole, plans, policy)
+    assert_run_equals_batch(run, whole, plans, policy)
     assert "late_event" in _reasons(fed_in_chunks(chunks, plans, lateness=0.0))

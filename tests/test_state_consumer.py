@@ -425,7 +425,7 @@ def test_slow_checkpoint_written_less_often(make_worker, redis_client, redis_pre
     assert _pending(redis_client, f"{redis_prefix}:events") == 0
 
 
-def test_event_of_tick_closed_day_counted_beyond_lateness(make_worker, redis_client, redis_prefix):
+def test_tick_closed_day_event_counted_late(make_worker, redis_client, redis_prefix):
     worker = make_worker("w0")
     day_start = T0 // 86400 * 86400
     stream = f"{redis_prefix}:events"

@@ -83,6 +83,16 @@ def _split(traffic) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame[frame["ts"] < middle].reset_index(drop=True), frame[frame["ts"] >= middle].reset_index(drop=True)
 
 
+def _worker_on_first_half_v1(make_worker, redis_client, redis_prefix, store, policy, models_dir, traffic):
+    """Return a worker that scored the traffic's first day and a half on model v1, the rest, and the second day's start."""
+    first, rest = _split(traffic)
+    ModelAssignments(store.engine).record(ACTIVE, "v1")
+    worker = make_worker("w0", models=_switch(store, policy, models_dir))
+    _append(redis_client, redis_prefix, first)
+    _rounds(worker)
+    return worker, rest, traffic["start"] + DAY
+
+
 def _anomaly_findings(store) -> list:
     return [finding for finding in _all_findings(store) if finding.reason == "anomaly"]
 
@@ -98,12 +108,8 @@ def _reference_anomaly_ids(traffic, plans, policy, model, since: float) -> set[s
 
 def test_running_worker_switches_model_keeping_state(make_worker, redis_client, redis_prefix, store, plans, policy,
                                                      models_dir, traffic, caplog):
-    first, rest = _split(traffic)
-    second_day = traffic["start"] + DAY
-    ModelAssignments(store.engine).record(ACTIVE, "v1")
-    worker = make_worker("w0", models=_switch(store, policy, models_dir))
-    _append(redis_client, redis_prefix, first)
-    _rounds(worker)
+    worker, rest, second_day = _worker_on_first_half_v1(make_worker, redis_client, redis_prefix, store, policy,
+                                                        models_dir, traffic)
     state = worker.owned[0]
     subjects = len(state.scorer.ranks)
 
@@ -137,12 +143,8 @@ def test_running_worker_switches_model_keeping_state(make_worker, redis_client, 
 
 def test_checkpoint_of_one_model_loads_on_another(make_worker, redis_client, redis_prefix, store, plans, policy,
                                                   models_dir, traffic, caplog):
-    first, rest = _split(traffic)
-    second_day = traffic["start"] + DAY
-    ModelAssignments(store.engine).record(ACTIVE, "v1")
-    before = make_worker("w0", models=_switch(store, policy, models_dir))
-    _append(redis_client, redis_prefix, first)
-    _rounds(before)
+    before, rest, second_day = _worker_on_first_half_v1(make_worker, redis_client, redis_prefix, store, policy,
+                                                        models_dir, traffic)
     last_id = before.owned[0].last_id
     subjects = len(before.owned[0].scorer.ranks)
     before.stop()

@@ -142,13 +142,18 @@ def batch_findings(whole: pd.DataFrame, plans, policy) -> list[Finding]:
 def assert_scorer_equals_batch(whole: pd.DataFrame, cuts: Sequence[int], plans, policy, retention=None) -> list[Finding]:
     run = score_in_chunks(whole, cuts, plans, retention)
 
+    assert_run_equals_batch(run, whole, plans, policy, context=f"; cuts {list(cuts)}")
+    return run.findings
+
+
+def assert_run_equals_batch(run: ScoredRun, whole: pd.DataFrame, plans, policy, context: str = "") -> None:
+    """Assert that ``run`` has no inexact subject and the batch detectors' findings on ``whole``, in order."""
     assert run.inexact.empty, f"unexpected inexact subjects {run.inexact.to_dict('records')}"
     found = list(map(comparable, run.findings))
     expected = list(map(comparable, batch_findings(whole, plans, policy)))
     differs = next((index for index, pair in enumerate(zip(found, expected)) if pair[0] != pair[1]), None)
-    assert len(found) == len(expected), f"{len(found)} findings, expected {len(expected)}; cuts {list(cuts)}"
-    assert differs is None, f"finding {differs}: {found[differs]} != {expected[differs]}; cuts {list(cuts)}"
-    return run.findings
+    assert len(found) == len(expected), f"{len(found)} findings, expected {len(expected)}{context}"
+    assert differs is None, f"finding {differs}: {found[differs]} != {expected[differs]}{context}"
 
 
 # Simulated traffic ----------------------------------------------------------

@@ -49,7 +49,7 @@ class GrowingSegments:
         return len(self._slots)
 
     def __getstate__(self) -> dict:
-        """Return the state with each segment packed to its rows, so a checkpoint holds no spare room.
+        """Return the state with each segment packed to its rows, so a checkpoint contains no spare room.
 
         At 10,000 requests a second the arrays had room for three times the
         rows kept. A restored segment is moved, with new room, at its first
