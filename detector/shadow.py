@@ -18,6 +18,7 @@ import pandas as pd
 from detector.decision_diff import DecisionDiff, diff_decisions
 from detector.decisions import Decision, decision_id
 from detector.detectors import Detector
+from detector.features import PreparedEvents
 from detector.pipeline import score_events
 from detector.plans import PlanCatalogue
 from detector.policy import Policy
@@ -42,15 +43,16 @@ class Shadow:
     policy: Policy
 
     def score(
-        self, frame: pd.DataFrame, *, plans: PlanCatalogue, store: DecisionStore, now: datetime | None = None,
-        since: float | None = None,
+        self, frame: pd.DataFrame | PreparedEvents, *, plans: PlanCatalogue, store: DecisionStore,
+        now: datetime | None = None, since: float | None = None,
     ) -> ShadowRun:
         """Score ``frame`` with the candidate and store its decisions as simulated.
 
         Return the decisions this pass made, and how many of them were not stored yet.
-        ``since`` is passed to ``score_events``.
+        ``frame`` and ``since`` are passed to ``score_events``.
         """
-        if frame.empty:
+        events = frame.events if isinstance(frame, PreparedEvents) else frame
+        if events.empty:
             return ShadowRun([], 0)
         result = score_events(
             frame,

@@ -197,7 +197,9 @@ class AbnormalCostDetector:
         spend_short = windows.short / MICRO
         spend_1h = windows.hour / MICRO
         spend_24h = windows.day / MICRO
-        hour_candidates, short_candidates = self._candidates(windows, hourly_budget, daily_budget, testable=testable)
+        hour_candidates, short_candidates = self._candidates(
+            spend_short, spend_1h, spend_24h, hourly_budget, daily_budget, testable=testable
+        )
 
         # The hour baseline also gives the short window its history size. Both candidate arrays are
         # sorted positions, so a mask joins them without np.union1d's sort of a million rows.
@@ -246,16 +248,21 @@ class AbnormalCostDetector:
         return pd.DataFrame(scored, index=order)
 
     def _candidates(
-        self, windows: WindowSpend, hourly_budget: np.ndarray, daily_budget: np.ndarray, *, testable: np.ndarray | None
+        self,
+        spend_short: np.ndarray,
+        spend_1h: np.ndarray,
+        spend_24h: np.ndarray,
+        hourly_budget: np.ndarray,
+        daily_budget: np.ndarray,
+        *,
+        testable: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return the positions of the rows that the rolling hour and the short window can flag, among those ``testable`` marks.
 
-        Baselines and measures are computed only at these rows: every test is
-        per row, and most rows are far below both windows' budget floors.
+        The spends are in credits. Baselines and measures are computed only at
+        these rows: every test is per row, and most rows are far below both
+        windows' budget floors.
         """
-        spend_short = windows.short / MICRO
-        spend_1h = windows.hour / MICRO
-        spend_24h = windows.day / MICRO
         with np.errstate(divide="ignore", invalid="ignore"):
             impact_1h = np.maximum(
                 np.where(hourly_budget > 0, spend_1h / hourly_budget, 0.0),
@@ -263,6 +270,7 @@ class AbnormalCostDetector:
             )
             window_budget = hourly_budget * (self.short_window / HOUR)
             rate_share = np.where(window_budget > 0, spend_short / window_budget, 0.0)
+        del window_budget
         # A rolling-hour spike needs min_budget_share of the hourly budget; over budget needs impact 1.
         hour_flagged = (spend_1h >= self.min_budget_share * hourly_budget) | (impact_1h >= 1.0)
         short_flagged = rate_share >= self.min_short_rate_share

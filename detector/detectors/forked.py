@@ -1,9 +1,11 @@
 """Run detectors in forked child processes, so a large batch uses more than one core.
 
-Detectors hold the GIL for most of their work, so threads barely help. A
-forked child shares the parent's prepared events copy-on-write, runs its
+A forked child shares the parent's prepared events copy-on-write, runs its
 share of the detectors and sends back only the findings, which are small
-next to the events. The parent runs one share itself meanwhile.
+next to the events. The parent runs one share itself meanwhile. This is the
+``--processes`` option. By default detectors run in threads instead (see
+``pipeline.run_detectors``): most of their work is now numpy sorting and
+scanning, which releases the GIL, and threads need no fork.
 """
 
 from __future__ import annotations
