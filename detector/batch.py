@@ -101,7 +101,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     hosting_from_environment()
 
     _check_output_paths(options)
-    importer = _import_libraries_in_background(model=options.use_model)
+    importer = _import_libraries_in_background()
     read = read_events(options.paths, format=options.format, progress=progress)
     # Joined here, so no thread runs when the detectors fork.
     importer.join()
@@ -178,14 +178,14 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
     return report
 
 
-def _import_libraries_in_background(*, model: bool) -> threading.Thread:
-    """Start importing Alembic and, with ``model``, skops and scikit-learn while the events are read.
+def _import_libraries_in_background() -> threading.Thread:
+    """Start importing Alembic while the events are read; ``open_store`` reports an import error.
 
-    Together about a second of work. Reading waits on Arrow's parser, which
-    releases the GIL, so the imports mostly fill idle time. An import error
-    is left for ``open_store`` or ``load_model`` to report.
+    Models with a trees file score without scikit-learn, so it is not
+    imported here: importing it beside the reader took about a second of
+    CPU time from the validation, which holds the GIL too.
     """
-    names = ["alembic.command", "alembic.config"] + (["skops.io", "sklearn.ensemble"] if model else [])
+    names = ["alembic.command", "alembic.config"]
 
     def import_libraries() -> None:
         for name in names:

@@ -1,10 +1,13 @@
-"""Versioned IsolationForest artifacts: a skops file and its JSON metadata.
+"""Versioned IsolationForest artifacts: a skops file, its trees as arrays, and JSON metadata.
 
-An artifact is two files in the models folder. ``iforest-VERSION.skops`` is
+An artifact is two or three files in the models folder. ``iforest-VERSION.skops`` is
 the fitted estimator in skops format, which loads without running pickled
-code. ``iforest-VERSION.json`` holds the version, feature names in order,
+code. ``iforest-VERSION.trees.npz`` holds the same trees as numpy arrays
+(``ForestScorer``), which score without importing scikit-learn; artifacts
+saved before these files existed have none, and score through the
+estimator. ``iforest-VERSION.json`` holds the version, feature names in order,
 threshold, training window, metrics, library versions, the SHA-256 of the
-skops file and, for artifacts written by ``fairuse train``, the SHA-256 of the
+skops file and of the trees file and, for artifacts written by ``fairuse train``, the SHA-256 of the
 metadata itself, the training range of each feature and the detector
 thresholds the model was evaluated with.
 
@@ -18,14 +21,13 @@ import hashlib
 import logging
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detector.features.keyday import KEYDAY_FEATURES
-from detector.iforest_scores import score_samples
+from detector.iforest_scores import ForestFileError, ForestScorer, fast_path_fits, score_samples
 
 if TYPE_CHECKING:
     from sklearn.ensemble import IsolationForest
@@ -34,18 +36,43 @@ logger = logging.getLogger(__name__)
 
 MODELS_ENV = "FAIRUSE_MODELS_DIR"
 _PREFIX = "iforest-"
+# The metadata field with the SHA-256 of the trees file, in artifacts that have one.
+TREES_CHECKSUM = "trees_sha256"
 
 
 class ModelError(RuntimeError):
     """An artifact that is missing, altered or built for other features."""
 
 
-@dataclass(frozen=True, slots=True)
 class AnomalyModel:
-    """A loaded IsolationForest with the metadata it was saved with."""
+    """A loaded IsolationForest with the metadata it was saved with.
 
-    estimator: IsolationForest
-    metadata: dict[str, Any]
+    A model read from an artifact with a trees file (see ``load_model``)
+    scores from those arrays, and reads its skops file, which imports
+    scikit-learn, only when ``estimator`` is first used.
+    """
+
+    __slots__ = ("metadata", "trees", "_estimator", "_skops_path")
+
+    def __init__(
+        self,
+        estimator: IsolationForest | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        trees: ForestScorer | None = None,
+        skops_path: Path | None = None,
+    ) -> None:
+        self.metadata: dict[str, Any] = metadata if metadata is not None else {}
+        self.trees = trees
+        self._estimator = estimator
+        self._skops_path = skops_path
+
+    @property
+    def estimator(self) -> IsolationForest:
+        """The fitted IsolationForest, read from the skops file on first use."""
+        if self._estimator is None and self._skops_path is not None:
+            self._estimator = _read_estimator(self._skops_path)
+        return self._estimator
 
     @property
     def version(self) -> str:
@@ -67,7 +94,10 @@ class AnomalyModel:
         The score is ``-score_samples`` of the forest, raised for rows that lie
         outside the feature ranges seen in training (see ``range_scores``).
         """
-        scores = -score_samples(self.estimator, features)
+        if self.trees is not None and self.trees.fits(features):
+            scores = -self.trees.score_samples(features)
+        else:
+            scores = -score_samples(self.estimator, features)
         ranges = self.metadata.get("feature_ranges")
         if ranges:
             scores = np.maximum(scores, range_scores(features, ranges, self.threshold))
@@ -168,16 +198,31 @@ def load_model(models_dir: Path | None = None, version: str | None = None) -> An
 
     metadata = read_metadata(models_dir, version)
     _check_artifact(model_path, metadata)
+    if metadata.get(TREES_CHECKSUM):
+        try:
+            trees = ForestScorer.load(trees_path(model_path))
+        except ForestFileError as error:
+            raise ModelError(f"{error}; retrain or restore the artifact") from error
+        return AnomalyModel(metadata=metadata, trees=trees, skops_path=model_path)
+    return AnomalyModel(estimator=_read_estimator(model_path), metadata=metadata)
+
+
+def _read_estimator(model_path: Path) -> IsolationForest:
+    """Read the fitted estimator of a checked skops file."""
     # Imported here: skops with scikit-learn and SciPy take about a second to import,
-    # which commands that never load a model should not pay.
+    # which commands that never read an estimator should not pay.
     import skops.io as sio
 
     try:
         trusted = sio.get_untrusted_types(file=model_path)
-        estimator = sio.load(model_path, trusted=trusted if _only_sklearn(trusted) else None)
+        return sio.load(model_path, trusted=trusted if _only_sklearn(trusted) else None)
     except Exception as error:  # noqa: BLE001 - skops raises many types for a file it cannot read
         raise ModelError(f"{model_path}: cannot load the estimator: {error}; retrain or restore the artifact") from error
-    return AnomalyModel(estimator=estimator, metadata=metadata)
+
+
+def trees_path(model_path: Path) -> Path:
+    """Return the path of the trees file beside the skops file ``model_path``."""
+    return model_path.with_suffix(".trees.npz")
 
 
 def save_model(
@@ -190,8 +235,12 @@ def save_model(
     import skops.io as sio
 
     sio.dump(estimator, model_path)
-
     metadata = {**metadata, "sha256": _sha256(model_path), "format": "skops"}
+    metadata.pop(TREES_CHECKSUM, None)
+    if fast_path_fits(estimator):
+        ForestScorer.from_estimator(estimator).save(trees_path(model_path))
+        metadata[TREES_CHECKSUM] = _sha256(trees_path(model_path))
+
     metadata["metadata_sha256"] = metadata_checksum(metadata)
     metadata_path = models_dir / f"{_PREFIX}{version}.json"
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", "utf-8")
@@ -219,6 +268,15 @@ def _check_artifact(model_path: Path, metadata: dict[str, Any]) -> None:
             f"{model_path}: checksum {actual[:12]}… does not match the metadata's "
             f"{str(metadata.get('sha256'))[:12]}…; the artifact was altered, retrain or restore it"
         )
+    recorded_trees = metadata.get(TREES_CHECKSUM)
+    if recorded_trees is not None:
+        path = trees_path(model_path)
+        actual = _sha256(path) if path.is_file() else "missing"
+        if actual != recorded_trees:
+            raise ModelError(
+                f"{path}: checksum {actual[:12]}… does not match the metadata's {str(recorded_trees)[:12]}…; "
+                "the trees file was altered or removed, retrain or restore the artifact"
+            )
     features = tuple(metadata.get("features", ()))
     if features != KEYDAY_FEATURES:
         raise ModelError(

@@ -37,10 +37,10 @@ def test_extreme_and_missing_values_equal():
 
 
 def test_fast_path_is_taken():
-    scorer = ForestScorer(SHIPPED)
+    scorer = ForestScorer.from_estimator(SHIPPED)
     rows = _rows(5, seed=2)
 
-    assert len(scorer.trees) == len(SHIPPED.estimators_)
+    assert scorer.trees == len(SHIPPED.estimators_)
     np.testing.assert_array_equal(scorer.score_samples(rows), SHIPPED.score_samples(rows))
 
 
