@@ -25,13 +25,19 @@ def test_shipped_model_scores_equal(count):
     np.testing.assert_array_equal(score_samples(SHIPPED, rows), SHIPPED.score_samples(rows))
 
 
-def test_extreme_and_missing_values_equal():
+def extreme_rows() -> np.ndarray:
+    """Return rows with a missing value, infinities, a value beyond float32 and zeros."""
     rows = _rows(6, seed=1)
     rows[0, 0] = np.nan
     rows[1, 3] = np.inf
     rows[2, 5] = -np.inf
     rows[3, :] = 1e300
     rows[4, :] = 0.0
+    return rows
+
+
+def test_extreme_and_missing_values_equal():
+    rows = extreme_rows()
 
     np.testing.assert_array_equal(score_samples(SHIPPED, rows), SHIPPED.score_samples(rows))
 

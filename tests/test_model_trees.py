@@ -13,7 +13,7 @@ from sklearn.ensemble import IsolationForest
 from detector.features.keyday import KEYDAY_FEATURES
 from detector.iforest_scores import ForestFileError, ForestScorer
 from detector.model_registry import TREES_CHECKSUM, ModelError, load_model, metadata_checksum, save_model, trees_path
-from tests.test_iforest_scores import SHIPPED, _rows
+from tests.test_iforest_scores import SHIPPED, _rows, extreme_rows
 
 
 def _saved_scorer(estimator, tmp_path) -> ForestScorer:
@@ -40,12 +40,7 @@ def test_saved_trees_score_as_scikit_learn(tmp_path, count):
 
 def test_saved_trees_score_extreme_and_missing_values(tmp_path):
     scorer = _saved_scorer(SHIPPED, tmp_path)
-    rows = _rows(6, seed=1)
-    rows[0, 0] = np.nan
-    rows[1, 3] = np.inf
-    rows[2, 5] = -np.inf
-    rows[3, :] = 1e300
-    rows[4, :] = 0.0
+    rows = extreme_rows()
 
     np.testing.assert_array_equal(scorer.score_samples(rows), SHIPPED.score_samples(rows))
 
