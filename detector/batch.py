@@ -34,9 +34,8 @@ from detector.store.allowlist import StaffAllowlist
 from detector.store.database import resolve_url
 
 logger = logging.getLogger(__name__)
-# Once the events are coded (``prepare_events``), the run needs only their times
-# from the frame. Dropping the other columns before the detectors run lowered
-# the peak memory of a million events by about 200 MB.
+# After coding (``prepare_events``) the run needs only the frame's times. Dropping the other
+# columns before the detectors run lowered the peak of a million events by about 200 MB.
 KEPT_AFTER_CODING = ("ts",)
 _FINDING_FIELDS = tuple(item.name for item in fields(Finding))
 

@@ -51,7 +51,7 @@ class ForestScorer:
     Node ``i`` of the forest splits on ``feature[i]`` at ``threshold[i]``, and
     its children are ``left[i]`` and ``right[i]`` (forest-wide indexes, -1 for
     a leaf). ``leaf_depth[i]`` is a leaf's depth plus the expected depth of
-    the training samples left in it, minus one. ``roots`` holds each tree's
+    the training samples left in it, minus one. ``roots`` contains each tree's
     first node, in the order the trees' depths are added.
     """
 

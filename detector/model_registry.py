@@ -2,10 +2,10 @@
 
 An artifact is two or three files in the models folder. ``iforest-VERSION.skops`` is
 the fitted estimator in skops format, which loads without running pickled
-code. ``iforest-VERSION.trees.npz`` holds the same trees as numpy arrays
+code. ``iforest-VERSION.trees.npz`` contains the same trees as numpy arrays
 (``ForestScorer``), which score without importing scikit-learn; artifacts
 saved before these files existed have none, and score through the
-estimator. ``iforest-VERSION.json`` holds the version, feature names in order,
+estimator. ``iforest-VERSION.json`` contains the version, feature names in order,
 threshold, training window, metrics, library versions, the SHA-256 of the
 skops file and of the trees file and, for artifacts written by ``fairuse train``, the SHA-256 of the
 metadata itself, the training range of each feature and the detector

@@ -41,11 +41,8 @@ FindingsLookup = Callable[[Iterable[tuple[str, str]], float, float], list[Findin
 # estimate, not a measured break-even: a fork and the findings sent back cost
 # tens of milliseconds, while the detectors take about 1.7 s per million events.
 MIN_EVENTS_TO_FORK = 200_000
-# Inputs of at least this many events run their detectors side by side in
-# threads. Most of their work is numpy sorting and scanning, which releases the
-# GIL: on 1,015,041 events and 2 cores, 0.64-0.69 s in two threads against
-# 1.0-1.17 s in one. NOTE: the threshold is an estimate; below it a stream
-# micro-batch's detectors take milliseconds, and a thread pool would cost as much.
+# Inputs of at least this many events run their detectors in threads, which overlap because numpy
+# releases the GIL (docs/benchmarks.md). NOTE: an estimate, not a measured break-even.
 MIN_EVENTS_FOR_THREADS = 50_000
 
 
@@ -107,7 +104,7 @@ def score_events(
 
     ``frame`` is the canonical event frame, or the events ``prepare_events``
     already coded from it with the same ``plans``; then ``since`` must be None,
-    since it needs each input row's plan.
+    because it needs each input row's plan.
 
     ``prior`` returns the stored decisions of the subjects involved, so that
     decisions already in force are not made again. ``suspensions`` returns the
