@@ -82,6 +82,7 @@ def import_command(kind, source_url, config, name, quota_per_usd, credits_per_us
         if not settings.database_url:
             raise ConfigError("no gateway database: pass --from URL or set database_url in --config")
         store = open_store(database_url)
+        _check_sqlite_source(settings.database_url)
         reader = open_log_reader(create_engine(settings.database_url, pool_pre_ping=True), settings)
     except (ConfigError, ReaderError, SQLAlchemyError) as error:
         _fail(error)
@@ -111,6 +112,20 @@ def import_command(kind, source_url, config, name, quota_per_usd, credits_per_us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     importer.follow(stop, interval, on_pass=lambda result: report(result) if result.rows else None)
+
+
+def _check_sqlite_source(url: str) -> None:
+    """Raise ConfigError when ``url`` names a SQLite file that does not exist, which SQLite would create empty."""
+    from sqlalchemy.engine import make_url
+
+    from detector.plans import ConfigError
+
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"gateway database {url!r}: no such file {path}; check --from or database_url in --config")
 
 
 def _sink(target, store, redis_url, prefix, context_hours, no_model, partitions=1):

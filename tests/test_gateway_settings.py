@@ -145,3 +145,13 @@ def test_import_missing_table_named(sqlite_url):
 
     assert result.exit_code == 2
     assert "table 'logs' not found" in result.output
+
+
+def test_import_missing_sqlite_file_named(sqlite_url, tmp_path):
+    missing = tmp_path / "no-such-folder" / "one-api.db"
+
+    result = CliRunner().invoke(main, ["import", "oneapi", "--from", f"sqlite:///{missing}", "--db", sqlite_url])
+
+    assert result.exit_code == 2
+    assert f"no such file {missing}" in result.output
+    assert not missing.exists()

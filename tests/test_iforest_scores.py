@@ -36,6 +36,7 @@ def extreme_rows() -> np.ndarray:
     return rows
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_extreme_and_missing_values_equal():
     rows = extreme_rows()
 

@@ -38,6 +38,7 @@ def test_saved_trees_score_as_scikit_learn(tmp_path, count):
     np.testing.assert_array_equal(scorer.score_samples(rows), SHIPPED.score_samples(rows))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_saved_trees_score_extreme_and_missing_values(tmp_path):
     scorer = _saved_scorer(SHIPPED, tmp_path)
     rows = extreme_rows()
