@@ -6,7 +6,7 @@ then calls each tree's ``apply`` through joblib. With the shipped model of
 shared 2-core machine). The incremental anomaly state scores a few closed
 days per chunk, so this fixed cost dominated its update.
 
-``ForestScorer`` holds every tree's nodes in flat arrays and runs the steps
+``ForestScorer`` keeps every tree's nodes in flat arrays and runs the steps
 of ``IsolationForest._compute_score_samples``: the cast to float32, each
 row's walk from the root to a leaf (a missing value goes where the node
 sends missing values), the leaf depths added tree after tree, and the same
@@ -21,6 +21,7 @@ scikit-learn, SciPy or skops, which took about a second of every
 from __future__ import annotations
 
 import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,25 @@ _PRIVATE_ATTRIBUTES = ("_decision_path_lengths", "_average_path_length_per_tree"
 # scikit-learn's child index of a leaf.
 _LEAF = -1
 _ARRAYS = ("left", "right", "feature", "threshold", "missing_left", "leaf_depth", "roots")
+# The dtype of each saved array, as ``from_estimator`` makes them. Any other dtype is rejected
+# before use: an integer ``missing_left``, for one, sends a walk back to a node it already left.
+_DTYPES = {
+    "features": np.dtype(np.int64),
+    "denominator": np.dtype(np.float64),
+    "left": np.dtype(np.int64),
+    "right": np.dtype(np.int64),
+    "feature": np.dtype(np.int64),
+    "threshold": np.dtype(np.float64),
+    "missing_left": np.dtype(bool),
+    "leaf_depth": np.dtype(np.float64),
+    "roots": np.dtype(np.int64),
+}
+# scikit-learn grows each tree of an IsolationForest to at most ceil(log2(max_samples)) levels,
+# so 64 levels cover any max_samples. A deeper saved tree is rejected, which bounds every walk.
+MAX_DEPTH = 64
+# Rows times trees walked at once. The walk keeps a few int64 values per entry, so this
+# bounds its memory to tens of MB, whatever the number of rows.
+_WALK_ENTRIES = 1 << 20
 
 _SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -112,30 +132,77 @@ class ForestScorer:
 
     @classmethod
     def load(cls, path: Path) -> ForestScorer:
-        """Read arrays that ``save`` wrote; raise ForestFileError when they are unreadable or inconsistent."""
+        """Read arrays that ``save`` wrote; raise ForestFileError when they are unreadable or inconsistent.
+
+        Every member's dtype and shape are checked against the file's size
+        before it is read, so a file cannot make the load allocate more
+        memory than it contains.
+        """
         try:
+            _check_members(path)
             with np.load(path, allow_pickle=False) as saved:
-                scorer = cls(
-                    features=int(saved["features"]),
-                    denominator=float(saved["denominator"]),
-                    **{name: saved[name] for name in _ARRAYS},
-                )
-        except (OSError, KeyError, ValueError) as error:
+                values = {name: saved[name] for name in _DTYPES}
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ForestFileError(f"{path}: not a saved forest ({error})") from error
-        scorer.check()
+        for name in ("features", "denominator"):
+            if values[name].dtype != _DTYPES[name] or values[name].ndim != 0:
+                raise ForestFileError(f"{path}: {name} is not one {_DTYPES[name]} value")
+        scorer = cls(
+            features=int(values.pop("features")),
+            denominator=float(values.pop("denominator")),
+            **values,
+        )
+        try:
+            scorer.check()
+        except ForestFileError as error:
+            raise ForestFileError(f"{path}: {error}") from error
         return scorer
 
     def check(self) -> None:
-        """Raise ForestFileError unless every node array has one value per node and every index is in range."""
+        """Raise ForestFileError unless the arrays are one forest of trees with ``save``'s dtypes.
+
+        Each node must be reached from exactly one root, children must have
+        higher indexes than their parents, and no tree may be deeper than
+        ``MAX_DEPTH``, so every walk ends within ``MAX_DEPTH`` steps.
+        """
+        for name in _ARRAYS:
+            array = getattr(self, name)
+            if not isinstance(array, np.ndarray) or array.dtype != _DTYPES[name] or array.ndim != 1:
+                raise ForestFileError(f"{name} is not a 1-D {_DTYPES[name]} array")
         nodes = len(self.left)
         if any(len(getattr(self, name)) != nodes for name in _ARRAYS[:-1]) or not len(self.roots):
             raise ForestFileError("the node arrays differ in length, or there is no tree")
+        if ((self.left == _LEAF) != (self.right == _LEAF)).any():
+            raise ForestFileError("a node has one child")
         for name in ("left", "right"):
             children = getattr(self, name)
             if ((children != _LEAF) & ((children <= np.arange(nodes)) | (children >= nodes))).any():
                 raise ForestFileError(f"a {name} child index points outside its tree")
         if ((self.feature < 0) | (self.feature >= self.features)).any() or ((self.roots < 0) | (self.roots >= nodes)).any():
             raise ForestFileError("a feature or root index is out of range")
+        if np.isnan(self.threshold).any() or not np.isfinite(self.leaf_depth).all():
+            raise ForestFileError("a threshold is NaN or a leaf depth is not finite")
+        if not (np.isfinite(self.denominator) and self.denominator >= 0):
+            raise ForestFileError(f"the denominator {self.denominator} is not a finite number >= 0")
+        self._check_tree_shapes(nodes)
+
+    def _check_tree_shapes(self, nodes: int) -> None:
+        """Raise ForestFileError unless every node is reached once, from one root, within ``MAX_DEPTH`` levels."""
+        reached = np.zeros(nodes, dtype=np.int64)
+        level = self.roots
+        for _ in range(MAX_DEPTH + 1):
+            reached += np.bincount(level, minlength=nodes)
+            # A node reached twice would double the levels below it, so stop at the first one.
+            if reached.max() > 1:
+                raise ForestFileError("a node is reached from two parents or roots")
+            inner = level[self.left[level] != _LEAF]
+            level = np.concatenate((self.left[inner], self.right[inner]))
+            if not len(level):
+                break
+        else:
+            raise ForestFileError(f"a tree is deeper than {MAX_DEPTH} levels")
+        if not reached.all():
+            raise ForestFileError("a node is reached from no root")
 
     @property
     def trees(self) -> int:
@@ -149,10 +216,15 @@ class ForestScorer:
     def score_samples(self, features: np.ndarray) -> np.ndarray:
         """Return ``IsolationForest.score_samples`` of ``features`` (rows of ``self.features`` values)."""
         rows = np.ascontiguousarray(features, dtype=np.float32)
-        leaf_depths = self.leaf_depth[self.leaves(rows)].reshape(self.trees, len(rows))
         depths = np.zeros(len(rows))
-        for tree_depths in leaf_depths:
-            depths += tree_depths
+        # Rows are scored in parts to bound the walk's memory. Each row's sum is unchanged.
+        step = max(1, _WALK_ENTRIES // self.trees)
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            leaf_depths = self.leaf_depth[self.leaves(part)].reshape(self.trees, len(part))
+            part_depths = depths[start : start + len(part)]
+            for tree_depths in leaf_depths:
+                part_depths += tree_depths
         # A denominator of 0 gives the score 1, as in scikit-learn.
         scores = 2 ** -np.divide(depths, self.denominator, out=np.ones_like(depths), where=self.denominator != 0)
         return -scores
@@ -183,6 +255,31 @@ class ForestScorer:
             nodes[walking] = at
             walking = walking[~is_leaf[at]]
         return nodes
+
+
+def _check_members(path: Path) -> None:
+    """Raise ForestFileError unless ``path`` is a zip of stored ``.npy`` members whose data fits in the file.
+
+    A compressed member, or a header that declares more data than the member
+    contains, could make ``np.load`` allocate far more memory than the file's size.
+    """
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ForestFileError(f"member {info.filename} is compressed; save writes stored members only")
+            if info.file_size > size:
+                raise ForestFileError(f"member {info.filename} declares more data than the file contains")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise ForestFileError(f"member {info.filename} has .npy format {version}, not 1.0 or 2.0")
+            if int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                raise ForestFileError(f"member {info.filename} declares shape {shape}, more data than it contains")
 
 
 def score_samples(estimator: IsolationForest, features: np.ndarray) -> np.ndarray:

@@ -254,7 +254,12 @@ def run_detectors(
 
 
 def available_cores() -> int:
-    """Return the number of cores this process may run on."""
+    """Return the number of cores this process may run on.
+
+    NOTE: this is the CPU affinity. A container's CPU quota (cgroup ``cpu.max``)
+    is not read, so a container held to one CPU on a larger host still runs
+    one detector thread per visible core, up to the number of detectors.
+    """
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
