@@ -170,7 +170,9 @@ def default_version(models_dir: Path) -> str | None:
             metadata = read_metadata(models_dir, version)
             if metadata.get("candidate", False):
                 continue
-            _check_artifact(models_dir / f"{_PREFIX}{version}.skops", metadata)
+            model_path = models_dir / f"{_PREFIX}{version}.skops"
+            _check_artifact(model_path, metadata)
+            _load_trees(model_path, metadata)
         except (ModelError, OSError) as error:
             logger.warning("model %s passed over: %s", version, error)
             continue
@@ -198,13 +200,20 @@ def load_model(models_dir: Path | None = None, version: str | None = None) -> An
 
     metadata = read_metadata(models_dir, version)
     _check_artifact(model_path, metadata)
-    if metadata.get(TREES_CHECKSUM):
-        try:
-            trees = ForestScorer.load(trees_path(model_path))
-        except ForestFileError as error:
-            raise ModelError(f"{error}; retrain or restore the artifact") from error
+    trees = _load_trees(model_path, metadata)
+    if trees is not None:
         return AnomalyModel(metadata=metadata, trees=trees, skops_path=model_path)
     return AnomalyModel(estimator=_read_estimator(model_path), metadata=metadata)
+
+
+def _load_trees(model_path: Path, metadata: dict[str, Any]) -> ForestScorer | None:
+    """Read the trees file of a checked artifact, or return None when its metadata names none."""
+    if not metadata.get(TREES_CHECKSUM):
+        return None
+    try:
+        return ForestScorer.load(trees_path(model_path))
+    except ForestFileError as error:
+        raise ModelError(f"{error}; retrain or restore the artifact") from error
 
 
 def _read_estimator(model_path: Path) -> IsolationForest:

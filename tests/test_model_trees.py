@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -12,7 +13,16 @@ from sklearn.ensemble import IsolationForest
 
 from detector.features.keyday import KEYDAY_FEATURES
 from detector.iforest_scores import ForestFileError, ForestScorer
-from detector.model_registry import TREES_CHECKSUM, ModelError, load_model, metadata_checksum, save_model, trees_path
+from detector.model_registry import (
+    TREES_CHECKSUM,
+    ModelError,
+    _sha256,
+    default_version,
+    load_model,
+    metadata_checksum,
+    save_model,
+    trees_path,
+)
 from tests.test_iforest_scores import SHIPPED, _rows, extreme_rows
 
 
@@ -20,6 +30,12 @@ def _saved_scorer(estimator, tmp_path) -> ForestScorer:
     path = tmp_path / "forest.trees.npz"
     ForestScorer.from_estimator(estimator).save(path)
     return ForestScorer.load(path)
+
+
+def _altered(scorer: ForestScorer, **arrays) -> ForestScorer:
+    """Return ``scorer`` with some arrays replaced, walked in numpy as a loaded file would be."""
+    values = {name: getattr(scorer, name) for name in scorer.__slots__}
+    return ForestScorer(**{**values, **arrays, "fitted": ()})
 
 
 def _tiny_artifact(models_dir, version="t1", max_features=1.0):
@@ -129,7 +145,7 @@ def test_tree_with_a_loop_rejected(tmp_path):
     left = scorer.left.copy()
     left[1] = 1  # node 1 would be its own child, and a walk through it would never end
     path = tmp_path / "loop.trees.npz"
-    ForestScorer(**{**{name: getattr(scorer, name) for name in scorer.__slots__}, "left": left, "fitted": ()}).save(path)
+    _altered(scorer, left=left).save(path)
 
     with pytest.raises(ForestFileError, match="left child index points outside its tree"):
         ForestScorer.load(path)
@@ -141,3 +157,25 @@ def test_file_that_is_no_forest_rejected(tmp_path):
 
     with pytest.raises(ForestFileError, match="not a saved forest"):
         ForestScorer.load(path)
+
+
+def test_default_passes_over_broken_trees(tmp_path, caplog):
+    _tiny_artifact(tmp_path, "t1")
+    forest = _tiny_artifact(tmp_path, "t2")
+    scorer = ForestScorer.from_estimator(forest)
+    right = scorer.right.copy()
+    right[0] = -1  # the root keeps its left child only
+    path = trees_path(tmp_path / "iforest-t2.skops")
+    _altered(scorer, right=right).save(path)
+    metadata_path = tmp_path / "iforest-t2.json"
+    metadata = json.loads(metadata_path.read_text("utf-8"))
+    metadata[TREES_CHECKSUM] = _sha256(path)
+    metadata["metadata_sha256"] = metadata_checksum(metadata)
+    metadata_path.write_text(json.dumps(metadata), "utf-8")
+
+    with caplog.at_level(logging.WARNING):
+        chosen = default_version(tmp_path)
+
+    assert chosen == "t1"
+    assert "model t2 passed over" in caplog.text
+    assert "one child" in caplog.text
