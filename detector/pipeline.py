@@ -249,6 +249,7 @@ def run_detectors(
     threads = min(len(detectors), available_cores())
     if threads < 2 or events < MIN_EVENTS_FOR_THREADS:
         return [detect_since(detector, prepared, since) for detector in detectors]
+    logger.debug("%d detectors on %d events in %d threads", len(detectors), events, threads)
     with ThreadPoolExecutor(threads, thread_name_prefix="fairuse-detector") as pool:
         return list(pool.map(lambda detector: detect_since(detector, prepared, since), detectors))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -46,12 +47,14 @@ def two_cores(monkeypatch):
     monkeypatch.setattr(pipeline, "MIN_EVENTS_FOR_THREADS", 10)
 
 
-def test_large_input_runs_detectors_in_threads(simulated, plans, two_cores):
+def test_large_input_runs_detectors_in_threads(simulated, plans, two_cores, caplog):
     prepared = prepare_events(simulated.head(100), plans)
 
-    findings = run_detectors([ImageQuotaDetector(), ThreadNameDetector()], prepared)
+    with caplog.at_level(logging.DEBUG, logger="detector.pipeline"):
+        findings = run_detectors([ImageQuotaDetector(), ThreadNameDetector()], prepared)
 
     assert findings[1][0].evidence["thread"].startswith("fairuse-detector")
+    assert "2 detectors on 100 events in 2 threads" in caplog.text
 
 
 def test_small_input_stays_in_calling_thread(simulated, plans, two_cores):
