@@ -70,7 +70,7 @@ class BatchOptions:
 class BatchReport:
     """Records read, findings and decisions of one run, for the summary table."""
 
-    # Its frame keeps only the columns in KEPT_AFTER_CODING; the events as scored are ``result.prepared``.
+    # Its frame keeps only the columns in KEPT_AFTER_CODING. The events as scored are ``result.prepared``.
     read: ReadResult
     result: ScoringResult
     decisions: list[Decision]
@@ -178,7 +178,7 @@ def run_batch(options: BatchOptions, progress: Callable[[int], None] | None = No
 
 
 def _import_libraries_in_background() -> threading.Thread:
-    """Start importing Alembic while the events are read; ``open_store`` reports an import error.
+    """Start importing Alembic while the events are read. ``open_store`` reports an import error.
 
     Models with a trees file score without scikit-learn, so it is not
     imported here: importing it beside the reader took about a second of

@@ -61,7 +61,7 @@ _SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ForestFileError(ValueError):
-    """A saved forest that cannot be read or does not hold consistent trees."""
+    """A saved forest that cannot be read or does not contain consistent trees."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -111,7 +111,7 @@ class ForestScorer:
             denominator=float(len(trees) * _average_path_length([estimator._max_samples])[0]),
             left=np.concatenate(left).astype(np.int64),
             right=np.concatenate(right).astype(np.int64),
-            # A leaf's feature is negative in scikit-learn; 0 keeps every lookup in range.
+            # A leaf's feature is negative in scikit-learn, so 0 takes its place and every lookup stays in range.
             feature=np.concatenate([np.maximum(tree.feature, 0) for tree in trees]).astype(np.int64),
             threshold=np.concatenate([tree.threshold for tree in trees]).astype(np.float64),
             missing_left=np.concatenate([tree.missing_go_to_left for tree in trees]).astype(bool),
@@ -132,7 +132,7 @@ class ForestScorer:
 
     @classmethod
     def load(cls, path: Path) -> ForestScorer:
-        """Read arrays that ``save`` wrote; raise ForestFileError when they are unreadable or inconsistent.
+        """Read arrays that ``save`` wrote, or raise ForestFileError when they are unreadable or inconsistent.
 
         Every member's dtype and shape are checked against the file's size
         before it is read, so a file cannot make the load allocate more
@@ -267,7 +267,7 @@ def _check_members(path: Path) -> None:
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED:
-                raise ForestFileError(f"member {info.filename} is compressed; save writes stored members only")
+                raise ForestFileError(f"member {info.filename} is compressed, but save writes stored members only")
             if info.file_size > size:
                 raise ForestFileError(f"member {info.filename} declares more data than the file contains")
             with archive.open(info) as member:

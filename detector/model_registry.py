@@ -3,7 +3,7 @@
 An artifact is two or three files in the models folder. ``iforest-VERSION.skops`` is
 the fitted estimator in skops format, which loads without running pickled
 code. ``iforest-VERSION.trees.npz`` contains the same trees as numpy arrays
-(``ForestScorer``), which score without importing scikit-learn; artifacts
+(``ForestScorer``), which score without importing scikit-learn. Artifacts
 saved before these files existed have none, and score through the
 estimator. ``iforest-VERSION.json`` contains the version, feature names in order,
 threshold, training window, metrics, library versions, the SHA-256 of the

@@ -103,8 +103,8 @@ def score_events(
     """Run every detector over ``frame``, score subjects, and apply ``policy``.
 
     ``frame`` is the canonical event frame, or the events ``prepare_events``
-    already coded from it with the same ``plans``; then ``since`` must be None,
-    because it needs each input row's plan.
+    already coded from it with the same ``plans``. Prepared events need
+    ``since`` to be None, because ``since`` needs each input row's plan.
 
     ``prior`` returns the stored decisions of the subjects involved, so that
     decisions already in force are not made again. ``suspensions`` returns the
@@ -240,7 +240,7 @@ def run_detectors(
     ``since`` goes to each detector (see ``detect_since``). With ``processes``
     above 1, detectors run in forked processes (see ``detect_in_processes``).
     Otherwise an input of ``MIN_EVENTS_FOR_THREADS`` events or more runs them
-    in one thread per available core, since detectors only read ``prepared``.
+    in one thread per available core, because detectors only read ``prepared``.
     """
     events = len(prepared.events)
     if processes > 1 and len(detectors) > 1 and events >= MIN_EVENTS_TO_FORK and can_fork():

@@ -36,7 +36,7 @@ def return_freed_memory_promptly() -> None:
     stay in the process when freed. Fixing both thresholds keeps the
     resident size close to what is in use. Does nothing outside glibc.
 
-    At 4 MiB, the size from which numpy asks for transparent huge pages
+    At 4 MiB, the size from which numpy requests transparent huge pages
     (``indicate_hugepages`` in numpy's ``alloc.c``),
     scoring a million events took 0.2-0.5 s less than at 1 MiB, with 20-30%
     fewer page faults and the same peak. At 8 MiB the peak rose by 35 MB,

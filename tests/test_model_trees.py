@@ -23,6 +23,7 @@ from detector.model_registry import (
     save_model,
     trees_path,
 )
+from tests.model_helpers import rewrite_metadata
 from tests.test_iforest_scores import SHIPPED, _rows, extreme_rows
 
 
@@ -55,7 +56,7 @@ def test_saved_trees_score_as_scikit_learn(tmp_path, count):
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-def test_saved_trees_score_extreme_and_missing_values(tmp_path):
+def test_saved_trees_score_extreme_values(tmp_path):
     scorer = _saved_scorer(SHIPPED, tmp_path)
     rows = extreme_rows()
 
@@ -167,11 +168,7 @@ def test_default_passes_over_broken_trees(tmp_path, caplog):
     right[0] = -1  # the root keeps its left child only
     path = trees_path(tmp_path / "iforest-t2.skops")
     _altered(scorer, right=right).save(path)
-    metadata_path = tmp_path / "iforest-t2.json"
-    metadata = json.loads(metadata_path.read_text("utf-8"))
-    metadata[TREES_CHECKSUM] = _sha256(path)
-    metadata["metadata_sha256"] = metadata_checksum(metadata)
-    metadata_path.write_text(json.dumps(metadata), "utf-8")
+    rewrite_metadata(tmp_path, "t2", **{TREES_CHECKSUM: _sha256(path)})
 
     with caplog.at_level(logging.WARNING):
         chosen = default_version(tmp_path)

@@ -105,7 +105,7 @@ def test_prepared_events_score_as_their_frame(simulated, plans, policy):
     assert from_prepared.subjects.equals(from_frame.subjects)
 
 
-def test_prepared_events_refuse_since(simulated, plans, policy):
+def test_prepared_events_reject_since(simulated, plans, policy):
     prepared = prepare_events(simulated, plans)
 
     with pytest.raises(ValueError, match="since needs the event frame"):

@@ -77,7 +77,7 @@ def test_wrong_dtype_or_shape_rejected(tmp_path, name, value):
 
 
 def test_integer_missing_left_never_loops(tmp_path):
-    """An int64 missing_left of 1 sent a walk at a missing value back to the node it left, for ever."""
+    """An int64 missing_left of 1 sent a walk at a missing value back to the node it left, forever."""
     arrays = _arrays()
     arrays["missing_left"] = arrays["missing_left"].astype(np.int64)
 
@@ -108,7 +108,7 @@ def test_node_with_one_child_rejected(tmp_path):
 
 
 def test_repeated_roots_rejected(tmp_path):
-    """A million roots naming one tree would make scoring allocate a million entries per row."""
+    """Many roots naming one tree would make scoring allocate that many entries per row."""
     arrays = _arrays()
     arrays["roots"] = np.zeros(100_000, dtype=np.int64)
 

@@ -225,6 +225,8 @@ def _records(rows: pd.DataFrame) -> list[dict]:
     if pd.api.types.is_datetime64_any_dtype(rows["hour"]):
         # One conversion of the whole column: per value, to_pydatetime took most of this function's time.
         columns[2] = rows["hour"].dt.to_pydatetime().tolist()
+    else:
+        columns[2] = [hour.to_pydatetime() if hasattr(hour, "to_pydatetime") else hour for hour in columns[2]]
     return [dict(zip(names, values)) for values in zip(*columns)]
 
 
