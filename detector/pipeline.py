@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,9 +16,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from detector.cores import available_cores
 from detector.decisions import Decision
-from detector.detectors import Detector, Finding
-from detector.detectors import KeySharingDetector
+from detector.detectors import Detector, Finding, KeySharingDetector
 from detector.detectors.base import detect_since
 from detector.detectors.forked import can_fork, detect_in_processes
 from detector.features import PreparedEvents, prepare_events
@@ -252,18 +251,6 @@ def run_detectors(
     logger.debug("%d detectors on %d events in %d threads", len(detectors), events, threads)
     with ThreadPoolExecutor(threads, thread_name_prefix="fairuse-detector") as pool:
         return list(pool.map(lambda detector: detect_since(detector, prepared, since), detectors))
-
-
-def available_cores() -> int:
-    """Return the number of cores this process may run on.
-
-    NOTE: this is the CPU affinity. A container's CPU quota (cgroup ``cpu.max``)
-    is not read, so a container held to one CPU on a larger host still runs
-    one detector thread per visible core, up to the number of detectors.
-    """
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _hours_spanned(findings: Sequence[Finding]) -> tuple[datetime, datetime]:
