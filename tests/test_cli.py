@@ -305,3 +305,18 @@ def test_window_worker_rejects_partitions(tmp_path):
 
     assert result.exit_code == 2
     assert "--partitions needs the state worker" in result.output
+
+
+def test_worker_logs_progress_by_default(tmp_path, monkeypatch):
+    import logging
+
+    import workers.consumer
+
+    workers_logger = logging.getLogger("workers")
+    monkeypatch.setattr(workers_logger, "level", logging.NOTSET)
+    monkeypatch.setattr(workers.consumer.StreamConsumer, "run", lambda self, stop: None)
+
+    result = CliRunner().invoke(main, ["worker", "--window", "--db", f"sqlite:///{tmp_path / 'f.db'}", "--no-model"])
+
+    assert result.exit_code == 0, result.output
+    assert workers_logger.level == logging.INFO

@@ -26,6 +26,7 @@ def notebook_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRUSE_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.delenv("FAIRUSE_NOTEBOOK_DB", raising=False)
     monkeypatch.delenv("FAIRUSE_NOTEBOOK_EVENTS", raising=False)
+    monkeypatch.delenv("FAIRUSE_NOTEBOOK_LABELS", raising=False)
     return tmp_path
 
 
@@ -67,6 +68,21 @@ def test_retrain_notebook_registers_candidate(notebook_environment):
 
     shadow = ModelAssignments(open_store(f"sqlite:///{out / 'retrain.db'}").engine).current(SHADOW)
     assert shadow.version == candidates[0].stem.removeprefix("iforest-")
+
+
+def test_retrain_notebook_without_labels_skips_curves(notebook_environment, monkeypatch):
+    from detector.simulate import simulate_traffic
+
+    simulation = simulate_traffic(notebook_environment / "own", keys=60, days=3, seed=5)
+    monkeypatch.setenv("FAIRUSE_NOTEBOOK_DB", f"sqlite:///{notebook_environment / 'own.db'}")
+    monkeypatch.setenv("FAIRUSE_NOTEBOOK_EVENTS", str(simulation.events_path))
+
+    notebook = _run("02_retrain.ipynb", notebook_environment)
+
+    printed = [output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])]
+    assert any(text.startswith("No curves: they need labels") for text in printed)
+    assert not (notebook_environment / "out" / "retrain_curves.png").exists()
+    assert len(list((notebook_environment / "models").glob("iforest-notebook-*.json"))) == 1
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda path: path.name)

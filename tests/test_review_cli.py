@@ -54,6 +54,28 @@ def test_staff_add_rejects_short_password(run):
     assert "password too short for 'dora'" in result.output
 
 
+def test_staff_add_without_terminal_needs_stdin_flag(run, sqlite_url):
+    result = run("staff", "add", "dora", stdin="")
+
+    assert result.exit_code == 2
+    assert "standard input is not a terminal" in result.output
+    assert "--password-stdin" in result.output
+    assert "Traceback" not in result.output
+    assert StaffDirectory(open_store(sqlite_url).engine).authenticate("dora", PASSWORD) is None
+
+
+def test_lists_print_header_only_on_terminal(run, monkeypatch):
+    import detector.review.cli as review_cli
+
+    piped = run("staff", "list")
+    monkeypatch.setattr(review_cli, "_stdout_is_terminal", lambda: True)
+    on_terminal = run("staff", "list")
+
+    assert piped.output.splitlines()[0].startswith("carol\t")
+    assert on_terminal.output.splitlines()[0] == "name\trole\tconsole language"
+    assert on_terminal.output.splitlines()[1].startswith("carol\t")
+
+
 def test_decisions_add_list_delete(run, gateway):
     added = run("decisions", "add", "key", "key-9", "--action", "throttle", "--limit-rpm", "3", "--duration", "2h",
                 "--comment", "scraping")

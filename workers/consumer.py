@@ -45,6 +45,7 @@ from detector.review.activity import ActivityLog
 from detector.store import DecisionStore
 from detector.store.allowlist import StaffAllowlist
 from workers.entries import dead_letter, parse_entries, stream_entries, unparsed_reader
+from workers.progress import ProgressLog
 from workers.publish import DecisionPublisher
 from workers.retry import RetryDelay
 from workers.window import EventWindows, drop_repeated_requests
@@ -137,6 +138,7 @@ class StreamConsumer:
         idle = 0
         connected = False
         logger.info("consumer %s started on %s", self.settings.consumer, self.settings.stream)
+        progress = ProgressLog(logger, f"consumer {self.settings.consumer}")
         while not stop.is_set():
             try:
                 if not connected:
@@ -165,6 +167,7 @@ class StreamConsumer:
                 )
                 delay.wait(stop)
                 continue
+            progress.add(outcome)
             idle = idle + 1 if outcome.entries == 0 else 0
             if max_idle_batches is not None and idle >= max_idle_batches:
                 break
@@ -215,7 +218,7 @@ class StreamConsumer:
 
         dead_letter(self.client, self.settings.dead_letter, parsed.dead, self.settings.consumer)
         self.client.xack(self.settings.stream, self.settings.group, *[entry_id for entry_id, _ in entries])
-        logger.info(
+        logger.debug(
             "consumer %s: %d entries, %d events, %d dead, %d new decisions",
             self.settings.consumer, outcome.entries, outcome.events, outcome.dead, outcome.decisions,
         )

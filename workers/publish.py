@@ -116,7 +116,7 @@ class DecisionPublisher:
             for decision in group:
                 self._append_change(pipeline, "new", decision)
         pipeline.execute()
-        logger.info("published %d decisions on %d subjects", len(chosen), len(by_subject))
+        logger.debug("published %d decisions on %d subjects", len(chosen), len(by_subject))
         return len(chosen)
 
     def delete(self, decisions: Iterable[Decision], *, now: datetime | None = None) -> int:

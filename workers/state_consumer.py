@@ -102,6 +102,7 @@ from workers.checkpoint import (
 from workers.consumer import BatchOutcome
 from workers.entries import clock_tick, dead_letter, parse_entries, stream_entries, unparsed_reader
 from workers.partitions import PartitionLeases, partition_of
+from workers.progress import ProgressLog
 from workers.publish import DecisionPublisher
 from workers.repeats import DEFAULT_HORIZON, RepeatedRequests
 from workers.retry import RetryDelay
@@ -269,6 +270,7 @@ class StateConsumer:
         idle = 0
         connected = False
         logger.info("state worker %s started on %d partitions of %s", self.settings.owner, self.settings.partitions, self.settings.stream)
+        progress = ProgressLog(logger, f"state worker {self.settings.owner}")
         try:
             while not stop.is_set():
                 try:
@@ -299,6 +301,7 @@ class StateConsumer:
                     logger.warning("state worker %s: database unreachable, retrying in %.1f s: %s", self.settings.owner, delay.seconds, error.orig)
                     delay.wait(stop)
                     continue
+                progress.add(outcome)
                 idle = idle + 1 if outcome.entries == 0 else 0
                 if max_idle_rounds is not None and idle >= max_idle_rounds:
                     break
@@ -454,7 +457,8 @@ class StateConsumer:
             data = self.checkpoints.load(partition)
             if data is None:
                 logger.warning(
-                    "partition %d: no checkpoint at %s, starting with empty state", partition, self.checkpoints.key(partition)
+                    "partition %d: no checkpoint at %s, starting with empty state (expected on the partition's first start)",
+                    partition, self.checkpoints.key(partition),
                 )
                 return self._empty_state()
             return load_state(
@@ -545,7 +549,7 @@ class StateConsumer:
         state.unacknowledged.extend(entry_id for entry_id, _ in entries)
         self._changed.add(partition)
         self._entries_at[partition] = self.clock()
-        logger.info(
+        logger.debug(
             "state worker %s: partition %d: %d entries, %d events, %d dead, %d repeated, %d beyond lateness, "
             "%d inexact, %d new decisions",
             self.settings.owner, partition, outcome.entries, outcome.events, outcome.dead, outcome.duplicates,

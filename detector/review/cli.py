@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import sys
+import warnings
 from datetime import UTC, datetime
 
 import click
@@ -182,8 +183,9 @@ def review() -> None:
 def review_list(status, reason, plan, min_score, min_age_hours, sort, asc, limit, database_url) -> None:
     """List cases; review decisions not yet in a case open one first.
 
-    Prints one tab-separated line per case, without a header: case id, subject,
-    plan, score, reason codes, status, and the time and origin of its opening.
+    Prints one tab-separated line per case: case id, subject, plan, score,
+    reason codes, status, and the time and origin of its opening. A header
+    line names the columns when standard output is a terminal.
     """
     from detector.review.cases import CaseFilter, CaseQueue
 
@@ -191,6 +193,7 @@ def review_list(status, reason, plan, min_score, min_age_hours, sort, asc, limit
     queue.sync()
     case_filter = CaseFilter(status=None if status == "all" else status, reason=reason, plan=plan, min_score=min_score,
                         min_age_hours=min_age_hours, sort=sort, descending=not asc, limit=limit)
+    _header_on_terminal("case", "subject", "plan", "score", "reasons", "status", "opened")
     for case in queue.list(case_filter):
         click.echo(
             f"{case.id}\t{case.subject_type}:{case.subject}\t{case.plan or '-'}\t{case.score:.0f}\t"
@@ -369,15 +372,32 @@ def staff() -> None:
 @_database_option
 @_reporting_errors
 def staff_add(name, role, password_stdin, database_url) -> None:
-    """Create staff account NAME; the password is asked for and stored as an Argon2id hash."""
+    """Create staff account NAME; the password is asked for and stored as an Argon2id hash.
+
+    The password needs at least 10 characters.
+    """
     from detector.review.staff import StaffDirectory
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+        password = _ask_password()
     member = StaffDirectory(_engine(database_url)).add(name, password, role)
     click.echo(f"staff {member.name} added as {member.role}")
+
+
+def _ask_password() -> str:
+    """Return a password typed twice, or read twice from standard input when that is not a terminal."""
+    try:
+        with warnings.catch_warnings():
+            # getpass warns that it cannot hide input that does not come from a terminal.
+            warnings.simplefilter("ignore", getpass.GetPassWarning)
+            return click.prompt("password", hide_input=True, confirmation_prompt=True)
+    except click.Abort:
+        if sys.stdin.isatty():
+            raise
+        raise click.UsageError("standard input is not a terminal and ended before the password; "
+                               "pipe the password in with --password-stdin") from None
 
 
 @staff.command("list")
@@ -386,8 +406,19 @@ def staff_list(database_url) -> None:
     """List staff accounts and their roles."""
     from detector.review.staff import StaffDirectory
 
+    _header_on_terminal("name", "role", "console language")
     for member in StaffDirectory(_engine(database_url)).members():
         click.echo(f"{member.name}\t{member.role}\t{member.language or 'browser language'}")
+
+
+def _header_on_terminal(*names: str) -> None:
+    """Print a header line of tab-separated column names when standard output is a terminal, not a pipe."""
+    if _stdout_is_terminal():
+        click.echo("\t".join(names))
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 @click.command()
