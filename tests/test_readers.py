@@ -1154,6 +1154,15 @@ def test_parquet_wrong_type_null_is_missing(tmp_path):
     ]
 
 
+def test_parquet_repeated_column_raises(tmp_path):
+    path = tmp_path / "events.parquet"
+    table = pa.table([pa.array(["r1"]), pa.array(["key-1"]), pa.array(["key-2"])], names=["request_id", "key_id", "key_id"])
+    pq.write_table(table, path)
+
+    with pytest.raises(ReaderError, match="more than one column named key_id"):
+        read_one(path)
+
+
 def test_parquet_reject_line_is_row_plus_one(tmp_path):
     records = [make_record(number) for number in range(10)]
     records[8]["cost"] = -1.0

@@ -22,7 +22,12 @@ def read_parquet(input_file: InputFile) -> Iterator[RawBatch]:
     a pipe is read into memory first, and a truncated gzip file cannot be read at all.
     """
     parquet_file = open_parquet(input_file)
-    fields = [name for name in INPUT_FIELDS if name in parquet_file.schema_arrow.names]
+    names = parquet_file.schema_arrow.names
+    repeated = sorted({name for name in INPUT_FIELDS if names.count(name) > 1})
+    if repeated:
+        raise ReaderError(f"{input_file.name}: the Parquet file has more than one column named {', '.join(repeated)}; "
+                          "write each column once")
+    fields = [name for name in INPUT_FIELDS if name in names]
     total_rows = parquet_file.metadata.num_rows
     rows_read = 0
     bytes_reported = input_file.size if input_file.is_gzip else 0
