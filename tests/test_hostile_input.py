@@ -262,6 +262,69 @@ def test_bad_values_rejected_with_reason(tmp_path, size):
     assert run.count("events scored") == size - len(bad)
 
 
+def test_two_objects_and_split_object_rejected_at_their_lines(tmp_path):
+    # Two objects on one line and one object over two lines leave Arrow's row count equal to the line count.
+    lines = [json.dumps(make_record(number)) for number in range(600)]
+    lines[49] = json.dumps(make_record(49)) + json.dumps(make_record(900))
+    lines[69] = json.dumps(make_record(69, cost=-1))
+    broken = json.dumps(make_record(99))
+    lines[99], lines[100] = broken[:80], broken[80:]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+
+    run = score(tmp_path, events)
+
+    assert run.exit_code == 0, run.stderr
+    assert [line.split(": ")[0] for line in run.rejects()] == [f"{events}:{number}" for number in (50, 70, 100, 101)]
+    assert run.rejects()[1].endswith("cost: negative: -1")
+    assert run.count("events scored") == 596
+
+
+@pytest.mark.parametrize("size", [40, 3000], ids=["orjson-path", "arrow-path"])
+def test_odd_unknown_fields_accepted_on_every_path(tmp_path, size):
+    # Arrow skips fields outside the contract unread, so lines it parses with such values are read.
+    # Near a broken line the block is parsed line by line, and the verdict must stay the same.
+    lines = [json.dumps(make_record(number)).encode() for number in range(size)]
+    odd = [b'"x": NaN', b'"x": -Infinity', b'"x": "caf\xe9"', b'"x": [Infinity, {"y": NaN}]']
+    rows = [5, 6, 7, 8, size - 30, size - 29, size - 28, size - 27]
+    for row, extra in zip(rows, odd + odd):
+        lines[row] = lines[row][:-1] + b", " + extra + b"}"
+    lines[size - 26] = b'{"request_id": '
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+
+    run = score(tmp_path, events)
+
+    assert run.exit_code == 0, run.stderr
+    assert [line.split(": ")[0] for line in run.rejects()] == [f"{events}:{size - 25}"]
+    assert run.count("events scored") == size - 1
+
+
+def test_invalid_utf8_in_contract_field_named(tmp_path):
+    lines = [json.dumps(make_record(number)).encode() for number in range(40)]
+    lines[3] = lines[3].replace(b'"key-1"', b'"key-\xe9"')
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+
+    run = score(tmp_path, events)
+
+    assert run.rejects() == [f"{events}:4: key_id: not valid UTF-8 text; write the log in UTF-8"]
+
+
+def test_json_reasons_name_infinity_field_and_cr(tmp_path):
+    lines = [json.dumps(make_record(number)) for number in range(40)]
+    lines[2] = lines[2].replace('"cost": 0.01', '"cost": 1e400')
+    lines[5] = lines[5] + "\r" + lines[6]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+
+    run = score(tmp_path, events)
+
+    assert run.rejects()[0].endswith("in 'cost'; send a number below 1.8e308")
+    assert run.rejects()[1].startswith(f"{events}:6: -: invalid JSON: unexpected content after document")
+    assert "convert them to LF" in run.rejects()[1]
+
+
 def test_numbers_and_flags_as_strings_accepted(tmp_path):
     records = [make_record(number) for number in range(40)]
     records[3] = make_record(3, ts=str(T0 + 180), prompt_tokens="100", cost="0.5", status="200", stream="TRUE")
@@ -345,6 +408,22 @@ def test_secret_key_stored_nowhere(tmp_path):
     assert SECRET not in read_database_text(run.database)
     assert SECRET not in read_files_text(run.out.parent)
     assert any(subject["subject"].startswith("sha256:") for subject in run.subjects())
+
+
+@pytest.mark.parametrize("size", [40, 3000], ids=["orjson-path", "arrow-path"])
+def test_secret_inside_request_ids_keeps_them_distinct(tmp_path, size):
+    records = [make_record(number) for number in range(size)]
+    records[1]["request_id"] = f"req-1 {SECRET}"
+    records[2]["request_id"] = f"req-2 {SECRET}"
+    records[3]["request_id"] = f"Bearer {SECRET}"
+    events = write_jsonl(tmp_path / "events.jsonl", records)
+
+    run = score(tmp_path, events)
+
+    assert run.exit_code == 0, run.stderr
+    assert run.count("events scored") == size
+    assert SECRET not in read_database_text(run.database)
+    assert SECRET not in read_files_text(run.out.parent)
 
 
 def test_secret_with_trailing_newline_hashed(tmp_path):
@@ -638,6 +717,29 @@ def test_access_log_odd_lines_handled(tmp_path):
     # The 800-character path is cut, not rejected: its request still counts.
     assert [line.split(": ")[1] for line in run.rejects()] == ["ip", "-"]
     assert run.count("events scored") == 5
+
+
+def test_access_log_impossible_times_rejected(tmp_path):
+    good = format_access_line("198.51.100.7", 0)
+    lines = [
+        good,
+        good.replace("23/Nov/2026", "31/Feb/2026"),
+        good.replace("23/Nov/2026", "29/Feb/2028"),
+        good.replace("23/Nov/2026", "29/Feb/2026"),
+        good.replace("+0100", "+2500"),
+        good.replace("+0100", "-0075"),
+        good.replace("23/Nov/2026", "31/Apr/2026"),
+        good.replace("23/Nov/2026", "00/Nov/2026"),
+    ] + [format_access_line("198.51.100.7", second) for second in range(1, 9)]
+    log = tmp_path / "access.log"
+    log.write_text("".join(line + "\n" for line in lines))
+
+    run = score(tmp_path, log)
+
+    assert run.exit_code == 0, run.stderr
+    assert [line.split(": ")[0].rsplit(":", 1)[1] for line in run.rejects()] == ["2", "4", "5", "6", "7", "8"]
+    assert all(": ts: not a valid time in dd/Mon/yyyy" in line for line in run.rejects())
+    assert run.count("events scored") == 10
 
 
 def test_same_named_access_logs_scored(tmp_path):

@@ -1115,6 +1115,44 @@ def test_csv_quoted_line_break_rejected_once(tmp_path):
     assert result.frame["request_id"].tolist() == ["req-00000", "req-00001", "req-00003", "req-00004"]
 
 
+def test_csv_bare_cr_and_quoted_break_rejected_at_their_lines(tmp_path):
+    # A bare CR adds an Arrow row and a quoted line break removes one, so the row count alone matches.
+    records = [make_record(number) for number in range(600)]
+    records[59]["cost"] = -1
+    records[79]["user_agent"] = "line one\nline two"
+    lines = write_csv(tmp_path / "events.csv", records).read_bytes().split(b"\r\n")
+    lines[50] = lines[50] + b"\r" + lines[51]
+    del lines[51]
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"\r\n".join(lines))
+
+    result = read_one(path)
+
+    # Record i is on line i + 2 before the join, and one line earlier after it.
+    assert [(reject.line, reject.field) for reject in result.rejects] == [(51, "-"), (60, "cost"), (80, "-")]
+    assert "a carriage return (CR) inside the line" in result.rejects[0].reason
+    assert "line break" in result.rejects[2].reason
+    assert len(result.frame) == 599 - 3
+
+
+def test_csv_quoted_break_across_blocks_rejected_once(tmp_path, monkeypatch):
+    from detector.readers import csv_reader
+    from detector.readers.source import LineBlocks
+
+    monkeypatch.setattr(csv_reader, "LineBlocks", lambda input_file: LineBlocks(input_file, 4096))
+    for broken in range(60):
+        records = [make_record(number) for number in range(60)]
+        records[broken]["user_agent"] = "line one\nline two\nline three"
+        path = write_csv(tmp_path / f"events-{broken}.csv", records)
+
+        result = read_one(path)
+
+        assert result.records == 60, broken
+        assert [(reject.line, reject.field) for reject in result.rejects] == [(broken + 2, "-")], broken
+        assert "line break" in result.rejects[0].reason
+        assert len(result.frame) == 59
+
+
 def test_csv_stray_quote_rejects_one_line(tmp_path):
     path = write_csv(tmp_path / "events.csv", [make_record(number) for number in range(4)])
     lines = path.read_text().splitlines()

@@ -72,18 +72,50 @@ def parse_access_lines(data: bytes, first_line: int, source: str, id_prefix: str
     fields = pc.extract_regex(pc.utf8_rtrim(lines, characters="\r"), LINE_PATTERN)
     matched = true_mask(fields.is_valid())
     times = pc.strptime(fields.field("time"), format=TIME_FORMAT, unit="s", error_is_null=True)
-    dated = true_mask(times.is_valid())
+    dated = true_mask(times.is_valid()) & ~impossible_times(fields.field("time"))
 
     for row in np.flatnonzero(~matched):
         reason = f"not an Apache/nginx combined log line: {format_value(lines[row].as_py())}"
         yield Reject(source, int(numbers[row]), "-", reason)
     for row in np.flatnonzero(matched & ~dated):
-        reason = f"not a time in dd/Mon/yyyy:HH:MM:SS +zzzz form: {format_value(fields.field('time')[row].as_py())}"
+        reason = f"not a valid time in dd/Mon/yyyy:HH:MM:SS +zzzz form: {format_value(fields.field('time')[row].as_py())}"
         yield Reject(source, int(numbers[row]), "ts", reason)
 
     good = pa.array(matched & dated)
     if good.true_count:
         yield access_batch(fields.filter(good), times.filter(good), numbers[matched & dated], id_prefix)
+
+
+_TIME_PARTS = (
+    r"^(?P<day>\d{2})/(?P<month>[A-Za-z]{3})/(?P<year>\d{4}):\d{2}:\d{2}:\d{2} [+-](?P<hours>\d{2})(?P<minutes>\d{2})$"
+)
+_MONTHS = {name: number for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun",
+                                                         "jul", "aug", "sep", "oct", "nov", "dec"))}
+_DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def impossible_times(texts: pa.Array) -> np.ndarray:
+    """Mark times that Arrow's strptime reads but no clock shows: 31/Feb, or an offset of 25 hours.
+
+    strptime rolls 31/Feb/2026 over to 3 March and accepts an offset of +2500,
+    while RFC 3339 times in JSON are checked for both.
+    """
+    parts = pc.extract_regex(texts, _TIME_PARTS)
+    found = true_mask(parts.is_valid())
+    impossible = np.zeros(len(texts), dtype=bool)
+    if not found.any():
+        return impossible
+
+    rows = np.flatnonzero(found)
+    chosen = parts.filter(pa.array(found))
+    day, year, hours, minutes = (
+        pc.cast(chosen.field(name), pa.int64()).to_numpy() for name in ("day", "year", "hours", "minutes")
+    )
+    months = np.array([_MONTHS.get(name.lower(), 0) for name in chosen.field("month").to_pylist()])
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    longest = _DAYS_IN_MONTH[months] + ((months == 1) & leap)
+    impossible[rows] = (day < 1) | (day > longest) | (hours > 23) | (minutes > 59)
+    return impossible
 
 
 def access_batch(fields: pa.StructArray, times: pa.Array, numbers: np.ndarray, id_prefix: str) -> RawBatch:

@@ -1,7 +1,10 @@
 """API key secrets (sk-...) in input: found anywhere in a value, replaced by their hash.
 
-A secret counts wherever it is in a value, so "Bearer sk-...", a secret
-with a trailing newline and a bare secret all become the same hash.
+A secret counts wherever it is in a value. In key_id, account_id and
+prompt_hash, "Bearer sk-...", a secret with a trailing newline and a bare
+secret all become the same hash, the key's identity. In other text, such as
+a request id, only the secret is replaced and the text around it stays, so
+distinct values stay distinct.
 """
 
 from __future__ import annotations
@@ -66,3 +69,21 @@ def replace_secrets(strings: pa.Array) -> tuple[pa.Array, int]:
     encoded = pc.dictionary_encode(secrets)
     hashes = pa.array([hash_secret(secret) for secret in encoded.dictionary.to_pylist()], type=pa.string())
     return pc.replace_with_mask(strings, has_secret, hashes.take(encoded.indices)), replaced
+
+
+def redact_secrets_in(strings: pa.Array) -> tuple[pa.Array, int]:
+    """Replace each API key secret inside the values of ``strings`` by its hash, keeping the text around it.
+
+    Returns the new strings and the number of values changed.
+    """
+    if not may_contain_secret(strings) or not pc.any(pc.match_substring(strings, "sk-")).as_py():
+        return strings, 0
+    has_secret = pc.fill_null(pc.match_substring_regex(strings, SECRET_IN_ARROW_TEXT), False)
+    changed = has_secret.true_count
+    if not changed:
+        return strings, 0
+
+    # Redact each distinct value once: a log may repeat one value on every line.
+    encoded = pc.dictionary_encode(strings.filter(has_secret))
+    redacted = pa.array([redact_secrets(value) for value in encoded.dictionary.to_pylist()], type=pa.string())
+    return pc.replace_with_mask(strings, has_secret, redacted.take(encoded.indices)), changed

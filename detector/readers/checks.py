@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detector.events import MAX_TEXT_LENGTH
-from detector.readers.api_keys import replace_secrets
+from detector.readers.api_keys import redact_secrets_in, replace_secrets
 from detector.readers.columns import Kind, Part, RawColumn, character_data, null_mask, true_mask
 from detector.readers.reasons import MAX_COST, MAX_LATENCY_MS, Problem
 
@@ -126,7 +126,7 @@ def check_text(column: RawColumn, *, allow_empty: bool, default: str | None = No
             errors[missing] = Problem.OK
             strings = pc.fill_null(strings, default)
 
-    strings, replaced = replace_secrets(strings)
+    strings, replaced = redact_secrets_in(strings)
     if not allow_empty:
         flag(errors, blank_mask(strings), Problem.EMPTY)
     return Checked(shorten_long_text(strings), errors, secrets_replaced=replaced)

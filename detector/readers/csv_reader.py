@@ -20,20 +20,30 @@ from detector.events import REQUIRED_FIELDS, Reject
 from detector.readers.base import INPUT_FIELDS, RawBatch, ReaderError
 from detector.readers.columns import RawColumn
 from detector.readers import source as source_module
-from detector.readers.source import InputFile, LineBlocks, index_lines, non_blank_line_numbers
+from detector.readers.source import InputFile, LineBlocks, index_lines, newline_offsets, non_blank_line_numbers
 from detector.readers.validate import batch_from_records
 
 ARROW_CHUNK_SIZE = 4 << 20
 # Lines after a line with an unclosed quote that are tried as the rest of its record.
 MAX_CONTINUATION_LINES = 100
+QUOTE, CARRIAGE_RETURN, NEWLINE = ord('"'), ord("\r"), ord("\n")
 
 
 def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
-    """Yield raw batches and parse-level rejects for a CSV file with a header line."""
+    """Yield raw batches and parse-level rejects for a CSV file with a header line.
+
+    A record whose quoted value opens in the last lines of a block is moved
+    to the next block, so a line break inside it is rejected once, as
+    anywhere else in the file.
+    """
     blocks = LineBlocks(input_file)
     header: list[str] | None = None
+    carried, carried_line = b"", 0
     for block in blocks:
         data, first_line, newlines = block.data, block.first_line, block.newlines
+        if carried:
+            data, first_line, newlines = carried + bytes(data), carried_line, None
+            carried = b""
         if header is None:
             header, data, first_line = split_header(data, first_line, input_file.name)
             _check_header_read(blocks, first_line if header is not None else blocks.next_line, input_file.name)
@@ -41,9 +51,37 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
                 continue
             input_file.warnings.extend(_missing_columns_warning(header, input_file.name))
             newlines = None
+
+        cut = unclosed_record_start(data, newlines)
+        if cut is not None:
+            carried, carried_line = bytes(data[cut:]), first_line + data.count(b"\n", 0, cut)
+            data, newlines = data[:cut], None
         yield from parse_csv_lines(data, first_line, header, input_file.name, newlines)
 
+    if carried and header is not None:
+        yield from parse_csv_lines(carried, carried_line, header, input_file.name)
     yield from blocks.end_rejects()
+
+
+def unclosed_record_start(data: bytes | bytearray, newlines: np.ndarray | None) -> int | None:
+    """Return the offset of the line where a quote left open at the end of data was opened, if it is recent.
+
+    Only the last MAX_CONTINUATION_LINES lines count, as many as the line-by-line
+    reader joins into one record. A stray quote further up is rejected where it is.
+    """
+    if not data.endswith(b"\n"):
+        return None
+    if newlines is None:
+        newlines = newline_offsets(data)
+    first = len(newlines) - MAX_CONTINUATION_LINES - 1
+    start = int(newlines[first]) + 1 if first >= 0 else 0
+    tail = np.frombuffer(data, dtype=np.uint8)[start:]
+    quotes = np.flatnonzero(tail == QUOTE)
+    if len(quotes) % 2 == 0:
+        return None
+    # Quotes pair up from the start of the tail, so the last one opens the record.
+    opened = start + int(quotes[-1])
+    return data.rfind(b"\n", 0, opened) + 1
 
 
 def _check_header_read(blocks: LineBlocks, data_start: int, source: str) -> None:
@@ -105,13 +143,37 @@ def parse_csv_lines(
     if len(numbers) == 0:
         return
 
-    table = parse_with_arrow(data, header)
+    table = parse_with_arrow(data, header) if one_record_per_line(data, newlines) else None
     if table is not None and table.num_rows == len(numbers):
         columns = {name: RawColumn.from_arrow(table.column(name)) for name in table.column_names}
         yield RawBatch(columns, numbers)
         return
 
     yield from parse_lines_with_csv_module(data, first_line, header, source)
+
+
+def one_record_per_line(data: bytes | bytearray, newlines: np.ndarray | None) -> bool:
+    """Return True if no line of data ends in a bare carriage return or contains an odd number of quotes.
+
+    Arrow ends a record at a bare CR and reads a quoted line break as part of a
+    value, so it counts records, not lines. Where both happen in one block the
+    row count still equals the line count, and every row between them would be
+    reported at the wrong line.
+    """
+    if newlines is None:
+        newlines = newline_offsets(data)
+    content = np.frombuffer(data, dtype=np.uint8)
+    returns = np.flatnonzero(content == CARRIAGE_RETURN)
+    following = returns + 1
+    inside = following < len(content)
+    if (content[following[inside]] != NEWLINE).any():
+        return False
+
+    quotes = np.flatnonzero(content == QUOTE)
+    if len(quotes) == 0:
+        return True
+    per_line = np.bincount(np.searchsorted(newlines, quotes))
+    return not (per_line % 2).any()
 
 
 def parse_with_arrow(data: bytes, header: list[str]) -> pa.Table | None:
@@ -167,6 +229,10 @@ def parse_lines_with_csv_module(
                 rejects.append(Reject(source, number, "-", reason))
                 continue
 
+        if "\r" in text:
+            reason = "a carriage return (CR) inside the line; end lines with LF or CRLF, and replace CRs inside values"
+            rejects.append(Reject(source, number, "-", reason))
+            continue
         try:
             values = next(csv.reader([text]))
         except csv.Error as error:

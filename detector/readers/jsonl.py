@@ -9,6 +9,8 @@ numbers come from the newline positions, so blank lines never shift them.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -30,6 +32,8 @@ MAX_SPLIT_DEPTH = 3
 MIN_ARROW_LINES = 256
 # Arrow parses a block in parallel chunks of this size, so a longer line fails there.
 ARROW_CHUNK_SIZE = 4 << 20
+
+OPEN_BRACE, CLOSE_BRACE, CARRIAGE_RETURN = ord("{"), ord("}"), ord("\r")
 
 TEXT_FIELDS = frozenset(
     {"request_id", "account_id", "key_id", "plan", "endpoint", "model", "ip", "user_agent", "prompt_hash", "country"}
@@ -56,7 +60,7 @@ def parse_json_lines(
         yield from parse_lines_with_orjson(data, first_line, source)
         return
 
-    table = None if has_line_starting_with_n(data, newlines) else parse_with_arrow(data)
+    table = parse_with_arrow(data) if one_object_per_line(data, newlines) else None
     if table is not None and table.num_rows == len(numbers):
         columns = {name: RawColumn.from_arrow(table.column(name)) for name in INPUT_FIELDS}
         yield RawBatch(columns, numbers)
@@ -90,26 +94,39 @@ def parse_with_arrow(data: bytes) -> pa.Table | None:
     return table
 
 
-def has_line_starting_with_n(data: bytes, newlines: np.ndarray | None) -> bool:
-    """Return True if a line starts with "n" after optional whitespace, as null does.
+def one_object_per_line(data: bytes, newlines: np.ndarray | None) -> bool:
+    """Return True if every non-blank line of data starts with "{" and ends with "}", spaces aside.
 
-    pyarrow 26.0.1 crashes (segmentation fault) when one of its parse chunks
-    starts with such a line, and reads a null line as a row of nulls elsewhere.
-    Valid JSON lines starting with "n" are exactly "null", which is no record,
-    so these blocks go to the orjson path.
+    Arrow counts objects, not lines: it reads two objects on one line as two
+    rows and an object broken over two lines as one. Where both happen in one
+    block the row count still equals the line count, and every row between them
+    would be reported at the wrong line. After a line that ends with "}", valid
+    JSON can continue an open object or array only with ",", "}" or "]", so a
+    line that starts with "{" begins a new record. With both ends checked, each
+    line contains whole records, and the row count shows whether it contains one.
+
+    Lines that start with "n" fail the check too. pyarrow 26.0.1 crashes
+    (segmentation fault) when one of its parse chunks starts with such a line,
+    and reads a null line as a row of nulls elsewhere.
     """
     if newlines is None:
         newlines = newline_offsets(data)
     content = np.frombuffer(data, dtype=np.uint8)
-    starts = np.concatenate(([0], newlines[newlines + 1 < len(data)] + 1)) if len(data) else newlines[:0]
-    first_bytes = content[starts]
-    if (first_bytes == ord("n")).any():
-        return True
-    for start in starts[first_bytes <= ord(" ")]:
-        end = data.find(b"\n", start)
-        if data[start : end if end >= 0 else len(data)].lstrip().startswith(b"n"):
-            return True
-    return False
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(data)]))
+    filled = starts < ends
+    starts, ends = starts[filled], ends[filled]
+
+    last = ends - 1
+    # A CRLF line ends with "\r" after its "}".
+    carriage = (content[last] == CARRIAGE_RETURN) & (last > starts)
+    last[carriage] -= 1
+    odd = np.flatnonzero((content[starts] != OPEN_BRACE) | (content[last] != CLOSE_BRACE))
+    for line in odd:
+        text = data[starts[line] : ends[line]].strip()
+        if text and not (text.startswith(b"{") and text.endswith(b"}")):
+            return False
+    return True
 
 
 def first_record(data: bytes) -> dict | None:
@@ -165,12 +182,65 @@ def parse_lines_with_orjson(data: bytes, first_line: int, source: str) -> Iterat
             records.append(orjson.loads(line))
             lines.append(number)
         except orjson.JSONDecodeError as error:
-            rejects.append(Reject(source, number, "-", _json_error(line, error)))
+            record, field, reason = _record_despite_unknown_fields(line, error)
+            if record is None:
+                rejects.append(Reject(source, number, field, reason))
+            else:
+                records.append(record)
+                lines.append(number)
 
     batch, not_objects = batch_from_records(records, lines, source)
     yield from sorted(rejects + not_objects, key=lambda reject: reject.line)
     if batch.length:
         yield batch
+
+
+def _record_despite_unknown_fields(line: bytes, error: orjson.JSONDecodeError) -> tuple[dict | None, str, str]:
+    """Return the contract fields of a line that is JSON but for NaN, Infinity or bytes that are not UTF-8.
+
+    Arrow ignores fields outside the contract without checking their values,
+    so such a line is read when Arrow parses its block. Here it is read too,
+    so its verdict does not depend on the lines around it. The record is
+    returned only when the odd values all lie outside the contract fields.
+    Otherwise the field ("-" for the whole line) and the reason describe the problem.
+    """
+    try:
+        # The standard module reads NaN and Infinity, and surrogateescape keeps bytes that are not UTF-8.
+        record = json.loads(line.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None, "-", _json_error(line, error)
+    if not isinstance(record, dict):
+        return None, "-", _json_error(line, error)
+
+    fields = {name: record[name] for name in INPUT_FIELDS if name in record}
+    for name, value in fields.items():
+        if _has_surrogates(value):
+            return None, name, "not valid UTF-8 text; write the log in UTF-8"
+        if _has_non_finite(value):
+            return None, "-", _json_error(line, error)
+    return fields, "", ""
+
+
+def _has_surrogates(value: object) -> bool:
+    """Return True if a string in value contains an escaped byte that was not UTF-8."""
+    if isinstance(value, str):
+        return not value.isascii() and any("\udc80" <= character <= "\udcff" for character in value)
+    if isinstance(value, dict):
+        return any(_has_surrogates(key) or _has_surrogates(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogates(item) for item in value)
+    return False
+
+
+def _has_non_finite(value: object) -> bool:
+    """Return True if value contains NaN or an infinity."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(item) for item in value)
+    return False
 
 
 # Number words that some JSON writers emit (Python's json.dumps among them), which JSON does not allow.
@@ -180,6 +250,11 @@ _NOT_JSON_NUMBERS = (b"NaN", b"Infinity", b"-Infinity")
 def _json_error(line: bytes, error: orjson.JSONDecodeError) -> str:
     """Return the reject reason for a line that is not JSON, naming NaN or Infinity where one caused it."""
     reason = f"invalid JSON: {error.msg} at column {error.colno}"
+    if b"\r" in line.rstrip(b"\r"):
+        reason += "; the line contains carriage returns (CR): if the file's lines end in CR alone, convert them to LF"
+    if error.msg.startswith("number is infinity"):
+        field = _field_before(line[: max(error.pos, 0)])
+        return f"{reason}{f' in {field!r}' if field else ''}; send a number below 1.8e308"
     # orjson reports "-Infinity" after its sign.
     start = error.pos - 1 if error.pos > 0 and line[error.pos - 1 : error.pos] == b"-" else max(error.pos, 0)
     at = line[start:]
