@@ -12,6 +12,8 @@ ACTIONS = ("review", "throttle", "suspend")
 ACTION_RANK = {"review": 0, "throttle": 1, "suspend": 2}
 SUBJECT_TYPES = ("key", "account", "ip")
 SCOPES = ("all", "images")
+# The largest request rate, per minute, that a throttle may allow.
+MAX_LIMIT_RPM = 1_000_000
 # The ``extra`` entry, with the time, of a decision that staff ended early (lifted or dismissed).
 LIFTED = "lifted_at"
 

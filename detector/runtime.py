@@ -7,8 +7,6 @@ import ctypes.util
 import os
 import sys
 
-import pyarrow as pa
-
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -24,8 +22,15 @@ def use_system_allocator_for_arrow() -> None:
     allocator, at the same speed (measured with pyarrow 26 on the benchmark
     file of docs/benchmarks.md).
     """
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        pa.set_memory_pool(pa.system_memory_pool())
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    if "pyarrow" not in sys.modules:
+        # Arrow reads the variable when it first allocates, so commands that never use Arrow need not import it.
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+        return
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def return_freed_memory_promptly() -> None:

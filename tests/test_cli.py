@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -320,3 +322,19 @@ def test_worker_logs_progress_by_default(tmp_path, monkeypatch):
 
     assert result.exit_code == 0, result.output
     assert workers_logger.level == logging.INFO
+
+
+def test_help_imports_no_heavy_library():
+    # Every staff command pays for what the command line imports at start.
+    code = (
+        "import sys\n"
+        "sys.argv = ['fairuse', '--help']\n"
+        "from detector.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('pandas', 'pyarrow', 'numpy', 'sqlalchemy', 'redis', 'sklearn', 'alembic')\n"
+        "print([name for name in heavy if name in sys.modules], file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert "Commands:" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "[]"

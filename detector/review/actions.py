@@ -28,7 +28,7 @@ from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from detector.decisions import LIFTED, SCOPES, Decision
+from detector.decisions import LIFTED, MAX_LIMIT_RPM, SCOPES, Decision
 from detector.review.cases import link_decision, new_case, open_case_for, shown_id, staff_subject
 from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError
 from detector.review.records import decision_from_row, decision_row
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 MIN_DURATION = timedelta(minutes=1)
 MAX_DURATION = timedelta(days=3650)
 ENFORCING = ("throttle", "suspend")
-MAX_LIMIT_RPM = 1_000_000
 RESOLVING = ("suspend", "throttle", "dismiss", "allowlist")
 # A step resolves one claimed case inside the action's transaction.
 Step = Callable[[Session, datetime, "_Changes", CaseRow], Any]

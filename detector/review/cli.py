@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 
 import click
 
-from detector.decisions import SCOPES, SUBJECT_TYPES
-from detector.review.actions import MAX_LIMIT_RPM
+from detector.decisions import MAX_LIMIT_RPM, SCOPES, SUBJECT_TYPES
 from detector.review.errors import ReviewError
-from detector.store.review_models import CASE_STATUSES, ROLES
+from detector.review.vocabulary import CASE_STATUSES, ROLES
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
