@@ -1517,3 +1517,17 @@ def test_mixed_lines_after_cut_line_not_guessed(tmp_path):
 
     with pytest.raises(ReaderError, match="cannot tell the format"):
         read_events([path])
+
+
+def test_lines_read_one_at_a_time_make_one_batch():
+    # A type that changes on every other line sends the whole block through the per-line parser.
+    from detector.readers.base import RawBatch
+
+    records = [make_record(number, prompt_tokens=100 if number % 2 else "100") for number in range(2000)]
+    data = "".join(json.dumps(record) + "\n" for record in records).encode()
+
+    items = list(jsonl_module.parse_json_lines(data, 1, "events.jsonl"))
+
+    batches = [item for item in items if isinstance(item, RawBatch)]
+    assert len(batches) == 1
+    assert batches[0].lines.tolist() == list(range(1, 2001))
