@@ -311,6 +311,24 @@ def test_invalid_utf8_in_contract_field_named(tmp_path):
     assert run.rejects() == [f"{events}:4: key_id: not valid UTF-8 text; write the log in UTF-8"]
 
 
+@pytest.mark.parametrize("size", [40, 3000], ids=["orjson-path", "arrow-path"])
+def test_lone_surrogate_escape_rejected_not_crash(tmp_path, size):
+    lines = [json.dumps(make_record(number)) for number in range(size)]
+    lines[3] = lines[3].replace('"openai-python/1.50.0"', '"a\\ud800b"')
+    lines[4] = lines[4].replace('"key-1"', '"key-\\udfff"')
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+
+    run = score(tmp_path, events)
+
+    assert run.exit_code == 0, run.stderr
+    assert run.rejects() == [
+        f"{events}:4: user_agent: not valid UTF-8 text; write the log in UTF-8",
+        f"{events}:5: key_id: not valid UTF-8 text; write the log in UTF-8",
+    ]
+    assert run.count("events scored") == size - 2
+
+
 def test_json_reasons_name_infinity_field_and_cr(tmp_path):
     lines = [json.dumps(make_record(number)) for number in range(40)]
     lines[2] = lines[2].replace('"cost": 0.01', '"cost": 1e400')
@@ -456,6 +474,21 @@ def test_non_string_secret_not_echoed(tmp_path):
     assert run.exit_code == 0, run.stderr
     assert len(run.rejects()) == 1
     assert SECRET not in run.rejects()[0]
+
+
+def test_secret_after_escaped_character_not_echoed(tmp_path):
+    # A reject shows the repr of the value, where "\n" puts a letter right before the secret.
+    records: list[dict | str] = [make_record(number) for number in range(40)]
+    records[1] = make_record(1, ts="\n" + SECRET)
+    records[2] = make_record(2, cost="\u200b" + SECRET)
+    records[3] = json.dumps(make_record(3))[:-1] + f', "{SECRET}": NaN, "x": }}'
+    events = write_jsonl(tmp_path / "events.jsonl", records)
+
+    run = score(tmp_path, events)
+
+    assert run.exit_code == 0, run.stderr
+    assert len(run.rejects()) == 3
+    assert SECRET not in "\n".join(run.rejects())
 
 
 def test_access_log_secret_user_not_stored(tmp_path):
@@ -730,6 +763,9 @@ def test_access_log_impossible_times_rejected(tmp_path):
         good.replace("+0100", "-0075"),
         good.replace("23/Nov/2026", "31/Apr/2026"),
         good.replace("23/Nov/2026", "00/Nov/2026"),
+        good.replace("23/Nov/2026", "31/February/2026"),
+        good.replace("+0100", "+25:00"),
+        good.replace("10:00:00", "10:00:61"),
     ] + [format_access_line("198.51.100.7", second) for second in range(1, 9)]
     log = tmp_path / "access.log"
     log.write_text("".join(line + "\n" for line in lines))
@@ -737,7 +773,7 @@ def test_access_log_impossible_times_rejected(tmp_path):
     run = score(tmp_path, log)
 
     assert run.exit_code == 0, run.stderr
-    assert [line.split(": ")[0].rsplit(":", 1)[1] for line in run.rejects()] == ["2", "4", "5", "6", "7", "8"]
+    assert [line.split(": ")[0].rsplit(":", 1)[1] for line in run.rejects()] == ["2", "4", "5", "6", "7", "8", "9", "10", "11"]
     assert all(": ts: not a valid time in dd/Mon/yyyy" in line for line in run.rejects())
     assert run.count("events scored") == 10
 

@@ -1153,6 +1153,53 @@ def test_csv_quoted_break_across_blocks_rejected_once(tmp_path, monkeypatch):
         assert len(result.frame) == 59
 
 
+def test_csv_quoted_break_closing_near_block_end_rejected_once(tmp_path, monkeypatch):
+    # A record opened just before the block's last MAX_CONTINUATION_LINES lines that closes
+    # inside them must not be split where the block is cut.
+    from detector.readers import csv_reader
+    from detector.readers.source import LineBlocks
+
+    monkeypatch.setattr(csv_reader, "LineBlocks", lambda input_file: LineBlocks(input_file, 4096))
+    monkeypatch.setattr(csv_reader, "MAX_CONTINUATION_LINES", 3)
+    for broken in range(60):
+        records = [make_record(number) for number in range(60)]
+        records[broken]["user_agent"] = "line one\nline two\nline three"
+        path = write_csv(tmp_path / f"events-{broken}.csv", records)
+
+        result = read_one(path)
+
+        assert result.records == 60, broken
+        assert [(reject.line, reject.field) for reject in result.rejects] == [(broken + 2, "-")], broken
+        assert len(result.frame) == 59, broken
+
+
+@pytest.mark.parametrize("odd_value", [b"\xff\xfe", b"u" * 200_000], ids=["not-utf8", "200-kB"])
+def test_csv_extra_column_verdict_ignores_stray_quote(tmp_path, odd_value):
+    # Arrow reads blocks without stray quotes, the csv module the others: the verdict must not change.
+    records = [make_record(number) | {"note": "n"} for number in range(300)]
+    for stray in (False, True):
+        path = write_csv(tmp_path / "events.csv", records)
+        lines = path.read_bytes().split(b"\r\n")
+        lines[11] = lines[11][: -len(b"n")] + odd_value
+        if stray:
+            lines[20] = lines[20].replace(b"openai-python", b'open"ai-python')
+        path.write_bytes(b"\r\n".join(lines))
+
+        result = read_one(path)
+
+        assert result.rejects == [], stray
+        assert len(result.frame) == 300, stray
+
+
+def test_csv_not_utf8_contract_field_named(tmp_path):
+    path = write_csv(tmp_path / "events.csv", [make_record(number) for number in range(4)])
+    path.write_bytes(path.read_bytes().replace(b"key-2", b"key-\xe9"))
+
+    result = read_one(path)
+
+    assert reject_lines(result) == [f"{path}:4: key_id: not valid UTF-8 text; write the log in UTF-8"]
+
+
 def test_csv_stray_quote_rejects_one_line(tmp_path):
     path = write_csv(tmp_path / "events.csv", [make_record(number) for number in range(4)])
     lines = path.read_text().splitlines()

@@ -87,7 +87,8 @@ def parse_access_lines(data: bytes, first_line: int, source: str, id_prefix: str
 
 
 _TIME_PARTS = (
-    r"^(?P<day>\d{2})/(?P<month>[A-Za-z]{3})/(?P<year>\d{4}):\d{2}:\d{2}:\d{2} [+-](?P<hours>\d{2})(?P<minutes>\d{2})$"
+    r"^(?P<day>\d{2})/(?P<month>[A-Za-z]{3})/(?P<year>\d{4}):\d{2}:\d{2}:(?P<seconds>\d{2}) "
+    r"[+-](?P<hours>\d{2})(?P<minutes>\d{2})$"
 )
 _MONTHS = {name: number for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun",
                                                          "jul", "aug", "sep", "oct", "nov", "dec"))}
@@ -95,26 +96,30 @@ _DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
 def impossible_times(texts: pa.Array) -> np.ndarray:
-    """Mark times that Arrow's strptime reads but no clock shows: 31/Feb, or an offset of 25 hours.
+    """Mark times that Arrow's strptime reads but no clock shows, or not in the dd/Mon/yyyy:HH:MM:SS +zzzz form.
 
-    strptime rolls 31/Feb/2026 over to 3 March and accepts an offset of +2500,
-    while RFC 3339 times in JSON are checked for both.
+    strptime (pyarrow 26) rolls 31/Feb/2026 over to 3 March, accepts an offset
+    of +2500 or +25:00, a full month name (31/February), and a second of 61,
+    while RFC 3339 times in JSON are checked for all of these. Apache and nginx
+    write only the fixed form, so any other spelling is marked too.
     """
     parts = pc.extract_regex(texts, _TIME_PARTS)
     found = true_mask(parts.is_valid())
-    impossible = np.zeros(len(texts), dtype=bool)
+    impossible = ~found
     if not found.any():
         return impossible
 
     rows = np.flatnonzero(found)
     chosen = parts.filter(pa.array(found))
-    day, year, hours, minutes = (
-        pc.cast(chosen.field(name), pa.int64()).to_numpy() for name in ("day", "year", "hours", "minutes")
+    day, year, seconds, hours, minutes = (
+        pc.cast(chosen.field(name), pa.int64()).to_numpy() for name in ("day", "year", "seconds", "hours", "minutes")
     )
-    months = np.array([_MONTHS.get(name.lower(), 0) for name in chosen.field("month").to_pylist()])
+    months = np.array([_MONTHS.get(name.lower(), -1) for name in chosen.field("month").to_pylist()])
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    longest = _DAYS_IN_MONTH[months] + ((months == 1) & leap)
-    impossible[rows] = (day < 1) | (day > longest) | (hours > 23) | (minutes > 59)
+    longest = _DAYS_IN_MONTH[np.maximum(months, 0)] + ((months == 1) & leap)
+    impossible[rows] = (
+        (months < 0) | (day < 1) | (day > longest) | (seconds > 60) | (hours > 23) | (minutes > 59)
+    )
     return impossible
 
 

@@ -24,6 +24,12 @@ SECRET_IN_TEXT = re.compile(rf"(?<![A-Za-z0-9_]){SECRET_CHARACTERS}")
 # RE2, which Arrow uses, has no lookbehind, so the preceding character is matched instead.
 SECRET_IN_ARROW_TEXT = rf"(?:^|[^A-Za-z0-9_])(?P<secret>{SECRET_CHARACTERS})"
 SECRET_START = re.compile(b"sk-")
+# In a repr, an escape such as "\\n" or "\\u200b" stands for the character before a
+# secret, so the escape's last letter or digit must not hide the secret.
+SECRET_IN_REPR = re.compile(
+    r"(?:(?<![A-Za-z0-9_])|(?<=\\[abfnrtv])|(?<=\\x[0-9a-f]{2})|(?<=\\u[0-9a-f]{4})|(?<=\\U[0-9a-f]{8}))"
+    + SECRET_CHARACTERS
+)
 
 
 def hash_secret(secret: str) -> str:
@@ -36,6 +42,13 @@ def redact_secrets(text: str) -> str:
     if "sk-" not in text:
         return text
     return SECRET_IN_TEXT.sub(lambda match: hash_secret(match.group()), text)
+
+
+def redact_secrets_in_repr(text: str) -> str:
+    """Return a repr with every API key secret in it replaced by its hash, also right after an escape."""
+    if "sk-" not in text:
+        return text
+    return SECRET_IN_REPR.sub(lambda match: hash_secret(match.group()), text)
 
 
 def may_contain_secret(strings: pa.Array) -> bool:

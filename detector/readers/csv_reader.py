@@ -24,6 +24,10 @@ from detector.readers.source import InputFile, LineBlocks, index_lines, newline_
 from detector.readers.validate import batch_from_records
 
 ARROW_CHUNK_SIZE = 4 << 20
+# The csv module rejects fields over 128 kB by default, while Arrow reads longer ones,
+# so a long value would be rejected only in blocks that the csv module reads.
+# Lines longer than MAX_LINE_BYTES are never read, so no field is longer.
+csv.field_size_limit(max(csv.field_size_limit(), source_module.MAX_LINE_BYTES))
 # Lines after a line with an unclosed quote that are tried as the rest of its record.
 MAX_CONTINUATION_LINES = 100
 QUOTE, CARRIAGE_RETURN, NEWLINE = ord('"'), ord("\r"), ord("\n")
@@ -52,7 +56,7 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
             input_file.warnings.extend(_missing_columns_warning(header, input_file.name))
             newlines = None
 
-        cut = unclosed_record_start(data, newlines)
+        cut = unclosed_record_start(data, newlines, len(header))
         if cut is not None:
             carried, carried_line = bytes(data[cut:]), first_line + data.count(b"\n", 0, cut)
             data, newlines = data[:cut], None
@@ -63,25 +67,51 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
     yield from blocks.end_rejects()
 
 
-def unclosed_record_start(data: bytes | bytearray, newlines: np.ndarray | None) -> int | None:
-    """Return the offset of the line where a quote left open at the end of data was opened, if it is recent.
+def unclosed_record_start(data: bytes | bytearray, newlines: np.ndarray | None, width: int) -> int | None:
+    """Return the offset of the line whose quoted record may go on past the end of data, if any.
 
-    Only the last MAX_CONTINUATION_LINES lines count, as many as the line-by-line
-    reader joins into one record. A stray quote further up is rejected where it is.
+    The lines with an odd number of quotes are walked as parse_lines_with_csv_module
+    reads them. Such a line either completes a record of width columns with
+    the lines up to the next odd line, which then belong to it, or is a line of
+    its own. Only a line whose MAX_CONTINUATION_LINES following lines run past
+    the end of data, with no odd line after it, is undecided, and it moves
+    to the next block with the lines after it.
     """
     if not data.endswith(b"\n"):
         return None
     if newlines is None:
         newlines = newline_offsets(data)
-    first = len(newlines) - MAX_CONTINUATION_LINES - 1
-    start = int(newlines[first]) + 1 if first >= 0 else 0
-    tail = np.frombuffer(data, dtype=np.uint8)[start:]
-    quotes = np.flatnonzero(tail == QUOTE)
-    if len(quotes) % 2 == 0:
+    content = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.flatnonzero(content == QUOTE)
+    if len(quotes) == 0:
         return None
-    # Quotes pair up from the start of the tail, so the last one opens the record.
-    opened = start + int(quotes[-1])
-    return data.rfind(b"\n", 0, opened) + 1
+    odd_lines = np.flatnonzero(np.bincount(np.searchsorted(newlines, quotes)) % 2)
+    if len(odd_lines) == 0 or odd_lines[-1] < len(newlines) - MAX_CONTINUATION_LINES:
+        return None
+
+    def line_start(number: int) -> int:
+        return int(newlines[number - 1]) + 1 if number else 0
+
+    def line_bytes(number: int) -> bytes:
+        return bytes(data[line_start(number) : int(newlines[number])])
+
+    # Lines up to this one belong to a record with a quoted line break.
+    consumed = -1
+    for position, line in enumerate(odd_lines.tolist()):
+        if line <= consumed:
+            continue
+        if position + 1 == len(odd_lines):
+            return line_start(line)
+        following = int(odd_lines[position + 1])
+        if following - line > MAX_CONTINUATION_LINES:
+            continue
+        text = decode_line(line_bytes(line))
+        continuation = quoted_line_break_length(
+            [line_bytes(number) for number in range(line + 1, following + 1)], 0, text, width
+        )
+        if continuation:
+            consumed = line + continuation
+    return None
 
 
 def _check_header_read(blocks: LineBlocks, data_start: int, source: str) -> None:
@@ -212,11 +242,7 @@ def parse_lines_with_csv_module(
         position += 1
         if not line.strip():
             continue
-        try:
-            text = line.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            rejects.append(Reject(source, number, "-", "not valid UTF-8"))
-            continue
+        text = decode_line(line)
 
         if text.count('"') % 2:
             continuation = quoted_line_break_length(lines, position, text, len(header))
@@ -242,6 +268,13 @@ def parse_lines_with_csv_module(
             reason = f"expected {len(header)} columns as in the header, got {len(values)}"
             rejects.append(Reject(source, number, "-", reason))
             continue
+        # Arrow reads only the contract columns, so bytes that are not UTF-8 elsewhere do not count.
+        broken = [] if text.isascii() else [
+            name for name, value in zip(header, values) if name in INPUT_FIELDS and has_surrogates(value)
+        ]
+        if broken:
+            rejects.append(Reject(source, number, broken[0], "not valid UTF-8 text; write the log in UTF-8"))
+            continue
         records.append({name: value if value != "" else None for name, value in zip(header, values)})
         numbers.append(number)
 
@@ -249,6 +282,16 @@ def parse_lines_with_csv_module(
     yield from rejects
     if batch.length:
         yield batch
+
+
+def decode_line(line: bytes) -> str:
+    """Return a line as text without its CR, with bytes that are not UTF-8 kept as surrogates."""
+    return line.decode("utf-8", "surrogateescape").rstrip("\r")
+
+
+def has_surrogates(text: str) -> bool:
+    """Return True if text contains a byte that was not UTF-8, kept by decode_line as a surrogate."""
+    return not text.isascii() and any("\udc80" <= character <= "\udcff" for character in text)
 
 
 def quoted_line_break_length(lines: list[bytes], position: int, text: str, width: int) -> int:
@@ -260,10 +303,7 @@ def quoted_line_break_length(lines: list[bytes], position: int, text: str, width
     quotes = text.count('"')
     parts = [text]
     for count, line in enumerate(lines[position : position + MAX_CONTINUATION_LINES], 1):
-        try:
-            part = line.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            return 0
+        part = decode_line(line)
         parts.append(part)
         quotes += part.count('"')
         if quotes % 2 == 0:

@@ -21,6 +21,7 @@ import pyarrow.json as pj
 from detector.events import Reject
 from detector.readers.base import INPUT_FIELDS, RawBatch
 from detector.readers.columns import RawColumn
+from detector.readers.reasons import format_value
 from detector.readers.source import InputFile, LineBlocks, index_lines, newline_offsets, non_blank_line_numbers
 from detector.readers.validate import batch_from_records
 
@@ -177,7 +178,12 @@ def first_record(data: bytes) -> dict | None:
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                return None
+                # NaN or bytes that are not UTF-8 in an unknown field: Arrow reads the line,
+                # so its types still decide the schema.
+                try:
+                    record = json.loads(line.decode("utf-8", "surrogateescape"))
+                except (ValueError, RecursionError):
+                    return None
             return record if isinstance(record, dict) else None
         start = end + 1
     return None
@@ -234,6 +240,8 @@ def _record_despite_unknown_fields(line: bytes, error: orjson.JSONDecodeError) -
     returned only when the odd values all lie outside the contract fields.
     Otherwise the field ("-" for the whole line) and the reason describe the problem.
     """
+    # NOTE: nesting deeper than 1024 levels in an unknown field still differs: Arrow (pyarrow 26)
+    # reads such a line, while orjson and the json module reject it.
     try:
         # The standard module reads NaN and Infinity, and surrogateescape keeps bytes that are not UTF-8.
         record = json.loads(line.decode("utf-8", "surrogateescape"))
@@ -252,9 +260,13 @@ def _record_despite_unknown_fields(line: bytes, error: orjson.JSONDecodeError) -
 
 
 def _has_surrogates(value: object) -> bool:
-    """Return True if a string in value contains an escaped byte that was not UTF-8."""
+    """Return True if a string in value contains a surrogate code point, which UTF-8 cannot encode.
+
+    Bytes that are not UTF-8 become U+DC80-U+DCFF through surrogateescape, and a
+    lone escape such as "\\ud800" in the JSON text becomes any surrogate.
+    """
     if isinstance(value, str):
-        return not value.isascii() and any("\udc80" <= character <= "\udcff" for character in value)
+        return not value.isascii() and any("\ud800" <= character <= "\udfff" for character in value)
     if isinstance(value, dict):
         return any(_has_surrogates(key) or _has_surrogates(item) for key, item in value.items())
     if isinstance(value, list):
@@ -284,7 +296,7 @@ def _json_error(line: bytes, error: orjson.JSONDecodeError) -> str:
         reason += "; the line contains carriage returns (CR): if the file's lines end in CR alone, convert them to LF"
     if error.msg.startswith("number is infinity"):
         field = _field_before(line[: max(error.pos, 0)])
-        return f"{reason}{f' in {field!r}' if field else ''}; send a number below 1.8e308"
+        return f"{reason}{f' in {format_value(field)}' if field else ''}; send a number below 1.8e308"
     # orjson reports "-Infinity" after its sign.
     start = error.pos - 1 if error.pos > 0 and line[error.pos - 1 : error.pos] == b"-" else max(error.pos, 0)
     at = line[start:]
@@ -292,7 +304,7 @@ def _json_error(line: bytes, error: orjson.JSONDecodeError) -> str:
     if word is None:
         return reason
     field = _field_before(line[:start])
-    place = f" in {field!r}" if field else ""
+    place = f" in {format_value(field)}" if field else ""
     return f"{reason}: {word.decode()}{place} is not a JSON number; send a number, or null where the field is optional"
 
 

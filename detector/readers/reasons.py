@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from detector.events import MAX_TEXT_LENGTH
-from detector.readers.api_keys import redact_secrets
+from detector.readers.api_keys import redact_secrets_in_repr
 
 # Largest cost of one request, in plan credits, and largest latency. Larger values are a wrong unit or a
 # broken record, and sums of them could overflow the detectors' integer micro-credit spend.
@@ -85,7 +85,7 @@ def format_value(value: object) -> str:
 
     Secrets are replaced before the repr is cut, so no part of one is shown.
     """
-    return shorten(redact_secrets(repr(value)))
+    return shorten(redact_secrets_in_repr(repr(value)))
 
 
 def describe(problem: Problem, value: object) -> str:
