@@ -10,7 +10,6 @@ numbers come from the newline positions, so blank lines never shift them.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -236,9 +235,10 @@ def _record_despite_unknown_fields(line: bytes, error: orjson.JSONDecodeError) -
 
     Arrow ignores fields outside the contract without checking their values,
     so such a line is read when Arrow parses its block. Here it is read too,
-    so its verdict does not depend on the lines around it. The record is
-    returned only when the odd values all lie outside the contract fields.
-    Otherwise the field ("-" for the whole line) and the reason describe the problem.
+    so its verdict does not depend on the lines around it. NaN and Infinity
+    in a contract field go on to the checks, which reject them as Arrow's
+    rows are rejected (``cost: not a finite number: nan``). Bytes that are
+    not UTF-8 in a contract field reject the line here, naming the field.
     """
     # NOTE: nesting deeper than 1024 levels in an unknown field still differs: Arrow (pyarrow 26)
     # reads such a line, while orjson and the json module reject it.
@@ -254,8 +254,6 @@ def _record_despite_unknown_fields(line: bytes, error: orjson.JSONDecodeError) -
     for name, value in fields.items():
         if _has_surrogates(value):
             return None, name, "not valid UTF-8 text; write the log in UTF-8"
-        if _has_non_finite(value):
-            return None, "-", _json_error(line, error)
     return fields, "", ""
 
 
@@ -271,17 +269,6 @@ def _has_surrogates(value: object) -> bool:
         return any(_has_surrogates(key) or _has_surrogates(item) for key, item in value.items())
     if isinstance(value, list):
         return any(_has_surrogates(item) for item in value)
-    return False
-
-
-def _has_non_finite(value: object) -> bool:
-    """Return True if value contains NaN or an infinity."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(item) for item in value)
     return False
 
 
