@@ -34,13 +34,14 @@ def test_progress_sums_batches_into_one_line(caplog):
 
     with caplog.at_level(logging.INFO, logger=logger.name):
         progress.add(outcome(10, 9, dead=1))
+        progress.add(outcome(1990, 1990))
         clock.now = 30
         progress.add(outcome(5, 5, decisions=2))
         assert messages(caplog) == []
         clock.now = 61
         progress.add(outcome(1, 1))
 
-    assert messages(caplog) == ["state worker w0: last 61 s: 16 entries, 15 events, 1 dead-lettered, 2 new decisions"]
+    assert messages(caplog) == ["state worker w0: last 61 s: 2,006 entries, 2,005 events, 1 dead-lettered, 2 new decisions"]
 
 
 def test_progress_restarts_counts_after_a_line(caplog):

@@ -42,9 +42,8 @@ class ProgressLog:
             return
         if self.totals["entries"]:
             self.logger.info(
-                "%s: last %.0f s: %d entries, %d events, %d dead-lettered, %d new decisions",
-                self.name, now - self.since, self.totals["entries"], self.totals["events"],
-                self.totals["dead"], self.totals["decisions"],
+                "%s: last %.0f s: %s entries, %s events, %s dead-lettered, %s new decisions",
+                self.name, now - self.since, *(f"{self.totals[name]:,}" for name in self.totals),
             )
         self.since = now
         self.totals = dict.fromkeys(self.totals, 0)
