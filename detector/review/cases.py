@@ -26,7 +26,8 @@ from detector.readers.checks import normalize_ip
 from detector.review.errors import NotFoundError, ReviewError
 from detector.store.models import DecisionRow, LabelRow
 from detector.review.records import decision_from_row
-from detector.store.review_models import CASE_STATUSES, AuditRow, AllowlistRow, CaseDecisionRow, CaseRow, NoteRow
+from detector.review.vocabulary import CASE_STATUSES
+from detector.store.review_models import AuditRow, AllowlistRow, CaseDecisionRow, CaseRow, NoteRow
 
 logger = logging.getLogger(__name__)
 

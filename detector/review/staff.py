@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from detector.review.cases import shown_id
 from detector.review.errors import NotFoundError, ReviewError
-from detector.store.review_models import ROLES, ConsoleSettingRow, StaffRow, StaffSessionRow
+from detector.review.vocabulary import ROLES
+from detector.store.review_models import ConsoleSettingRow, StaffRow, StaffSessionRow
 
 LANGUAGES = ("en", "zh_CN")
 SESSION_LIFETIME = timedelta(hours=12)

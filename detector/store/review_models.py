@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from detector.review.vocabulary import CASE_STATUSES, ROLES
 from detector.store.models import Base, UTCDateTime
 
 
