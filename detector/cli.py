@@ -302,7 +302,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     if partitions > 1 and not use_state:
         raise click.UsageError("--partitions needs the state worker: --window reads one stream")
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        # A worker runs for days, so it reports its start, stop and a progress line a minute unless -v asks for more.
+        # A worker runs for days, so it reports its start, stop and a progress line a minute unless -v requests more.
         logging.getLogger("workers").setLevel(logging.INFO)
     client = redis_library.Redis.from_url(redis_url)
     store = open_store(database_url)

@@ -212,11 +212,17 @@ def test_nul_byte_line_rejected(tmp_path):
     assert run.count("events scored") == 39
 
 
-def test_invalid_utf8_line_rejected(tmp_path):
+def write_with_bytes(tmp_path: Path, row: int, old: bytes, new: bytes) -> Path:
+    """Write 40 records as JSON lines, replacing ``old`` by ``new`` in the bytes of record ``row``."""
     lines = [json.dumps(make_record(number)).encode() for number in range(40)]
-    lines[3] = lines[3].replace(b"openai-python", b"openai\xff\xfepython")
+    lines[row] = lines[row].replace(old, new)
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(lines) + b"\n")
+    return events
+
+
+def test_invalid_utf8_line_rejected(tmp_path):
+    events = write_with_bytes(tmp_path, 3, b"openai-python", b"openai\xff\xfepython")
 
     run = score(tmp_path, events)
 
@@ -301,10 +307,7 @@ def test_odd_unknown_fields_accepted_on_every_path(tmp_path, size):
 
 
 def test_invalid_utf8_in_contract_field_named(tmp_path):
-    lines = [json.dumps(make_record(number)).encode() for number in range(40)]
-    lines[3] = lines[3].replace(b'"key-1"', b'"key-\xe9"')
-    events = tmp_path / "events.jsonl"
-    events.write_bytes(b"\n".join(lines) + b"\n")
+    events = write_with_bytes(tmp_path, 3, b'"key-1"', b'"key-\xe9"')
 
     run = score(tmp_path, events)
 

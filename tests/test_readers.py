@@ -1122,7 +1122,7 @@ def test_csv_quoted_line_break_rejected_once(tmp_path):
     assert result.frame["request_id"].tolist() == ["req-00000", "req-00001", "req-00003", "req-00004"]
 
 
-def test_csv_bare_cr_and_quoted_break_rejected_at_their_lines(tmp_path):
+def test_csv_bare_cr_and_line_break_lines(tmp_path):
     # A bare CR adds an Arrow row and a quoted line break removes one, so the row count alone matches.
     records = [make_record(number) for number in range(600)]
     records[59]["cost"] = -1
@@ -1142,11 +1142,16 @@ def test_csv_bare_cr_and_quoted_break_rejected_at_their_lines(tmp_path):
     assert len(result.frame) == 599 - 3
 
 
-def test_csv_quoted_break_across_blocks_rejected_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("continuation_lines", [None, 3], ids=["default-window", "three-line-window"])
+def test_csv_block_edge_break_rejected_once(tmp_path, monkeypatch, continuation_lines):
+    # Every position of the broken record is tried, so some cross a 4 kB block edge. With a window of
+    # three lines, a record opened just before the block's last lines closes inside them and must not be split.
     from detector.readers import csv_reader
     from detector.readers.source import LineBlocks
 
     monkeypatch.setattr(csv_reader, "LineBlocks", lambda input_file: LineBlocks(input_file, 4096))
+    if continuation_lines is not None:
+        monkeypatch.setattr(csv_reader, "MAX_CONTINUATION_LINES", continuation_lines)
     for broken in range(60):
         records = [make_record(number) for number in range(60)]
         records[broken]["user_agent"] = "line one\nline two\nline three"
@@ -1157,26 +1162,6 @@ def test_csv_quoted_break_across_blocks_rejected_once(tmp_path, monkeypatch):
         assert result.records == 60, broken
         assert [(reject.line, reject.field) for reject in result.rejects] == [(broken + 2, "-")], broken
         assert "line break" in result.rejects[0].reason
-        assert len(result.frame) == 59
-
-
-def test_csv_quoted_break_closing_near_block_end_rejected_once(tmp_path, monkeypatch):
-    # A record opened just before the block's last MAX_CONTINUATION_LINES lines that closes
-    # inside them must not be split where the block is cut.
-    from detector.readers import csv_reader
-    from detector.readers.source import LineBlocks
-
-    monkeypatch.setattr(csv_reader, "LineBlocks", lambda input_file: LineBlocks(input_file, 4096))
-    monkeypatch.setattr(csv_reader, "MAX_CONTINUATION_LINES", 3)
-    for broken in range(60):
-        records = [make_record(number) for number in range(60)]
-        records[broken]["user_agent"] = "line one\nline two\nline three"
-        path = write_csv(tmp_path / f"events-{broken}.csv", records)
-
-        result = read_one(path)
-
-        assert result.records == 60, broken
-        assert [(reject.line, reject.field) for reject in result.rejects] == [(broken + 2, "-")], broken
         assert len(result.frame) == 59, broken
 
 
@@ -1573,7 +1558,7 @@ def test_mixed_lines_after_cut_line_not_guessed(tmp_path):
         read_events([path])
 
 
-def test_lines_read_one_at_a_time_make_one_batch():
+def test_per_line_parse_one_batch():
     # A type that changes on every other line sends the whole block through the per-line parser.
     from detector.readers.base import RawBatch
 

@@ -63,13 +63,18 @@ def may_contain_secret(strings: pa.Array) -> bool:
     return data is None or SECRET_START.search(data) is not None
 
 
+def has_secret_start(strings: pa.Array) -> bool:
+    """Return True if a value of ``strings`` contains "sk-", the start of every secret."""
+    return may_contain_secret(strings) and bool(pc.any(pc.match_substring(strings, "sk-")).as_py())
+
+
 def replace_secrets(strings: pa.Array) -> tuple[pa.Array, int]:
     """Replace each value that contains an API key secret by the secret's hash.
 
     Returns the new strings and the number of values replaced. The whole value
     is replaced, so text around the secret ("Bearer ") is dropped.
     """
-    if not may_contain_secret(strings) or not pc.any(pc.match_substring(strings, "sk-")).as_py():
+    if not has_secret_start(strings):
         return strings, 0
     found = pc.extract_regex(strings, SECRET_IN_ARROW_TEXT)
     has_secret = pc.fill_null(found.is_valid(), False)
@@ -89,7 +94,7 @@ def redact_secrets_in(strings: pa.Array) -> tuple[pa.Array, int]:
 
     Returns the new strings and the number of values changed.
     """
-    if not may_contain_secret(strings) or not pc.any(pc.match_substring(strings, "sk-")).as_py():
+    if not has_secret_start(strings):
         return strings, 0
     has_secret = pc.fill_null(pc.match_substring_regex(strings, SECRET_IN_ARROW_TEXT), False)
     changed = has_secret.true_count

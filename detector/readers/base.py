@@ -12,6 +12,21 @@ from detector.readers.columns import RawColumn
 
 # Fields a reader takes from its input. subject_type is internal: readers of
 # gateway events leave it out (it defaults to "key"), the access-log reader sets it.
+def has_surrogates(value: object) -> bool:
+    """Return True if a string in value contains a surrogate code point, which UTF-8 cannot encode.
+
+    Bytes that are not UTF-8 become U+DC80-U+DCFF when decoded with
+    surrogateescape, and a lone JSON escape such as "\\ud800" becomes any surrogate.
+    """
+    if isinstance(value, str):
+        return not value.isascii() and any("\ud800" <= character <= "\udfff" for character in value)
+    if isinstance(value, dict):
+        return any(has_surrogates(key) or has_surrogates(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(has_surrogates(item) for item in value)
+    return False
+
+
 INPUT_FIELDS: tuple[str, ...] = tuple(name for name in COLUMNS if name != "subject_type")
 
 

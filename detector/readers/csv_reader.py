@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from detector.events import REQUIRED_FIELDS, Reject
-from detector.readers.base import INPUT_FIELDS, RawBatch, ReaderError
+from detector.readers.base import INPUT_FIELDS, RawBatch, ReaderError, has_surrogates
 from detector.readers.columns import RawColumn
 from detector.readers import source as source_module
 from detector.readers.source import InputFile, LineBlocks, index_lines, newline_offsets, non_blank_line_numbers
@@ -56,18 +56,32 @@ def read_csv(input_file: InputFile) -> Iterator[RawBatch | Reject]:
             input_file.warnings.extend(_missing_columns_warning(header, input_file.name))
             newlines = None
 
-        cut = unclosed_record_start(data, newlines, len(header))
+        if newlines is None:
+            newlines = newline_offsets(data)
+        odd_lines = odd_quote_lines(data, newlines)
+        cut = unclosed_record_start(data, newlines, len(header), odd_lines)
         if cut is not None:
-            carried, carried_line = bytes(data[cut:]), first_line + data.count(b"\n", 0, cut)
-            data, newlines = data[:cut], None
-        yield from parse_csv_lines(data, first_line, header, input_file.name, newlines)
+            kept_lines = data.count(b"\n", 0, cut)
+            carried, carried_line = bytes(data[cut:]), first_line + kept_lines
+            data, newlines, odd_lines = data[:cut], newlines[:kept_lines], odd_lines[odd_lines < kept_lines]
+        yield from parse_csv_lines(data, first_line, header, input_file.name, newlines, odd_lines)
 
     if carried and header is not None:
         yield from parse_csv_lines(carried, carried_line, header, input_file.name)
     yield from blocks.end_rejects()
 
 
-def unclosed_record_start(data: bytes | bytearray, newlines: np.ndarray | None, width: int) -> int | None:
+def odd_quote_lines(data: bytes | bytearray, newlines: np.ndarray) -> np.ndarray:
+    """Return the 0-based indexes of the lines of data that contain an odd number of quotes."""
+    quotes = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == QUOTE)
+    if len(quotes) == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(np.bincount(np.searchsorted(newlines, quotes)) % 2)
+
+
+def unclosed_record_start(
+    data: bytes | bytearray, newlines: np.ndarray, width: int, odd_lines: np.ndarray
+) -> int | None:
     """Return the offset of the line whose quoted record may go on past the end of data, if any.
 
     The lines with an odd number of quotes are walked as parse_lines_with_csv_module
@@ -79,13 +93,6 @@ def unclosed_record_start(data: bytes | bytearray, newlines: np.ndarray | None, 
     """
     if not data.endswith(b"\n"):
         return None
-    if newlines is None:
-        newlines = newline_offsets(data)
-    content = np.frombuffer(data, dtype=np.uint8)
-    quotes = np.flatnonzero(content == QUOTE)
-    if len(quotes) == 0:
-        return None
-    odd_lines = np.flatnonzero(np.bincount(np.searchsorted(newlines, quotes)) % 2)
     if len(odd_lines) == 0 or odd_lines[-1] < len(newlines) - MAX_CONTINUATION_LINES:
         return None
 
@@ -166,14 +173,18 @@ def split_header(data: bytes, first_line: int, source: str) -> tuple[list[str] |
 
 
 def parse_csv_lines(
-    data: bytes, first_line: int, header: list[str], source: str, newlines: np.ndarray | None = None
+    data: bytes, first_line: int, header: list[str], source: str, newlines: np.ndarray | None = None,
+    odd_lines: np.ndarray | None = None,
 ) -> Iterator[RawBatch | Reject]:
-    """Yield raw batches and rejects for the CSV lines of data, which start at first_line."""
+    """Yield raw batches and rejects for the CSV lines of data, which start at first_line.
+
+    ``newlines`` and ``odd_lines`` (see ``odd_quote_lines``) are computed here when not given.
+    """
     numbers = non_blank_line_numbers(data, first_line, newlines)
     if len(numbers) == 0:
         return
 
-    table = parse_with_arrow(data, header) if one_record_per_line(data, newlines) else None
+    table = parse_with_arrow(data, header) if one_record_per_line(data, newlines, odd_lines) else None
     if table is not None and table.num_rows == len(numbers):
         columns = {name: RawColumn.from_arrow(table.column(name)) for name in table.column_names}
         yield RawBatch(columns, numbers)
@@ -182,7 +193,9 @@ def parse_csv_lines(
     yield from parse_lines_with_csv_module(data, first_line, header, source)
 
 
-def one_record_per_line(data: bytes | bytearray, newlines: np.ndarray | None) -> bool:
+def one_record_per_line(
+    data: bytes | bytearray, newlines: np.ndarray | None, odd_lines: np.ndarray | None = None
+) -> bool:
     """Return True if no line of data ends in a bare carriage return or contains an odd number of quotes.
 
     Arrow ends a record at a bare CR and reads a quoted line break as part of a
@@ -198,12 +211,9 @@ def one_record_per_line(data: bytes | bytearray, newlines: np.ndarray | None) ->
     inside = following < len(content)
     if (content[following[inside]] != NEWLINE).any():
         return False
-
-    quotes = np.flatnonzero(content == QUOTE)
-    if len(quotes) == 0:
-        return True
-    per_line = np.bincount(np.searchsorted(newlines, quotes))
-    return not (per_line % 2).any()
+    if odd_lines is None:
+        odd_lines = odd_quote_lines(data, newlines)
+    return len(odd_lines) == 0
 
 
 def parse_with_arrow(data: bytes, header: list[str]) -> pa.Table | None:
@@ -287,11 +297,6 @@ def parse_lines_with_csv_module(
 def decode_line(line: bytes) -> str:
     """Return a line as text without its CR, with bytes that are not UTF-8 kept as surrogates."""
     return line.decode("utf-8", "surrogateescape").rstrip("\r")
-
-
-def has_surrogates(text: str) -> bool:
-    """Return True if text contains a byte that was not UTF-8, kept by decode_line as a surrogate."""
-    return not text.isascii() and any("\udc80" <= character <= "\udcff" for character in text)
 
 
 def quoted_line_break_length(lines: list[bytes], position: int, text: str, width: int) -> int:

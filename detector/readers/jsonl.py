@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 from detector.events import Reject
-from detector.readers.base import INPUT_FIELDS, RawBatch
+from detector.readers.base import INPUT_FIELDS, RawBatch, has_surrogates
 from detector.readers.columns import RawColumn
 from detector.readers.reasons import format_value
 from detector.readers.source import InputFile, LineBlocks, index_lines, newline_offsets, non_blank_line_numbers
@@ -252,24 +252,9 @@ def _record_despite_unknown_fields(line: bytes, error: orjson.JSONDecodeError) -
 
     fields = {name: record[name] for name in INPUT_FIELDS if name in record}
     for name, value in fields.items():
-        if _has_surrogates(value):
+        if has_surrogates(value):
             return None, name, "not valid UTF-8 text; write the log in UTF-8"
     return fields, "", ""
-
-
-def _has_surrogates(value: object) -> bool:
-    """Return True if a string in value contains a surrogate code point, which UTF-8 cannot encode.
-
-    Bytes that are not UTF-8 become U+DC80-U+DCFF through surrogateescape, and a
-    lone escape such as "\\ud800" in the JSON text becomes any surrogate.
-    """
-    if isinstance(value, str):
-        return not value.isascii() and any("\ud800" <= character <= "\udfff" for character in value)
-    if isinstance(value, dict):
-        return any(_has_surrogates(key) or _has_surrogates(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogates(item) for item in value)
-    return False
 
 
 # Number words that some JSON writers emit (Python's json.dumps among them), which JSON does not allow.
