@@ -81,8 +81,9 @@ class KeySharingDetector:
     the old one's last use) is a new device. The shipped policy sends
     few-person sharing to review only.
 
-    TODO: the CI case needs to know which networks belong to cloud providers
-    (their published address ranges); the events carry no such field yet.
+    A CI runner or backend in a cloud region makes no device when the
+    operator lists the providers' published ranges (``hosting``, read from
+    ``FAIRUSE_HOSTING_NETWORKS``); without that list it is a new device.
     """
 
     switch_gap: float = 120.0
