@@ -231,3 +231,78 @@ def test_chat_request_ignores_an_image_only_throttle(publisher, gateway):
 
     assert gateway.check(key_id="key-1", endpoint="/v1/chat/completions").action == "allow"
     assert gateway.check(key_id="key-1", endpoint="/v1/images/edits").action == "throttle"
+
+
+@pytest.mark.parametrize("value", [
+    b"not json", b'{"x": 1}', b"[]", b'{"active": null}', b'"active"',
+    b'{"active": [{"action": "suspend"}]}',
+    b'{"active": [{"id": "a", "action": "suspend", "scope": "all", "limit_rpm": null, "reasons": [],'
+    b' "detected_ms": "0", "expires_ms": 1e20}]}',
+])
+def test_malformed_value_fails_open(redis_client, redis_prefix, gateway, value):
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), value)
+
+    verdict = gateway.check(key_id="key-1")
+
+    assert verdict.action == "allow"
+    assert verdict.fail_open is True
+    assert gateway.failures == 1
+
+
+def test_malformed_value_keeps_other_subjects(publisher, redis_client, redis_prefix, gateway):
+    account = replace(_decision("suspend", subject="acct-9"), subject_type="account", id="acct-suspend")
+    publisher.publish([account])
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), b"not json")
+
+    verdict = gateway.check(key_id="key-1", account_id="acct-9")
+
+    assert verdict.action == "suspend"
+    assert verdict.subject == "acct-9"
+    assert gateway.failures == 1
+
+
+def test_malformed_entry_keeps_other_entries(publisher, redis_client, redis_prefix, gateway):
+    publisher.publish([_decision("throttle")])
+    key = subject_key(redis_prefix, "key", "key-1")
+    value = orjson.loads(redis_client.get(key))
+    value["active"].insert(0, {"id": "broken", "action": "suspend"})
+    redis_client.set(key, orjson.dumps(value))
+
+    assert gateway.check(key_id="key-1").action == "throttle"
+
+
+@pytest.fixture
+def error_replying_redis():
+    """A loopback server that replies to every command with the MASTERDOWN error of a replica cut off from its master."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    reply = b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
+
+    def serve(connection):
+        with connection:
+            while connection.recv(65536):
+                connection.sendall(reply)
+
+    def accept():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+
+
+def test_redis_error_reply_fails_open(error_replying_redis):
+    client = DecisionClient(error_replying_redis, timeout=0.5)
+
+    verdict = client.check(key_id="key-1")
+
+    assert verdict.action == "allow"
+    assert verdict.fail_open is True
+    assert client.failures == 1
