@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ class DecisionClient:
         """
         if ip and ":" in ip:
             ip = canonical_ipv6(ip)
+        if endpoint is not None:
+            endpoint = request_path(endpoint)
         subjects = [
             (kind, value)
             for kind, value in (("key", key_id), ("account", account_id), ("ip", ip))
@@ -193,6 +196,20 @@ def _verdict(kind: str, value: str, entry: dict) -> Verdict:
         expires_at=entry["expires_ms"] / 1000,
         decision_id=entry["id"],
     )
+
+
+def request_path(endpoint: str) -> str:
+    """Return an endpoint as ``IMAGE_ENDPOINTS`` spells it: no query, no repeated or trailing slashes.
+
+    Routers commonly serve ``/v1/images/generations/`` and ``//v1/images/generations``
+    like ``/v1/images/generations``, so those spellings must not escape an image-only decision.
+    """
+    path = endpoint.split("?", 1)[0].split("#", 1)[0]
+    if "//" in path:
+        path = re.sub("/{2,}", "/", path)
+    if len(path) > 1:
+        path = path.rstrip("/")
+    return path
 
 
 def canonical_ipv6(text: str) -> str:

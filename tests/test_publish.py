@@ -306,3 +306,13 @@ def test_redis_error_reply_fails_open(error_replying_redis):
     assert verdict.action == "allow"
     assert verdict.fail_open is True
     assert client.failures == 1
+
+
+@pytest.mark.parametrize("endpoint", [
+    "/v1/images/generations/", "/v1/images/generations?size=1024x1024", "//v1/images/generations",
+    "/v1//images/edits", "/v1/images/variations#x",
+])
+def test_image_decision_covers_path_spellings(publisher, gateway, endpoint):
+    publisher.publish([_decision("suspend", scope="images")])
+
+    assert gateway.check(key_id="key-1", endpoint=endpoint).action == "suspend"
