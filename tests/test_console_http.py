@@ -1,7 +1,8 @@
 """Every console route over HTTP: logins, roles, CSRF, actions reaching Redis, masking and language."""
 
 import threading
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import pytest
@@ -308,6 +309,21 @@ def test_lift_from_case_page(client, gateway):
 
     assert response.headers["location"] == "/cases/2?done=lift"
     assert gateway.check(key_id="key-b").action == "allow"
+
+
+def test_lift_offered_for_decision_stamped_ahead(client, store, redis_client, redis_prefix, gateway):
+    # A gateway clock running ahead stamps the event later than now, so the decision applies from when it was stored.
+    ahead = replace(policy_decision("key-b", action="suspend", ident="suspend-key-b"),
+                    detected_at=datetime.now(UTC) + timedelta(minutes=30))
+    store.save_decisions([ahead])
+    DecisionPublisher(redis_client, prefix=redis_prefix).publish([ahead])
+    assert gateway.check(key_id="key-b").action == "suspend"
+    log_in(client, "rita")
+
+    page = client.get("/cases/2").text
+
+    assert 'action="/decisions/suspend-key-b/lift"' in page
+    assert '<tr class="active" data-decision="suspend-key-b">' in page
 
 
 def test_bulk_dismiss(client, store):
