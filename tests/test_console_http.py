@@ -1,5 +1,6 @@
 """Every console route over HTTP: logins, roles, CSRF, actions reaching Redis, masking and language."""
 
+import re
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -581,6 +582,23 @@ def test_language_follows_browser_then_choice(client):
     assert response.headers["location"] == "/cases/1"
     assert "案件队列" in client.get("/", headers={"Accept-Language": "en"}).text
     assert client.post("/language", data={"csrf_token": token, "language": "fr"}).status_code == 400
+
+
+@pytest.mark.parametrize(("path", "form", "back"), [
+    ("/cases/1/suspend", {"duration": "soon", "comment": "x"}, "/cases/1"),
+    ("/cases/bulk", {"action": "dismiss", "case_id": "99", "comment": "x"}, "/"),
+    ("/allowlist", {"subject_type": "ip", "subject": "not-an-address", "duration": "7d", "comment": "x"}, "/allowlist"),
+])
+def test_language_switch_on_error_page(client, path, form, back):
+    token = log_in(client, "rita")
+    failed = client.post(path, data={"csrf_token": token, **form})
+    assert failed.status_code >= 400
+    next_path = re.search(r'name="next" value="([^"]*)"', failed.text).group(1)
+
+    switched = client.post("/language", data={"csrf_token": token, "language": "zh_CN", "next": unescape(next_path)})
+
+    assert switched.status_code == 200
+    assert switched.url.path == back
 
 
 def test_login_page_in_browser_language(client):
