@@ -115,6 +115,19 @@ def test_throttle_carries_limit_to_gateway(store, queue, actions, gateway):
     assert verdict.scope == "images"
 
 
+def test_bulk_suspend_rejects_unknown_scope(store, queue, actions, gateway):
+    store.save_decisions([policy_decision("key-a")])
+    queue.sync()
+    case_id = queue.list()[0].id
+
+    with pytest.raises(ReviewError, match="invalid scope 'everything'"):
+        actions.resolve_cases([case_id], "suspend", staff="alice", comment="resold", duration=timedelta(hours=1),
+                              scope="everything")
+
+    assert queue.get(case_id).status == "open"
+    assert gateway.check(key_id="key-a").action == "allow"
+
+
 def test_dismiss_lifts_enforcement_and_labels_benign(store, queue, actions, gateway):
     store.save_decisions([
         policy_decision("key-a", ident="review-a"),

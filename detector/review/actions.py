@@ -225,8 +225,9 @@ class StaffActions:
             _check_duration(duration)
         if action == "throttle":
             _check_limit(limit_rpm)
-            if scope not in SCOPES:
-                raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
+        # Suspensions take the scope too, so an unknown one would store a decision that gateways ignore.
+        if action in ENFORCING and scope not in SCOPES:
+            raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
 
         def enforce(session: Session, now: datetime, changes: _Changes, case: CaseRow) -> Decision:
             return _enforce(session, now, changes, case, action, staff=staff, comment=comment, duration=duration,
