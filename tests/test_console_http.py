@@ -521,6 +521,8 @@ SPELLINGS = {
     "build v1.198.51.100.26": "198.51.100.26",
     "mapped ::FFFF:198.51.100.27, ok": "198.51.100.27",
     "zero-padded 198.51.100.028": "198.51.100.028",
+    "after a word and colon ip:2001:db8::5": "2001:db8::5",
+    "seen_from:2001:db8:1:2:3:4:5:6": "2001:db8:1:2:3:4:5:6",
 }
 LEAKY = " ".join(SPELLINGS)
 
