@@ -316,3 +316,21 @@ def test_image_decision_covers_path_spellings(publisher, gateway, endpoint):
     publisher.publish([_decision("suspend", scope="images")])
 
     assert gateway.check(key_id="key-1", endpoint=endpoint).action == "suspend"
+
+
+@pytest.mark.parametrize("value", [b"not json", b'{"active": null}', b'{"active": [{"action": "suspend"}]}'])
+def test_publish_replaces_malformed_value(publisher, redis_client, redis_prefix, gateway, value):
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), value)
+
+    publisher.publish([_decision("suspend")])
+
+    assert gateway.check(key_id="key-1").action == "suspend"
+    assert gateway.failures == 0
+
+
+def test_publish_replaces_key_of_another_type(publisher, redis_client, redis_prefix, gateway):
+    redis_client.hset(subject_key(redis_prefix, "key", "key-1"), "field", "value")
+
+    publisher.publish([_decision("suspend")])
+
+    assert gateway.check(key_id="key-1").action == "suspend"
