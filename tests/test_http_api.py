@@ -181,6 +181,28 @@ def test_stream_returns_only_changes_after_startup(setup):
     assert set(item["subject"] for item in body["new"]) <= {"key-1", "key-3"}
 
 
+def test_stream_since_survives_shared_key(setup):
+    client, headers, store, _ = setup
+    own = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+    time.sleep(0.01)
+    store.save_decisions([_decision("throttle", subject="key-3", created=datetime.now(UTC))])
+    # Another process with the same key pulled later, moving the key's cursor past the overlap.
+    GatewayRegistry(store.engine).mark_pulled("edge-1", datetime.now(UTC) + FEED_OVERLAP + timedelta(seconds=5))
+
+    body = client.get("/v1/decisions/stream", params={"since": own["pulled_at"]}, headers=headers).json()
+
+    assert [item["subject"] for item in body["new"]] == ["key-3"]
+    assert body["pulled_at"] > own["pulled_at"]
+
+
+def test_stream_since_without_time_zone_is_422(setup):
+    client, headers, _, _ = setup
+
+    response = client.get("/v1/decisions/stream", params={"since": "2026-01-01T00:00:00"}, headers=headers)
+
+    assert response.status_code == 422
+
+
 def test_feed_lists_decision_committed_just_after_a_pull(setup):
     _, _, store, _ = setup
     store.save_decisions([_decision("throttle", subject="late")])
