@@ -227,6 +227,25 @@ def test_queue_lists_cases_by_score(client):
     assert client.get("/?min_score=lots").status_code == 400
 
 
+@pytest.mark.parametrize(("method", "path", "form", "status"), [
+    ("get", "/?min_age=1e20", {}, 400),
+    ("get", "/?min_age=nan", {}, 400),
+    ("get", "/?min_score=nan", {}, 400),
+    ("get", "/cases/99999999999999999999", {}, 404),
+    ("post", "/cases/99999999999999999999/notes", {"body": "x"}, 404),
+    ("post", "/cases/bulk", {"action": "dismiss", "case_id": "99999999999999999999", "comment": "x"}, 404),
+])
+def test_out_of_range_numbers_rejected(client, method, path, form, status):
+    token = log_in(client, "rita")
+
+    if method == "get":
+        response = client.get(path)
+    else:
+        response = client.post(path, data={"csrf_token": token, **form})
+
+    assert response.status_code == status
+
+
 def test_case_page_shows_evidence_and_charts(client):
     log_in(client, "rita")
 
