@@ -25,6 +25,9 @@ from fairuse_console.display import Display, age_hours, in_force, when
 from fairuse_console.i18n import LANGUAGES, gettext_functions, language_from_header
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+# Row ids (cases, allowlist entries) are 32-bit integers on PostgreSQL and MariaDB, and larger numbers make
+# the database driver raise.
+MAX_ROW_ID = 2**31 - 1
 
 
 @dataclass(slots=True)

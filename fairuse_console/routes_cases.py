@@ -13,14 +13,12 @@ from detector.review.cases import SORT_KEYS, CaseFilter, shown_id
 from detector.review.errors import NotFoundError, ReviewError
 from detector.review.staff import StaffSession
 from fairuse_console.charts import activity_charts
-from fairuse_console.context import console_of, duration_field, int_field, render, text_field
+from fairuse_console.context import MAX_ROW_ID, console_of, duration_field, int_field, render, text_field
 from fairuse_console.security import acting_session, checked_form, current_session
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 BULK_ACTIONS = ("suspend", "throttle", "dismiss")
-# Case ids are 32-bit integers on PostgreSQL and MariaDB, and larger numbers make the database driver raise.
-MAX_CASE_ID = 2**31 - 1
 # Maximum min_age filter, 100 years in hours. A timedelta overflows far beyond it.
 MAX_AGE_HOURS = 24 * 365 * 100
 
@@ -130,7 +128,7 @@ def _case_id(value: object) -> int:
 
 def _checked_case_id(case_id: int) -> int:
     """Return ``case_id``, or raise ``NotFoundError`` when no case can have it."""
-    if not 1 <= case_id <= MAX_CASE_ID:
+    if not 1 <= case_id <= MAX_ROW_ID:
         raise NotFoundError(f"case {shown_id(str(case_id))} not found; list cases with 'fairuse review list'")
     return case_id
 

@@ -234,6 +234,7 @@ def test_queue_lists_cases_by_score(client):
     ("get", "/cases/99999999999999999999", {}, 404),
     ("post", "/cases/99999999999999999999/notes", {"body": "x"}, 404),
     ("post", "/cases/bulk", {"action": "dismiss", "case_id": "99999999999999999999", "comment": "x"}, 404),
+    ("post", "/allowlist/99999999999999999999/remove", {"comment": "x"}, 404),
 ])
 def test_out_of_range_numbers_rejected(client, method, path, form, status):
     token = log_in(client, "rita")
