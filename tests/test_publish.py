@@ -334,3 +334,11 @@ def test_publish_replaces_key_of_another_type(publisher, redis_client, redis_pre
     publisher.publish([_decision("suspend")])
 
     assert gateway.check(key_id="key-1").action == "suspend"
+
+
+def test_fail_closed_raises_on_malformed_value(redis_client, redis_prefix):
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), b"not json")
+    client = DecisionClient(prefix=redis_prefix, cache_seconds=0.0, fail_open=False)
+
+    with pytest.raises(ValueError, match="invalid decision value"):
+        client.check(key_id="key-1")
