@@ -13,7 +13,7 @@ from detector.store.gateways import GatewayError, GatewayRegistry
 from detector.store.repository import FEED_OVERLAP
 from fairuse_gateway import DecisionClient
 from workers.http_api import create_app
-from workers.publish import DecisionPublisher
+from workers.publish import DecisionPublisher, subject_key
 
 
 def _decision(action="suspend", *, subject="key-1", seconds=3600.0, ident=None, created=None, scope="all",
@@ -71,6 +71,17 @@ def test_check_unknown_subject_allows(setup):
     client, headers, _, _ = setup
 
     assert client.get("/v1/decisions", params={"key_id": "nobody"}, headers=headers).json()["action"] == "allow"
+
+
+def test_check_fails_open_on_malformed_value(setup, redis_client, redis_prefix):
+    client, headers, _, _ = setup
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), b"not json")
+
+    response = client.get("/v1/decisions", params={"key_id": "key-1"}, headers=headers)
+
+    assert response.status_code == 200
+    assert response.json()["action"] == "allow"
+    assert response.json()["fail_open"] is True
 
 
 def test_startup_snapshot_lists_each_subject_once(setup):
