@@ -25,6 +25,9 @@ from fairuse_console.display import Display, age_hours, in_force, when
 from fairuse_console.i18n import LANGUAGES, gettext_functions, language_from_header
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+# Row ids (cases, allowlist entries) are 32-bit integers on PostgreSQL and MariaDB, and larger numbers make
+# the database driver raise.
+MAX_ROW_ID = 2**31 - 1
 
 
 @dataclass(slots=True)
@@ -72,13 +75,27 @@ def render(request: Request, template: str, context: dict | None = None, status_
         "csrf_token": session.csrf_token if session else "",
         "language": language,
         "show": Display(member, console.pseudonym_key),
-        "path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        "path": _page_path(request),
         **gettext_functions(language),
         **(context or {}),
     }
     response = console.templates.TemplateResponse(request, template, values, status_code=status_code)
     response.headers["Content-Language"] = language.replace("_", "-")
     return response
+
+
+def _page_path(request: Request) -> str:
+    """Return the page the language menu goes back to: this one, or for a failed POST the page its form was on.
+
+    A POST route such as ``/cases/3/suspend`` has no GET page, so going back to it would get 405.
+    """
+    if request.method == "GET":
+        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    case_id = str(request.path_params.get("case_id", ""))
+    if case_id.isdigit():
+        return f"/cases/{case_id}"
+    section = "/" + request.url.path.strip("/").split("/")[0]
+    return section if section in ("/allowlist", "/audit", "/staff") else "/"
 
 
 # Form fields ------------------------------------------------------------------

@@ -53,5 +53,6 @@ def age_hours(moment: datetime) -> float:
 
 
 def in_force(decision, at: datetime | None = None) -> bool:
+    """Return whether gateways apply the decision at ``at``, counting from its storing when it was detected later."""
     at = at or datetime.now(UTC)
-    return not decision.simulated and decision.detected_at <= at < decision.expires_at
+    return not decision.simulated and decision.in_force_at(at)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import FormData
 
-from detector.review.errors import ReviewError
+from detector.review.errors import NotFoundError, ReviewError
 from detector.review.staff import StaffSession
-from fairuse_console.context import console_of, duration_field, render, text_field
+from fairuse_console.context import MAX_ROW_ID, console_of, duration_field, render, text_field
 from fairuse_console.security import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -97,6 +97,8 @@ def allowlist_add(request: Request, form: FormData = Depends(checked_form), sess
 @router.post("/allowlist/{entry_id}/remove")
 def allowlist_remove(entry_id: int, request: Request, form: FormData = Depends(checked_form),
                      session: StaffSession = Depends(acting_session)):
+    if not 1 <= entry_id <= MAX_ROW_ID:
+        raise NotFoundError(f"allowlist entry {entry_id} not found or already ended; see 'fairuse allowlist list'")
     console_of(request).actions.remove_allowlist(entry_id, staff=session.member.name, comment=text_field(form, "comment"))
     return RedirectResponse("/allowlist?done=remove", status_code=303)
 

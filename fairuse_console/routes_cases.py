@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import FormData
 
 from detector.review.cases import SORT_KEYS, CaseFilter, shown_id
-from detector.review.errors import ReviewError
+from detector.review.errors import NotFoundError, ReviewError
 from detector.review.staff import StaffSession
 from fairuse_console.charts import activity_charts
-from fairuse_console.context import console_of, duration_field, int_field, render, text_field
+from fairuse_console.context import MAX_ROW_ID, console_of, duration_field, int_field, render, text_field
 from fairuse_console.security import acting_session, checked_form, current_session
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 BULK_ACTIONS = ("suspend", "throttle", "dismiss")
+# Maximum min_age filter, 100 years in hours. A timedelta overflows far beyond it.
+MAX_AGE_HOURS = 24 * 365 * 100
 
 
 @router.get("/")
@@ -69,7 +72,7 @@ def bulk_action(request: Request, form: FormData = Depends(checked_form), sessio
 def case_page(case_id: int, request: Request, session: StaffSession = Depends(current_session)):
     """Render a case: subject, plan, decisions with evidence, charts of the last 7 days, notes and audit."""
     console = console_of(request)
-    detail = console.queue.detail(case_id)
+    detail = console.queue.detail(_checked_case_id(case_id))
     series = console.activity.series(detail.case.subject_type, detail.case.subject)
     return render(request, "case.html", {
         "detail": detail, "case": detail.case, "series": series, "charts": activity_charts(series),
@@ -83,7 +86,7 @@ def case_action(case_id: int, action: str, request: Request, form: FormData = De
     """Suspend, throttle, dismiss, allowlist or add a note to a case."""
     if action not in ("suspend", "throttle", "dismiss", "allowlist", "notes"):
         raise ReviewError(f"unknown case action {action!r}")
-    _apply(request, action, case_id, form, session)
+    _apply(request, action, _checked_case_id(case_id), form, session)
     return RedirectResponse(f"/cases/{case_id}?done={action}", status_code=303)
 
 
@@ -117,9 +120,17 @@ def _apply(request: Request, action: str, case_id: int, form: FormData, session:
 
 def _case_id(value: object) -> int:
     try:
-        return int(str(value))
+        case_id = int(str(value))
     except ValueError:
         raise ReviewError(f"invalid case id {shown_id(str(value))}; expected a number") from None
+    return _checked_case_id(case_id)
+
+
+def _checked_case_id(case_id: int) -> int:
+    """Return ``case_id``, or raise ``NotFoundError`` when no case can have it."""
+    if not 1 <= case_id <= MAX_ROW_ID:
+        raise NotFoundError(f"case {shown_id(str(case_id))} not found; list cases with 'fairuse review list'")
+    return case_id
 
 
 def _case_filter(params) -> CaseFilter:
@@ -128,9 +139,12 @@ def _case_filter(params) -> CaseFilter:
         if not text:
             return None
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
-            raise ReviewError(f"invalid {name} {text!r}; give a number") from None
+            raise ReviewError(f"invalid {name} {shown_id(text)}; give a number") from None
+        if not math.isfinite(value) or (name == "min_age" and not 0 <= value <= MAX_AGE_HOURS):
+            raise ReviewError(f"invalid {name} {shown_id(text)}; give a finite number, for min_age 0 to {MAX_AGE_HOURS:,} hours")
+        return value
 
     status = params.get("status", "open")
     return CaseFilter(

@@ -3,15 +3,18 @@
 The check is one Redis ``MGET`` for the subjects not in the local cache.
 Results are cached for at most ``cache_seconds`` (1 s by default), so a new
 decision reaches the gateway within that time. When Redis does not reply
-within ``timeout`` seconds the check fails open: it allows the request, logs a
+within ``timeout`` seconds, replies with an error, or stores a value that is not
+the published JSON, the check fails open: it allows the request, logs a
 warning at most once per ``log_interval`` seconds and counts the failure in
-``failures``. Pass ``fail_open=False`` to raise instead.
+``failures``. A malformed value or entry is skipped, so decisions on the
+request's other subjects still apply. Pass ``fail_open=False`` to raise instead.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -90,6 +93,8 @@ class DecisionClient:
         """
         if ip and ":" in ip:
             ip = canonical_ipv6(ip)
+        if endpoint is not None:
+            endpoint = request_path(endpoint)
         subjects = [
             (kind, value)
             for kind, value in (("key", key_id), ("account", account_id), ("ip", ip))
@@ -98,22 +103,40 @@ class DecisionClient:
         if not subjects:
             return ALLOW
 
+        keys = [f"{self.prefix}:decision:{kind}:{value}" for kind, value in subjects]
         try:
-            values = self._values([f"{self.prefix}:decision:{kind}:{value}" for kind, value in subjects])
-        except (redis.TimeoutError, redis.ConnectionError) as error:
+            values = self._values(keys)
+        except redis.RedisError as error:
+            # Timeouts and refused connections, but also replies such as MASTERDOWN or NOPERM.
             return self._on_failure(error)
 
         now_ms = time.time() * 1000
         best = ALLOW
         best_strength: tuple[int, int] = (0, 0)
-        for (kind, value), raw in zip(subjects, values):
+        unreadable: Exception | None = None
+        for (kind, value), key, raw in zip(subjects, keys, values):
             if raw is None:
                 continue
-            for entry in orjson.loads(raw)["active"]:
-                in_force = entry["detected_ms"] <= now_ms < entry["expires_ms"]
-                strength = _strength(entry, endpoint)
-                if in_force and strength[0] > 0 and strength > best_strength:
-                    best, best_strength = _verdict(kind, value, entry), strength
+            try:
+                entries = orjson.loads(raw)["active"]
+                if not isinstance(entries, list):
+                    raise TypeError(f"'active' is {type(entries).__name__}, not a list")
+            except (ValueError, KeyError, TypeError) as error:
+                unreadable = ValueError(f"invalid decision value at {key!r}: {error}")
+                continue
+            # A malformed entry skips only itself, so the subject's other decisions still apply.
+            for entry in entries:
+                try:
+                    in_force = entry["detected_ms"] <= now_ms < entry["expires_ms"]
+                    strength = _strength(entry, endpoint)
+                    if in_force and strength[0] > 0 and strength > best_strength:
+                        best, best_strength = _verdict(kind, value, entry), strength
+                except (ValueError, KeyError, TypeError) as error:
+                    unreadable = ValueError(f"invalid decision entry at {key!r}: {error!r}")
+        if unreadable is not None and best is ALLOW:
+            return self._on_failure(unreadable)
+        if unreadable is not None:
+            self._count_failure(unreadable)
         return best
 
     def _values(self, keys: list[str]) -> list[bytes | None]:
@@ -133,14 +156,18 @@ class DecisionClient:
         return [cached[key][1] for key in keys]
 
     def _on_failure(self, error: Exception) -> Verdict:
-        self.failures += 1
         if not self.fail_open:
+            self.failures += 1
             raise error
+        self._count_failure(error)
+        return Verdict(action="allow", fail_open=True)
+
+    def _count_failure(self, error: Exception) -> None:
+        self.failures += 1
         now = time.monotonic()
         if now - self._last_log >= self.log_interval:
             logger.warning("decision check failed open (%d failures so far): %s", self.failures, error)
             self._last_log = now
-        return Verdict(action="allow", fail_open=True)
 
 
 def _strength(entry: dict, endpoint: str | None) -> tuple[int, int]:
@@ -169,6 +196,20 @@ def _verdict(kind: str, value: str, entry: dict) -> Verdict:
         expires_at=entry["expires_ms"] / 1000,
         decision_id=entry["id"],
     )
+
+
+def request_path(endpoint: str) -> str:
+    """Return an endpoint as ``IMAGE_ENDPOINTS`` spells it: no query, no repeated or trailing slashes.
+
+    Routers commonly serve ``/v1/images/generations/`` and ``//v1/images/generations``
+    like ``/v1/images/generations``, so those spellings must not escape an image-only decision.
+    """
+    path = endpoint.split("?", 1)[0].split("#", 1)[0]
+    if "//" in path:
+        path = re.sub("/{2,}", "/", path)
+    if len(path) > 1:
+        path = path.rstrip("/")
+    return path
 
 
 def canonical_ipv6(text: str) -> str:

@@ -1,7 +1,9 @@
 """Every console route over HTTP: logins, roles, CSRF, actions reaching Redis, masking and language."""
 
+import re
 import threading
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import pytest
@@ -225,6 +227,26 @@ def test_queue_lists_cases_by_score(client):
     assert client.get("/?min_score=lots").status_code == 400
 
 
+@pytest.mark.parametrize(("method", "path", "form", "status"), [
+    ("get", "/?min_age=1e20", {}, 400),
+    ("get", "/?min_age=nan", {}, 400),
+    ("get", "/?min_score=nan", {}, 400),
+    ("get", "/cases/99999999999999999999", {}, 404),
+    ("post", "/cases/99999999999999999999/notes", {"body": "x"}, 404),
+    ("post", "/cases/bulk", {"action": "dismiss", "case_id": "99999999999999999999", "comment": "x"}, 404),
+    ("post", "/allowlist/99999999999999999999/remove", {"comment": "x"}, 404),
+])
+def test_out_of_range_numbers_rejected(client, method, path, form, status):
+    token = log_in(client, "rita")
+
+    if method == "get":
+        response = client.get(path)
+    else:
+        response = client.post(path, data={"csrf_token": token, **form})
+
+    assert response.status_code == status
+
+
 def test_case_page_shows_evidence_and_charts(client):
     log_in(client, "rita")
 
@@ -308,6 +330,21 @@ def test_lift_from_case_page(client, gateway):
 
     assert response.headers["location"] == "/cases/2?done=lift"
     assert gateway.check(key_id="key-b").action == "allow"
+
+
+def test_lift_offered_for_decision_stamped_ahead(client, store, redis_client, redis_prefix, gateway):
+    # A gateway clock running ahead stamps the event later than now, so the decision applies from when it was stored.
+    ahead = replace(policy_decision("key-b", action="suspend", ident="suspend-key-b"),
+                    detected_at=datetime.now(UTC) + timedelta(minutes=30))
+    store.save_decisions([ahead])
+    DecisionPublisher(redis_client, prefix=redis_prefix).publish([ahead])
+    assert gateway.check(key_id="key-b").action == "suspend"
+    log_in(client, "rita")
+
+    page = client.get("/cases/2").text
+
+    assert 'action="/decisions/suspend-key-b/lift"' in page
+    assert '<tr class="active" data-decision="suspend-key-b">' in page
 
 
 def test_bulk_dismiss(client, store):
@@ -504,6 +541,8 @@ SPELLINGS = {
     "build v1.198.51.100.26": "198.51.100.26",
     "mapped ::FFFF:198.51.100.27, ok": "198.51.100.27",
     "zero-padded 198.51.100.028": "198.51.100.028",
+    "after a word and colon ip:2001:db8::5": "2001:db8::5",
+    "seen_from:2001:db8:1:2:3:4:5:6": "2001:db8:1:2:3:4:5:6",
 }
 LEAKY = " ".join(SPELLINGS)
 
@@ -565,6 +604,23 @@ def test_language_follows_browser_then_choice(client):
     assert response.headers["location"] == "/cases/1"
     assert "案件队列" in client.get("/", headers={"Accept-Language": "en"}).text
     assert client.post("/language", data={"csrf_token": token, "language": "fr"}).status_code == 400
+
+
+@pytest.mark.parametrize(("path", "form", "back"), [
+    ("/cases/1/suspend", {"duration": "soon", "comment": "x"}, "/cases/1"),
+    ("/cases/bulk", {"action": "dismiss", "case_id": "99", "comment": "x"}, "/"),
+    ("/allowlist", {"subject_type": "ip", "subject": "not-an-address", "duration": "7d", "comment": "x"}, "/allowlist"),
+])
+def test_language_switch_on_error_page(client, path, form, back):
+    token = log_in(client, "rita")
+    failed = client.post(path, data={"csrf_token": token, **form})
+    assert failed.status_code >= 400
+    next_path = re.search(r'name="next" value="([^"]*)"', failed.text).group(1)
+
+    switched = client.post("/language", data={"csrf_token": token, "language": "zh_CN", "next": unescape(next_path)})
+
+    assert switched.status_code == 200
+    assert switched.url.path == back
 
 
 def test_login_page_in_browser_language(client):

@@ -13,7 +13,7 @@ from detector.store.gateways import GatewayError, GatewayRegistry
 from detector.store.repository import FEED_OVERLAP
 from fairuse_gateway import DecisionClient
 from workers.http_api import create_app
-from workers.publish import DecisionPublisher
+from workers.publish import DecisionPublisher, subject_key
 
 
 def _decision(action="suspend", *, subject="key-1", seconds=3600.0, ident=None, created=None, scope="all",
@@ -71,6 +71,17 @@ def test_check_unknown_subject_allows(setup):
     client, headers, _, _ = setup
 
     assert client.get("/v1/decisions", params={"key_id": "nobody"}, headers=headers).json()["action"] == "allow"
+
+
+def test_check_fails_open_on_malformed_value(setup, redis_client, redis_prefix):
+    client, headers, _, _ = setup
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), b"not json")
+
+    response = client.get("/v1/decisions", params={"key_id": "key-1"}, headers=headers)
+
+    assert response.status_code == 200
+    assert response.json()["action"] == "allow"
+    assert response.json()["fail_open"] is True
 
 
 def test_startup_snapshot_lists_each_subject_once(setup):
@@ -179,6 +190,28 @@ def test_stream_returns_only_changes_after_startup(setup):
     # key-1 may come again: a pull looks FEED_OVERLAP back, and gateways apply decisions by id.
     assert "key-3" in [item["subject"] for item in body["new"]]
     assert set(item["subject"] for item in body["new"]) <= {"key-1", "key-3"}
+
+
+def test_stream_since_survives_shared_key(setup):
+    client, headers, store, _ = setup
+    own = client.get("/v1/decisions/stream", params={"startup": "true"}, headers=headers).json()
+    time.sleep(0.01)
+    store.save_decisions([_decision("throttle", subject="key-3", created=datetime.now(UTC))])
+    # Another process with the same key pulled later, moving the key's cursor past the overlap.
+    GatewayRegistry(store.engine).mark_pulled("edge-1", datetime.now(UTC) + FEED_OVERLAP + timedelta(seconds=5))
+
+    body = client.get("/v1/decisions/stream", params={"since": own["pulled_at"]}, headers=headers).json()
+
+    assert [item["subject"] for item in body["new"]] == ["key-3"]
+    assert body["pulled_at"] > own["pulled_at"]
+
+
+def test_stream_since_without_time_zone_is_422(setup):
+    client, headers, _, _ = setup
+
+    response = client.get("/v1/decisions/stream", params={"since": "2026-01-01T00:00:00"}, headers=headers)
+
+    assert response.status_code == 422
 
 
 def test_feed_lists_decision_committed_just_after_a_pull(setup):

@@ -231,3 +231,114 @@ def test_chat_request_ignores_an_image_only_throttle(publisher, gateway):
 
     assert gateway.check(key_id="key-1", endpoint="/v1/chat/completions").action == "allow"
     assert gateway.check(key_id="key-1", endpoint="/v1/images/edits").action == "throttle"
+
+
+@pytest.mark.parametrize("value", [
+    b"not json", b'{"x": 1}', b"[]", b'{"active": null}', b'"active"',
+    b'{"active": [{"action": "suspend"}]}',
+    b'{"active": [{"id": "a", "action": "suspend", "scope": "all", "limit_rpm": null, "reasons": [],'
+    b' "detected_ms": "0", "expires_ms": 1e20}]}',
+])
+def test_malformed_value_fails_open(redis_client, redis_prefix, gateway, value):
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), value)
+
+    verdict = gateway.check(key_id="key-1")
+
+    assert verdict.action == "allow"
+    assert verdict.fail_open is True
+    assert gateway.failures == 1
+
+
+def test_malformed_value_keeps_other_subjects(publisher, redis_client, redis_prefix, gateway):
+    account = replace(_decision("suspend", subject="acct-9"), subject_type="account", id="acct-suspend")
+    publisher.publish([account])
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), b"not json")
+
+    verdict = gateway.check(key_id="key-1", account_id="acct-9")
+
+    assert verdict.action == "suspend"
+    assert verdict.subject == "acct-9"
+    assert gateway.failures == 1
+
+
+def test_malformed_entry_keeps_other_entries(publisher, redis_client, redis_prefix, gateway):
+    publisher.publish([_decision("throttle")])
+    key = subject_key(redis_prefix, "key", "key-1")
+    value = orjson.loads(redis_client.get(key))
+    value["active"].insert(0, {"id": "broken", "action": "suspend"})
+    redis_client.set(key, orjson.dumps(value))
+
+    assert gateway.check(key_id="key-1").action == "throttle"
+
+
+@pytest.fixture
+def error_replying_redis():
+    """A loopback server that replies to every command with the MASTERDOWN error of a replica cut off from its master."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    reply = b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
+
+    def serve(connection):
+        with connection:
+            while connection.recv(65536):
+                connection.sendall(reply)
+
+    def accept():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+
+
+def test_redis_error_reply_fails_open(error_replying_redis):
+    client = DecisionClient(error_replying_redis, timeout=0.5)
+
+    verdict = client.check(key_id="key-1")
+
+    assert verdict.action == "allow"
+    assert verdict.fail_open is True
+    assert client.failures == 1
+
+
+@pytest.mark.parametrize("endpoint", [
+    "/v1/images/generations/", "/v1/images/generations?size=1024x1024", "//v1/images/generations",
+    "/v1//images/edits", "/v1/images/variations#x",
+])
+def test_image_decision_covers_path_spellings(publisher, gateway, endpoint):
+    publisher.publish([_decision("suspend", scope="images")])
+
+    assert gateway.check(key_id="key-1", endpoint=endpoint).action == "suspend"
+
+
+@pytest.mark.parametrize("value", [b"not json", b'{"active": null}', b'{"active": [{"action": "suspend"}]}'])
+def test_publish_replaces_malformed_value(publisher, redis_client, redis_prefix, gateway, value):
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), value)
+
+    publisher.publish([_decision("suspend")])
+
+    assert gateway.check(key_id="key-1").action == "suspend"
+    assert gateway.failures == 0
+
+
+def test_publish_replaces_key_of_another_type(publisher, redis_client, redis_prefix, gateway):
+    redis_client.hset(subject_key(redis_prefix, "key", "key-1"), "field", "value")
+
+    publisher.publish([_decision("suspend")])
+
+    assert gateway.check(key_id="key-1").action == "suspend"
+
+
+def test_fail_closed_raises_on_malformed_value(redis_client, redis_prefix):
+    redis_client.set(subject_key(redis_prefix, "key", "key-1"), b"not json")
+    client = DecisionClient(prefix=redis_prefix, cache_seconds=0.0, fail_open=False)
+
+    with pytest.raises(ValueError, match="invalid decision value"):
+        client.check(key_id="key-1")

@@ -115,6 +115,39 @@ def test_throttle_carries_limit_to_gateway(store, queue, actions, gateway):
     assert verdict.scope == "images"
 
 
+def test_bulk_suspend_rejects_unknown_scope(store, queue, actions, gateway):
+    store.save_decisions([policy_decision("key-a")])
+    queue.sync()
+    case_id = queue.list()[0].id
+
+    with pytest.raises(ReviewError, match="invalid scope 'everything'"):
+        actions.resolve_cases([case_id], "suspend", staff="alice", comment="resold", duration=timedelta(hours=1),
+                              scope="everything")
+
+    assert queue.get(case_id).status == "open"
+    assert gateway.check(key_id="key-a").action == "allow"
+
+
+def test_dismiss_lifts_only_exact_subject(store, queue, actions, gateway):
+    # MariaDB compares text case-insensitively by default, but key ids are case-sensitive.
+    store.save_decisions([
+        policy_decision("key-a", ident="review-a"),
+        policy_decision("key-a", action="throttle", ident="throttle-a"),
+        policy_decision("KEY-A", action="suspend", ident="suspend-upper"),
+    ])
+    queue.sync()
+    DecisionPublisher(actions.publisher.client, prefix=actions.publisher.prefix).publish(store.active_decisions())
+    case_id = queue.list()[0].id
+
+    lifted = actions.dismiss(case_id, staff="bob", comment="a team behind one NAT")
+
+    assert [decision.id for decision in lifted] == ["throttle-a"]
+    assert gateway.check(key_id="KEY-A").action == "suspend"
+    assert [decision.id for decision in queue.detail(case_id).decisions] == ["throttle-a", "review-a"]
+    [audit] = [record for record in AuditLog(store.engine).records() if record.action == "dismiss"]
+    assert [entry["id"] for entry in audit.before["in_force"]] == ["review-a", "throttle-a"]
+
+
 def test_dismiss_lifts_enforcement_and_labels_benign(store, queue, actions, gateway):
     store.save_decisions([
         policy_decision("key-a", ident="review-a"),

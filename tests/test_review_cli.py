@@ -1,6 +1,8 @@
 """The review commands end to end: staff, decisions, cases, allowlist and audit, against SQLite and Redis."""
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,18 @@ def test_decisions_add_list_delete(run, gateway):
     assert gateway.check(key_id="key-9").action == "allow"
     assert decision_id not in run("decisions", "list", "--active").output
     assert "ended" in run("decisions", "list", "--subject", "key-9").output
+
+
+def test_decision_stamped_ahead_listed_in_force(run, sqlite_url):
+    # A gateway clock running ahead stamps the event later than now, so the decision applies from when it was stored.
+    ahead = replace(policy_decision("key-ahead", action="suspend", ident="suspend-ahead"),
+                    detected_at=datetime.now(UTC) + timedelta(minutes=30))
+    open_store(sqlite_url).save_decisions([ahead])
+
+    listed = run("decisions", "list", "--active")
+
+    assert "suspend-ahead" in listed.output
+    assert "in force" in listed.output
 
 
 def test_decisions_add_bad_duration(run):

@@ -2,11 +2,12 @@
 
 ``GET /v1/decisions`` checks one request's key, account and address, as
 ``fairuse_gateway.DecisionClient.check`` does. ``GET /v1/decisions/stream``
-returns ``{"new": [...], "deleted": [...]}``. With ``startup=true`` it lists
+returns ``{"new": [...], "deleted": [...], "pulled_at": ...}``. With ``startup=true`` it lists
 every enforced decision in force, the strongest per subject, so a subject
 appears once. Otherwise it lists the changes since that gateway's previous
-pull, and a subject whose decision ended but which still has another in force
-gets that one in ``new`` again. Every call
+pull, or since ``since`` (the ``pulled_at`` of the caller's previous
+response), and a subject whose decision ended but which still has another in
+force gets that one in ``new`` again. Every call
 needs an ``X-Api-Key`` issued by ``fairuse gateways add NAME``. FastAPI serves
 the OpenAPI description at ``/openapi.json`` and ``/docs``.
 """
@@ -76,8 +77,11 @@ class DecisionOut(BaseModel):
 
 
 class StreamOut(BaseModel):
+    """Changes since the previous pull; pass ``pulled_at`` as ``since`` in the next one."""
+
     new: list[DecisionOut]
     deleted: list[DecisionOut]
+    pulled_at: datetime
 
 
 def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
@@ -119,14 +123,21 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
     def stream(
         caller: Annotated[Gateway, Depends(gateway)],
         startup: Annotated[bool, Query(description="Return every decision in force instead of the changes.")] = False,
+        since: Annotated[datetime | None, Query(
+            description="The pulled_at of this process's previous response. Without it, the changes since the "
+                        "previous pull with this X-Api-Key, which another process sharing the key may have made.",
+        )] = None,
     ) -> StreamOut:
-        """Return new and deleted decisions since this gateway's previous pull."""
+        """Return new and deleted decisions since ``since``, else since this gateway's previous pull."""
+        if since is not None and since.tzinfo is None:
+            raise HTTPException(status_code=422, detail=f"invalid since {since.isoformat()}: missing time zone; pass pulled_at as returned")
         now = datetime.now(UTC)
-        if startup or caller.last_pull_at is None:
+        start = caller.last_pull_at if since is None else since
+        if startup or start is None:
             in_force = store.active_decisions(now)
             new, deleted = _strongest_per_subject(in_force), []
         else:
-            changed, deleted = store.changes_between(caller.last_pull_at, now)
+            changed, deleted = store.changes_between(start, now)
             in_force = _in_force_of(store, changed + deleted, now)
             new = _strongest_per_subject(changed + in_force)
         registry.mark_pulled(caller.name, now)
@@ -134,6 +145,7 @@ def create_app(store: DecisionStore, client: DecisionClient) -> FastAPI:
         return StreamOut(
             new=[_out(decision, image_limits.get(decision.id)) for decision in new],
             deleted=[_out(decision) for decision in deleted],
+            pulled_at=now,
         )
 
     return app

@@ -34,10 +34,14 @@ local now = tonumber(ARGV[1])
 local removed = {}
 for _, id in ipairs(cjson.decode(ARGV[3])) do removed[id] = true end
 local kept, seen = {}, {}
-local current = redis.call('GET', KEYS[1])
-if current then
-  for _, entry in ipairs(cjson.decode(current)['active']) do
-    if entry['expires_ms'] > now and not removed[entry['id']] then
+-- A value that is not a string of the published JSON (written by something else) is replaced, not kept.
+local current = redis.pcall('GET', KEYS[1])
+local ok, decoded = false, nil
+if type(current) == 'string' then ok, decoded = pcall(cjson.decode, current) end
+if ok and type(decoded) == 'table' and type(decoded['active']) == 'table' then
+  for _, entry in ipairs(decoded['active']) do
+    if type(entry) == 'table' and type(entry['expires_ms']) == 'number' and entry['id'] ~= nil
+        and entry['expires_ms'] > now and not removed[entry['id']] then
       kept[#kept + 1] = entry
       seen[entry['id']] = true
     end

@@ -225,8 +225,9 @@ class StaffActions:
             _check_duration(duration)
         if action == "throttle":
             _check_limit(limit_rpm)
-            if scope not in SCOPES:
-                raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
+        # Suspensions take the scope too, so an unknown one would store a decision that gateways ignore.
+        if action in ENFORCING and scope not in SCOPES:
+            raise ReviewError(f"invalid scope {scope!r}; expected one of {', '.join(SCOPES)}")
 
         def enforce(session: Session, now: datetime, changes: _Changes, case: CaseRow) -> Decision:
             return _enforce(session, now, changes, case, action, staff=staff, comment=comment, duration=duration,
@@ -388,13 +389,15 @@ def _case_of_decision(session: Session, decision_id: str) -> CaseRow | None:
 
 
 def _in_force(session: Session, subject_type: str, subject: str, now: datetime) -> list[DecisionRow]:
-    return list(session.scalars(
+    rows = session.scalars(
         select(DecisionRow)
         .where(DecisionRow.subject_type == subject_type, DecisionRow.subject == subject)
         .where(DecisionRow.simulated.is_(False), DecisionRow.expires_at > now)
         .where(or_(DecisionRow.detected_at <= now, DecisionRow.created_at <= now))
         .order_by(DecisionRow.detected_at)
-    ))
+    )
+    # MariaDB compares text case-insensitively by default; keep exact matches only.
+    return [row for row in rows if row.subject == subject]
 
 
 def _lift_enforcing(session: Session, subject_type: str, subject: str, now: datetime) -> list[Decision]:
@@ -453,16 +456,17 @@ def _state(session: Session, subject_type: str, subject: str, now: datetime) -> 
     """Return what an action can change about a subject: its case, decisions in force and allowlisting."""
     session.flush()
     case = open_case_for(session, subject_type, subject)
-    allowlisted = session.scalar(
-        select(AllowlistRow.id).where(
+    allowlisted = session.scalars(
+        select(AllowlistRow.subject).where(
             AllowlistRow.subject_type == subject_type, AllowlistRow.subject == subject,
             AllowlistRow.removed_at.is_(None), AllowlistRow.created_at <= now, AllowlistRow.expires_at > now,
-        ).limit(1)
+        )
     )
     return {
         "open_case": case.id if case else None,
         "in_force": [_summary(decision_from_row(row)) for row in _in_force(session, subject_type, subject, now)],
-        "allowlisted": allowlisted is not None,
+        # MariaDB compares text case-insensitively by default; keep exact matches only.
+        "allowlisted": subject in allowlisted,
     }
 
 

@@ -29,4 +29,6 @@ class AuditLog:
         if since is not None:
             query = query.where(AuditRow.created_at >= since)
         with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(query))
+            records = list(session.scalars(query))
+        # MariaDB compares text case-insensitively by default; keep exact matches only.
+        return [record for record in records if not subject or record.subject == subject]

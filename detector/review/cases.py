@@ -174,7 +174,12 @@ class CaseQueue:
                 .where(AllowlistRow.subject_type == case.subject_type, AllowlistRow.subject == case.subject)
                 .order_by(AllowlistRow.created_at.desc())
             ))
-        return CaseDetail(case=case, decisions=decisions, notes=notes, labels=labels, audit=audit, allowlist=allowlist)
+        # MariaDB compares text case-insensitively by default; keep exact matches only.
+        return CaseDetail(
+            case=case, decisions=[decision for decision in decisions if decision.subject == case.subject], notes=notes,
+            labels=[label for label in labels if label.subject == case.subject], audit=audit,
+            allowlist=[entry for entry in allowlist if entry.subject == case.subject],
+        )
 
 
 def check_subject(subject_type: str, subject: str) -> None:

@@ -103,7 +103,7 @@ def decisions() -> None:
 @_database_option
 def decisions_list(subject, active, limit, database_url) -> None:
     """List decisions, newest detection first."""
-    from sqlalchemy import select
+    from sqlalchemy import or_, select
     from sqlalchemy.orm import Session
 
     from detector.readers.checks import normalize_ip
@@ -115,11 +115,14 @@ def decisions_list(subject, active, limit, database_url) -> None:
     if subject:
         query = query.where(DecisionRow.subject == (normalize_ip(subject) or subject))
     if active:
-        query = query.where(DecisionRow.simulated.is_(False), DecisionRow.detected_at <= now, DecisionRow.expires_at > now)
+        query = query.where(
+            DecisionRow.simulated.is_(False), DecisionRow.expires_at > now,
+            or_(DecisionRow.detected_at <= now, DecisionRow.created_at <= now),
+        )
     with Session(_engine(database_url)) as session:
         found = [decision_from_row(row) for row in session.scalars(query)]
     for decision in found:
-        state = "in force" if decision.detected_at <= now < decision.expires_at else "ended"
+        state = "in force" if decision.in_force_at(now) else "ended"
         limit_text = f" {decision.limit_rpm} rpm" if decision.limit_rpm else ""
         click.echo(
             f"{decision.id}\t{decision.subject_type}:{decision.subject}\t{decision.action}{limit_text}\t"
@@ -219,7 +222,7 @@ def review_show(case_id, database_url) -> None:
     now = datetime.now(UTC)
     click.echo("decisions:")
     for decision in detail.decisions:
-        state = "in force" if decision.detected_at <= now < decision.expires_at and not decision.simulated else "ended"
+        state = "in force" if decision.in_force_at(now) and not decision.simulated else "ended"
         click.echo(f"  {decision.id} {decision.action} {_when(decision.detected_at)} to {_when(decision.expires_at)} "
                    f"{state} {decision.origin}")
         click.echo("    evidence: " + json.dumps(decision.evidence, sort_keys=True, default=str))

@@ -21,8 +21,13 @@ from detector.readers.checks import normalize_ip
 # IPv6 candidate may end in a dotted IPv4 part; a run of dotted numbers may
 # hold an IPv4 address inside a longer token ("v1.198.51.100.26"). Either may
 # carry a prefix length. A trailing period is sentence punctuation, not part
-# of the address.
-_IPV6 = r"(?<![0-9A-Fa-f:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?:/\d{1,3})?"
+# of the address. An IPv6 candidate starts with a hex group or "::", and may
+# follow a word and one colon ("ip:2001:db8::1"), but never starts inside a
+# run of hex groups.
+_IPV6 = (
+    r"(?<![0-9A-Fa-f.])(?<![0-9A-Fa-f:.]:)(?:[0-9A-Fa-f]{1,4}:|:(?=:))(?:[0-9A-Fa-f]{0,4}:){1,6}"
+    r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?:/\d{1,3})?"
+)
 _DOTTED = r"(?<![\d.])\d+(?:\.\d+)+(?:/\d{1,3})?"
 _ADDRESS = re.compile(f"(?P<v6>{_IPV6})|(?P<dotted>{_DOTTED})")
 
