@@ -1,11 +1,19 @@
-"""The Chinese catalog covers every message of the console, and the language helpers pick correctly."""
+"""The Chinese catalog covers every message of the console, Chinese pages carry no English fragments, and the language helpers pick correctly."""
 
+import re
+from datetime import timedelta
 from pathlib import Path
 
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.pofile import read_po
+from fastapi.testclient import TestClient
 
+from detector.review.actions import StaffActions
+from detector.review.cases import CaseQueue
+from fairuse_console import create_app
 from fairuse_console.i18n import gettext_functions, language_from_header
+from tests.review_support import add_staff, log_in, policy_decision
+from workers.publish import DecisionPublisher
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fairuse_console"
 CATALOG = PACKAGE / "locale" / "zh_CN" / "LC_MESSAGES" / "messages.po"
@@ -47,3 +55,52 @@ def test_accept_language_ranking():
     assert language_from_header("zh;q=0, en") == "en"
     assert language_from_header("") == "en"
     assert language_from_header("zh-CN;q=bad, en;q=0.5") == "en"
+
+
+def _chinese_console(store, redis_client, redis_prefix) -> TestClient:
+    """Return a console client logged in as reviewer rita, whose case 1 is throttled on image endpoints."""
+    store.save_decisions([
+        policy_decision("key-a", score=90, ident="review-key-a"),
+        policy_decision("key-b", score=70, ident="review-key-b"),
+    ])
+    CaseQueue(store.engine).sync()
+    add_staff(store.engine, "rita", "reviewer")
+    publisher = DecisionPublisher(redis_client, prefix=redis_prefix)
+    StaffActions(store.engine, publisher).throttle(
+        1, staff="rita", limit_rpm=10, duration=timedelta(hours=6), comment="图像请求过多", scope="images",
+    )
+    client = TestClient(create_app(engine=store.engine, publisher=publisher),
+                        headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    log_in(client, "rita")
+    return client
+
+
+def test_chinese_case_units_and_scope(store, redis_client, redis_prefix):
+    with _chinese_console(store, redis_client, redis_prefix) as client:
+        page = client.get("/cases/1").text
+
+    assert "案件 #1：" in page
+    assert "限流 每分钟 10 次 （仅图像端点）" in page
+    assert "/min" not in page
+    assert "(images)" not in page
+    assert "已处理（已限流，rita）" in page
+    assert "rita（审核员）" in page
+    assert "rita：" in page
+
+
+def test_chinese_allowlist_button_verb(store, redis_client, redis_prefix):
+    with _chinese_console(store, redis_client, redis_prefix) as client:
+        page = client.get("/cases/2").text
+
+    assert "<strong>加入白名单</strong>" in page
+    assert '<button type="submit">加入白名单</button>' in page
+    assert '<button type="submit">白名单</button>' not in page
+
+
+def test_chinese_queue_waiting_hours(store, redis_client, redis_prefix):
+    with _chinese_console(store, redis_client, redis_prefix) as client:
+        page = client.get("/?status=all").text
+
+    assert re.search(r"<td>\d+ 小时</td>", page)
+    assert " h</td>" not in page
+    assert "已处理（已限流）" in page
