@@ -104,3 +104,12 @@ def test_chinese_queue_waiting_hours(store, redis_client, redis_prefix):
     assert re.search(r"<td>\d+ 小时</td>", page)
     assert " h</td>" not in page
     assert "已处理（已限流）" in page
+
+
+def test_chinese_login_and_subject_terms():
+    translate = gettext_functions("zh_CN")["_"]
+
+    assert translate("Name") == "用户名"
+    assert translate("Unknown name or wrong password.") == "用户名不存在或密码错误。"
+    assert translate("Subject") == "主体"
+    assert translate("Subject type") == "主体类型"
