@@ -113,3 +113,27 @@ def test_chinese_login_and_subject_terms():
     assert translate("Unknown name or wrong password.") == "用户名不存在或密码错误。"
     assert translate("Subject") == "主体"
     assert translate("Subject type") == "主体类型"
+
+
+def _literals(pattern: str) -> set[str]:
+    source = (Path(__file__).resolve().parents[1] / "detector" / "review" / "actions.py").read_text()
+    return set(re.findall(pattern, source))
+
+
+def test_data_words_translated():
+    """Words the templates pass to ``_`` from stored rows need a catalog entry too, which extraction cannot see."""
+    from detector.decisions import ACTIONS
+    from detector.review.cases import SORT_KEYS
+    from detector.review.vocabulary import CASE_STATUSES, ROLES
+
+    audit_actions = _literals(r'_audit\(session, now, staff, "(\w+)"') | {"suspend", "throttle"}
+    resolutions = _literals(r'_resolve\(case, "(\w+)"')
+    resolutions |= _literals(r'_resolve\(case, "\w+" if action == "\w+" else "(\w+)"')
+    verdicts = _literals(r'_label\(session, case, "(\w+)"')
+    translate = gettext_functions("zh_CN")["_"]
+
+    assert audit_actions >= {"open_case", "note", "lift", "allowlist", "unallowlist", "dismiss"}
+    assert resolutions == {"suspended", "throttled", "dismissed", "allowlisted"}
+    assert verdicts == {"abuse", "benign"}
+    for word in sorted({*ACTIONS, *SORT_KEYS, *CASE_STATUSES, *ROLES, *audit_actions, *resolutions, *verdicts}):
+        assert translate(word) != word, f"{word!r} has no Chinese translation; list it in fairuse_console/messages.py and translate it in {CATALOG.name}"
