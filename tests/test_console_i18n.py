@@ -137,3 +137,13 @@ def test_data_words_translated():
     assert verdicts == {"abuse", "benign"}
     for word in sorted({*ACTIONS, *SORT_KEYS, *CASE_STATUSES, *ROLES, *audit_actions, *resolutions, *verdicts}):
         assert translate(word) != word, f"{word!r} has no Chinese translation; list it in fairuse_console/messages.py and translate it in {CATALOG.name}"
+
+
+def test_readme_terms_match_console():
+    """README.zh-CN.md glosses the field's English terms, so the console must use the same Chinese words."""
+    readme = (PACKAGE.parent / "README.zh-CN.md").read_text(encoding="utf-8")
+    translate = gettext_functions("zh_CN")["_"]
+
+    for english, source in (("throttle", "Throttle"), ("suspend", "Suspend")):
+        assert f"**{english}（{translate(source)}）**" in readme, english
+    assert f"{translate('Subject')}（subject）" in readme
