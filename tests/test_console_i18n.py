@@ -80,7 +80,7 @@ def test_chinese_case_units_and_scope(store, redis_client, redis_prefix):
         page = client.get("/cases/1").text
 
     assert "案件 #1：" in page
-    assert "限流 每分钟 10 次 （仅图像端点）" in page
+    assert "限流 每分钟 10 次 （仅图片端点）" in page
     assert "/min" not in page
     assert "(images)" not in page
     assert "已处理（已限流，rita）" in page
@@ -147,3 +147,5 @@ def test_readme_terms_match_console():
     for english, source in (("throttle", "Throttle"), ("suspend", "Suspend")):
         assert f"**{english}（{translate(source)}）**" in readme, english
     assert f"{translate('Subject')}（subject）" in readme
+    assert "图片额度" in readme
+    assert translate("image endpoints").startswith("图片")
