@@ -12,7 +12,7 @@ from detector.review.actions import StaffActions
 from detector.review.cases import CaseQueue
 from fairuse_console import create_app
 from fairuse_console.i18n import gettext_functions, language_from_header
-from tests.review_support import add_staff, log_in, policy_decision
+from tests.review_support import add_staff, csrf_token, log_in, policy_decision
 from workers.publish import DecisionPublisher
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fairuse_console"
@@ -149,3 +149,32 @@ def test_readme_terms_match_console():
     assert f"{translate('Subject')}（subject）" in readme
     assert "图片额度" in readme
     assert translate("image endpoints").startswith("图片")
+
+
+def test_chinese_error_pages(store, redis_client, redis_prefix):
+    add_staff(store.engine, "vera", "viewer")
+    with _chinese_console(store, redis_client, redis_prefix) as client:
+        token = csrf_token(client.get("/").text)
+        unticked = client.post("/cases/bulk", data={"csrf_token": token, "action": "dismiss", "comment": "正常"})
+        stale = client.post("/cases/2/notes", data={"csrf_token": "stale", "body": "备注"})
+        staff_page = client.get("/staff")
+        client.post("/logout", data={"csrf_token": token})
+        log_in(client, "vera")
+        viewer = client.post("/cases/2/notes", data={"csrf_token": csrf_token(client.get("/").text), "body": "备注"})
+
+    assert unticked.status_code == 400
+    assert "没有勾选案件，请先勾选要处理的案件。" in unticked.text
+    assert stale.status_code == 403
+    assert "CSRF 令牌缺失或无效" in stale.text
+    assert staff_page.status_code == 403
+    assert "只有管理员可以管理员工" in staff_page.text
+    assert viewer.status_code == 403
+    assert "只读员工只能查看" in viewer.text
+
+
+def test_english_error_names_role(store, redis_client, redis_prefix):
+    with _chinese_console(store, redis_client, redis_prefix) as client:
+        page = client.get("/staff", headers={"Accept-Language": "en"})
+
+    assert page.status_code == 403
+    assert "role &#39;reviewer&#39; cannot manage staff" in page.text
