@@ -31,11 +31,15 @@ def _extracted_messages() -> set[str]:
 def test_catalog_translates_every_message():
     with CATALOG.open("rb") as source:
         catalog = read_po(source, locale="zh_CN")
-    translated = {message.id for message in catalog if message.id and message.string}
+    # Babel compiles without fuzzy entries, so the console shows their English source text.
+    translated = {message.id for message in catalog if message.id and message.string and not message.fuzzy}
 
     missing = _extracted_messages() - translated
 
-    assert not missing, f"untranslated in {CATALOG.name}: {sorted(missing)}; run pybabel update (docs/review.md)"
+    assert not missing, (
+        f"untranslated or fuzzy in {CATALOG.name}: {sorted(missing)}; run pybabel update (docs/review.md), "
+        "then translate them and remove their fuzzy flags"
+    )
 
 
 def test_chinese_fills_fields():
