@@ -42,6 +42,16 @@ def test_catalog_translates_every_message():
     )
 
 
+def test_catalog_placeholders_match():
+    """A translation naming a field its message lacks would raise KeyError while rendering the page."""
+    with CATALOG.open("rb") as source:
+        catalog = read_po(source, locale="zh_CN")
+
+    problems = {message.id: [str(error) for error in errors] for message, errors in catalog.check()}
+
+    assert not problems, problems
+
+
 def test_chinese_fills_fields():
     translate = gettext_functions("zh_CN")["_"]
 
