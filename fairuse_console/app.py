@@ -20,8 +20,10 @@ from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
 from fairuse_console import routes_account, routes_cases
-from fairuse_console.context import Console, make_templates, render
+from fairuse_console.context import Console, language_of, make_templates, render
+from fairuse_console.i18n import gettext_functions
 from fairuse_console.login_limit import LoginLimiter
+from fairuse_console.messages import N_
 from fairuse_console.security import Forbidden, LoginRequired
 from workers.publish import DecisionPublisher
 
@@ -76,12 +78,14 @@ def _add_error_pages(app: FastAPI) -> None:
         if request.method == "GET":
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={_quoted(target)}", status_code=303)
-        return render(request, "error.html", {"message": "login required; log in and submit again"}, status_code=401)
+        message = _translate(request, N_("login required; log in and submit again"))
+        return render(request, "error.html", {"message": message}, status_code=401)
 
     @app.exception_handler(Forbidden)
     def forbidden(request: Request, error: Forbidden):
         logger.warning("rejected %s %s: %s", request.method, request.url.path, error.message)
-        return render(request, "error.html", {"message": error.message}, status_code=403)
+        message = _translate(request, error.template, **error.values)
+        return render(request, "error.html", {"message": message}, status_code=403)
 
     @app.exception_handler(ReviewError)
     def review_error(request: Request, error: ReviewError):
@@ -92,7 +96,14 @@ def _add_error_pages(app: FastAPI) -> None:
             status = 409
         elif isinstance(error, PublishError):
             status = 503
-        return render(request, "error.html", {"message": str(error)}, status_code=status)
+        # Review errors are English text shared with the command line. A message without fields that the
+        # catalog lists is shown translated, and any other stays English.
+        message = _translate(request, str(error))
+        return render(request, "error.html", {"message": message}, status_code=status)
+
+
+def _translate(request: Request, message: str, **values: object) -> str:
+    return gettext_functions(language_of(request))["_"](message, **values)
 
 
 def _quoted(path: str) -> str:

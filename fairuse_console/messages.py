@@ -1,8 +1,9 @@
 """Words the templates translate from data (roles, statuses, actions), listed so extraction finds them.
 
-Update the catalog with:
-``pybabel extract -F fairuse_console/babel.cfg -k N_ -o messages.pot . &&
-pybabel update -i messages.pot -d fairuse_console/locale``.
+Update the catalog with the commands in docs/review.md ("Languages"), which keep
+its entries sorted and without source locations:
+``pybabel extract -F fairuse_console/babel.cfg -k N_ --no-location --sort-output -o messages.pot . &&
+pybabel update -i messages.pot -d fairuse_console/locale --no-fuzzy-matching``.
 """
 
 

@@ -14,6 +14,7 @@ from detector.review.errors import NotFoundError, ReviewError
 from detector.review.staff import StaffSession
 from fairuse_console.charts import activity_charts
 from fairuse_console.context import MAX_ROW_ID, console_of, duration_field, int_field, render, text_field
+from fairuse_console.messages import N_
 from fairuse_console.security import acting_session, checked_form, current_session
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def bulk_action(request: Request, form: FormData = Depends(checked_form), sessio
         raise ReviewError(f"invalid bulk action {action!r}; expected one of {', '.join(BULK_ACTIONS)}")
     case_ids = [_case_id(value) for value in form.getlist("case_id")]
     if not case_ids:
-        raise ReviewError("no case ticked; tick the cases to act on")
+        raise ReviewError(N_("no case ticked; tick the cases to act on"))
     resolved = console_of(request).actions.resolve_cases(
         case_ids, action, staff=session.member.name, comment=text_field(form, "comment"),
         duration=duration_field(form) if action != "dismiss" else None,

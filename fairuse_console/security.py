@@ -21,6 +21,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from detector.review.staff import SESSION_LIFETIME, StaffSession
+from fairuse_console.messages import N_
 
 SESSION_COOKIE = "fairuse_session"
 LOGIN_CSRF_COOKIE = "fairuse_login_csrf"
@@ -31,11 +32,17 @@ class LoginRequired(Exception):
 
 
 class Forbidden(Exception):
-    """Raised when a logged-in member's role does not allow the request, or its CSRF token is missing or wrong."""
+    """Raised when a logged-in member's role does not allow the request, or its CSRF token is missing or wrong.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    ``template`` is a catalog message with ``%(name)s`` fields filled from ``values``, so the error page can
+    show it in the member's language. ``message`` is the English text for logs.
+    """
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template = template
+        self.values = values
+        self.message = template % values if values else template
+        super().__init__(self.message)
 
 
 def current_session(request: Request) -> StaffSession:
@@ -51,20 +58,20 @@ async def checked_form(request: Request, session: StaffSession = Depends(current
     """Return the posted form after checking its CSRF token against the session's."""
     form = await request.form()
     if not tokens_match(form.get("csrf_token"), session.csrf_token):
-        raise Forbidden("missing or invalid CSRF token; reload the page and submit the form again")
+        raise Forbidden(N_("missing or invalid CSRF token; reload the page and submit the form again"))
     return form
 
 
 def acting_session(session: StaffSession = Depends(current_session), form: FormData = Depends(checked_form)) -> StaffSession:
     """Return the session of a reviewer or admin posting a valid form; viewers get 403."""
     if not session.member.can_act:
-        raise Forbidden(f"role {session.member.role!r} can only read; ask an admin for the reviewer role")
+        raise Forbidden(N_("role %(role)r can only read; ask an admin for the reviewer role"), role=session.member.role)
     return session
 
 
 def admin_session(session: StaffSession = Depends(current_session)) -> StaffSession:
     if not session.member.is_admin:
-        raise Forbidden(f"role {session.member.role!r} cannot manage staff; this page is for admins")
+        raise Forbidden(N_("role %(role)r cannot manage staff; this page is for admins"), role=session.member.role)
     return session
 
 

@@ -56,6 +56,14 @@ def test_staff_add_rejects_short_password(run):
     assert "password too short for 'dora'" in result.output
 
 
+def test_staff_add_rejects_chinese_name(run):
+    result = run("staff", "add", "王芳", "--password-stdin", stdin=PASSWORD + "\n")
+
+    assert result.exit_code == 2
+    assert "invalid staff name '王芳'" in result.output
+    assert "ASCII letters" in result.output
+
+
 def test_staff_add_without_terminal_needs_stdin_flag(run, sqlite_url):
     result = run("staff", "add", "dora", stdin="")
 

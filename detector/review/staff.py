@@ -63,7 +63,8 @@ class StaffDirectory:
         """Create an account; raise ``ReviewError`` for an invalid name, role or password, or a taken name."""
         if not _NAME.match(name):
             raise ReviewError(
-                f"invalid staff name {name!r}; use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+                f"invalid staff name {name!r}; use 1 to 64 ASCII letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
             )
         if role not in ROLES:
             raise ReviewError(f"invalid role {role!r}; expected one of {', '.join(ROLES)}")
