@@ -6,6 +6,7 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from detector.review.errors import NotFoundError, ReviewError
@@ -37,6 +38,12 @@ def login_page(request: Request):
 @router.post("/login")
 async def login(request: Request):
     form = await request.form()
+    # Checking the password hash and writing the session block for tens of milliseconds: in a worker
+    # thread, as FastAPI runs plain ``def`` routes, other pages are served meanwhile.
+    return await run_in_threadpool(_log_in, request, form)
+
+
+def _log_in(request: Request, form: FormData):
     if not tokens_match(form.get("csrf_token"), request.cookies.get(LOGIN_CSRF_COOKIE)):
         return _login_form(request, error="csrf", status_code=403)
     console = console_of(request)

@@ -1,5 +1,9 @@
-"""Failed console logins: lockout per staff name and per address, its expiry, and its message."""
+"""Console logins: lockout per staff name and per address, its expiry and its message, and logins beside other pages."""
 
+import asyncio
+import time
+
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -125,3 +129,35 @@ def test_tracked_entries_capped(monkeypatch):
     assert len(limiter._failures) == 100
     assert limiter.retry_after("name-499", "198.51.100.1") > 0
     assert limiter.retry_after("name-0", "198.51.100.1") == 0
+
+
+def test_login_does_not_hold_up_other_pages(client):
+    # A slow password check stands in for hashing: pages requested meanwhile must not wait for it.
+    console = client.app.state.console
+    check = console.directory.authenticate
+
+    def slow_check(name, password):
+        time.sleep(0.5)
+        return check(name, password)
+
+    console.directory.authenticate = slow_check
+    token = csrf_token(client.get("/login").text)
+    cookies = dict(client.cookies)
+    finished: list[str] = []
+
+    async def request(method: str, **arguments) -> None:
+        await http.request(method, **arguments)
+        finished.append(f"{method} {arguments['url']}")
+
+    async def both() -> None:
+        login = asyncio.create_task(request("POST", url="/login", data={"csrf_token": token, "name": "rita",
+                                                                          "password": PASSWORD}))
+        await asyncio.sleep(0.1)
+        await request("GET", url="/login")
+        await login
+
+    transport = httpx.ASGITransport(app=client.app)
+    http = httpx.AsyncClient(transport=transport, base_url="http://testserver", cookies=cookies)
+    asyncio.run(both())
+
+    assert finished == ["GET /login", "POST /login"]
