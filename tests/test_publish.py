@@ -1,5 +1,7 @@
 """Publishing decisions to real Redis and reading them back through the gateway client."""
 
+import socket
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -342,3 +344,80 @@ def test_fail_closed_raises_on_malformed_value(redis_client, redis_prefix):
 
     with pytest.raises(ValueError, match="invalid decision value"):
         client.check(key_id="key-1")
+
+
+class CuttingProxy:
+    """A loopback proxy to Redis that drops each connection partway through its first script call.
+
+    It forwards the client's bytes until a write holding EVALSHA, passes the
+    first ``keep`` bytes of that write, then closes both sides: a connection
+    lost while a publish is on its way.
+    """
+
+    def __init__(self, target: tuple[str, int], keep: int = 600) -> None:
+        self.target = target
+        self.keep = keep
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._forward_until_cut, args=(client, upstream), daemon=True).start()
+
+    def _forward_until_cut(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                if b"EVALSHA" in data:
+                    upstream.sendall(data[: data.index(b"EVALSHA") + self.keep])
+                    break
+                upstream.sendall(data)
+        finally:
+            for side in (client, upstream):
+                side.close()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_connection_lost_mid_publish_leaves_nothing(redis_client, redis_prefix):
+    address = redis_client.connection_pool.connection_kwargs
+    proxy = CuttingProxy((address.get("host", "127.0.0.1"), address.get("port", 6379)))
+    through_proxy = redis.Redis(host="127.0.0.1", port=proxy.port, db=address.get("db", 0), socket_timeout=5)
+    publisher = DecisionPublisher(through_proxy, prefix=redis_prefix)
+    decisions = [_decision("suspend", subject=f"key-{number}") for number in range(200)]
+
+    try:
+        with pytest.raises(redis.ConnectionError):
+            publisher.publish(decisions)
+    finally:
+        proxy.close()
+
+    # Redis applied none of the subjects: a gateway sees the change whole or not at all.
+    assert list(redis_client.scan_iter(match=f"{redis_prefix}:decision:*")) == []
+    assert redis_client.xlen(f"{redis_prefix}:decisions") == 0
+
+
+def test_lift_and_new_decision_published_together(publisher, gateway):
+    old = _decision("throttle", ident="old-throttle")
+    publisher.publish([old])
+    new = _decision("suspend", ident="new-suspend")
+
+    published, withdrawn = publisher.apply([new], [replace(old, expires_at=datetime.now(UTC))])
+
+    assert (published, withdrawn) == (1, 1)
+    assert gateway.check(key_id="key-1").decision_id == "new-suspend"

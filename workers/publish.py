@@ -99,17 +99,41 @@ class DecisionPublisher:
 
     def publish(self, decisions: Iterable[Decision], *, now: datetime | None = None) -> int:
         """Publish the enforced decisions still in force at ``now``; return how many."""
-        now = now or datetime.now(UTC)
-        chosen = [
-            decision
-            for decision in decisions
-            if not decision.simulated and decision.in_force_at(now)
-        ]
-        by_subject: dict[tuple[str, str], list[Decision]] = defaultdict(list)
-        for decision in chosen:
-            by_subject[(decision.subject_type, decision.subject)].append(decision)
+        published, _ = self.apply(decisions, (), now=now)
+        return published
 
-        pipeline = self.client.pipeline(transaction=False)
+    def delete(self, decisions: Iterable[Decision], *, now: datetime | None = None) -> int:
+        """Withdraw lifted decisions from their subjects' keys; return how many."""
+        _, withdrawn = self.apply((), decisions, now=now)
+        return withdrawn
+
+    def apply(
+        self, new: Iterable[Decision], lifted: Iterable[Decision], *, now: datetime | None = None
+    ) -> tuple[int, int]:
+        """Publish ``new`` decisions in force at ``now`` and withdraw ``lifted`` ones; return how many of each.
+
+        Everything goes in one MULTI/EXEC, so a connection lost on the way
+        leaves Redis as it was, never with part of the change.
+        """
+        now = now or datetime.now(UTC)
+        chosen = [decision for decision in new if not decision.simulated and decision.in_force_at(now)]
+        lifted = list(lifted)
+        if not chosen and not lifted:
+            return 0, 0
+
+        pipeline = self.client.pipeline(transaction=True)
+        self._queue_new(pipeline, chosen, now)
+        self._queue_lifted(pipeline, lifted, now)
+        pipeline.execute()
+        logger.debug("published %d decisions", len(chosen))
+        if lifted:
+            logger.info("withdrew %d decisions", len(lifted))
+        return len(chosen), len(lifted)
+
+    def _queue_new(self, pipeline, decisions: list[Decision], now: datetime) -> None:
+        by_subject: dict[tuple[str, str], list[Decision]] = defaultdict(list)
+        for decision in decisions:
+            by_subject[(decision.subject_type, decision.subject)].append(decision)
         for (subject_type, subject), group in by_subject.items():
             entries = [published_entry(decision) for decision in group]
             self._merge(
@@ -119,25 +143,15 @@ class DecisionPublisher:
             )
             for decision in group:
                 self._append_change(pipeline, "new", decision)
-        pipeline.execute()
-        logger.debug("published %d decisions on %d subjects", len(chosen), len(by_subject))
-        return len(chosen)
 
-    def delete(self, decisions: Iterable[Decision], *, now: datetime | None = None) -> int:
-        """Withdraw lifted decisions from their subjects' keys; return how many."""
-        now = now or datetime.now(UTC)
-        lifted = list(decisions)
-        pipeline = self.client.pipeline(transaction=False)
-        for decision in lifted:
+    def _queue_lifted(self, pipeline, decisions: list[Decision], now: datetime) -> None:
+        for decision in decisions:
             self._merge(
                 keys=[subject_key(self.prefix, decision.subject_type, decision.subject)],
                 args=[_ms(now), b"[]", orjson.dumps([decision.id])],
                 client=pipeline,
             )
             self._append_change(pipeline, "deleted", decision)
-        pipeline.execute()
-        logger.info("withdrew %d decisions", len(lifted))
-        return len(lifted)
 
     def republish(self, store, *, now: datetime | None = None) -> int:
         """Publish every enforced decision in force from the SQL store, e.g. after Redis lost its data."""

@@ -1,8 +1,8 @@
 """Staff actions: each one is stored, audited and published to Redis in one step.
 
 Every action runs in one database transaction. The new or lifted decisions
-are published to Redis (``workers.publish``) before the transaction commits,
-so when Redis does not take them nothing is stored and the staff member gets
+are published to Redis (``workers.publish``), in one MULTI/EXEC, before the
+transaction commits, so when Redis does not take them nothing is stored and the staff member gets
 the error. Each action writes one ``audit_records`` row with the staff
 member, the time, the action, the comment saying why, and the subject's
 state before and after: its case status, its decisions in force and whether
@@ -259,10 +259,7 @@ class StaffActions:
 
     def _publish(self, changes: _Changes, now: datetime) -> None:
         try:
-            if changes.new:
-                self.publisher.publish(changes.new, now=now)
-            if changes.lifted:
-                self.publisher.delete(changes.lifted, now=now)
+            self.publisher.apply(changes.new, changes.lifted, now=now)
         except redis.RedisError as error:
             logger.error("staff action not published, rolled back: %s", error)
             raise PublishError(
