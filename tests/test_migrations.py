@@ -1,4 +1,5 @@
-"""Alembic migrations: the schema matches the models, 0006 keeps one open case per subject, 0007 renumbers findings."""
+"""Alembic migrations: the schema matches the models, 0006 keeps one open case per subject, 0007 renumbers findings,
+0008 compares subjects exactly on MariaDB."""
 
 import subprocess
 import sys
@@ -120,6 +121,38 @@ def _finding(evidence: dict) -> Finding:
         detected_at=_DETECTED.timestamp(), window_start=0.0, window_end=0.0, origin="abnormal_cost/3",
         evidence=evidence,
     )
+
+
+def test_subjects_compared_exactly_after_0008(mariadb_url):
+    engine = create_store_engine(mariadb_url)
+    _upgrade(engine, "0007")
+    with engine.begin() as connection:
+        connection.execute(sa.insert(_FINDINGS), [_finding_row("old-1", {})])
+        before = connection.execute(sa.select(_FINDINGS.c.id).where(_FINDINGS.c.subject == "KEY-A")).scalars().all()
+
+    _upgrade(engine, "head")
+
+    with engine.connect() as connection:
+        upper = connection.execute(sa.select(_FINDINGS.c.id).where(_FINDINGS.c.subject == "KEY-A")).scalars().all()
+        exact = connection.execute(sa.select(_FINDINGS.c.id).where(_FINDINGS.c.subject == "key-a")).scalars().all()
+    # Before, MariaDB's default collation found key-a's finding under KEY-A.
+    assert before == ["old-1"]
+    assert upper == []
+    assert exact == ["old-1"]
+
+
+def test_0008_downgrades(mariadb_url):
+    engine = create_store_engine(mariadb_url)
+    _upgrade(engine, "head")
+
+    _downgrade(engine, "0007")
+
+    with engine.connect() as connection:
+        collation = connection.execute(sa.text(
+            "SELECT collation_name FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND table_name = 'findings' AND column_name = 'subject'"
+        )).scalar_one()
+    assert collation != "utf8mb4_bin"
 
 
 def test_batch_import_leaves_alembic_to_migrate():

@@ -1,10 +1,12 @@
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 from sqlalchemy import inspect
 
 from detector.detectors import Finding
 from detector.policy import decide
+from detector.review.activity import GAP_LABELS, ActivityLog
 from detector.store import open_store
 from tests.factories import HOUR, T0
 
@@ -111,3 +113,29 @@ def test_subjects_with_decisions_skip_shadow(database_url, policy):
 
     assert store.subjects_with_decisions(subjects) == {("key", "key-1"), ("key", "key-2")}
     assert decided_without_shadow(store, subjects) == {("key", "key-1")}
+
+
+def _activity_rows(*subjects: str) -> pd.DataFrame:
+    hour = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    return pd.DataFrame({
+        "subject_type": ["key"] * len(subjects), "subject": list(subjects), "hour": [hour] * len(subjects),
+        "requests": [3] * len(subjects), "cost": [1.5] * len(subjects), "networks": [1] * len(subjects),
+        "countries": [1] * len(subjects), "user_agents": [1] * len(subjects), "gaps": [[0] * len(GAP_LABELS)] * len(subjects),
+    })
+
+
+def test_subjects_differing_in_case_stay_apart(database_url, policy):
+    # Key ids are case-sensitive, while MariaDB's default collation is not: "key-a" and "KEY-A" are two keys.
+    store = open_store(database_url)
+    decisions = [decide([_finding(subject=name)], policy, now=NOW).decisions[0] for name in ("key-a", "KEY-A")]
+    store.save_decisions(decisions)
+    store.save_findings([_finding(subject="key-a"), _finding(subject="KEY-A")])
+    activity = ActivityLog(store.engine)
+
+    written = activity.store_rows(_activity_rows("key-a", "KEY-A"), now=NOW)
+
+    assert written == 2
+    assert [decision.subject for decision in store.decisions_for([("key", "key-a")])] == ["key-a"]
+    found = store.findings_between([("key", "KEY-A")], T0 - 1, T0 + 1)
+    assert [finding.subject for finding in found] == ["KEY-A"]
+    assert activity.series("key", "key-a", end=datetime(2026, 12, 1, 10, tzinfo=UTC)).requests.sum() == 3

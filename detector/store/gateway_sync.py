@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from detector.store.models import Base, UTCDateTime
+from detector.store.models import Base, UTCDateTime, exact_text
 
 
 class GatewayCursorRow(Base):
@@ -47,7 +47,7 @@ class GatewayEnforcementRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     gateway: Mapped[str] = mapped_column(String(128))
     target_type: Mapped[str] = mapped_column(String(16))
-    target: Mapped[str] = mapped_column(String(256))
+    target: Mapped[str] = mapped_column(exact_text(256))
     action: Mapped[str] = mapped_column(String(16))
     value: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     previous: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -30,6 +30,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def exact_text(length: int) -> String:
+    """Return a text column type compared byte for byte on every backend.
+
+    Key ids, account ids and addresses are case-sensitive: ``key-a`` and
+    ``KEY-A`` are two keys. MariaDB's and MySQL's default collations ignore
+    case and accents, so there these columns use ``utf8mb4_bin``.
+    """
+    return String(length).with_variant(mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -42,7 +52,7 @@ class DecisionRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     subject_type: Mapped[str] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(exact_text(512))
     account_id: Mapped[str] = mapped_column(String(512), default="")
     plan: Mapped[str] = mapped_column(String(128), default="")
     action: Mapped[str] = mapped_column(String(16))
@@ -70,7 +80,7 @@ class FindingRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     subject_type: Mapped[str] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(exact_text(512))
     account_id: Mapped[str] = mapped_column(String(512), default="")
     plan: Mapped[str] = mapped_column(String(128), default="")
     reason: Mapped[str] = mapped_column(String(32))
@@ -130,7 +140,7 @@ class LabelRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     subject_type: Mapped[str] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(exact_text(512))
     verdict: Mapped[str] = mapped_column(String(16))
     # The reason codes of the decision the verdict is about, e.g. ["key_sharing"].
     reasons: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from detector.store.models import Base, UTCDateTime
+from detector.store.models import Base, UTCDateTime, exact_text
 
 
 # Cases and what staff wrote on them ------------------------------------------
@@ -25,7 +25,7 @@ class CaseRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     subject_type: Mapped[str] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(exact_text(512))
     account_id: Mapped[str] = mapped_column(String(512), default="")
     plan: Mapped[str] = mapped_column(String(128), default="")
     status: Mapped[str] = mapped_column(String(16), default="open")
@@ -80,7 +80,7 @@ class AuditRow(Base):
     staff: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(32))
     subject_type: Mapped[str] = mapped_column(String(16), default="")
-    subject: Mapped[str] = mapped_column(String(512), default="")
+    subject: Mapped[str] = mapped_column(exact_text(512), default="")
     case_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     decision_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -133,7 +133,7 @@ class AllowlistRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     subject_type: Mapped[str] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(exact_text(512))
     comment: Mapped[str] = mapped_column(Text, default="")
     staff: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -154,7 +154,7 @@ class ActivityRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     subject_type: Mapped[str] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(exact_text(512))
     hour: Mapped[datetime] = mapped_column(UTCDateTime)
     requests: Mapped[int] = mapped_column(Integer)
     cost: Mapped[float] = mapped_column(Float)
