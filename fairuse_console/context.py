@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import Request
@@ -115,6 +116,20 @@ def duration_field(form: FormData, name: str = "duration"):
         return parse_duration(text, f"field {name!r}")
     except ConfigError as error:
         raise ReviewError(str(error)) from None
+
+
+def seen_field(form: FormData) -> datetime | None:
+    """Return the case's ``updated_at`` as the page showed it (field ``seen``), or None when the form has none."""
+    text = text_field(form, "seen", required=False)
+    if not text:
+        return None
+    try:
+        seen = datetime.fromisoformat(text)
+    except ValueError:
+        raise ReviewError(f"invalid seen {shown_id(text)}; reload the case and act again") from None
+    if seen.tzinfo is None:
+        raise ReviewError(f"invalid seen {shown_id(text)}: no time zone; reload the case and act again")
+    return seen
 
 
 def int_field(form: FormData, name: str) -> int:

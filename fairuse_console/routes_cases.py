@@ -13,7 +13,9 @@ from detector.review.cases import SORT_KEYS, CaseFilter, shown_id
 from detector.review.errors import NotFoundError, ReviewError
 from detector.review.staff import StaffSession
 from fairuse_console.charts import activity_charts
-from fairuse_console.context import MAX_ROW_ID, console_of, duration_field, int_field, render, text_field
+from fairuse_console.context import (
+    MAX_ROW_ID, console_of, duration_field, int_field, render, seen_field, text_field,
+)
 from fairuse_console.messages import N_
 from fairuse_console.security import acting_session, checked_form, current_session
 
@@ -105,15 +107,19 @@ def lift_decision(decision_id: str, request: Request, form: FormData = Depends(c
 def _apply(request: Request, action: str, case_id: int, form: FormData, session: StaffSession) -> None:
     actions = console_of(request).actions
     staff = session.member.name
+    seen = seen_field(form)
     if action == "suspend":
-        actions.suspend(case_id, staff=staff, duration=duration_field(form), comment=text_field(form, "comment"))
+        actions.suspend(case_id, staff=staff, duration=duration_field(form), comment=text_field(form, "comment"),
+                        seen=seen)
     elif action == "throttle":
         actions.throttle(case_id, staff=staff, limit_rpm=int_field(form, "limit_rpm"), duration=duration_field(form),
-                         comment=text_field(form, "comment"), scope=text_field(form, "scope", required=False) or "all")
+                         comment=text_field(form, "comment"), scope=text_field(form, "scope", required=False) or "all",
+                         seen=seen)
     elif action == "dismiss":
-        actions.dismiss(case_id, staff=staff, comment=text_field(form, "comment"))
+        actions.dismiss(case_id, staff=staff, comment=text_field(form, "comment"), seen=seen)
     elif action == "allowlist":
-        actions.allowlist_case(case_id, staff=staff, duration=duration_field(form), comment=text_field(form, "comment"))
+        actions.allowlist_case(case_id, staff=staff, duration=duration_field(form), comment=text_field(form, "comment"),
+                               seen=seen)
     else:
         actions.add_note(case_id, staff=staff, body=text_field(form, "body"))
     logger.info("staff %s: %s on case %d", staff, action, case_id)

@@ -361,6 +361,22 @@ def test_bulk_dismiss(client, store):
     assert client.post("/cases/bulk", data={"csrf_token": token, "action": "dismiss", "comment": "x"}).status_code == 400
 
 
+def test_stale_case_page_gets_409(client, store, redis_client, redis_prefix, gateway):
+    token = log_in(client, "rita")
+    page = client.get("/cases/2").text
+    [seen] = set(re.findall(r'name="seen" value="([^"]+)"', page))
+    # Another member suspends key-b after rita opened the page.
+    StaffActions(store.engine, DecisionPublisher(redis_client, prefix=redis_prefix)).add_decision(
+        "key", "key-b", "suspend", staff="adam", duration=timedelta(days=1), comment="chargebacks")
+
+    stale = client.post("/cases/2/dismiss", data={"csrf_token": token, "comment": "office NAT", "seen": seen})
+
+    assert stale.status_code == 409
+    assert "case 2 changed at" in unescape(stale.text)
+    assert gateway.check(key_id="key-b").action == "suspend"
+    assert _case(store, 2).status == "open"
+
+
 def test_second_action_on_a_case_gets_409(client, store):
     token = log_in(client, "rita")
 

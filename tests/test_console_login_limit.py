@@ -131,7 +131,7 @@ def test_tracked_entries_capped(monkeypatch):
     assert limiter.retry_after("name-0", "198.51.100.1") == 0
 
 
-def test_login_does_not_hold_up_other_pages(client):
+def test_slow_login_blocks_no_page(client):
     # A slow password check stands in for hashing: pages requested meanwhile must not wait for it.
     console = client.app.state.console
     check = console.directory.authenticate

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from detector.review.actions import StaffActions
 from detector.review.audit import AuditLog
 from detector.review.cases import CaseFilter, CaseQueue
-from detector.review.errors import ConflictError, PublishError, ReviewError
+from detector.review.errors import ConflictError, PublishError, ReviewError, StaleCaseError
 from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
 from detector.store.models import DecisionRow, LabelRow
@@ -146,6 +146,24 @@ def test_dismiss_lifts_only_exact_subject(store, queue, actions, gateway):
     assert [decision.id for decision in queue.detail(case_id).decisions] == ["throttle-a", "review-a"]
     [audit] = [record for record in AuditLog(store.engine).records() if record.action == "dismiss"]
     assert [entry["id"] for entry in audit.before["in_force"]] == ["review-a", "throttle-a"]
+
+
+def test_dismiss_on_changed_case_rejected(store, queue, actions, gateway):
+    store.save_decisions([policy_decision("key-a", ident="review-a")])
+    queue.sync()
+    case = queue.list()[0]
+    seen = queue.get(case.id).updated_at
+    # Another member suspends the key while the first still has the case page open.
+    actions.add_decision("key", "key-a", "suspend", staff="carol", duration=timedelta(days=1), comment="card fraud")
+
+    with pytest.raises(StaleCaseError, match=f"case {case.id} changed at .* Reload the case"):
+        actions.dismiss(case.id, staff="bob", comment="looked fine", seen=seen)
+
+    assert gateway.check(key_id="key-a").action == "suspend"
+    assert queue.get(case.id).status == "open"
+    assert _labels(store) == []
+    lifted = actions.dismiss(case.id, staff="bob", comment="fine after all", seen=queue.get(case.id).updated_at)
+    assert [decision.action for decision in lifted] == ["suspend"]
 
 
 def test_dismiss_lifts_enforcement_and_labels_benign(store, queue, actions, gateway):

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from detector.decisions import LIFTED, MAX_LIMIT_RPM, SCOPES, Decision
 from detector.review.cases import link_decision, new_case, open_case_for, shown_id, staff_subject
-from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError
+from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError, StaleCaseError
 from detector.review.records import decision_from_row, decision_row
 from detector.store.models import DecisionRow, LabelRow
 from detector.store.review_models import AllowlistRow, AuditRow, CaseDecisionRow, CaseRow, NoteRow
@@ -83,26 +83,36 @@ class StaffActions:
                         case.id if case else None)
             raise ConflictError(_already_open(subject_type, subject, case.id if case else "")) from error
 
-    def suspend(self, case_id: int, *, staff: str, duration: timedelta, comment: str) -> Decision:
-        """Confirm the case as abuse and suspend its subject for ``duration``."""
+    def suspend(
+        self, case_id: int, *, staff: str, duration: timedelta, comment: str, seen: datetime | None = None
+    ) -> Decision:
+        """Confirm the case as abuse and suspend its subject for ``duration``.
+
+        With ``seen``, the case's ``updated_at`` as the staff member saw it,
+        the action is rejected when the case changed since (see ``StaleCaseError``).
+        The other resolving actions take ``seen`` too.
+        """
         step = self._step("suspend", staff=staff, comment=comment, duration=duration)
-        return self._resolve_all([case_id], step)[0]
+        return self._resolve_all([case_id], step, seen)[0]
 
     def throttle(
-        self, case_id: int, *, staff: str, limit_rpm: int, duration: timedelta, comment: str, scope: str = "all"
+        self, case_id: int, *, staff: str, limit_rpm: int, duration: timedelta, comment: str, scope: str = "all",
+        seen: datetime | None = None,
     ) -> Decision:
         """Confirm the case as abuse and throttle its subject to ``limit_rpm`` requests per minute."""
         step = self._step("throttle", staff=staff, comment=comment, duration=duration, limit_rpm=limit_rpm, scope=scope)
-        return self._resolve_all([case_id], step)[0]
+        return self._resolve_all([case_id], step, seen)[0]
 
-    def dismiss(self, case_id: int, *, staff: str, comment: str) -> list[Decision]:
+    def dismiss(self, case_id: int, *, staff: str, comment: str, seen: datetime | None = None) -> list[Decision]:
         """Close the case as a false positive and lift its subject's throttles and suspensions; return those lifted."""
-        return self._resolve_all([case_id], self._step("dismiss", staff=staff, comment=comment))[0]
+        return self._resolve_all([case_id], self._step("dismiss", staff=staff, comment=comment), seen)[0]
 
-    def allowlist_case(self, case_id: int, *, staff: str, duration: timedelta, comment: str) -> AllowlistRow:
+    def allowlist_case(
+        self, case_id: int, *, staff: str, duration: timedelta, comment: str, seen: datetime | None = None
+    ) -> AllowlistRow:
         """Close the case as a false positive and allowlist its subject for ``duration``."""
         step = self._step("allowlist", staff=staff, comment=comment, duration=duration)
-        return self._resolve_all([case_id], step)[0]
+        return self._resolve_all([case_id], step, seen)[0]
 
     def resolve_cases(
         self, case_ids: Sequence[int], action: str, *, staff: str, comment: str, duration: timedelta | None = None,
@@ -241,10 +251,13 @@ class StaffActions:
 
         return {"dismiss": dismiss, "allowlist": allowlist}.get(action, enforce)
 
-    def _resolve_all(self, case_ids: list[int], step: Step) -> list[Any]:
-        """Claim every case, then resolve each with ``step``, in one transaction."""
+    def _resolve_all(self, case_ids: list[int], step: Step, seen: datetime | None = None) -> list[Any]:
+        """Claim every case, then resolve each with ``step``, in one transaction.
+
+        ``seen`` applies to a single case: its ``updated_at`` as last shown.
+        """
         with self._transaction() as (session, now, changes):
-            _claim_open_cases(session, case_ids, now)
+            _claim_open_cases(session, case_ids, now, seen)
             return [step(session, now, changes, session.get(CaseRow, case_id)) for case_id in case_ids]
 
     @contextmanager
@@ -309,30 +322,43 @@ def _case(session: Session, case_id: int) -> CaseRow:
     return case
 
 
-def _claim_open_cases(session: Session, case_ids: list[int], now: datetime) -> None:
+def _claim_open_cases(session: Session, case_ids: list[int], now: datetime, seen: datetime | None = None) -> None:
     """Take the row lock of every case that is still open, or raise naming each case that is not.
 
     The conditional update is the transaction's first statement, so two staff
     members acting on one case at once queue on the row (PostgreSQL, MariaDB)
     or on the database (SQLite), and the later one finds the case resolved.
     Cases are claimed in id order, so two bulk actions take their case locks in the same order.
+    With ``seen`` (one case), the case must also still have that ``updated_at``.
     """
     problems = []
     for case_id in sorted(case_ids):
+        conditions = [CaseRow.id == case_id, CaseRow.status == "open"]
+        if seen is not None:
+            conditions.append(CaseRow.updated_at == seen)
         claimed = session.execute(
-            update(CaseRow).where(CaseRow.id == case_id, CaseRow.status == "open").values(updated_at=now)
-            .execution_options(synchronize_session=False)
+            update(CaseRow).where(*conditions).values(updated_at=now).execution_options(synchronize_session=False)
         )
         if claimed.rowcount != 1:
             problems.append(case_id)
     if not problems:
         return
     found = {case_id: session.get(CaseRow, case_id) for case_id in problems}
+    if seen is not None and found[problems[0]] is not None and found[problems[0]].status == "open":
+        _raise_stale(found[problems[0]])
     reasons = [_why_not_open(case_id, found[case_id]) for case_id in problems]
     message = "; ".join(reasons) + ("; nothing was changed" if len(case_ids) > 1 else "")
     if all(case is None for case in found.values()):
         raise NotFoundError(f"{message}. List cases with 'fairuse review list'")
     raise ConflictError(f"{message}. Open a new case to act again")
+
+
+def _raise_stale(case: CaseRow) -> None:
+    changed_at = case.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    raise StaleCaseError(
+        f"case {case.id} changed at {changed_at}, after you opened it (a new decision, note or action); "
+        "nothing was done. Reload the case, check what changed and act again"
+    )
 
 
 def _why_not_open(case_id: int, case: CaseRow | None) -> str:

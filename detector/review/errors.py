@@ -15,3 +15,7 @@ class PublishError(ReviewError):
 
 class ConflictError(ReviewError):
     """Raised when another staff member changed the same case first, such as a case already resolved."""
+
+
+class StaleCaseError(ConflictError):
+    """Raised when a case changed after the staff member opened it, so the action would rest on an old view."""
