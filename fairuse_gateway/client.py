@@ -8,6 +8,9 @@ the published JSON, the check fails open: it allows the request, logs a
 warning at most once per ``log_interval`` seconds and counts the failure in
 ``failures``. A malformed value or entry is skipped, so decisions on the
 request's other subjects still apply. Pass ``fail_open=False`` to raise instead.
+After a timeout or a refused connection, checks that need Redis fail open
+at once for ``retry_after`` seconds (1 s). So while Redis is down, requests
+wait ``timeout`` about once per ``retry_after`` instead of on every check.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -55,6 +59,10 @@ class Verdict:
 ALLOW = Verdict(action="allow")
 
 
+class RedisUnreachable(redis.ConnectionError):
+    """Raised instead of asking Redis while it is treated as down (see ``DecisionClient.retry_after``)."""
+
+
 class DecisionClient:
     """Check requests against published decisions, with a short local cache."""
 
@@ -67,7 +75,9 @@ class DecisionClient:
         timeout: float = 0.05,
         fail_open: bool = True,
         log_interval: float = 10.0,
+        retry_after: float = 1.0,
         client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client or redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -77,6 +87,11 @@ class DecisionClient:
         self.fail_open = fail_open
         self.log_interval = log_interval
         self.failures = 0
+        # After Redis timed out or refused the connection, checks fail open at once for ``retry_after``
+        # seconds. The first check after that asks Redis again.
+        self.retry_after = retry_after
+        self._clock = clock
+        self._unreachable_until = float("-inf")
         self._cache: dict[str, tuple[float, bytes | None]] = {}
         self._lock = threading.Lock()
         self._last_log = float("-inf")
@@ -106,8 +121,11 @@ class DecisionClient:
         keys = [f"{self.prefix}:decision:{kind}:{value}" for kind, value in subjects]
         try:
             values = self._values(keys)
+        except (redis.TimeoutError, redis.ConnectionError) as error:
+            self._unreachable_until = self._clock() + self.retry_after
+            return self._on_failure(error)
         except redis.RedisError as error:
-            # Timeouts and refused connections, but also replies such as MASTERDOWN or NOPERM.
+            # Error replies such as MASTERDOWN or NOPERM come back at once, so they pause nothing.
             return self._on_failure(error)
 
         now_ms = time.time() * 1000
@@ -145,6 +163,8 @@ class DecisionClient:
             cached = {key: self._cache.get(key) for key in keys}
         missing = [key for key, hit in cached.items() if hit is None or now - hit[0] > self.cache_seconds]
 
+        if missing and self._clock() < self._unreachable_until:
+            raise RedisUnreachable(f"Redis timed out or refused the connection; asking again in at most {self.retry_after:g} s")
         if missing:
             fetched = self.client.mget(missing)
             with self._lock:

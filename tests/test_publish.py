@@ -421,3 +421,49 @@ def test_lift_and_new_decision_published_together(publisher, gateway):
 
     assert (published, withdrawn) == (1, 1)
     assert gateway.check(key_id="key-1").decision_id == "new-suspend"
+
+
+@pytest.fixture
+def silent_redis():
+    """A loopback server that accepts connections and never replies, counting them."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_unreachable_redis_asked_once_per_pause(silent_redis):
+    url, accepted = silent_redis
+    clock = StepClock()
+    client = DecisionClient(url, timeout=0.05, retry_after=1.0, clock=clock)
+
+    verdicts = [client.check(key_id=f"key-{number}") for number in range(20)]
+    asked_in_pause = len(accepted)
+    clock.now += 1.5
+    client.check(key_id="key-1")
+
+    assert all(verdict.fail_open for verdict in verdicts)
+    assert client.failures == 21
+    assert asked_in_pause == 1
+    assert len(accepted) == 2
+
