@@ -21,6 +21,7 @@ from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
 from fairuse_console import routes_account, routes_cases
 from fairuse_console.context import Console, language_of, make_templates, render
+from fairuse_console.display import display_zone
 from fairuse_console.i18n import gettext_functions
 from fairuse_console.login_limit import LoginLimiter
 from fairuse_console.messages import N_
@@ -42,11 +43,14 @@ SECURITY_HEADERS = {
 def create_app(
     *, database_url: str | None = None, redis_url: str = "redis://127.0.0.1:6379/0", prefix: str = "fairuse",
     engine: Engine | None = None, publisher: DecisionPublisher | None = None, logins: LoginLimiter | None = None,
+    time_zone: str = "UTC",
 ) -> FastAPI:
     """Build the console on the store at ``database_url`` (or ``engine``), publishing to Redis.
 
     ``logins`` limits failed logins; the default allows 10 per staff name and per address in 15 minutes.
+    Pages show times in ``time_zone``, an IANA name such as ``Asia/Shanghai``.
     """
+    zone = display_zone(time_zone)
     engine = engine or open_store(database_url).engine
     publisher = publisher or DecisionPublisher(
         redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5), prefix=prefix
@@ -56,7 +60,8 @@ def create_app(
     app.state.console = Console(
         engine=engine, directory=directory, queue=CaseQueue(engine), actions=StaffActions(engine, publisher),
         allowlist=StaffAllowlist(engine), audit=AuditLog(engine), activity=ActivityLog(engine),
-        pseudonym_key=directory.pseudonym_key(), templates=make_templates(), logins=logins or LoginLimiter(),
+        pseudonym_key=directory.pseudonym_key(), templates=make_templates(zone), logins=logins or LoginLimiter(),
+        zone=zone,
     )
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 

@@ -9,6 +9,7 @@ and matplotlib never needs a CJK font.
 from __future__ import annotations
 
 import base64
+from datetime import UTC, tzinfo
 from io import BytesIO
 
 import matplotlib
@@ -26,13 +27,16 @@ _COLOURS = ("#2b6cb0", "#c05621", "#2f855a")
 DISTINCT_COLOURS = {"networks": _COLOURS[0], "countries": _COLOURS[1], "user_agents": _COLOURS[2]}
 
 
-def activity_charts(series: ActivitySeries) -> dict[str, str]:
-    """Return the case page's charts as SVG data URIs: requests, cost, distinct values and gaps."""
+def activity_charts(series: ActivitySeries, zone: tzinfo = UTC) -> dict[str, str]:
+    """Return the case page's charts as SVG data URIs: requests, cost, distinct values and gaps.
+
+    Days on the time axes start at midnight in ``zone``.
+    """
     with matplotlib.rc_context(_STYLE):
         return {
-            "requests": _hourly_bars(series, series.requests, _COLOURS[0]),
-            "cost": _hourly_bars(series, series.cost, _COLOURS[1]),
-            "distinct": _distinct_lines(series),
+            "requests": _hourly_bars(series, series.requests, _COLOURS[0], zone),
+            "cost": _hourly_bars(series, series.cost, _COLOURS[1], zone),
+            "distinct": _distinct_lines(series, zone),
             "gaps": _gap_histogram(series),
         }
 
@@ -42,26 +46,26 @@ def _figure() -> tuple[Figure, object]:
     return figure, figure.add_subplot()
 
 
-def _time_axis(axes) -> None:
-    axes.xaxis.set_major_locator(DayLocator())
-    axes.xaxis.set_major_formatter(DateFormatter("%m-%d"))
+def _time_axis(axes, zone: tzinfo) -> None:
+    axes.xaxis.set_major_locator(DayLocator(tz=zone))
+    axes.xaxis.set_major_formatter(DateFormatter("%m-%d", tz=zone))
     axes.grid(axis="y", color="#e2e8f0", linewidth=0.6)
 
 
-def _hourly_bars(series: ActivitySeries, values, colour: str) -> str:
+def _hourly_bars(series: ActivitySeries, values, colour: str, zone: tzinfo) -> str:
     figure, axes = _figure()
     axes.bar(series.hours.to_pydatetime(), values, width=1 / 24, color=colour, align="edge")
-    _time_axis(axes)
+    _time_axis(axes, zone)
     return _data_uri(figure)
 
 
-def _distinct_lines(series: ActivitySeries) -> str:
+def _distinct_lines(series: ActivitySeries, zone: tzinfo) -> str:
     figure, axes = _figure()
     hours = series.hours.to_pydatetime()
     for name, colour in DISTINCT_COLOURS.items():
         axes.step(hours, getattr(series, name), where="post", color=colour, linewidth=1.1)
     axes.yaxis.get_major_locator().set_params(integer=True)
-    _time_axis(axes)
+    _time_axis(axes, zone)
     return _data_uri(figure)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
+from functools import partial
 from pathlib import Path
 
 from fastapi import Request
@@ -43,13 +44,16 @@ class Console:
     pseudonym_key: bytes
     templates: Jinja2Templates
     logins: LoginLimiter = field(default_factory=LoginLimiter)
+    # The time zone pages show times in.
+    zone: tzinfo = UTC
 
 
-def make_templates() -> Jinja2Templates:
+def make_templates(zone: tzinfo = UTC) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.add_extension("jinja2.ext.i18n")
     templates.env.install_null_translations(newstyle=True)
-    templates.env.globals.update(when=when, age_hours=age_hours, in_force=in_force, LANGUAGES=LANGUAGES)
+    templates.env.globals.update(when=partial(when, zone=zone), age_hours=age_hours, in_force=in_force,
+                                 LANGUAGES=LANGUAGES)
     return templates
 
 

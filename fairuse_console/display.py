@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from detector.review.privacy import mask_address, mask_text, mask_values
 from detector.review.staff import StaffMember
@@ -43,9 +44,31 @@ class Display:
         return mask_values(value, self.pseudonym_key) if self.masks else value
 
 
-def when(moment: datetime | None) -> str:
-    """Return a UTC time as ``YYYY-MM-DD HH:MM UTC``, or a dash."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "–"
+def when(moment: datetime | None, zone: tzinfo = UTC) -> str:
+    """Return a time in ``zone`` as ``YYYY-MM-DD HH:MM`` and its offset (``UTC``, ``UTC+8``), or a dash."""
+    if moment is None:
+        return "–"
+    local = moment.astimezone(zone)
+    return local.strftime("%Y-%m-%d %H:%M ") + offset_label(local)
+
+
+def offset_label(moment: datetime) -> str:
+    """Return the UTC offset of an aware time as ``UTC``, ``UTC+8`` or ``UTC-3:30``."""
+    minutes = int((moment.utcoffset() or timedelta()).total_seconds() // 60)
+    if minutes == 0:
+        return "UTC"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"UTC{'+' if minutes > 0 else '-'}{hours}" + (f":{rest:02d}" if rest else "")
+
+
+def display_zone(name: str) -> tzinfo:
+    """Return the time zone with the IANA name ``name`` (such as ``Asia/Shanghai``); ``UTC`` or "" is UTC."""
+    if name in ("", "UTC"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; give an IANA name such as Asia/Shanghai, or UTC") from None
 
 
 def age_hours(moment: datetime) -> float:

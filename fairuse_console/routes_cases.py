@@ -78,7 +78,7 @@ def case_page(case_id: int, request: Request, session: StaffSession = Depends(cu
     detail = console.queue.detail(_checked_case_id(case_id))
     series = console.activity.series(detail.case.subject_type, detail.case.subject)
     return render(request, "case.html", {
-        "detail": detail, "case": detail.case, "series": series, "charts": activity_charts(series),
+        "detail": detail, "case": detail.case, "series": series, "charts": activity_charts(series, console_of(request).zone),
         "done": request.query_params.get("done", ""),
     })
 

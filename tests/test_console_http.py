@@ -5,6 +5,7 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html import unescape
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +18,7 @@ from detector.review.privacy import mask_address, mask_text
 from detector.store.models import DecisionRow, LabelRow
 from detector.store.review_models import AllowlistRow, AuditRow, CaseRow, NoteRow, StaffRow
 from fairuse_console import create_app
+from fairuse_console.display import display_zone, when
 from fairuse_gateway import DecisionClient
 from tests.review_support import PASSWORD, add_staff, csrf_token, log_in, policy_decision
 from workers.publish import DecisionPublisher
@@ -257,6 +259,34 @@ def test_case_page_shows_evidence_and_charts(client):
     assert "seen_from" in page
     assert page.count('src="data:image/svg+xml;base64,') == 4
     assert client.get("/cases/999").status_code == 404
+
+
+def test_case_page_in_chosen_time_zone(store, redis_client, redis_prefix):
+    app = create_app(engine=store.engine, publisher=DecisionPublisher(redis_client, prefix=redis_prefix),
+                     time_zone="Asia/Shanghai")
+    opened = _case(store, 2).opened_at
+
+    with TestClient(app) as client:
+        log_in(client, "rita")
+        page = client.get("/cases/2").text
+
+    assert when(opened, ZoneInfo("Asia/Shanghai")) in page
+    assert (opened + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M UTC+8") in page
+
+
+@pytest.mark.parametrize(("zone", "shown"), [
+    ("UTC", "2026-12-01 16:30 UTC"),
+    ("Asia/Shanghai", "2026-12-02 00:30 UTC+8"),
+    ("Asia/Kolkata", "2026-12-01 22:00 UTC+5:30"),
+    ("America/St_Johns", "2026-12-01 13:00 UTC-3:30"),
+])
+def test_times_shown_with_offset(zone, shown):
+    assert when(datetime(2026, 12, 1, 16, 30, tzinfo=UTC), display_zone(zone)) == shown
+
+
+def test_unknown_time_zone_named():
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'; give an IANA name"):
+        display_zone("Mars/Olympus")
 
 
 def test_suspend_from_console_reaches_gateway(client, store, gateway):

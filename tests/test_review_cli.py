@@ -284,3 +284,10 @@ def test_readme_review_commands_after_quick_start(tmp_path, monkeypatch):
     assert listed.exit_code == 0, listed.output
     assert len(listed.output.splitlines()) >= 5
     assert "\tkey:key-" in listed.output
+
+
+def test_console_rejects_unknown_time_zone(run):
+    result = run("console", "--time-zone", "Mars/Olympus")
+
+    assert result.exit_code == 2
+    assert "unknown time zone 'Mars/Olympus'" in result.output

@@ -430,14 +430,22 @@ def _stdout_is_terminal() -> bool:
 @click.option("--redis", "redis_url", default=DEFAULT_REDIS, show_default=True, help="Redis that gateways read decisions from.")
 @click.option("--prefix", default=lambda: os.environ.get("FAIRUSE_PREFIX", "fairuse"), show_default="fairuse or $FAIRUSE_PREFIX",
               help="Redis key prefix decisions are published under.")
-def console(host, port, database_url, redis_url, prefix) -> None:
+@click.option("--time-zone", default=lambda: os.environ.get("FAIRUSE_CONSOLE_TIME_ZONE", "UTC"),
+              show_default="UTC or $FAIRUSE_CONSOLE_TIME_ZONE",
+              help="Time zone pages show times in, an IANA name such as Asia/Shanghai.")
+def console(host, port, database_url, redis_url, prefix, time_zone) -> None:
     """Serve the staff review console (log in with an account from 'fairuse staff add')."""
     import uvicorn
 
     from fairuse_console import create_app
+    from fairuse_console.display import display_zone
 
-    uvicorn.run(create_app(database_url=database_url, redis_url=redis_url, prefix=prefix), host=host, port=port,
-                log_level="info")
+    try:
+        display_zone(time_zone)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--time-zone") from None
+    app = create_app(database_url=database_url, redis_url=redis_url, prefix=prefix, time_zone=time_zone)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 COMMANDS = (decisions, review, allowlist, audit, staff, console)
