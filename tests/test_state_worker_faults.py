@@ -118,6 +118,34 @@ def test_data_loss_keeps_in_memory_state(make_worker, redis_client, redis_prefix
     assert _pending(redis_client, stream) == 0
 
 
+def test_data_loss_before_checkpoint_keeps_state(make_worker, redis_client, redis_prefix, monkeypatch):
+    stream = f"{redis_prefix}:events"
+    worker = make_worker("w0", lateness=0.0)
+    _add(redis_client, stream, range(20))
+    _add(redis_client, stream, range(20, 30), key="key-2")
+    process_entries = worker.process_entries
+    applied = []
+
+    def process_then_lose_data(partition, entries):
+        outcome = process_entries(partition, entries)
+        applied.append((len(worker.owned[partition].scorer.ranks), worker.owned[partition].last_id))
+        # After the round renewed the leases and before its checkpoint, as a FLUSHALL can land.
+        _flush(redis_client, redis_prefix)
+        return outcome
+
+    monkeypatch.setattr(worker, "process_entries", process_then_lose_data)
+    worker.run(max_idle_rounds=3)
+
+    subjects, last_id = applied[0]
+    data = redis_client.get(f"{redis_prefix}:state:0")
+    assert data is not None
+    checkpoint = load_state(data, worker.detectors, worker.plans)
+    assert len(applied) == 1
+    assert subjects == 2
+    assert checkpoint.last_id == last_id
+    assert len(checkpoint.scorer.ranks) == subjects
+
+
 def test_run_recreates_group_after_data_loss(make_worker, redis_client, redis_prefix, monkeypatch):
     stream = f"{redis_prefix}:events"
     worker = make_worker("w0")

@@ -726,7 +726,7 @@ class StateConsumer:
             state = self.owned[partition]
             started = self.clock()
             data = dump_state(state, self.detectors, self.plans)
-            saved = self.checkpoints.save(partition, data, lease_key=self.leases.key(partition), owner=self.settings.owner)
+            saved = self._save_checkpoint(partition, data)
             # The acknowledgements below grow with the entries read, so counting them would space checkpoints further.
             took = self.clock() - started
             if not saved:
@@ -750,6 +750,21 @@ class StateConsumer:
                 partition, len(data), _text(state.last_id), self._checkpoint_took[partition], acknowledged,
             )
         return written
+
+    def _save_checkpoint(self, partition: int, data: bytes) -> bool:
+        """Write the partition's checkpoint while this worker holds its lease; return whether it was written.
+
+        A missing lease can also mean that Redis lost its data after this
+        round renewed the leases. The in-memory state is then the only copy,
+        so the lease is taken back (``check_epoch``) and the write retried,
+        instead of the state being dropped.
+        """
+        lease_key = self.leases.key(partition)
+        if self.checkpoints.save(partition, data, lease_key=lease_key, owner=self.settings.owner):
+            return True
+        if not self.check_epoch() or partition not in self.owned:
+            return False
+        return self.checkpoints.save(partition, data, lease_key=lease_key, owner=self.settings.owner)
 
     def _adopt_orphans(self, partitions: set[int]) -> BatchOutcome:
         """Apply the entries pending in ``partitions`` once a checkpoint acknowledged everything this worker read.
