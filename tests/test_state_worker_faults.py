@@ -282,6 +282,29 @@ def test_event_of_other_partition_dead_lettered(make_worker, redis_client, redis
     assert _pending(redis_client, f"{redis_prefix}:events:0") == 0
 
 
+def test_event_far_ahead_dead_lettered(make_worker, redis_client, redis_prefix):
+    stream = f"{redis_prefix}:events"
+    worker = make_worker("w0")
+    _add(redis_client, stream, range(20))
+    worker.process_once()
+    # A year ahead of this machine's clock, as from a gateway whose clock is wrong.
+    ahead = record(99, ts=time.time() + 365 * 86400, key="key-2")
+    redis_client.xadd(stream, {"event": orjson.dumps(ahead)})
+    worker.process_once()
+    _add(redis_client, stream, range(20, 40))
+
+    outcome = worker.process_once()
+
+    reasons = [fields[b"reason"].decode() for _, fields in redis_client.xrange(f"{redis_prefix}:events:dead")]
+    assert len(reasons) == 1
+    assert "request req-key-2-99: ts " in reasons[0]
+    assert "ahead of this worker's clock" in reasons[0]
+    assert outcome.events == 20
+    assert outcome.beyond_lateness == 0
+    assert worker.owned[0].newest == T0 + 39
+    assert _pending(redis_client, stream) == 0
+
+
 def test_lost_connection_reloads_states_from_checkpoints(make_worker, redis_client, redis_prefix, monkeypatch):
     """Redis may come back from a snapshot older than the states, so they are reloaded, not kept."""
     stream = f"{redis_prefix}:events"

@@ -22,7 +22,9 @@ gives it only the new events. docs/streaming-state.md gives the design.
   the ones after it, in order. So each entry is applied to the state once,
   whether a worker stops, hands a partition over or is killed.
 - Each batch: entries are parsed, with dead letters as in the window
-  worker. Requests seen within ``repeat_horizon`` seconds of event time are
+  worker, and for events of other partitions or more than ``CLOCK_MARGIN``
+  seconds (or the lateness, if longer) ahead of this worker's clock.
+  Requests seen within ``repeat_horizon`` seconds of event time are
   dropped (``workers.repeats``). The rest go to the partition's tail
   (``detector.state.tail``), which releases, sorted by time, the events
   older than the partition's newest event time minus ``lateness``. The
@@ -529,6 +531,8 @@ class StateConsumer:
         parsed = parse_entries(entries, stream)
         frame, misrouted = _without_misrouted(parsed.frame, partition, self.settings.partitions, stream)
         parsed.dead.extend(misrouted)
+        frame, ahead = _without_future(frame, time.time(), self._clock_margin, stream)
+        parsed.dead.extend(ahead)
         outcome.dead = len(parsed.dead)
 
         if not frame.empty:
@@ -627,6 +631,11 @@ class StateConsumer:
         record_activity(self.store, state.activity, flagged, np.empty(0, np.int64))
         self.models.score_shadow(findings, closed, store=self.store, since=as_of)
 
+    @property
+    def _clock_margin(self) -> float:
+        """Seconds a clock tick or an event may be ahead of this worker's clock, or a tick behind the time it closes."""
+        return max(self.settings.lateness, CLOCK_MARGIN)
+
     def _follow_clock(self, partition: int, state: PartitionState, clock: float, outcome: BatchOutcome) -> None:
         """Close a partition's days up to a clock tick minus a margin, when no event of it is that recent.
 
@@ -643,7 +652,7 @@ class StateConsumer:
         A tick ahead of this worker's own clock by more than the margin is
         ignored with a warning.
         """
-        margin = max(self.settings.lateness, CLOCK_MARGIN)
+        margin = self._clock_margin
         if clock > time.time() + margin:
             logger.warning(
                 "state worker %s: partition %d: clock tick %.0f is more than %.0f s ahead of this worker's clock; "
@@ -835,6 +844,33 @@ def _without_misrouted(
     dead = [(str(request_id).encode(), _misrouted_reason(stream, request_id, account, key, owner, partition, partitions))
             for request_id, account, key, owner in rows]
     return frame[~wrong].reset_index(drop=True), dead
+
+
+def _without_future(
+    frame: pd.DataFrame, now: float, margin: float, stream: str
+) -> tuple[pd.DataFrame, list[tuple[bytes, str]]]:
+    """Return ``frame`` without the events more than ``margin`` seconds after ``now``, and a dead letter for each.
+
+    One event from a gateway whose clock runs far ahead would move its
+    partition's newest event time, and with it the watermark. Every later
+    event would then be beyond the lateness, and the days of every quiet key
+    would be closed early and scored again. Like ``_without_misrouted``,
+    the dead letters carry the event's request id in their ``entry`` field.
+    NOTE: saved events replayed with ``fairuse push`` are checked against
+    the clock as well, so a simulated input dated after today is rejected.
+    """
+    if frame.empty:
+        return frame, []
+    ahead = frame["ts"].to_numpy() > now + margin
+    if not ahead.any():
+        return frame, []
+    rows = zip(frame["request_id"][ahead], frame["ts"][ahead])
+    dead = [
+        (str(request_id).encode(), f"{stream}: request {request_id}: ts {float(ts):.3f} is {float(ts) - now:.0f} s "
+         f"ahead of this worker's clock, more than the {margin:.0f} s allowed; fix the clock of the gateway that sent it")
+        for request_id, ts in rows
+    ]
+    return frame[~ahead].reset_index(drop=True), dead
 
 
 def _misrouted_reason(stream, request_id, account, key, owner: int, partition: int, partitions: int) -> str:
