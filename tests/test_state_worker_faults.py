@@ -25,6 +25,7 @@ from workers.checkpoint import (
     load_state,
 )
 from workers.partitions import PartitionLeases
+from workers.publish import subject_key
 from workers.repeats import RepeatedRequests
 from workers.state_consumer import PartitionCountError
 
@@ -303,6 +304,38 @@ def test_event_far_ahead_dead_lettered(make_worker, redis_client, redis_prefix):
     assert outcome.beyond_lateness == 0
     assert worker.owned[0].newest == T0 + 39
     assert _pending(redis_client, stream) == 0
+
+
+class _Killed(BaseException):
+    """Ends a worker where a SIGKILL could, without running its clean-up."""
+
+
+def test_crash_before_publish_still_publishes(make_worker, redis_client, redis_prefix, monkeypatch):
+    stream = f"{redis_prefix}:events"
+    # A bot of the last hour, so that its throttles are still in force.
+    start = time.time() - 3600
+    for number in range(900):
+        redis_client.xadd(stream, {"event": orjson.dumps(record(number, ts=start + number * 4.0))})
+    dying = make_worker("dying", checkpoint_seconds=1e9, lateness=0.0)
+
+    def crash(decisions, **options):
+        if decisions:
+            raise _Killed
+
+    monkeypatch.setattr(dying.publisher, "publish", crash)
+    with pytest.raises(_Killed):
+        dying.process_once()
+    # The dying worker's lease would expire after its TTL; deleting it stands for that wait.
+    redis_client.delete(f"{redis_prefix}:lease:0")
+    peer = make_worker("peer", lateness=0.0)
+    for _ in range(3):
+        peer.process_once()
+
+    in_force = dying.store.active_decisions()
+    published = redis_client.get(subject_key(redis_prefix, "key", "key-1"))
+    assert in_force
+    assert published is not None
+    assert {entry["id"] for entry in orjson.loads(published)["active"]} == {decision.id for decision in in_force}
 
 
 def test_lost_connection_reloads_states_from_checkpoints(make_worker, redis_client, redis_prefix, monkeypatch):

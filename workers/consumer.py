@@ -9,8 +9,8 @@ the stored events serve as context and findings are built from that time on
 built and decided by earlier batches. A late event moves ``since`` back, so
 every finding after it is evaluated again. A batch in which a subject
 changes plan is scored over its whole input (see
-``detector.pipeline.plan_changed_since``). Findings and decisions are
-committed to the SQL store, decisions are published to Redis, the windows
+``detector.pipeline.plan_changed_since``). Findings are committed to the
+SQL store, decisions are published to Redis and then committed, the windows
 are extended, and only then are the entries acknowledged. A worker that dies before the acknowledgement leaves its
 entries pending; ``process_once`` claims entries idle longer than
 ``claim_idle_ms`` first, so another worker finishes them. Every step is
@@ -242,9 +242,10 @@ class StreamConsumer:
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
-        outcome.decisions = self.store.save_decisions(result.decisions)
-        # Stored decisions reach the gateway first; the case charts' activity can wait.
+        # Decisions reach the gateway first; the case charts' activity can wait. They are published before they are
+        # stored because a batch scored again after a crash makes no decision that a stored one covers.
         self.publisher.publish(result.decisions)
+        outcome.decisions = self.store.save_decisions(result.decisions)
         # ``result.prior`` contains the stored decisions of the subjects with findings in this pass only.
         acted_on = result.acted_on()
         acted_on |= decided_without_shadow(self.store, subjects - acted_on)

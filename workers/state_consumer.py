@@ -31,8 +31,9 @@ gives it only the new events. docs/streaming-state.md gives the design.
   state scores the released events. The policy
   decides on the findings through ``detector.pipeline.apply_policy``, the
   function the batch command uses, with the subjects' stored findings of the
-  merge window as context. Findings and decisions are stored (idempotent
-  on their ids), then decisions are published.
+  merge window as context. Findings are stored, then decisions are
+  published and stored (each idempotent on its id). Publishing first means
+  a crash between the two leaves no stored decision unpublished.
 - Redis losing its data. The worker keeps its in-memory states, takes
   its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
@@ -601,8 +602,10 @@ class StateConsumer:
         )
         self.store.save_findings(findings)
         outcome.findings += len(findings)
-        outcome.decisions += self.store.save_decisions(policy_outcome.decisions)
+        # Published before they are stored: a batch applied again after a crash finds stored decisions covering
+        # its findings and makes no new ones, so decisions stored and never published would stay unpublished.
         self.publisher.publish(policy_outcome.decisions)
+        outcome.decisions += self.store.save_decisions(policy_outcome.decisions)
 
     def close_quiet_keys(self) -> BatchOutcome:
         """Score, in every owned partition, the anomaly days that ended before the partition's newest event."""
