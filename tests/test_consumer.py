@@ -13,9 +13,10 @@ from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.store import open_store
 from workers import consumer as consumer_module
-from workers.consumer import StreamConsumer, StreamSettings
+from workers.consumer import StateWorkersError, StreamConsumer, StreamSettings
 from workers.entries import clock_tick
 from workers.publish import DecisionPublisher, subject_key
+from workers.state_consumer import StateSettings
 from workers.window import EventWindows, decode_chunks
 from tests.factories import DAY, HOUR, T0, events, frame, record
 
@@ -159,6 +160,16 @@ def test_crash_before_publish_still_publishes(make_consumer, redis_client, redis
     assert in_force
     assert published is not None
     assert {entry["id"] for entry in orjson.loads(published)["active"]} == {decision.id for decision in in_force}
+
+
+def test_window_worker_refused_beside_state_workers(make_consumer, redis_client, redis_prefix):
+    partitions_key = StateSettings(prefix=redis_prefix).partitions_key
+    # A state worker on the same prefix notes its partition count when it starts.
+    redis_client.set(partitions_key, 1)
+
+    with pytest.raises(StateWorkersError, match=f"{partitions_key} exists, so state workers run on {redis_prefix}:events"):
+        make_consumer(state_partitions_key=partitions_key)
+    assert redis_client.exists(f"{redis_prefix}:events") == 0
 
 
 def test_redelivered_events_counted_once(make_consumer, redis_client, redis_prefix):

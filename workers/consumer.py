@@ -64,6 +64,13 @@ class StreamSettings:
     batch_size: int = 50_000
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
+    # The key where state workers on the same stream note their partition count (StateSettings.partitions_key),
+    # or None to skip the check. While it exists, ensure_group raises StateWorkersError.
+    state_partitions_key: str | None = None
+
+
+class StateWorkersError(RuntimeError):
+    """State workers run on the stream that a window worker was started on."""
 
 
 @dataclass(slots=True)
@@ -121,7 +128,20 @@ class StreamConsumer:
         self.models = models
 
     def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) if they do not exist yet."""
+        """Create the consumer group (and the stream) if they do not exist yet.
+
+        Raises ``StateWorkersError`` where state workers noted their partition
+        count: both kinds read the stream through the same group, so each
+        would see only part of the events, and the state workers' pending
+        entries would be claimed from them.
+        """
+        key = self.settings.state_partitions_key
+        if key is not None and self.client.exists(key):
+            raise StateWorkersError(
+                f"{key} exists, so state workers run on {self.settings.stream}; a window worker beside them would "
+                f"read part of its entries. Run only 'fairuse worker' (the state worker), or, once no state worker "
+                f"runs, delete {key} to switch to --window"
+            )
         try:
             self.client.xgroup_create(self.settings.stream, self.settings.group, id="0", mkstream=True)
         except redis.ResponseError as error:
