@@ -294,9 +294,10 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
     from detector.plans import load_plans
     from detector.policy import load_policy
     from detector.store import open_store
-    from workers.consumer import StreamConsumer, StreamSettings
+    from workers.consumer import StateWorkersError, StreamConsumer, StreamSettings
     from workers.heap import freeze_startup_objects
     from workers.publish import DecisionPublisher
+    from workers.state_consumer import StateSettings
     from workers.window import EventWindows
 
     if partitions > 1 and not use_state:
@@ -321,12 +322,15 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
         windows=EventWindows(client, prefix=prefix), publisher=DecisionPublisher(client, prefix=prefix),
         settings=StreamSettings(
             stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", batch_size=batch_size,
-            claim_idle_ms=claim_idle_ms,
+            claim_idle_ms=claim_idle_ms, state_partitions_key=StateSettings(prefix=prefix).partitions_key,
         ),
         models=models,
     )
     freeze_startup_objects()
-    consumer.run(stop)
+    try:
+        consumer.run(stop)
+    except StateWorkersError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size, partitions, checkpoint_seconds,

@@ -13,9 +13,10 @@ from detector.model_registry import load_model
 from detector.pipeline import default_detectors
 from detector.store import open_store
 from workers import consumer as consumer_module
-from workers.consumer import StreamConsumer, StreamSettings
+from workers.consumer import StateWorkersError, StreamConsumer, StreamSettings
 from workers.entries import clock_tick
-from workers.publish import DecisionPublisher
+from workers.publish import DecisionPublisher, subject_key
+from workers.state_consumer import StateSettings
 from workers.window import EventWindows, decode_chunks
 from tests.factories import DAY, HOUR, T0, events, frame, record
 
@@ -131,6 +132,44 @@ def test_unacknowledged_entries_claimed_by_next_worker(make_consumer, redis_clie
     assert outcome.events == 50
     assert redis_client.xpending(first.settings.stream, "workers")["pending"] == 0
     assert EventWindows(redis_client, prefix=redis_prefix).count("key", "key-1") == 50
+
+
+class _Killed(BaseException):
+    """Ends a worker where a SIGKILL could, without running its clean-up."""
+
+
+def test_crash_before_publish_still_publishes(make_consumer, redis_client, redis_prefix, monkeypatch):
+    first = make_consumer(consumer="worker-a", batch_size=1000)
+    # A bot of the last hour, so that its throttles are still in force.
+    start = time.time() - 3600
+    _append(redis_client, first.settings.stream, [_event(number, ts=start + number * 4.0) for number in range(900)])
+
+    def crash(decisions, **options):
+        if decisions:
+            raise _Killed
+
+    monkeypatch.setattr(first.publisher, "publish", crash)
+    with pytest.raises(_Killed):
+        first.process_once()
+    second = make_consumer(consumer="worker-b", batch_size=1000, claim_idle_ms=0)
+    outcome = second.process_once()
+
+    in_force = make_consumer.store.active_decisions()
+    published = redis_client.get(subject_key(redis_prefix, "key", "key-1"))
+    assert outcome.claimed is True
+    assert in_force
+    assert published is not None
+    assert {entry["id"] for entry in orjson.loads(published)["active"]} == {decision.id for decision in in_force}
+
+
+def test_window_worker_refused_beside_state_workers(make_consumer, redis_client, redis_prefix):
+    partitions_key = StateSettings(prefix=redis_prefix).partitions_key
+    # A state worker on the same prefix notes its partition count when it starts.
+    redis_client.set(partitions_key, 1)
+
+    with pytest.raises(StateWorkersError, match=f"{partitions_key} exists, so state workers run on {redis_prefix}:events"):
+        make_consumer(state_partitions_key=partitions_key)
+    assert redis_client.exists(f"{redis_prefix}:events") == 0
 
 
 def test_redelivered_events_counted_once(make_consumer, redis_client, redis_prefix):

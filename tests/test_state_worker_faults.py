@@ -25,6 +25,7 @@ from workers.checkpoint import (
     load_state,
 )
 from workers.partitions import PartitionLeases
+from workers.publish import subject_key
 from workers.repeats import RepeatedRequests
 from workers.state_consumer import PartitionCountError
 
@@ -116,6 +117,34 @@ def test_data_loss_keeps_in_memory_state(make_worker, redis_client, redis_prefix
     assert redis_client.get(f"{redis_prefix}:lease:0") == b"w0"
     assert redis_client.exists(f"{redis_prefix}:state:0")
     assert _pending(redis_client, stream) == 0
+
+
+def test_data_loss_before_checkpoint_keeps_state(make_worker, redis_client, redis_prefix, monkeypatch):
+    stream = f"{redis_prefix}:events"
+    worker = make_worker("w0", lateness=0.0)
+    _add(redis_client, stream, range(20))
+    _add(redis_client, stream, range(20, 30), key="key-2")
+    process_entries = worker.process_entries
+    applied = []
+
+    def process_then_lose_data(partition, entries):
+        outcome = process_entries(partition, entries)
+        applied.append((len(worker.owned[partition].scorer.ranks), worker.owned[partition].last_id))
+        # After the round renewed the leases and before its checkpoint, as a FLUSHALL can land.
+        _flush(redis_client, redis_prefix)
+        return outcome
+
+    monkeypatch.setattr(worker, "process_entries", process_then_lose_data)
+    worker.run(max_idle_rounds=3)
+
+    subjects, last_id = applied[0]
+    data = redis_client.get(f"{redis_prefix}:state:0")
+    assert data is not None
+    checkpoint = load_state(data, worker.detectors, worker.plans)
+    assert len(applied) == 1
+    assert subjects == 2
+    assert checkpoint.last_id == last_id
+    assert len(checkpoint.scorer.ranks) == subjects
 
 
 def test_run_recreates_group_after_data_loss(make_worker, redis_client, redis_prefix, monkeypatch):
@@ -252,6 +281,61 @@ def test_event_of_other_partition_dead_lettered(make_worker, redis_client, redis
     assert len(reasons) == 2
     assert all(f"(key '{theirs}') belongs to partition 1 of 2, not 0" in reason for reason in reasons)
     assert _pending(redis_client, f"{redis_prefix}:events:0") == 0
+
+
+def test_event_far_ahead_dead_lettered(make_worker, redis_client, redis_prefix):
+    stream = f"{redis_prefix}:events"
+    worker = make_worker("w0")
+    _add(redis_client, stream, range(20))
+    worker.process_once()
+    # A year ahead of this machine's clock, as from a gateway whose clock is wrong.
+    ahead = record(99, ts=time.time() + 365 * 86400, key="key-2")
+    redis_client.xadd(stream, {"event": orjson.dumps(ahead)})
+    worker.process_once()
+    _add(redis_client, stream, range(20, 40))
+
+    outcome = worker.process_once()
+
+    reasons = [fields[b"reason"].decode() for _, fields in redis_client.xrange(f"{redis_prefix}:events:dead")]
+    assert len(reasons) == 1
+    assert "request req-key-2-99: ts " in reasons[0]
+    assert "ahead of this worker's clock" in reasons[0]
+    assert outcome.events == 20
+    assert outcome.beyond_lateness == 0
+    assert worker.owned[0].newest == T0 + 39
+    assert _pending(redis_client, stream) == 0
+
+
+class _Killed(BaseException):
+    """Ends a worker where a SIGKILL could, without running its clean-up."""
+
+
+def test_crash_before_publish_still_publishes(make_worker, redis_client, redis_prefix, monkeypatch):
+    stream = f"{redis_prefix}:events"
+    # A bot of the last hour, so that its throttles are still in force.
+    start = time.time() - 3600
+    for number in range(900):
+        redis_client.xadd(stream, {"event": orjson.dumps(record(number, ts=start + number * 4.0))})
+    dying = make_worker("dying", checkpoint_seconds=1e9, lateness=0.0)
+
+    def crash(decisions, **options):
+        if decisions:
+            raise _Killed
+
+    monkeypatch.setattr(dying.publisher, "publish", crash)
+    with pytest.raises(_Killed):
+        dying.process_once()
+    # The dying worker's lease would expire after its TTL; deleting it stands for that wait.
+    redis_client.delete(f"{redis_prefix}:lease:0")
+    peer = make_worker("peer", lateness=0.0)
+    for _ in range(3):
+        peer.process_once()
+
+    in_force = dying.store.active_decisions()
+    published = redis_client.get(subject_key(redis_prefix, "key", "key-1"))
+    assert in_force
+    assert published is not None
+    assert {entry["id"] for entry in orjson.loads(published)["active"]} == {decision.id for decision in in_force}
 
 
 def test_lost_connection_reloads_states_from_checkpoints(make_worker, redis_client, redis_prefix, monkeypatch):

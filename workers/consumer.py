@@ -9,8 +9,8 @@ the stored events serve as context and findings are built from that time on
 built and decided by earlier batches. A late event moves ``since`` back, so
 every finding after it is evaluated again. A batch in which a subject
 changes plan is scored over its whole input (see
-``detector.pipeline.plan_changed_since``). Findings and decisions are
-committed to the SQL store, decisions are published to Redis, the windows
+``detector.pipeline.plan_changed_since``). Findings are committed to the
+SQL store, decisions are published to Redis and then committed, the windows
 are extended, and only then are the entries acknowledged. A worker that dies before the acknowledgement leaves its
 entries pending; ``process_once`` claims entries idle longer than
 ``claim_idle_ms`` first, so another worker finishes them. Every step is
@@ -64,6 +64,13 @@ class StreamSettings:
     batch_size: int = 50_000
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
+    # The key where state workers on the same stream note their partition count (StateSettings.partitions_key),
+    # or None to skip the check. While it exists, ensure_group raises StateWorkersError.
+    state_partitions_key: str | None = None
+
+
+class StateWorkersError(RuntimeError):
+    """State workers run on the stream that a window worker was started on."""
 
 
 @dataclass(slots=True)
@@ -121,7 +128,20 @@ class StreamConsumer:
         self.models = models
 
     def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) if they do not exist yet."""
+        """Create the consumer group (and the stream) if they do not exist yet.
+
+        Raises ``StateWorkersError`` where state workers noted their partition
+        count: both kinds read the stream through the same group, so each
+        would see only part of the events, and the state workers' pending
+        entries would be claimed from them.
+        """
+        key = self.settings.state_partitions_key
+        if key is not None and self.client.exists(key):
+            raise StateWorkersError(
+                f"{key} exists, so state workers run on {self.settings.stream}; a window worker beside them would "
+                f"read part of its entries. Run only 'fairuse worker' (the state worker), or, once no state worker "
+                f"runs, delete {key} to switch to --window"
+            )
         try:
             self.client.xgroup_create(self.settings.stream, self.settings.group, id="0", mkstream=True)
         except redis.ResponseError as error:
@@ -242,9 +262,10 @@ class StreamConsumer:
         )
         self.store.save_findings(result.findings)
         outcome.findings = len(result.findings)
-        outcome.decisions = self.store.save_decisions(result.decisions)
-        # Stored decisions reach the gateway first; the case charts' activity can wait.
+        # Decisions reach the gateway first; the case charts' activity can wait. They are published before they are
+        # stored because a batch scored again after a crash makes no decision that a stored one covers.
         self.publisher.publish(result.decisions)
+        outcome.decisions = self.store.save_decisions(result.decisions)
         # ``result.prior`` contains the stored decisions of the subjects with findings in this pass only.
         acted_on = result.acted_on()
         acted_on |= decided_without_shadow(self.store, subjects - acted_on)

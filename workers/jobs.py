@@ -60,7 +60,10 @@ def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[s
     stream_consumer = StreamConsumer(
         connection, store, plans=load_plans(), policy=policy, detectors=models.detectors(),
         windows=EventWindows(connection, prefix=prefix), publisher=DecisionPublisher(connection, prefix=prefix),
-        settings=StreamSettings(stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", consumer=name),
+        settings=StreamSettings(
+            stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", consumer=name,
+            state_partitions_key=StateSettings(prefix=prefix).partitions_key,
+        ),
         models=models,
     )
 

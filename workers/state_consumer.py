@@ -22,15 +22,18 @@ gives it only the new events. docs/streaming-state.md gives the design.
   the ones after it, in order. So each entry is applied to the state once,
   whether a worker stops, hands a partition over or is killed.
 - Each batch: entries are parsed, with dead letters as in the window
-  worker. Requests seen within ``repeat_horizon`` seconds of event time are
+  worker, and for events of other partitions or more than ``CLOCK_MARGIN``
+  seconds (or the lateness, if longer) ahead of this worker's clock.
+  Requests seen within ``repeat_horizon`` seconds of event time are
   dropped (``workers.repeats``). The rest go to the partition's tail
   (``detector.state.tail``), which releases, sorted by time, the events
   older than the partition's newest event time minus ``lateness``. The
   state scores the released events. The policy
   decides on the findings through ``detector.pipeline.apply_policy``, the
   function the batch command uses, with the subjects' stored findings of the
-  merge window as context. Findings and decisions are stored (idempotent
-  on their ids), then decisions are published.
+  merge window as context. Findings are stored, then decisions are
+  published and stored (each idempotent on its id). Publishing first means
+  a crash between the two leaves no stored decision unpublished.
 - Redis losing its data. The worker keeps its in-memory states, takes
   its leases back and writes their checkpoints again (``check_epoch``).
 - Quiet keys. Every ``close_seconds`` each partition's anomaly days that
@@ -529,6 +532,8 @@ class StateConsumer:
         parsed = parse_entries(entries, stream)
         frame, misrouted = _without_misrouted(parsed.frame, partition, self.settings.partitions, stream)
         parsed.dead.extend(misrouted)
+        frame, ahead = _without_future(frame, time.time(), self._clock_margin, stream)
+        parsed.dead.extend(ahead)
         outcome.dead = len(parsed.dead)
 
         if not frame.empty:
@@ -597,8 +602,10 @@ class StateConsumer:
         )
         self.store.save_findings(findings)
         outcome.findings += len(findings)
-        outcome.decisions += self.store.save_decisions(policy_outcome.decisions)
+        # Published before they are stored: a batch applied again after a crash finds stored decisions covering
+        # its findings and makes no new ones, so decisions stored and never published would stay unpublished.
         self.publisher.publish(policy_outcome.decisions)
+        outcome.decisions += self.store.save_decisions(policy_outcome.decisions)
 
     def close_quiet_keys(self) -> BatchOutcome:
         """Score, in every owned partition, the anomaly days that ended before the partition's newest event."""
@@ -627,6 +634,11 @@ class StateConsumer:
         record_activity(self.store, state.activity, flagged, np.empty(0, np.int64))
         self.models.score_shadow(findings, closed, store=self.store, since=as_of)
 
+    @property
+    def _clock_margin(self) -> float:
+        """Seconds a clock tick or an event may be ahead of this worker's clock, or a tick behind the time it closes."""
+        return max(self.settings.lateness, CLOCK_MARGIN)
+
     def _follow_clock(self, partition: int, state: PartitionState, clock: float, outcome: BatchOutcome) -> None:
         """Close a partition's days up to a clock tick minus a margin, when no event of it is that recent.
 
@@ -643,7 +655,7 @@ class StateConsumer:
         A tick ahead of this worker's own clock by more than the margin is
         ignored with a warning.
         """
-        margin = max(self.settings.lateness, CLOCK_MARGIN)
+        margin = self._clock_margin
         if clock > time.time() + margin:
             logger.warning(
                 "state worker %s: partition %d: clock tick %.0f is more than %.0f s ahead of this worker's clock; "
@@ -726,7 +738,7 @@ class StateConsumer:
             state = self.owned[partition]
             started = self.clock()
             data = dump_state(state, self.detectors, self.plans)
-            saved = self.checkpoints.save(partition, data, lease_key=self.leases.key(partition), owner=self.settings.owner)
+            saved = self._save_checkpoint(partition, data)
             # The acknowledgements below grow with the entries read, so counting them would space checkpoints further.
             took = self.clock() - started
             if not saved:
@@ -750,6 +762,21 @@ class StateConsumer:
                 partition, len(data), _text(state.last_id), self._checkpoint_took[partition], acknowledged,
             )
         return written
+
+    def _save_checkpoint(self, partition: int, data: bytes) -> bool:
+        """Write the partition's checkpoint while this worker holds its lease; return whether it was written.
+
+        A missing lease can also mean that Redis lost its data after this
+        round renewed the leases. The in-memory state is then the only copy,
+        so the lease is taken back (``check_epoch``) and the write retried,
+        instead of the state being dropped.
+        """
+        lease_key = self.leases.key(partition)
+        if self.checkpoints.save(partition, data, lease_key=lease_key, owner=self.settings.owner):
+            return True
+        if not self.check_epoch() or partition not in self.owned:
+            return False
+        return self.checkpoints.save(partition, data, lease_key=lease_key, owner=self.settings.owner)
 
     def _adopt_orphans(self, partitions: set[int]) -> BatchOutcome:
         """Apply the entries pending in ``partitions`` once a checkpoint acknowledged everything this worker read.
@@ -820,6 +847,33 @@ def _without_misrouted(
     dead = [(str(request_id).encode(), _misrouted_reason(stream, request_id, account, key, owner, partition, partitions))
             for request_id, account, key, owner in rows]
     return frame[~wrong].reset_index(drop=True), dead
+
+
+def _without_future(
+    frame: pd.DataFrame, now: float, margin: float, stream: str
+) -> tuple[pd.DataFrame, list[tuple[bytes, str]]]:
+    """Return ``frame`` without the events more than ``margin`` seconds after ``now``, and a dead letter for each.
+
+    One event from a gateway whose clock runs far ahead would move its
+    partition's newest event time, and with it the watermark. Every later
+    event would then be beyond the lateness, and the days of every quiet key
+    would be closed early and scored again. Like ``_without_misrouted``,
+    the dead letters carry the event's request id in their ``entry`` field.
+    NOTE: saved events replayed with ``fairuse push`` are checked against
+    the clock as well, so a simulated input dated after today is rejected.
+    """
+    if frame.empty:
+        return frame, []
+    ahead = frame["ts"].to_numpy() > now + margin
+    if not ahead.any():
+        return frame, []
+    rows = zip(frame["request_id"][ahead], frame["ts"][ahead])
+    dead = [
+        (str(request_id).encode(), f"{stream}: request {request_id}: ts {float(ts):.3f} is {float(ts) - now:.0f} s "
+         f"ahead of this worker's clock, more than the {margin:.0f} s allowed; fix the clock of the gateway that sent it")
+        for request_id, ts in rows
+    ]
+    return frame[~ahead].reset_index(drop=True), dead
 
 
 def _misrouted_reason(stream, request_id, account, key, owner: int, partition: int, partitions: int) -> str:
