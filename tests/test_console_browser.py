@@ -27,6 +27,7 @@ from detector.review.staff import StaffDirectory
 from detector.store.models import LabelRow
 from fairuse_console import create_app
 from fairuse_gateway import DecisionClient
+from tests.conftest import REDIS_URL
 from tests.factories import HOUR, events, frame, wait_until
 from tests.review_support import PASSWORD, policy_decision
 from workers.publish import DecisionPublisher
@@ -116,7 +117,7 @@ def test_suspend_top_case_reaches_gateway(page, console_url, redis_prefix):
     page.wait_for_url("**/cases/*?done=suspend")
 
     assert "suspended" in page.locator("#case-status").inner_text()
-    verdict = DecisionClient(prefix=redis_prefix, cache_seconds=0.0).check(key_id="key-resold")
+    verdict = DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0).check(key_id="key-resold")
     assert verdict.action == "suspend"
     assert verdict.reasons == ("abnormal_cost", "key_sharing")
 

@@ -20,6 +20,7 @@ from detector.store.review_models import AllowlistRow, AuditRow, CaseRow, NoteRo
 from fairuse_console import create_app
 from fairuse_console.display import display_zone, when
 from fairuse_gateway import DecisionClient
+from tests.conftest import REDIS_URL
 from tests.review_support import PASSWORD, add_staff, csrf_token, log_in, policy_decision
 from workers.publish import DecisionPublisher
 
@@ -71,7 +72,7 @@ def client(app):
 
 @pytest.fixture
 def gateway(redis_prefix):
-    return DecisionClient(prefix=redis_prefix, cache_seconds=0.0)
+    return DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0)
 
 
 def _count(store, table) -> int:
@@ -589,6 +590,7 @@ SPELLINGS = {
     "zero-padded 198.51.100.028": "198.51.100.028",
     "after a word and colon ip:2001:db8::5": "2001:db8::5",
     "seen_from:2001:db8:1:2:3:4:5:6": "2001:db8:1:2:3:4:5:6",
+    "after a hex word deadbeef:2001:db8::9": "2001:db8::9",
 }
 LEAKY = " ".join(SPELLINGS)
 

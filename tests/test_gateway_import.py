@@ -16,6 +16,7 @@ from detector.gateway_import import Importer, StoreSink, StreamSink
 from detector.pipeline import default_detectors
 from detector.readers.gateways import gateway_settings, open_log_reader
 from detector.store import open_store
+from tests.conftest import REDIS_URL
 from tests.factories import wait_until
 from tests.gateways.tables import litellm_tables, newapi_tables, oneapi_tables
 from workers.consumer import StreamConsumer, StreamSettings
@@ -357,7 +358,7 @@ def test_import_command_feeds_stream(sqlite_url, tmp_path, redis_client, redis_p
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     rejects = tmp_path / "rejects.txt"
     arguments = ["import", "newapi", "--from", sqlite_url, "--db", store_url, "--target", "stream",
-                 "--redis", "redis://127.0.0.1:6379/0", "--prefix", redis_prefix, "--settle-seconds", "0",
+                 "--redis", REDIS_URL, "--prefix", redis_prefix, "--settle-seconds", "0",
                  "--plan", "vip=coding", "--rejects", str(rejects)]
 
     first = CliRunner().invoke(main, arguments)

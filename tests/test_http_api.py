@@ -12,6 +12,7 @@ from detector.store import open_store
 from detector.store.gateways import GatewayError, GatewayRegistry
 from detector.store.repository import FEED_OVERLAP
 from fairuse_gateway import DecisionClient
+from tests.conftest import REDIS_URL
 from workers.http_api import create_app
 from workers.publish import DecisionPublisher, subject_key
 
@@ -32,7 +33,7 @@ def _decision(action="suspend", *, subject="key-1", seconds=3600.0, ident=None, 
 def setup(sqlite_url, redis_client, redis_prefix):
     store = open_store(sqlite_url)
     api_key = GatewayRegistry(store.engine).add("edge-1")
-    app = create_app(store, DecisionClient(prefix=redis_prefix, cache_seconds=0.0))
+    app = create_app(store, DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0))
     publisher = DecisionPublisher(redis_client, prefix=redis_prefix)
     return TestClient(app), {"X-Api-Key": api_key}, store, publisher
 

@@ -13,6 +13,7 @@ import redis
 from detector.decisions import Decision
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
+from tests.conftest import REDIS_URL
 from workers.publish import DecisionPublisher, subject_key
 
 
@@ -34,7 +35,7 @@ def publisher(redis_client, redis_prefix):
 
 @pytest.fixture
 def gateway(redis_prefix):
-    return DecisionClient(prefix=redis_prefix, cache_seconds=0.0)
+    return DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0)
 
 
 def test_published_suspension_read_by_gateway(publisher, gateway):
@@ -149,7 +150,7 @@ def test_republish_after_redis_lost_data(publisher, gateway, redis_client, redis
 
 
 def test_cache_serves_for_at_most_cache_seconds(publisher, redis_prefix):
-    client = DecisionClient(prefix=redis_prefix, cache_seconds=0.5)
+    client = DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.5)
     assert client.check(key_id="key-1").action == "allow"
 
     publisher.publish([_decision("suspend")])
@@ -340,7 +341,7 @@ def test_publish_replaces_key_of_another_type(publisher, redis_client, redis_pre
 
 def test_fail_closed_raises_on_malformed_value(redis_client, redis_prefix):
     redis_client.set(subject_key(redis_prefix, "key", "key-1"), b"not json")
-    client = DecisionClient(prefix=redis_prefix, cache_seconds=0.0, fail_open=False)
+    client = DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0, fail_open=False)
 
     with pytest.raises(ValueError, match="invalid decision value"):
         client.check(key_id="key-1")

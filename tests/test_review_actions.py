@@ -17,6 +17,7 @@ from detector.store.allowlist import StaffAllowlist
 from detector.store.models import DecisionRow, LabelRow
 from detector.store.review_models import AuditRow, CaseRow
 from fairuse_gateway import DecisionClient
+from tests.conftest import REDIS_URL
 from tests.review_support import policy_decision
 from workers.publish import DecisionPublisher
 
@@ -33,7 +34,7 @@ def actions(store, redis_client, redis_prefix):
 
 @pytest.fixture
 def gateway(redis_prefix):
-    return DecisionClient(prefix=redis_prefix, cache_seconds=0.0)
+    return DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from detector.cli import main
 from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from fairuse_gateway import DecisionClient
+from tests.conftest import REDIS_URL
 from tests.review_support import PASSWORD, add_staff, policy_decision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def run(sqlite_url, redis_prefix):
 
 @pytest.fixture
 def gateway(redis_prefix):
-    return DecisionClient(prefix=redis_prefix, cache_seconds=0.0)
+    return DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0)
 
 
 def test_staff_add_hashes_password(run, sqlite_url):

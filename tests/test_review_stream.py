@@ -14,6 +14,7 @@ from detector.store import open_store
 from detector.store.gateways import GatewayRegistry
 from detector.store.review_models import ActivityRow
 from fairuse_gateway import DecisionClient
+from tests.conftest import REDIS_URL
 from tests.factories import T0, record
 from workers.consumer import StreamConsumer, StreamSettings
 from workers.http_api import create_app
@@ -107,7 +108,7 @@ def test_first_decision_writes_earlier_hours(consumer, store, redis_client):
 
 def test_lift_reported_to_http_gateways(store, actions, redis_prefix):
     api_key = GatewayRegistry(store.engine).add("edge-1")
-    client = TestClient(create_app(store, DecisionClient(prefix=redis_prefix, cache_seconds=0.0)))
+    client = TestClient(create_app(store, DecisionClient(REDIS_URL, prefix=redis_prefix, cache_seconds=0.0)))
     headers = {"X-Api-Key": api_key}
     decision = actions.add_decision("key", "key-7", "suspend", staff="alice", duration=timedelta(hours=2),
                                     comment="card fraud")

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from detector.cli import main
 from detector.store import open_store
 from detector.store.model_assignments import ACTIVE, ModelAssignments
+from tests.conftest import REDIS_URL
 from tests.factories import record, wait_until
 from tests.model_helpers import corrupt, train_versions
 
@@ -25,7 +26,7 @@ def test_worker_switches_model_without_restart(redis_client, redis_prefix, sqlit
                               env={"FAIRUSE_MODELS_DIR": str(models_dir)}).exit_code == 0
     log = tmp_path / "worker.log"
     command = [
-        sys.executable, "-m", "detector.cli", "-v", "worker", "--window", "--db", sqlite_url, "--prefix", redis_prefix,
+        sys.executable, "-m", "detector.cli", "-v", "worker", "--window", "--db", sqlite_url, "--redis", REDIS_URL, "--prefix", redis_prefix,
         "--claim-idle-ms", "0", "--model-refresh", "0.2",
     ]
     numbers = iter(range(1_000_000))
@@ -69,7 +70,7 @@ def test_state_worker_switches_model_without_restart(redis_client, redis_prefix,
     assert CliRunner().invoke(main, ["models", "activate", "v1", "--db", sqlite_url], env=environment).exit_code == 0
     log = tmp_path / "worker.log"
     command = [
-        sys.executable, "-m", "detector.cli", "-v", "worker", "--state", "--db", sqlite_url, "--prefix", redis_prefix,
+        sys.executable, "-m", "detector.cli", "-v", "worker", "--state", "--db", sqlite_url, "--redis", REDIS_URL, "--prefix", redis_prefix,
         "--model-refresh", "0.2",
     ]
     with log.open("w") as handle:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from detector.store import open_store
+from tests.conftest import REDIS_URL
 from tests.factories import T0, record, wait_until
 from workers.window import EventWindows
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def _worker(prefix, database_url, *extra):
     command = [
-        sys.executable, "-m", "detector.cli", "worker", "--window", "--db", database_url, "--prefix", prefix,
+        sys.executable, "-m", "detector.cli", "worker", "--window", "--db", database_url, "--redis", REDIS_URL, "--prefix", prefix,
         "--batch-size", "300", "--claim-idle-ms", "0", "--no-model", *extra,
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

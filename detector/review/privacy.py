@@ -23,9 +23,11 @@ from detector.readers.checks import normalize_ip
 # carry a prefix length. A trailing period is sentence punctuation, not part
 # of the address. An IPv6 candidate starts with a hex group or "::", and may
 # follow a word and one colon ("ip:2001:db8::1"), but never starts inside a
-# run of hex groups.
+# run of hex groups. A hex word of five or more digits is no group, so a
+# candidate may follow it and a colon ("deadbeef:2001:db8::1").
 _IPV6 = (
-    r"(?<![0-9A-Fa-f.])(?<![0-9A-Fa-f:.]:)(?:[0-9A-Fa-f]{1,4}:|:(?=:))(?:[0-9A-Fa-f]{0,4}:){1,6}"
+    r"(?:(?<![0-9A-Fa-f.])(?<![0-9A-Fa-f:.]:)|(?<=[0-9A-Fa-f]{5}:))"
+    r"(?:[0-9A-Fa-f]{1,4}:|:(?=:))(?:[0-9A-Fa-f]{0,4}:){1,6}"
     r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?:/\d{1,3})?"
 )
 _DOTTED = r"(?<![\d.])\d+(?:\.\d+)+(?:/\d{1,3})?"
