@@ -13,8 +13,8 @@ times, alternating, in fresh subprocesses:
   findings and decisions in a fresh SQLite file.
 
 Each phase runs in its own process so its peak RSS is its own. The report is
-the median of ``--repeat`` rounds, and the ratio of scoring's events/s to the
-faster parse.
+the median of ``--repeat`` rounds (wall and CPU seconds), the ratio of
+scoring's events/s to each parse's, and the ratio of their CPU seconds.
 
 With ``--processes 2`` scoring forks its detectors into a second process,
 whose memory the scoring process's peak RSS leaves out. The script then also
@@ -106,6 +106,7 @@ def summed_pss_mb(pid: int) -> float:
 
 def run_phase(phase: str, events: Path, processes: int = 1) -> dict:
     started = time.perf_counter()
+    cpu_started = time.process_time()
     if phase == "parse-orjson":
         count = parse_with_orjson(events)
     elif phase == "parse-pyarrow":
@@ -113,7 +114,9 @@ def run_phase(phase: str, events: Path, processes: int = 1) -> dict:
     else:
         count = score(events, processes)
     seconds = time.perf_counter() - started
-    return {"events": count, "seconds": seconds, "peak_mb": peak_resident_mb()}
+    # CPU time of every thread of this process (not of forked detector processes).
+    cpu_seconds = time.process_time() - cpu_started
+    return {"events": count, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mb": peak_resident_mb()}
 
 
 def peak_resident_mb() -> float:
@@ -164,18 +167,23 @@ def report(events: Path, results: dict[str, list[dict]]) -> None:
         medians[phase] = {
             "events": runs[0]["events"],
             "seconds": seconds,
+            "cpu_seconds": statistics.median(run["cpu_seconds"] for run in runs),
             "events_per_s": runs[0]["events"] / seconds,
             "peak_mb": max(run["peak_mb"] for run in runs),
         }
 
     print(f"file: {events} ({events.stat().st_size / 1e6:.0f} MB)")
-    print(f"{'phase':<15}{'events':>12}{'seconds':>10}{'events/s':>14}{'peak MB':>10}")
+    print(f"{'phase':<15}{'events':>12}{'seconds':>10}{'CPU s':>8}{'events/s':>14}{'peak MB':>10}")
     for phase, row in medians.items():
-        print(f"{phase:<15}{row['events']:>12,}{row['seconds']:>10.2f}{row['events_per_s']:>14,.0f}{row['peak_mb']:>10.0f}")
+        print(f"{phase:<15}{row['events']:>12,}{row['seconds']:>10.2f}{row['cpu_seconds']:>8.2f}"
+              f"{row['events_per_s']:>14,.0f}{row['peak_mb']:>10.0f}")
 
     score_rate = medians["score"]["events_per_s"]
     for baseline in ("parse-orjson", "parse-pyarrow"):
         print(f"score / {baseline}: {score_rate / medians[baseline]['events_per_s']:.2f}")
+    # When the parse keeps every core busy, score / parse-pyarrow can reach at most 1 / this ratio.
+    cpu_ratio = medians["score"]["cpu_seconds"] / medians["parse-pyarrow"]["cpu_seconds"]
+    print(f"score CPU s / parse-pyarrow CPU s: {cpu_ratio:.2f}")
     per_million = medians["score"]["peak_mb"] / (medians["score"]["events"] / 1e6)
     print(f"score peak memory per million events: {per_million:.0f} MB")
     if "peak_pss_mb" in results["score"][0]:

@@ -2,8 +2,8 @@
 
 Every action runs in one database transaction. The new or lifted decisions
 are published to Redis (``workers.publish``), in one MULTI/EXEC, before the
-transaction commits, so when Redis does not take them nothing is stored and the staff member gets
-the error. Each action writes one ``audit_records`` row with the staff
+transaction commits. So when Redis does not take them, nothing is stored and
+the staff member gets the error. Each action writes one ``audit_records`` row with the staff
 member, the time, the action, the comment saying why, and the subject's
 state before and after: its case status, its decisions in force and whether
 it is allowlisted.
