@@ -323,6 +323,7 @@ def worker(database_url, redis_url, prefix, batch_size, claim_idle_ms, no_model,
         settings=StreamSettings(
             stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", batch_size=batch_size,
             claim_idle_ms=claim_idle_ms, state_partitions_key=StateSettings(prefix=prefix).partitions_key,
+            window_workers_key=StateSettings(prefix=prefix).window_workers_key,
         ),
         models=models,
     )
@@ -339,7 +340,7 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
     from detector.model_switch import ModelSwitch
     from workers.heap import freeze_startup_objects
     from workers.publish import DecisionPublisher
-    from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings
+    from workers.state_consumer import PartitionCountError, StateConsumer, StateSettings, WindowWorkersError
 
     # A model activated later replaces the anomaly detector in the running worker (workers.state_models).
     models = ModelSwitch(store, policy=policy, use_model=not no_model, refresh_seconds=model_refresh)
@@ -352,7 +353,7 @@ def _run_state_worker(client, store, prefix, plans, policy, no_model, batch_size
     freeze_startup_objects()
     try:
         consumer.run(stop)
-    except PartitionCountError as error:
+    except (PartitionCountError, WindowWorkersError) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -172,6 +172,19 @@ def test_window_worker_refused_beside_state_workers(make_consumer, redis_client,
     assert redis_client.exists(f"{redis_prefix}:events") == 0
 
 
+def test_window_worker_notes_itself_while_running(make_consumer, redis_client, redis_prefix):
+    key = StateSettings(prefix=redis_prefix).window_workers_key
+    consumer = make_consumer(window_workers_key=key, consumer="window-1")
+
+    consumer.process_once()
+    expiry = redis_client.zscore(key, "window-1")
+    consumer.run(threading.Event(), max_idle_batches=1)
+
+    assert expiry > time.time() * 1000 + 20_000
+    assert 0 < redis_client.pttl(key) <= 30_000 or not redis_client.exists(key)
+    assert redis_client.zscore(key, "window-1") is None
+
+
 def test_redelivered_events_counted_once(make_consumer, redis_client, redis_prefix):
     consumer = make_consumer(batch_size=1000)
     records = [_event(number) for number in range(300)]

@@ -27,7 +27,7 @@ from workers.checkpoint import (
 from workers.partitions import PartitionLeases
 from workers.publish import subject_key
 from workers.repeats import RepeatedRequests
-from workers.state_consumer import PartitionCountError
+from workers.state_consumer import PartitionCountError, StateSettings, WindowWorkersError
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +223,28 @@ def test_worker_of_other_partition_count_refused(make_worker, redis_client, redi
     with pytest.raises(PartitionCountError, match=f"{redis_prefix}:state-partitions says .* run 3 partitions, this worker 1"):
         make_worker("second", partitions=1)
     assert not redis_client.exists(f"{redis_prefix}:events")
+
+
+def test_state_worker_refused_beside_window_workers(make_worker, redis_client, redis_prefix):
+    key = StateSettings(prefix=redis_prefix).window_workers_key
+    now_ms = int(time.time() * 1000)
+    # A running window worker renews its note; one that stopped long ago left only an expired one.
+    redis_client.zadd(key, {"window-1": now_ms + 30_000, "window-old": now_ms - 60_000})
+
+    with pytest.raises(WindowWorkersError, match=f"1 window worker\\(s\\) noted in {key} read {redis_prefix}:events"):
+        make_worker("state-1", partitions=1)
+    assert not redis_client.exists(f"{redis_prefix}:events")
+    # With several partitions, gateways append to streams that window workers do not read.
+    make_worker("state-2", partitions=3)
+
+
+def test_expired_window_note_lets_state_worker_start(make_worker, redis_client, redis_prefix):
+    key = StateSettings(prefix=redis_prefix).window_workers_key
+    redis_client.zadd(key, {"window-old": int(time.time() * 1000) - 60_000})
+
+    make_worker("state-1", partitions=1)
+
+    assert redis_client.exists(f"{redis_prefix}:events")
 
 
 def _state(detectors, plans, *, partitions: int) -> PartitionState:

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -67,6 +68,14 @@ class StreamSettings:
     # The key where state workers on the same stream note their partition count (StateSettings.partitions_key),
     # or None to skip the check. While it exists, ensure_group raises StateWorkersError.
     state_partitions_key: str | None = None
+    # The sorted set where window workers note themselves, by consumer name, until an expiry in epoch ms, so a
+    # state worker started beside them refuses to start (StateSettings.window_workers_key); None to skip.
+    window_workers_key: str | None = None
+
+
+# A window worker's note stays this long; it is renewed every WINDOW_NOTE_SECONDS while the worker runs.
+WINDOW_NOTE_MS = 30_000
+WINDOW_NOTE_SECONDS = 5.0
 
 
 class StateWorkersError(RuntimeError):
@@ -126,6 +135,7 @@ class StreamConsumer:
         # Set after a failed batch: read this consumer's own unacknowledged entries again first.
         self._retry_own_pending = False
         self.models = models
+        self._next_note = float("-inf")
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet.
@@ -191,7 +201,31 @@ class StreamConsumer:
             idle = idle + 1 if outcome.entries == 0 else 0
             if max_idle_batches is not None and idle >= max_idle_batches:
                 break
+        self._forget_note()
         logger.info("consumer %s stopped", self.settings.consumer)
+
+    def _note_running(self) -> None:
+        """Note in ``window_workers_key`` that this window worker runs, at most every WINDOW_NOTE_SECONDS."""
+        key = self.settings.window_workers_key
+        if key is None or time.monotonic() < self._next_note:
+            return
+        now_ms = int(time.time() * 1000)
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.zadd(key, {self.settings.consumer: now_ms + WINDOW_NOTE_MS})
+        pipeline.zremrangebyscore(key, "-inf", now_ms)
+        pipeline.pexpire(key, WINDOW_NOTE_MS)
+        pipeline.execute()
+        self._next_note = time.monotonic() + WINDOW_NOTE_SECONDS
+
+    def _forget_note(self) -> None:
+        """Remove this worker's note on a clean stop, so a state worker may start at once."""
+        if self.settings.window_workers_key is None:
+            return
+        try:
+            self.client.zrem(self.settings.window_workers_key, self.settings.consumer)
+        except redis.RedisError as error:
+            logger.warning("consumer %s: note in %s not removed, it expires within %d s: %s", self.settings.consumer,
+                           self.settings.window_workers_key, WINDOW_NOTE_MS // 1000, error)
 
     def _reconnect(self) -> None:
         """Recreate the group and republish decisions in force, in case Redis came back empty."""
@@ -201,6 +235,7 @@ class StreamConsumer:
 
     def process_once(self) -> BatchOutcome:
         """Claim stale pending entries, or read new ones, and process them as one batch."""
+        self._note_running()
         entries = self._own_pending() if self._retry_own_pending else []
         if not entries:
             self._retry_own_pending = False

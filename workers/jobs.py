@@ -63,6 +63,7 @@ def consume_stream(seconds: float = 55.0, consumer: str | None = None) -> dict[s
         settings=StreamSettings(
             stream=f"{prefix}:events", dead_letter=f"{prefix}:events:dead", consumer=name,
             state_partitions_key=StateSettings(prefix=prefix).partitions_key,
+            window_workers_key=StateSettings(prefix=prefix).window_workers_key,
         ),
         models=models,
     )

@@ -123,6 +123,10 @@ class PartitionCountError(ValueError):
     """Workers of one key prefix were started with different ``--partitions``."""
 
 
+class WindowWorkersError(RuntimeError):
+    """Window workers read the stream that a state worker was started on."""
+
+
 @dataclass(frozen=True, slots=True)
 class StateSettings:
     """Names, limits and periods of the state worker. Times are in seconds unless the name says ms."""
@@ -164,6 +168,11 @@ class StateSettings:
     def partitions_key(self) -> str:
         """The Redis key with the partition count that the workers of this prefix run."""
         return f"{self.prefix}:state-partitions"
+
+    @property
+    def window_workers_key(self) -> str:
+        """The Redis key where window workers of this prefix note that they run (``workers.consumer``)."""
+        return f"{self.prefix}:window-workers"
 
     def partition_stream(self, partition: int) -> str:
         return partition_stream(self.stream, partition, self.partitions)
@@ -240,13 +249,15 @@ class StateConsumer:
         return self.settings.partitions_key
 
     def ensure_groups(self) -> None:
-        """Check the prefix's partition count, then create the group on every partition's stream where missing.
+        """Check that no window worker runs beside this one and the prefix's partition count, then create the groups.
 
         The first worker of a prefix notes its partition count in Redis. A
         worker with another count raises ``PartitionCountError``: it would
         contend for the same leases and checkpoint keys while reading other
         streams, and leave some partitions unread.
         """
+        # Checked first: a refused worker notes no partition count, which would keep window workers from starting.
+        self._check_no_window_workers()
         self.client.set(self.partitions_key, self.settings.partitions, nx=True)
         noted = int(self.client.get(self.partitions_key))
         if noted != self.settings.partitions:
@@ -261,6 +272,24 @@ class StateConsumer:
             except redis.ResponseError as error:
                 if "BUSYGROUP" not in str(error):
                     raise
+
+    def _check_no_window_workers(self) -> None:
+        """Raise ``WindowWorkersError`` while window workers note that they run on this worker's stream.
+
+        With one partition both kinds read ``{prefix}:events`` through the same
+        consumer group, so each would see only part of the events. With more,
+        gateways append to the partitions' streams, which window workers do not read.
+        """
+        if self.settings.partitions != 1:
+            return
+        key = self.settings.window_workers_key
+        running = self.client.zcount(key, int(time.time() * 1000), "+inf")
+        if running:
+            raise WindowWorkersError(
+                f"{running} window worker(s) noted in {key} read {self.settings.stream} through the same consumer "
+                "group; a state worker beside them would read part of its entries. Stop them ('fairuse worker "
+                "--window', or RQ jobs with FAIRUSE_STATE=0), then start the state worker"
+            )
 
     def run(self, stop: threading.Event | None = None, max_idle_rounds: int | None = None) -> None:
         """Process rounds until ``stop`` is set, then write every owned partition's state and give it up.
