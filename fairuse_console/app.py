@@ -15,7 +15,7 @@ from detector.review.actions import StaffActions
 from detector.review.activity import ActivityLog
 from detector.review.audit import AuditLog
 from detector.review.cases import CaseQueue
-from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError
+from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError, StaleCaseError
 from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
@@ -102,8 +102,11 @@ def _add_error_pages(app: FastAPI) -> None:
         elif isinstance(error, PublishError):
             status = 503
         # Review errors are English text shared with the command line. A message without fields that the
-        # catalog lists is shown translated, and any other stays English.
-        message = _translate(request, str(error))
+        # catalog lists is shown translated, as is a StaleCaseError from its template. Any other stays English.
+        if isinstance(error, StaleCaseError):
+            message = _translate(request, error.TEMPLATE, **error.values)
+        else:
+            message = _translate(request, str(error))
         return render(request, "error.html", {"message": message}, status_code=status)
 
 

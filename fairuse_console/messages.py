@@ -21,3 +21,8 @@ ACTIONS = (
     N_("note"), N_("open_case"), N_("add_decision"),
 )
 VERDICTS = (N_("abuse"), N_("benign"))
+# Review errors with fields that the console shows translated (see fairuse_console.app).
+REVIEW_ERRORS = (
+    N_("case %(case)s changed at %(time)s, after you opened it (a new decision, note or action); "
+       "nothing was done. Reload the case, check what changed and act again"),
+)

@@ -192,3 +192,17 @@ def test_english_error_names_role(store, redis_client, redis_prefix):
 
     assert page.status_code == 403
     assert "role &#39;reviewer&#39; cannot manage staff" in page.text
+
+
+
+def test_stale_case_error_in_chinese(store, redis_client, redis_prefix):
+    with _chinese_console(store, redis_client, redis_prefix) as client:
+        page = client.get("/cases/2").text
+        seen = re.search(r'name="seen" value="([^"]+)"', page).group(1)
+        StaffActions(store.engine, DecisionPublisher(redis_client, prefix=redis_prefix)).add_note(
+            2, staff="rita", body="稍等")
+        stale = client.post("/cases/2/dismiss", data={"csrf_token": csrf_token(page), "comment": "正常", "seen": seen})
+
+    assert stale.status_code == 409
+    assert "案件 2 在您打开之后于" in stale.text
+    assert "changed at" not in stale.text

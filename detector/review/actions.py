@@ -354,11 +354,7 @@ def _claim_open_cases(session: Session, case_ids: list[int], now: datetime, seen
 
 
 def _raise_stale(case: CaseRow) -> None:
-    changed_at = case.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    raise StaleCaseError(
-        f"case {case.id} changed at {changed_at}, after you opened it (a new decision, note or action); "
-        "nothing was done. Reload the case, check what changed and act again"
-    )
+    raise StaleCaseError(case.id, case.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
 def _why_not_open(case_id: int, case: CaseRow | None) -> str:

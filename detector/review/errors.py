@@ -19,3 +19,13 @@ class ConflictError(ReviewError):
 
 class StaleCaseError(ConflictError):
     """Raised when a case changed after the staff member opened it, so the action would rest on an old view."""
+
+    # The message with its fields, which the console translates (fairuse_console.messages lists it).
+    TEMPLATE = (
+        "case %(case)s changed at %(time)s, after you opened it (a new decision, note or action); "
+        "nothing was done. Reload the case, check what changed and act again"
+    )
+
+    def __init__(self, case: int, time: str) -> None:
+        self.values = {"case": case, "time": time}
+        super().__init__(self.TEMPLATE % self.values)
