@@ -121,6 +121,9 @@ class DecisionClient:
         keys = [f"{self.prefix}:decision:{kind}:{value}" for kind, value in subjects]
         try:
             values = self._values(keys)
+        except RedisUnreachable as error:
+            # Not restarting the pause: checks arriving more often than retry_after would keep it going for good.
+            return self._on_failure(error)
         except (redis.TimeoutError, redis.ConnectionError) as error:
             self._unreachable_until = self._clock() + self.retry_after
             return self._on_failure(error)

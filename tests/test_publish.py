@@ -468,3 +468,17 @@ def test_unreachable_redis_asked_once_per_pause(silent_redis):
     assert asked_in_pause == 1
     assert len(accepted) == 2
 
+
+
+def test_pause_ends_under_steady_checks(silent_redis):
+    url, accepted = silent_redis
+    clock = StepClock()
+    client = DecisionClient(url, timeout=0.05, retry_after=1.0, clock=clock)
+
+    # Checks every 0.4 s, more often than retry_after: the pause must still end 1 s after the failure.
+    for _ in range(4):
+        client.check(key_id="key-1")
+        clock.now += 0.4
+
+    assert clock.now == pytest.approx(101.6)
+    assert len(accepted) == 2
