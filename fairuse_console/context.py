@@ -133,7 +133,11 @@ def seen_field(form: FormData) -> datetime | None:
         raise ReviewError(f"invalid seen {shown_id(text)}; reload the case and act again") from None
     if seen.tzinfo is None:
         raise ReviewError(f"invalid seen {shown_id(text)}: no time zone; reload the case and act again")
-    return seen
+    try:
+        # The store compares times in UTC, which a time within a day of year 1 or 9999 can lack.
+        return seen.astimezone(UTC)
+    except OverflowError:
+        raise ReviewError(f"invalid seen {shown_id(text)}: out of range; reload the case and act again") from None
 
 
 def int_field(form: FormData, name: str) -> int:

@@ -11,6 +11,8 @@ request's other subjects still apply. Pass ``fail_open=False`` to raise instead.
 After a timeout or a refused connection, checks that need Redis fail open
 at once for ``retry_after`` seconds (1 s). So while Redis is down, requests
 wait ``timeout`` about once per ``retry_after`` instead of on every check.
+While Redis cannot be asked, a decision still cached on one of the request's
+subjects applies; only when none is cached does the check fail open.
 """
 
 from __future__ import annotations
@@ -121,41 +123,45 @@ class DecisionClient:
         keys = [f"{self.prefix}:decision:{kind}:{value}" for kind, value in subjects]
         try:
             values = self._values(keys)
+        except RedisUnreachable as error:
+            # Not restarting the pause: checks arriving more often than retry_after would keep it going for good.
+            return self._on_redis_failure(error, subjects, keys, endpoint)
         except (redis.TimeoutError, redis.ConnectionError) as error:
             self._unreachable_until = self._clock() + self.retry_after
-            return self._on_failure(error)
+            return self._on_redis_failure(error, subjects, keys, endpoint)
         except redis.RedisError as error:
             # Error replies such as MASTERDOWN or NOPERM come back at once, so they pause nothing.
-            return self._on_failure(error)
+            return self._on_redis_failure(error, subjects, keys, endpoint)
 
-        now_ms = time.time() * 1000
-        best = ALLOW
-        best_strength: tuple[int, int] = (0, 0)
-        unreadable: Exception | None = None
-        for (kind, value), key, raw in zip(subjects, keys, values):
-            if raw is None:
-                continue
-            try:
-                entries = orjson.loads(raw)["active"]
-                if not isinstance(entries, list):
-                    raise TypeError(f"'active' is {type(entries).__name__}, not a list")
-            except (ValueError, KeyError, TypeError) as error:
-                unreadable = ValueError(f"invalid decision value at {key!r}: {error}")
-                continue
-            # A malformed entry skips only itself, so the subject's other decisions still apply.
-            for entry in entries:
-                try:
-                    in_force = entry["detected_ms"] <= now_ms < entry["expires_ms"]
-                    strength = _strength(entry, endpoint)
-                    if in_force and strength[0] > 0 and strength > best_strength:
-                        best, best_strength = _verdict(kind, value, entry), strength
-                except (ValueError, KeyError, TypeError) as error:
-                    unreadable = ValueError(f"invalid decision entry at {key!r}: {error!r}")
+        best, unreadable = _strongest(subjects, keys, values, endpoint)
         if unreadable is not None and best is ALLOW:
             return self._on_failure(unreadable)
         if unreadable is not None:
             self._count_failure(unreadable)
         return best
+
+    def _on_redis_failure(
+        self, error: Exception, subjects: list[tuple[str, str]], keys: list[str], endpoint: str | None
+    ) -> Verdict:
+        """Return the strongest decision among the subjects still cached, or fail open when there is none.
+
+        A request's key can be cached while its address is new, and the
+        key's suspension must not lapse because Redis cannot be asked about the address.
+        """
+        if not self.fail_open:
+            return self._on_failure(error)
+        best, _ = _strongest(subjects, keys, self._cached_values(keys), endpoint)
+        if best is ALLOW:
+            return self._on_failure(error)
+        self._count_failure(error)
+        return best
+
+    def _cached_values(self, keys: list[str]) -> list[bytes | None]:
+        """Return the values cached for ``keys`` within ``cache_seconds``, None for the others."""
+        now = time.monotonic()
+        with self._lock:
+            cached = [self._cache.get(key) for key in keys]
+        return [hit[1] if hit is not None and now - hit[0] <= self.cache_seconds else None for hit in cached]
 
     def _values(self, keys: list[str]) -> list[bytes | None]:
         now = time.monotonic()
@@ -188,6 +194,36 @@ class DecisionClient:
         if now - self._last_log >= self.log_interval:
             logger.warning("decision check failed open (%d failures so far): %s", self.failures, error)
             self._last_log = now
+
+
+def _strongest(
+    subjects: list[tuple[str, str]], keys: list[str], values: list[bytes | None], endpoint: str | None
+) -> tuple[Verdict, Exception | None]:
+    """Return the strongest decision in force among the values of ``keys``, and an error if one was malformed."""
+    now_ms = time.time() * 1000
+    best = ALLOW
+    best_strength: tuple[int, int] = (0, 0)
+    unreadable: Exception | None = None
+    for (kind, value), key, raw in zip(subjects, keys, values):
+        if raw is None:
+            continue
+        try:
+            entries = orjson.loads(raw)["active"]
+            if not isinstance(entries, list):
+                raise TypeError(f"'active' is {type(entries).__name__}, not a list")
+        except (ValueError, KeyError, TypeError) as error:
+            unreadable = ValueError(f"invalid decision value at {key!r}: {error}")
+            continue
+        # A malformed entry skips only itself, so the subject's other decisions still apply.
+        for entry in entries:
+            try:
+                in_force = entry["detected_ms"] <= now_ms < entry["expires_ms"]
+                strength = _strength(entry, endpoint)
+                if in_force and strength[0] > 0 and strength > best_strength:
+                    best, best_strength = _verdict(kind, value, entry), strength
+            except (ValueError, KeyError, TypeError) as error:
+                unreadable = ValueError(f"invalid decision entry at {key!r}: {error!r}")
+    return best, unreadable
 
 
 def _strength(entry: dict, endpoint: str | None) -> tuple[int, int]:

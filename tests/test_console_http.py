@@ -238,6 +238,8 @@ def test_queue_lists_cases_by_score(client):
     ("post", "/cases/99999999999999999999/notes", {"body": "x"}, 404),
     ("post", "/cases/bulk", {"action": "dismiss", "case_id": "99999999999999999999", "comment": "x"}, 404),
     ("post", "/allowlist/99999999999999999999/remove", {"comment": "x"}, 404),
+    ("post", "/cases/1/dismiss", {"comment": "x", "seen": "9999-12-31T23:59:59-01:00"}, 400),
+    ("post", "/cases/1/dismiss", {"comment": "x", "seen": "0001-01-01T00:00:00+01:00"}, 400),
 ])
 def test_out_of_range_numbers_rejected(client, method, path, form, status):
     token = log_in(client, "rita")

@@ -375,6 +375,32 @@ def test_follow_wakes_on_decision_change(gateway, store, redis_client, redis_pre
     assert load_cursor(store.engine, f"enforce:{redis_prefix}:decisions").last_key is not None
 
 
+def test_follow_passes_again_until_decision_stored(gateway, store, redis_client, redis_prefix):
+    enforcer = newapi_enforcer(gateway, store)
+    stop = threading.Event()
+    passes = []
+    loop = threading.Thread(target=follow, args=([enforcer], stop), kwargs={
+        "store_engine": store.engine, "client": redis_client, "prefix": redis_prefix, "interval": 600.0,
+        "on_pass": passes.append})
+    loop.start()
+    try:
+        assert wait_until(lambda: len(passes) == 1, 10)
+        # Workers publish a decision just before they store it, so the pass its change wakes can miss it.
+        decision = make_decision("key", "newapi:token:17", hours=24 * 3650)
+        DecisionPublisher(redis_client, prefix=redis_prefix).publish([decision], now=NOW + timedelta(minutes=1))
+        woken = wait_until(lambda: len(passes) == 2, 10)
+        store.save_decisions([decision])
+
+        applied = wait_until(lambda: token_status(gateway) == 2, 10)
+    finally:
+        stop.set()
+        redis_client.xadd(f"{redis_prefix}:decisions", {"change": b"{}"})
+        loop.join(timeout=10)
+
+    assert woken
+    assert applied
+
+
 def test_rq_job_enforces_configured_gateways(gateway, tmp_path, sqlite_url, monkeypatch):
     store = open_store(sqlite_url)
     store.save_decisions([make_decision("key", "newapi:token:17", hours=24 * 3650)])

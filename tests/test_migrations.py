@@ -6,6 +6,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -153,6 +154,34 @@ def test_0008_downgrades(mariadb_url):
             "WHERE table_schema = DATABASE() AND table_name = 'findings' AND column_name = 'subject'"
         )).scalar_one()
     assert collation != "utf8mb4_bin"
+
+
+def test_0008_downgrade_stops_before_changing(mariadb_url):
+    engine = create_store_engine(mariadb_url)
+    _upgrade(engine, "head")
+    hour = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    activity = sa.table("subject_activity", *(sa.column(name) for name in (
+        "subject_type", "subject", "hour", "requests", "cost", "networks", "countries", "user_agents")),
+        sa.column("gaps", sa.JSON))
+    with engine.begin() as connection:
+        connection.execute(sa.insert(activity), [
+            {"subject_type": "key", "subject": subject, "hour": hour, "requests": 1, "cost": 0.0, "networks": 1,
+             "countries": 1, "user_agents": 1, "gaps": []}
+            for subject in ("key-a", "KEY-A")
+        ])
+
+    with pytest.raises(RuntimeError, match="subject_activity"):
+        _downgrade(engine, "0007")
+
+    # Nothing was changed, so the database still matches its recorded revision.
+    with engine.connect() as connection:
+        version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+        collations = connection.execute(sa.text(
+            "SELECT DISTINCT collation_name FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND column_name IN ('subject', 'target')"
+        )).scalars().all()
+    assert version == "0008"
+    assert collations == ["utf8mb4_bin"]
 
 
 def test_batch_import_leaves_alembic_to_migrate():

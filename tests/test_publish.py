@@ -468,3 +468,48 @@ def test_unreachable_redis_asked_once_per_pause(silent_redis):
     assert asked_in_pause == 1
     assert len(accepted) == 2
 
+
+
+def test_pause_ends_under_steady_checks(silent_redis):
+    url, accepted = silent_redis
+    clock = StepClock()
+    client = DecisionClient(url, timeout=0.05, retry_after=1.0, clock=clock)
+
+    # Checks every 0.4 s, more often than retry_after: the pause must still end 1 s after the failure.
+    for _ in range(4):
+        client.check(key_id="key-1")
+        clock.now += 0.4
+
+    assert clock.now == pytest.approx(101.6)
+    assert len(accepted) == 2
+
+
+class FailingRedis:
+    """Passes MGET to a real Redis, or raises TimeoutError while ``down`` is set."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.down = False
+
+    def mget(self, keys):
+        if self.down:
+            raise redis.TimeoutError("Timeout reading from the test server")
+        return self.client.mget(keys)
+
+
+def test_outage_keeps_cached_decision(publisher, redis_client, redis_prefix):
+    publisher.publish([_decision("suspend")])
+    failing = FailingRedis(redis_client)
+    clock = StepClock()
+    client = DecisionClient(prefix=redis_prefix, cache_seconds=60.0, retry_after=1.0, client=failing, clock=clock)
+    assert client.check(key_id="key-1", ip="203.0.113.5").action == "suspend"
+
+    # The key's suspension is cached; only the new address needs Redis.
+    failing.down = True
+    on_timeout = client.check(key_id="key-1", ip="203.0.113.6")
+    in_pause = client.check(key_id="key-1", ip="203.0.113.7")
+
+    assert on_timeout.action == "suspend"
+    assert in_pause.action == "suspend"
+    assert client.check(key_id="key-2", ip="203.0.113.8").fail_open
+    assert client.failures == 3

@@ -167,6 +167,31 @@ def test_dismiss_on_changed_case_rejected(store, queue, actions, gateway):
     assert [decision.action for decision in lifted] == ["suspend"]
 
 
+@pytest.mark.parametrize("change", ["lift", "allowlist", "unallowlist"])
+def test_suspend_after_subject_change_rejected(store, queue, actions, change):
+    store.save_decisions([
+        policy_decision("key-a", ident="review-a"),
+        policy_decision("key-a", action="throttle", ident="throttle-a"),
+    ])
+    queue.sync()
+    entry = actions.add_allowlist("key", "key-a", staff="carol", duration=timedelta(days=1), comment="partner")
+    case = queue.list()[0]
+    seen = queue.get(case.id).updated_at
+    # Another member changes what the case page shows while the first still has it open.
+    if change == "lift":
+        store.save_decisions([policy_decision("key-a", action="throttle", ident="throttle-a2")])
+        actions.lift("throttle-a2", staff="carol", comment="paid")
+    elif change == "allowlist":
+        actions.add_allowlist("key", "key-a", staff="carol", duration=timedelta(days=7), comment="renewed")
+    else:
+        actions.remove_allowlist(entry.id, staff="carol", comment="partner left")
+
+    with pytest.raises(StaleCaseError, match=f"case {case.id} changed at"):
+        actions.suspend(case.id, staff="bob", duration=timedelta(hours=6), comment="resold", seen=seen)
+
+    assert queue.get(case.id).status == "open"
+
+
 def test_dismiss_lifts_enforcement_and_labels_benign(store, queue, actions, gateway):
     store.save_decisions([
         policy_decision("key-a", ident="review-a"),

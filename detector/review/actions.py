@@ -182,6 +182,7 @@ class StaffActions:
             if row.simulated or not decision_from_row(row).in_force_at(now):
                 raise ReviewError(f"decision {decision_id} is not in force, so there is nothing to lift")
             case = _case_of_decision(session, decision_id) or open_case_for(session, row.subject_type, row.subject)
+            _touch(case, now)
             before = _state(session, row.subject_type, row.subject, now)
             lifted = decision_from_row(row)
             _end_by_staff(row, now)
@@ -201,6 +202,7 @@ class StaffActions:
         _check_duration(duration)
         with self._transaction() as (session, now, changes):
             case = open_case_for(session, subject_type, subject)
+            _touch(case, now)
             before = _state(session, subject_type, subject, now)
             entry = _allowlist(session, subject_type, subject, staff, comment, now, duration)
             changes.lifted = _lift_enforcing(session, subject_type, subject, now)
@@ -214,10 +216,11 @@ class StaffActions:
             entry = session.get(AllowlistRow, entry_id)
             if entry is None or entry.removed_at is not None or entry.expires_at <= now:
                 raise NotFoundError(f"allowlist entry {entry_id} not found or already ended; see 'fairuse allowlist list'")
+            case = open_case_for(session, entry.subject_type, entry.subject)
+            _touch(case, now)
             before = _state(session, entry.subject_type, entry.subject, now)
             entry.removed_at = now
             entry.removed_by = staff
-            case = open_case_for(session, entry.subject_type, entry.subject)
             _audit(session, now, staff, "unallowlist", case, comment, before, subject=(entry.subject_type, entry.subject))
             return entry
 
@@ -351,6 +354,16 @@ def _claim_open_cases(session: Session, case_ids: list[int], now: datetime, seen
     if all(case is None for case in found.values()):
         raise NotFoundError(f"{message}. List cases with 'fairuse review list'")
     raise ConflictError(f"{message}. Open a new case to act again")
+
+
+def _touch(case: CaseRow | None, now: datetime) -> None:
+    """Mark a case changed, so that an action from a page opened before gets ``StaleCaseError``.
+
+    Callers touch the case before changing decisions, so the case row is locked
+    first, in the order that ``_claim_open_cases`` uses.
+    """
+    if case is not None:
+        case.updated_at = now
 
 
 def _raise_stale(case: CaseRow) -> None:

@@ -12,6 +12,8 @@ Revision ID: 0008
 Revises: 0007
 """
 
+import re
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
@@ -34,13 +36,48 @@ COLUMNS = (
 )
 
 
+# (table, columns) of the unique constraints that hold an exact column, whose rows may collide once it ignores case.
+UNIQUE = (
+    ("subject_activity", ("subject_type", "subject", "hour")),
+    ("gateway_enforcements", ("gateway", "target_type", "target", "action")),
+)
+
+
 def upgrade() -> None:
     _set_collation(exact=True)
 
 
 def downgrade() -> None:
-    # Rows differing only in case then collide on subject_activity's unique hour and stop the downgrade.
+    _check_no_collisions()
     _set_collation(exact=False)
+
+
+def _check_no_collisions() -> None:
+    """Raise before any change when rows differing only in case would collide on a unique constraint.
+
+    MariaDB and MySQL commit each ALTER TABLE at once, so a collision found by
+    the ALTER itself would leave some columns changed under revision 0008.
+    """
+    bind = op.get_bind()
+    if bind.dialect.name not in ("mysql", "mariadb"):
+        return
+    for table, columns in UNIQUE:
+        collation = bind.execute(sa.text(
+            "SELECT table_collation FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = :table"
+        ), {"table": table}).scalar_one()
+        if not re.fullmatch(r"[A-Za-z0-9_]+", collation):
+            raise RuntimeError(f"unexpected collation {collation!r} of table {table}")
+        exact = {name for known_table, name, _ in COLUMNS if known_table == table}
+        grouped = ", ".join(f"{name} COLLATE {collation}" if name in exact else name for name in columns)
+        collisions = bind.execute(sa.text(
+            f"SELECT {grouped}, COUNT(*) FROM {table} GROUP BY {grouped} HAVING COUNT(*) > 1 LIMIT 5"
+        )).all()
+        if collisions:
+            shown = "; ".join(repr(tuple(row)) for row in collisions)
+            raise RuntimeError(
+                f"cannot downgrade: rows of {table} differing only in case would share {', '.join(columns)}, "
+                f"such as {shown}. Delete or merge those rows, then downgrade again. Nothing was changed"
+            )
 
 
 def _set_collation(*, exact: bool) -> None:
