@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -351,8 +352,9 @@ def test_enforce_command_names_missing_secret(gateway, tmp_path, sqlite_url, mon
     assert "environment variable NEWAPI_TOKEN is not set" in result.output
 
 
-def test_follow_wakes_on_decision_change(gateway, store, redis_client, redis_prefix):
-    enforcer = newapi_enforcer(gateway, store)
+@contextmanager
+def _following(enforcer, store, redis_client, redis_prefix):
+    """Run the follow loop in a thread; yield the list its passes are appended to, and stop it afterwards."""
     stop = threading.Event()
     passes = []
     loop = threading.Thread(target=follow, args=([enforcer], stop), kwargs={
@@ -360,30 +362,28 @@ def test_follow_wakes_on_decision_change(gateway, store, redis_client, redis_pre
         "on_pass": passes.append})
     loop.start()
     try:
+        yield passes
+    finally:
+        stop.set()
+        redis_client.xadd(f"{redis_prefix}:decisions", {"change": b"{}"})
+        loop.join(timeout=10)
+
+
+def test_follow_wakes_on_decision_change(gateway, store, redis_client, redis_prefix):
+    with _following(newapi_enforcer(gateway, store), store, redis_client, redis_prefix) as passes:
         assert wait_until(lambda: len(passes) == 1, 10)
         decision = make_decision("key", "newapi:token:17", hours=24 * 3650)
         store.save_decisions([decision])
         DecisionPublisher(redis_client, prefix=redis_prefix).publish([decision], now=NOW + timedelta(minutes=1))
 
         applied = wait_until(lambda: token_status(gateway) == 2, 10)
-    finally:
-        stop.set()
-        redis_client.xadd(f"{redis_prefix}:decisions", {"change": b"{}"})
-        loop.join(timeout=10)
 
     assert applied
     assert load_cursor(store.engine, f"enforce:{redis_prefix}:decisions").last_key is not None
 
 
 def test_follow_passes_again_until_decision_stored(gateway, store, redis_client, redis_prefix):
-    enforcer = newapi_enforcer(gateway, store)
-    stop = threading.Event()
-    passes = []
-    loop = threading.Thread(target=follow, args=([enforcer], stop), kwargs={
-        "store_engine": store.engine, "client": redis_client, "prefix": redis_prefix, "interval": 600.0,
-        "on_pass": passes.append})
-    loop.start()
-    try:
+    with _following(newapi_enforcer(gateway, store), store, redis_client, redis_prefix) as passes:
         assert wait_until(lambda: len(passes) == 1, 10)
         # Workers publish a decision just before they store it, so the pass its change wakes can miss it.
         decision = make_decision("key", "newapi:token:17", hours=24 * 3650)
@@ -392,10 +392,6 @@ def test_follow_passes_again_until_decision_stored(gateway, store, redis_client,
         store.save_decisions([decision])
 
         applied = wait_until(lambda: token_status(gateway) == 2, 10)
-    finally:
-        stop.set()
-        redis_client.xadd(f"{redis_prefix}:decisions", {"change": b"{}"})
-        loop.join(timeout=10)
 
     assert woken
     assert applied

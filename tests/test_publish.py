@@ -274,19 +274,9 @@ def test_malformed_entry_keeps_other_entries(publisher, redis_client, redis_pref
     assert gateway.check(key_id="key-1").action == "throttle"
 
 
-@pytest.fixture
-def error_replying_redis():
-    """A loopback server that replies to every command with the MASTERDOWN error of a replica cut off from its master."""
-    import socket
-    import threading
-
+def _loopback_server(handle) -> socket.socket:
+    """Start a server on 127.0.0.1 that passes each connection it accepts to ``handle``, in a thread; return it."""
     listener = socket.create_server(("127.0.0.1", 0))
-    reply = b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
-
-    def serve(connection):
-        with connection:
-            while connection.recv(65536):
-                connection.sendall(reply)
 
     def accept():
         while True:
@@ -294,9 +284,23 @@ def error_replying_redis():
                 connection, _ = listener.accept()
             except OSError:
                 return
-            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+            threading.Thread(target=handle, args=(connection,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
+@pytest.fixture
+def error_replying_redis():
+    """A loopback server that replies to every command with the MASTERDOWN error of a replica cut off from its master."""
+    reply = b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
+
+    def serve(connection):
+        with connection:
+            while connection.recv(65536):
+                connection.sendall(reply)
+
+    listener = _loopback_server(serve)
     yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
     listener.close()
 
@@ -427,18 +431,8 @@ def test_lift_and_new_decision_published_together(publisher, gateway):
 @pytest.fixture
 def silent_redis():
     """A loopback server that accepts connections and never replies, counting them."""
-    listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
-
-    def accept():
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(connection)
-
-    threading.Thread(target=accept, daemon=True).start()
+    listener = _loopback_server(accepted.append)
     yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted
     listener.close()
     for connection in accepted:
