@@ -122,9 +122,9 @@ def duration_field(form: FormData, name: str = "duration"):
         raise ReviewError(str(error)) from None
 
 
-def seen_field(form: FormData) -> datetime | None:
-    """Return the case's ``updated_at`` as the page showed it (field ``seen``), or None when the form has none."""
-    text = text_field(form, "seen", required=False)
+def seen_field(form: FormData, name: str = "seen") -> datetime | None:
+    """Return a case's ``updated_at`` as the page showed it (field ``name``), or None when the form has none."""
+    text = text_field(form, name, required=False)
     if not text:
         return None
     try:

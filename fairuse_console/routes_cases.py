@@ -61,11 +61,14 @@ def bulk_action(request: Request, form: FormData = Depends(checked_form), sessio
     case_ids = [_case_id(value) for value in form.getlist("case_id")]
     if not case_ids:
         raise ReviewError(N_("no case ticked; tick the cases to act on"))
+    # The queue row of each case carries its updated_at as shown, so a case changed since is not acted on.
+    seen = {case_id: seen_field(form, f"seen_{case_id}") for case_id in case_ids}
     resolved = console_of(request).actions.resolve_cases(
         case_ids, action, staff=session.member.name, comment=text_field(form, "comment"),
         duration=duration_field(form) if action != "dismiss" else None,
         limit_rpm=int_field(form, "limit_rpm") if action == "throttle" else None,
         scope=text_field(form, "scope", required=False) or "all",
+        seen={case_id: value for case_id, value in seen.items() if value is not None},
     )
     logger.info("staff %s: bulk %s on cases %s", session.member.name, action, resolved)
     return RedirectResponse(f"/?done=bulk-{action}&count={len(resolved)}", status_code=303)

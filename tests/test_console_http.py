@@ -394,6 +394,27 @@ def test_bulk_dismiss(client, store):
     assert client.post("/cases/bulk", data={"csrf_token": token, "action": "dismiss", "comment": "x"}).status_code == 400
 
 
+def test_bulk_from_stale_queue_changes_nothing(client, store, redis_client, redis_prefix, gateway):
+    token = log_in(client, "rita")
+    queue = client.get("/").text
+    seen = dict(re.findall(r'name="seen_(\d+)" value="([^"]+)"', queue))
+    # Another member suspends key-b (case 2) after rita loaded the queue.
+    StaffActions(store.engine, DecisionPublisher(redis_client, prefix=redis_prefix)).add_decision(
+        "key", "key-b", "suspend", staff="adam", duration=timedelta(days=1), comment="chargebacks")
+
+    response = client.post("/cases/bulk", data={
+        "csrf_token": token, "action": "dismiss", "case_id": ["1", "2"], "comment": "false positives",
+        "seen_1": seen["1"], "seen_2": seen["2"],
+    })
+
+    assert response.status_code == 409
+    assert "case 2 changed at" in unescape(response.text)
+    assert "nothing was changed" in unescape(response.text)
+    assert _case(store, 1).status == "open"
+    assert _case(store, 2).status == "open"
+    assert gateway.check(key_id="key-b").action == "suspend"
+
+
 def test_stale_case_page_gets_409(client, store, redis_client, redis_prefix, gateway):
     token = log_in(client, "rita")
     page = client.get("/cases/2").text

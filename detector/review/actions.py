@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -93,7 +93,7 @@ class StaffActions:
         The other resolving actions take ``seen`` too.
         """
         step = self._step("suspend", staff=staff, comment=comment, duration=duration)
-        return self._resolve_all([case_id], step, seen)[0]
+        return self._resolve_all([case_id], step, _seen_of(case_id, seen))[0]
 
     def throttle(
         self, case_id: int, *, staff: str, limit_rpm: int, duration: timedelta, comment: str, scope: str = "all",
@@ -101,33 +101,35 @@ class StaffActions:
     ) -> Decision:
         """Confirm the case as abuse and throttle its subject to ``limit_rpm`` requests per minute."""
         step = self._step("throttle", staff=staff, comment=comment, duration=duration, limit_rpm=limit_rpm, scope=scope)
-        return self._resolve_all([case_id], step, seen)[0]
+        return self._resolve_all([case_id], step, _seen_of(case_id, seen))[0]
 
     def dismiss(self, case_id: int, *, staff: str, comment: str, seen: datetime | None = None) -> list[Decision]:
         """Close the case as a false positive and lift its subject's throttles and suspensions; return those lifted."""
-        return self._resolve_all([case_id], self._step("dismiss", staff=staff, comment=comment), seen)[0]
+        step = self._step("dismiss", staff=staff, comment=comment)
+        return self._resolve_all([case_id], step, _seen_of(case_id, seen))[0]
 
     def allowlist_case(
         self, case_id: int, *, staff: str, duration: timedelta, comment: str, seen: datetime | None = None
     ) -> AllowlistRow:
         """Close the case as a false positive and allowlist its subject for ``duration``."""
         step = self._step("allowlist", staff=staff, comment=comment, duration=duration)
-        return self._resolve_all([case_id], step, seen)[0]
+        return self._resolve_all([case_id], step, _seen_of(case_id, seen))[0]
 
     def resolve_cases(
         self, case_ids: Sequence[int], action: str, *, staff: str, comment: str, duration: timedelta | None = None,
-        limit_rpm: int | None = None, scope: str = "all",
+        limit_rpm: int | None = None, scope: str = "all", seen: Mapping[int, datetime] | None = None,
     ) -> list[int]:
         """Resolve every case in ``case_ids`` with one action, all or none; return the distinct ids resolved.
 
         Every case is checked first. When any of them is unknown or already
-        resolved, nothing is changed and the error names each such case.
+        resolved, or changed after the ``updated_at`` that ``seen`` gives for
+        it, nothing is changed and the error names each such case.
         """
         ids = list(dict.fromkeys(case_ids))
         if not ids:
             raise ReviewError("no case given; name the cases to resolve")
         step = self._step(action, staff=staff, comment=comment, duration=duration, limit_rpm=limit_rpm, scope=scope)
-        self._resolve_all(ids, step)
+        self._resolve_all(ids, step, seen or {})
         return ids
 
     def add_note(self, case_id: int, *, staff: str, body: str) -> NoteRow:
@@ -254,10 +256,10 @@ class StaffActions:
 
         return {"dismiss": dismiss, "allowlist": allowlist}.get(action, enforce)
 
-    def _resolve_all(self, case_ids: list[int], step: Step, seen: datetime | None = None) -> list[Any]:
+    def _resolve_all(self, case_ids: list[int], step: Step, seen: Mapping[int, datetime]) -> list[Any]:
         """Claim every case, then resolve each with ``step``, in one transaction.
 
-        ``seen`` applies to a single case: its ``updated_at`` as last shown.
+        ``seen`` maps case ids to their ``updated_at`` as last shown.
         """
         with self._transaction() as (session, now, changes):
             _claim_open_cases(session, case_ids, now, seen)
@@ -325,20 +327,20 @@ def _case(session: Session, case_id: int) -> CaseRow:
     return case
 
 
-def _claim_open_cases(session: Session, case_ids: list[int], now: datetime, seen: datetime | None = None) -> None:
+def _claim_open_cases(session: Session, case_ids: list[int], now: datetime, seen: Mapping[int, datetime]) -> None:
     """Take the row lock of every case that is still open, or raise naming each case that is not.
 
     The conditional update is the transaction's first statement, so two staff
     members acting on one case at once queue on the row (PostgreSQL, MariaDB)
     or on the database (SQLite), and the later one finds the case resolved.
     Cases are claimed in id order, so two bulk actions take their case locks in the same order.
-    With ``seen`` (one case), the case must also still have that ``updated_at``.
+    A case in ``seen`` must also still have the ``updated_at`` given there.
     """
     problems = []
     for case_id in sorted(case_ids):
         conditions = [CaseRow.id == case_id, CaseRow.status == "open"]
-        if seen is not None:
-            conditions.append(CaseRow.updated_at == seen)
+        if case_id in seen:
+            conditions.append(CaseRow.updated_at == seen[case_id])
         claimed = session.execute(
             update(CaseRow).where(*conditions).values(updated_at=now).execution_options(synchronize_session=False)
         )
@@ -347,13 +349,21 @@ def _claim_open_cases(session: Session, case_ids: list[int], now: datetime, seen
     if not problems:
         return
     found = {case_id: session.get(CaseRow, case_id) for case_id in problems}
-    if seen is not None and found[problems[0]] is not None and found[problems[0]].status == "open":
-        _raise_stale(found[problems[0]])
+    changed = [case_id for case_id in problems if found[case_id] is not None and found[case_id].status == "open"]
+    if len(case_ids) == 1 and changed:
+        _raise_stale(found[changed[0]])
     reasons = [_why_not_open(case_id, found[case_id]) for case_id in problems]
     message = "; ".join(reasons) + ("; nothing was changed" if len(case_ids) > 1 else "")
+    if changed:
+        raise ConflictError(f"{message}. Reload the page and act again")
     if all(case is None for case in found.values()):
         raise NotFoundError(f"{message}. List cases with 'fairuse review list'")
     raise ConflictError(f"{message}. Open a new case to act again")
+
+
+def _seen_of(case_id: int, seen: datetime | None) -> dict[int, datetime]:
+    """Return the ``seen`` mapping of one case's action: empty when the caller gave no time."""
+    return {} if seen is None else {case_id: seen}
 
 
 def _touch(case: CaseRow | None, now: datetime) -> None:
@@ -373,6 +383,9 @@ def _raise_stale(case: CaseRow) -> None:
 def _why_not_open(case_id: int, case: CaseRow | None) -> str:
     if case is None:
         return f"case {case_id} not found"
+    if case.status == "open":
+        changed_at = case.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"case {case_id} changed at {changed_at}, after the page was loaded"
     resolved_at = case.resolved_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if case.resolved_at else "an unknown time"
     return f"case {case_id} was already resolved by {case.resolved_by or 'unknown'} at {resolved_at} ({case.resolution})"
 
