@@ -15,7 +15,9 @@ from detector.review.actions import StaffActions
 from detector.review.activity import ActivityLog
 from detector.review.audit import AuditLog
 from detector.review.cases import CaseQueue
-from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError, StaleCaseError
+from detector.review.errors import (
+    ConflictError, NotFoundError, PublishError, ResolvedCaseError, ReviewError, StaleCaseError,
+)
 from detector.review.staff import StaffDirectory
 from detector.store import open_store
 from detector.store.allowlist import StaffAllowlist
@@ -102,9 +104,9 @@ def _add_error_pages(app: FastAPI) -> None:
         elif isinstance(error, PublishError):
             status = 503
         # Review errors are English text shared with the command line. A message without fields that the
-        # catalog lists is shown translated, as is a StaleCaseError from its template. Any other stays English.
-        if isinstance(error, StaleCaseError):
-            message = _translate(request, error.TEMPLATE, **error.values)
+        # catalog lists is shown translated, as are those with a template. Any other stays English.
+        if isinstance(error, (StaleCaseError, ResolvedCaseError)):
+            message = _translate(request, error.TEMPLATE, **_translated_words(request, error.values))
         else:
             message = _translate(request, str(error))
         return render(request, "error.html", {"message": message}, status_code=status)
@@ -112,6 +114,13 @@ def _add_error_pages(app: FastAPI) -> None:
 
 def _translate(request: Request, message: str, **values: object) -> str:
     return gettext_functions(language_of(request))["_"](message, **values)
+
+
+def _translated_words(request: Request, values: dict) -> dict:
+    """Return ``values`` with the resolution, a word the catalog lists, in the reader's language."""
+    if "resolution" not in values:
+        return values
+    return {**values, "resolution": _translate(request, values["resolution"])}
 
 
 def _quoted(path: str) -> str:

@@ -25,4 +25,5 @@ VERDICTS = (N_("abuse"), N_("benign"))
 REVIEW_ERRORS = (
     N_("case %(case)s changed at %(time)s, after you opened it (a new decision, note or action); "
        "nothing was done. Reload the case, check what changed and act again"),
+    N_("case %(case)s was already resolved by %(staff)s at %(time)s (%(resolution)s). Open a new case to act again"),
 )

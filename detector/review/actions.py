@@ -30,7 +30,9 @@ from sqlalchemy.orm import Session
 
 from detector.decisions import LIFTED, MAX_LIMIT_RPM, SCOPES, Decision
 from detector.review.cases import link_decision, new_case, open_case_for, shown_id, staff_subject
-from detector.review.errors import ConflictError, NotFoundError, PublishError, ReviewError, StaleCaseError
+from detector.review.errors import (
+    ConflictError, NotFoundError, PublishError, ResolvedCaseError, ReviewError, StaleCaseError,
+)
 from detector.review.records import decision_from_row, decision_row
 from detector.store.models import DecisionRow, LabelRow
 from detector.store.review_models import AllowlistRow, AuditRow, CaseDecisionRow, CaseRow, NoteRow
@@ -352,6 +354,8 @@ def _claim_open_cases(session: Session, case_ids: list[int], now: datetime, seen
     changed = [case_id for case_id in problems if found[case_id] is not None and found[case_id].status == "open"]
     if len(case_ids) == 1 and changed:
         _raise_stale(found[changed[0]])
+    if len(case_ids) == 1 and found[problems[0]] is not None:
+        _raise_resolved(found[problems[0]])
     reasons = [_why_not_open(case_id, found[case_id]) for case_id in problems]
     message = "; ".join(reasons) + ("; nothing was changed" if len(case_ids) > 1 else "")
     if changed:
@@ -376,18 +380,26 @@ def _touch(case: CaseRow | None, now: datetime) -> None:
         case.updated_at = now
 
 
+def _raise_resolved(case: CaseRow) -> None:
+    raise ResolvedCaseError(case.id, case.resolved_by or "unknown", _utc_text(case.resolved_at), case.resolution)
+
+
 def _raise_stale(case: CaseRow) -> None:
-    raise StaleCaseError(case.id, case.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    raise StaleCaseError(case.id, _utc_text(case.updated_at))
 
 
 def _why_not_open(case_id: int, case: CaseRow | None) -> str:
     if case is None:
         return f"case {case_id} not found"
     if case.status == "open":
-        changed_at = case.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return f"case {case_id} changed at {changed_at}, after the page was loaded"
-    resolved_at = case.resolved_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if case.resolved_at else "an unknown time"
-    return f"case {case_id} was already resolved by {case.resolved_by or 'unknown'} at {resolved_at} ({case.resolution})"
+        return f"case {case_id} changed at {_utc_text(case.updated_at)}, after the page was loaded"
+    return (f"case {case_id} was already resolved by {case.resolved_by or 'unknown'} at {_utc_text(case.resolved_at)} "
+            f"({case.resolution})")
+
+
+def _utc_text(moment: datetime | None) -> str:
+    """Return a stored time as ``YYYY-MM-DD HH:MM:SS UTC`` for an error message."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "an unknown time"
 
 
 def _enforce(session: Session, now: datetime, changes: _Changes, case: CaseRow, action: str, *, staff: str,

@@ -17,6 +17,17 @@ class ConflictError(ReviewError):
     """Raised when another staff member changed the same case first, such as a case already resolved."""
 
 
+class ResolvedCaseError(ConflictError):
+    """Raised when an action names a case that another staff member, or an earlier action, already resolved."""
+
+    # The message with its fields, which the console translates (fairuse_console.messages lists it).
+    TEMPLATE = "case %(case)s was already resolved by %(staff)s at %(time)s (%(resolution)s). Open a new case to act again"
+
+    def __init__(self, case: int, staff: str, time: str, resolution: str) -> None:
+        self.values = {"case": case, "staff": staff, "time": time, "resolution": resolution}
+        super().__init__(self.TEMPLATE % self.values)
+
+
 class StaleCaseError(ConflictError):
     """Raised when a case changed after the staff member opened it, so the action would rest on an old view."""
 
