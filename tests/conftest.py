@@ -103,9 +103,12 @@ def redis_client():
 def redis_prefix(redis_client):
     prefix = f"fairuse-test-{uuid.uuid4().hex[:10]}"
     yield prefix
+    # RQ keeps the queues named after the prefix ({prefix}-queue) and their registries under rq:.
     keys = list(redis_client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys += redis_client.scan_iter(match=f"rq:*{prefix}-*", count=1000)
     if keys:
         redis_client.delete(*keys)
+    redis_client.srem("rq:queues", f"rq:queue:{prefix}-queue")
 
 
 @dataclass(frozen=True)

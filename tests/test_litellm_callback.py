@@ -20,6 +20,9 @@ def callback(redis_client, redis_prefix):
     litellm.callbacks = [logger]
     yield logger
     litellm.callbacks = previous
+    # LiteLLM copies a callback into its success and failure lists on first use, and the copy outlives
+    # litellm.callbacks: left there, it would log later tests' calls into this test's stream after its cleanup.
+    litellm.logging_callback_manager.remove_callback_from_all_lists(logger)
 
 
 def _sent(redis_client, stream, expected=1):

@@ -27,18 +27,11 @@ def _event(number, start=None):
 
 
 @pytest.fixture
-def environment(monkeypatch, redis_client, redis_prefix, sqlite_url):
+def environment(monkeypatch, redis_prefix, sqlite_url):
     monkeypatch.setenv("FAIRUSE_PREFIX", redis_prefix)
     monkeypatch.setenv("FAIRUSE_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("FAIRUSE_NO_MODEL", "1")
-    yield redis_prefix, sqlite_url
-
-    # RQ keeps its queues and registries under rq:, outside the test prefix.
-    queue = f"{redis_prefix}-queue"
-    leftovers = list(redis_client.scan_iter(match=f"rq:*{queue}*", count=1000))
-    if leftovers:
-        redis_client.delete(*leftovers)
-    redis_client.srem("rq:queues", f"rq:queue:{queue}")
+    return redis_prefix, sqlite_url
 
 
 def _run_consume_job(redis_client, prefix):
