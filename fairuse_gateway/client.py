@@ -11,8 +11,8 @@ request's other subjects still apply. Pass ``fail_open=False`` to raise instead.
 After a timeout or a refused connection, checks that need Redis fail open
 at once for ``retry_after`` seconds (1 s). So while Redis is down, requests
 wait ``timeout`` about once per ``retry_after`` instead of on every check.
-While Redis cannot be asked, a decision still cached on one of the request's
-subjects applies; only when none is cached does the check fail open.
+While Redis cannot be queried, a decision still cached on one of the request's
+subjects applies. Only when none is cached does the check fail open.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class DecisionClient:
         self.log_interval = log_interval
         self.failures = 0
         # After Redis timed out or refused the connection, checks fail open at once for ``retry_after``
-        # seconds. The first check after that asks Redis again.
+        # seconds. The first check after that queries Redis again.
         self.retry_after = retry_after
         self._clock = clock
         self._unreachable_until = float("-inf")

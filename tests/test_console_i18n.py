@@ -211,9 +211,9 @@ def test_stale_case_error_in_chinese(store, redis_client, redis_prefix):
 def test_resolved_case_error_in_chinese(store, redis_client, redis_prefix):
     with _chinese_console(store, redis_client, redis_prefix) as client:
         token = csrf_token(client.get("/").text)
-        refused = client.post("/cases/1/suspend", data={"csrf_token": token, "duration": "6h", "comment": "转售"})
+        rejected = client.post("/cases/1/suspend", data={"csrf_token": token, "duration": "6h", "comment": "转售"})
 
-    assert refused.status_code == 409
-    assert "案件 1 已由 rita 于" in refused.text
-    assert "结案（已限流）" in refused.text
-    assert "already resolved" not in refused.text
+    assert rejected.status_code == 409
+    assert "案件 1 已由 rita 于" in rejected.text
+    assert "结案（已限流）" in rejected.text
+    assert "already resolved" not in rejected.text

@@ -132,7 +132,7 @@ def test_tracked_entries_capped(monkeypatch):
 
 
 def test_slow_login_blocks_no_page(client):
-    # A slow password check stands in for hashing: pages requested meanwhile must not wait for it.
+    # A slow password check replaces the hashing: pages requested meanwhile must not wait for it.
     console = client.app.state.console
     check = console.directory.authenticate
 

@@ -412,7 +412,7 @@ def test_connection_lost_mid_publish_leaves_nothing(redis_client, redis_prefix):
     finally:
         proxy.close()
 
-    # Redis applied none of the subjects: a gateway sees the change whole or not at all.
+    # Redis applied none of the subjects: a gateway reads the change whole or not at all.
     assert list(redis_client.scan_iter(match=f"{redis_prefix}:decision:*")) == []
     assert redis_client.xlen(f"{redis_prefix}:decisions") == 0
 
@@ -453,13 +453,13 @@ def test_unreachable_redis_asked_once_per_pause(silent_redis):
     client = DecisionClient(url, timeout=0.05, retry_after=1.0, clock=clock)
 
     verdicts = [client.check(key_id=f"key-{number}") for number in range(20)]
-    asked_in_pause = len(accepted)
+    connections_in_pause = len(accepted)
     clock.now += 1.5
     client.check(key_id="key-1")
 
     assert all(verdict.fail_open for verdict in verdicts)
     assert client.failures == 21
-    assert asked_in_pause == 1
+    assert connections_in_pause == 1
     assert len(accepted) == 2
 
 
